@@ -1,0 +1,143 @@
+"""FastAPI app implementing the HTTP contract (docs/contract.md §2)."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Literal, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field
+
+from backend import __version__
+from backend.errors import BackendError
+from backend.jobs import Job, JobManager, JobSpec
+from backend.raster_io import Extent
+from backend.registry import ModelRegistry
+
+
+class ClassModel(BaseModel):
+    id: int
+    name: str
+    color: str
+
+
+class ModelInfo(BaseModel):
+    id: str
+    name: str
+    task: str
+    description: str
+    classes: list[ClassModel]
+    tile_size: int
+    tile_overlap: int
+    gsd_m: Optional[float]
+    bands: list[int]
+    path: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ExtentModel(BaseModel):
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    crs: str = Field("", description="authid or WKT; empty = the raster's own coordinates")
+
+
+class JobRequest(BaseModel):
+    task: str = "semantic_segmentation"
+    model: str
+    inputs: list[str] = Field(min_length=1)
+    extent: Optional[ExtentModel] = None
+    outputs: dict[str, str]
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobModel(BaseModel):
+    id: str
+    task: str
+    model: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    message: str
+    error: Optional[str]
+    outputs: Optional[dict[str, str]]
+    created: float
+    started: Optional[float]
+    finished: Optional[float]
+
+
+class JobList(BaseModel):
+    jobs: list[JobModel]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+def create_app(registry: ModelRegistry, token: str, jobs: JobManager | None = None) -> FastAPI:
+    jobs = jobs or JobManager(registry)
+    app = FastAPI(title="mtp_qgis backend", version=__version__, docs_url=None, redoc_url=None)
+    app.state.jobs = jobs
+    expected = token.encode()
+
+    public_paths = {"/health", "/openapi.json"}
+
+    # A middleware, not a route dependency: it runs before the body is parsed, so a request without the
+    # token gets 401 even when its JSON is malformed (a dependency would answer 422 first).
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if request.url.path not in public_paths:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            # compare_digest: the time taken must not reveal how much of the token matched.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+                return JSONResponse({"detail": "Missing or wrong token: send 'Authorization: Bearer <token>'."},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    # Declared for the OpenAPI schema only; the middleware above does the checking.
+    auth = [Depends(HTTPBearer(auto_error=False, description="the per-install token"))]
+
+    @app.exception_handler(BackendError)
+    async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+    def job_or_404(job_id: str) -> Job:
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"No job with id '{job_id}'.")
+        return job
+
+    @app.get("/health", response_model=Health)
+    def health() -> dict:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/models", response_model=ModelList, dependencies=auth)
+    def models() -> dict:
+        return {"models": [m.info() for m in registry.list()]}
+
+    @app.post("/jobs", response_model=JobModel, status_code=202, dependencies=auth)
+    def submit(body: JobRequest) -> dict:
+        extent = Extent(**body.extent.model_dump()) if body.extent else None
+        spec = JobSpec(body.task, body.model, body.inputs, body.outputs, extent, body.options)
+        return jobs.submit(spec).to_dict()  # BackendError -> 400/404 before anything is queued
+
+    @app.get("/jobs", response_model=JobList, dependencies=auth)
+    def list_jobs() -> dict:
+        return {"jobs": [j.to_dict() for j in jobs.list()]}
+
+    @app.get("/jobs/{job_id}", response_model=JobModel, dependencies=auth)
+    def get_job(job_id: str) -> dict:
+        return job_or_404(job_id).to_dict()
+
+    @app.post("/jobs/{job_id}/cancel", response_model=JobModel, dependencies=auth)
+    def cancel(job_id: str) -> dict:
+        job_or_404(job_id)
+        return jobs.cancel(job_id).to_dict()
+
+    return app

@@ -1,0 +1,138 @@
+"""Command line: serve, run, models, import-model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from backend import __version__
+from backend.errors import BackendError, JobCancelled
+
+
+def _extent(text: str):
+    from backend.raster_io import Extent
+
+    try:
+        xmin, ymin, xmax, ymax = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--extent must be xmin,ymin,xmax,ymax numbers, got '{text}'")
+    return Extent(xmin, ymin, xmax, ymax)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
+
+    parser = argparse.ArgumentParser(prog="python -m backend", description="mtp_qgis inference backend")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def models_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models-dir", nargs="+", type=Path, default=None,
+                       help="folders holding .onnx packages (default: repo resources/models, "
+                            "~/.local/share/mtp_qgis/models, $MTP_QGIS_MODELS)")
+
+    s = sub.add_parser("serve", help="serve the HTTP API on loopback")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0, help="0 = any free port (see the state file)")
+    s.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE)
+    s.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN_FILE)
+    s.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    models_dir_arg(s)
+
+    r = sub.add_parser("run", help="run one segmentation job in this process (no HTTP)")
+    r.add_argument("--model", required=True)
+    r.add_argument("--input", required=True, type=Path)
+    r.add_argument("--output", required=True, type=Path)
+    r.add_argument("--extent", type=_extent, default=None, help="xmin,ymin,xmax,ymax")
+    r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
+    r.add_argument("--batch-size", type=int, default=4)
+    models_dir_arg(r)
+
+    m = sub.add_parser("models", help="list the models found")
+    m.add_argument("--json", action="store_true")
+    models_dir_arg(m)
+
+    i = sub.add_parser("import-model", help="third-party ONNX + YAML metadata -> model package")
+    i.add_argument("onnx", type=Path)
+    i.add_argument("metadata", type=Path, help="YAML with the fields of docs/contract.md §1")
+    i.add_argument("--out", required=True, type=Path)
+    i.add_argument("--id", default=None, help="model id (file stem); default: the ONNX file's stem")
+    return parser
+
+
+def cmd_run(args) -> int:
+    import dataclasses
+
+    from backend.jobs import JobSpec, plan_job
+    from backend.registry import ModelRegistry
+    from backend.segmentation import segment_raster
+
+    extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
+    spec = JobSpec("semantic_segmentation", args.model, [str(args.input.resolve())],
+                   {"raster": str(args.output.resolve())}, extent, {"batch_size": args.batch_size})
+    plan = plan_job(spec, ModelRegistry(args.models_dir), job_id="cli")
+
+    def progress(percent: float, message: str) -> None:
+        print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
+
+    segment_raster(plan, progress)
+    print(file=sys.stderr)
+    print(plan.output_path)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from backend.registry import ModelRegistry
+
+    registry = ModelRegistry(args.models_dir)
+    packages = registry.list()
+    if args.json:
+        print(json.dumps({"models": [p.info() for p in packages]}, indent=2))
+        return 0
+    if not packages:
+        print("no models found in: " + ", ".join(str(d) for d in registry.model_dirs))
+    for p in packages:
+        print(f"{p.id}\t{p.task}\t{p.num_classes} classes\ttile {p.tile_size}/{p.tile_overlap}\t{p.path}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    import yaml
+
+    from backend.model_package import import_model
+
+    try:
+        metadata = yaml.safe_load(args.metadata.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise BackendError(f"Metadata file {args.metadata} could not be read as YAML: {exc}")
+    package = import_model(args.onnx, metadata, args.out, args.id)
+    print(package.path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "serve":
+            from backend.server import serve
+
+            return serve(args.host, args.port, args.state_file, args.token_file, args.models_dir, args.parent_pid)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "models":
+            return cmd_models(args)
+        if args.command == "import-model":
+            return cmd_import(args)
+    except BackendError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, JobCancelled):
+        print("cancelled", file=sys.stderr)
+        return 130
+    return 1

@@ -1,0 +1,23 @@
+"""Errors that carry an HTTP status, so the API and the CLI report the same message."""
+
+
+class BackendError(Exception):
+    """A problem with a request or its inputs; the message says what and what to do."""
+
+    status_code = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class NotFoundError(BackendError):
+    status_code = 404
+
+
+class ModelPackageError(BackendError):
+    """The .onnx file is not a usable model package."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when its cancel flag is seen."""

@@ -1,0 +1,379 @@
+"""Read, validate and write model packages: one .onnx file whose metadata describes how to run it.
+
+Two metadata conventions are understood (docs/contract.md §1):
+- key ``mtp_qgis``: a JSON object written by our training export or by ``import-model``;
+- the Deepness QGIS plugin keys (``model_type``, ``class_names``, ``resolution``, ``tiles_size``,
+  ``tiles_overlap``, ...), each value JSON-encoded, which we translate into the same structure.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from backend.errors import ModelPackageError
+
+METADATA_KEY = "mtp_qgis"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+KNOWN_TASKS = (
+    "semantic_segmentation",
+    "change_detection",
+    "detection",
+    "rotated_detection",
+    "instance_segmentation",
+    "scene_classification",
+)
+REQUIRED_KEYS = ("format_version", "task", "name", "classes", "input", "tile_size", "tile_overlap")
+REQUIRED_INPUT_KEYS = ("bands", "scale", "mean", "std")
+DEEPNESS_REQUIRED_KEYS = ("model_type", "class_names", "resolution")
+IMPORT_HINT = (
+    "Add the metadata with `python -m backend import-model MODEL.onnx META.yaml --out DIR` "
+    "(see docs/contract.md)."
+)
+# Colours for classes whose metadata gives none (Deepness packages carry no colours).
+DEFAULT_PALETTE = (
+    "#a0a0a0", "#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928", "#fb9a99",
+    "#a6cee3", "#b2df8a", "#fdbf6f", "#cab2d6", "#ffff99", "#000000", "#ffffff", "#8dd3c7",
+)
+_COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    id: int
+    name: str
+    color: str
+
+    def rgb(self) -> tuple[int, int, int]:
+        return int(self.color[1:3], 16), int(self.color[3:5], 16), int(self.color[5:7], 16)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    bands: list[int]
+    band_names: list[str]
+    scale: float
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    path: Path
+    id: str
+    task: str
+    name: str
+    description: str
+    classes: list[ClassInfo]
+    input: InputSpec
+    tile_size: int
+    tile_overlap: int
+    gsd_m: float | None
+    output_type: str  # "logits" (softmax applied by us) or "probabilities"
+    metadata_source: str  # "mtp_qgis" or "deepness"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def info(self) -> dict[str, Any]:
+        """The ModelInfo object of the HTTP contract."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "task": self.task,
+            "description": self.description,
+            "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in self.classes],
+            "tile_size": self.tile_size,
+            "tile_overlap": self.tile_overlap,
+            "gsd_m": self.gsd_m,
+            "bands": list(self.input.bands),
+            "path": str(self.path),
+        }
+
+
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """The graph and metadata of an ONNX file, without loading external weight files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelPackageError(f"Model file {path} does not exist.")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ModelPackageError(f"{path} is not a readable ONNX file: {exc}") from exc
+
+
+def load_package(path: str | os.PathLike) -> ModelPackage:
+    path = Path(path).resolve()
+    proto = read_onnx(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY in props:
+        try:
+            meta = json.loads(props[METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise ModelPackageError(f"{path}: metadata '{METADATA_KEY}' is not valid JSON: {exc}") from exc
+        return package_from_metadata(path, meta, METADATA_KEY, proto)
+    if "model_type" in props or "class_names" in props:
+        return package_from_metadata(path, deepness_to_metadata(path, props, proto), "deepness", proto)
+    raise ModelPackageError(
+        f"{path} has no model metadata: neither the key '{METADATA_KEY}' nor the Deepness keys "
+        f"({', '.join(DEEPNESS_REQUIRED_KEYS)}) are present. {IMPORT_HINT}"
+    )
+
+
+def _deepness_value(props: dict[str, str], key: str) -> Any:
+    text = props[key]
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # Deepness accepts Python literals too (e.g. class dicts with int keys).
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+
+def deepness_to_metadata(path: Path, props: dict[str, str], proto: onnx.ModelProto) -> dict[str, Any]:
+    """Translate Deepness plugin metadata into our metadata structure."""
+    missing = [k for k in DEEPNESS_REQUIRED_KEYS if k not in props]
+    tile_key = "tiles_size" if "tiles_size" in props else "tile_size"
+    if tile_key not in props:
+        missing.append("tiles_size")
+    if missing:
+        raise ModelPackageError(
+            f"{path}: Deepness metadata is incomplete, missing key(s): {', '.join(missing)}. {IMPORT_HINT}"
+        )
+    model_type = str(_deepness_value(props, "model_type")).capitalize()
+    if model_type != "Segmentor":
+        raise ModelPackageError(
+            f"{path}: Deepness model_type is '{model_type}'; only 'Segmentor' models are supported."
+        )
+    class_names = _deepness_value(props, "class_names")
+    if isinstance(class_names, list):
+        class_names = dict(enumerate(class_names))
+    if not isinstance(class_names, dict) or not class_names:
+        raise ModelPackageError(f"{path}: Deepness class_names must be a non-empty {{id: name}} mapping.")
+    try:
+        ordered = sorted((int(k), str(v)) for k, v in class_names.items())
+    except ValueError as exc:
+        raise ModelPackageError(f"{path}: Deepness class_names keys must be integers: {exc}") from exc
+    tile_size = int(_deepness_value(props, tile_key))
+    overlap_percent = float(_deepness_value(props, "tiles_overlap")) if "tiles_overlap" in props else 0.0
+    channels = _static_input_channels(proto)
+    mean = _deepness_value(props, "standardization_mean") if "standardization_mean" in props else [0.0]
+    std = _deepness_value(props, "standardization_std") if "standardization_std" in props else [1.0]
+    mean, std = _as_list(mean), _as_list(std)
+    if channels is None:
+        channels = max(len(mean), len(std), 3)
+    if len(mean) == 1:
+        mean = mean * channels
+    if len(std) == 1:
+        std = std * channels
+    return {
+        "format_version": 1,
+        "task": "semantic_segmentation",
+        "name": path.stem,
+        "description": "Deepness model package",
+        "classes": [
+            {"id": cid, "name": name, "color": DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)]}
+            for i, (cid, name) in enumerate(ordered)
+        ],
+        # Deepness feeds uint8 imagery divided by 255, then standardises.
+        "input": {"bands": list(range(1, channels + 1)), "scale": 255.0, "mean": mean, "std": std},
+        "tile_size": tile_size,
+        "tile_overlap": int(round(tile_size * overlap_percent / 100.0)),
+        "gsd_m": float(_deepness_value(props, "resolution")) / 100.0,
+        # Deepness segmentors end with softmax/sigmoid already.
+        "output": {"type": "probabilities", "layout": "NCHW"},
+    }
+
+
+def _as_list(value: Any) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    return [float(v) for v in value]
+
+
+def _static_input_channels(proto: onnx.ModelProto) -> int | None:
+    shape = graph_io_shapes(proto)[0]
+    if len(shape) == 4 and isinstance(shape[1], int):
+        return shape[1]
+    return None
+
+
+def graph_io_shapes(model: onnx.ModelProto) -> tuple[list[int | str | None], list[int | str | None]]:
+    """Shapes of graph input 0 and output 0; ints where static, names/None where dynamic."""
+    initializer_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializer_names]
+
+    def dims(value_info) -> list[int | str | None]:
+        out: list[int | str | None] = []
+        for d in value_info.type.tensor_type.shape.dim:
+            if d.HasField("dim_value"):
+                out.append(int(d.dim_value))
+            else:
+                out.append(d.dim_param or None)
+        return out
+
+    return dims(inputs[0]), dims(model.graph.output[0])
+
+
+def validate_metadata(meta: Any, where: str) -> list[str]:
+    """All problems with a metadata object, as readable phrases (empty list = valid)."""
+    if not isinstance(meta, dict):
+        return [f"metadata must be a JSON object, got {type(meta).__name__}"]
+    problems = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in meta]
+    if meta.get("format_version", 1) not in SUPPORTED_FORMAT_VERSIONS:
+        problems.append(f"format_version {meta.get('format_version')!r} is not one of {SUPPORTED_FORMAT_VERSIONS}")
+    if "task" in meta and meta["task"] not in KNOWN_TASKS:
+        problems.append(f"task {meta['task']!r} is not one of {', '.join(KNOWN_TASKS)}")
+    classes = meta.get("classes")
+    if "classes" in meta:
+        if not isinstance(classes, list) or not classes:
+            problems.append("'classes' must be a non-empty list")
+        else:
+            for i, c in enumerate(classes):
+                if not isinstance(c, dict) or "name" not in c:
+                    problems.append(f"classes[{i}] must be an object with at least 'name'")
+                    continue
+                if c.get("id", i) != i:
+                    problems.append(f"classes[{i}] has id {c.get('id')!r}; ids must be 0..N-1 in order")
+                if "color" in c and not _COLOR_RE.match(str(c["color"])):
+                    problems.append(f"classes[{i}].color {c['color']!r} is not '#rrggbb'")
+            if len(classes) > 255:
+                problems.append(f"{len(classes)} classes do not fit uint8 results (max 255; 255 is nodata)")
+    inp = meta.get("input")
+    if "input" in meta:
+        if not isinstance(inp, dict):
+            problems.append("'input' must be an object")
+        else:
+            problems += [f"missing key 'input.{k}'" for k in REQUIRED_INPUT_KEYS if k not in inp]
+            bands = inp.get("bands")
+            if "bands" in inp and (
+                not isinstance(bands, list) or not bands or not all(isinstance(b, int) and b >= 1 for b in bands)
+            ):
+                problems.append("'input.bands' must be a non-empty list of 1-based band numbers")
+            elif isinstance(bands, list):
+                for key in ("mean", "std"):
+                    vals = inp.get(key)
+                    if isinstance(vals, list) and len(vals) != len(bands):
+                        problems.append(f"'input.{key}' has {len(vals)} values for {len(bands)} bands")
+                    if key == "std" and isinstance(vals, list) and any(float(v) == 0 for v in vals):
+                        problems.append("'input.std' contains 0")
+            if "scale" in inp and not (isinstance(inp["scale"], (int, float)) and inp["scale"] > 0):
+                problems.append("'input.scale' must be a positive number")
+    tile = meta.get("tile_size")
+    if "tile_size" in meta and not (isinstance(tile, int) and tile >= 1):
+        problems.append("'tile_size' must be a positive integer")
+    overlap = meta.get("tile_overlap")
+    if "tile_overlap" in meta:
+        if not (isinstance(overlap, int) and overlap >= 0):
+            problems.append("'tile_overlap' must be a non-negative integer")
+        elif isinstance(tile, int) and overlap >= tile:
+            problems.append(f"'tile_overlap' {overlap} must be less than tile_size {tile}")
+    output = meta.get("output", {"type": "logits"})
+    if not isinstance(output, dict) or output.get("type", "logits") not in ("logits", "probabilities"):
+        problems.append("'output.type' must be 'logits' or 'probabilities'")
+    elif output.get("layout", "NCHW") != "NCHW":
+        problems.append("'output.layout' must be 'NCHW'")
+    return problems
+
+
+def package_from_metadata(path: Path, meta: Any, source: str, proto: onnx.ModelProto) -> ModelPackage:
+    problems = validate_metadata(meta, str(path))
+    if problems:
+        raise ModelPackageError(f"{path}: invalid model metadata: {'; '.join(problems)}. {IMPORT_HINT}")
+    inp = meta["input"]
+    classes = [
+        ClassInfo(i, str(c["name"]), str(c.get("color", DEFAULT_PALETTE[i % len(DEFAULT_PALETTE)])))
+        for i, c in enumerate(meta["classes"])
+    ]
+    package = ModelPackage(
+        path=path,
+        id=path.stem,
+        task=meta["task"],
+        name=str(meta.get("name") or path.stem),
+        description=str(meta.get("description", "")),
+        classes=classes,
+        input=InputSpec(
+            bands=list(inp["bands"]),
+            band_names=list(inp.get("band_names", [f"band {b}" for b in inp["bands"]])),
+            scale=float(inp["scale"]),
+            mean=[float(v) for v in inp["mean"]],
+            std=[float(v) for v in inp["std"]],
+        ),
+        tile_size=int(meta["tile_size"]),
+        tile_overlap=int(meta["tile_overlap"]),
+        gsd_m=float(meta["gsd_m"]) if meta.get("gsd_m") is not None else None,
+        output_type=meta.get("output", {}).get("type", "logits"),
+        metadata_source=source,
+        raw=meta,
+    )
+    check_graph_matches(package, proto)
+    return package
+
+
+def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
+    """The graph's static dimensions must agree with the metadata."""
+    in_shape, out_shape = graph_io_shapes(proto)
+    problems = []
+    if len(in_shape) != 4:
+        problems.append(f"input 0 has rank {len(in_shape)}, expected 4 (N, C, H, W)")
+    else:
+        if isinstance(in_shape[1], int) and in_shape[1] != len(package.input.bands):
+            problems.append(f"input 0 has {in_shape[1]} channels but metadata lists {len(package.input.bands)} bands")
+        for axis, dim in zip("HW", in_shape[2:]):
+            if isinstance(dim, int) and dim != package.tile_size:
+                problems.append(f"input 0 {axis} is {dim} but tile_size is {package.tile_size}")
+    if package.task == "semantic_segmentation" and len(out_shape) == 4 and isinstance(out_shape[1], int):
+        if out_shape[1] != package.num_classes:
+            problems.append(f"output 0 has {out_shape[1]} channels but metadata lists {package.num_classes} classes")
+    if problems:
+        raise ModelPackageError(f"{package.path}: graph does not match its metadata: {'; '.join(problems)}.")
+
+
+def import_model(onnx_path: str | os.PathLike, metadata: dict[str, Any], out_dir: str | os.PathLike,
+                 model_id: str | None = None) -> ModelPackage:
+    """Copy a third-party ONNX file into out_dir with our metadata added; validated before and after."""
+    onnx_path = Path(onnx_path)
+    out_dir = Path(out_dir)
+    problems = validate_metadata(metadata, str(onnx_path))
+    if problems:
+        raise ModelPackageError(f"Metadata for {onnx_path} is invalid: {'; '.join(problems)}.")
+    if not out_dir.is_dir():
+        raise ModelPackageError(f"Output folder {out_dir} does not exist; create it first.")
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as exc:
+        raise ModelPackageError(f"{onnx_path} is not a readable ONNX file: {exc}") from exc
+    write_metadata(model, metadata)
+    target = out_dir / f"{model_id or onnx_path.stem}.onnx"
+    # Write beside the target and rename, so a half-written package never appears in a model dir.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".partial", dir=out_dir)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        package_from_metadata(Path(tmp), metadata, METADATA_KEY, model)  # graph vs metadata check
+        shutil.move(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return load_package(target)
+
+
+def write_metadata(model: onnx.ModelProto, metadata: dict[str, Any]) -> None:
+    """Attach our metadata to an in-memory model (used by tests and tools that build models)."""
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))

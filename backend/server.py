@@ -1,0 +1,144 @@
+"""`serve`: run the API on loopback, publish a state file once listening, follow the parent process."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from backend import __version__
+from backend.api import create_app
+from backend.errors import BackendError
+from backend.jobs import JobManager
+from backend.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+DEFAULT_TOKEN_FILE = Path.home() / ".config" / "mtp_qgis" / "token"
+DEFAULT_STATE_FILE = Path.home() / ".cache" / "mtp_qgis" / "backend.json"
+
+
+def load_or_create_token(token_file: Path) -> str:
+    """$MTP_QGIS_TOKEN, else the token file, created with mode 0600 on first start."""
+    env = os.environ.get("MTP_QGIS_TOKEN", "").strip()
+    if env:
+        return env
+    if token_file.exists():
+        token = token_file.read_text().strip()
+        if token:
+            return token
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Readers see either no file or a complete one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def process_alive(pid: int) -> bool:
+    if os.name == "nt":
+        return _windows_process_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _windows_process_alive(pid: int) -> bool:
+    """On Windows os.kill(pid, 0) would terminate the process, so ask the kernel instead."""
+    import ctypes
+
+    synchronize, wait_timeout = 0x00100000, 0x00000102
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(synchronize, False, pid)
+    if not handle:
+        return False
+    try:
+        return kernel32.WaitForSingleObject(handle, 0) == wait_timeout
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def check_loopback(host: str) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise BackendError(f"--host {host} is not a loopback address; the backend only listens on 127.0.0.1/::1.")
+
+
+def serve(host: str, port: int, state_file: Path, token_file: Path, model_dirs: list[Path] | None,
+          parent_pid: int | None) -> int:
+    check_loopback(host)
+    token = load_or_create_token(token_file)
+    registry = ModelRegistry(model_dirs)
+    jobs = JobManager(registry)
+    app = create_app(registry, token, jobs)
+
+    # Bind ourselves so port 0 resolves to a real port before the state file is written.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    real_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if family == socket.AF_INET6 else host
+    url = f"http://{url_host}:{real_port}"
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+    def publish_when_listening() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            write_json_atomically(state_file, {"url": url, "pid": os.getpid(), "version": __version__})
+            log.info("listening on %s", url)
+
+    def follow_parent() -> None:
+        started_by_parent = os.getppid() == parent_pid
+        while not server.should_exit:
+            # Re-parenting catches a dead parent whose pid is still a zombie or was reused.
+            reparented = started_by_parent and os.getppid() != parent_pid
+            if reparented or not process_alive(parent_pid):
+                log.info("parent process %s is gone; shutting down", parent_pid)
+                server.should_exit = True
+                return
+            time.sleep(1.0)
+
+    threading.Thread(target=publish_when_listening, daemon=True).start()
+    if parent_pid:
+        threading.Thread(target=follow_parent, daemon=True).start()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; a no-op handler lets our cleanup below run.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        jobs.shutdown()
+        try:
+            # Only remove the state file if it is still ours (a newer backend may have replaced it).
+            if json.loads(state_file.read_text()).get("pid") == os.getpid():
+                state_file.unlink()
+        except (OSError, ValueError):
+            pass
+    return 0

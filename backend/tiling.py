@@ -1,0 +1,122 @@
+"""Tile layout and streaming blend of overlapping tile predictions with bounded memory.
+
+Memory design: tiles are visited row by row, left to right. The blender keeps
+- the working accumulator of the current tile (C+1 planes of tile x tile),
+- a right-carry: the current tile's columns that the next tile in the row also covers,
+- a down-carry band: rows the next tile row also covers, across the window width.
+Every block that no later tile touches is normalised and handed to a sink at once, so memory
+depends on tile size and window width, never on window height.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles covering [0, length).
+
+    The first tile starts at 0 and the last ends at length (edge tiles lie inside the window); the
+    tiles between are spread evenly, so every overlap is at least `overlap` and the surplus from a
+    length that is not a multiple of the stride is shared by all seams instead of the last one.
+    A window shorter than a tile gets one tile at 0 (the caller pads it).
+    """
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = math.ceil((length - tile) / stride) + 1
+    span = length - tile
+    return [round(i * span / (count - 1)) for i in range(count)]
+
+
+def ramp_weights(tile: int, overlap: int) -> np.ndarray:
+    """Positive 1-D weight: rises linearly over the overlap at each end, 1 in the middle.
+
+    Positive everywhere so pixels covered by one tile only (window borders) keep their value.
+    """
+    ramp_len = max(overlap, 1)
+    i = np.arange(tile, dtype=np.float64)
+    distance_to_edge = np.minimum(i, tile - 1 - i) + 0.5
+    return np.clip(distance_to_edge / ramp_len, 1.0 / (2 * ramp_len), 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    row: int
+    col: int
+    x: int  # window-relative offsets
+    y: int
+    width: int  # valid (unpadded) size
+    height: int
+
+
+class TileGrid:
+    """All tiles over a width x height window, in the order the blender needs them."""
+
+    def __init__(self, width: int, height: int, tile: int, overlap: int):
+        self.width, self.height, self.tile, self.overlap = width, height, tile, overlap
+        self.xs = tile_starts(width, tile, overlap)
+        self.ys = tile_starts(height, tile, overlap)
+        self.tile_w = min(tile, width)
+        self.tile_h = min(tile, height)
+
+    def __len__(self) -> int:
+        return len(self.xs) * len(self.ys)
+
+    def __iter__(self):
+        for r, y in enumerate(self.ys):
+            for c, x in enumerate(self.xs):
+                yield TileSpec(r, c, x, y, self.tile_w, self.tile_h)
+
+    def max_down_carry(self) -> int:
+        return max((self.ys[r] + self.tile_h - self.ys[r + 1] for r in range(len(self.ys) - 1)), default=0)
+
+
+# sink(x, y, probabilities[C, h, w]) receives finished, normalised blocks (window-relative offsets).
+BlockSink = Callable[[int, int, np.ndarray], None]
+
+
+class StreamingBlender:
+    """Weighted average of overlapping tile probabilities, emitted block by block as tiles arrive."""
+
+    def __init__(self, grid: TileGrid, num_classes: int, sink: BlockSink):
+        self.grid = grid
+        self.c = num_classes
+        self.sink = sink
+        w = ramp_weights(grid.tile, grid.overlap)
+        self.weight = np.outer(w[: grid.tile_h], w[: grid.tile_w]).astype(np.float32)
+        self.down_carry = np.zeros((num_classes + 1, grid.max_down_carry(), grid.width), dtype=np.float32)
+        self.right_carry: np.ndarray | None = None
+        self.expected = iter(list(grid))
+
+    def add(self, tile: TileSpec, probs: np.ndarray) -> None:
+        """probs: (C, tile.height, tile.width) probabilities of one tile, tiles in grid order."""
+        expected = next(self.expected)
+        if (tile.row, tile.col) != (expected.row, expected.col):
+            raise ValueError(f"tile {tile.row},{tile.col} arrived out of order, expected {expected.row},{expected.col}")
+        g, r, c = self.grid, tile.row, tile.col
+        x0, y0, tw, th = tile.x, tile.y, g.tile_w, g.tile_h
+        work = np.zeros((self.c + 1, th, tw), dtype=np.float32)
+        fresh_from = 0  # first local column not already brought in by the right-carry
+        if c > 0 and self.right_carry is not None:
+            fresh_from = self.right_carry.shape[2]
+            work[:, :, :fresh_from] += self.right_carry
+        if r > 0:
+            carried_rows = g.ys[r - 1] + th - y0
+            work[:, :carried_rows, fresh_from:] += self.down_carry[:, :carried_rows, x0 + fresh_from : x0 + tw]
+        work[: self.c] += probs * self.weight
+        work[self.c] += self.weight
+
+        last_col, last_row = c == len(g.xs) - 1, r == len(g.ys) - 1
+        done_cols = (x0 + tw if last_col else g.xs[c + 1]) - x0
+        done_rows = (y0 + th if last_row else g.ys[r + 1]) - y0
+        block = work[:, :done_rows, :done_cols]
+        self.sink(x0, y0, block[: self.c] / block[self.c])
+        if not last_row:
+            # Overwriting in place is safe: these columns of the old carry were consumed above or earlier.
+            self.down_carry[:, : th - done_rows, x0 : x0 + done_cols] = work[:, done_rows:, :done_cols]
+        self.right_carry = None if last_col else work[:, :, done_cols:].copy()
