@@ -1,0 +1,103 @@
+"""Small HTTP client for the backend API (docs/contract.md, section 2)."""
+import requests
+
+
+class BackendError(Exception):
+    """Anything that went wrong talking to the backend; the message is meant for the analyst."""
+
+
+class BackendUnreachable(BackendError):
+    pass
+
+
+class BackendAuthError(BackendError):
+    pass
+
+
+class BackendRequestError(BackendError):
+    def __init__(self, status_code, detail):
+        super().__init__(f"The backend refused the request (HTTP {status_code}): {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+def _detail_of(response):
+    """The server's `detail` as readable text (FastAPI validation errors come as a list)."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        return response.text.strip() or response.reason
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", []))
+                parts.append(f"{where}: {item.get('msg', item)}")
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+class MtpClient:
+    def __init__(self, url, token=None, token_source="the token file", timeout=15.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.token_source = token_source
+        self.timeout = timeout
+
+    def _request(self, method, path, json_body=None, authenticated=True):
+        headers = {}
+        if authenticated and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            # One short-lived session per call: nothing stays open between polls, and
+            # trust_env=False keeps a system proxy from intercepting 127.0.0.1.
+            with requests.Session() as session:
+                session.trust_env = False
+                response = session.request(
+                    method, self.url + path, json=json_body, headers=headers, timeout=self.timeout
+                )
+        except requests.exceptions.RequestException as exc:
+            raise BackendUnreachable(
+                f"The MTP backend at {self.url} is not reachable ({exc.__class__.__name__}). "
+                "Check that it is running, or unset the configured backend URL so the plugin starts one."
+            ) from exc
+        if response.status_code == 401:
+            raise BackendAuthError(
+                f"The MTP backend at {self.url} rejected the access token (HTTP 401). "
+                f"The plugin reads the token from {self.token_source}; it must match the backend's "
+                "token ($MTP_QGIS_TOKEN or ~/.config/mtp_qgis/token on the backend's machine)."
+            )
+        if response.status_code >= 400:
+            raise BackendRequestError(response.status_code, _detail_of(response))
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise BackendError(f"The backend at {self.url} answered {path} with something that is not JSON.") from exc
+
+    def health(self):
+        return self._request("GET", "/health", authenticated=False)
+
+    def models(self):
+        return self._request("GET", "/models")["models"]
+
+    def model(self, model_id):
+        models = self.models()
+        for info in models:
+            if info["id"] == model_id:
+                return info
+        known = ", ".join(sorted(m["id"] for m in models)) or "none"
+        raise BackendRequestError(404, f"unknown model '{model_id}'; the backend has: {known}")
+
+    def submit(self, job_request):
+        return self._request("POST", "/jobs", json_body=job_request)
+
+    def job(self, job_id):
+        return self._request("GET", f"/jobs/{job_id}")
+
+    def jobs(self):
+        return self._request("GET", "/jobs")["jobs"]
+
+    def cancel(self, job_id):
+        return self._request("POST", f"/jobs/{job_id}/cancel")

@@ -1,0 +1,57 @@
+"""Where the plugin reads its configuration: environment first, then QgsSettings, then defaults.
+
+The environment wins so that a test run or a qgis_process call can point at a backend without
+touching the user's profile.
+"""
+import os
+from pathlib import Path
+
+from qgis.core import QgsSettings
+
+SETTINGS_GROUP = "mtp_qgis"
+DEFAULT_MODEL_ID = "mtp_seg_default"
+
+
+def configured(setting_key, env_name):
+    """Value of env `env_name`, else QgsSettings `mtp_qgis/<setting_key>`, else ''."""
+    value = os.environ.get(env_name, "").strip()
+    if value:
+        return value
+    stored = QgsSettings().value(f"{SETTINGS_GROUP}/{setting_key}", "")
+    return str(stored or "").strip()
+
+
+def backend_url():
+    return configured("backend_url", "MTP_QGIS_BACKEND_URL").rstrip("/")
+
+
+def backend_python():
+    return configured("backend_python", "MTP_QGIS_BACKEND_PYTHON")
+
+
+def models_dir():
+    """Optional models folder handed to a backend the plugin starts (else the backend's default)."""
+    return configured("models_dir", "MTP_QGIS_MODELS_DIR")
+
+
+def state_file():
+    override = os.environ.get("MTP_QGIS_STATE_FILE", "").strip()
+    if override:
+        return Path(override)
+    return Path.home() / ".cache" / "mtp_qgis" / "backend.json"
+
+
+def token_file():
+    return Path.home() / ".config" / "mtp_qgis" / "token"
+
+
+def read_token():
+    """(token or None, human description of where it was read from) — same rule as the backend."""
+    env_token = os.environ.get("MTP_QGIS_TOKEN", "").strip()
+    if env_token:
+        return env_token, "the environment variable MTP_QGIS_TOKEN"
+    path = token_file()
+    try:
+        return path.read_text(encoding="utf-8").strip() or None, f"the file {path}"
+    except OSError:
+        return None, f"the file {path} (missing)"

@@ -1,0 +1,152 @@
+"""Helpers shared by the plugin tests (conftest.py holds the fixtures)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
+COGEO = DATA / "aerial_geotiff" / "cogeo.tif"
+LOVEDA_PNG = DATA / "loveda" / "img_dir" / "2.png"
+BACKEND_PYTHON = os.environ.get("MTP_TEST_BACKEND_PYTHON", str(REPO / ".venv" / "bin" / "python"))
+TOKEN = "plugin-tests-token"
+
+CLASSES = [
+    {"id": 0, "name": "reddish", "color": "#d94f3d"},
+    {"id": 1, "name": "greenish", "color": "#3a8f3a"},
+    {"id": 2, "name": "bluish", "color": "#2f6fbf"},
+    {"id": 3, "name": "dark", "color": "#202020"},
+]
+
+
+def _package_metadata(name, tile_size, overlap, gsd_m):
+    return {
+        "format_version": 1, "task": "semantic_segmentation", "name": name,
+        "description": "test model: argmax of normalised colour channels", "classes": CLASSES,
+        "input": {"bands": [1, 2, 3], "band_names": ["red", "green", "blue"], "scale": 255.0,
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "tile_size": tile_size, "tile_overlap": overlap, "gsd_m": gsd_m,
+        "output": {"type": "logits", "layout": "NCHW"},
+        "metrics": {"mIoU": 0.0, "evaluated_on": "nothing"}, "training": {"by": "tests/plugin/conftest.py"},
+    }
+
+
+def write_colour_model(path, tile_size=256, overlap=32, gsd_m=0.6, hidden_layers=0):
+    """A segmentation ONNX model whose class is the dominant colour (plus `hidden_layers` 3x3 convs
+    of 32 channels that only make it slow, for the cancel test)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    colour_w = np.zeros((4, 3, 1, 1), np.float32)
+    colour_w[0, 0] = colour_w[1, 1] = colour_w[2, 2] = 1.0
+    colour_w[3, :, 0, 0] = -1.0
+    colour_b = np.array([0, 0, 0, -1.5], np.float32)
+    inits += [numpy_helper.from_array(colour_w, "colour_w"), numpy_helper.from_array(colour_b, "colour_b")]
+    nodes.append(helper.make_node("Conv", ["input", "colour_w", "colour_b"], ["colour"]))
+    last = "colour"
+    if hidden_layers:
+        w = rng.normal(0, 0.05, (32, 3, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "h_in"))
+        nodes.append(helper.make_node("Conv", ["input", "h_in"], ["h0"], pads=[1, 1, 1, 1]))
+        for i in range(hidden_layers):
+            w = rng.normal(0, 0.05, (32, 32, 3, 3)).astype(np.float32)
+            inits.append(numpy_helper.from_array(w, f"h_w{i}"))
+            nodes.append(helper.make_node("Conv", [f"h{i}", f"h_w{i}"], [f"h{i + 1}"], pads=[1, 1, 1, 1]))
+        w = np.zeros((4, 32, 1, 1), np.float32)  # zero weights: the slow branch does not change the answer
+        inits.append(numpy_helper.from_array(w, "h_out"))
+        nodes.append(helper.make_node("Conv", [f"h{hidden_layers}", "h_out"], ["slow"]))
+        nodes.append(helper.make_node("Add", ["colour", "slow"], ["summed"]))
+        last = "summed"
+    nodes.append(helper.make_node("Identity", [last], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "colour_seg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = _package_metadata(Path(path).stem, tile_size, overlap, gsd_m)
+    helper.set_model_props(model, {"mtp_qgis": json.dumps(meta)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return meta
+
+
+def _backend_available():
+    main = REPO / "backend" / "__main__.py"
+    if not main.is_file():
+        return False, "backend/__main__.py does not exist yet"
+    probe = subprocess.run([BACKEND_PYTHON, "-m", "backend", "serve", "--help"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return False, f"`python -m backend serve --help` fails: {probe.stderr[-500:]}"
+    return True, ""
+
+
+def start_backend(models_dir, state_file, log_path, extra_env=None):
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    env["MTP_QGIS_TOKEN"] = TOKEN
+    env.pop("MTP_QGIS_BACKEND_URL", None)
+    state_file = Path(state_file)
+    if state_file.exists():
+        state_file.unlink()
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [BACKEND_PYTHON, "-m", "backend", "serve", "--port", "0", "--state-file", str(state_file),
+             "--token-file", str(state_file.parent / "token"), "--models-dir", str(models_dir)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"backend exited: {Path(log_path).read_text()[-2000:]}")
+        if state_file.exists():
+            try:
+                state = json.loads(state_file.read_text())
+                import requests
+
+                with requests.get(state["url"] + "/health", timeout=2) as answer:
+                    if answer.ok:
+                        return process, state
+            except (ValueError, KeyError, OSError):  # half-written state file, or not listening yet
+                pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"backend not ready in 60 s: {Path(log_path).read_text()[-2000:]}")
+
+
+def stop_process(process):
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def qgis_process_binary():
+    # Debian's /usr/bin/qgis_process wrapper passes --noversioncheck, which qgis_process 3.22 rejects
+    # ("Command --noversioncheck not known!"); the real binary next to it works.
+    return shutil.which("qgis_process.bin") or shutil.which("qgis_process")
+
+
+def run_qgis_process(env, *args, timeout=240):
+    command = [qgis_process_binary(), "--json", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    result = None
+    start = done.stdout.find("{")
+    if start >= 0:
+        try:
+            result = json.loads(done.stdout[start:])
+        except ValueError:
+            result = None
+    return done, result
