@@ -32,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def models_dir_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--models-dir", nargs="+", type=Path, default=None,
-                       help="folders holding .onnx packages (default: repo resources/models, "
+                       help="the only folders holding .onnx packages (default: repo resources/models, "
                             "~/.local/share/mtp_qgis/models, $MTP_QGIS_MODELS)")
+        p.add_argument("--extra-models-dir", nargs="+", type=Path, default=[],
+                       help="folders searched before the default ones (or before --models-dir)")
 
     s = sub.add_parser("serve", help="serve the HTTP API on loopback")
     s.add_argument("--host", default="127.0.0.1")
@@ -64,17 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_registry(args):
+    from backend.registry import ModelRegistry, default_model_dirs
+
+    return ModelRegistry(list(args.extra_models_dir) + list(args.models_dir or default_model_dirs()))
+
+
 def cmd_run(args) -> int:
     import dataclasses
 
     from backend.jobs import JobSpec, plan_job
-    from backend.registry import ModelRegistry
     from backend.segmentation import segment_raster
 
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
     spec = JobSpec("semantic_segmentation", args.model, [str(args.input.resolve())],
                    {"raster": str(args.output.resolve())}, extent, {"batch_size": args.batch_size})
-    plan = plan_job(spec, ModelRegistry(args.models_dir), job_id="cli")
+    plan = plan_job(spec, model_registry(args), job_id="cli")
 
     def progress(percent: float, message: str) -> None:
         print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
@@ -86,9 +93,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from backend.registry import ModelRegistry
-
-    registry = ModelRegistry(args.models_dir)
+    registry = model_registry(args)
     packages = registry.list()
     if args.json:
         print(json.dumps({"models": [p.info() for p in packages]}, indent=2))
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from backend.server import serve
 
-            return serve(args.host, args.port, args.state_file, args.token_file, args.models_dir, args.parent_pid)
+            return serve(args.host, args.port, args.state_file, args.token_file, model_registry(args), args.parent_pid)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "models":

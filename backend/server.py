@@ -89,11 +89,10 @@ def check_loopback(host: str) -> None:
         raise BackendError(f"--host {host} is not a loopback address; the backend only listens on 127.0.0.1/::1.")
 
 
-def serve(host: str, port: int, state_file: Path, token_file: Path, model_dirs: list[Path] | None,
+def serve(host: str, port: int, state_file: Path, token_file: Path, registry: ModelRegistry,
           parent_pid: int | None) -> int:
     check_loopback(host)
     token = load_or_create_token(token_file)
-    registry = ModelRegistry(model_dirs)
     jobs = JobManager(registry)
     app = create_app(registry, token, jobs)
 

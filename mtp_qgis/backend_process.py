@@ -43,6 +43,10 @@ def backend_python_executable(source_root):
         venv_python_win = source_root / ".venv" / "Scripts" / "python.exe"
         if venv_python_win.exists():
             return str(venv_python_win)
+    # Where backend_bundle/install_backend_env.sh puts it for a plugin installed from the zip.
+    user_venv = Path.home() / ".local" / "share" / "mtp_qgis" / "venv" / "bin" / "python"
+    if user_venv.exists():
+        return str(user_venv)
     return shutil.which("python3") or shutil.which("python") or "python3"
 
 
@@ -148,7 +152,8 @@ class BackendManager:
             "--parent-pid", str(os.getpid()),
         ]
         if settings.models_dir():
-            command += ["--models-dir", settings.models_dir()]
+            # Searched before the bundled models, which stay available.
+            command += ["--extra-models-dir", settings.models_dir()]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), env.get("PYTHONPATH", "")]))
         with open(self._log_path, "wb") as log:

@@ -50,6 +50,7 @@ def build(out: Path) -> Path:
             if wanted(f):
                 zf.write(f, f"{bundle}/{f.relative_to(REPO).as_posix()}")
         zf.write(REPO / "requirements/backend.txt", f"{bundle}/requirements.txt")
+        zf.write(REPO / "scripts/install_backend_env.sh", f"{bundle}/install_backend_env.sh")
         for f in sorted((REPO / "resources/models").glob("*.onnx")):
             zf.write(f, f"{bundle}/resources/models/{f.name}")
     tmp.replace(out)

@@ -1,5 +1,6 @@
 """`python -m backend run` and `models` as a user types them."""
 
+import json
 import subprocess
 import sys
 
@@ -41,3 +42,15 @@ def test_models_lists_ids(models_dir):
     done = backend_cli("models", "--models-dir", models_dir)
     assert done.returncode == 0
     assert sorted(line.split("\t")[0] for line in done.stdout.splitlines()) == ["nir4", "pointwise", "slow", "spatial"]
+
+
+def test_extra_models_dir_comes_first_and_keeps_the_defaults(models_dir, tmp_path):
+    # A folder of the user's own adds models (and may shadow an id) without hiding the bundled ones.
+    shadow = tmp_path / "mine"
+    shadow.mkdir()
+    (shadow / "mtp_seg_default.onnx").write_bytes((models_dir / "pointwise.onnx").read_bytes())
+    done = backend_cli("models", "--json", "--extra-models-dir", shadow, "--models-dir", models_dir)
+    assert done.returncode == 0, done.stderr
+    paths = {m["id"]: m["path"] for m in json.loads(done.stdout)["models"]}
+    assert sorted(paths) == ["mtp_seg_default", "nir4", "pointwise", "slow", "spatial"]
+    assert paths["mtp_seg_default"] == str((shadow / "mtp_seg_default.onnx").resolve())
