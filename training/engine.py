@@ -1,0 +1,208 @@
+"""Training loop, schedule, checkpoint/resume and held-out evaluation."""
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from training.config import Config, config_from_dict, config_to_dict
+from training.data import CropSampler, LabelledTile, load_source
+from training.inference import predict_logits
+from training.metrics import best_constant_baseline, confusion_matrix, summarize
+from training.models import build_segmentor
+
+log = logging.getLogger("training")
+
+
+def lr_factor(iteration: int, total: int, cfg) -> float:
+    """Linear warm-up, then poly or cosine decay to min_lr_ratio."""
+    if iteration < cfg.warmup_iters:
+        return (iteration + 1) / cfg.warmup_iters
+    progress = min(1.0, (iteration - cfg.warmup_iters) / max(1, total - cfg.warmup_iters))
+    if cfg.schedule == "poly":
+        decay = (1.0 - progress) ** cfg.poly_power
+    elif cfg.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ValueError(f"train.schedule must be 'poly' or 'cosine', not {cfg.schedule!r}")
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, total_iters: int):
+    # No weight decay on norms and biases, as is usual for AdamW.
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, total_iters, cfg.train))
+    return optimizer, scheduler
+
+
+class StopRequest:
+    """While active, the first Ctrl-C asks the loop to stop after the current iteration (with a
+    checkpoint to resume from); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        log.warning("stop requested: finishing this iteration and saving a checkpoint (Ctrl-C again to abort)")
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    return int(np.random.default_rng([seed, iteration, 7]).integers(0, 2 ** 62))
+
+
+def setup_logging(work_dir: Path) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == (work_dir / "train.log").resolve()
+               for h in log.handlers):
+        handler = logging.FileHandler(work_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+
+
+def make_sampler(cfg: Config) -> CropSampler:
+    groups = [load_source(source) for source in cfg.data.train]
+    return CropSampler(groups, [s.weight for s in cfg.data.train], cfg.data.crop_size, cfg.data.scale,
+                       cfg.data.mean, cfg.data.std, seed=cfg.train.seed, color_jitter=cfg.data.color_jitter)
+
+
+def loss_class_weights(sampler: CropSampler, cfg: Config) -> Optional[torch.Tensor]:
+    mode = cfg.train.class_weighting
+    if mode == "none":
+        return None
+    powers = {"inverse_sqrt_frequency": 0.5, "inverse_frequency": 1.0}
+    if mode not in powers:
+        raise ValueError(f"train.class_weighting must be 'none' or one of {sorted(powers)}, not {mode!r}")
+    freq = sampler.class_frequencies(cfg.model.num_classes)
+    weights = np.where(freq > 0, np.maximum(freq, 1e-12) ** -powers[mode], 0.0)
+    weights /= (weights * freq).sum()  # the average pixel keeps weight 1, so the lr means the same
+    log.info("loss class weights: %s", np.round(weights, 2).tolist())
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def train(cfg: Config, work_dir, iters: Optional[int] = None, resume: bool = False,
+          evaluate_at_end: bool = True, show_progress: bool = True,
+          stop_after: Optional[int] = None) -> Dict:
+    """Train (or resume) and return the final checkpoint state. With resume, the config stored in
+    work_dir/latest.pt is used so the run continues exactly as it started. `stop_after` ends the run
+    early with a checkpoint, as an interruption would (the schedule still spans `iters`)."""
+    work_dir = Path(work_dir)
+    setup_logging(work_dir)
+    latest = work_dir / "latest.pt"
+    state = None
+    if resume:
+        state = load_checkpoint(latest)
+        cfg = config_from_dict(state["config"])
+        log.info("resuming from %s at iteration %d", latest, state["iteration"])
+    total = iters if iters is not None else (state["total_iters"] if state else cfg.train.iters)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_segmentor(cfg.model)
+    optimizer, scheduler = build_optimizer(model, cfg, total)
+    start, elapsed = 0, 0.0
+    if state:
+        load_model_weights(model, state, latest)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_torch"])
+        start, elapsed = state["iteration"], state.get("elapsed_s", 0.0)
+    sampler = make_sampler(cfg)
+    class_weights = loss_class_weights(sampler, cfg)
+
+    def snapshot(iteration: int) -> Dict:
+        return {"config": config_to_dict(cfg), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "iteration": iteration, "total_iters": total, "rng_torch": torch.get_rng_state(),
+                "elapsed_s": elapsed + time.time() - t0}
+
+    t0 = time.time()
+    model.train()
+    progress = tqdm(range(start, total), initial=start, total=total, desc="train", mininterval=5,
+                    disable=not show_progress)
+    with StopRequest() as stop:
+        for it in progress:
+            # Seeding per iteration makes dropout and batches independent of where a run was resumed.
+            torch.manual_seed(iteration_seed(cfg.train.seed, it))
+            images, labels = sampler.batch(it, cfg.train.batch_size)
+            loss = F.cross_entropy(model(images), labels, weight=class_weights,
+                                   ignore_index=cfg.data.ignore_index)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss became {loss.item()} at iteration {it}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                 refresh=False)
+            done = it + 1
+            if done % cfg.train.log_interval == 0 or done == total:
+                log.info("iter %d/%d loss %.4f lr %.2e", done, total, loss.item(), scheduler.get_last_lr()[0])
+            if (done == stop_after or stop.requested) and done < total:
+                state = snapshot(done)
+                save_checkpoint(latest, state)
+                log.info("stopped after iteration %d of %d; continue with --resume", done, total)
+                return state
+            if done % cfg.train.checkpoint_interval == 0 and done < total:
+                save_checkpoint(latest, snapshot(done))
+    final = snapshot(total)
+    if evaluate_at_end and cfg.data.val:
+        final["metrics"] = evaluate_model(model, cfg)
+        (work_dir / "metrics.json").write_text(json.dumps(final["metrics"], indent=2))
+        log.info("held-out mIoU %.4f (best constant-class baseline %.4f); per class: %s",
+                 final["metrics"]["mIoU"], final["metrics"]["baseline_best_constant"]["mIoU"],
+                 final["metrics"]["per_class_iou"])
+    save_checkpoint(latest, final)
+    log.info("saved %s (iteration %d, %.0f s of training)", latest, total, final["elapsed_s"])
+    return final
+
+
+def evaluate_tiles(model: torch.nn.Module, cfg: Config, tiles: List[LabelledTile]) -> Dict:
+    names = [c.name for c in cfg.data.classes]
+    n = cfg.model.num_classes
+    cm = np.zeros((n, n), dtype=np.int64)
+    for tile in tiles:
+        logits = predict_logits(model, tile.image, n, cfg.eval.tile_size, cfg.eval.tile_overlap,
+                                cfg.data.scale, cfg.data.mean, cfg.data.std, cfg.eval.batch_size)
+        cm += confusion_matrix(tile.label, logits.argmax(0).numpy(), n, cfg.data.ignore_index)
+    result = summarize(cm, names)
+    baseline = best_constant_baseline(cm)
+    result["baseline_best_constant"] = {"class": names[baseline["class_id"]], "mIoU": baseline["mIoU"]}
+    result["evaluated_on"] = ", ".join(Path(t.name).name for t in tiles)
+    result["confusion_matrix"] = cm.tolist()
+    return result
+
+
+def evaluate_model(model: torch.nn.Module, cfg: Config) -> Dict:
+    tiles = [tile for source in cfg.data.val for tile in load_source(source)]
+    result = evaluate_tiles(model, cfg, tiles)
+    result["evaluated_on"] = "; ".join(
+        f"{Path(s.root).name}/{','.join(s.tiles)}" + (f" regions {s.regions}" if s.regions else "") + " (held out)"
+        for s in cfg.data.val)
+    return result

@@ -1,0 +1,138 @@
+"""Export a checkpoint to a model package: one .onnx file with `mtp_qgis` metadata (docs/contract.md),
+accepted only if ONNX Runtime reproduces torch's logits on real image tiles."""
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from training.config import Config, config_to_dict
+from training.data import load_source, normalize
+from training.engine import evaluate_model
+from training.evaluate import model_from_checkpoint
+from training.inference import window_starts
+
+log = logging.getLogger("training")
+METADATA_KEY = "mtp_qgis"
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def parity_tiles(cfg: Config, max_tiles: int = 6) -> torch.Tensor:
+    """Real tiles for the parity check: the sliding windows of the held-out (then training) images."""
+    size, stride = cfg.eval.tile_size, cfg.eval.tile_size - cfg.eval.tile_overlap
+    tiles: List[torch.Tensor] = []
+    for source in list(cfg.data.val) + list(cfg.data.train):
+        for tile in load_source(source):
+            height, width = tile.label.shape
+            if height < size or width < size:
+                continue
+            for top in window_starts(height, size, stride):
+                for left in window_starts(width, size, stride):
+                    crop = tile.image[top:top + size, left:left + size]
+                    tiles.append(normalize(crop, cfg.data.scale, cfg.data.mean, cfg.data.std))
+                    if len(tiles) == max_tiles:
+                        return torch.stack(tiles)
+    if not tiles:
+        raise ExportError(f"no image of at least {size}x{size} px in the config's data for the parity check")
+    return torch.stack(tiles)
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, tiles: torch.Tensor, atol: float,
+                 min_agreement: float) -> Dict:
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    max_diff, agree, total = 0.0, 0, 0
+    # Batches of 2 and a final odd one also exercise the dynamic batch dimension.
+    for start in range(0, len(tiles), 2):
+        batch = tiles[start:start + 2]
+        with torch.no_grad():
+            expected = model(batch).numpy()
+        got = session.run(None, {input_name: batch.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")
+        max_diff = max(max_diff, float(np.abs(got - expected).max()))
+        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+        total += expected.shape[0] * expected.shape[2] * expected.shape[3]
+    result = {"tiles": int(len(tiles)), "max_abs_logit_diff": max_diff, "tolerance": atol,
+              "argmax_agreement": agree / total, "min_argmax_agreement": min_agreement}
+    result["passed"] = max_diff <= atol and result["argmax_agreement"] >= min_agreement
+    return result
+
+
+def build_metadata(cfg: Config, state: Dict, metrics: Dict, parity: Dict) -> Dict:
+    data = cfg.data
+    return {
+        "format_version": 1,
+        "task": "semantic_segmentation",
+        "name": cfg.export.name,
+        "description": (cfg.export.description + f" Held-out mIoU {metrics['mIoU']:.3f}.").strip(),
+        "classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
+        "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
+                  "mean": list(data.mean), "std": list(data.std)},
+        "tile_size": cfg.eval.tile_size,
+        "tile_overlap": cfg.eval.tile_overlap,
+        "gsd_m": data.gsd_m,
+        "output": {"type": "logits", "layout": "NCHW"},
+        "metrics": {"mIoU": metrics["mIoU"], "overall_accuracy": metrics["overall_accuracy"],
+                    "per_class_iou": metrics["per_class_iou"], "evaluated_on": metrics["evaluated_on"],
+                    "baseline_best_constant_mIoU": metrics["baseline_best_constant"]["mIoU"]},
+        "training": {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
+                     "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)},
+    }
+
+
+def export_onnx(model: torch.nn.Module, path: Path, tile_size: int, channels: int, opset: int) -> None:
+    example = torch.zeros(1, channels, tile_size, tile_size)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    # The dynamo exporter handles the fixed-kernel pooling; the tile size is fixed, the batch is not.
+    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                      opset_version=opset, dynamo=True, dynamic_shapes={"x": {0: batch}},
+                      external_data=False, verbose=False)
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> Dict:
+    """Write `out` (.onnx) from a training checkpoint; returns the metadata written."""
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ValueError(f"--out must end in .onnx (the model id is the file name), got {out}")
+    model, cfg, state = model_from_checkpoint(checkpoint)
+    metrics = state.get("metrics") or evaluate_model(model, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    try:
+        export_onnx(model, tmp, cfg.eval.tile_size, cfg.model.encoder.in_chans, cfg.export.opset)
+        parity = check_parity(model, tmp, parity_tiles(cfg), cfg.export.atol, cfg.export.min_argmax_agreement)
+        if not parity["passed"]:
+            raise ExportError(f"parity check failed, no model written: {parity}")
+        proto = onnx.load(str(tmp))
+        metadata = build_metadata(cfg, state, metrics, parity)
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("wrote %s (%.1f MB), parity: max |diff| %.2e, argmax agreement %.5f", out,
+             out.stat().st_size / 1e6, parity["max_abs_logit_diff"], parity["argmax_agreement"])
+    return metadata
+
+
+def read_metadata(path) -> Dict:
+    """The `mtp_qgis` JSON of a package (what the backend reads)."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if METADATA_KEY not in props:
+        raise ValueError(f"{path} has no {METADATA_KEY!r} metadata")
+    return json.loads(props[METADATA_KEY])

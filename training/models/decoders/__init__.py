@@ -1,0 +1,3 @@
+from training.models.decoders.uperhead import UperHead
+
+__all__ = ["UperHead"]
