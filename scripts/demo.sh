@@ -19,7 +19,11 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 # Debian's /usr/bin/qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 rejects.
 qgis_process=$(command -v qgis_process.bin || command -v qgis_process)
 
-"$qgis_process" plugins enable mtp_qgis >/dev/null 2>&1
+# qgis_process loads a plugin only once it is enabled in the profile ("already enabled" exits 1).
+"$qgis_process" plugins enable mtp_qgis >/dev/null 2>&1 || true
+if ! grep -q "^\* mtp_qgis" <<<"$("$qgis_process" plugins 2>/dev/null)"; then
+    echo "qgis_process did not load the mtp_qgis plugin from $QGIS_PLUGINPATH" >&2; exit 1
+fi
 "$qgis_process" run mtp:segment -- INPUT="$input" MODEL=mtp_seg_default OUTPUT="$output" "$@" 2>&1 \
     | grep -v -e "^QStandardPaths" -e "setapi() is deprecated"
 
