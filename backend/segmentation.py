@@ -15,7 +15,7 @@ from backend import raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.model_package import ModelPackage
 from backend.sessions import get_session
-from backend.tiling import StreamingBlender, TileGrid, TileSpec
+from backend.tiling import StreamingBlender, TileGrid, TileSpec, column_stripes
 
 log = logging.getLogger(__name__)
 NODATA_CLASS = 255
@@ -123,18 +123,22 @@ def with_context(window: raster_io.Window, margin: int, raster_width: int, raste
     return raster_io.Window(x0, y0, x1 - x0, y1 - y0)
 
 
+# Widest stretch blended in one pass. Wider windows go in stripes (see tiling.column_stripes): memory
+# stays flat in width at the cost of inferring the tile columns on each seam twice (~5% more tiles).
+MAX_STRIPE_WIDTH = 8192
+
+
 def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: raster_io.Window,
               sink, batch_size: int, progress: ProgressCallback | None = None,
-              cancelled: CancelCheck | None = None) -> None:
+              cancelled: CancelCheck | None = None, stripe_width: int = MAX_STRIPE_WIDTH) -> None:
     """Read, infer and blend every tile of the window; finished blocks go to sink."""
     model = tile_model.model
-    grid = TileGrid(window.width, window.height, model.tile_size, model.tile_overlap)
-    blender = StreamingBlender(grid, model.num_classes, sink)
-    total = len(grid)
+    full = TileGrid(window.width, window.height, model.tile_size, model.tile_overlap)
+    stripes = column_stripes(full.xs, full.tile_w, window.width, stripe_width)
+    total = sum((s.stop - s.first) * len(full.ys) for s in stripes)
     done = 0
-    batch: list[tuple[TileSpec, np.ndarray]] = []
 
-    def flush_batch() -> None:
+    def flush_batch(batch: list[tuple[TileSpec, np.ndarray]], blender: StreamingBlender) -> None:
         nonlocal done
         if cancelled and cancelled():
             raise JobCancelled()
@@ -149,13 +153,27 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
         if progress:
             progress(100.0 * done / total, f"tile {done}/{total}")
 
-    for tile in grid:
-        raw = reader.read(window.x + tile.x, window.y + tile.y, tile.width, tile.height)
-        batch.append((tile, tile_model.prepare(raw)))
-        if len(batch) == batch_size:
-            flush_batch()
-    if batch:
-        flush_batch()
+    for stripe in stripes:
+        x_off = full.xs[stripe.first]
+        xs = [x - x_off for x in full.xs[stripe.first : stripe.stop]]
+        grid = TileGrid(xs[-1] + full.tile_w, window.height, model.tile_size, model.tile_overlap, xs=xs)
+        keep_from, keep_to = stripe.write_from - x_off, stripe.write_to - x_off
+
+        def stripe_sink(x: int, y: int, probs: np.ndarray, keep_from=keep_from, keep_to=keep_to,
+                        x_off=x_off) -> None:
+            a, b = max(x, keep_from), min(x + probs.shape[2], keep_to)
+            if a < b:
+                sink(a + x_off, y, probs[:, :, a - x : b - x])
+
+        blender = StreamingBlender(grid, model.num_classes, stripe_sink)
+        batch: list[tuple[TileSpec, np.ndarray]] = []
+        for tile in grid:
+            raw = reader.read(window.x + x_off + tile.x, window.y + tile.y, tile.width, tile.height)
+            batch.append((tile, tile_model.prepare(raw)))
+            if len(batch) == batch_size:
+                flush_batch(batch, blender)
+        if batch:
+            flush_batch(batch, blender)
 
 
 def segment_raster(request: SegmentationRequest, progress: ProgressCallback | None = None,

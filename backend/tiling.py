@@ -57,9 +57,10 @@ class TileSpec:
 class TileGrid:
     """All tiles over a width x height window, in the order the blender needs them."""
 
-    def __init__(self, width: int, height: int, tile: int, overlap: int):
+    def __init__(self, width: int, height: int, tile: int, overlap: int, xs: list[int] | None = None):
+        """xs: explicit column starts (a stripe of a wider grid); default: spread over the width."""
         self.width, self.height, self.tile, self.overlap = width, height, tile, overlap
-        self.xs = tile_starts(width, tile, overlap)
+        self.xs = tile_starts(width, tile, overlap) if xs is None else list(xs)
         self.ys = tile_starts(height, tile, overlap)
         self.tile_w = min(tile, width)
         self.tile_h = min(tile, height)
@@ -74,6 +75,39 @@ class TileGrid:
 
     def max_down_carry(self) -> int:
         return max((self.ys[r] + self.tile_h - self.ys[r + 1] for r in range(len(self.ys) - 1)), default=0)
+
+
+@dataclass(frozen=True)
+class Stripe:
+    """Tile columns [first, stop) of a grid, writing window columns [write_from, write_to)."""
+    first: int
+    stop: int
+    write_from: int
+    write_to: int
+
+
+def column_stripes(xs: list[int], tile_w: int, width: int, max_width: int) -> list[Stripe]:
+    """Split a grid's tile columns into stripes at most max_width pixels wide (at least one tile).
+
+    The blender's down-carry band is as wide as what it blends, so a stripe bounds memory in width as the
+    row order bounds it in height. Neighbouring stripes share the tile columns that cover their seam (those
+    are inferred twice), and each stripe writes only columns whose every covering tile it holds: the blend is
+    exactly the one a single pass over the whole width would give.
+    """
+    stripes: list[Stripe] = []
+    first, write_from, n = 0, 0, len(xs)
+    while True:
+        stop = first + 1
+        while stop < n and xs[stop] + tile_w - xs[first] <= max_width:
+            stop += 1
+        while stop < n and xs[stop] <= write_from:  # a stripe must get at least one column of its own
+            stop += 1
+        write_to = width if stop == n else xs[stop]  # tile `stop` and later cover nothing left of xs[stop]
+        stripes.append(Stripe(first, stop, write_from, write_to))
+        if stop == n:
+            return stripes
+        write_from = write_to
+        first = next(c for c in range(n) if xs[c] + tile_w > write_from)  # every tile reaching the rest
 
 
 # sink(x, y, probabilities[C, h, w]) receives finished, normalised blocks (window-relative offsets).

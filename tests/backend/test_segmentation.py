@@ -52,6 +52,29 @@ def test_tiled_blend_equals_untiled_for_a_pointwise_model(registry, window):
     assert np.array_equal(tiled.argmax(0)[clear], expected.argmax(0)[clear])
 
 
+def test_stripes_blend_exactly_like_one_pass_over_the_width(registry):
+    # Windows wider than MAX_STRIPE_WIDTH are blended stripe by stripe to keep memory flat in width;
+    # the result must not show where the stripes meet.
+    package = registry.get("spatial")
+    ds = raster_io.open_raster(COGEO)
+    reader = raster_io.RasterReader(ds, package.input.bands, "cogeo")
+    window = Window(3, 5, 1000, 150)
+
+    def blend(stripe_width):
+        out = np.full((package.num_classes, window.height, window.width), np.nan, np.float32)
+        writes = np.zeros((window.height, window.width), np.int32)
+
+        def sink(x, y, probs):
+            out[:, y : y + probs.shape[1], x : x + probs.shape[2]] = probs
+            writes[y : y + probs.shape[1], x : x + probs.shape[2]] += 1
+
+        run_tiles(TileModel(package), reader, window, sink, batch_size=4, stripe_width=stripe_width)
+        assert (writes == 1).all()
+        return out
+
+    np.testing.assert_allclose(blend(200), blend(10**6), rtol=0, atol=1e-6)
+
+
 def run_job(registry, tmp_path, input_path, extent=None, model="spatial", name="result.tif"):
     spec = JobSpec("semantic_segmentation", model, [str(input_path)], {"raster": str(tmp_path / name)}, extent)
     plan = plan_job(spec, registry, job_id="t1")

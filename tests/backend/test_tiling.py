@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from backend.tiling import StreamingBlender, TileGrid, ramp_weights, tile_starts
+from backend.tiling import StreamingBlender, TileGrid, column_stripes, ramp_weights, tile_starts
 
 
 @pytest.mark.parametrize("length", [1, 7, 63, 64, 65, 100, 127, 128, 129, 200, 257, 1000])
@@ -88,3 +88,29 @@ def test_carry_memory_depends_on_width_not_height():
     b_tall = StreamingBlender(tall, 7, lambda *a: None)
     assert b_tall.down_carry.nbytes <= b_short.down_carry.nbytes * 1.1
     assert b_tall.down_carry.shape[1] < 512  # an overlap-sized band, not a tile row
+
+
+@pytest.mark.parametrize("width", [50, 64, 300, 1000, 4097])
+@pytest.mark.parametrize("tile,overlap,max_width", [(64, 16, 200), (64, 40, 64), (64, 0, 130), (64, 16, 10**6)])
+def test_stripes_write_every_column_once_and_hold_every_tile_covering_it(width, tile, overlap, max_width):
+    grid = TileGrid(width, 10, tile, overlap)
+    stripes = column_stripes(grid.xs, grid.tile_w, width, max_width)
+    assert stripes[0].write_from == 0 and stripes[-1].write_to == width
+    for left, right in zip(stripes, stripes[1:]):
+        assert left.write_to == right.write_from
+    for s in stripes:
+        assert s.write_from < s.write_to
+        for x in range(s.write_from, s.write_to):
+            covering = {c for c, x0 in enumerate(grid.xs) if x0 <= x < x0 + grid.tile_w}
+            assert covering <= set(range(s.first, s.stop)), (x, s)
+    if width > max_width + tile:
+        assert len(stripes) > 1
+
+
+def test_stripes_bound_the_blended_width_for_the_default_model_layout():
+    grid = TileGrid(16384, 512, 512, 128)
+    stripes = column_stripes(grid.xs, grid.tile_w, 16384, 4096)
+    widths = [grid.xs[s.stop - 1] + 512 - grid.xs[s.first] for s in stripes]
+    assert max(widths) <= 4096 and len(stripes) >= 4
+    extra_tiles = sum(s.stop - s.first for s in stripes) - len(grid.xs)
+    assert extra_tiles <= 2 * (len(stripes) - 1)  # seams cost at most two tile columns each
