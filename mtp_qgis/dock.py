@@ -12,9 +12,10 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
+    QgsSettings,
     QgsTask,
 )
-from qgis.gui import QgsMapLayerComboBox
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -36,10 +37,13 @@ from .settings import DEFAULT_MODEL_ID
 ALGORITHM_ID = "mtp:segment"
 
 
-def result_path_for(layer_name):
-    """A fresh GeoTIFF path in the temp folder; the name says which layer it came from."""
+OUTPUT_DIR_SETTING = "mtp_qgis/dock_output_dir"
+
+
+def result_path_for(layer_name, folder=""):
+    """A fresh GeoTIFF path in folder (default: the temp folder); the name says which layer it came from."""
     safe = re.sub(r"[^A-Za-z0-9_-]+", "_", layer_name).strip("_") or "layer"
-    folder = os.path.join(tempfile.gettempdir(), "mtp_qgis")
+    folder = folder or os.path.join(tempfile.gettempdir(), "mtp_qgis")
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"{safe}_segmentation_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}.tif")
 
@@ -53,9 +57,12 @@ class DockFeedback(QgsProcessingFeedback):
         super().pushInfo(info)
         self.message.emit(info)
 
+    error = pyqtSignal(str)
+
     def reportError(self, error, fatalError=False):  # noqa: N802,N803
         super().reportError(error, fatalError)
         self.message.emit(error)
+        self.error.emit(error)
 
 
 class MtpDockWidget(QDockWidget):
@@ -68,6 +75,7 @@ class MtpDockWidget(QDockWidget):
         self._context = None
         self._feedback = None
         self._running = None  # (model id, input layer name) of the job in flight
+        self._last_error = None
         self._asked_backend = False
         self._closing = False
         self._build_ui()
@@ -97,6 +105,13 @@ class MtpDockWidget(QDockWidget):
         form.addRow("Model", model_row)
         self.extent_check = QCheckBox("Use current map extent", body)
         form.addRow("", self.extent_check)
+        self.output_dir = QgsFileWidget(body)
+        self.output_dir.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
+        self.output_dir.setFilePath(QgsSettings().value(OUTPUT_DIR_SETTING, "", type=str))
+        self.output_dir.lineEdit().setPlaceholderText("temporary folder (lost when QGIS closes)")
+        self.output_dir.setToolTip("Folder for the result GeoTIFFs and their .qml styles; remembered.")
+        self.output_dir.fileChanged.connect(lambda path: QgsSettings().setValue(OUTPUT_DIR_SETTING, path))
+        form.addRow("Save results in", self.output_dir)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run", body)
@@ -124,6 +139,10 @@ class MtpDockWidget(QDockWidget):
     @pyqtSlot(str)
     def set_status(self, text):
         self.status.setText(text)
+
+    @pyqtSlot(str)
+    def _remember_error(self, text):
+        self._last_error = text
 
     @pyqtSlot(float)
     def _show_progress(self, value):
@@ -175,7 +194,7 @@ class MtpDockWidget(QDockWidget):
         layer = self.layer_combo.currentLayer()
         if layer is None:
             raise ValueError("Choose a raster layer first.")
-        output = result_path_for(layer.name())
+        output = result_path_for(layer.name(), self.output_dir.filePath().strip())
         params = {"INPUT": layer.id(), "MODEL": self.model_combo.currentText().strip() or DEFAULT_MODEL_ID,
                   "OUTPUT": output}
         if self.extent_check.isChecked() and self.iface is not None:
@@ -204,6 +223,8 @@ class MtpDockWidget(QDockWidget):
         # Bound slots of this widget (not lambdas) so Qt queues the calls from the worker thread.
         self._feedback.progressChanged.connect(self._show_progress)
         self._feedback.message.connect(self.set_status)
+        self._feedback.error.connect(self._remember_error)
+        self._last_error = None
         self._running = (params["MODEL"], self.layer_combo.currentLayer().name())
         self._task = QgsProcessingAlgRunnerTask(algorithm, params, self._context, self._feedback)
         self._task.executed.connect(self._finished)
@@ -224,8 +245,11 @@ class MtpDockWidget(QDockWidget):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if not successful:
-            self.set_status("Cancelled; nothing was written." if cancelled
-                            else "Segmentation failed; see the log messages panel (Processing tab).")
+            if cancelled:
+                self.set_status("Cancelled; nothing was written.")
+            else:  # keep the algorithm's own reason on screen
+                reason = self._last_error or "see the log messages panel (Processing tab)"
+                self.set_status(f"Segmentation failed: {reason}")
             return
         self.add_result(results["OUTPUT"])
 

@@ -136,6 +136,40 @@ def test_dock_cancel(backend):
         dock.deleteLater()
 
 
+def test_dock_saves_in_the_chosen_folder_and_shows_why_a_run_failed(backend, tmp_path):
+    from mtp_qgis.client import MtpClient
+    from mtp_qgis.dock import MtpDockWidget
+
+    layer = QgsRasterLayer(str(LOVEDA_PNG), "loveda 2", "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    dock = MtpDockWidget(None)
+    try:
+        dock.layer_combo.setLayer(layer)
+        dock.fill_models(MtpClient(backend["url"], backend["token"]).models())
+        dock.output_dir.setFilePath(str(tmp_path / "kept"))
+        dock.model_combo.setCurrentText("mtp_seg_default")
+        before = set(QgsProject.instance().mapLayers())
+        dock.run()
+        assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
+        added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
+        assert len(added) == 1, dock.status.text()
+        saved = Path(added[0].source())
+        assert saved.parent == tmp_path / "kept" and saved.with_suffix(".qml").exists()
+        QgsProject.instance().removeMapLayer(added[0].id())
+
+        dock.model_combo.setCurrentText("no_such_model")
+        dock.run()
+        assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
+        assert dock.status.text().startswith("Segmentation failed:")
+        assert "no_such_model" in dock.status.text()
+        assert sorted(p.suffix for p in (tmp_path / "kept").iterdir()) == [".qml", ".tif"]
+    finally:
+        dock.output_dir.setFilePath("")  # the folder is remembered in QgsSettings: leave none behind
+        QgsProject.instance().removeMapLayer(layer.id())
+        dock.shutdown()
+        dock.deleteLater()
+
+
 def test_shipped_model3_matches_the_builder():
     shipped = QgsProcessingModelAlgorithm()
     assert shipped.fromFile(str(Path(__file__).resolve().parent / "data" / "segment_and_count.model3"))
