@@ -153,10 +153,15 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
         if progress:
             progress(100.0 * done / total, f"tile {done}/{total}")
 
+    grids = []
     for stripe in stripes:
         x_off = full.xs[stripe.first]
         xs = [x - x_off for x in full.xs[stripe.first : stripe.stop]]
-        grid = TileGrid(xs[-1] + full.tile_w, window.height, model.tile_size, model.tile_overlap, xs=xs)
+        grids.append(TileGrid(xs[-1] + full.tile_w, window.height, model.tile_size, model.tile_overlap, xs=xs))
+    carry = np.empty(max((model.num_classes + 1) * g.max_down_carry() * g.width for g in grids), np.float32)
+
+    for stripe, grid in zip(stripes, grids):
+        x_off = full.xs[stripe.first]
         keep_from, keep_to = stripe.write_from - x_off, stripe.write_to - x_off
 
         def stripe_sink(x: int, y: int, probs: np.ndarray, keep_from=keep_from, keep_to=keep_to,
@@ -165,7 +170,7 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
             if a < b:
                 sink(a + x_off, y, probs[:, :, a - x : b - x])
 
-        blender = StreamingBlender(grid, model.num_classes, stripe_sink)
+        blender = StreamingBlender(grid, model.num_classes, stripe_sink, carry)
         batch: list[tuple[TileSpec, np.ndarray]] = []
         for tile in grid:
             raw = reader.read(window.x + x_off + tile.x, window.y + tile.y, tile.width, tile.height)

@@ -117,13 +117,20 @@ BlockSink = Callable[[int, int, np.ndarray], None]
 class StreamingBlender:
     """Weighted average of overlapping tile probabilities, emitted block by block as tiles arrive."""
 
-    def __init__(self, grid: TileGrid, num_classes: int, sink: BlockSink):
+    def __init__(self, grid: TileGrid, num_classes: int, sink: BlockSink, carry_buffer: np.ndarray | None = None):
+        """carry_buffer: float32 memory to hold the down-carry band, reused across stripes so that freeing
+        and reallocating it does not grow the heap; any buffer with at least as many elements will do."""
         self.grid = grid
         self.c = num_classes
         self.sink = sink
         w = ramp_weights(grid.tile, grid.overlap)
         self.weight = np.outer(w[: grid.tile_h], w[: grid.tile_w]).astype(np.float32)
-        self.down_carry = np.zeros((num_classes + 1, grid.max_down_carry(), grid.width), dtype=np.float32)
+        shape = (num_classes + 1, grid.max_down_carry(), grid.width)
+        if carry_buffer is None:
+            self.down_carry = np.zeros(shape, dtype=np.float32)
+        else:
+            self.down_carry = carry_buffer.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+            self.down_carry.fill(0.0)
         self.right_carry: np.ndarray | None = None
         self.expected = iter(list(grid))
 
