@@ -1,4 +1,5 @@
 """The ways an analyst runs mtp:segment besides the toolbox: modeler, batch dialog, dock, own backend."""
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -81,24 +82,40 @@ def wait_for(condition, timeout=60):
     return False
 
 
-def test_dock_runs_the_algorithm_as_a_task_and_adds_a_styled_layer(backend):
+@contextlib.contextmanager
+def dock_on(backend, raster, name):
+    """A dock widget with the backend's models listed and `raster` added to the project and selected."""
     from mtp_qgis.client import MtpClient
     from mtp_qgis.dock import MtpDockWidget
 
-    layer = QgsRasterLayer(str(LOVEDA_PNG), "loveda 2", "gdal")
+    layer = QgsRasterLayer(str(raster), name, "gdal")
     QgsProject.instance().addMapLayer(layer)
     dock = MtpDockWidget(None)
     try:
         dock.layer_combo.setLayer(layer)
         dock.fill_models(MtpClient(backend["url"], backend["token"]).models())
+        yield dock, layer
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+        dock.shutdown()
+        dock.deleteLater()
+
+
+def run_dock(dock):
+    """Run the dock's job to its end; the layers it added to the project."""
+    before = set(QgsProject.instance().mapLayers())
+    dock.run()
+    assert not dock.run_button.isEnabled()
+    assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
+    return [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
+
+
+def test_dock_runs_the_algorithm_as_a_task_and_adds_a_styled_layer(backend):
+    with dock_on(backend, LOVEDA_PNG, "loveda 2") as (dock, layer):
         assert dock.model_combo.findText("mtp_seg_default") >= 0
         assert dock.model_combo.findText("slow_seg") >= 0
         dock.model_combo.setCurrentText("mtp_seg_default")
-        before = set(QgsProject.instance().mapLayers())
-        dock.run()
-        assert not dock.run_button.isEnabled()
-        assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
-        added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
+        added = run_dock(dock)
         assert len(added) == 1, dock.status.text()
         result = added[0]
         assert result.renderer().type() == "paletted"
@@ -107,22 +124,10 @@ def test_dock_runs_the_algorithm_as_a_task_and_adds_a_styled_layer(backend):
         assert dock.progress.value() == 100
         assert result.extent() == layer.extent()
         QgsProject.instance().removeMapLayer(result.id())
-    finally:
-        QgsProject.instance().removeMapLayer(layer.id())
-        dock.shutdown()
-        dock.deleteLater()
 
 
 def test_dock_cancel(backend):
-    from mtp_qgis.client import MtpClient
-    from mtp_qgis.dock import MtpDockWidget
-
-    layer = QgsRasterLayer(str(COGEO), "cogeo", "gdal")
-    QgsProject.instance().addMapLayer(layer)
-    dock = MtpDockWidget(None)
-    try:
-        dock.layer_combo.setLayer(layer)
-        dock.fill_models(MtpClient(backend["url"], backend["token"]).models())
+    with dock_on(backend, COGEO, "cogeo") as (dock, _):
         dock.model_combo.setCurrentText("slow_seg")
         before = set(QgsProject.instance().mapLayers())
         dock.run()
@@ -131,43 +136,26 @@ def test_dock_cancel(backend):
         assert wait_for(lambda: dock.run_button.isEnabled())
         assert "Cancelled" in dock.status.text()
         assert set(QgsProject.instance().mapLayers()) == before
-    finally:
-        QgsProject.instance().removeMapLayer(layer.id())
-        dock.deleteLater()
 
 
 def test_dock_saves_in_the_chosen_folder_and_shows_why_a_run_failed(backend, tmp_path):
-    from mtp_qgis.client import MtpClient
-    from mtp_qgis.dock import MtpDockWidget
-
-    layer = QgsRasterLayer(str(LOVEDA_PNG), "loveda 2", "gdal")
-    QgsProject.instance().addMapLayer(layer)
-    dock = MtpDockWidget(None)
-    try:
-        dock.layer_combo.setLayer(layer)
-        dock.fill_models(MtpClient(backend["url"], backend["token"]).models())
+    with dock_on(backend, LOVEDA_PNG, "loveda 2") as (dock, _):
         dock.output_dir.setFilePath(str(tmp_path / "kept"))
-        dock.model_combo.setCurrentText("mtp_seg_default")
-        before = set(QgsProject.instance().mapLayers())
-        dock.run()
-        assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
-        added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
-        assert len(added) == 1, dock.status.text()
-        saved = Path(added[0].source())
-        assert saved.parent == tmp_path / "kept" and saved.with_suffix(".qml").exists()
-        QgsProject.instance().removeMapLayer(added[0].id())
+        try:
+            dock.model_combo.setCurrentText("mtp_seg_default")
+            added = run_dock(dock)
+            assert len(added) == 1, dock.status.text()
+            saved = Path(added[0].source())
+            assert saved.parent == tmp_path / "kept" and saved.with_suffix(".qml").exists()
+            QgsProject.instance().removeMapLayer(added[0].id())
 
-        dock.model_combo.setCurrentText("no_such_model")
-        dock.run()
-        assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
-        assert dock.status.text().startswith("Segmentation failed:")
-        assert "no_such_model" in dock.status.text()
-        assert sorted(p.suffix for p in (tmp_path / "kept").iterdir()) == [".qml", ".tif"]
-    finally:
-        dock.output_dir.setFilePath("")  # the folder is remembered in QgsSettings: leave none behind
-        QgsProject.instance().removeMapLayer(layer.id())
-        dock.shutdown()
-        dock.deleteLater()
+            dock.model_combo.setCurrentText("no_such_model")
+            assert run_dock(dock) == []
+            assert dock.status.text().startswith("Segmentation failed:")
+            assert "no_such_model" in dock.status.text()
+            assert sorted(p.suffix for p in (tmp_path / "kept").iterdir()) == [".qml", ".tif"]
+        finally:
+            dock.output_dir.setFilePath("")  # the folder is remembered in QgsSettings: leave none behind
 
 
 def test_shipped_model3_matches_the_builder():
