@@ -153,11 +153,11 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
         if progress:
             progress(100.0 * done / total, f"tile {done}/{total}")
 
-    grids = []
-    for stripe in stripes:
-        x_off = full.xs[stripe.first]
-        xs = [x - x_off for x in full.xs[stripe.first : stripe.stop]]
-        grids.append(TileGrid(xs[-1] + full.tile_w, window.height, model.tile_size, model.tile_overlap, xs=xs))
+    def stripe_grid(stripe) -> TileGrid:  # the stripe's tiles, in coordinates relative to its first tile
+        xs = [x - full.xs[stripe.first] for x in full.xs[stripe.first : stripe.stop]]
+        return TileGrid(xs[-1] + full.tile_w, window.height, model.tile_size, model.tile_overlap, xs=xs)
+
+    grids = [stripe_grid(stripe) for stripe in stripes]
     carry = np.empty(max((model.num_classes + 1) * g.max_down_carry() * g.width for g in grids), np.float32)
 
     for stripe, grid in zip(stripes, grids):
