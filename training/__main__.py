@@ -8,22 +8,37 @@ from pathlib import Path
 from training.config import repo_path
 
 
+def headline(metrics: dict) -> dict:
+    """The metrics worth printing (everything but matrices)."""
+    return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+
+
 def cmd_train(args) -> int:
-    from training.config import load_config
-    from training.engine import train
-    cfg = None if args.resume else load_config(args.config)
-    if args.resume and args.config:
-        logging.getLogger("training").info("--resume: using the config stored in the checkpoint")
-    final = train(cfg, repo_path(args.work_dir), iters=args.iters, resume=args.resume)
+    from training.tasks import checkpoint_task, config_task, task_module
+    work_dir = repo_path(args.work_dir)
+    if args.resume:
+        if args.config:
+            logging.getLogger("training").info("--resume: using the config stored in the checkpoint")
+        task = checkpoint_task(work_dir / "latest.pt")
+    else:
+        task = config_task(args.config)
+    final = task_module(task).train_config(args.config, work_dir, iters=args.iters, resume=args.resume)
     if "metrics" in final:
-        print(json.dumps({k: final["metrics"][k] for k in ("mIoU", "per_class_iou", "overall_accuracy",
-                                                             "baseline_best_constant")}, indent=2))
+        print(json.dumps(headline(final["metrics"]), indent=2))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from training.evaluate import evaluate_checkpoint
-    result = evaluate_checkpoint(repo_path(args.checkpoint), args.image, args.label, args.dataset)
+    from training.tasks import checkpoint_task, task_module
+    checkpoint = repo_path(args.checkpoint)
+    task = checkpoint_task(checkpoint)
+    if task == "semantic_segmentation":
+        from training.evaluate import evaluate_checkpoint
+        result = evaluate_checkpoint(checkpoint, args.image, args.label, args.dataset)
+    elif args.image or args.label:
+        raise ValueError(f"--image/--label apply to segmentation checkpoints; this one is {task}")
+    else:
+        result = task_module(task).evaluate_checkpoint(checkpoint)
     text = json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=2)
     print(text)
     if args.out:
@@ -32,11 +47,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from training.export import export_checkpoint
+    from training.tasks import checkpoint_task, task_module
     out = repo_path(args.out)
-    metadata = export_checkpoint(repo_path(args.checkpoint), out)
-    summary = {"model": str(out), "size_mb": round(out.stat().st_size / 1e6, 2),
-               "mIoU": metadata["metrics"]["mIoU"], "parity": metadata["training"]["parity"]}
+    checkpoint = repo_path(args.checkpoint)
+    metadata = task_module(checkpoint_task(checkpoint)).export_checkpoint(checkpoint, out)
+    summary = {"model": str(out), "task": metadata["task"], "size_mb": round(out.stat().st_size / 1e6, 2),
+               "metrics": {k: v for k, v in metadata["metrics"].items() if not isinstance(v, (list, dict))},
+               "parity": metadata["training"]["parity"]}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -45,14 +62,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a segmentation model (evaluates on the held-out tiles at the end)")
+    p = sub.add_parser("train", help="train the model a config describes (its `task:` key; evaluates on held-out data at the end)")
     p.add_argument("--config", help="YAML config (not needed with --resume)")
     p.add_argument("--work-dir", required=True, help="folder for latest.pt, train.log, metrics.json")
     p.add_argument("--iters", type=int, help="override train.iters")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="sliding-window mIoU of a checkpoint")
+    p = sub.add_parser("evaluate", help="held-out metrics of a checkpoint (segmentation: also any --image/--label pair)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--image", help="RGB image; default: the config's held-out tiles")
     p.add_argument("--label", help="label image for --image")

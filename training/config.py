@@ -117,6 +117,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    task: str = "semantic_segmentation"
 
 
 def _build(tp, raw: Any):
@@ -143,6 +144,8 @@ def _build(tp, raw: Any):
 
 def config_from_dict(raw: Dict[str, Any]) -> Config:
     cfg = _build(Config, raw)
+    if cfg.task != "semantic_segmentation":
+        raise ValueError(f"this is the semantic_segmentation config reader; task {cfg.task!r} has its own")
     if len(cfg.data.classes) != cfg.model.num_classes:
         raise ValueError(f"data.classes lists {len(cfg.data.classes)} classes but model.num_classes "
                          f"is {cfg.model.num_classes}")

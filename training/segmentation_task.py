@@ -1,0 +1,14 @@
+"""The semantic-segmentation task behind the common interface of training.tasks."""
+from training.config import load_config, repo_path
+from training.engine import train
+from training.evaluate import evaluate_checkpoint as _evaluate
+from training.export import export_checkpoint  # noqa: F401  (part of the task interface)
+
+
+def train_config(path, work_dir, iters=None, resume=False):
+    cfg = None if resume else load_config(path)
+    return train(cfg, repo_path(str(work_dir)), iters=iters, resume=resume)
+
+
+def evaluate_checkpoint(path):
+    return _evaluate(path)

@@ -1,0 +1,44 @@
+"""Which training code serves which task. Each task module exposes the same three functions:
+
+    train_config(path, work_dir, iters=None, resume=False) -> final checkpoint state (with "metrics")
+    evaluate_checkpoint(path) -> metrics dict on the config's held-out data
+    export_checkpoint(checkpoint, out) -> metadata written into the .onnx package
+
+A config names its task with a top-level `task:` key (default semantic_segmentation); a checkpoint
+carries its config, so resume/evaluate/export find the task there.
+"""
+import importlib
+from pathlib import Path
+
+import torch
+import yaml
+
+from training.config import repo_path
+
+TASK_MODULES = {
+    "semantic_segmentation": "training.segmentation_task",
+    "change_detection": "training.change_detection",
+    "scene_classification": "training.scene_classification",
+}
+DEFAULT_TASK = "semantic_segmentation"
+
+
+def task_module(task: str):
+    if task not in TASK_MODULES:
+        raise ValueError(f"task {task!r} is not one of {', '.join(TASK_MODULES)}")
+    return importlib.import_module(TASK_MODULES[task])
+
+
+def config_task(path) -> str:
+    path = repo_path(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a YAML mapping")
+    return raw.get("task", DEFAULT_TASK)
+
+
+def checkpoint_task(path) -> str:
+    from training.checkpoint import load_checkpoint
+    return load_checkpoint(Path(path))["config"].get("task", DEFAULT_TASK)
