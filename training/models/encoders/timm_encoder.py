@@ -34,8 +34,13 @@ class TimmEncoder(Encoder):
         for key in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
-        # Whole-model checkpoints carry a classifier the feature extractor lacks; keep matching keys.
         own = self.body.state_dict()
+        # A checkpoint of a whole model of ours (e.g. runs/seg_default/latest.pt, under "model") names
+        # the encoder's tensors "encoder.body.*": take the prefix under which most tensors fit.
+        prefixes = ("", "encoder.body.", "body.", "encoder.", "backbone.")
+        prefix = max(prefixes, key=lambda p: sum(k[len(p):] in own for k in state if k.startswith(p)))
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        # Whole-model checkpoints carry a classifier the feature extractor lacks; keep matching keys.
         usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         # A few generic names (bn1.weight) can match by accident; most of the encoder must match.
         if len(usable) < len(own) / 2:
