@@ -1,4 +1,4 @@
-"""Small ONNX segmentation models built with onnx.helper, for tests and benchmarks.
+"""Small ONNX models built with onnx.helper, for tests and benchmarks (segmentation, change, scenes).
 
 `pointwise`: 1x1 convolutions only, so each output pixel depends on its own input pixel and tiled,
 blended output must equal the untiled answer. `spatial`: adds 3x3 convolutions (a receptive field),
@@ -80,6 +80,85 @@ def write_package(path: Path, num_bands: int = 3, num_classes: int = 4, tile_siz
                   tile_overlap: int = 16, metadata: dict[str, Any] | None = None, **model_args) -> Path:
     model = build_model(num_bands, num_classes, tile_size, **model_args)
     write_metadata(model, metadata or default_metadata(num_bands, num_classes, tile_size, tile_overlap))
+    return _save(model, path)
+
+
+def change_metadata(num_bands: int, tile_size: int, tile_overlap: int) -> dict[str, Any]:
+    meta = default_metadata(num_bands, 2, tile_size, tile_overlap, task="change_detection")
+    meta["classes"] = [{"id": 0, "name": "no change", "color": "#000000"},
+                       {"id": 1, "name": "change", "color": "#ff0000"}]
+    return meta
+
+
+def build_change_model(num_bands: int = 3, tile_size: int = 64, threshold: float = 0.4,
+                       gain: float = 10.0) -> onnx.ModelProto:
+    """before, after float32[N, bands, T, T] -> logits [N, 2, T, T]: a pixel is "change" (class 1) when the
+    mean absolute difference of its normalised bands exceeds `threshold`. Pointwise, so tiling never
+    changes the answer; with the default metadata (scale 255, std 0.25) 0.4 is a raw difference of ~25."""
+    t, g = (numpy_helper.from_array(np.array(v, np.float32), n) for v, n in ((threshold, "threshold"), (gain, "gain")))
+    nodes = [
+        helper.make_node("Sub", ["after", "before"], ["diff"]),
+        helper.make_node("Abs", ["diff"], ["abs_diff"]),
+        helper.make_node("ReduceMean", ["abs_diff"], ["mean_diff"], axes=[1], keepdims=1),
+        helper.make_node("Sub", ["mean_diff", "threshold"], ["excess"]),
+        helper.make_node("Mul", ["excess", "gain"], ["change_logit"]),
+        helper.make_node("Neg", ["change_logit"], ["no_change_logit"]),
+        helper.make_node("Concat", ["no_change_logit", "change_logit"], ["logits"], axis=1),
+    ]
+    shape = ["N", num_bands, tile_size, tile_size]
+    graph = helper.make_graph(
+        nodes, "synthetic_change",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("before", "after")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, tile_size, tile_size])],
+        [t, g],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_change_package(path: Path, num_bands: int = 3, tile_size: int = 64, tile_overlap: int = 16,
+                         metadata: dict[str, Any] | None = None, **model_args) -> Path:
+    model = build_change_model(num_bands, tile_size, **model_args)
+    write_metadata(model, metadata or change_metadata(num_bands, tile_size, tile_overlap))
+    return _save(model, path)
+
+
+def build_classification_model(num_bands: int = 3, num_classes: int = 3, tile_size: int = 64,
+                               gain: float = 10.0) -> onnx.ModelProto:
+    """input float32[N, bands, T, T] -> logits [N, classes]: the logit of class k is `gain` times the
+    tile's mean normalised value of band k (classes beyond the band count get -gain), so a tile is
+    classified as its brightest band, "the dominant colour"."""
+    weights = np.zeros((num_bands, num_classes), np.float32)
+    for k in range(min(num_bands, num_classes)):
+        weights[k, k] = gain
+    bias = np.where(np.arange(num_classes) < num_bands, 0.0, -gain).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["band_means"], axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["band_means", "weights", "bias"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "synthetic_scene_classification",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", num_bands, tile_size, tile_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes])],
+        [numpy_helper.from_array(weights, "weights"), numpy_helper.from_array(bias, "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_classification_package(path: Path, num_bands: int = 3, num_classes: int = 3, tile_size: int = 64,
+                                 metadata: dict[str, Any] | None = None, **model_args) -> Path:
+    model = build_classification_model(num_bands, num_classes, tile_size, **model_args)
+    meta = metadata or default_metadata(num_bands, num_classes, tile_size, 0, task="scene_classification")
+    write_metadata(model, meta)
+    return _save(model, path)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
