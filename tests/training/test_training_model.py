@@ -54,3 +54,15 @@ def test_encoder_checkpoint_of_another_architecture_is_refused(tmp_path):
         build_encoder(EncoderConfig(name="test_efficientnet", checkpoint=str(path)))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_encoder(EncoderConfig(name="test_efficientnet", checkpoint=str(tmp_path / "nope.pth")))
+
+
+def test_encoder_weights_load_from_a_whole_segmentor_checkpoint(tmp_path):
+    """Finetuning starts from a trained model of ours: its encoder tensors are named encoder.body.*."""
+    torch.manual_seed(3)
+    segmentor = build_segmentor(tiny_model_cfg())
+    path = tmp_path / "latest.pt"
+    torch.save({"format": "mtp_training_checkpoint", "model": segmentor.state_dict()}, path)
+    torch.manual_seed(4)  # a different random init, so equality below comes from the loading
+    encoder = build_encoder(EncoderConfig(name="test_efficientnet", checkpoint=str(path)))
+    for name, tensor in encoder.body.state_dict().items():
+        assert torch.equal(tensor, segmentor.encoder.body.state_dict()[name]), name
