@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from backend import __version__
 from backend.errors import BackendError
-from backend.jobs import Job, JobManager, JobSpec
+from backend.jobs import SUPPORTED_TASKS, Job, JobManager, JobSpec
 from backend.raster_io import Extent
 from backend.registry import ModelRegistry
 
@@ -49,12 +49,26 @@ class ExtentModel(BaseModel):
 
 
 class JobRequest(BaseModel):
-    task: str = "semantic_segmentation"
-    model: str
-    inputs: list[str] = Field(min_length=1)
+    """docs/contract.md §2-3. Per task: semantic_segmentation inputs [raster], outputs {raster},
+    options {batch_size}; change_detection inputs [before, after], outputs {raster, polygons?},
+    options {batch_size, min_area_px}; scene_classification inputs [raster], outputs {vector},
+    options {batch_size, cell_size}."""
+
+    # A plain string, not an enum: an unsupported task gets the backend's 400 message naming the
+    # supported ones, like every other request check.
+    task: str = Field("semantic_segmentation", description=f"one of: {', '.join(SUPPORTED_TASKS)}",
+                      examples=list(SUPPORTED_TASKS))
+    model: str = Field(description="model id (GET /models); its task must be `task`")
+    inputs: list[str] = Field(min_length=1, description="absolute raster paths: [raster], or [before, after] "
+                                                        "for change_detection")
     extent: Optional[ExtentModel] = None
-    outputs: dict[str, str]
-    options: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(description="result key -> absolute path: raster (.tif) for segmentation; "
+                                                "raster and optional polygons (.gpkg) for change_detection; "
+                                                "vector (.gpkg) for scene_classification")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="batch_size (1-256, default 4); change_detection: min_area_px "
+                                                "(default 0); scene_classification: cell_size (source pixels, "
+                                                "default the model's tile_size)")
 
 
 class JobModel(BaseModel):
@@ -73,6 +87,10 @@ class JobModel(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobModel]
+
+
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="what is wrong and what to do, naming the file or field")
 
 
 class Health(BaseModel):
@@ -121,7 +139,12 @@ def create_app(registry: ModelRegistry, token: str, jobs: JobManager | None = No
     def models() -> dict:
         return {"models": [m.info() for m in registry.list()]}
 
-    @app.post("/jobs", response_model=JobModel, status_code=202, dependencies=auth)
+    refusals = {400: {"model": ErrorDetail, "description": "refused before queueing: bad input, output, extent, "
+                                                           "option, or a model of another task"},
+                401: {"model": ErrorDetail, "description": "missing or wrong token"},
+                404: {"model": ErrorDetail, "description": "unknown model"}}
+
+    @app.post("/jobs", response_model=JobModel, status_code=202, dependencies=auth, responses=refusals)
     def submit(body: JobRequest) -> dict:
         extent = Extent(**body.extent.model_dump()) if body.extent else None
         spec = JobSpec(body.task, body.model, body.inputs, body.outputs, extent, body.options)

@@ -45,10 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     models_dir_arg(s)
 
-    r = sub.add_parser("run", help="run one segmentation job in this process (no HTTP)")
+    r = sub.add_parser("run", help="run one job in this process (no HTTP)",
+                       description="semantic_segmentation: --input IN.tif --out classes.tif; "
+                                   "change_detection: --input BEFORE --input AFTER --out changes.tif "
+                                   "[--polygons changes.gpkg] [--min-area-px N]; "
+                                   "scene_classification: --input IN.tif --out scenes.gpkg [--cell-size N]")
+    r.add_argument("--task", default="semantic_segmentation",
+                   choices=["semantic_segmentation", "change_detection", "scene_classification"])
     r.add_argument("--model", required=True)
-    r.add_argument("--input", required=True, type=Path)
-    r.add_argument("--output", required=True, type=Path)
+    r.add_argument("--input", required=True, type=Path, action="append",
+                   help="input raster; give it twice (before, then after) for change_detection")
+    r.add_argument("--output", "--out", dest="output", required=True, type=Path,
+                   help="the result: class GeoTIFF, change GeoTIFF, or scene grid .gpkg")
+    r.add_argument("--polygons", type=Path, default=None, help="change_detection: also write change polygons (.gpkg)")
+    r.add_argument("--min-area-px", type=int, default=None, help="change_detection: drop smaller polygons")
+    r.add_argument("--cell-size", type=int, default=None,
+                   help="scene_classification: cell side in source pixels (default: the model's tile size)")
     r.add_argument("--extent", type=_extent, default=None, help="xmin,ymin,xmax,ymax")
     r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
     r.add_argument("--batch-size", type=int, default=4)
@@ -75,20 +87,33 @@ def model_registry(args):
 def cmd_run(args) -> int:
     import dataclasses
 
-    from backend.jobs import JobSpec, plan_job
-    from backend.segmentation import segment_raster
+    from backend.jobs import JobSpec, plan_job, run_plan
 
+    for flag, value, task in (("--polygons", args.polygons, "change_detection"),
+                              ("--min-area-px", args.min_area_px, "change_detection"),
+                              ("--cell-size", args.cell_size, "scene_classification")):
+        if value is not None and args.task != task:
+            raise BackendError(f"{flag} applies to --task {task} only, not {args.task}.")
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
-    spec = JobSpec("semantic_segmentation", args.model, [str(args.input.resolve())],
-                   {"raster": str(args.output.resolve())}, extent, {"batch_size": args.batch_size})
+    key = {"scene_classification": "vector"}.get(args.task, "raster")
+    outputs = {key: str(args.output.resolve())}
+    options = {"batch_size": args.batch_size}
+    if args.polygons is not None:
+        outputs["polygons"] = str(args.polygons.resolve())
+    if args.min_area_px is not None:
+        options["min_area_px"] = args.min_area_px
+    if args.cell_size is not None:
+        options["cell_size"] = args.cell_size
+    spec = JobSpec(args.task, args.model, [str(p.resolve()) for p in args.input], outputs, extent, options)
     plan = plan_job(spec, model_registry(args), job_id="cli")
 
     def progress(percent: float, message: str) -> None:
         print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
-    segment_raster(plan, progress)
+    written = run_plan(args.task, plan, progress)
     print(file=sys.stderr)
-    print(plan.output_path)
+    for path in written.values():
+        print(path)
     return 0
 
 

@@ -10,16 +10,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from backend import raster_io
+from backend.change import ChangeRequest, detect_changes, intersect, overlap_window, warp_problem
 from backend.errors import BackendError, JobCancelled
+from backend.model_package import ModelPackage
 from backend.registry import ModelRegistry
+from backend.scenes import SceneRequest, classify_scenes
 from backend.segmentation import SegmentationRequest, segment_raster
 
 log = logging.getLogger(__name__)
-SUPPORTED_TASKS = ("semantic_segmentation",)
+SUPPORTED_TASKS = ("semantic_segmentation", "change_detection", "scene_classification")
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+Plan = Union[SegmentationRequest, ChangeRequest, SceneRequest]
 
 
 @dataclass
@@ -38,7 +43,7 @@ class JobSpec:
 class Job:
     id: str
     spec: JobSpec
-    plan: SegmentationRequest
+    plan: Plan
     status: str = "queued"
     progress: float = 0.0
     message: str = "queued"
@@ -58,43 +63,173 @@ class Job:
         }
 
 
-def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str) -> SegmentationRequest:
+def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str) -> Plan:
     """Every check that can be made before the job is queued; raises BackendError (400/404)."""
     model = registry.get(spec.model)
     if spec.task not in SUPPORTED_TASKS:
         raise BackendError(f"Task '{spec.task}' is not supported yet; supported: {', '.join(SUPPORTED_TASKS)}.")
     if model.task != spec.task:
         raise BackendError(f"Model '{spec.model}' does {model.task}, not {spec.task}; pick a {spec.task} model.")
-    if len(spec.inputs) != 1:
-        raise BackendError(f"{spec.task} takes exactly 1 input raster, got {len(spec.inputs)}.")
-    input_path = Path(spec.inputs[0])
-    if not input_path.is_absolute():
-        raise BackendError(f"Input path '{input_path}' must be absolute.")
-    ds = raster_io.open_raster(input_path)
+    planner, _ = TASKS[spec.task]
+    return planner(spec, model, job_id)
+
+
+def run_plan(task: str, plan: Plan, progress=None, cancelled=None) -> dict[str, str]:
+    """Run a planned job in this thread; returns the outputs written (key -> path)."""
+    _, runner = TASKS[task]
+    return runner(plan, progress, cancelled)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def _input_path(text: str) -> Path:
+    path = Path(text)
+    if not path.is_absolute():
+        raise BackendError(f"Input path '{path}' must be absolute.")
+    return path
+
+
+def _check_bands(ds, path: Path, model: ModelPackage, other: str = "") -> None:
     needed = max(model.input.bands)
     if ds.RasterCount < needed:
         raise BackendError(
-            f"Input {input_path} has {ds.RasterCount} band(s) but model '{model.id}' reads bands "
-            f"{model.input.bands}; choose a raster with at least {needed} bands."
+            f"Input {path} has {ds.RasterCount} band(s) but model '{model.id}' reads bands "
+            f"{model.input.bands}{other}; choose a raster with at least {needed} bands."
         )
-    window = raster_io.extent_to_window(ds, spec.extent, str(input_path))
-    if "raster" not in spec.outputs:
-        raise BackendError("outputs.raster (the result GeoTIFF path) is required.")
-    output_path = Path(spec.outputs["raster"])
+
+
+def _output_path(spec: JobSpec, key: str, inputs: list[Path], what: str, suffix: str | None = None) -> Path:
+    """outputs[key] checked: absolute, in a writable folder, not a folder, not an input, right extension."""
+    output_path = Path(spec.outputs[key])
     if not output_path.is_absolute():
         raise BackendError(f"Output path '{output_path}' must be absolute.")
+    if suffix and output_path.suffix.lower() != suffix:
+        raise BackendError(f"outputs.{key} {output_path} must be a {suffix} file ({what}); "
+                           f"choose a name ending in {suffix}.")
     if not output_path.parent.is_dir():
         raise BackendError(f"Output folder {output_path.parent} does not exist; create it or choose another.")
     if not os.access(output_path.parent, os.W_OK):
         raise BackendError(f"Output folder {output_path.parent} is not writable; choose another folder.")
     if output_path.is_dir():
-        raise BackendError(f"Output path {output_path} is a folder; give a file name such as result.tif.")
-    if output_path.resolve() == input_path.resolve():
-        raise BackendError(f"Output path {output_path} is the input raster; choose another file name.")
-    batch_size = spec.options.get("batch_size", 4)
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= 256:
-        raise BackendError(f"options.batch_size must be an integer from 1 to 256, got {batch_size!r}.")
-    return SegmentationRequest(model, input_path, output_path, window, batch_size, job_id)
+        raise BackendError(f"Output path {output_path} is a folder; give a file name such as {what}.")
+    for input_path in inputs:
+        if output_path.resolve() == input_path.resolve():
+            raise BackendError(f"Output path {output_path} is the input raster; choose another file name.")
+    return output_path
+
+
+def _output_keys(spec: JobSpec, required: tuple[str, ...], optional: tuple[str, ...], hints: dict[str, str]) -> None:
+    for key in required:
+        if key not in spec.outputs:
+            raise BackendError(f"outputs.{key} ({hints[key]}) is required for {spec.task}.")
+    unknown = sorted(set(spec.outputs) - set(required) - set(optional))
+    if unknown:
+        raise BackendError(f"outputs {', '.join(unknown)} are not results of {spec.task}; "
+                           f"it writes {', '.join(required + optional)}.")
+
+
+def _int_option(spec: JobSpec, key: str, default: int, low: int, high: int | None, what: str) -> int:
+    value = spec.options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise BackendError(f"options.{key} must be {what}, got {value!r}.")
+    return value
+
+
+def _batch_size(spec: JobSpec) -> int:
+    return _int_option(spec, "batch_size", 4, 1, 256, "an integer from 1 to 256")
+
+
+def _distinct(outputs: list[Path]) -> None:
+    seen = {}
+    for path in outputs:
+        key = path.resolve()
+        if key in seen:
+            raise BackendError(f"Outputs {seen[key]} and {path} are the same file; give each result its own name.")
+        seen[key] = path
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+
+def plan_segmentation(spec: JobSpec, model: ModelPackage, job_id: str) -> SegmentationRequest:
+    if len(spec.inputs) != 1:
+        raise BackendError(f"{spec.task} takes exactly 1 input raster, got {len(spec.inputs)}.")
+    input_path = _input_path(spec.inputs[0])
+    ds = raster_io.open_raster(input_path)
+    _check_bands(ds, input_path, model)
+    window = raster_io.extent_to_window(ds, spec.extent, str(input_path))
+    if "raster" not in spec.outputs:
+        raise BackendError("outputs.raster (the result GeoTIFF path) is required.")
+    output_path = _output_path(spec, "raster", [input_path], "result.tif")
+    return SegmentationRequest(model, input_path, output_path, window, _batch_size(spec), job_id)
+
+
+def run_segmentation(plan: SegmentationRequest, progress=None, cancelled=None) -> dict[str, str]:
+    segment_raster(plan, progress, cancelled)
+    return {"raster": str(plan.output_path)}
+
+
+def plan_change(spec: JobSpec, model: ModelPackage, job_id: str) -> ChangeRequest:
+    if len(spec.inputs) != 2:
+        raise BackendError(f"change_detection takes 2 input rasters (before, after), got {len(spec.inputs)}.")
+    before_path, after_path = (_input_path(p) for p in spec.inputs)
+    before, after = raster_io.open_raster(before_path), raster_io.open_raster(after_path)
+    _check_bands(before, before_path, model, f" (before; the after raster is {after_path})")
+    _check_bands(after, after_path, model, f" (after; the before raster is {before_path})")
+    pair = f"before {before_path} and after {after_path}"
+    before_srs, after_srs = raster_io.raster_srs(before), raster_io.raster_srs(after)
+    if (before_srs is None) != (after_srs is None):
+        which = after_path if after_srs is None else before_path
+        raise BackendError(
+            f"Of {pair}, only one has a CRS ({which} has none), so they cannot be lined up; give both a CRS "
+            "(e.g. gdal_edit.py -a_srs) or use two rasters without CRS that share the same pixel grid."
+        )
+    problem = warp_problem(before, after)
+    if problem:
+        raise BackendError(f"Cannot line up {pair}: the before raster's grid is the result grid, but {problem}.")
+    try:
+        overlap = overlap_window(before, after)
+    except RuntimeError as exc:
+        raise BackendError(f"The footprint of {after_path} cannot be transformed into the CRS of "
+                           f"{before_path}: {exc}.") from exc
+    if overlap is None:
+        raise BackendError(f"The footprints of {pair} do not overlap; choose two rasters of the same area.")
+    window = intersect(raster_io.extent_to_window(before, spec.extent, str(before_path)), overlap)
+    if window is None:
+        raise BackendError(f"The extent does not intersect the area covered by both {pair}; "
+                           "choose an extent inside their overlap.")
+    hints = {"raster": "the change GeoTIFF path", "polygons": "a GeoPackage path"}
+    _output_keys(spec, ("raster",), ("polygons",), hints)
+    inputs = [before_path, after_path]
+    raster_path = _output_path(spec, "raster", inputs, "changes.tif")
+    polygons_path = None
+    if "polygons" in spec.outputs:
+        polygons_path = _output_path(spec, "polygons", inputs, "changes.gpkg", suffix=".gpkg")
+        _distinct([raster_path, polygons_path])
+    min_area = _int_option(spec, "min_area_px", 0, 0, None, "an integer number of pixels >= 0")
+    return ChangeRequest(model, before_path, after_path, raster_path, polygons_path, window, overlap,
+                         _batch_size(spec), min_area, job_id)
+
+
+def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str) -> SceneRequest:
+    if len(spec.inputs) != 1:
+        raise BackendError(f"{spec.task} takes exactly 1 input raster, got {len(spec.inputs)}.")
+    input_path = _input_path(spec.inputs[0])
+    ds = raster_io.open_raster(input_path)
+    _check_bands(ds, input_path, model)
+    window = raster_io.extent_to_window(ds, spec.extent, str(input_path))
+    _output_keys(spec, ("vector",), (), {"vector": "the scene grid GeoPackage path"})
+    vector_path = _output_path(spec, "vector", [input_path], "scenes.gpkg", suffix=".gpkg")
+    cell_size = _int_option(spec, "cell_size", model.tile_size, 1, None,
+                            f"a whole number of source pixels >= 1 (default: the model's tile size, "
+                            f"{model.tile_size})")
+    return SceneRequest(model, input_path, vector_path, window, cell_size, _batch_size(spec), job_id)
+
+
+TASKS = {
+    "semantic_segmentation": (plan_segmentation, run_segmentation),
+    "change_detection": (plan_change, detect_changes),
+    "scene_classification": (plan_scenes, classify_scenes),
+}
 
 
 class JobManager:
@@ -158,9 +293,8 @@ class JobManager:
             job.progress, job.message = percent, message
 
         try:
-            segment_raster(job.plan, progress, job.cancel_requested.is_set)
+            job.outputs = run_plan(job.spec.task, job.plan, progress, job.cancel_requested.is_set)
             status, error, message = "succeeded", None, "done"
-            job.outputs = {"raster": str(job.plan.output_path)}
             job.progress = 100.0
         except JobCancelled:
             status, error, message = "cancelled", None, "cancelled"

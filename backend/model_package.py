@@ -205,27 +205,40 @@ def _as_list(value: Any) -> list[float]:
 
 
 def _static_input_channels(proto: onnx.ModelProto) -> int | None:
-    shape = graph_io_shapes(proto)[0]
-    if len(shape) == 4 and isinstance(shape[1], int):
+    inputs, _ = graph_shapes(proto)
+    shape = inputs[0] if inputs else None
+    if shape is not None and len(shape) == 4 and isinstance(shape[1], int):
         return shape[1]
     return None
 
 
-def graph_io_shapes(model: onnx.ModelProto) -> tuple[list[int | str | None], list[int | str | None]]:
-    """Shapes of graph input 0 and output 0; ints where static, names/None where dynamic."""
-    initializer_names = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializer_names]
+Shape = list  # of int (static) or str/None (dynamic); None instead of a list when the rank is unknown
 
-    def dims(value_info) -> list[int | str | None]:
-        out: list[int | str | None] = []
-        for d in value_info.type.tensor_type.shape.dim:
+
+def graph_shapes(model: onnx.ModelProto) -> tuple[list[Shape | None], list[Shape | None]]:
+    """Shapes of every graph input (weights excluded) and output, in order."""
+    initializer_names = {i.name for i in model.graph.initializer}
+
+    def dims(value_info) -> Shape | None:
+        tensor_type = value_info.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            return None
+        out: Shape = []
+        for d in tensor_type.shape.dim:
             if d.HasField("dim_value"):
                 out.append(int(d.dim_value))
             else:
                 out.append(d.dim_param or None)
         return out
 
-    return dims(inputs[0]), dims(model.graph.output[0])
+    inputs = [dims(i) for i in model.graph.input if i.name not in initializer_names]
+    return inputs, [dims(o) for o in model.graph.output]
+
+
+def graph_io_shapes(model: onnx.ModelProto) -> tuple[list[int | str | None], list[int | str | None]]:
+    """Shapes of graph input 0 and output 0; ints where static, names/None where dynamic."""
+    inputs, outputs = graph_shapes(model)
+    return inputs[0] or [], outputs[0] or []
 
 
 def validate_metadata(meta: Any, where: str) -> list[str]:
@@ -284,8 +297,11 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
     output = meta.get("output", {"type": "logits"})
     if not isinstance(output, dict) or output.get("type", "logits") not in ("logits", "probabilities"):
         problems.append("'output.type' must be 'logits' or 'probabilities'")
-    elif output.get("layout", "NCHW") != "NCHW":
-        problems.append("'output.layout' must be 'NCHW'")
+    else:
+        # Pixel tasks answer N x C x H x W, scene classification N x K ("NC"); the key may be left out.
+        expected = "NC" if meta.get("task") == "scene_classification" else "NCHW"
+        if output.get("layout", expected) != expected:
+            problems.append(f"'output.layout' must be '{expected}' for a {meta.get('task')} model")
     return problems
 
 
@@ -323,23 +339,46 @@ def package_from_metadata(path: Path, meta: Any, source: str, proto: onnx.ModelP
     return package
 
 
+# Per task (docs/contract.md §3): how many graph inputs, the rank of output 0 and a description of both.
+GRAPH_RULES = {
+    "semantic_segmentation": (1, 4, "input N x C x T x T -> output N x K x T x T"),
+    "change_detection": (2, 4, "inputs before, after each N x C x T x T -> output N x 2 x T x T"),
+    "scene_classification": (1, 2, "input N x C x T x T -> output N x K"),
+}
+
+
 def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
-    """The graph's static dimensions must agree with the metadata."""
-    in_shape, out_shape = graph_io_shapes(proto)
+    """The graph's static dimensions must agree with the metadata and with the task's graph shape."""
+    inputs, outputs = graph_shapes(proto)
     problems = []
-    if len(in_shape) != 4:
-        problems.append(f"input 0 has rank {len(in_shape)}, expected 4 (N, C, H, W)")
-    else:
-        if isinstance(in_shape[1], int) and in_shape[1] != len(package.input.bands):
-            problems.append(f"input 0 has {in_shape[1]} channels but metadata lists {len(package.input.bands)} bands")
-        for axis, dim in zip("HW", in_shape[2:]):
+    n_inputs, out_rank, layout = GRAPH_RULES.get(package.task, (1, None, ""))
+    if package.task in GRAPH_RULES and len(inputs) != n_inputs:
+        # A graph with another number of inputs cannot run this task's jobs at all.
+        problems.append(f"the graph has {len(inputs)} input(s) but a {package.task} model has {n_inputs}")
+    names = ["input 0"] if n_inputs == 1 else ["input 0 (before)", "input 1 (after)"]
+    for name, shape in zip(names, inputs[:n_inputs]):
+        if shape is None:
+            continue  # rank unknown: ONNX Runtime checks it at run time
+        if len(shape) != 4:
+            problems.append(f"{name} has rank {len(shape)}, expected 4 (N, C, H, W)")
+            continue
+        if isinstance(shape[1], int) and shape[1] != len(package.input.bands):
+            problems.append(f"{name} has {shape[1]} channels but metadata lists {len(package.input.bands)} bands")
+        for axis, dim in zip("HW", shape[2:]):
             if isinstance(dim, int) and dim != package.tile_size:
-                problems.append(f"input 0 {axis} is {dim} but tile_size is {package.tile_size}")
-    if package.task == "semantic_segmentation" and len(out_shape) == 4 and isinstance(out_shape[1], int):
-        if out_shape[1] != package.num_classes:
-            problems.append(f"output 0 has {out_shape[1]} channels but metadata lists {package.num_classes} classes")
+                problems.append(f"{name} {axis} is {dim} but tile_size is {package.tile_size}")
+    out = outputs[0] if outputs else None
+    if out_rank is not None and out is not None:
+        if len(out) != out_rank:
+            problems.append(f"output 0 has rank {len(out)}, expected {out_rank}")
+        elif isinstance(out[1], int) and out[1] != package.num_classes:
+            problems.append(f"output 0 has {out[1]} channels but metadata lists {package.num_classes} classes")
+    if package.task == "change_detection" and package.num_classes != 2:
+        problems.append(f"a change_detection model has exactly 2 classes (no change, change), "
+                        f"metadata lists {package.num_classes}")
     if problems:
-        raise ModelPackageError(f"{package.path}: graph does not match its metadata: {'; '.join(problems)}.")
+        hint = f" A {package.task} graph is: {layout}." if layout else ""
+        raise ModelPackageError(f"{package.path}: graph does not match its metadata: {'; '.join(problems)}.{hint}")
 
 
 def import_model(onnx_path: str | os.PathLike, metadata: dict[str, Any], out_dir: str | os.PathLike,

@@ -70,8 +70,12 @@ class TileModel:
             x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
         return x.astype(np.float32, copy=False)
 
+    def feeds(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Graph inputs for a batch of prepared tiles (subclasses split it over several inputs)."""
+        return {self.input_name: batch}
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input_name: batch})[:1]
+        (out,) = self.session.run(None, self.feeds(batch))[:1]
         if out.ndim != 4 or out.shape[1] != self.model.num_classes:
             raise BackendError(
                 f"Model {self.model.id} returned shape {tuple(out.shape)}; expected "
@@ -181,6 +185,38 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
             flush_batch(batch, blender)
 
 
+def write_class_raster(tile_model: TileModel, reader, ds: gdal.Dataset, window: raster_io.Window,
+                       processed: raster_io.Window, path: Path, batch_size: int,
+                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> None:
+    """Infer `processed` (window plus context) and write the window's class ids to `path`, on ds's grid.
+
+    The caller owns `path` (a partial file): it renames it when complete and removes it on any error.
+    """
+    model = tile_model.model
+    srs = ds.GetSpatialRef()
+    gt = raster_io.window_geotransform(raster_io.geotransform(ds), window)
+    out_ds = None
+    try:
+        out_ds = raster_io.create_class_raster(
+            path, window.width, window.height, gt, srs.ExportToWkt() if srs else None,
+            [c.rgb() for c in model.classes], [c.name for c in model.classes],
+        )
+    except RuntimeError as exc:
+        raise BackendError(f"Could not create the result file {path}: {exc}") from exc
+    try:
+        sink = ClassIdWriter(out_ds.GetRasterBand(1), reader, processed, window)
+        run_tiles(tile_model, reader, processed, sink, batch_size, progress, cancelled)
+        out_ds.FlushCache()
+    finally:
+        out_ds = None  # closing writes the last blocks; errors surface here
+
+
+def remove_partial(partial: Path) -> None:
+    partial.unlink(missing_ok=True)
+    for sidecar in (partial.with_name(partial.name + ".aux.xml"),):
+        sidecar.unlink(missing_ok=True)
+
+
 def segment_raster(request: SegmentationRequest, progress: ProgressCallback | None = None,
                    cancelled: CancelCheck | None = None) -> Path:
     """Write the class raster to a partial file and rename it onto output_path when complete."""
@@ -188,29 +224,14 @@ def segment_raster(request: SegmentationRequest, progress: ProgressCallback | No
     ds = raster_io.open_raster(request.input_path)
     reader = raster_io.RasterReader(ds, model.input.bands, str(request.input_path))
     window = request.window
-    srs = ds.GetSpatialRef()
-    gt = raster_io.window_geotransform(raster_io.geotransform(ds), window)
     tile_model = TileModel(model)
     partial = partial_path(request.output_path, request.job_id)
-    out_ds = None
     try:
-        try:
-            out_ds = raster_io.create_class_raster(
-                partial, window.width, window.height, gt, srs.ExportToWkt() if srs else None,
-                [c.rgb() for c in model.classes], [c.name for c in model.classes],
-            )
-        except RuntimeError as exc:
-            raise BackendError(f"Could not create the result file {partial}: {exc}") from exc
         processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
-        sink = ClassIdWriter(out_ds.GetRasterBand(1), reader, processed, window)
-        run_tiles(tile_model, reader, processed, sink, request.batch_size, progress, cancelled)
-        out_ds.FlushCache()
-        out_ds = None  # closing writes the last blocks; errors surface here
+        write_class_raster(tile_model, reader, ds, window, processed, partial, request.batch_size,
+                           progress, cancelled)
         os.replace(partial, request.output_path)
     except BaseException:
-        out_ds = None
-        partial.unlink(missing_ok=True)
-        for sidecar in (partial.with_name(partial.name + ".aux.xml"),):
-            sidecar.unlink(missing_ok=True)
+        remove_partial(partial)
         raise
     return request.output_path

@@ -33,7 +33,7 @@ def default_metadata(num_bands: int, num_classes: int, tile_size: int, tile_over
         "tile_size": tile_size,
         "tile_overlap": tile_overlap,
         "gsd_m": 0.5,
-        "output": {"type": "logits", "layout": "NCHW"},
+        "output": {"type": "logits", "layout": "NC" if task == "scene_classification" else "NCHW"},
         "metrics": {},
         "training": {"generator": "backend.synthetic_models"},
     }
@@ -156,6 +156,67 @@ def write_classification_package(path: Path, num_bands: int = 3, num_classes: in
     meta = metadata or default_metadata(num_bands, num_classes, tile_size, 0, task="scene_classification")
     write_metadata(model, meta)
     return _save(model, path)
+
+
+def build_conv_change_model(num_bands: int = 3, tile_size: int = 256, hidden: int = 16,
+                            seed: int = 0) -> onnx.ModelProto:
+    """A Siamese stand-in with a realistic cost, random weights: a shared 3x3 conv per date, then
+    [f_before, f_after, |f_before - f_after|] -> 3x3 conv -> 1x1 head -> logits [N, 2, T, T]."""
+    rng = np.random.default_rng(seed)
+    nodes: list = []
+    inits: list = []
+    inits.append(numpy_helper.from_array(rng.normal(0, 0.3, (hidden, num_bands, 3, 3)).astype(np.float32), "enc_w"))
+    inits.append(numpy_helper.from_array(np.zeros(hidden, np.float32), "enc_b"))
+    for date in ("before", "after"):  # the same weights for both dates
+        nodes.append(helper.make_node("Conv", [date, "enc_w", "enc_b"], [f"{date}_conv"], pads=[1] * 4))
+        nodes.append(helper.make_node("Relu", [f"{date}_conv"], [f"{date}_feat"]))
+    nodes.append(helper.make_node("Sub", ["before_feat", "after_feat"], ["feat_diff"]))
+    nodes.append(helper.make_node("Abs", ["feat_diff"], ["feat_abs"]))
+    nodes.append(helper.make_node("Concat", ["before_feat", "after_feat", "feat_abs"], ["fused"], axis=1))
+    x = _conv("fuse", "fused", rng.normal(0, 1 / (3 * np.sqrt(3 * hidden)), (hidden, 3 * hidden, 3, 3)),
+              nodes, inits, relu=True)
+    _conv("head", x, rng.normal(0, 1, (2, hidden, 1, 1)), nodes, inits, relu=False)
+    nodes[-1].output[0] = "logits"
+    shape = ["N", num_bands, tile_size, tile_size]
+    graph = helper.make_graph(
+        nodes, "synthetic_conv_change",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("before", "after")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, tile_size, tile_size])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_conv_classification_model(num_bands: int = 3, num_classes: int = 7, tile_size: int = 128,
+                                    hidden: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A stand-in classifier with a realistic cost, random weights: two 3x3 convs (the second with stride 2),
+    global average pool, linear head -> logits [N, classes]."""
+    rng = np.random.default_rng(seed)
+    nodes: list = []
+    inits: list = []
+    x = _conv("conv1", "input", rng.normal(0, 0.3, (hidden, num_bands, 3, 3)), nodes, inits, relu=True)
+    inits.append(numpy_helper.from_array(rng.normal(0, 1 / (3 * np.sqrt(hidden)), (2 * hidden, hidden, 3, 3))
+                                         .astype(np.float32), "conv2_w"))
+    nodes.append(helper.make_node("Conv", [x, "conv2_w"], ["conv2_out"], pads=[1] * 4, strides=[2, 2]))
+    nodes.append(helper.make_node("Relu", ["conv2_out"], ["conv2_relu"]))
+    nodes.append(helper.make_node("GlobalAveragePool", ["conv2_relu"], ["pooled"]))
+    nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], axis=1))
+    inits.append(numpy_helper.from_array(rng.normal(0, 1, (2 * hidden, num_classes)).astype(np.float32), "fc_w"))
+    inits.append(numpy_helper.from_array(np.zeros(num_classes, np.float32), "fc_b"))
+    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "synthetic_conv_scene_classification",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", num_bands, tile_size, tile_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:

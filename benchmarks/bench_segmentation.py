@@ -1,12 +1,20 @@
-"""Throughput and peak memory of tiled segmentation from 1k x 1k up to 16k x 16k pixels.
+"""Throughput and peak memory of every job task (segmentation, change detection, scene classification)
+from 1k x 1k up to 16k x 16k pixels.
 
 Inputs are VRT mosaics that repeat the real sample ../shared/data/aerial_geotiff/cogeo.tif n x n times,
-so pixels are real imagery at every size. Each size runs in its own child process; its peak RSS
-(ru_maxrss from wait4) is therefore measured alone. Memory should stay flat as rasters grow: the
-blender keeps one tile plus an overlap-high band across at most one stripe (8192 px), and GDAL's cache is
-capped.
+so pixels are real imagery at every size. Change detection pairs that mosaic with the same mosaic shifted
+by 0.37 px, so the after date goes through the bilinear warp onto the before grid as real pairs do (the
+pixels barely differ; the synthetic stand-in's random weights still find "change", the cost is the same).
+Scene classification cuts cells of the model's tile size. Each size runs in its own child process; its peak
+RSS (ru_maxrss from wait4) is therefore measured alone. Memory should stay flat as rasters grow: the
+blender keeps one tile plus an overlap-high band across at most one stripe (8192 px), scene cells are read
+one batch at a time, and GDAL's cache is capped.
 
-    .venv/bin/python benchmarks/bench_segmentation.py                 # default model, 1k..8k
+The default models (resources/models/mtp_seg_default, mtp_change_default, mtp_scene_default) are used when
+present, else a generated stand-in of similar shape and cost; the output says which.
+
+    .venv/bin/python benchmarks/bench_segmentation.py                 # all tasks, 1k..8k
+    .venv/bin/python benchmarks/bench_segmentation.py --tasks change_detection --sizes 512 1024
     .venv/bin/python benchmarks/bench_segmentation.py --sizes 1024 4096 16384 --model mtp_seg_default
 
 Prints figures; it is not a test and asserts nothing except that each run completed.
@@ -26,6 +34,10 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = (REPO.parent / "shared" / "data" / "aerial_geotiff" / "cogeo.tif").resolve()
 WORKDIR = REPO / "benchmarks" / "results" / "tmp"
 FALLBACK_MODEL_ID = "bench_synthetic"
+TASKS = ("semantic_segmentation", "change_detection", "scene_classification")
+DEFAULT_MODELS = {"semantic_segmentation": "mtp_seg_default", "change_detection": "mtp_change_default",
+                  "scene_classification": "mtp_scene_default"}
+AFTER_SHIFT_PX = 0.37  # sub-pixel: the after date must be resampled onto the before grid
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -34,14 +46,17 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(width), int(height or width)
 
 
-def build_mosaic_vrt(sample: Path, width: int, height: int, out: Path) -> Path:
-    """A width x height VRT tiling `sample` edge to edge (georeferenced, on the sample's pixel grid)."""
+def build_mosaic_vrt(sample: Path, width: int, height: int, out: Path, shift_px: float = 0.0) -> Path:
+    """A width x height VRT tiling `sample` edge to edge (georeferenced, on the sample's pixel grid, or on
+    that grid moved by shift_px pixels right and down)."""
     from osgeo import gdal
 
     gdal.UseExceptions()
     src = gdal.Open(str(sample))
     sw, sh, bands = src.RasterXSize, src.RasterYSize, src.RasterCount
-    gt = src.GetGeoTransform()
+    gt = list(src.GetGeoTransform())
+    gt[0] += shift_px * gt[1]
+    gt[3] += shift_px * gt[5]
     dtype = gdal.GetDataTypeName(src.GetRasterBand(1).DataType)
     srs = src.GetProjection()
     src = None
@@ -65,57 +80,102 @@ def build_mosaic_vrt(sample: Path, width: int, height: int, out: Path) -> Path:
     return out
 
 
-def resolve_model(model_id: str, models_dirs: list[Path] | None) -> tuple[str, list[Path] | None]:
-    """The requested model if the registry has it, else a generated stand-in of realistic shape."""
+def resolve_model(task: str, model_id: str, models_dirs: list[Path] | None) -> tuple[str, list[Path] | None, str]:
+    """The requested model if the registry has it (and it does `task`), else a generated stand-in of
+    realistic shape and cost. Returns (id, folders, description)."""
     sys.path.insert(0, str(REPO))
     from backend.errors import BackendError
     from backend.registry import ModelRegistry
 
     try:
-        ModelRegistry(models_dirs).get(model_id)
-        return model_id, models_dirs
+        package = ModelRegistry(models_dirs).get(model_id)
+        if package.task == task:
+            return model_id, models_dirs, f"{model_id} (real model)"
+        reason = f"it does {package.task}"
     except BackendError as exc:
-        print(f"model '{model_id}' unavailable ({exc.message.splitlines()[0][:120]}); "
-              f"using a generated stand-in (512 px tiles, 128 overlap, 7 classes, 3x3 convs)")
-    from backend.synthetic_models import default_metadata, write_package
+        reason = exc.message.splitlines()[0][:120]
+    from backend.model_package import write_metadata
+    from backend.synthetic_models import (_save, build_conv_change_model, build_conv_classification_model,
+                                          change_metadata, default_metadata, write_package)
 
     folder = WORKDIR / "models"
-    write_package(folder / f"{FALLBACK_MODEL_ID}.onnx", num_classes=7, tile_size=512, tile_overlap=128,
-                  metadata=default_metadata(3, 7, 512, 128), spatial=True, hidden=16, depth=1)
-    return FALLBACK_MODEL_ID, [folder]
+    stand_in = f"{FALLBACK_MODEL_ID}_{task}"
+    path = folder / f"{stand_in}.onnx"
+    if task == "semantic_segmentation":
+        what = "512 px tiles, 128 overlap, 7 classes, 3x3 convs"
+        write_package(path, num_classes=7, tile_size=512, tile_overlap=128,
+                      metadata=default_metadata(3, 7, 512, 128), spatial=True, hidden=16, depth=1)
+    elif task == "change_detection":  # as training/configs/change_default.yaml: 256 px tiles, 64 overlap
+        what = "Siamese 3x3 convs, 256 px tiles, 64 overlap"
+        model = build_conv_change_model(3, 256, hidden=16)
+        write_metadata(model, change_metadata(3, 256, 64))
+        _save(model, path)
+    else:  # as training/configs/scene_default.yaml: 128 px chips, 7 classes
+        what = "3x3 convs + global pool, 128 px cells, 7 classes"
+        model = build_conv_classification_model(3, 7, 128, hidden=16)
+        write_metadata(model, default_metadata(3, 7, 128, 0, task="scene_classification"))
+        _save(model, path)
+    print(f"model '{model_id}' unavailable for {task} ({reason}); using a generated stand-in ({what})")
+    return stand_in, [folder], f"{stand_in} (synthetic stand-in: {what})"
+
+
+def job_spec(task: str, model_id: str, inputs: list[str], label: str, batch_size: int):
+    from backend.jobs import JobSpec
+
+    if task == "semantic_segmentation":
+        outputs = {"raster": str(WORKDIR / f"result_{label}.tif")}
+    elif task == "change_detection":
+        outputs = {"raster": str(WORKDIR / f"changes_{label}.tif"), "polygons": str(WORKDIR / f"changes_{label}.gpkg")}
+    else:
+        outputs = {"vector": str(WORKDIR / f"scenes_{label}.gpkg")}
+    return JobSpec(task, model_id, inputs, outputs, None, {"batch_size": batch_size})
 
 
 def child_run(args) -> int:
-    """One size, in this process: prints a JSON line with seconds and megapixels."""
+    """One task and size, in this process: prints a JSON line with seconds, megapixels and a detail."""
     sys.path.insert(0, str(REPO))
-    from backend.jobs import JobSpec, plan_job
-    from backend.registry import ModelRegistry
-    from backend.segmentation import TileModel, segment_raster
+    import numpy as np
+    from osgeo import ogr
 
-    out = WORKDIR / f"result_{args.child}.tif"
-    spec = JobSpec("semantic_segmentation", args.model, [str(args.input)], {"raster": str(out)},
-                   None, {"batch_size": args.batch_size})
+    from backend.change import ChangeTileModel
+    from backend.jobs import plan_job, run_plan
+    from backend.registry import ModelRegistry
+    from backend.scenes import SceneModel
+    from backend.segmentation import TileModel
+
+    inputs = [str(args.input)] + ([str(args.after)] if args.after else [])
+    spec = job_spec(args.task, args.model, inputs, args.child, args.batch_size)
     plan = plan_job(spec, ModelRegistry(args.models_dir), job_id=f"bench{args.child}")
     # Outside the timed part: create the session, and let ONNX Runtime's arena reach its plateau (it grows
     # over the first two batches), so every size is measured in the same steady state.
-    import numpy as np
-
-    tile_model = TileModel(plan.model)
-    warm = np.zeros((args.batch_size, len(plan.model.input.bands), plan.model.tile_size, plan.model.tile_size),
-                    np.float32)
+    model = plan.model
+    model_class = {"change_detection": ChangeTileModel, "scene_classification": SceneModel}.get(args.task, TileModel)
+    tile_model = model_class(model)
+    channels = len(model.input.bands) * (2 if args.task == "change_detection" else 1)
+    warm = np.zeros((args.batch_size, channels, model.tile_size, model.tile_size), np.float32)
     for _ in range(2):
         tile_model.probabilities(warm)
     start = time.perf_counter()
-    segment_raster(plan)
+    outputs = run_plan(args.task, plan)
     seconds = time.perf_counter() - start
     megapixels = plan.window.width * plan.window.height / 1e6
-    out.unlink(missing_ok=True)
-    print(json.dumps({"seconds": seconds, "megapixels": megapixels}))
+    detail = ""
+    for key in ("polygons", "vector"):
+        if key in outputs:
+            ds = ogr.Open(outputs[key])  # held: a layer outlives its dataset only until a segfault
+            detail = f"{ds.GetLayer(0).GetFeatureCount()} {'polygons' if key == 'polygons' else 'cells'}"
+            ds = None
+    for path in outputs.values():
+        Path(path).unlink(missing_ok=True)
+    print(json.dumps({"seconds": seconds, "megapixels": megapixels, "detail": detail}))
     return 0
 
 
-def predicted_carry_mb(width: int, height: int, tile: int, overlap: int, classes: int) -> float:
-    """Size of the blender's down-carry band: it grows with the blended width, which stripes cap."""
+def predicted_carry_mb(task: str, width: int, height: int, tile: int, overlap: int, classes: int) -> float:
+    """Size of the blender's down-carry band: it grows with the blended width, which stripes cap.
+    Scene classification blends nothing."""
+    if task == "scene_classification":
+        return 0.0
     sys.path.insert(0, str(REPO))
     from backend.segmentation import MAX_STRIPE_WIDTH
     from backend.tiling import TileGrid
@@ -128,60 +188,78 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["1024", "2048", "4096", "8192", "2048x16384"],
                         help="N for N x N, or WxH (a tall raster shows that height costs no memory)")
-    parser.add_argument("--model", default="mtp_seg_default")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--model", default=DEFAULT_MODELS["semantic_segmentation"], help="segmentation model")
+    parser.add_argument("--change-model", default=DEFAULT_MODELS["change_detection"])
+    parser.add_argument("--scene-model", default=DEFAULT_MODELS["scene_classification"])
     parser.add_argument("--models-dir", type=Path, nargs="+", default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--after", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     WORKDIR.mkdir(parents=True, exist_ok=True)
     if args.child:
         return child_run(args)
 
-    model_id, models_dirs = resolve_model(args.model, args.models_dir)
     sys.path.insert(0, str(REPO))
     from backend.raster_io import GDAL_CACHE_BYTES
     from backend.registry import ModelRegistry
     from backend.sessions import available_providers
 
-    package = ModelRegistry(models_dirs).get(model_id)
-    print(f"model {model_id}: tile {package.tile_size}, overlap {package.tile_overlap}, "
-          f"{package.num_classes} classes; providers {available_providers()}; "
-          f"{os.cpu_count()} CPU cores; batch {args.batch_size}")
-    print(f"{'size':>12} {'Mpx':>8} {'seconds':>9} {'Mpx/s':>8} {'peak RSS MB':>12} {'carry MB':>9}")
-    rows = []
-    for text in args.sizes:
-        width, height = parse_shape(text)
-        label = f"{width}x{height}"
-        vrt = build_mosaic_vrt(SAMPLE, width, height, WORKDIR / f"mosaic_{label}.vrt")
-        cmd = [sys.executable, __file__, "--child", label, "--input", str(vrt), "--model", model_id,
-               "--batch-size", str(args.batch_size)]
-        if models_dirs:
-            cmd += ["--models-dir", *map(str, models_dirs)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        stdout = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        vrt.unlink()
-        if os.waitstatus_to_exitcode(status) != 0:
-            print(f"{label}: child failed with status {status}")
-            return 1
-        result = json.loads(stdout.strip().splitlines()[-1])
-        peak_mb = usage.ru_maxrss / 1024  # Linux reports KiB
-        carry = predicted_carry_mb(width, height, package.tile_size, package.tile_overlap, package.num_classes)
-        rows.append((label, peak_mb, carry))
-        print(f"{label:>12} {result['megapixels']:8.1f} {result['seconds']:9.1f} "
-              f"{result['megapixels'] / result['seconds']:8.2f} {peak_mb:12.0f} {carry:9.1f}", flush=True)
-    if len(rows) > 1:
-        # Nothing may scale with the number of pixels: peak RSS may move only by GDAL's block cache filling
-        # to its fixed cap, the carry band growing to one stripe's width, and allocator noise.
-        peaks = [peak for _, peak, _ in rows]
-        spread = max(peaks) - min(peaks)
-        allowed = GDAL_CACHE_BYTES / 2**20 + max(carry for _, _, carry in rows) + 16
-        verdict = "FLAT" if spread <= allowed else "GROWS"
-        print(f"peak RSS {min(peaks):.0f}..{max(peaks):.0f} MB, spread {spread:.0f} MB "
-              f"(allowed {allowed:.0f} MB: GDAL cache cap + one stripe's carry band + 16): {verdict}")
-        return 0 if verdict == "FLAT" else 3
-    return 0
+    print(f"providers {available_providers()}; {os.cpu_count()} CPU cores; batch {args.batch_size}")
+    requested = {"semantic_segmentation": args.model, "change_detection": args.change_model,
+                 "scene_classification": args.scene_model}
+    status = 0
+    for task in args.tasks:
+        model_id, models_dirs, description = resolve_model(task, requested[task], args.models_dir)
+        package = ModelRegistry(models_dirs).get(model_id)
+        print(f"\n{task}: model {description}: tile {package.tile_size}, overlap {package.tile_overlap}, "
+              f"{package.num_classes} classes")
+        print(f"{'size':>12} {'Mpx':>8} {'seconds':>9} {'Mpx/s':>8} {'peak RSS MB':>12} {'carry MB':>9}  result")
+        rows = []
+        for text in args.sizes:
+            width, height = parse_shape(text)
+            label = f"{width}x{height}"
+            vrt = build_mosaic_vrt(SAMPLE, width, height, WORKDIR / f"mosaic_{label}.vrt")
+            cmd = [sys.executable, __file__, "--child", label, "--task", task, "--input", str(vrt),
+                   "--model", model_id, "--batch-size", str(args.batch_size)]
+            after = None
+            if task == "change_detection":
+                after = build_mosaic_vrt(SAMPLE, width, height, WORKDIR / f"mosaic_{label}_after.vrt", AFTER_SHIFT_PX)
+                cmd += ["--after", str(after)]
+            if models_dirs:
+                cmd += ["--models-dir", *map(str, models_dirs)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            stdout = proc.stdout.read()
+            _, wait_status, usage = os.wait4(proc.pid, 0)
+            vrt.unlink()
+            if after:
+                after.unlink()
+            if os.waitstatus_to_exitcode(wait_status) != 0:
+                print(f"{label}: child failed with status {wait_status}")
+                return 1
+            result = json.loads(stdout.strip().splitlines()[-1])
+            peak_mb = usage.ru_maxrss / 1024  # Linux reports KiB
+            carry = predicted_carry_mb(task, width, height, package.tile_size, package.tile_overlap,
+                                       package.num_classes)
+            rows.append((label, peak_mb, carry))
+            print(f"{label:>12} {result['megapixels']:8.1f} {result['seconds']:9.1f} "
+                  f"{result['megapixels'] / result['seconds']:8.2f} {peak_mb:12.0f} {carry:9.1f}  {result['detail']}",
+                  flush=True)
+        if len(rows) > 1:
+            # Nothing may scale with the number of pixels: peak RSS may move only by GDAL's block cache filling
+            # to its fixed cap, the carry band growing to one stripe's width, and allocator noise.
+            peaks = [peak for _, peak, _ in rows]
+            spread = max(peaks) - min(peaks)
+            allowed = GDAL_CACHE_BYTES / 2**20 + max(carry for _, _, carry in rows) + 16
+            verdict = "FLAT" if spread <= allowed else "GROWS"
+            print(f"peak RSS {min(peaks):.0f}..{max(peaks):.0f} MB, spread {spread:.0f} MB "
+                  f"(allowed {allowed:.0f} MB: GDAL cache cap + one stripe's carry band + 16): {verdict}")
+            if verdict != "FLAT":
+                status = 3
+    return status
 
 
 if __name__ == "__main__":

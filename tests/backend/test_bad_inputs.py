@@ -113,5 +113,8 @@ def test_output_folder_missing_and_output_equal_to_input(registry, tmp_path):
 
 def test_task_mismatch(registry, tmp_path):
     spec = JobSpec("change_detection", "pointwise", [str(COGEO)], {"raster": str(tmp_path / "r.tif")})
-    with pytest.raises(BackendError, match="not supported yet"):
+    with pytest.raises(BackendError, match="does semantic_segmentation, not change_detection"):
+        plan_job(spec, registry, "x")
+    spec = JobSpec("detection", "pointwise", [str(COGEO)], {"raster": str(tmp_path / "r.tif")})
+    with pytest.raises(BackendError, match="Task 'detection' is not supported yet"):
         plan_job(spec, registry, "x")

@@ -109,7 +109,9 @@ def test_registry_skips_invalid_files_but_explains_on_get(tmp_path):
 
 
 def test_model_of_another_task_is_refused_for_segmentation(tmp_path):
-    write_package(tmp_path / "cd.onnx", metadata=default_metadata(3, 4, 64, 16, task="change_detection"))
+    from backend.synthetic_models import write_change_package
+
+    write_change_package(tmp_path / "cd.onnx")
     spec = JobSpec("semantic_segmentation", "cd", [str(COGEO)], {"raster": str(tmp_path / "r.tif")})
     with pytest.raises(BackendError, match="does change_detection, not semantic_segmentation"):
         plan_job(spec, ModelRegistry([tmp_path]), "x")
@@ -154,3 +156,19 @@ def test_deepness_package_runs_end_to_end(tmp_path):
     ds = gdal.Open(str(out))
     assert (ds.RasterXSize, ds.RasterYSize) == (1024, 1024)
     assert json.loads(ds.GetMetadataItem("CLASS_NAMES")) == ["a", "b", "c", "d"]
+
+
+def test_output_layout_must_fit_the_task(tmp_path):
+    from backend.synthetic_models import write_classification_package
+    scenes = default_metadata(3, 3, 64, 0, task="scene_classification")
+    assert scenes["output"]["layout"] == "NC"
+    assert load_package(write_classification_package(tmp_path / "nc.onnx", metadata=scenes)).task == "scene_classification"
+    scenes["output"]["layout"] = "NCHW"  # a per-pixel layout on an N x K classifier
+    write_classification_package(tmp_path / "wrong.onnx", metadata=scenes)
+    with pytest.raises(ModelPackageError, match="'output.layout' must be 'NC' for a scene_classification model"):
+        load_package(tmp_path / "wrong.onnx")
+    seg = default_metadata(3, 4, 64, 16)
+    seg["output"]["layout"] = "NC"
+    write_package(tmp_path / "seg.onnx", metadata=seg)
+    with pytest.raises(ModelPackageError, match="'output.layout' must be 'NCHW'"):
+        load_package(tmp_path / "seg.onnx")

@@ -1,0 +1,34 @@
+"""GeoPackage result layers (change polygons, scene grids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from osgeo import ogr, osr
+
+from backend.errors import BackendError
+
+ogr.UseExceptions()
+
+
+def create_layer(path: Path, name: str, srs: osr.SpatialReference | None,
+                 fields: list[tuple[str, int]]) -> tuple[ogr.DataSource, ogr.Layer]:
+    """A new GeoPackage at path with one polygon layer. Without a CRS (a raster in QGIS's pixel convention)
+    the layer points at the GeoPackage's "undefined Cartesian" SRS (srs_id -1): GDAL would otherwise pick
+    "undefined geographic" (0), and QGIS would read pixel coordinates as degrees."""
+    driver = ogr.GetDriverByName("GPKG")
+    try:
+        ds = driver.CreateDataSource(str(path))
+        layer = ds.CreateLayer(name, srs, ogr.wkbPolygon, options=["GEOMETRY_NAME=geom", "FID=fid"])
+        for field_name, kind in fields:
+            layer.CreateField(ogr.FieldDefn(field_name, kind))
+        if srs is None:
+            for table in ("gpkg_geometry_columns", "gpkg_contents"):
+                ds.ExecuteSQL(f"UPDATE {table} SET srs_id = -1 WHERE table_name = '{name}'")
+            # Reopen so that GDAL writes geometries with the srs_id now in the tables.
+            layer = ds = None
+            ds = ogr.Open(str(path), update=1)
+            layer = ds.GetLayerByName(name)
+    except RuntimeError as exc:
+        raise BackendError(f"Could not create the result file {path}: {exc}") from exc
+    return ds, layer

@@ -1,0 +1,222 @@
+"""Scene classification: the window cut into square cells, one class per cell, written as a GeoPackage grid.
+
+Cells are read one at a time (a batch at most is held), so memory does not depend on the raster size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, gdal_array, ogr
+
+from backend import raster_io
+from backend.errors import BackendError, JobCancelled
+from backend.gpkg import create_layer
+from backend.model_package import ModelPackage
+from backend.segmentation import CancelCheck, ProgressCallback, TileModel, partial_path, softmax
+
+log = logging.getLogger(__name__)
+ogr.UseExceptions()
+LAYER_NAME = "scenes"
+# Cells up to this side are read at full resolution before resampling; larger ones are first read
+# block-averaged by a whole factor (still GDAL "average"), so a cell never costs more than this squared.
+MAX_NATIVE_CELL = 2048
+# The all-nodata test reads masks in strips of about this many pixels.
+MASK_STRIP_PIXELS = 4 * 1024 * 1024
+
+
+@dataclass
+class SceneRequest:
+    model: ModelPackage
+    input_path: Path
+    vector_path: Path
+    window: raster_io.Window
+    cell_size: int
+    batch_size: int = 4
+    job_id: str = "run"
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        return {"vector": str(self.vector_path)}
+
+
+def cell_starts(length: int, cell: int) -> list[tuple[int, int]]:
+    """(offset, size) of the cells along one axis: from 0, the last one clipped to end at length."""
+    return [(o, min(cell, length - o)) for o in range(0, length, cell)]
+
+
+def probability_field_names(class_names: list[str]) -> list[str]:
+    """`p_<name>`: lower case, non-alphanumerics -> '_' (contract §3); clashes get _2, _3, ..."""
+    names: list[str] = []
+    for name in class_names:
+        base = "p_" + re.sub(r"[^0-9a-z]", "_", name.lower())
+        candidate, n = base, 2
+        while candidate in names:
+            candidate, n = f"{base}_{n}", n + 1
+        names.append(candidate)
+    return names
+
+
+class SceneModel(TileModel):
+    """N x C x T x T cells -> N x K probabilities."""
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(None, self.feeds(batch))[:1]
+        k = self.model.num_classes
+        if out.ndim != 2 or out.shape[1] != k:
+            raise BackendError(f"Model {self.model.id} returned shape {tuple(out.shape)}; expected (N, {k}) "
+                               f"for its {k} classes.")
+        out = out.astype(np.float32, copy=False)
+        return softmax(out) if self.model.output_type == "logits" else out
+
+
+class CellReader:
+    """Reads a cell, mirror-pads it to a full cell and resamples it to T x T with GDAL."""
+
+    def __init__(self, path: Path, bands: list[int], cell: int, tile: int):
+        # Overviews off: GDAL would otherwise read shrunk cells from them, whose resampling is unknown
+        # (often nearest), instead of averaging the pixels.
+        try:
+            self.ds = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY, open_options=["OVERVIEW_LEVEL=NONE"])
+        except RuntimeError:
+            self.ds = raster_io.open_raster(path)
+        self.name = str(path)
+        self.bands = bands
+        self.mask_reader = raster_io.RasterReader(self.ds, bands, self.name)
+        self.cell, self.tile = cell, tile
+        self.factor = math.ceil(cell / MAX_NATIVE_CELL)  # pre-shrink factor for huge cells
+        self.reduced = max(1, round(cell / self.factor))  # a full cell's side after the pre-shrink
+
+    def all_nodata(self, x: int, y: int, w: int, h: int) -> bool:
+        if not self.mask_reader.has_nodata:
+            return False
+        rows = max(1, MASK_STRIP_PIXELS // w)
+        for y0 in range(y, y + h, rows):
+            mask = self.mask_reader.nodata_mask(x, y0, w, min(rows, y + h - y0))
+            if not mask.all():
+                return False
+        return True
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """(C, T, T) float32 raw values of the cell at pixels (x, y), w x h (clipped) of a full cell."""
+        rw = max(1, round(w / self.factor)) if self.factor > 1 else w
+        rh = max(1, round(h / self.factor)) if self.factor > 1 else h
+        try:
+            data = self.ds.ReadAsArray(x, y, w, h, buf_xsize=rw, buf_ysize=rh, buf_type=gdal.GDT_Float32,
+                                       band_list=self.bands, resample_alg=gdal.GRIORA_Average)
+        except RuntimeError as exc:
+            raise BackendError(f"Reading {self.name} at pixels x={x} y={y} {w}x{h} failed: {exc}") from exc
+        data = data.reshape(len(self.bands), rh, rw)
+        full = self.reduced
+        if (rh, rw) != (full, full):
+            data = np.pad(data, ((0, 0), (0, full - rh), (0, full - rw)), mode="symmetric")
+        if full == self.tile:
+            return np.ascontiguousarray(data)
+        mem = gdal_array.OpenArray(np.ascontiguousarray(data))
+        alg = gdal.GRIORA_Average if full > self.tile else gdal.GRIORA_Bilinear
+        out = mem.ReadAsArray(buf_xsize=self.tile, buf_ysize=self.tile, buf_type=gdal.GDT_Float32, resample_alg=alg)
+        return out.reshape(len(self.bands), self.tile, self.tile)
+
+
+def cell_polygon(gt: tuple[float, ...], x0: int, y0: int, x1: int, y1: int) -> ogr.Geometry:
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for px, py in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)):
+        ring.AddPoint_2D(gt[0] + px * gt[1] + py * gt[2], gt[3] + px * gt[4] + py * gt[5])
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometry(ring)
+    return polygon
+
+
+SCENE_FIELDS = [("row", ogr.OFTInteger), ("col", ogr.OFTInteger), ("class_id", ogr.OFTInteger),
+                ("class_name", ogr.OFTString), ("score", ogr.OFTReal)]
+
+
+def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = None,
+                    cancelled: CancelCheck | None = None) -> dict[str, str]:
+    """Write the scene grid to a partial GeoPackage and rename it onto vector_path when complete."""
+    model = request.model
+    src = raster_io.open_raster(request.input_path)
+    gt = raster_io.geotransform(src)
+    srs = raster_io.raster_srs(src)
+    window = request.window
+    reader = CellReader(request.input_path, model.input.bands, request.cell_size, model.tile_size)
+    scene_model = SceneModel(model)
+    class_names = [c.name for c in model.classes]
+    rows = cell_starts(window.height, request.cell_size)
+    cols = cell_starts(window.width, request.cell_size)
+    total = len(rows) * len(cols)
+    partial = partial_path(request.vector_path, request.job_id)
+    out = None
+    try:
+        p_fields = probability_field_names(class_names)
+        out, layer = create_layer(partial, LAYER_NAME, srs, SCENE_FIELDS + [(n, ogr.OFTReal) for n in p_fields])
+        defn = layer.GetLayerDefn()
+        # Cells waiting for their batch, in grid order: (row, col, window-relative bounds, tensor or None).
+        pending: list[tuple[int, int, tuple[int, int, int, int], np.ndarray | None]] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            if cancelled and cancelled():
+                raise JobCancelled()
+            tensors = [t for *_, t in pending if t is not None]
+            probs = np.empty((0, model.num_classes), np.float32)
+            if tensors:
+                if scene_model.fixed_batch:
+                    tensors += [tensors[-1]] * (request.batch_size - len(tensors))
+                probs = scene_model.probabilities(np.stack(tensors))
+            k = 0
+            out.StartTransaction()
+            for r, c, (x0, y0, x1, y1), tensor in pending:
+                feature = ogr.Feature(defn)
+                feature.SetGeometry(cell_polygon(gt, window.x + x0, window.y + y0, window.x + x1, window.y + y1))
+                feature.SetField("row", r)
+                feature.SetField("col", c)
+                if tensor is not None:  # all-nodata cells keep NULL class and scores
+                    p = probs[k]
+                    k += 1
+                    top = int(p.argmax())
+                    feature.SetField("class_id", top)
+                    feature.SetField("class_name", class_names[top])
+                    feature.SetField("score", float(p[top]))
+                    for name, value in zip(p_fields, p):
+                        feature.SetField(name, float(value))
+                layer.CreateFeature(feature)
+            out.CommitTransaction()
+            done += len(pending)
+            pending.clear()
+            if progress:
+                progress(100.0 * done / total, f"cell {done}/{total}")
+
+        n_tensors = 0
+        for r, (y0, h) in enumerate(rows):
+            for c, (x0, w) in enumerate(cols):
+                x, y = window.x + x0, window.y + y0
+                tensor = None
+                if not reader.all_nodata(x, y, w, h):
+                    tensor = scene_model.prepare(reader.read(x, y, w, h))
+                    n_tensors += 1
+                pending.append((r, c, (x0, y0, x0 + w, y0 + h), tensor))
+                # A long run of nodata cells flushes too, so progress and cancel keep coming.
+                if n_tensors == request.batch_size or len(pending) >= 1024:
+                    flush()
+                    n_tensors = 0
+        if pending:
+            flush()
+        layer = None
+        out = None  # closing writes the file; errors surface here
+        os.replace(partial, request.vector_path)
+    except BaseException:
+        layer = None
+        out = None
+        for path in (partial, partial.with_name(partial.name + "-journal"), partial.with_name(partial.name + "-wal"),
+                     partial.with_name(partial.name + "-shm")):
+            path.unlink(missing_ok=True)
+        raise
+    return request.outputs
