@@ -77,7 +77,8 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainLoopConfig:
+    """What training.engine's loop, schedule and optimiser read: the train section of every task."""
     iters: int = 1000
     batch_size: int = 8
     lr: float = 2e-3
@@ -90,6 +91,10 @@ class TrainConfig:
     log_interval: int = 20
     checkpoint_interval: int = 200
     num_threads: int = 0  # 0: all cores
+
+
+@dataclass
+class TrainConfig(TrainLoopConfig):
     # "none", "inverse_sqrt_frequency" or "inverse_frequency": up-weights rare classes in the loss (counted on training tiles)
     class_weighting: str = "none"
 

@@ -1,4 +1,5 @@
-"""Training loop, schedule, checkpoint/resume and held-out evaluation."""
+"""The training loop every task runs (train_loop: schedule, checkpoint/resume, Ctrl-C stop), and the
+segmentation task's training and held-out evaluation."""
 import json
 import logging
 import math
@@ -6,7 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -105,26 +106,38 @@ def loss_class_weights(sampler: CropSampler, cfg: Config) -> Optional[torch.Tens
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def train(cfg: Config, work_dir, iters: Optional[int] = None, resume: bool = False,
-          evaluate_at_end: bool = True, show_progress: bool = True,
-          stop_after: Optional[int] = None) -> Dict:
-    """Train (or resume) and return the final checkpoint state. With resume, the config stored in
-    work_dir/latest.pt is used so the run continues exactly as it started. `stop_after` ends the run
-    early with a checkpoint, as an interruption would (the schedule still spans `iters`)."""
+def train_loop(cfg, work_dir, *, read_config: Callable, load_training_data: Callable, build_model: Callable,
+               evaluate: Callable, describe_metrics: Callable,
+               iters: Optional[int] = None, resume: bool = False, evaluate_at_end: bool = True,
+               show_progress: bool = True, stop_after: Optional[int] = None) -> Dict:
+    """The training loop of every task. Train (or resume) and return the final checkpoint state. With
+    resume, the config stored in work_dir/latest.pt is used so the run continues exactly as it started.
+    `stop_after` ends the run early with a checkpoint, as an interruption would (the schedule still
+    spans `iters`). What differs per task comes in as callables:
+
+    read_config(dict) -> cfg: the task's config reader (for the config stored in a checkpoint)
+    load_training_data(cfg) -> (draw_batch(iteration) -> batch, compute_loss(model, batch) -> loss)
+    build_model(cfg, load_encoder_weights) -> model; the flag is False on resume, where every weight
+        comes from the checkpoint
+    evaluate(model, cfg) -> held-out metrics (None: nothing held out), written to metrics.json
+    describe_metrics(metrics) -> the log line that reports them
+    """
     work_dir = Path(work_dir)
     setup_logging(work_dir)
     latest = work_dir / "latest.pt"
     state = None
     if resume:
         state = load_checkpoint(latest)
-        cfg = config_from_dict(state["config"])
+        cfg = read_config(state["config"])
         log.info("resuming from %s at iteration %d", latest, state["iteration"])
     total = iters if iters is not None else (state["total_iters"] if state else cfg.train.iters)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
 
+    # Data first: a missing folder or unusable label fails before any model is built.
+    draw_batch, compute_loss = load_training_data(cfg)
     torch.manual_seed(cfg.train.seed)
-    model = build_segmentor(cfg.model)
+    model = build_model(cfg, state is None)
     optimizer, scheduler = build_optimizer(model, cfg, total)
     start, elapsed = 0, 0.0
     if state:
@@ -133,10 +146,9 @@ def train(cfg: Config, work_dir, iters: Optional[int] = None, resume: bool = Fal
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
         start, elapsed = state["iteration"], state.get("elapsed_s", 0.0)
-    sampler = make_sampler(cfg)
-    class_weights = loss_class_weights(sampler, cfg)
 
     def snapshot(iteration: int) -> Dict:
+        # config_to_dict is dataclasses.asdict, so it serves every task's config.
         return {"config": config_to_dict(cfg), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "iteration": iteration, "total_iters": total, "rng_torch": torch.get_rng_state(),
@@ -150,9 +162,7 @@ def train(cfg: Config, work_dir, iters: Optional[int] = None, resume: bool = Fal
         for it in progress:
             # Seeding per iteration makes dropout and batches independent of where a run was resumed.
             torch.manual_seed(iteration_seed(cfg.train.seed, it))
-            images, labels = sampler.batch(it, cfg.train.batch_size)
-            loss = F.cross_entropy(model(images), labels, weight=class_weights,
-                                   ignore_index=cfg.data.ignore_index)
+            loss = compute_loss(model, draw_batch(it))
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} at iteration {it}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
@@ -172,15 +182,36 @@ def train(cfg: Config, work_dir, iters: Optional[int] = None, resume: bool = Fal
             if done % cfg.train.checkpoint_interval == 0 and done < total:
                 save_checkpoint(latest, snapshot(done))
     final = snapshot(total)
-    if evaluate_at_end and cfg.data.val:
-        final["metrics"] = evaluate_model(model, cfg)
-        (work_dir / "metrics.json").write_text(json.dumps(final["metrics"], indent=2))
-        log.info("held-out mIoU %.4f (best constant-class baseline %.4f); per class: %s",
-                 final["metrics"]["mIoU"], final["metrics"]["baseline_best_constant"]["mIoU"],
-                 final["metrics"]["per_class_iou"])
+    metrics = evaluate(model, cfg) if evaluate_at_end else None
+    if metrics is not None:
+        final["metrics"] = metrics
+        (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        log.info("%s", describe_metrics(metrics))
     save_checkpoint(latest, final)
     log.info("saved %s (iteration %d, %.0f s of training)", latest, total, final["elapsed_s"])
     return final
+
+
+def train(cfg: Optional[Config], work_dir, **options) -> Dict:
+    """Train a segmentation model; `options` are those of train_loop (iters, resume, stop_after, ...)."""
+    def load_training_data(cfg: Config):
+        sampler = make_sampler(cfg)
+        class_weights = loss_class_weights(sampler, cfg)
+
+        def compute_loss(model, batch):
+            images, labels = batch
+            return F.cross_entropy(model(images), labels, weight=class_weights, ignore_index=cfg.data.ignore_index)
+        return (lambda it: sampler.batch(it, cfg.train.batch_size)), compute_loss
+
+    def describe_metrics(m: Dict) -> str:
+        return (f"held-out mIoU {m['mIoU']:.4f} (best constant-class baseline "
+                f"{m['baseline_best_constant']['mIoU']:.4f}); per class: {m['per_class_iou']}")
+
+    # The segmentor always builds its encoder from encoder.checkpoint; a resume then overwrites it.
+    return train_loop(cfg, work_dir, read_config=config_from_dict, load_training_data=load_training_data,
+                      build_model=lambda cfg, load_encoder_weights: build_segmentor(cfg.model),
+                      evaluate=lambda model, cfg: evaluate_model(model, cfg) if cfg.data.val else None,
+                      describe_metrics=describe_metrics, **options)
 
 
 def evaluate_tiles(model: torch.nn.Module, cfg: Config, tiles: List[LabelledTile]) -> Dict:

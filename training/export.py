@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import onnx
@@ -100,22 +100,28 @@ def export_onnx(model: torch.nn.Module, path: Path, tile_size: int, channels: in
                       external_data=False, verbose=False)
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> Dict:
-    """Write `out` (.onnx) from a training checkpoint; returns the metadata written."""
+def onnx_out_path(out) -> Path:
     out = Path(out)
     if out.suffix != ".onnx":
         raise ValueError(f"--out must end in .onnx (the model id is the file name), got {out}")
-    model, cfg, state = model_from_checkpoint(checkpoint)
-    metrics = state.get("metrics") or evaluate_model(model, cfg)
+    return out
+
+
+def write_package(out: Path, export_graph: Callable[[Path], None], check_parity: Callable[[Path], Dict],
+                  build_metadata: Callable[[Dict], Dict], describe_parity: Callable[[Dict], str]) -> Dict:
+    """The steps every task's export shares: export_graph(path) writes the ONNX graph to a temporary
+    .partial file; check_parity(path) must pass; build_metadata(parity) goes into the METADATA_KEY
+    property; after onnx.checker the file is renamed onto `out`, so a failed export leaves no file
+    behind (and never replaces a good one). Returns the metadata written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
-        export_onnx(model, tmp, cfg.eval.tile_size, cfg.model.encoder.in_chans, cfg.export.opset)
-        parity = check_parity(model, tmp, parity_tiles(cfg), cfg.export.atol, cfg.export.min_argmax_agreement)
+        export_graph(tmp)
+        parity = check_parity(tmp)
         if not parity["passed"]:
             raise ExportError(f"parity check failed, no model written: {parity}")
         proto = onnx.load(str(tmp))
-        metadata = build_metadata(cfg, state, metrics, parity)
+        metadata = build_metadata(parity)
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
@@ -125,9 +131,28 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Dict:
     finally:
         if tmp.exists():
             tmp.unlink()
-    log.info("wrote %s (%.1f MB), parity: max |diff| %.2e, argmax agreement %.5f", out,
-             out.stat().st_size / 1e6, parity["max_abs_logit_diff"], parity["argmax_agreement"])
+    log.info("wrote %s (%.1f MB), %s", out, out.stat().st_size / 1e6, describe_parity(parity))
     return metadata
+
+
+def describe_parity(parity: Dict) -> str:
+    """Parity of tiled logits (segmentation, change detection), for the final log line."""
+    return f"parity: max |diff| {parity['max_abs_logit_diff']:.2e}, argmax agreement {parity['argmax_agreement']:.5f}"
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> Dict:
+    """Write `out` (.onnx) from a training checkpoint; returns the metadata written."""
+    out = onnx_out_path(out)
+    model, cfg, state = model_from_checkpoint(checkpoint)
+    metrics = state.get("metrics") or evaluate_model(model, cfg)
+    return write_package(
+        out,
+        export_graph=lambda path: export_onnx(model, path, cfg.eval.tile_size, cfg.model.encoder.in_chans,
+                                              cfg.export.opset),
+        check_parity=lambda path: check_parity(model, path, parity_tiles(cfg), cfg.export.atol,
+                                               cfg.export.min_argmax_agreement),
+        build_metadata=lambda parity: build_metadata(cfg, state, metrics, parity),
+        describe_parity=describe_parity)
 
 
 def read_metadata(path) -> Dict:

@@ -1,9 +1,13 @@
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from training.config import REPO_ROOT, config_from_dict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for training_test_support (importlib mode)
 
 LOVEDA = REPO_ROOT / "../shared/data/loveda"
 POTSDAM = REPO_ROOT / "../shared/data/potsdam"

@@ -10,7 +10,8 @@ import torch
 from training.__main__ import main
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.evaluate import model_from_checkpoint
-from training.export import ExportError, export_checkpoint, read_metadata
+from training.export import export_checkpoint, read_metadata
+from training_test_support import assert_failed_parity_leaves_no_file
 
 CONTRACT_KEYS = {"format_version", "task", "name", "description", "classes", "input", "tile_size",
                  "tile_overlap", "gsd_m", "output", "metrics", "training"}
@@ -50,14 +51,7 @@ def test_export_passes_parity_and_writes_contract_metadata(tiny_checkpoint, tmp_
 
 
 def test_failed_parity_leaves_no_model_behind(tiny_checkpoint, tmp_path):
-    state = load_checkpoint(tiny_checkpoint)
-    state["config"]["export"]["atol"] = -1.0  # no model can be this close: parity must fail
-    bad = tmp_path / "strict.pt"
-    save_checkpoint(bad, {k: v for k, v in state.items() if k != "format"})
-    out = tmp_path / "out" / "m.onnx"
-    with pytest.raises(ExportError, match="parity check failed"):
-        export_checkpoint(bad, out)
-    assert list(out.parent.iterdir()) == []
+    assert_failed_parity_leaves_no_file(tiny_checkpoint, export_checkpoint, tmp_path)
 
 
 def test_missing_checkpoint_gives_a_clear_error(tmp_path, capsys):

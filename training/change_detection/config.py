@@ -1,0 +1,111 @@
+"""Change-detection config: plain YAML -> dataclasses, unknown keys refused (training.config._build).
+The encoder, decoder, schedule, evaluation and export sections are the segmentation ones."""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+import yaml
+
+from training.config import (ClassInfo, DecoderConfig, EncoderConfig, EvalConfig, ExportConfig, TrainConfig,
+                             _build, repo_path)
+
+TASK = "change_detection"
+FUSIONS = ("concat_diff", "diff", "concat")
+LOSSES = ("ce", "ce_dice")
+
+
+@dataclass
+class ChangeModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    # How the two dates' feature maps are combined per scale before the decoder:
+    # concat_diff = [f_before, f_after, |f_before - f_after|], diff = |f_before - f_after|, concat = [f_before, f_after].
+    fusion: str = "concat_diff"
+
+
+@dataclass
+class ChangeDataConfig:
+    """LEVIR-CD layout: root/A (before), root/B (after), root/label (0/255 change masks), same file names."""
+    root: str
+    train: List[str]  # pair file names trained on
+    val: List[str]  # pair file names held out for evaluation (never trained on)
+    classes: List[ClassInfo] = field(default_factory=lambda: [ClassInfo("no change", "#000000"),
+                                                              ClassInfo("change", "#ff0000")])
+    scale: float = 255.0
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    bands: List[int] = field(default_factory=lambda: [1, 2, 3])
+    band_names: List[str] = field(default_factory=lambda: ["red", "green", "blue"])
+    crop_size: int = 256
+    gsd_m: float = 0.5
+    # Brightness/contrast change of up to this fraction, drawn independently for each date (0 = off).
+    color_jitter: float = 0.0
+
+
+@dataclass
+class ChangeTrainConfig(TrainConfig):
+    loss: str = "ce"  # "ce" or "ce_dice" (cross-entropy + soft dice on the change class)
+    dice_weight: float = 1.0
+
+
+@dataclass
+class ChangeConfig:
+    model: ChangeModelConfig
+    data: ChangeDataConfig
+    train: ChangeTrainConfig = field(default_factory=ChangeTrainConfig)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(tile_size=256, tile_overlap=64))
+    export: ExportConfig = field(default_factory=lambda: ExportConfig(name="MTP change detection"))
+    task: str = TASK
+
+
+def config_from_dict(raw: Dict[str, Any]) -> ChangeConfig:
+    if not isinstance(raw, dict):
+        raise ValueError(f"a change-detection config must be a YAML mapping, got {raw!r}")
+    if raw.get("task") != TASK:
+        raise ValueError(f"this is the change_detection config reader; the config says task {raw.get('task')!r}")
+    for section in ("model", "data"):
+        if section not in raw:
+            raise ValueError(f"change-detection config lacks the {section!r} section")
+    try:
+        cfg = _build(ChangeConfig, raw)
+    except TypeError as exc:  # a dataclass built without one of its required keys
+        raise ValueError(f"incomplete change-detection config: {exc}") from exc
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ChangeConfig) -> None:
+    if cfg.model.fusion not in FUSIONS:
+        raise ValueError(f"model.fusion must be one of {FUSIONS}, not {cfg.model.fusion!r}")
+    if cfg.train.loss not in LOSSES:
+        raise ValueError(f"train.loss must be one of {LOSSES}, not {cfg.train.loss!r}")
+    if len(cfg.data.classes) != 2:
+        raise ValueError(f"change detection has exactly two classes (no change, change); data.classes lists "
+                         f"{len(cfg.data.classes)}")
+    if not cfg.data.train:
+        raise ValueError("data.train lists no pairs to train on")
+    if not cfg.data.val:
+        raise ValueError("data.val lists no held-out pairs; evaluation and export need some")
+    leaked = sorted(set(cfg.data.train) & set(cfg.data.val))
+    if leaked:
+        raise ValueError(f"pairs {leaked} are in both data.train and data.val; held-out pairs must never be trained on")
+    channels = len(cfg.data.bands)
+    if not (len(cfg.data.mean) == len(cfg.data.std) == len(cfg.data.band_names) == channels
+            == cfg.model.encoder.in_chans):
+        raise ValueError(f"data.bands, band_names, mean, std and model.encoder.in_chans must agree on the number "
+                         f"of channels (bands {channels}, in_chans {cfg.model.encoder.in_chans})")
+    if cfg.eval.tile_overlap >= cfg.eval.tile_size:
+        raise ValueError(f"eval.tile_overlap {cfg.eval.tile_overlap} must be smaller than eval.tile_size "
+                         f"{cfg.eval.tile_size}")
+
+
+def load_config(path) -> ChangeConfig:
+    path = repo_path(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with open(path) as fh:
+        return config_from_dict(yaml.safe_load(fh))
+
+
+def config_to_dict(cfg: ChangeConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)

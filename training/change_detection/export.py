@@ -1,0 +1,119 @@
+"""Export a change-detection checkpoint to a model package (docs/contract.md §1 and §3): one .onnx
+file with two inputs, `before` and `after` (N x C x T x T, N dynamic), and output `logits` N x 2 x T x T,
+accepted only if ONNX Runtime reproduces torch's logits on real held-out pairs."""
+import datetime
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from training.change_detection.config import ChangeConfig, config_to_dict
+from training.change_detection.data import load_pairs
+from training.change_detection.engine import evaluate_model, model_from_checkpoint
+from training.data.transforms import normalize
+from training.export import ExportError, describe_parity, onnx_out_path, write_package
+from training.inference import window_starts
+
+INPUT_NAMES = ["before", "after"]
+
+
+def parity_pairs(cfg: ChangeConfig, max_tiles: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real tile pairs for the parity check: sliding windows of the held-out (then training) pairs."""
+    size, stride = cfg.eval.tile_size, cfg.eval.tile_size - cfg.eval.tile_overlap
+    befores, afters = [], []
+    for pair in load_pairs(cfg.data.root, list(cfg.data.val) + list(cfg.data.train)):
+        height, width = pair.label.shape
+        if height < size or width < size:
+            continue
+        for top in window_starts(height, size, stride):
+            for left in window_starts(width, size, stride):
+                window = (slice(top, top + size), slice(left, left + size))
+                befores.append(normalize(pair.before[window], cfg.data.scale, cfg.data.mean, cfg.data.std))
+                afters.append(normalize(pair.after[window], cfg.data.scale, cfg.data.mean, cfg.data.std))
+                if len(befores) == max_tiles:
+                    return torch.stack(befores), torch.stack(afters)
+    if not befores:
+        raise ExportError(f"no pair of at least {size}x{size} px in the config's data for the parity check")
+    return torch.stack(befores), torch.stack(afters)
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, before: torch.Tensor, after: torch.Tensor,
+                 atol: float, min_agreement: float) -> Dict:
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    if names != INPUT_NAMES:
+        raise ExportError(f"exported graph has inputs {names}, expected {INPUT_NAMES}")
+    max_diff, agree, total = 0.0, 0, 0
+    # Batches of 2 and a final odd one also exercise the dynamic batch dimension.
+    for start in range(0, len(before), 2):
+        b, a = before[start:start + 2], after[start:start + 2]
+        with torch.no_grad():
+            expected = model(b, a).numpy()
+        got = session.run(None, {"before": b.numpy(), "after": a.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")
+        max_diff = max(max_diff, float(np.abs(got - expected).max()))
+        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+        total += expected.shape[0] * expected.shape[2] * expected.shape[3]
+    result = {"tiles": int(len(before)), "max_abs_logit_diff": max_diff, "tolerance": atol,
+              "argmax_agreement": agree / total, "min_argmax_agreement": min_agreement}
+    result["passed"] = max_diff <= atol and result["argmax_agreement"] >= min_agreement
+    return result
+
+
+def _headline(metrics: Dict) -> Dict:
+    return {k: round(metrics[k], 4) for k in ("precision", "recall", "f1", "iou", "overall_accuracy")}
+
+
+def build_metadata(cfg: ChangeConfig, state: Dict, metrics: Dict, parity: Dict) -> Dict:
+    data = cfg.data
+    difference = metrics["baseline_pixel_difference"]
+    return {
+        "format_version": 1,
+        "task": "change_detection",
+        "name": cfg.export.name,
+        "description": (cfg.export.description + f" Held-out change F1 {metrics['f1']:.3f}, IoU {metrics['iou']:.3f} "
+                        f"(pixel-difference baseline F1 {difference['f1']:.3f}).").strip(),
+        "classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
+        "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
+                  "mean": list(data.mean), "std": list(data.std)},
+        "tile_size": cfg.eval.tile_size,
+        "tile_overlap": cfg.eval.tile_overlap,
+        "gsd_m": data.gsd_m,
+        "output": {"type": "logits", "layout": "NCHW"},
+        "metrics": {**_headline(metrics), "evaluated_on": metrics["evaluated_on"],
+                    "per_pair_f1": metrics["per_pair_f1"],
+                    "baseline_pixel_difference": _headline(difference),
+                    "baseline_all_unchanged": _headline(metrics["baseline_all_unchanged"])},
+        "training": {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
+                     "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)},
+    }
+
+
+def export_onnx(model: torch.nn.Module, path: Path, tile_size: int, channels: int, opset: int) -> None:
+    example = torch.zeros(1, channels, tile_size, tile_size)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    # One batch Dim for both inputs: the two dates always come in equal numbers. The tile size is fixed
+    # (fixed-kernel pyramid pooling); the batch is not.
+    torch.onnx.export(model, (example, example.clone()), str(path), input_names=INPUT_NAMES,
+                      output_names=["logits"], opset_version=opset, dynamo=True,
+                      dynamic_shapes={"before": {0: batch}, "after": {0: batch}},
+                      external_data=False, verbose=False)
+
+
+def export_checkpoint(checkpoint, out) -> Dict:
+    """Write `out` (.onnx) from a training checkpoint; returns the metadata written."""
+    out = onnx_out_path(out)
+    model, cfg, state = model_from_checkpoint(checkpoint)
+    metrics = state.get("metrics") or evaluate_model(model, cfg)
+    return write_package(
+        out,
+        export_graph=lambda path: export_onnx(model, path, cfg.eval.tile_size, cfg.model.encoder.in_chans,
+                                              cfg.export.opset),
+        check_parity=lambda path: check_parity(model, path, *parity_pairs(cfg), cfg.export.atol,
+                                               cfg.export.min_argmax_agreement),
+        build_metadata=lambda parity: build_metadata(cfg, state, metrics, parity),
+        describe_parity=describe_parity)
