@@ -1,0 +1,92 @@
+"""Export a scene-classification checkpoint to a model package (docs/contract.md §1, §3): input
+`input` N x C x T x T, output `logits` N x K, accepted only if ONNX Runtime reproduces torch's logits
+and top-1 classes on real held-out chips."""
+import datetime
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from training.export import ExportError, export_onnx, onnx_out_path, write_package
+from training.scene_classification.chips import chip_batch, load_split
+from training.scene_classification.config import SceneConfig, config_to_dict
+from training.scene_classification.engine import evaluate_model, model_from_checkpoint
+
+
+def parity_chips(cfg: SceneConfig) -> torch.Tensor:
+    """The held-out chips (real imagery the model has not trained on), up to export.max_parity_chips."""
+    groups, _ = load_split(cfg, "val")
+    chips = [c for g in groups for c in g][:cfg.export.max_parity_chips]
+    return chip_batch(chips, cfg.data)
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, chips: torch.Tensor, atol: float,
+                 min_agreement: float) -> Dict:
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    max_diff, agree = 0.0, 0
+    # Batches of 4 and a shorter last one also exercise the dynamic batch dimension.
+    for start in range(0, len(chips), 4):
+        batch = chips[start:start + 4]
+        with torch.no_grad():
+            expected = model(batch).numpy()
+        got = session.run(None, {input_name: batch.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")
+        max_diff = max(max_diff, float(np.abs(got - expected).max()))
+        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+    result = {"chips": int(len(chips)), "max_abs_logit_diff": max_diff, "tolerance": atol,
+              "top1_agreement": agree / len(chips), "min_top1_agreement": min_agreement}
+    result["passed"] = max_diff <= atol and result["top1_agreement"] >= min_agreement
+    return result
+
+
+def build_metadata(cfg: SceneConfig, state: Dict, metrics: Dict, parity: Dict) -> Dict:
+    data = cfg.data
+    base = metrics["baseline_majority_class"]
+    summary = (f" Held-out ({metrics['chips']} chips): overall accuracy {metrics['overall_accuracy']:.3f}, "
+               f"macro F1 {metrics['macro_f1']:.3f}; always '{base['class']}' scores {base['overall_accuracy']:.3f}.")
+    return {
+        "format_version": 1,
+        "task": "scene_classification",
+        "name": cfg.export.name,
+        "description": (cfg.export.description + summary).strip(),
+        "classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
+        "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
+                  "mean": list(data.mean), "std": list(data.std)},
+        "tile_size": data.chip_size,
+        "tile_overlap": 0,
+        "gsd_m": data.gsd_m,
+        "output": {"type": "logits", "layout": "NC"},  # N x K class logits (docs/contract.md §3)
+        "metrics": {"overall_accuracy": metrics["overall_accuracy"], "macro_f1": metrics["macro_f1"],
+                    "per_class_f1": metrics["per_class_f1"], "support": metrics["support"],
+                    "chips": metrics["chips"],
+                    "baseline_majority_class": base["class"],
+                    "baseline_majority_class_overall_accuracy": base["overall_accuracy"],
+                    "baseline_majority_class_macro_f1": base["macro_f1"],
+                    "confusion_matrix": metrics["confusion_matrix"],
+                    "evaluated_on": metrics["evaluated_on"]},
+        "training": {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
+                     "encoder_init": cfg.model.encoder.checkpoint or "random",
+                     "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)},
+    }
+
+
+def export_checkpoint(checkpoint, out) -> Dict:
+    """Write `out` (.onnx) from a training checkpoint; returns the metadata written."""
+    out = onnx_out_path(out)
+    model, cfg, state = model_from_checkpoint(checkpoint)
+    metrics = state.get("metrics") or evaluate_model(model, cfg)
+    return write_package(
+        out,
+        export_graph=lambda path: export_onnx(model, path, cfg.data.chip_size, cfg.model.encoder.in_chans,
+                                              cfg.export.opset),
+        check_parity=lambda path: check_parity(model, path, parity_chips(cfg), cfg.export.atol,
+                                               cfg.export.min_top1_agreement),
+        build_metadata=lambda parity: build_metadata(cfg, state, metrics, parity),
+        describe_parity=lambda parity: (f"parity on {parity['chips']} held-out chips: max |diff| "
+                                        f"{parity['max_abs_logit_diff']:.2e}, top-1 agreement "
+                                        f"{parity['top1_agreement']:.4f}"))
