@@ -35,7 +35,7 @@ class MtpPlugin:
         self.dock.setObjectName("MtpDockWidget")
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
-        self.action = QAction(QIcon(ICON_PATH), "MTP segmentation", self.iface.mainWindow())
+        self.action = QAction(QIcon(ICON_PATH), "MTP models (segmentation, change, scenes)", self.iface.mainWindow())
         self.action.setCheckable(True)
         self.action.toggled.connect(self.dock.setVisible)
         self.dock.visibilityChanged.connect(self.action.setChecked)

@@ -4,6 +4,8 @@ from pathlib import Path
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .change import ChangeAlgorithm
+from .scenes import ClassifyScenesAlgorithm
 from .segment import SegmentAlgorithm
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "mtp.svg")
@@ -27,10 +29,18 @@ class MtpProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):  # noqa: N802
         self.addAlgorithm(SegmentAlgorithm())
+        self.addAlgorithm(ChangeAlgorithm())
+        self.addAlgorithm(ClassifyScenesAlgorithm())
 
-    # The backend writes GeoTIFF only.
+    # The backend writes GeoTIFF rasters and GeoPackage vectors only.
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802
         return ["tif"]
 
     def defaultRasterFileExtension(self):  # noqa: N802
         return "tif"
+
+    def supportedOutputVectorLayerExtensions(self):  # noqa: N802
+        return ["gpkg"]
+
+    def defaultVectorFileExtension(self, hasGeometry=True):  # noqa: N802,N803
+        return "gpkg"

@@ -10,6 +10,8 @@ from qgis.core import QgsSettings
 
 SETTINGS_GROUP = "mtp_qgis"
 DEFAULT_MODEL_ID = "mtp_seg_default"
+DEFAULT_CHANGE_MODEL_ID = "mtp_change_default"
+DEFAULT_SCENE_MODEL_ID = "mtp_scene_default"
 
 
 def configured(setting_key, env_name):

@@ -1,13 +1,37 @@
-"""Class-id rasters styled with the model's class names and colours."""
+"""Styles of the results: class-id rasters, change rasters and polygons, scene-classification grids.
+
+Each `apply_*` function styles a layer in place; `write_*` saves the style as `<name>.qml` beside the
+file, which QGIS loads as the layer's default style whenever it opens it; the post-processors style
+outputs that Processing loads into the project (toolbox, batch, modeler).
+"""
 from pathlib import Path
 
 from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsCoordinateReferenceSystem,
+    QgsFillSymbol,
     QgsPalettedRasterRenderer,
+    QgsPalLayerSettings,
     QgsProcessingLayerPostProcessorInterface,
     QgsRasterLayer,
+    QgsRendererCategory,
+    QgsSingleSymbolRenderer,
+    QgsSymbolLayerUtils,
+    QgsTextBufferSettings,
+    QgsTextFormat,
+    QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
 )
 from qgis.PyQt.QtGui import QColor
 
+CHANGE_COLOR = "#ff0000"
+SCENE_FILL_ALPHA = 90          # of 255: the imagery stays visible under the grid
+CHANGE_FILL_ALPHA = 70
+NO_DATA_LABEL = "no data"
+SCENE_LABEL_EXPRESSION = "\"class_name\" || '\\n' || format_number(\"score\", 2)"  # NULL class → no label
+
+
+# --- class-id rasters (segmentation) ---------------------------------------------------------------
 
 def palette_classes(classes):
     return [
@@ -23,38 +47,169 @@ def apply_class_style(layer, classes):
     layer.triggerRepaint()
 
 
-def style_path_for(raster_path):
-    """QGIS loads `<name>.qml` next to `<name>.tif` as the layer's default style whenever it opens it."""
-    return str(Path(raster_path).with_suffix(".qml"))
+def style_path_for(path):
+    """QGIS loads `<name>.qml` next to `<name>.tif` / `<name>.gpkg` as the layer's default style."""
+    return str(Path(path).with_suffix(".qml"))
 
 
-def write_style_file(raster_path, classes):
+def _save_style(layer, path):
+    message, ok = layer.saveNamedStyle(style_path_for(path))
+    return style_path_for(path) if ok else None
+
+
+def write_style_file(raster_path, classes, apply=None):
+    """Style the raster with `apply(layer, classes)` (default: class colours) and save the .qml."""
     layer = QgsRasterLayer(str(raster_path), Path(raster_path).stem, "gdal")
     if not layer.isValid():
         return None
-    apply_class_style(layer, classes)
-    qml = style_path_for(raster_path)
-    message, ok = layer.saveNamedStyle(qml)
-    return qml if ok else None
+    (apply or apply_class_style)(layer, classes)
+    return _save_style(layer, raster_path)
 
 
-class ClassStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Styles the output when Processing loads it into the project (toolbox, batch, modeler)."""
+# --- change detection --------------------------------------------------------------------------------
+
+def change_palette(classes):
+    """'no change' (id 0) fully transparent, 'change' (id 1) red; the legend keeps the model's names."""
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in classes}
+    transparent = QColor(0, 0, 0, 0)
+    return [
+        QgsPalettedRasterRenderer.Class(0, transparent, names.get(0, "no change")),
+        QgsPalettedRasterRenderer.Class(1, QColor(CHANGE_COLOR), names.get(1, "change")),
+    ]
+
+
+def apply_change_style(layer, classes):
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, change_palette(classes)))
+    layer.triggerRepaint()
+
+
+def apply_change_polygon_style(layer, classes=None):
+    """Red outline over a light red fill, so the imagery under a change stays readable."""
+    fill = QColor(CHANGE_COLOR)
+    fill.setAlpha(CHANGE_FILL_ALPHA)
+    symbol = QgsFillSymbol.createSimple({
+        "color": QgsSymbolLayerUtils.encodeColor(fill),
+        "outline_color": QgsSymbolLayerUtils.encodeColor(QColor(CHANGE_COLOR)),
+        "outline_width": "0.5",
+    })
+    layer.setRenderer(QgsSingleSymbolRenderer(symbol))
+    layer.triggerRepaint()
+
+
+# --- scene classification ------------------------------------------------------------------------------
+
+def _cell_symbol(colour, alpha):
+    fill = QColor(colour)
+    fill.setAlpha(alpha)
+    outline = QColor(colour).darker(150)
+    return QgsFillSymbol.createSimple({
+        "color": QgsSymbolLayerUtils.encodeColor(fill),
+        "outline_color": QgsSymbolLayerUtils.encodeColor(outline),
+        "outline_width": "0.26",
+    })
+
+
+def scene_categories(classes):
+    categories = [
+        QgsRendererCategory(str(c.get("name", c["id"])), _cell_symbol(c.get("color") or "#808080", SCENE_FILL_ALPHA),
+                            str(c.get("name", c["id"])))
+        for c in classes
+    ]
+    # The empty value is the renderer's "all other values": cells whose pixels were all nodata (NULL).
+    categories.append(QgsRendererCategory("", _cell_symbol("#808080", 0), NO_DATA_LABEL))
+    return categories
+
+
+def scene_labeling():
+    settings = QgsPalLayerSettings()
+    settings.fieldName = SCENE_LABEL_EXPRESSION
+    settings.isExpression = True
+    text = QgsTextFormat()
+    text.setSize(8)
+    buffer = QgsTextBufferSettings()
+    buffer.setEnabled(True)
+    buffer.setSize(0.8)
+    buffer.setColor(QColor("white"))
+    text.setBuffer(buffer)
+    settings.setFormat(text)
+    return QgsVectorLayerSimpleLabeling(settings)
+
+
+def apply_scene_style(layer, classes):
+    """Cells categorized by class_name in the model's colours (semi-transparent), labelled class + score."""
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_name", scene_categories(classes)))
+    layer.setLabeling(scene_labeling())
+    layer.setLabelsEnabled(True)
+    layer.triggerRepaint()
+
+
+def write_vector_style_file(vector_path, classes, apply):
+    layer = QgsVectorLayer(str(vector_path), Path(vector_path).stem, "ogr")
+    if not layer.isValid():
+        return None
+    apply(layer, classes)
+    return _save_style(layer, vector_path)
+
+
+# --- GeoPackage results of rasters without CRS ------------------------------------------------------
+
+# A GeoPackage cannot say "no CRS": GDAL writes its placeholder entries instead, which QGIS reads as a
+# (custom, untransformable) CRS. Results of a raster without CRS are in its pixel coordinates and must
+# be shown, like that raster, without any CRS.
+UNDEFINED_GPKG_CRS = ("Undefined geographic SRS", "Undefined Cartesian SRS")
+
+
+def drop_placeholder_crs(layer):
+    crs = layer.crs()
+    if crs.isValid() and not crs.authid() and crs.description() in UNDEFINED_GPKG_CRS:
+        layer.setCrs(QgsCoordinateReferenceSystem())
+        return True
+    return False
+
+
+# --- post-processors -------------------------------------------------------------------------------------
+
+class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Styles an output with `apply(layer, classes)` when Processing loads it into the project."""
 
     # Processing keeps only a raw pointer to post-processors; hold a Python reference so sip
     # does not delete them before QGIS calls postProcessLayer.
     _alive = []
 
-    def __init__(self, classes):
+    def __init__(self, classes, apply, layer_type):
         super().__init__()
         self.classes = classes
+        self.apply = apply
+        self.layer_type = layer_type
+
+    @classmethod
+    def create(cls, classes, apply, layer_type):
+        instance = cls(classes, apply, layer_type)
+        StylePostProcessor._alive.append(instance)
+        return instance
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
+        if isinstance(layer, self.layer_type):
+            if isinstance(layer, QgsVectorLayer):
+                drop_placeholder_crs(layer)
+            self.apply(layer, self.classes)
+
+
+class ClassStylePostProcessor(StylePostProcessor):
+    """Class colours on a segmentation raster."""
+
+    def __init__(self, classes):
+        super().__init__(classes, apply_class_style, QgsRasterLayer)
 
     @classmethod
     def create(cls, classes):
         instance = cls(classes)
-        cls._alive.append(instance)
+        StylePostProcessor._alive.append(instance)
         return instance
 
-    def postProcessLayer(self, layer, context, feedback):  # noqa: N802 (QGIS API name)
-        if isinstance(layer, QgsRasterLayer):
-            apply_class_style(layer, self.classes)
+
+def style_when_loaded(context, path, classes, apply, layer_type):
+    """Register a post-processor for `path` if Processing will load it into the project."""
+    if path and context.willLoadLayerOnCompletion(path):
+        details = context.layerToLoadOnCompletionDetails(path)
+        details.setPostProcessor(StylePostProcessor.create(classes, apply, layer_type))

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for plugin_test_supp
 
 from plugin_test_support import (  # noqa: E402
     REPO, TOKEN, _backend_available, qgis_process_binary, start_backend, stop_process, write_colour_model,
+    write_task_models,
 )
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display here; Qt must not try one
@@ -57,6 +58,7 @@ def models_dir(sandbox):
     folder.mkdir(exist_ok=True)
     write_colour_model(folder / "mtp_seg_default.onnx")
     write_colour_model(folder / "slow_seg.onnx", tile_size=128, overlap=60, hidden_layers=12)
+    write_task_models(folder)
     return folder
 
 

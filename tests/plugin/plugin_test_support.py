@@ -1,9 +1,11 @@
 """Helpers shared by the plugin tests (conftest.py holds the fixtures)."""
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 COGEO = DATA / "aerial_geotiff" / "cogeo.tif"
 LOVEDA_PNG = DATA / "loveda" / "img_dir" / "2.png"
+NAIP_2009 = DATA / "naip_change" / "m_4709963_se_14_1_20090818.tif"
+NAIP_2020 = DATA / "naip_change" / "m_4709963_se_14_1_20200831.tif"
+LEVIR = DATA / "levir_cd"
 BACKEND_PYTHON = os.environ.get("MTP_TEST_BACKEND_PYTHON", str(REPO / ".venv" / "bin" / "python"))
 TOKEN = "plugin-tests-token"
 
@@ -77,6 +82,40 @@ def write_colour_model(path, tile_size=256, overlap=32, gsd_m=0.6, hidden_layers
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return meta
+
+
+SCENE_CLASSES = [  # the synthetic scene model's class k is "band k is the brightest"
+    {"id": 0, "name": "Reddish", "color": "#d94f3d"},
+    {"id": 1, "name": "Green-ish", "color": "#3a8f3a"},
+    {"id": 2, "name": "bluish", "color": "#2f6fbf"},
+]
+CHANGE_THRESHOLD = 0.4  # of the synthetic change model, in normalised units (std 0.25, scale 255)
+
+
+def write_task_models(folder):
+    """The change-detection and scene-classification test packages (backend/synthetic_models.py)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from backend.synthetic_models import default_metadata, write_change_package, write_classification_package
+
+    folder = Path(folder)
+    write_change_package(folder / "mtp_change_default.onnx", num_bands=3, tile_size=64, tile_overlap=16,
+                         threshold=CHANGE_THRESHOLD)
+    # Tiny tiles with a large overlap: thousands of tiles on the NAIP pair, slow enough to cancel.
+    write_change_package(folder / "slow_change.onnx", num_bands=3, tile_size=16, tile_overlap=12,
+                         threshold=CHANGE_THRESHOLD)
+    meta = default_metadata(3, 3, 64, 0, task="scene_classification")
+    meta["classes"] = SCENE_CLASSES
+    write_classification_package(folder / "mtp_scene_default.onnx", num_bands=3, num_classes=3, tile_size=64,
+                                 metadata=meta)
+
+
+def expected_change(before, after):
+    """What the synthetic change model answers for two (bands, H, W) arrays on one grid: 1 = change."""
+    import numpy as np
+
+    diff = np.abs(after[:3].astype(np.float64) - before[:3].astype(np.float64)) / 255.0 / 0.25
+    return (diff.mean(axis=0) > CHANGE_THRESHOLD).astype(np.uint8)
 
 
 def _backend_available():
@@ -150,3 +189,52 @@ def run_qgis_process(env, *args, timeout=240):
         except ValueError:
             result = None
     return done, result
+
+
+# --- the dock ------------------------------------------------------------------------------------
+
+def wait_for(condition, timeout=60):
+    from qgis.core import QgsApplication
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@contextlib.contextmanager
+def dock_on(backend, raster, name, task=None):
+    """A dock widget with the backend's models listed, `raster` added to the project and selected,
+    and `task` (a backend task name) chosen when given."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    from mtp_qgis.client import MtpClient
+    from mtp_qgis.dock import MtpDockWidget
+
+    layer = QgsRasterLayer(str(raster), name, "gdal")
+    QgsProject.instance().addMapLayer(layer)
+    dock = MtpDockWidget(None)
+    try:
+        if task:
+            dock.set_task(task)
+        dock.layer_combo.setLayer(layer)
+        dock.fill_models(MtpClient(backend["url"], backend["token"]).models())
+        yield dock, layer
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+        dock.shutdown()
+        dock.deleteLater()
+
+
+def run_dock(dock):
+    """Run the dock's job to its end; the layers it added to the project."""
+    from qgis.core import QgsProject
+
+    before = set(QgsProject.instance().mapLayers())
+    dock.run()
+    assert not dock.run_button.isEnabled(), dock.status.text()
+    assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
+    return [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]

@@ -1,7 +1,5 @@
 """The ways an analyst runs mtp:segment besides the toolbox: modeler, batch dialog, dock, own backend."""
-import contextlib
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from qgis.core import (
 )
 
 from model_builder import segment_and_count_model
-from plugin_test_support import COGEO, DATA, LOVEDA_PNG
+from plugin_test_support import COGEO, DATA, LOVEDA_PNG, dock_on, run_dock, wait_for
 
 pytestmark = pytest.mark.usefixtures("use_backend", "plugin")
 
@@ -70,44 +68,6 @@ def test_batch_dialog_code_path(out_dir):
         assert (result.width(), result.height()) == (source.width(), source.height())
         assert (out_dir / f"batch_{i}.qml").is_file()
     assert not (out_dir / "batch_bad.tif").exists()
-
-
-def wait_for(condition, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        QgsApplication.processEvents()
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-@contextlib.contextmanager
-def dock_on(backend, raster, name):
-    """A dock widget with the backend's models listed and `raster` added to the project and selected."""
-    from mtp_qgis.client import MtpClient
-    from mtp_qgis.dock import MtpDockWidget
-
-    layer = QgsRasterLayer(str(raster), name, "gdal")
-    QgsProject.instance().addMapLayer(layer)
-    dock = MtpDockWidget(None)
-    try:
-        dock.layer_combo.setLayer(layer)
-        dock.fill_models(MtpClient(backend["url"], backend["token"]).models())
-        yield dock, layer
-    finally:
-        QgsProject.instance().removeMapLayer(layer.id())
-        dock.shutdown()
-        dock.deleteLater()
-
-
-def run_dock(dock):
-    """Run the dock's job to its end; the layers it added to the project."""
-    before = set(QgsProject.instance().mapLayers())
-    dock.run()
-    assert not dock.run_button.isEnabled()
-    assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
-    return [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
 
 
 def test_dock_runs_the_algorithm_as_a_task_and_adds_a_styled_layer(backend):

@@ -1,0 +1,262 @@
+"""What every MTP Processing algorithm shares: find the backend, check the model, turn layers and an
+extent into a job request, submit it, follow its progress, cancel it, and tidy up after a failure.
+
+The concrete algorithms (segment.py, change.py, scenes.py) only declare their parameters and say
+which inputs, outputs and options their job has.
+"""
+import glob
+import os
+import time
+import uuid
+from pathlib import Path
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterString,
+    QgsProcessingUtils,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from . import rendering
+from .backend_process import BACKEND
+from .client import BackendError, BackendUnreachable
+
+ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "mtp.svg")
+POLL_INTERVAL_S = 0.25
+CANCEL_WAIT_S = 30.0
+LOST_BACKEND_RETRIES = 3
+RASTER_SUFFIXES = (".tif", ".tiff")
+VECTOR_SUFFIXES = (".gpkg",)
+
+
+def remove_partials(output_path):
+    """Remove `<dir>/.<name>.*.partial*` left by a job whose backend disappeared."""
+    out = Path(output_path)
+    patterns = {f".{out.stem}.*.partial*", f".{out.name}.*.partial*"}
+    for pattern in patterns:
+        for leftover in glob.glob(os.path.join(glob.escape(str(out.parent)), pattern)):
+            try:
+                os.remove(leftover)
+            except OSError:
+                pass
+
+
+def crs_string(crs):
+    """authid when there is one (short, what GDAL likes), else WKT, else '' for 'no CRS'."""
+    if not crs.isValid():
+        return ""
+    return crs.authid() or crs.toWkt(QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED)
+
+
+def extent_dict(rect, crs):
+    return {"xmin": rect.xMinimum(), "ymin": rect.yMinimum(), "xmax": rect.xMaximum(),
+            "ymax": rect.yMaximum(), "crs": crs_string(crs)}
+
+
+class BackendAlgorithm(QgsProcessingAlgorithm):
+    """Base of the mtp:* algorithms. Subclasses set TASK, LABEL, DEFAULT_MODEL and implement
+    initAlgorithm, build_job and style_outputs."""
+
+    EXTENT = "EXTENT"
+    MODEL = "MODEL"
+    OUTPUT = "OUTPUT"
+
+    TASK = ""            # backend task name, e.g. "semantic_segmentation"
+    LABEL = ""           # what the analyst reads in messages, e.g. "Segmentation"
+    DEFAULT_MODEL = ""
+
+    def icon(self):
+        return QIcon(ICON_PATH)
+
+    def createInstance(self):  # noqa: N802
+        return type(self)()
+
+    # --- parameters shared by all algorithms ----------------------------------------------------
+
+    def add_extent_parameter(self):
+        self.addParameter(
+            QgsProcessingParameterExtent(self.EXTENT, "Extent (leave empty for the whole raster)", optional=True)
+        )
+
+    def add_model_parameter(self):
+        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model id", defaultValue=self.DEFAULT_MODEL))
+
+    def raster_layer(self, parameters, name, context):
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException(self.invalidRasterError(parameters, name))
+        return layer
+
+    def output_path(self, parameters, name, context, suffixes, what):
+        """Absolute path of a file destination, its folder created; '' for a skipped optional output."""
+        output = self.parameterAsOutputLayer(parameters, name, context)
+        if not output:
+            return ""
+        if output.startswith(("memory:", "ogr:", "postgres:", "spatialite:")) or "|" in output:
+            raise QgsProcessingException(
+                f"{what} must be written to a file of its own ({' or '.join(suffixes)}; 'Save to File…'), "
+                f"not '{output}': the backend writes the whole file.")
+        output = os.path.abspath(output)
+        if Path(output).suffix.lower() not in suffixes:
+            raise QgsProcessingException(f"{what} must be a {' or '.join(suffixes)} file, not '{output}'.")
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        return output
+
+    def model_id(self, parameters, context):
+        return (self.parameterAsString(parameters, self.MODEL, context) or self.DEFAULT_MODEL).strip()
+
+    # --- backend and model --------------------------------------------------------------------------
+
+    def connect(self, model_id, feedback):
+        """(client, model info). A model of another task is refused by the backend when the job is
+        submitted; its message (which names both tasks) reaches the analyst unchanged."""
+        try:
+            client = BACKEND.client()
+            model = client.model(model_id)
+        except BackendError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        feedback.pushInfo(f"Backend {BACKEND.describe(client.url)}, model {model_id} ({model.get('name', '')})")
+        return client, model
+
+    # --- extent and inputs ----------------------------------------------------------------------------
+
+    def requested_extent(self, parameters, context, layer):
+        """(QgsRectangle, QgsCoordinateReferenceSystem) or (None, None) when no extent was given."""
+        if parameters.get(self.EXTENT) in (None, ""):
+            return None, None
+        rect = self.parameterAsExtent(parameters, self.EXTENT, context)
+        if rect is None or rect.isNull() or rect.isEmpty():
+            return None, None
+        crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+        if not crs.isValid() or not layer.crs().isValid():
+            # No CRS on one side: the numbers are taken in the raster's own (QGIS-displayed) coordinates.
+            crs = layer.crs()
+        return rect, crs
+
+    def input_for_backend(self, layer, rect, crs, model, context, feedback, temporaries):
+        """(path, extent dict or None) for the job request. A layer that is not a local GDAL file is
+        rendered to a temporary GeoTIFF (appended to `temporaries`) covering `rect` (or the layer)."""
+        path = rendering.local_file_path(layer)
+        if path:
+            return path, (extent_dict(rect, crs) if rect is not None else None)
+        render_extent = layer.extent()
+        if rect is not None:
+            if crs.isValid() and layer.crs().isValid() and crs != layer.crs():
+                transform = QgsCoordinateTransform(crs, layer.crs(), context.transformContext())
+                rect = transform.transformBoundingBox(rect)
+            render_extent = rect.intersect(layer.extent())
+            if render_extent.isEmpty():
+                raise QgsProcessingException(f"The extent does not intersect the layer '{layer.name()}'.")
+        temporary = os.path.join(QgsProcessingUtils.tempFolder(), f"mtp_input_{uuid.uuid4().hex}.tif")
+        feedback.pushInfo(
+            f"Layer '{layer.name()}' is not a local GDAL file (provider {layer.providerType()}); "
+            f"rendering it at {model['gsd_m']} m/pixel to {temporary}"
+        )
+        temporaries.append(temporary)
+        try:
+            rendering.render_to_geotiff(layer, render_extent, float(model["gsd_m"]), temporary,
+                                        context.transformContext())
+        except ValueError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        return temporary, None
+
+    # --- the job --------------------------------------------------------------------------------------
+
+    def prepare(self, parameters, context):
+        """Checks that need no backend (layers valid, output formats); returns what build_job needs."""
+        raise NotImplementedError
+
+    def build_job(self, prepared, parameters, context, feedback, model, temporaries):
+        """(request without task/model, {result name: (backend output key, path or '')})."""
+        raise NotImplementedError
+
+    def style_outputs(self, outputs, model, context, feedback):
+        """Write .qml styles and register post-processors — implemented by each algorithm."""
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        model_id = self.model_id(parameters, context)
+        # Parameters first (cheap, and a bad layer should not need a backend), then the backend.
+        prepared = self.prepare(parameters, context)
+        client, model = self.connect(model_id, feedback)
+        temporaries = []
+        try:
+            request, results = self.build_job(prepared, parameters, context, feedback, model, temporaries)
+            request = dict(request, task=self.TASK, model=model_id)
+            output_files = list(request["outputs"].values())
+            try:
+                job = client.submit(request)
+            except BackendError as exc:
+                raise QgsProcessingException(str(exc)) from exc
+            feedback.pushInfo(f"Job {job['id']} submitted")
+            job = self.wait_for_job(client, job, output_files, feedback)
+        finally:
+            for temporary in temporaries:
+                if os.path.exists(temporary):
+                    os.remove(temporary)
+        written = job.get("outputs") or {}
+        outputs = {name: written.get(key, path) if path else None
+                   for name, (key, path) in results.items()}
+        self.style_outputs(outputs, model, context, feedback)
+        return outputs
+
+    def wait_for_job(self, client, job, outputs, feedback):
+        job_id = job["id"]
+        last_message = None
+        lost = 0
+        while True:
+            if feedback.isCanceled():
+                self.cancel_job(client, job_id, outputs, feedback)
+                raise QgsProcessingException(f"{self.LABEL} cancelled; no output was written.")
+            try:
+                job = client.job(job_id)
+                lost = 0
+            except BackendUnreachable as exc:
+                lost += 1
+                if lost < LOST_BACKEND_RETRIES:
+                    time.sleep(POLL_INTERVAL_S * 2)
+                    continue
+                for output in outputs:
+                    remove_partials(output)
+                raise QgsProcessingException(
+                    f"The MTP backend stopped while running job {job_id}; the partial output was removed. "
+                    f"Run the algorithm again (the plugin restarts the backend). Details: {exc}"
+                ) from exc
+            except BackendError as exc:
+                raise QgsProcessingException(str(exc)) from exc
+            feedback.setProgress(float(job.get("progress") or 0.0))
+            message = job.get("message")
+            if message and message != last_message:
+                feedback.pushInfo(message)
+                last_message = message
+            status = job.get("status")
+            if status == "succeeded":
+                return job
+            if status == "failed":
+                reason = job.get("error") or "no reason given"
+                raise QgsProcessingException(f"{self.LABEL} failed in the backend: {reason}")
+            if status == "cancelled":
+                raise QgsProcessingException(
+                    f"The {self.LABEL.lower()} job was cancelled in the backend; no output was written.")
+            time.sleep(POLL_INTERVAL_S)
+
+    def cancel_job(self, client, job_id, outputs, feedback):
+        feedback.pushInfo(f"Cancelling job {job_id}...")
+        status = None
+        try:
+            client.cancel(job_id)
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while time.monotonic() < deadline:
+                status = client.job(job_id).get("status")
+                if status in ("cancelled", "failed", "succeeded"):
+                    break
+                time.sleep(POLL_INTERVAL_S)
+        except BackendError:
+            pass  # the backend is gone: nothing left to stop, only files to tidy
+        for output in outputs:
+            remove_partials(output)
+            if status == "succeeded" and os.path.exists(output):
+                os.remove(output)  # it finished as the cancel arrived; the analyst asked for no result
