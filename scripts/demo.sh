@@ -7,25 +7,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 input=$(realpath "$1")
 output=$(realpath -m "$2")
 shift 2
-mkdir -p "$(dirname "$output")" "$repo/build/demo-home/plugins"
-ln -sfn "$repo/mtp_qgis" "$repo/build/demo-home/plugins/mtp_qgis"
-
-# A QGIS profile, token and backend state of the demo's own, so the user's profile is left untouched.
-export HOME="$repo/build/demo-home"
-export QGIS_PLUGINPATH="$HOME/plugins"
-export MTP_QGIS_BACKEND_PYTHON="$repo/.venv/bin/python"
-export QT_QPA_PLATFORM=offscreen XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$HOME/run}"
-mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
-# Debian's /usr/bin/qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 rejects.
-qgis_process=$(command -v qgis_process.bin || command -v qgis_process)
-
-# qgis_process loads a plugin only once it is enabled in the profile ("already enabled" exits 1).
-"$qgis_process" plugins enable mtp_qgis >/dev/null 2>&1 || true
-if ! grep -q "^\* mtp_qgis" <<<"$("$qgis_process" plugins 2>/dev/null)"; then
-    echo "qgis_process did not load the mtp_qgis plugin from $QGIS_PLUGINPATH" >&2; exit 1
-fi
-"$qgis_process" run mtp:segment -- INPUT="$input" MODEL=mtp_seg_default OUTPUT="$output" "$@" 2>&1 \
-    | grep -v -e "^QStandardPaths" -e "setapi() is deprecated"
+mkdir -p "$(dirname "$output")"
+bash "$repo/scripts/qgis_run.sh" mtp:segment INPUT="$input" MODEL=mtp_seg_default OUTPUT="$output" "$@"
 
 "$repo/.venv/bin/python" - "$input" "$output" <<'PY'
 import json
