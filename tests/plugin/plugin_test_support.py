@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -238,3 +239,24 @@ def run_dock(dock):
     assert not dock.run_button.isEnabled(), dock.status.text()
     assert wait_for(lambda: dock.run_button.isEnabled()), dock.status.text()
     return [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
+
+
+@contextlib.contextmanager
+def once_running(feedback, action, timeout=60):
+    """Call `action` (cancel the job, kill the backend, ...) from a thread as soon as the algorithm run
+    inside the block reports progress; yields the list of progress values seen."""
+    progress = []
+    feedback.progressChanged.connect(progress.append)
+
+    def wait_then_act():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(p > 0 for p in progress):
+            time.sleep(0.02)
+        action()
+
+    actor = threading.Thread(target=wait_then_act)
+    actor.start()
+    try:
+        yield progress
+    finally:
+        actor.join()

@@ -1,8 +1,6 @@
 """mtp:change end to end: the NAIP pair through qgis_process, a reprojected after raster, LEVIR PNGs
 without CRS, extent, styles, modeler, batch, dock, and the ways a run is refused or stopped."""
 import math
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from qgis.PyQt.QtGui import QColor
 from model_builder import change_and_count_model
 from mtp_qgis import styling
 from plugin_test_support import (
-    COGEO, LEVIR, NAIP_2009, NAIP_2020, dock_on, expected_change, run_dock, run_qgis_process,
+    COGEO, LEVIR, NAIP_2009, NAIP_2020, dock_on, expected_change, once_running, run_dock, run_qgis_process,
 )
 
 pytestmark = pytest.mark.usefixtures("plugin")
@@ -358,24 +356,11 @@ def test_qgis_process_reports_a_refusal(qp_env, out_dir):
 @pytest.mark.usefixtures("with_backend")
 def test_cancel_mid_job_leaves_nothing(out_dir):
     feedback = QgsProcessingFeedback()
-    progress = []
-    feedback.progressChanged.connect(progress.append)
-
-    def cancel_when_running():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(p > 0 for p in progress):
-            time.sleep(0.02)
-        feedback.cancel()
-
-    canceller = threading.Thread(target=cancel_when_running)
-    canceller.start()
-    try:
+    with once_running(feedback, feedback.cancel) as progress:
         with pytest.raises(QgsProcessingException, match="(?i)cancel"):
             run_change({"BEFORE": str(NAIP_2009), "AFTER": str(NAIP_2020), "MODEL": "slow_change",
                         "OUTPUT": str(out_dir / "c.tif"), "OUTPUT_POLYGONS": str(out_dir / "c.gpkg")},
                        feedback=feedback)
-    finally:
-        canceller.join()
     assert progress and max(progress) < 100, "the job ended before it could be cancelled; the test proves nothing"
     assert list(out_dir.iterdir()) == []
 
@@ -387,26 +372,19 @@ def test_backend_dying_mid_job_is_reported_and_partials_removed(out_dir, models_
                                    sandbox / "doomed_change.log")
     monkeypatch.setenv("MTP_QGIS_BACKEND_URL", state["url"])
     feedback = QgsProcessingFeedback()
-    progress = []
-    feedback.progressChanged.connect(progress.append)
     partials_at_kill = []
 
-    def kill_when_running():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(p > 0 for p in progress):
-            time.sleep(0.02)
+    def kill_backend():
         partials_at_kill.extend(out_dir.glob(".*partial*"))
         process.kill()
 
-    killer = threading.Thread(target=kill_when_running)
-    killer.start()
     try:
-        with pytest.raises(QgsProcessingException, match="backend stopped"):
-            run_change({"BEFORE": str(NAIP_2009), "AFTER": str(NAIP_2020), "MODEL": "slow_change",
-                        "OUTPUT": str(out_dir / "dead.tif"), "OUTPUT_POLYGONS": str(out_dir / "dead.gpkg")},
-                       feedback=feedback)
+        with once_running(feedback, kill_backend):
+            with pytest.raises(QgsProcessingException, match="backend stopped"):
+                run_change({"BEFORE": str(NAIP_2009), "AFTER": str(NAIP_2020), "MODEL": "slow_change",
+                            "OUTPUT": str(out_dir / "dead.tif"), "OUTPUT_POLYGONS": str(out_dir / "dead.gpkg")},
+                           feedback=feedback)
     finally:
-        killer.join()
         stop_process(process)
     assert partials_at_kill, "the backend had not started writing; the test proves nothing"
     assert list(out_dir.iterdir()) == []

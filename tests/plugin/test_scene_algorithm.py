@@ -1,8 +1,6 @@
 """mtp:classify_scenes end to end: the grid covers the extent exactly, cells are classified as the model
 says, nodata cells stay unclassified, styles, qgis_process, batch, dock, refusals and cancel."""
 import math
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from qgis.core import (
 
 from mtp_qgis import styling
 from plugin_test_support import (
-    COGEO, DATA, LEVIR, LOVEDA_PNG, NAIP_2009, SCENE_CLASSES, dock_on, run_dock, run_qgis_process,
+    COGEO, DATA, LEVIR, LOVEDA_PNG, NAIP_2009, SCENE_CLASSES, dock_on, once_running, run_dock, run_qgis_process,
 )
 
 pytestmark = pytest.mark.usefixtures("plugin")
@@ -341,23 +339,10 @@ def test_missing_layer_and_extent_outside(out_dir, tmp_path):
 @pytest.mark.usefixtures("with_backend")
 def test_cancel_mid_job_leaves_nothing(out_dir):
     feedback = QgsProcessingFeedback()
-    progress = []
-    feedback.progressChanged.connect(progress.append)
-
-    def cancel_when_running():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(p > 0 for p in progress):
-            time.sleep(0.02)
-        feedback.cancel()
-
-    canceller = threading.Thread(target=cancel_when_running)
-    canceller.start()
-    try:
+    with once_running(feedback, feedback.cancel) as progress:
         with pytest.raises(QgsProcessingException, match="(?i)cancel"):
             # 4-pixel cells: 65536 cells, each resampled and classified (about a minute uncancelled)
             run_scenes({"INPUT": str(COGEO), "CELL_SIZE": 4, "OUTPUT": str(out_dir / "c.gpkg")}, feedback=feedback)
-    finally:
-        canceller.join()
     assert progress and max(progress) < 100, "the job ended before it could be cancelled; the test proves nothing"
     assert list(out_dir.iterdir()) == []
 

@@ -2,7 +2,6 @@
 import os
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -21,7 +20,7 @@ from qgis.core import (
     QgsRectangle,
 )
 
-from plugin_test_support import COGEO, LOVEDA_PNG
+from plugin_test_support import COGEO, LOVEDA_PNG, once_running
 
 pytestmark = pytest.mark.usefixtures("use_backend", "plugin")
 
@@ -250,22 +249,11 @@ def test_wrong_token(out_dir, monkeypatch):
 
 def test_cancel_mid_job_leaves_nothing(out_dir):
     feedback = QgsProcessingFeedback()
-    progress = []
-    feedback.progressChanged.connect(progress.append)
-
-    def cancel_when_running():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(p > 0 for p in progress):
-            time.sleep(0.05)
-        feedback.cancel()
-
-    canceller = threading.Thread(target=cancel_when_running)
-    canceller.start()
     out = out_dir / "cancelled.tif"
     started = time.monotonic()
-    with pytest.raises(QgsProcessingException, match="(?i)cancel"):
-        run_segment({"INPUT": str(COGEO), "MODEL": "slow_seg", "OUTPUT": str(out)}, feedback=feedback)
-    canceller.join()
+    with once_running(feedback, feedback.cancel) as progress:
+        with pytest.raises(QgsProcessingException, match="(?i)cancel"):
+            run_segment({"INPUT": str(COGEO), "MODEL": "slow_seg", "OUTPUT": str(out)}, feedback=feedback)
     assert time.monotonic() - started < 60
     assert progress and max(progress) < 100
     assert list(out_dir.iterdir()) == []
@@ -277,26 +265,18 @@ def test_backend_dying_mid_job_is_reported_and_partials_removed(out_dir, models_
     process, state = start_backend(models_dir, sandbox / "state" / "doomed.json", sandbox / "doomed.log")
     monkeypatch.setenv("MTP_QGIS_BACKEND_URL", state["url"])
     feedback = QgsProcessingFeedback()
-    progress = []
-    feedback.progressChanged.connect(progress.append)
-
     partials_at_kill = []
 
-    def kill_when_running():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(p > 0 for p in progress):
-            time.sleep(0.05)
+    def kill_backend():
         partials_at_kill.extend(out_dir.glob(".*partial*"))
         process.kill()
 
-    killer = threading.Thread(target=kill_when_running)
-    killer.start()
     try:
-        with pytest.raises(QgsProcessingException, match="backend stopped"):
-            run_segment({"INPUT": str(COGEO), "MODEL": "slow_seg", "OUTPUT": str(out_dir / "dead.tif")},
-                        feedback=feedback)
+        with once_running(feedback, kill_backend):
+            with pytest.raises(QgsProcessingException, match="backend stopped"):
+                run_segment({"INPUT": str(COGEO), "MODEL": "slow_seg", "OUTPUT": str(out_dir / "dead.tif")},
+                            feedback=feedback)
     finally:
-        killer.join()
         stop_process(process)
     assert partials_at_kill, "the backend had not started writing; the test proves nothing"
     assert [p.name for p in out_dir.iterdir()] == []
