@@ -22,6 +22,18 @@ class EncoderConfig:
     in_chans: int = 3
     out_indices: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
     checkpoint: Optional[str] = None  # local weights file; nothing is ever downloaded
+    # Paper encoders (kind vit_rvsa / internimage; ignored by timm). size: base|large (vit_rvsa),
+    # t|s|b|l|xl (internimage); none = base / xl. img_size: grid of vit_rvsa's stored position embedding
+    # (the pretraining size; any input size runs). out_indices is timm-only: the paper encoders use the
+    # official output blocks.
+    size: Optional[str] = None
+    img_size: int = 512
+    drop_path_rate: Optional[float] = None  # none: the official value (0.1 ViT, 0.2 InternImage-XL)
+    grad_checkpointing: bool = False
+    # Input band i of the model takes checkpoint channel band_map[i] (null: starts at zero); none:
+    # bands repeat the checkpoint's RGB weights cyclically, scaled by 3 / in_chans.
+    band_map: Optional[List[Optional[int]]] = None
+    checkpoint_trusted: bool = False  # allow full unpickling (official MTP files store optimizer state)
 
 
 @dataclass
@@ -91,6 +103,9 @@ class TrainLoopConfig:
     log_interval: int = 20
     checkpoint_interval: int = 200
     num_threads: int = 0  # 0: all cores
+    # Layer-wise lr decay for the paper encoders (vit_rvsa, internimage): block i of L trains at
+    # lr * layer_decay ** (L + 1 - i), decoders at lr. 1.0 = off (every parameter at lr).
+    layer_decay: float = 1.0
 
 
 @dataclass

@@ -20,6 +20,7 @@ from training.data import CropSampler, LabelledTile, load_source
 from training.inference import predict_logits
 from training.metrics import best_constant_baseline, confusion_matrix, summarize
 from training.models import build_segmentor
+from training.models.encoders.layer_decay import layer_decay_param_groups
 
 log = logging.getLogger("training")
 
@@ -39,11 +40,16 @@ def lr_factor(iteration: int, total: int, cfg) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, total_iters: int):
-    # No weight decay on norms and biases, as is usual for AdamW.
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr)
+    if not 0.0 < cfg.train.layer_decay <= 1.0:
+        raise ValueError(f"train.layer_decay must be in (0, 1], got {cfg.train.layer_decay}")
+    if cfg.train.layer_decay < 1.0:
+        groups = [{k: v for k, v in g.items() if k != "param_names"}  # names stay out of optimizer state
+                  for g in layer_decay_param_groups(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.layer_decay)]
+    else:
+        # No weight decay on norms and biases, as is usual for AdamW.
+        groups = [{"params": [p for p in model.parameters() if p.ndim > 1], "weight_decay": cfg.train.weight_decay},
+                  {"params": [p for p in model.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(it, total_iters, cfg.train))
     return optimizer, scheduler
