@@ -194,7 +194,8 @@ class RasterReader:
             for mask in self.mask_bands:
                 invalid &= mask.ReadAsArray(x, y, width, height) == 0
         except RuntimeError as exc:
-            raise BackendError(f"Reading the nodata mask of {self.name} failed: {exc}") from exc
+            raise BackendError(f"Reading the nodata mask of {self.name} at pixels x={x} y={y} {width}x{height} "
+                               f"failed: {exc}") from exc
         return invalid
 
 

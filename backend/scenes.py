@@ -19,7 +19,7 @@ from backend import raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer
 from backend.model_package import ModelPackage
-from backend.segmentation import CancelCheck, ProgressCallback, TileModel, partial_path, softmax
+from backend.segmentation import CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path, softmax
 
 log = logging.getLogger(__name__)
 ogr.UseExceptions()
@@ -153,6 +153,7 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
     total = len(rows) * len(cols)
     partial = partial_path(request.vector_path, request.job_id)
     out = None
+    worker = None
     try:
         p_fields = probability_field_names(class_names)
         out, layer = create_layer(partial, LAYER_NAME, srs, SCENE_FIELDS + [(n, ogr.OFTReal) for n in p_fields])
@@ -161,19 +162,15 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
         pending: list[tuple[int, int, tuple[int, int, int, int], np.ndarray | None]] = []
         done = 0
 
-        def flush() -> None:
+        # Inference runs on a worker thread one batch behind: reading cells and writing features (GDAL/OGR,
+        # this thread only) overlap it.
+        worker = InferenceThread(scene_model.probabilities)
+
+        def write(cells, probs: np.ndarray | None) -> None:
             nonlocal done
-            if cancelled and cancelled():
-                raise JobCancelled()
-            tensors = [t for *_, t in pending if t is not None]
-            probs = np.empty((0, model.num_classes), np.float32)
-            if tensors:
-                if scene_model.fixed_batch:
-                    tensors += [tensors[-1]] * (request.batch_size - len(tensors))
-                probs = scene_model.probabilities(np.stack(tensors))
             k = 0
             out.StartTransaction()
-            for r, c, (x0, y0, x1, y1), tensor in pending:
+            for r, c, (x0, y0, x1, y1), tensor in cells:
                 feature = ogr.Feature(defn)
                 feature.SetGeometry(cell_polygon(gt, window.x + x0, window.y + y0, window.x + x1, window.y + y1))
                 feature.SetField("row", r)
@@ -189,10 +186,26 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
                         feature.SetField(name, float(value))
                 layer.CreateFeature(feature)
             out.CommitTransaction()
-            done += len(pending)
-            pending.clear()
+            done += len(cells)
             if progress:
                 progress(100.0 * done / total, f"cell {done}/{total}")
+
+        def flush() -> None:
+            if cancelled and cancelled():
+                raise JobCancelled()
+            cells = list(pending)
+            pending.clear()
+            tensors = [t for *_, t in cells if t is not None]
+            if tensors:
+                if scene_model.fixed_batch:
+                    tensors += [tensors[-1]] * (request.batch_size - len(tensors))
+                worker.submit(cells, np.stack(tensors))
+                for tag, probs in worker.results(block=False):
+                    write(tag, probs)
+            else:  # nothing to infer: write in order after what is in flight
+                for tag, probs in worker.results(block=True):
+                    write(tag, probs)
+                write(cells, None)
 
         n_tensors = 0
         for r, (y0, h) in enumerate(rows):
@@ -209,10 +222,15 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
                     n_tensors = 0
         if pending:
             flush()
+        for tag, probs in worker.results(block=True):
+            write(tag, probs)
+        worker.close()
         layer = None
         out = None  # closing writes the file; errors surface here
         os.replace(partial, request.vector_path)
     except BaseException:
+        if worker is not None:
+            worker.close()
         layer = None
         out = None
         for path in (partial, partial.with_name(partial.name + "-journal"), partial.with_name(partial.name + "-wal"),

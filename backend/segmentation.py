@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,11 +36,27 @@ class SegmentationRequest:
     job_id: str = "run"
 
 
-def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
-    shifted = logits - logits.max(axis=axis, keepdims=True)
+def softmax(logits: np.ndarray, axis: int = 1, in_place: bool = False) -> np.ndarray:
+    """in_place: overwrite `logits` (an array the caller owns, e.g. a fresh ONNX Runtime output), saving a
+    full-size temporary; the values are the same either way."""
+    shifted = logits if in_place else logits.copy()
+    shifted -= shifted.max(axis=axis, keepdims=True)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=axis, keepdims=True)
     return shifted
+
+
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """uint8 argmax over axis 0 of (C, h, w), first class on ties like ndarray.argmax, but one contiguous
+    pass per class instead of a strided walk along axis 0 (about 3x faster on 7 x 512 x 512)."""
+    ids = np.zeros(probs.shape[1:], np.uint8)
+    best = probs[0].copy()
+    better = np.empty(probs.shape[1:], bool)
+    for k in range(1, probs.shape[0]):
+        np.greater(probs[k], best, out=better)
+        ids[better] = k
+        np.maximum(best, probs[k], out=best)
+    return ids
 
 
 def partial_path(output_path: Path, job_id: str) -> Path:
@@ -74,7 +92,8 @@ class TileModel:
         """Graph inputs for a batch of prepared tiles (subclasses split it over several inputs)."""
         return {self.input_name: batch}
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """The graph's raw output 0 for a batch of prepared tiles, shape-checked."""
         (out,) = self.session.run(None, self.feeds(batch))[:1]
         if out.ndim != 4 or out.shape[1] != self.model.num_classes:
             raise BackendError(
@@ -86,16 +105,45 @@ class TileModel:
                 f"Model {self.model.id} output is {out.shape[2]}x{out.shape[3]} for a "
                 f"{batch.shape[2]}x{batch.shape[3]} input; segmentation output must have the input's size."
             )
+        return out
+
+    def to_probabilities(self, out: np.ndarray) -> np.ndarray:
+        """infer's output (which it may overwrite) -> float32 probabilities."""
+        out = out.astype(np.float32, copy=False)  # a fresh array of ours: softmax may overwrite it
+        return softmax(out, in_place=True) if self.model.output_type == "logits" else out
+
+    def to_scores(self, out: np.ndarray, scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """infer's output for one tile (C, H, W) or a batch (N, C, H, W), which it may overwrite ->
+        (scores, scale): probabilities = scores x scale, scale (1, H, W) / (N, 1, H, W), or None for 1.
+
+        For logits, scores = exp(logits) and scale = 1 / their sum over the classes: the blender folds the
+        scale into its weights, which saves softmax's division pass over every class plane. Where exp would
+        overflow or underflow (|logit| >~ 80) the max-shifted softmax is used instead. scratch: memory of
+        out's shape for the scores (reused tile after tile, it stays in cache); the scores are valid until
+        the next call with the same scratch."""
         out = out.astype(np.float32, copy=False)
-        return softmax(out) if self.model.output_type == "logits" else out
+        if self.model.output_type != "logits":
+            return out, None
+        with np.errstate(over="ignore", under="ignore"):
+            scores = np.exp(out, out=scratch)
+            total = scores.sum(axis=-3, keepdims=True)
+        if np.isfinite(total).all() and total.min() > 1e-30:  # no overflow, no pixel lost to underflow
+            return scores, np.reciprocal(total, out=total)
+        return softmax(out, axis=-3, in_place=True), None  # rare: the max-shifted softmax
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        return self.to_probabilities(self.infer(batch))
 
 
 class ClassIdWriter:
     """Block sink: argmax of blended probabilities, nodata where all input bands are nodata.
 
     Blocks arrive in `processed` coordinates (the requested window plus context); only their part
-    inside `target` (the requested window) is written.
+    inside `target` (the requested window) is written. Only the argmax matters here, so blocks may be
+    probabilities times any positive number per pixel (run_tiles then skips the normalising division).
     """
+
+    needs_probabilities = False
 
     def __init__(self, out_band: gdal.Band, reader: raster_io.RasterReader,
                  processed: raster_io.Window, target: raster_io.Window):
@@ -111,7 +159,7 @@ class ClassIdWriter:
         if x1 <= x0 or y1 <= y0:
             return  # context only
         bx, by = x0 - self.processed.x - x, y0 - self.processed.y - y
-        ids = probs[:, by : by + y1 - y0, bx : bx + x1 - x0].argmax(axis=0).astype(np.uint8)
+        ids = argmax_classes(probs[:, by : by + y1 - y0, bx : bx + x1 - x0])
         nodata = self.reader.nodata_mask(x0, y0, x1 - x0, y1 - y0)
         if nodata is not None:
             ids[nodata] = NODATA_CLASS
@@ -132,30 +180,85 @@ def with_context(window: raster_io.Window, margin: int, raster_width: int, raste
 MAX_STRIPE_WIDTH = 8192
 
 
+def all_nodata(reader, x: int, y: int, width: int, height: int) -> bool:
+    mask = reader.nodata_mask(x, y, width, height)
+    return mask is not None and bool(mask.all())
+
+
+class InferenceThread:
+    """Runs `run(batch)` (session.run and little else) on one worker thread, one batch behind the caller.
+
+    ONNX Runtime releases the GIL while it runs, so the caller reads and prepares the next batch and
+    blends and writes the previous one meanwhile; every GDAL call stays on the caller's thread (a GDAL
+    dataset must not be used from two threads). At most one batch waits and one runs: memory is bounded.
+    An exception in the worker is raised in the caller by `results`.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray]):
+        self.run = run
+        self.todo: queue.Queue = queue.Queue(maxsize=1)
+        self.done: queue.Queue = queue.Queue()
+        self.pending = 0  # submitted, result not yet taken
+        self.thread = threading.Thread(target=self._work, name="mtp-inference", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.todo.get()
+            if item is None:
+                return
+            tag, batch = item
+            try:
+                self.done.put((tag, self.run(batch), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+                self.done.put((tag, None, exc))
+
+    def submit(self, tag, batch: np.ndarray) -> None:
+        self.todo.put((tag, batch))
+        self.pending += 1
+
+    def results(self, block: bool):
+        """Finished (tag, probabilities) in submission order; with block, wait for every pending one."""
+        while self.pending:
+            try:
+                tag, probs, exc = self.done.get(block=block)
+            except queue.Empty:
+                return
+            self.pending -= 1
+            if exc is not None:
+                raise exc
+            yield tag, probs
+
+    def close(self) -> None:
+        """Stop the worker (after the batch it is running, if any); safe after an error, and twice."""
+        if not self.thread.is_alive():
+            return
+        while True:
+            try:
+                self.todo.get_nowait()
+            except queue.Empty:
+                break
+        self.todo.put(None)
+        self.thread.join()
+
+
 def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: raster_io.Window,
               sink, batch_size: int, progress: ProgressCallback | None = None,
-              cancelled: CancelCheck | None = None, stripe_width: int = MAX_STRIPE_WIDTH) -> None:
-    """Read, infer and blend every tile of the window; finished blocks go to sink."""
+              cancelled: CancelCheck | None = None, stripe_width: int = MAX_STRIPE_WIDTH,
+              skip_nodata: bool = False, pipelined: bool = True) -> None:
+    """Read, infer and blend every tile of the window; finished blocks go to sink.
+
+    skip_nodata: tiles whose every pixel is nodata (reader.nodata_mask all True) are not inferred; they
+    blend as zero probabilities, which changes only pixels that are nodata themselves (a sink that writes
+    nodata there, like ClassIdWriter, gives the same result as without skipping).
+    pipelined: inference runs on a worker thread overlapping reading, blending and writing (same result
+    as the sequential path, which pipelined=False keeps for comparison).
+    """
     model = tile_model.model
     full = TileGrid(window.width, window.height, model.tile_size, model.tile_overlap)
     stripes = column_stripes(full.xs, full.tile_w, window.width, stripe_width)
     total = sum((s.stop - s.first) * len(full.ys) for s in stripes)
     done = 0
-
-    def flush_batch(batch: list[tuple[TileSpec, np.ndarray]], blender: StreamingBlender) -> None:
-        nonlocal done
-        if cancelled and cancelled():
-            raise JobCancelled()
-        inputs = [b for _, b in batch]
-        if tile_model.fixed_batch:
-            inputs += [inputs[-1]] * (batch_size - len(inputs))  # results for the repeats are dropped
-        probs = tile_model.probabilities(np.stack(inputs))
-        for (tile, _), p in zip(batch, probs):
-            blender.add(tile, p[:, : tile.height, : tile.width])
-        done += len(batch)
-        batch.clear()
-        if progress:
-            progress(100.0 * done / total, f"tile {done}/{total}")
 
     def stripe_grid(stripe) -> TileGrid:  # the stripe's tiles, in coordinates relative to its first tile
         xs = [x - full.xs[stripe.first] for x in full.xs[stripe.first : stripe.stop]]
@@ -163,26 +266,93 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
 
     grids = [stripe_grid(stripe) for stripe in stripes]
     carry = np.empty(max((model.num_classes + 1) * g.max_down_carry() * g.width for g in grids), np.float32)
+    blank = np.zeros((model.num_classes, full.tile_h, full.tile_w), np.float32)  # skipped tiles' probabilities
+    scratch = np.empty((model.num_classes, model.tile_size, model.tile_size), np.float32)  # one tile's scores
 
-    for stripe, grid in zip(stripes, grids):
+    def new_blender(index: int) -> StreamingBlender:
+        """Stripe `index`'s blender; made only once the previous stripe is blended (they share `carry`)."""
+        stripe, grid = stripes[index], grids[index]
         x_off = full.xs[stripe.first]
         keep_from, keep_to = stripe.write_from - x_off, stripe.write_to - x_off
 
-        def stripe_sink(x: int, y: int, probs: np.ndarray, keep_from=keep_from, keep_to=keep_to,
-                        x_off=x_off) -> None:
+        def stripe_sink(x: int, y: int, probs: np.ndarray) -> None:
             a, b = max(x, keep_from), min(x + probs.shape[2], keep_to)
             if a < b:
                 sink(a + x_off, y, probs[:, :, a - x : b - x])
 
-        blender = StreamingBlender(grid, model.num_classes, stripe_sink, carry)
-        batch: list[tuple[TileSpec, np.ndarray]] = []
-        for tile in grid:
-            raw = reader.read(window.x + x_off + tile.x, window.y + tile.y, tile.width, tile.height)
-            batch.append((tile, tile_model.prepare(raw)))
-            if len(batch) == batch_size:
-                flush_batch(batch, blender)
-        if batch:
-            flush_batch(batch, blender)
+        return StreamingBlender(grid, model.num_classes, stripe_sink, carry, normalise=normalise)
+
+    current: dict = {"index": None, "blender": None}  # the stripe being blended
+    normalise = getattr(sink, "needs_probabilities", True)
+
+    def batches():
+        """(stripe index, [(tile, index in the batch or None when skipped)], batch array or None), in grid order."""
+        for index, (stripe, grid) in enumerate(zip(stripes, grids)):
+            x_off = full.xs[stripe.first]
+            tiles: list[tuple[TileSpec, int | None]] = []
+            arrays: list[np.ndarray] = []
+            for tile in grid:
+                x, y = window.x + x_off + tile.x, window.y + tile.y
+                if skip_nodata and all_nodata(reader, x, y, tile.width, tile.height):
+                    tiles.append((tile, None))
+                else:
+                    tiles.append((tile, len(arrays)))
+                    arrays.append(tile_model.prepare(reader.read(x, y, tile.width, tile.height)))
+                if len(tiles) == batch_size:
+                    yield index, tiles, stack(arrays)
+                    tiles, arrays = [], []
+            if tiles:
+                yield index, tiles, stack(arrays)
+
+    def stack(arrays: list[np.ndarray]) -> np.ndarray | None:
+        if not arrays:
+            return None
+        if tile_model.fixed_batch:
+            arrays = arrays + [arrays[-1]] * (batch_size - len(arrays))  # results for the repeats are dropped
+        return np.stack(arrays)
+
+    def blend(stripe_index: int, tiles, out: np.ndarray | None) -> None:
+        """out: infer's output for the batch (None when every tile was skipped)."""
+        nonlocal done
+        if current["index"] != stripe_index:
+            current["index"], current["blender"] = stripe_index, new_blender(stripe_index)
+        blender = current["blender"]
+        for tile, k in tiles:
+            h, w = tile.height, tile.width
+            if k is None:
+                blender.add(tile, blank[:, :h, :w])
+                continue
+            # One tile at a time through exp, sum and blend: its planes stay in cache between the passes.
+            scores, scale = tile_model.to_scores(out[k], scratch)
+            blender.add(tile, scores[:, :h, :w], None if scale is None else scale[0, :h, :w])
+        done += len(tiles)
+        if progress:
+            progress(100.0 * done / total, f"tile {done}/{total}")
+
+    if not pipelined:
+        for index, tiles, batch in batches():
+            if cancelled and cancelled():
+                raise JobCancelled()
+            blend(index, tiles, None if batch is None else tile_model.infer(batch))
+        return
+
+    worker = InferenceThread(tile_model.infer)
+    try:
+        for index, tiles, batch in batches():
+            if cancelled and cancelled():
+                raise JobCancelled()
+            if batch is None:  # nothing to infer; blend in order after what is in flight
+                for tag, out in worker.results(block=True):
+                    blend(*tag, out)
+                blend(index, tiles, None)
+                continue
+            worker.submit((index, tiles), batch)
+            for tag, out in worker.results(block=False):
+                blend(*tag, out)
+        for tag, out in worker.results(block=True):
+            blend(*tag, out)
+    finally:
+        worker.close()
 
 
 def write_class_raster(tile_model: TileModel, reader, ds: gdal.Dataset, window: raster_io.Window,
@@ -205,7 +375,7 @@ def write_class_raster(tile_model: TileModel, reader, ds: gdal.Dataset, window: 
         raise BackendError(f"Could not create the result file {path}: {exc}") from exc
     try:
         sink = ClassIdWriter(out_ds.GetRasterBand(1), reader, processed, window)
-        run_tiles(tile_model, reader, processed, sink, batch_size, progress, cancelled)
+        run_tiles(tile_model, reader, processed, sink, batch_size, progress, cancelled, skip_nodata=True)
         out_ds.FlushCache()
     finally:
         out_ds = None  # closing writes the last blocks; errors surface here

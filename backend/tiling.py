@@ -117,9 +117,14 @@ BlockSink = Callable[[int, int, np.ndarray], None]
 class StreamingBlender:
     """Weighted average of overlapping tile probabilities, emitted block by block as tiles arrive."""
 
-    def __init__(self, grid: TileGrid, num_classes: int, sink: BlockSink, carry_buffer: np.ndarray | None = None):
+    def __init__(self, grid: TileGrid, num_classes: int, sink: BlockSink, carry_buffer: np.ndarray | None = None,
+                 normalise: bool = True):
         """carry_buffer: float32 memory to hold the down-carry band, reused across stripes so that freeing
-        and reallocating it does not grow the heap; any buffer with at least as many elements will do."""
+        and reallocating it does not grow the heap; any buffer with at least as many elements will do.
+        normalise=False: the sink gets the weighted sums without dividing them by the summed weight, i.e.
+        probabilities times a positive number per pixel (same argmax): enough for a sink that only ranks
+        classes, and one pass over every class plane cheaper."""
+        self.normalise = normalise
         self.grid = grid
         self.c = num_classes
         self.sink = sink
@@ -134,14 +139,20 @@ class StreamingBlender:
         self.right_carry: np.ndarray | None = None
         self.expected = iter(list(grid))
 
-    def add(self, tile: TileSpec, probs: np.ndarray) -> None:
-        """probs: (C, tile.height, tile.width) probabilities of one tile, tiles in grid order."""
+    def add(self, tile: TileSpec, probs: np.ndarray, scale: np.ndarray | None = None) -> None:
+        """probs: (C, tile.height, tile.width) probabilities of one tile, tiles in grid order; with scale
+        (tile.height, tile.width), the probabilities are probs x scale (softmax's division left to here)."""
         expected = next(self.expected)
         if (tile.row, tile.col) != (expected.row, expected.col):
             raise ValueError(f"tile {tile.row},{tile.col} arrived out of order, expected {expected.row},{expected.col}")
         g, r, c = self.grid, tile.row, tile.col
         x0, y0, tw, th = tile.x, tile.y, g.tile_w, g.tile_h
-        work = np.zeros((self.c + 1, th, tw), dtype=np.float32)
+        # Fresh per tile: the block handed to the sink and the right-carry are views of it, nothing is copied.
+        # Probabilities x weight go in first and the carries are added onto them: a + b == b + a in IEEE
+        # arithmetic, so this is bit for bit the sum of carry and tile, without zero-filling a buffer first.
+        work = np.empty((self.c + 1, th, tw), dtype=np.float32)
+        np.multiply(probs, self.weight if scale is None else self.weight * scale, out=work[: self.c])
+        work[self.c] = self.weight
         fresh_from = 0  # first local column not already brought in by the right-carry
         if c > 0 and self.right_carry is not None:
             fresh_from = self.right_carry.shape[2]
@@ -149,15 +160,16 @@ class StreamingBlender:
         if r > 0:
             carried_rows = g.ys[r - 1] + th - y0
             work[:, :carried_rows, fresh_from:] += self.down_carry[:, :carried_rows, x0 + fresh_from : x0 + tw]
-        work[: self.c] += probs * self.weight
-        work[self.c] += self.weight
 
         last_col, last_row = c == len(g.xs) - 1, r == len(g.ys) - 1
         done_cols = (x0 + tw if last_col else g.xs[c + 1]) - x0
         done_rows = (y0 + th if last_row else g.ys[r + 1]) - y0
-        block = work[:, :done_rows, :done_cols]
-        self.sink(x0, y0, block[: self.c] / block[self.c])
         if not last_row:
             # Overwriting in place is safe: these columns of the old carry were consumed above or earlier.
             self.down_carry[:, : th - done_rows, x0 : x0 + done_cols] = work[:, done_rows:, :done_cols]
-        self.right_carry = None if last_col else work[:, :, done_cols:].copy()
+        self.right_carry = None if last_col else work[:, :, done_cols:]
+        # The finished block is normalised in place: no carry reads it any more.
+        block = work[:, :done_rows, :done_cols]
+        if self.normalise:
+            np.divide(block[: self.c], block[self.c], out=block[: self.c])
+        self.sink(x0, y0, block[: self.c])

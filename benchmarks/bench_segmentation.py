@@ -184,6 +184,27 @@ def predicted_carry_mb(task: str, width: int, height: int, tile: int, overlap: i
     return (classes + 1) * grid.max_down_carry() * min(width, MAX_STRIPE_WIDTH) * 4 / 2**20
 
 
+def predicted_inflight_mb(task: str, package, batch: int) -> float:
+    """Upper bound of what the pipeline holds at once, whatever the raster size (reached once a raster has a
+    few batches): two input batches (queued, running) and up to three output-sized arrays (the output being
+    blended, the finished one waiting, the one ORT is filling); scene classification's are N x K, negligible."""
+    if task == "scene_classification":
+        return 0.0
+    channels = len(package.input.bands) * (2 if task == "change_detection" else 1)
+    return batch * (2 * channels + 3 * package.num_classes) * package.tile_size ** 2 * 4 / 2**20
+
+
+def judge(peaks: list[float], carries: list[float], inflight: float) -> tuple[float, float, str]:
+    """Nothing may scale with the number of pixels: peak RSS may move only by GDAL's block cache filling to
+    its fixed cap, the carry band growing to one stripe's width, the pipeline's batches in flight (small
+    rasters have too few tiles to fill it) and allocator noise (16 MB)."""
+    from backend.raster_io import GDAL_CACHE_BYTES
+
+    spread = max(peaks) - min(peaks)
+    allowed = GDAL_CACHE_BYTES / 2**20 + max(carries) + inflight + 16
+    return spread, allowed, "FLAT" if spread <= allowed else "GROWS"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["1024", "2048", "4096", "8192", "2048x16384"],
@@ -194,6 +215,10 @@ def main() -> int:
     parser.add_argument("--scene-model", default=DEFAULT_MODELS["scene_classification"])
     parser.add_argument("--models-dir", type=Path, nargs="+", default=None)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--cap", nargs="*", default=[], metavar="TASK=N",
+                        help="largest size (pixels, N x N) for a task, e.g. change_detection=16384")
+    parser.add_argument("--out", type=Path, default=None, help="also write OUT.md and OUT.csv")
+    parser.add_argument("--render", action="store_true", help="only rewrite OUT.md from OUT.csv")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
@@ -202,13 +227,19 @@ def main() -> int:
     WORKDIR.mkdir(parents=True, exist_ok=True)
     if args.child:
         return child_run(args)
+    if args.render:
+        return render(args.out, args.batch_size)
 
     sys.path.insert(0, str(REPO))
     from backend.raster_io import GDAL_CACHE_BYTES
     from backend.registry import ModelRegistry
     from backend.sessions import available_providers
 
-    print(f"providers {available_providers()}; {os.cpu_count()} CPU cores; batch {args.batch_size}")
+    from backend.sessions import session_settings
+
+    caps = {task: int(n) for task, _, n in (c.partition("=") for c in args.cap)}
+    print(f"providers {available_providers()}; {os.cpu_count()} CPU cores; batch {args.batch_size}; {session_settings()}")
+    table: list[dict] = []
     requested = {"semantic_segmentation": args.model, "change_detection": args.change_model,
                  "scene_classification": args.scene_model}
     status = 0
@@ -221,6 +252,8 @@ def main() -> int:
         rows = []
         for text in args.sizes:
             width, height = parse_shape(text)
+            if width * height > caps.get(task, 1 << 62) ** 2:
+                continue
             label = f"{width}x{height}"
             vrt = build_mosaic_vrt(SAMPLE, width, height, WORKDIR / f"mosaic_{label}.vrt")
             cmd = [sys.executable, __file__, "--child", label, "--task", task, "--input", str(vrt),
@@ -245,21 +278,100 @@ def main() -> int:
             carry = predicted_carry_mb(task, width, height, package.tile_size, package.tile_overlap,
                                        package.num_classes)
             rows.append((label, peak_mb, carry))
+            table.append({"task": task, "model": description, "size": label, "megapixels": round(result["megapixels"], 1),
+                          "seconds": round(result["seconds"], 1),
+                          "mpx_per_s": round(result["megapixels"] / result["seconds"], 2),
+                          "peak_rss_mb": round(peak_mb), "carry_mb": round(carry, 1), "detail": result["detail"]})
             print(f"{label:>12} {result['megapixels']:8.1f} {result['seconds']:9.1f} "
                   f"{result['megapixels'] / result['seconds']:8.2f} {peak_mb:12.0f} {carry:9.1f}  {result['detail']}",
                   flush=True)
         if len(rows) > 1:
-            # Nothing may scale with the number of pixels: peak RSS may move only by GDAL's block cache filling
-            # to its fixed cap, the carry band growing to one stripe's width, and allocator noise.
-            peaks = [peak for _, peak, _ in rows]
-            spread = max(peaks) - min(peaks)
-            allowed = GDAL_CACHE_BYTES / 2**20 + max(carry for _, _, carry in rows) + 16
-            verdict = "FLAT" if spread <= allowed else "GROWS"
-            print(f"peak RSS {min(peaks):.0f}..{max(peaks):.0f} MB, spread {spread:.0f} MB "
-                  f"(allowed {allowed:.0f} MB: GDAL cache cap + one stripe's carry band + 16): {verdict}")
+            inflight = predicted_inflight_mb(task, package, args.batch_size)
+            spread, allowed, verdict = judge([peak for _, peak, _ in rows], [carry for _, _, carry in rows], inflight)
+            for row in table:
+                if row["task"] == task:
+                    row["inflight_mb"], row["rss_spread_mb"], row["verdict"] = round(inflight, 1), round(spread), verdict
+            print(f"peak RSS {min(p for _, p, _ in rows):.0f}..{max(p for _, p, _ in rows):.0f} MB, spread {spread:.0f} MB "
+                  f"(allowed {allowed:.0f} MB: GDAL cache cap + one stripe's carry band + pipeline in flight + 16): "
+                  f"{verdict}")
             if verdict != "FLAT":
                 status = 3
+    if args.out:
+        write_table(args.out, table, args.batch_size)
     return status
+
+
+def render(out: Path, batch_size: int) -> int:
+    """Rewrite OUT.md (and the verdicts in OUT.csv) from the figures in OUT.csv."""
+    import csv
+
+    sys.path.insert(0, str(REPO))
+    from backend.registry import ModelRegistry
+
+    with open(out.with_suffix(".csv"), newline="") as f:
+        table = list(csv.DictReader(f))
+    for row in table:
+        for key in ("megapixels", "seconds", "mpx_per_s", "peak_rss_mb", "carry_mb"):
+            row[key] = float(row[key]) if "." in row[key] else int(row[key])
+    for task in dict.fromkeys(r["task"] for r in table):
+        rows = [r for r in table if r["task"] == task]
+        package = ModelRegistry(None).get(rows[0]["model"].split()[0])
+        inflight = predicted_inflight_mb(task, package, batch_size)
+        spread, _, verdict = judge([r["peak_rss_mb"] for r in rows], [r["carry_mb"] for r in rows], inflight)
+        for r in rows:
+            r["inflight_mb"], r["rss_spread_mb"], r["verdict"] = round(inflight, 1), round(spread), verdict
+    write_table(out, table, batch_size)
+    return 0
+
+
+def write_table(out: Path, table: list[dict], batch_size: int) -> None:
+    import csv
+    import platform
+
+    import onnxruntime as ort
+
+    from backend.sessions import available_providers, session_settings
+    from bench_overhead import cpu_info
+
+    cpu = cpu_info()
+    fields = ["task", "model", "size", "megapixels", "seconds", "mpx_per_s", "peak_rss_mb", "carry_mb",
+              "inflight_mb", "rss_spread_mb", "verdict", "detail"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    lines = ["# Scale: throughput and peak memory from 1k² to 32k² pixels", "",
+             f"Machine: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz']:.0f} MHz, {cpu['ram_gib']:.1f} GiB RAM, "
+             f"{platform.system()} {platform.release()}; onnxruntime {ort.__version__}, providers "
+             f"{', '.join(available_providers())}; session: {session_settings()}; batch {batch_size}.", "",
+             f"Generated by `make bench` (`benchmarks/bench_segmentation.py`) on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Each size runs in its own process (peak RSS "
+             "= ru_maxrss of that process, includes Python, GDAL, ONNX Runtime and the model).", "",
+             "| task | size | Mpx | seconds | Mpx/s | peak RSS MB | carry band MB | result |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['task']} | {r['size']} | {r['megapixels']} | {r['seconds']} | {r['mpx_per_s']} | "
+                     f"{r['peak_rss_mb']} | {r['carry_mb']} | {r['detail']} |")
+    lines.append("")
+    for task in dict.fromkeys(r["task"] for r in table):
+        rows = [r for r in table if r["task"] == task]
+        peaks = [r["peak_rss_mb"] for r in rows]
+        wide = [r["peak_rss_mb"] for r in rows if int(r["size"].split("x")[0]) >= 8192]
+        beyond = (f"; from 8192 px wide on (one stripe's width: carry band and cache at their caps) "
+                  f"{min(wide)}..{max(wide)} MB" if len(wide) > 1 else "")
+        lines.append(f"- {task}: model {rows[0]['model']}; peak RSS {min(peaks)}..{max(peaks)} MB from "
+                     f"{rows[0]['size']} to {rows[-1]['size']}{beyond}: {rows[0].get('verdict', '-')} (spread "
+                     f"{rows[0].get('rss_spread_mb', '-')} MB; allowed: GDAL cache cap 16 MiB + carry band up to "
+                     f"{max(r['carry_mb'] for r in rows)} MB + pipeline batches in flight {rows[0].get('inflight_mb', '-')} MB "
+                     f"+ 16 MB allocator noise).")
+    lines += ["- Inputs are VRT mosaics of the real sample `aerial_geotiff/cogeo.tif` (the change pair: the same "
+              "mosaic shifted by 0.37 px, so the after date is warped onto the before grid).",
+              "- Sizes a task lacks were capped with `--cap` (`make bench`: change_detection=16384, to keep the run "
+              "short). Change detection seconds include tracing the change polygons (GDAL Polygonize).",
+              "- Detection is not in the table: it is not implemented yet (another issue). No GPU was available."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
 
 
 if __name__ == "__main__":
