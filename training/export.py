@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -46,23 +46,34 @@ def parity_tiles(cfg: Config, max_tiles: int = 6) -> torch.Tensor:
     return torch.stack(tiles)
 
 
-def check_parity(model: torch.nn.Module, onnx_path: Path, tiles: torch.Tensor, atol: float,
-                 min_agreement: float) -> Dict:
+def compare_with_torch(model: torch.nn.Module, onnx_path: Path, inputs: Sequence[torch.Tensor], batch_size: int,
+                       input_names: Optional[Sequence[str]] = None) -> Tuple[float, int, int]:
+    """Run torch and ONNX Runtime on the same batches of `inputs` (one tensor per graph input, in order).
+    Batches of batch_size and a shorter last one also exercise the dynamic batch dimension.
+    Returns (max |logit difference|, argmax agreements along axis 1, argmax count)."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
+    if input_names is not None and names != list(input_names):
+        raise ExportError(f"exported graph has inputs {names}, expected {list(input_names)}")
     max_diff, agree, total = 0.0, 0, 0
-    # Batches of 2 and a final odd one also exercise the dynamic batch dimension.
-    for start in range(0, len(tiles), 2):
-        batch = tiles[start:start + 2]
+    for start in range(0, len(inputs[0]), batch_size):
+        batch = [x[start:start + batch_size] for x in inputs]
         with torch.no_grad():
-            expected = model(batch).numpy()
-        got = session.run(None, {input_name: batch.numpy()})[0]
+            expected = model(*batch).numpy()
+        got = session.run(None, {name: x.numpy() for name, x in zip(names, batch)})[0]
         if got.shape != expected.shape:
             raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")
         max_diff = max(max_diff, float(np.abs(got - expected).max()))
-        agree += int((got.argmax(1) == expected.argmax(1)).sum())
-        total += expected.shape[0] * expected.shape[2] * expected.shape[3]
-    result = {"tiles": int(len(tiles)), "max_abs_logit_diff": max_diff, "tolerance": atol,
+        matches = got.argmax(1) == expected.argmax(1)
+        agree, total = agree + int(matches.sum()), total + matches.size
+    return max_diff, agree, total
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: Sequence[torch.Tensor], atol: float,
+                 min_agreement: float, input_names: Optional[Sequence[str]] = None) -> Dict:
+    """Per-pixel parity of a dense model (segmentation, change): logits within atol, argmax agreeing."""
+    max_diff, agree, total = compare_with_torch(model, onnx_path, inputs, 2, input_names)
+    result = {"tiles": int(len(inputs[0])), "max_abs_logit_diff": max_diff, "tolerance": atol,
               "argmax_agreement": agree / total, "min_argmax_agreement": min_agreement}
     result["passed"] = max_diff <= atol and result["argmax_agreement"] >= min_agreement
     return result
@@ -149,7 +160,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Dict:
         out,
         export_graph=lambda path: export_onnx(model, path, cfg.eval.tile_size, cfg.model.encoder.in_chans,
                                               cfg.export.opset),
-        check_parity=lambda path: check_parity(model, path, parity_tiles(cfg), cfg.export.atol,
+        check_parity=lambda path: check_parity(model, path, [parity_tiles(cfg)], cfg.export.atol,
                                                cfg.export.min_argmax_agreement),
         build_metadata=lambda parity: build_metadata(cfg, state, metrics, parity),
         describe_parity=describe_parity)

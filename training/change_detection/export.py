@@ -5,15 +5,13 @@ import datetime
 from pathlib import Path
 from typing import Dict, Tuple
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
 from training.change_detection.config import ChangeConfig, config_to_dict
 from training.change_detection.data import load_pairs
 from training.change_detection.engine import evaluate_model, model_from_checkpoint
 from training.data.transforms import normalize
-from training.export import ExportError, describe_parity, onnx_out_path, write_package
+from training.export import ExportError, check_parity, describe_parity, onnx_out_path, write_package
 from training.inference import window_starts
 
 INPUT_NAMES = ["before", "after"]
@@ -37,30 +35,6 @@ def parity_pairs(cfg: ChangeConfig, max_tiles: int = 5) -> Tuple[torch.Tensor, t
     if not befores:
         raise ExportError(f"no pair of at least {size}x{size} px in the config's data for the parity check")
     return torch.stack(befores), torch.stack(afters)
-
-
-def check_parity(model: torch.nn.Module, onnx_path: Path, before: torch.Tensor, after: torch.Tensor,
-                 atol: float, min_agreement: float) -> Dict:
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    if names != INPUT_NAMES:
-        raise ExportError(f"exported graph has inputs {names}, expected {INPUT_NAMES}")
-    max_diff, agree, total = 0.0, 0, 0
-    # Batches of 2 and a final odd one also exercise the dynamic batch dimension.
-    for start in range(0, len(before), 2):
-        b, a = before[start:start + 2], after[start:start + 2]
-        with torch.no_grad():
-            expected = model(b, a).numpy()
-        got = session.run(None, {"before": b.numpy(), "after": a.numpy()})[0]
-        if got.shape != expected.shape:
-            raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")
-        max_diff = max(max_diff, float(np.abs(got - expected).max()))
-        agree += int((got.argmax(1) == expected.argmax(1)).sum())
-        total += expected.shape[0] * expected.shape[2] * expected.shape[3]
-    result = {"tiles": int(len(before)), "max_abs_logit_diff": max_diff, "tolerance": atol,
-              "argmax_agreement": agree / total, "min_argmax_agreement": min_agreement}
-    result["passed"] = max_diff <= atol and result["argmax_agreement"] >= min_agreement
-    return result
 
 
 def _headline(metrics: Dict) -> Dict:
@@ -113,7 +87,7 @@ def export_checkpoint(checkpoint, out) -> Dict:
         out,
         export_graph=lambda path: export_onnx(model, path, cfg.eval.tile_size, cfg.model.encoder.in_chans,
                                               cfg.export.opset),
-        check_parity=lambda path: check_parity(model, path, *parity_pairs(cfg), cfg.export.atol,
-                                               cfg.export.min_argmax_agreement),
+        check_parity=lambda path: check_parity(model, path, parity_pairs(cfg), cfg.export.atol,
+                                               cfg.export.min_argmax_agreement, input_names=INPUT_NAMES),
         build_metadata=lambda parity: build_metadata(cfg, state, metrics, parity),
         describe_parity=describe_parity)

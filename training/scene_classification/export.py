@@ -5,11 +5,9 @@ import datetime
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
-from training.export import ExportError, export_onnx, onnx_out_path, write_package
+from training.export import compare_with_torch, export_onnx, onnx_out_path, write_package
 from training.scene_classification.chips import chip_batch, load_split
 from training.scene_classification.config import SceneConfig, config_to_dict
 from training.scene_classification.engine import evaluate_model, model_from_checkpoint
@@ -24,19 +22,8 @@ def parity_chips(cfg: SceneConfig) -> torch.Tensor:
 
 def check_parity(model: torch.nn.Module, onnx_path: Path, chips: torch.Tensor, atol: float,
                  min_agreement: float) -> Dict:
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    max_diff, agree = 0.0, 0
     # Batches of 4 and a shorter last one also exercise the dynamic batch dimension.
-    for start in range(0, len(chips), 4):
-        batch = chips[start:start + 4]
-        with torch.no_grad():
-            expected = model(batch).numpy()
-        got = session.run(None, {input_name: batch.numpy()})[0]
-        if got.shape != expected.shape:
-            raise ExportError(f"ONNX output shape {got.shape} differs from torch's {expected.shape}")
-        max_diff = max(max_diff, float(np.abs(got - expected).max()))
-        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+    max_diff, agree, _ = compare_with_torch(model, onnx_path, [chips], 4)
     result = {"chips": int(len(chips)), "max_abs_logit_diff": max_diff, "tolerance": atol,
               "top1_agreement": agree / len(chips), "min_top1_agreement": min_agreement}
     result["passed"] = max_diff <= atol and result["top1_agreement"] >= min_agreement
