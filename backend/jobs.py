@@ -150,13 +150,18 @@ def _distinct(outputs: list[Path]) -> None:
 
 # ---------------------------------------------------------------------------------------------- tasks
 
-def plan_segmentation(spec: JobSpec, model: ModelPackage, job_id: str) -> SegmentationRequest:
+def _single_input_window(spec: JobSpec, model: ModelPackage) -> tuple[Path, raster_io.Window]:
+    """The one input raster of a single-raster task, checked, and the pixel window of the extent."""
     if len(spec.inputs) != 1:
         raise BackendError(f"{spec.task} takes exactly 1 input raster, got {len(spec.inputs)}.")
     input_path = _input_path(spec.inputs[0])
     ds = raster_io.open_raster(input_path)
     _check_bands(ds, input_path, model)
-    window = raster_io.extent_to_window(ds, spec.extent, str(input_path))
+    return input_path, raster_io.extent_to_window(ds, spec.extent, str(input_path))
+
+
+def plan_segmentation(spec: JobSpec, model: ModelPackage, job_id: str) -> SegmentationRequest:
+    input_path, window = _single_input_window(spec, model)
     if "raster" not in spec.outputs:
         raise BackendError("outputs.raster (the result GeoTIFF path) is required.")
     output_path = _output_path(spec, "raster", [input_path], "result.tif")
@@ -211,12 +216,7 @@ def plan_change(spec: JobSpec, model: ModelPackage, job_id: str) -> ChangeReques
 
 
 def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str) -> SceneRequest:
-    if len(spec.inputs) != 1:
-        raise BackendError(f"{spec.task} takes exactly 1 input raster, got {len(spec.inputs)}.")
-    input_path = _input_path(spec.inputs[0])
-    ds = raster_io.open_raster(input_path)
-    _check_bands(ds, input_path, model)
-    window = raster_io.extent_to_window(ds, spec.extent, str(input_path))
+    input_path, window = _single_input_window(spec, model)
     _output_keys(spec, ("vector",), (), {"vector": "the scene grid GeoPackage path"})
     vector_path = _output_path(spec, "vector", [input_path], "scenes.gpkg", suffix=".gpkg")
     cell_size = _int_option(spec, "cell_size", model.tile_size, 1, None,
