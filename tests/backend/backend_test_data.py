@@ -15,3 +15,17 @@ LEVIR_PAIRS = ["test_102_0512_0000.png", "test_2_0000_0512.png", "train_36_0512_
 TILE, OVERLAP = 64, 16
 CHANGE_THRESHOLD = 0.4  # of the synthetic change models: mean |normalised after - before| above it is change
 SCENE_GAIN = 10.0  # of the synthetic scene models: logit k = gain x mean normalised band k
+
+
+def vrt_over_copy(raster: Path, folder: Path, name: str = "mosaic.vrt") -> tuple[Path, Path]:
+    """A VRT over a copy of `raster`, and that copy. Unlinking the copy later gives a raster that opens
+    (checks pass when the job is planned) but fails when its pixels are read, mid-job."""
+    import shutil
+
+    from osgeo import gdal
+
+    source = folder / f"{Path(name).stem}_source{raster.suffix}"
+    shutil.copy(raster, source)
+    vrt = folder / name
+    gdal.BuildVRT(str(vrt), [str(source)]).FlushCache()
+    return vrt, source

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from backend.api import create_app
 
-from backend_test_data import COGEO, RGB_BYTE
+from backend_test_data import COGEO, RGB_BYTE, vrt_over_copy
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -127,16 +127,10 @@ def test_queued_job_cancels_at_once_and_running_job_stops(client, tmp_path):
 
 
 def test_job_that_fails_mid_way_reports_why_and_leaves_nothing(client, tmp_path):
-    import shutil
-
-    from osgeo import gdal
-
-    source = tmp_path / "source.tif"
-    shutil.copy(COGEO, source)
-    gdal.BuildVRT(str(tmp_path / "mosaic.vrt"), [str(source)]).FlushCache()
+    vrt, source = vrt_over_copy(COGEO, tmp_path)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    body = job_body(tmp_path, inputs=[str(tmp_path / "mosaic.vrt")], outputs={"raster": str(out_dir / "r.tif")})
+    body = job_body(tmp_path, inputs=[str(vrt)], outputs={"raster": str(out_dir / "r.tif")})
     source.unlink()  # the VRT still opens; reading its pixels fails once the job runs
     r = client.post("/jobs", headers=AUTH, json=body)
     assert r.status_code == 202

@@ -11,7 +11,7 @@ from backend.registry import ModelRegistry
 from backend.segmentation import segment_raster
 from backend.synthetic_models import build_model
 
-from backend_test_data import COGEO, RGB_BYTE
+from backend_test_data import COGEO, RGB_BYTE, vrt_over_copy
 
 
 def submit(registry, tmp_path, input_path, model="pointwise", extent=None, output=None):
@@ -51,12 +51,7 @@ def test_truncated_geotiff(registry, tmp_path):
 
 def test_read_error_mid_job_fails_cleanly(registry, tmp_path):
     """A VRT whose source disappears opens fine and fails only when tiles are read."""
-    from osgeo import gdal
-
-    source = tmp_path / "source.tif"
-    shutil.copy(COGEO, source)
-    vrt = tmp_path / "mosaic.vrt"
-    gdal.BuildVRT(str(vrt), [str(source)]).FlushCache()
+    vrt, source = vrt_over_copy(COGEO, tmp_path)
     spec = JobSpec("semantic_segmentation", "pointwise", [str(vrt)], {"raster": str(tmp_path / "out" / "r.tif")})
     (tmp_path / "out").mkdir()
     plan = plan_job(spec, registry, job_id="midjob")

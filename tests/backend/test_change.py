@@ -21,7 +21,7 @@ from backend.model_package import load_package, write_metadata
 from backend.raster_io import Extent
 from backend.synthetic_models import build_change_model, build_model, change_metadata, write_change_package
 
-from backend_test_data import CHANGE_THRESHOLD, COGEO, LEVIR, LEVIR_PAIRS, NAIP, NAIP_2020, REPO
+from backend_test_data import CHANGE_THRESHOLD, COGEO, LEVIR, LEVIR_PAIRS, NAIP, NAIP_2020, REPO, vrt_over_copy
 
 gdal.UseExceptions()
 
@@ -430,10 +430,7 @@ def test_failure_while_writing_polygons_leaves_neither_file(task_registry, tmp_p
 
 
 def test_after_raster_that_breaks_mid_job_fails_naming_it(task_registry, tmp_path):
-    source = tmp_path / "after_source.tif"
-    shutil.copy(NAIP_2020, source)
-    vrt = tmp_path / "after.vrt"
-    gdal.BuildVRT(str(vrt), [str(source)]).FlushCache()
+    vrt, source = vrt_over_copy(NAIP_2020, tmp_path, "after.vrt")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     plan = change_job(task_registry, out_dir, NAIP, vrt, model="change4")

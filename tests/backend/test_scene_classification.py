@@ -1,7 +1,6 @@
 """Scene classification on real rasters: the cell grid, per-cell classes, nodata cells, refusals, cancel."""
 
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from backend.raster_io import Extent, extent_to_window, open_raster
 from backend.scenes import probability_field_names
 from backend.synthetic_models import build_change_model, build_classification_model, build_model, default_metadata
 
-from backend_test_data import COGEO, LEVIR, LEVIR_PAIRS, NAIP, REPO, RGB_BYTE, SCENE_GAIN
+from backend_test_data import COGEO, LEVIR, LEVIR_PAIRS, NAIP, REPO, RGB_BYTE, SCENE_GAIN, vrt_over_copy
 
 gdal.UseExceptions()
 
@@ -325,10 +324,7 @@ def test_progress_and_cancel(task_registry, tmp_path):
 
 
 def test_read_failure_mid_job_names_the_raster_and_leaves_nothing(task_registry, tmp_path):
-    source = tmp_path / "source.tif"
-    shutil.copy(COGEO, source)
-    vrt = tmp_path / "mosaic.vrt"
-    gdal.BuildVRT(str(vrt), [str(source)]).FlushCache()
+    vrt, source = vrt_over_copy(COGEO, tmp_path)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     plan = scene_job(task_registry, out_dir, vrt)
