@@ -260,3 +260,22 @@ def once_running(feedback, action, timeout=60):
         yield progress
     finally:
         actor.join()
+
+
+def run_batch_rows(algorithm_id, rows):
+    """What BatchAlgorithmDialog.runAlgorithm does: one context per row, so a failing row does not stop
+    the rest. Returns each row's ok flag."""
+    from processing.gui.BatchAlgorithmDialog import BatchFeedback
+    from processing.tools import dataobjects
+    from qgis.core import QgsApplication, QgsProcessingFeedback
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById(algorithm_id)
+    feedback = QgsProcessingFeedback()
+    multi = BatchFeedback(len(rows), feedback)
+    oks = []
+    for count, parameters in enumerate(rows):
+        multi.setCurrentStep(count)
+        context = dataobjects.createContext(feedback)
+        _, ok = alg.run(alg.preprocessParameters(parameters), context, multi)
+        oks.append(ok)
+    return oks

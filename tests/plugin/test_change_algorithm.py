@@ -21,7 +21,8 @@ from qgis.PyQt.QtGui import QColor
 from model_builder import change_and_count_model
 from mtp_qgis import styling
 from plugin_test_support import (
-    COGEO, LEVIR, NAIP_2009, NAIP_2020, dock_on, expected_change, once_running, run_dock, run_qgis_process,
+    COGEO, LEVIR, NAIP_2009, NAIP_2020, dock_on, expected_change, once_running, run_batch_rows, run_dock,
+    run_qgis_process,
 )
 
 pytestmark = pytest.mark.usefixtures("plugin")
@@ -282,24 +283,12 @@ def test_loaded_outputs_are_styled_by_the_post_processors(out_dir):
 @pytest.mark.usefixtures("with_backend")
 def test_batch_dialog_code_path(out_dir):
     """What BatchAlgorithmDialog.runAlgorithm does: one context per row, a failing row does not stop the rest."""
-    from processing.gui.BatchAlgorithmDialog import BatchFeedback
-    from processing.tools import dataobjects
-
-    alg = QgsApplication.processingRegistry().createAlgorithmById("mtp:change")
     rows = [{"BEFORE": str(LEVIR / "A" / name), "AFTER": str(LEVIR / "B" / name),
              "OUTPUT": str(out_dir / f"batch_{i}.tif"), "OUTPUT_POLYGONS": str(out_dir / f"batch_{i}.gpkg")}
             for i, name in enumerate(LEVIR_PAIRS)]
     rows.insert(1, dict(rows[0], MODEL="mtp_seg_default", OUTPUT=str(out_dir / "bad.tif"),
                         OUTPUT_POLYGONS=str(out_dir / "bad.gpkg")))
-    feedback = QgsProcessingFeedback()
-    multi = BatchFeedback(len(rows), feedback)
-    oks = []
-    for count, parameters in enumerate(rows):
-        multi.setCurrentStep(count)
-        context = dataobjects.createContext(feedback)
-        results, ok = alg.run(alg.preprocessParameters(parameters), context, multi)
-        oks.append(ok)
-    assert oks == [True, False, True, True]
+    assert run_batch_rows("mtp:change", rows) == [True, False, True, True]
     for i, name in enumerate(LEVIR_PAIRS):
         expected = expected_change(read(LEVIR / "A" / name), read(LEVIR / "B" / name))
         assert (read(out_dir / f"batch_{i}.tif") != expected).mean() < 1e-3

@@ -21,7 +21,8 @@ from qgis.core import (
 
 from mtp_qgis import styling
 from plugin_test_support import (
-    COGEO, DATA, LEVIR, LOVEDA_PNG, NAIP_2009, SCENE_CLASSES, dock_on, once_running, run_dock, run_qgis_process,
+    COGEO, DATA, LEVIR, LOVEDA_PNG, NAIP_2009, SCENE_CLASSES, dock_on, once_running, run_batch_rows, run_dock,
+    run_qgis_process,
 )
 
 pytestmark = pytest.mark.usefixtures("plugin")
@@ -291,23 +292,11 @@ def test_loaded_output_is_styled_by_the_post_processor(out_dir):
 @pytest.mark.usefixtures("with_backend")
 def test_batch_dialog_code_path(out_dir):
     """What BatchAlgorithmDialog.runAlgorithm does: one context per row, a failing row does not stop the rest."""
-    from processing.gui.BatchAlgorithmDialog import BatchFeedback
-    from processing.tools import dataobjects
-
-    alg = QgsApplication.processingRegistry().createAlgorithmById("mtp:classify_scenes")
     inputs = [(COGEO, 256), (LOVEDA_PNG, 300), (NAIP_2009, None)]
     rows = [{"INPUT": str(p), "OUTPUT": str(out_dir / f"batch_{i}.gpkg"), **({"CELL_SIZE": c} if c else {})}
             for i, (p, c) in enumerate(inputs)]
     rows.insert(1, {"INPUT": str(COGEO), "MODEL": "mtp_change_default", "OUTPUT": str(out_dir / "bad.gpkg")})
-    feedback = QgsProcessingFeedback()
-    multi = BatchFeedback(len(rows), feedback)
-    oks = []
-    for count, parameters in enumerate(rows):
-        multi.setCurrentStep(count)
-        context = dataobjects.createContext(feedback)
-        results, ok = alg.run(alg.preprocessParameters(parameters), context, multi)
-        oks.append(ok)
-    assert oks == [True, False, True, True]
+    assert run_batch_rows("mtp:classify_scenes", rows) == [True, False, True, True]
     for i, (path, cell) in enumerate(inputs):
         source = gdal.Open(str(path))
         cell = cell or 64

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from qgis.core import (
-    QgsApplication,
     QgsProcessingFeedback,
     QgsProcessingModelAlgorithm,
     QgsProject,
@@ -13,7 +12,7 @@ from qgis.core import (
 )
 
 from model_builder import segment_and_count_model
-from plugin_test_support import COGEO, DATA, LOVEDA_PNG, dock_on, run_dock, wait_for
+from plugin_test_support import COGEO, DATA, LOVEDA_PNG, dock_on, run_batch_rows, run_dock, wait_for
 
 pytestmark = pytest.mark.usefixtures("use_backend", "plugin")
 
@@ -45,23 +44,11 @@ def test_modeler_model_chains_segment_with_a_native_algorithm(out_dir):
 
 def test_batch_dialog_code_path(out_dir):
     """What BatchAlgorithmDialog.runAlgorithm does: one context per row, a failing row does not stop the rest."""
-    from processing.gui.BatchAlgorithmDialog import BatchFeedback
-    from processing.tools import dataobjects
-
-    alg = QgsApplication.processingRegistry().createAlgorithmById("mtp:segment")
     inputs = [COGEO, LOVEDA_PNG, DATA / "potsdam" / "img_dir" / sorted(os.listdir(DATA / "potsdam" / "img_dir"))[0]]
     rows = [{"INPUT": str(p), "MODEL": "mtp_seg_default", "OUTPUT": str(out_dir / f"batch_{i}.tif")}
             for i, p in enumerate(inputs)]
     rows.insert(1, {"INPUT": str(COGEO), "MODEL": "no_such_model", "OUTPUT": str(out_dir / "batch_bad.tif")})
-    feedback = QgsProcessingFeedback()
-    multi = BatchFeedback(len(rows), feedback)
-    oks = []
-    for count, parameters in enumerate(rows):
-        multi.setCurrentStep(count)
-        context = dataobjects.createContext(feedback)
-        results, ok = alg.run(alg.preprocessParameters(parameters), context, multi)
-        oks.append(ok)
-    assert oks == [True, False, True, True]
+    assert run_batch_rows("mtp:segment", rows) == [True, False, True, True]
     for i, src in enumerate(inputs):
         result = QgsRasterLayer(str(out_dir / f"batch_{i}.tif"), "r", "gdal")
         source = QgsRasterLayer(str(src), "s", "gdal")
