@@ -13,35 +13,37 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QPointF
 
 
+def add_child(model, algorithm_id, child_id, sources, output, row):
+    """One step of the chain: `sources` maps parameter names to sources, `output` is (model output name,
+    description, the child's output name); `row` places it on the canvas (only drawing depends on it)."""
+    child = QgsProcessingModelChildAlgorithm(algorithm_id)
+    child.setChildId(child_id)
+    for parameter, source in sources.items():
+        child.addParameterSources(parameter, [source])
+    name, description, child_output = output
+    model_output = QgsProcessingModelOutput(name, description)
+    model_output.setChildId(child_id)
+    model_output.setChildOutputName(child_output)
+    model_output.setPosition(QPointF(520, 200 + 130 * row))
+    child.setPosition(QPointF(300, 160 + 130 * row))
+    child.setModelOutputs({name: model_output})
+    model.addChildAlgorithm(child)
+
+
 def segment_and_count_model():
     model = QgsProcessingModelAlgorithm("segment_and_count", "MTP tests")
     image = QgsProcessingModelParameter("image")
     image.setPosition(QPointF(150, 60))  # positions only matter for how the modeler draws it
     model.addModelParameter(QgsProcessingParameterRasterLayer("image", "Image"), image)
 
-    segment = QgsProcessingModelChildAlgorithm("mtp:segment")
-    segment.setChildId("segment")
-    segment.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromModelParameter("image")])
-    segment.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue("mtp_seg_default")])
-    classes_out = QgsProcessingModelOutput("classes", "Classes")
-    classes_out.setChildId("segment")
-    classes_out.setChildOutputName("OUTPUT")
-    classes_out.setPosition(QPointF(520, 200))
-    segment.setPosition(QPointF(300, 160))
-    segment.setModelOutputs({"classes": classes_out})
-    model.addChildAlgorithm(segment)
-
-    count = QgsProcessingModelChildAlgorithm("native:rasterlayeruniquevaluesreport")
-    count.setChildId("count")
-    count.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("segment", "OUTPUT")])
-    count.addParameterSources("BAND", [QgsProcessingModelChildParameterSource.fromStaticValue(1)])
-    table_out = QgsProcessingModelOutput("class_table", "Class pixel counts")
-    table_out.setChildId("count")
-    table_out.setChildOutputName("OUTPUT_TABLE")
-    table_out.setPosition(QPointF(520, 330))
-    count.setPosition(QPointF(300, 290))
-    count.setModelOutputs({"class_table": table_out})
-    model.addChildAlgorithm(count)
+    add_child(model, "mtp:segment", "segment", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("image"),
+        "MODEL": QgsProcessingModelChildParameterSource.fromStaticValue("mtp_seg_default"),
+    }, ("classes", "Classes", "OUTPUT"), row=0)
+    add_child(model, "native:rasterlayeruniquevaluesreport", "count", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("segment", "OUTPUT"),
+        "BAND": QgsProcessingModelChildParameterSource.fromStaticValue(1),
+    }, ("class_table", "Class pixel counts", "OUTPUT_TABLE"), row=1)
     model.updateDestinationParameters()
     return model
 
@@ -54,29 +56,14 @@ def change_and_count_model():
         parameter.setPosition(QPointF(150 + 200 * i, 60))
         model.addModelParameter(QgsProcessingParameterRasterLayer(name, name.title()), parameter)
 
-    change = QgsProcessingModelChildAlgorithm("mtp:change")
-    change.setChildId("change")
-    change.addParameterSources("BEFORE", [QgsProcessingModelChildParameterSource.fromModelParameter("before")])
-    change.addParameterSources("AFTER", [QgsProcessingModelChildParameterSource.fromModelParameter("after")])
-    change.addParameterSources("MODEL", [QgsProcessingModelChildParameterSource.fromStaticValue("mtp_change_default")])
-    change_out = QgsProcessingModelOutput("change", "Change")
-    change_out.setChildId("change")
-    change_out.setChildOutputName("OUTPUT")
-    change_out.setPosition(QPointF(520, 200))
-    change.setPosition(QPointF(300, 160))
-    change.setModelOutputs({"change": change_out})
-    model.addChildAlgorithm(change)
-
-    count = QgsProcessingModelChildAlgorithm("native:rasterlayeruniquevaluesreport")
-    count.setChildId("count")
-    count.addParameterSources("INPUT", [QgsProcessingModelChildParameterSource.fromChildOutput("change", "OUTPUT")])
-    count.addParameterSources("BAND", [QgsProcessingModelChildParameterSource.fromStaticValue(1)])
-    table_out = QgsProcessingModelOutput("counts", "Pixels per value")
-    table_out.setChildId("count")
-    table_out.setChildOutputName("OUTPUT_TABLE")
-    table_out.setPosition(QPointF(520, 330))
-    count.setPosition(QPointF(300, 290))
-    count.setModelOutputs({"counts": table_out})
-    model.addChildAlgorithm(count)
+    add_child(model, "mtp:change", "change", {
+        "BEFORE": QgsProcessingModelChildParameterSource.fromModelParameter("before"),
+        "AFTER": QgsProcessingModelChildParameterSource.fromModelParameter("after"),
+        "MODEL": QgsProcessingModelChildParameterSource.fromStaticValue("mtp_change_default"),
+    }, ("change", "Change", "OUTPUT"), row=0)
+    add_child(model, "native:rasterlayeruniquevaluesreport", "count", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("change", "OUTPUT"),
+        "BAND": QgsProcessingModelChildParameterSource.fromStaticValue(1),
+    }, ("counts", "Pixels per value", "OUTPUT_TABLE"), row=1)
     model.updateDestinationParameters()
     return model
