@@ -52,7 +52,8 @@ class JobRequest(BaseModel):
     """docs/contract.md §2-3. Per task: semantic_segmentation inputs [raster], outputs {raster},
     options {batch_size}; change_detection inputs [before, after], outputs {raster, polygons?},
     options {batch_size, min_area_px}; scene_classification inputs [raster], outputs {vector},
-    options {batch_size, cell_size}."""
+    options {batch_size, cell_size}; detection and rotated_detection inputs [raster], outputs {vector},
+    options {batch_size, score_threshold}."""
 
     # A plain string, not an enum: an unsupported task gets the backend's 400 message naming the
     # supported ones, like every other request check.
@@ -64,11 +65,13 @@ class JobRequest(BaseModel):
     extent: Optional[ExtentModel] = None
     outputs: dict[str, str] = Field(description="result key -> absolute path: raster (.tif) for segmentation; "
                                                 "raster and optional polygons (.gpkg) for change_detection; "
-                                                "vector (.gpkg) for scene_classification")
+                                                "vector (.gpkg) for scene_classification, detection and "
+                                                "rotated_detection")
     options: dict[str, Any] = Field(default_factory=dict,
                                     description="batch_size (1-256, default 4); change_detection: min_area_px "
                                                 "(default 0); scene_classification: cell_size (source pixels, "
-                                                "default the model's tile_size)")
+                                                "default the model's tile_size); detection, rotated_detection: "
+                                                "score_threshold (0-1, default the model's)")
 
 
 class JobModel(BaseModel):

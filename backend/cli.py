@@ -49,18 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="semantic_segmentation: --input IN.tif --out classes.tif; "
                                    "change_detection: --input BEFORE --input AFTER --out changes.tif "
                                    "[--polygons changes.gpkg] [--min-area-px N]; "
-                                   "scene_classification: --input IN.tif --out scenes.gpkg [--cell-size N]")
+                                   "scene_classification: --input IN.tif --out scenes.gpkg [--cell-size N]; "
+                                   "detection, rotated_detection: --input IN.tif --out detections.gpkg "
+                                   "[--score-threshold S]")
     r.add_argument("--task", default="semantic_segmentation",
-                   choices=["semantic_segmentation", "change_detection", "scene_classification"])
+                   choices=["semantic_segmentation", "change_detection", "scene_classification", "detection",
+                            "rotated_detection"])
     r.add_argument("--model", required=True)
     r.add_argument("--input", required=True, type=Path, action="append",
                    help="input raster; give it twice (before, then after) for change_detection")
     r.add_argument("--output", "--out", dest="output", required=True, type=Path,
-                   help="the result: class GeoTIFF, change GeoTIFF, or scene grid .gpkg")
+                   help="the result: class GeoTIFF, change GeoTIFF, scene grid .gpkg or detections .gpkg")
     r.add_argument("--polygons", type=Path, default=None, help="change_detection: also write change polygons (.gpkg)")
     r.add_argument("--min-area-px", type=int, default=None, help="change_detection: drop smaller polygons")
     r.add_argument("--cell-size", type=int, default=None,
                    help="scene_classification: cell side in source pixels (default: the model's tile size)")
+    r.add_argument("--score-threshold", type=float, default=None,
+                   help="detection: keep objects scoring at least this, 0-1 (default: the model's)")
     r.add_argument("--extent", type=_extent, default=None, help="xmin,ymin,xmax,ymax")
     r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
     r.add_argument("--batch-size", type=int, default=4)
@@ -94,8 +99,11 @@ def cmd_run(args) -> int:
                               ("--cell-size", args.cell_size, "scene_classification")):
         if value is not None and args.task != task:
             raise BackendError(f"{flag} applies to --task {task} only, not {args.task}.")
+    detection = ("detection", "rotated_detection")
+    if args.score_threshold is not None and args.task not in detection:
+        raise BackendError(f"--score-threshold applies to --task detection or rotated_detection only, not {args.task}.")
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
-    key = {"scene_classification": "vector"}.get(args.task, "raster")
+    key = "vector" if args.task in ("scene_classification", *detection) else "raster"
     outputs = {key: str(args.output.resolve())}
     options = {"batch_size": args.batch_size}
     if args.polygons is not None:
@@ -104,6 +112,8 @@ def cmd_run(args) -> int:
         options["min_area_px"] = args.min_area_px
     if args.cell_size is not None:
         options["cell_size"] = args.cell_size
+    if args.score_threshold is not None:
+        options["score_threshold"] = args.score_threshold
     spec = JobSpec(args.task, args.model, [str(p.resolve()) for p in args.input], outputs, extent, options)
     plan = plan_job(spec, model_registry(args), job_id="cli")
 

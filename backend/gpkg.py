@@ -1,4 +1,4 @@
-"""GeoPackage result layers (change polygons, scene grids)."""
+"""GeoPackage result layers (change polygons, scene grids, detections)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ def create_layer(path: Path, name: str, srs: osr.SpatialReference | None,
     except RuntimeError as exc:
         raise BackendError(f"Could not create the result file {path}: {exc}") from exc
     return ds, layer
+
+
+def remove_gpkg(path: Path) -> None:
+    """Remove a (partial) GeoPackage and the SQLite files that may sit beside it."""
+    for p in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
+        p.unlink(missing_ok=True)

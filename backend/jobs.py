@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -14,6 +15,7 @@ from typing import Any, Union
 
 from backend import raster_io
 from backend.change import ChangeRequest, detect_changes, intersect, overlap_window, warp_problem
+from backend.detection import DetectionRequest, detect_objects
 from backend.errors import BackendError, JobCancelled
 from backend.model_package import ModelPackage
 from backend.registry import ModelRegistry
@@ -21,10 +23,11 @@ from backend.scenes import SceneRequest, classify_scenes
 from backend.segmentation import SegmentationRequest, segment_raster
 
 log = logging.getLogger(__name__)
-SUPPORTED_TASKS = ("semantic_segmentation", "change_detection", "scene_classification")
+SUPPORTED_TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
+                   "rotated_detection")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
-Plan = Union[SegmentationRequest, ChangeRequest, SceneRequest]
+Plan = Union[SegmentationRequest, ChangeRequest, SceneRequest, DetectionRequest]
 
 
 @dataclass
@@ -225,10 +228,26 @@ def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str) -> SceneRequest
     return SceneRequest(model, input_path, vector_path, window, cell_size, _batch_size(spec), job_id)
 
 
+def plan_detection(spec: JobSpec, model: ModelPackage, job_id: str) -> DetectionRequest:
+    """detection and rotated_detection: one raster in, the detections GeoPackage out."""
+    input_path, window = _single_input_window(spec, model)
+    _output_keys(spec, ("vector",), (), {"vector": "the detections GeoPackage path"})
+    vector_path = _output_path(spec, "vector", [input_path], "detections.gpkg", suffix=".gpkg")
+    default = model.detection["score_threshold"]
+    threshold = spec.options.get("score_threshold", default)
+    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
+            or not 0 <= threshold <= 1):
+        raise BackendError(f"options.score_threshold must be a number from 0 to 1 (default: the model's, "
+                           f"{default}), got {threshold!r}.")
+    return DetectionRequest(model, input_path, vector_path, window, float(threshold), _batch_size(spec), job_id)
+
+
 TASKS = {
     "semantic_segmentation": (plan_segmentation, run_segmentation),
     "change_detection": (plan_change, detect_changes),
     "scene_classification": (plan_scenes, classify_scenes),
+    "detection": (plan_detection, detect_objects),
+    "rotated_detection": (plan_detection, detect_objects),
 }
 
 

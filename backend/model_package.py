@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -34,6 +35,9 @@ KNOWN_TASKS = (
 )
 REQUIRED_KEYS = ("format_version", "task", "name", "classes", "input", "tile_size", "tile_overlap")
 REQUIRED_INPUT_KEYS = ("bands", "scale", "mean", "std")
+# Detection tasks: the box kind of `output.box`, and the keys of `detection` (docs/contract.md §3).
+DETECTION_BOXES = {"detection": "hbox", "rotated_detection": "rbox_le90"}
+DETECTION_KEYS = ("score_threshold", "nms_iou", "max_per_tile")
 DEEPNESS_REQUIRED_KEYS = ("model_type", "class_names", "resolution")
 IMPORT_HINT = (
     "Add the metadata with `python -m backend import-model MODEL.onnx META.yaml --out DIR` "
@@ -85,6 +89,11 @@ class ModelPackage:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def detection(self) -> dict[str, Any]:
+        """Detection defaults (score_threshold, nms_iou, max_per_tile); empty for other tasks."""
+        return dict(self.raw.get("detection") or {})
 
     def info(self) -> dict[str, Any]:
         """The ModelInfo object of the HTTP contract."""
@@ -295,13 +304,45 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
         elif isinstance(tile, int) and overlap >= tile:
             problems.append(f"'tile_overlap' {overlap} must be less than tile_size {tile}")
     output = meta.get("output", {"type": "logits"})
-    if not isinstance(output, dict) or output.get("type", "logits") not in ("logits", "probabilities"):
+    if meta.get("task") in DETECTION_BOXES:
+        problems += _detection_problems(meta["task"], output, meta.get("detection"), "detection" in meta)
+    elif not isinstance(output, dict) or output.get("type", "logits") not in ("logits", "probabilities"):
         problems.append("'output.type' must be 'logits' or 'probabilities'")
     else:
         # Pixel tasks answer N x C x H x W, scene classification N x K ("NC"); the key may be left out.
         expected = "NC" if meta.get("task") == "scene_classification" else "NCHW"
         if output.get("layout", expected) != expected:
             problems.append(f"'output.layout' must be '{expected}' for a {meta.get('task')} model")
+    return problems
+
+
+def _detection_problems(task: str, output: Any, detection: Any, present: bool) -> list[str]:
+    """docs/contract.md §3 "Object detection": output {type detections, box} and the detection defaults."""
+    problems = []
+    box = DETECTION_BOXES[task]
+    if not isinstance(output, dict) or output.get("type") != "detections":
+        problems.append(f"'output.type' must be 'detections' for a {task} model")
+    elif output.get("box") != box:
+        problems.append(f"'output.box' must be '{box}' for a {task} model, got {output.get('box')!r}")
+    if not present:
+        return problems + [f"missing key 'detection' (an object with {', '.join(DETECTION_KEYS)})"]
+    if not isinstance(detection, dict):
+        return problems + ["'detection' must be an object"]
+    problems += [f"missing key 'detection.{k}'" for k in DETECTION_KEYS if k not in detection]
+
+    def number(key: str) -> float | None:
+        value = detection.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else None
+
+    if "score_threshold" in detection and not (number("score_threshold") is not None
+                                               and 0 <= number("score_threshold") <= 1):
+        problems.append("'detection.score_threshold' must be a number in [0, 1]")
+    if "nms_iou" in detection and not (number("nms_iou") is not None and 0 < number("nms_iou") <= 1):
+        problems.append("'detection.nms_iou' must be a number in (0, 1]")
+    top = detection.get("max_per_tile")
+    if "max_per_tile" in detection and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        problems.append("'detection.max_per_tile' must be an integer >= 1")
     return problems
 
 
@@ -344,6 +385,9 @@ GRAPH_RULES = {
     "semantic_segmentation": (1, 4, "input N x C x T x T -> output N x K x T x T"),
     "change_detection": (2, 4, "inputs before, after each N x C x T x T -> output N x 2 x T x T"),
     "scene_classification": (1, 2, "input N x C x T x T -> output N x K"),
+    "detection": (1, 3, "input N x C x T x T -> outputs boxes N x P x 4 (x1, y1, x2, y2), scores N x P x K"),
+    "rotated_detection": (1, 3, "input N x C x T x T -> outputs boxes N x P x 5 (cx, cy, w, h, angle), "
+                                "scores N x P x K"),
 }
 
 
@@ -368,7 +412,9 @@ def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
             if isinstance(dim, int) and dim != package.tile_size:
                 problems.append(f"{name} {axis} is {dim} but tile_size is {package.tile_size}")
     out = outputs[0] if outputs else None
-    if out_rank is not None and out is not None:
+    if package.task in DETECTION_BOXES:
+        problems += _detection_graph_problems(package, outputs, [o.name for o in proto.graph.output])
+    elif out_rank is not None and out is not None:
         if len(out) != out_rank:
             problems.append(f"output 0 has rank {len(out)}, expected {out_rank}")
         elif isinstance(out[1], int) and out[1] != package.num_classes:
@@ -379,6 +425,30 @@ def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
     if problems:
         hint = f" A {package.task} graph is: {layout}." if layout else ""
         raise ModelPackageError(f"{package.path}: graph does not match its metadata: {'; '.join(problems)}.{hint}")
+
+
+def _detection_graph_problems(package: ModelPackage, outputs: list[Shape | None], names: list[str]) -> list[str]:
+    if len(outputs) != 2:
+        return [f"the graph has {len(outputs)} output(s) but a {package.task} model has 2 (boxes, scores)"]
+    if names == ["scores", "boxes"]:  # outputs are taken by position
+        return ["the graph's outputs are in the order scores, boxes; the contract's order is boxes, scores"]
+    boxes, scores = outputs
+    problems = []
+    box_dim = 4 if package.task == "detection" else 5
+    if boxes is not None:
+        if len(boxes) != 3:
+            problems.append(f"output 0 (boxes) has rank {len(boxes)}, expected 3")
+        elif isinstance(boxes[2], int) and boxes[2] != box_dim:
+            problems.append(f"output 0 (boxes) has {boxes[2]} numbers per box, expected {box_dim} for {package.task}")
+    if scores is not None:
+        if len(scores) != 3:
+            problems.append(f"output 1 (scores) has rank {len(scores)}, expected 3")
+        elif isinstance(scores[2], int) and scores[2] != package.num_classes:
+            problems.append(f"output 1 (scores) has {scores[2]} classes but metadata lists {package.num_classes}")
+    if (boxes is not None and scores is not None and len(boxes) == len(scores) == 3
+            and isinstance(boxes[1], int) and isinstance(scores[1], int) and boxes[1] != scores[1]):
+        problems.append(f"output 0 (boxes) has {boxes[1]} candidates but output 1 (scores) {scores[1]}")
+    return problems
 
 
 def import_model(onnx_path: str | os.PathLike, metadata: dict[str, Any], out_dir: str | os.PathLike,

@@ -1,8 +1,11 @@
-"""Small ONNX models built with onnx.helper, for tests and benchmarks (segmentation, change, scenes).
+"""Small ONNX models built with onnx.helper, for tests and benchmarks (segmentation, change, scenes,
+detection).
 
 `pointwise`: 1x1 convolutions only, so each output pixel depends on its own input pixel and tiled,
 blended output must equal the untiled answer. `spatial`: adds 3x3 convolutions (a receptive field),
-optionally deep and wide, to make inference slow enough to cancel mid-job.
+optionally deep and wide, to make inference slow enough to cancel mid-job. `build_detection_model`: an
+exact, translation-equivariant detector of bright objects of one shape (see its docstring), so that tests
+can predict every box.
 """
 
 from __future__ import annotations
@@ -224,3 +227,143 @@ def _save(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+# ---------------------------------------------------------------------------------------------- detection
+
+DETECTION_CLASSES = ("red object", "green object")
+
+
+def object_mask(width: float, height: float, angle_deg: float = 0.0) -> np.ndarray:
+    """bool (S, S) mask of the pixels whose centre lies in a width x height rectangle turned angle_deg
+    clockwise on screen (le90 sense), centred in the S x S square; S is the smallest side that holds it.
+    Tests burn objects with this mask at a top-left (x0, y0): the stand-in detects them at centre
+    (x0 + S/2, y0 + S/2)."""
+    a = np.deg2rad(angle_deg)
+    c, s = abs(np.cos(a)), abs(np.sin(a))
+    size = int(np.ceil(max(width * c + height * s, width * s + height * c) - 1e-9))
+    centres = np.arange(size) + 0.5 - size / 2
+    dx, dy = centres[None, :], centres[:, None]
+    along = dx * np.cos(a) + dy * np.sin(a)
+    across = -dx * np.sin(a) + dy * np.cos(a)
+    eps = 1e-9  # a pixel centre exactly on the edge counts as inside
+    return (np.abs(along) <= width / 2 + eps) & (np.abs(across) <= height / 2 + eps)
+
+
+def detection_metadata(rotated: bool, num_bands: int, tile_size: int, tile_overlap: int,
+                       score_threshold: float = 0.5, nms_iou: float = 0.3, max_per_tile: int = 100) -> dict[str, Any]:
+    task = "rotated_detection" if rotated else "detection"
+    meta = default_metadata(num_bands, len(DETECTION_CLASSES), tile_size, tile_overlap, task=task)
+    meta["classes"] = [{"id": i, "name": n, "color": c}
+                       for i, (n, c) in enumerate(zip(DETECTION_CLASSES, ("#ff0000", "#00ff00")))]
+    meta["output"] = {"type": "detections", "box": "rbox_le90" if rotated else "hbox"}
+    meta["detection"] = {"score_threshold": score_threshold, "nms_iou": nms_iou, "max_per_tile": max_per_tile}
+    meta["metrics"] = {"AP50": {n: None for n in DETECTION_CLASSES}, "mAP": None}
+    return meta
+
+
+def build_detection_model(rotated: bool, num_bands: int = 3, tile_size: int = 64, box: tuple[float, float] = (12, 6),
+                          angle_deg: float = 0.0, bright: float = 200.0, full: float = 250.0, scale: float = 255.0,
+                          mean: list[float] | None = None, std: list[float] | None = None,
+                          peak_radius: int = 2) -> onnx.ModelProto:
+    """A detector of bright objects of one shape, exact and translation-equivariant, for tests.
+
+    input float32[N, bands, T, T] (normalised with scale/mean/std, which the graph undoes) ->
+    boxes float32[N, P, 4 or 5], scores float32[N, P, 2]. The object shape is the mask of
+    `object_mask(*box, angle_deg)`, S x S pixels (hbox models: angle 0, an S_w x S_h rectangle).
+    - brightness of band k: v = clip((raw - bright) / (full - bright), 0, 1): 0 up to `bright`, exactly 1 from
+      `full` (250) on, so that a pure 255 object is exactly 1 whatever float rounding does;
+    - candidate p = (i, j): the mask placed with its top-left at tile pixel (j, i), for every placement
+      inside the tile (P = (T - S_h + 1) x (T - S_w + 1), row-major);
+    - score of class k (k = 0 "red object": band 1, k = 1 "green object": band 2) = the mean of v_k over
+      the mask, kept only where it is the maximum of its (2 r + 1)^2 neighbourhood of placements
+      (r = peak_radius), else 0. On a darker background an object's density falls off monotonically around
+      its placement, so it gives one candidate. A pure-colour object burnt with the mask scores exactly 1
+      at its placement (a white one: both classes, same box);
+    - box of p (constant): hbox (j, i, j + S_w, i + S_h); rbox (j + S/2, i + S/2, w, h, angle) in le90
+      radians.
+    A plateau (a bright area larger than the object) gives tied peaks, each a candidate; NMS sorts it out.
+    An object cut by the tile edge peaks at the edge placement with a lower score, as real models do.
+    A score depends on the pixels within S/2 + r of its box centre only: with tile_overlap >= S + 2 r,
+    the detections in a tile's core do not depend on where the tiles are (tests rely on it).
+    """
+    if num_bands < 2:
+        raise ValueError("the detection stand-in reads bands 1 and 2")
+    w, h = max(box), min(box)
+    if rotated:
+        mask = object_mask(w, h, angle_deg)
+    else:
+        mask = np.ones((int(round(h)), int(round(w))), bool)
+    kh, kw = mask.shape
+    out_h, out_w = tile_size - kh + 1, tile_size - kw + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"a {kw}x{kh} object does not fit a {tile_size} px tile")
+    p = out_h * out_w
+    mean = np.asarray(mean if mean is not None else [0.5] * num_bands, np.float32)
+    std = np.asarray(std if std is not None else [0.25] * num_bands, np.float32)
+    # raw = (x * std + mean) * scale; v = (raw - bright) / (full - bright) = x * gain + offset.
+    gain = (std * scale / (full - bright)).reshape(1, -1, 1, 1).astype(np.float32)
+    offset = ((mean * scale - bright) / (full - bright)).reshape(1, -1, 1, 1).astype(np.float32)
+    weights = np.zeros((2, num_bands, kh, kw), np.float32)
+    for k in range(2):
+        weights[k, k] = mask
+    r = peak_radius
+    ii, jj = np.meshgrid(np.arange(out_h, dtype=np.float32), np.arange(out_w, dtype=np.float32), indexing="ij")
+    ii, jj = ii.reshape(-1), jj.reshape(-1)
+    if rotated:
+        a = np.deg2rad(angle_deg)
+        a = (a + np.pi / 2) % np.pi - np.pi / 2  # le90: [-pi/2, pi/2)
+        boxes = np.stack([jj + kw / 2, ii + kh / 2, np.full(p, w), np.full(p, h), np.full(p, a)], axis=-1)
+    else:
+        boxes = np.stack([jj, ii, jj + kw, ii + kh], axis=-1)
+    inits = [
+        numpy_helper.from_array(gain, "gain"), numpy_helper.from_array(offset, "offset"),
+        numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(1), "one"),
+        numpy_helper.from_array(weights, "mask_w"), numpy_helper.from_array(np.float32(mask.sum()), "mask_n"),
+        numpy_helper.from_array(np.array([0, 2, -1], np.int64), "scores_shape"),
+        numpy_helper.from_array(boxes[None].astype(np.float32), "box_table"),
+        numpy_helper.from_array(np.array(boxes.shape, np.int64), "box_dims"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["input", "gain"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "offset"], ["shifted"]),
+        helper.make_node("Clip", ["shifted", "zero", "one"], ["brightness"]),
+        # Weights 1 then one division: a pure-colour object sums to exactly mask_n, its score is exactly 1.
+        helper.make_node("Conv", ["brightness", "mask_w"], ["mask_sum"]),
+        helper.make_node("Div", ["mask_sum", "mask_n"], ["density"]),
+        helper.make_node("MaxPool", ["density"], ["local_max"], kernel_shape=[2 * r + 1] * 2, pads=[r] * 4),
+        helper.make_node("Equal", ["density", "local_max"], ["is_peak"]),
+        helper.make_node("Cast", ["is_peak"], ["peak"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["density", "peak"], ["peak_density"]),
+        helper.make_node("Reshape", ["peak_density", "scores_shape"], ["scores_nkp"]),
+        helper.make_node("Transpose", ["scores_nkp"], ["scores_npk"], perm=[0, 2, 1]),
+        helper.make_node("Clip", ["scores_npk", "zero", "one"], ["scores"]),
+        helper.make_node("Shape", ["input"], ["input_shape"], start=0, end=1),
+        helper.make_node("Concat", ["input_shape", "box_dims"], ["boxes_shape"], axis=0),  # [N, P, D]
+        helper.make_node("Expand", ["box_table", "boxes_shape"], ["boxes"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "synthetic_rotated_detection" if rotated else "synthetic_detection",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", num_bands, tile_size, tile_size])],
+        [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", p, 5 if rotated else 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", p, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_detection_package(path: Path, rotated: bool, num_bands: int = 3, tile_size: int = 64,
+                            tile_overlap: int = 16, metadata: dict[str, Any] | None = None,
+                            score_threshold: float = 0.5, nms_iou: float = 0.3, max_per_tile: int = 100,
+                            **model_args) -> Path:
+    """The stand-in of build_detection_model as a package (metadata: detection_metadata)."""
+    meta = metadata or detection_metadata(rotated, num_bands, tile_size, tile_overlap, score_threshold, nms_iou,
+                                          max_per_tile)
+    spec = meta["input"]
+    model = build_detection_model(rotated, num_bands, tile_size, scale=spec["scale"], mean=spec["mean"],
+                                  std=spec["std"], **model_args)
+    write_metadata(model, meta)
+    return _save(model, path)

@@ -1,5 +1,5 @@
-"""Throughput and peak memory of every job task (segmentation, change detection, scene classification)
-from 1k x 1k up to 16k x 16k pixels.
+"""Throughput and peak memory of every job task (segmentation, change detection, scene classification,
+detection) from 1k x 1k up to 16k x 16k pixels.
 
 Inputs are VRT mosaics that repeat the real sample ../shared/data/aerial_geotiff/cogeo.tif n x n times,
 so pixels are real imagery at every size. Change detection pairs that mosaic with the same mosaic shifted
@@ -11,7 +11,10 @@ blender keeps one tile plus an overlap-high band across at most one stripe (8192
 one batch at a time, and GDAL's cache is capped.
 
 The default models (resources/models/mtp_seg_default, mtp_change_default, mtp_scene_default) are used when
-present, else a generated stand-in of similar shape and cost; the output says which.
+present, else a generated stand-in of similar shape and cost; the output says which. Detection (and rotated
+detection) runs only with its default model (mtp_det_default, mtp_rdet_default) or one given with
+--det-model/--rdet-model: a stand-in's speed would say nothing about a real detector (its cost is the network,
+its candidates and its NMS), so without one the task is skipped with a note.
 
     .venv/bin/python benchmarks/bench_segmentation.py                 # all tasks, 1k..8k
     .venv/bin/python benchmarks/bench_segmentation.py --tasks change_detection --sizes 512 1024
@@ -34,9 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = (REPO.parent / "shared" / "data" / "aerial_geotiff" / "cogeo.tif").resolve()
 WORKDIR = REPO / "benchmarks" / "results" / "tmp"
 FALLBACK_MODEL_ID = "bench_synthetic"
-TASKS = ("semantic_segmentation", "change_detection", "scene_classification")
+TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection", "rotated_detection")
+DETECTION_TASKS = ("detection", "rotated_detection")
 DEFAULT_MODELS = {"semantic_segmentation": "mtp_seg_default", "change_detection": "mtp_change_default",
-                  "scene_classification": "mtp_scene_default"}
+                  "scene_classification": "mtp_scene_default", "detection": "mtp_det_default",
+                  "rotated_detection": "mtp_rdet_default"}
 AFTER_SHIFT_PX = 0.37  # sub-pixel: the after date must be resampled onto the before grid
 
 
@@ -80,9 +85,9 @@ def build_mosaic_vrt(sample: Path, width: int, height: int, out: Path, shift_px:
     return out
 
 
-def resolve_model(task: str, model_id: str, models_dirs: list[Path] | None) -> tuple[str, list[Path] | None, str]:
+def resolve_model(task: str, model_id: str, models_dirs: list[Path] | None) -> tuple[str, list[Path] | None, str] | None:
     """The requested model if the registry has it (and it does `task`), else a generated stand-in of
-    realistic shape and cost. Returns (id, folders, description)."""
+    realistic shape and cost (detection: None, the task is skipped). Returns (id, folders, description)."""
     sys.path.insert(0, str(REPO))
     from backend.errors import BackendError
     from backend.registry import ModelRegistry
@@ -94,6 +99,10 @@ def resolve_model(task: str, model_id: str, models_dirs: list[Path] | None) -> t
         reason = f"it does {package.task}"
     except BackendError as exc:
         reason = exc.message.splitlines()[0][:120]
+    if task in DETECTION_TASKS:
+        print(f"\n{task}: skipped: model '{model_id}' unavailable ({reason}); a stand-in detector's speed would "
+              "mean nothing. Give a real one with --det-model/--rdet-model (and --models-dir).")
+        return None
     from backend.model_package import write_metadata
     from backend.synthetic_models import (_save, build_conv_change_model, build_conv_classification_model,
                                           change_metadata, default_metadata, write_package)
@@ -126,6 +135,8 @@ def job_spec(task: str, model_id: str, inputs: list[str], label: str, batch_size
         outputs = {"raster": str(WORKDIR / f"result_{label}.tif")}
     elif task == "change_detection":
         outputs = {"raster": str(WORKDIR / f"changes_{label}.tif"), "polygons": str(WORKDIR / f"changes_{label}.gpkg")}
+    elif task in DETECTION_TASKS:
+        outputs = {"vector": str(WORKDIR / f"detections_{label}.gpkg")}
     else:
         outputs = {"vector": str(WORKDIR / f"scenes_{label}.gpkg")}
     return JobSpec(task, model_id, inputs, outputs, None, {"batch_size": batch_size})
@@ -138,6 +149,7 @@ def child_run(args) -> int:
     from osgeo import ogr
 
     from backend.change import ChangeTileModel
+    from backend.detection import DetectionModel
     from backend.jobs import plan_job, run_plan
     from backend.registry import ModelRegistry
     from backend.scenes import SceneModel
@@ -149,12 +161,13 @@ def child_run(args) -> int:
     # Outside the timed part: create the session, and let ONNX Runtime's arena reach its plateau (it grows
     # over the first two batches), so every size is measured in the same steady state.
     model = plan.model
-    model_class = {"change_detection": ChangeTileModel, "scene_classification": SceneModel}.get(args.task, TileModel)
+    model_class = {"change_detection": ChangeTileModel, "scene_classification": SceneModel,
+                   "detection": DetectionModel, "rotated_detection": DetectionModel}.get(args.task, TileModel)
     tile_model = model_class(model)
     channels = len(model.input.bands) * (2 if args.task == "change_detection" else 1)
     warm = np.zeros((args.batch_size, channels, model.tile_size, model.tile_size), np.float32)
     for _ in range(2):
-        tile_model.probabilities(warm)
+        tile_model.infer(warm) if args.task in DETECTION_TASKS else tile_model.probabilities(warm)
     start = time.perf_counter()
     outputs = run_plan(args.task, plan)
     seconds = time.perf_counter() - start
@@ -163,7 +176,8 @@ def child_run(args) -> int:
     for key in ("polygons", "vector"):
         if key in outputs:
             ds = ogr.Open(outputs[key])  # held: a layer outlives its dataset only until a segfault
-            detail = f"{ds.GetLayer(0).GetFeatureCount()} {'polygons' if key == 'polygons' else 'cells'}"
+            what = ("polygons" if key == "polygons" else "detections" if args.task in DETECTION_TASKS else "cells")
+            detail = f"{ds.GetLayer(0).GetFeatureCount()} {what}"
             ds = None
     for path in outputs.values():
         Path(path).unlink(missing_ok=True)
@@ -173,8 +187,8 @@ def child_run(args) -> int:
 
 def predicted_carry_mb(task: str, width: int, height: int, tile: int, overlap: int, classes: int) -> float:
     """Size of the blender's down-carry band: it grows with the blended width, which stripes cap.
-    Scene classification blends nothing."""
-    if task == "scene_classification":
+    Scene classification and detection blend nothing."""
+    if task == "scene_classification" or task in DETECTION_TASKS:
         return 0.0
     sys.path.insert(0, str(REPO))
     from backend.segmentation import MAX_STRIPE_WIDTH
@@ -187,9 +201,12 @@ def predicted_carry_mb(task: str, width: int, height: int, tile: int, overlap: i
 def predicted_inflight_mb(task: str, package, batch: int) -> float:
     """Upper bound of what the pipeline holds at once, whatever the raster size (reached once a raster has a
     few batches): two input batches (queued, running) and up to three output-sized arrays (the output being
-    blended, the finished one waiting, the one ORT is filling); scene classification's are N x K, negligible."""
+    blended, the finished one waiting, the one ORT is filling); scene classification's are N x K, negligible,
+    detection's N x P x (box + K) are counted as zero too (P x 20 values per tile, not per pixel)."""
     if task == "scene_classification":
         return 0.0
+    if task in DETECTION_TASKS:
+        return batch * 2 * len(package.input.bands) * package.tile_size ** 2 * 4 / 2**20
     channels = len(package.input.bands) * (2 if task == "change_detection" else 1)
     return batch * (2 * channels + 3 * package.num_classes) * package.tile_size ** 2 * 4 / 2**20
 
@@ -213,6 +230,8 @@ def main() -> int:
     parser.add_argument("--model", default=DEFAULT_MODELS["semantic_segmentation"], help="segmentation model")
     parser.add_argument("--change-model", default=DEFAULT_MODELS["change_detection"])
     parser.add_argument("--scene-model", default=DEFAULT_MODELS["scene_classification"])
+    parser.add_argument("--det-model", default=DEFAULT_MODELS["detection"])
+    parser.add_argument("--rdet-model", default=DEFAULT_MODELS["rotated_detection"])
     parser.add_argument("--models-dir", type=Path, nargs="+", default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--cap", nargs="*", default=[], metavar="TASK=N",
@@ -241,10 +260,14 @@ def main() -> int:
     print(f"providers {available_providers()}; {os.cpu_count()} CPU cores; batch {args.batch_size}; {session_settings()}")
     table: list[dict] = []
     requested = {"semantic_segmentation": args.model, "change_detection": args.change_model,
-                 "scene_classification": args.scene_model}
+                 "scene_classification": args.scene_model, "detection": args.det_model,
+                 "rotated_detection": args.rdet_model}
     status = 0
     for task in args.tasks:
-        model_id, models_dirs, description = resolve_model(task, requested[task], args.models_dir)
+        resolved = resolve_model(task, requested[task], args.models_dir)
+        if resolved is None:
+            continue
+        model_id, models_dirs, description = resolved
         package = ModelRegistry(models_dirs).get(model_id)
         print(f"\n{task}: model {description}: tile {package.tile_size}, overlap {package.tile_overlap}, "
               f"{package.num_classes} classes")
@@ -369,7 +392,11 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
               "mosaic shifted by 0.37 px, so the after date is warped onto the before grid).",
               "- Sizes a task lacks were capped with `--cap` (`make bench`: change_detection=16384, to keep the run "
               "short). Change detection seconds include tracing the change polygons (GDAL Polygonize).",
-              "- Detection is not in the table: it is not implemented yet (another issue). No GPU was available."]
+              ("- Detection seconds include per-tile NMS, the cross-tile merge and writing the GeoPackage."
+               if any(r["task"] in DETECTION_TASKS for r in table) else
+               "- Detection is not in the table: no default detection model (mtp_det_default, mtp_rdet_default) "
+               "was available, and a stand-in's speed would mean nothing."),
+              "- No GPU was available."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
 

@@ -29,3 +29,49 @@ def vrt_over_copy(raster: Path, folder: Path, name: str = "mosaic.vrt") -> tuple
     vrt = folder / name
     gdal.BuildVRT(str(vrt), [str(source)]).FlushCache()
     return vrt, source
+
+
+DOTA_PNG = DATA / "dota" / "images" / "P0706.png"  # 1111x1182 RGB, no CRS
+
+
+def burn_objects(src: Path, dst: Path, objects=(), src_win=None, darken: float = 0.5, gt=None, srs: str | None = None,
+                 nodata: float | None = None) -> Path:
+    """A copy of a real raster (or of its src_win = (x, y, w, h) crop) for the detection stand-in: bands 1-3,
+    pixels times `darken` (0.5: nothing reaches the stand-in's brightness ramp, so it finds only the
+    objects), then each object (x0, y0, mask, rgb) burnt in: the pixels under the bool mask placed at
+    column x0, row y0 set to rgb. A .png dst has no georeferencing; a .tif keeps the source's (moved to the
+    crop), or gets gt/srs (WKT or authid) when given. nodata: set on every band of the copy."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    gdal.UseExceptions()
+    ds = gdal.Open(str(src))
+    x, y, w, h = src_win or (0, 0, ds.RasterXSize, ds.RasterYSize)
+    data = (ds.ReadAsArray(x, y, w, h)[:3].astype(np.float64) * darken).astype(np.uint8)
+    for x0, y0, mask, rgb in objects:
+        mh, mw = mask.shape
+        for b in range(3):
+            data[b, y0 : y0 + mh, x0 : x0 + mw][mask] = rgb[b]
+    mem = gdal.GetDriverByName("MEM").Create("", w, h, 3, gdal.GDT_Byte)
+    for b in range(3):
+        mem.GetRasterBand(b + 1).WriteArray(data[b])
+        if nodata is not None:
+            mem.GetRasterBand(b + 1).SetNoDataValue(nodata)
+    if dst.suffix.lower() == ".tif":
+        source_gt = ds.GetGeoTransform(can_return_null=True)
+        if gt is None and source_gt is not None:
+            gt = (source_gt[0] + x * source_gt[1] + y * source_gt[2], source_gt[1], source_gt[2],
+                  source_gt[3] + x * source_gt[4] + y * source_gt[5], source_gt[4], source_gt[5])
+        if gt is not None:
+            mem.SetGeoTransform(gt)
+        if srs is not None:
+            ref = osr.SpatialReference()
+            ref.SetFromUserInput(srs)
+            mem.SetSpatialRef(ref)
+        elif ds.GetSpatialRef() is not None:
+            mem.SetSpatialRef(ds.GetSpatialRef())
+        driver = "GTiff"
+    else:
+        driver = "PNG"
+    gdal.GetDriverByName(driver).CreateCopy(str(dst), mem)
+    return dst
