@@ -1,5 +1,6 @@
-"""Dock widget: the analyst picks a task (segmentation, change detection, scene classification), the
-dock collects that algorithm's parameters and runs the same Processing algorithm as a QGIS task."""
+"""Dock widget: the analyst picks a task (segmentation, change detection, scene classification, object
+detection with horizontal or rotated boxes), the dock collects that algorithm's parameters and runs the
+same Processing algorithm as a QGIS task."""
 import os
 import re
 import tempfile
@@ -23,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDockWidget,
+    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -35,15 +37,28 @@ from qgis.PyQt.QtWidgets import (
 
 from . import styling
 from .backend_process import BACKEND
-from .settings import DEFAULT_CHANGE_MODEL_ID, DEFAULT_MODEL_ID, DEFAULT_SCENE_MODEL_ID
+from .settings import (
+    DEFAULT_CHANGE_MODEL_ID,
+    DEFAULT_DETECTION_MODEL_ID,
+    DEFAULT_MODEL_ID,
+    DEFAULT_ROTATED_DETECTION_MODEL_ID,
+    DEFAULT_SCENE_MODEL_ID,
+)
 
 SEGMENTATION, CHANGE, SCENES = "semantic_segmentation", "change_detection", "scene_classification"
+DETECTION, ROTATED = "detection", "rotated_detection"
+DETECTION_TASKS = (DETECTION, ROTATED)
 # task → (label shown to the analyst, Processing algorithm, model id used until the backend lists its models)
 TASKS = {
     SEGMENTATION: ("Segmentation", "mtp:segment", DEFAULT_MODEL_ID),
     CHANGE: ("Change detection", "mtp:change", DEFAULT_CHANGE_MODEL_ID),
     SCENES: ("Scene classification", "mtp:classify_scenes", DEFAULT_SCENE_MODEL_ID),
+    DETECTION: ("Object detection (boxes)", "mtp:detect", DEFAULT_DETECTION_MODEL_ID),
+    ROTATED: ("Object detection (rotated boxes)", "mtp:detect_rotated", DEFAULT_ROTATED_DETECTION_MODEL_ID),
 }
+# task → the word in the result file name
+RESULT_KINDS = {SEGMENTATION: "segmentation", CHANGE: "change", SCENES: "scenes", DETECTION: "detections",
+                ROTATED: "rotated_detections"}
 ALGORITHM_ID = TASKS[SEGMENTATION][1]
 
 OUTPUT_DIR_SETTING = "mtp_qgis/dock_output_dir"
@@ -129,6 +144,18 @@ class MtpDockWidget(QDockWidget):
         self.cell_size.setSpecialValueText("model's tile size")  # shown for 0
         self.cell_size.setToolTip("Side of a grid cell in pixels of the input raster")
         form.addRow(self.cell_label, self.cell_size)
+        self.threshold_check = QCheckBox("Score threshold", body)
+        self.threshold_check.setToolTip("Unchecked: the model's own threshold")
+        self.threshold = QDoubleSpinBox(body)
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setDecimals(2)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.threshold.setEnabled(False)
+        self.threshold.setToolTip("Keep objects whose score (0–1) is at least this; lower finds more, "
+                                  "with more false alarms")
+        self.threshold_check.toggled.connect(self.threshold.setEnabled)
+        form.addRow(self.threshold_check, self.threshold)
         self.polygons_check = QCheckBox("Also write change polygons (GeoPackage)", body)
         self.polygons_check.setChecked(True)
         form.addRow("", self.polygons_check)
@@ -182,6 +209,8 @@ class MtpDockWidget(QDockWidget):
             widget.setVisible(task == CHANGE)
         for widget in (self.cell_label, self.cell_size):
             widget.setVisible(task == SCENES)
+        for widget in (self.threshold_check, self.threshold):
+            widget.setVisible(task in DETECTION_TASKS)
 
     def _task_changed(self, index):
         self._show_task_widgets()
@@ -287,9 +316,12 @@ class MtpDockWidget(QDockWidget):
             if self.polygons_check.isChecked():
                 params["OUTPUT_POLYGONS"] = output[:-len(".tif")] + "_polygons.gpkg"
         else:
-            params.update(INPUT=layer.id(), OUTPUT=result_path_for(layer.name(), folder, "scenes", ".gpkg"))
-            if self.cell_size.value() > 0:
+            params.update(INPUT=layer.id(),
+                          OUTPUT=result_path_for(layer.name(), folder, RESULT_KINDS[task], ".gpkg"))
+            if task == SCENES and self.cell_size.value() > 0:
                 params["CELL_SIZE"] = self.cell_size.value()
+            if task in DETECTION_TASKS and self.threshold_check.isChecked():
+                params["SCORE_THRESHOLD"] = self.threshold.value()
         if self.extent_check.isChecked() and self.iface is not None:
             canvas = self.iface.mapCanvas()
             extent = canvas.extent()
@@ -380,6 +412,8 @@ class MtpDockWidget(QDockWidget):
             (styling.apply_change_polygon_style if polygons else styling.apply_change_style)(layer, classes)
         elif task == SCENES and classes:
             styling.apply_scene_style(layer, classes)
+        elif task in DETECTION_TASKS and classes:
+            styling.apply_detection_style(layer, classes)
         QgsProject.instance().addMapLayer(layer)
         return layer
 

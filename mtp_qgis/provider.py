@@ -5,6 +5,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .change import ChangeAlgorithm
+from .detect import DetectAlgorithm, DetectRotatedAlgorithm
 from .scenes import ClassifyScenesAlgorithm
 from .segment import SegmentAlgorithm
 
@@ -31,6 +32,8 @@ class MtpProvider(QgsProcessingProvider):
         self.addAlgorithm(SegmentAlgorithm())
         self.addAlgorithm(ChangeAlgorithm())
         self.addAlgorithm(ClassifyScenesAlgorithm())
+        self.addAlgorithm(DetectAlgorithm())
+        self.addAlgorithm(DetectRotatedAlgorithm())
 
     # The backend writes GeoTIFF rasters and GeoPackage vectors only.
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802

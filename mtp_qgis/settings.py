@@ -12,6 +12,8 @@ SETTINGS_GROUP = "mtp_qgis"
 DEFAULT_MODEL_ID = "mtp_seg_default"
 DEFAULT_CHANGE_MODEL_ID = "mtp_change_default"
 DEFAULT_SCENE_MODEL_ID = "mtp_scene_default"
+DEFAULT_DETECTION_MODEL_ID = "mtp_det_default"
+DEFAULT_ROTATED_DETECTION_MODEL_ID = "mtp_rdet_default"
 
 
 def configured(setting_key, env_name):

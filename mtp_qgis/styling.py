@@ -1,4 +1,5 @@
-"""Styles of the results: class-id rasters, change rasters and polygons, scene-classification grids.
+"""Styles of the results: class-id rasters, change rasters and polygons, scene-classification grids,
+detected objects.
 
 Each `apply_*` function styles a layer in place; `write_*` saves the style as `<name>.qml` beside the
 file, which QGIS loads as the layer's default style whenever it opens it; the post-processors style
@@ -29,6 +30,8 @@ SCENE_FILL_ALPHA = 90          # of 255: the imagery stays visible under the gri
 CHANGE_FILL_ALPHA = 70
 NO_DATA_LABEL = "no data"
 SCENE_LABEL_EXPRESSION = "\"class_name\" || '\\n' || format_number(\"score\", 2)"  # NULL class → no label
+DETECTION_LABEL_EXPRESSION = "\"class_name\" || ' ' || format_number(\"score\", 2)"
+DETECTION_OUTLINE_WIDTH = "0.5"  # mm: visible over imagery without hiding small objects
 
 
 # --- class-id rasters (segmentation) ---------------------------------------------------------------
@@ -149,6 +152,48 @@ def write_vector_style_file(vector_path, classes, apply):
         return None
     apply(layer, classes)
     return _save_style(layer, vector_path)
+
+
+# --- object detection --------------------------------------------------------------------------------
+
+def _box_symbol(colour):
+    """Coloured outline, no fill: the object inside the box stays visible."""
+    return QgsFillSymbol.createSimple({
+        "style": "no",
+        "color": QgsSymbolLayerUtils.encodeColor(QColor(colour)),  # unused while the style is "no"
+        "outline_color": QgsSymbolLayerUtils.encodeColor(QColor(colour)),
+        "outline_width": DETECTION_OUTLINE_WIDTH,
+        "joinstyle": "miter",
+    })
+
+
+def detection_categories(classes):
+    return [QgsRendererCategory(str(c.get("name", c["id"])), _box_symbol(c.get("color") or "#808080"),
+                                str(c.get("name", c["id"])))
+            for c in classes]
+
+
+def detection_labeling():
+    settings = QgsPalLayerSettings()
+    settings.fieldName = DETECTION_LABEL_EXPRESSION
+    settings.isExpression = True
+    text = QgsTextFormat()
+    text.setSize(7)
+    buffer = QgsTextBufferSettings()
+    buffer.setEnabled(True)
+    buffer.setSize(0.7)
+    buffer.setColor(QColor("white"))
+    text.setBuffer(buffer)
+    settings.setFormat(text)
+    return QgsVectorLayerSimpleLabeling(settings)
+
+
+def apply_detection_style(layer, classes):
+    """Boxes categorized by class_name, outlined in the model's class colours, labelled class + score."""
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_name", detection_categories(classes)))
+    layer.setLabeling(detection_labeling())
+    layer.setLabelsEnabled(True)
+    layer.triggerRepaint()
 
 
 # --- GeoPackage results of rasters without CRS ------------------------------------------------------

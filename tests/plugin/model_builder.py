@@ -67,3 +67,24 @@ def change_and_count_model():
     }, ("counts", "Pixels per value", "OUTPUT_TABLE"), row=1)
     model.updateDestinationParameters()
     return model
+
+
+def detect_and_extract_model():
+    """mtp:detect_rotated on an image parameter → native:extractbyattribute keeping one class."""
+    model = QgsProcessingModelAlgorithm("detect_and_extract", "MTP tests")
+    image = QgsProcessingModelParameter("image")
+    image.setPosition(QPointF(150, 60))
+    model.addModelParameter(QgsProcessingParameterRasterLayer("image", "Image"), image)
+
+    add_child(model, "mtp:detect_rotated", "detect", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("image"),
+        "MODEL": QgsProcessingModelChildParameterSource.fromStaticValue("mtp_rdet_default"),
+    }, ("detections", "Detections", "OUTPUT"), row=0)
+    add_child(model, "native:extractbyattribute", "extract", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("detect", "OUTPUT"),
+        "FIELD": QgsProcessingModelChildParameterSource.fromStaticValue("class_name"),
+        "OPERATOR": QgsProcessingModelChildParameterSource.fromStaticValue(0),  # =
+        "VALUE": QgsProcessingModelChildParameterSource.fromStaticValue("red object"),
+    }, ("red", "Red objects", "OUTPUT"), row=1)
+    model.updateDestinationParameters()
+    return model

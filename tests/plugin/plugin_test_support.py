@@ -279,3 +279,69 @@ def run_batch_rows(algorithm_id, rows):
         _, ok = alg.run(alg.preprocessParameters(parameters), context, multi)
         oks.append(ok)
     return oks
+
+
+# --- object detection ---------------------------------------------------------------------------------
+
+# The stand-in detector (backend/synthetic_models.py build_detection_model) finds bright objects of one
+# shape: class 0 "red object" in band 1, class 1 "green object" in band 2; a pure 255 object scores 1.
+DETECTION_CLASS_NAMES = ["red object", "green object"]
+DET_BOX = (12, 6)           # long x short side in pixels
+RDET_ANGLE_DEG = 30.0       # the rotated stand-in's objects: the long side turned 30° clockwise on screen
+DET_THRESHOLD = 0.5         # the stand-ins' own score threshold
+
+
+def write_detection_models(folder):
+    """mtp_det_default (horizontal boxes), mtp_rdet_default (rotated) and slow_rdet (tiny tiles with a large
+    overlap: tens of thousands of tiles on a 1024² raster, slow enough to cancel)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from backend.synthetic_models import write_detection_package
+
+    folder = Path(folder)
+    write_detection_package(folder / "mtp_det_default.onnx", rotated=False, tile_size=64, tile_overlap=16,
+                            score_threshold=DET_THRESHOLD, box=DET_BOX)
+    write_detection_package(folder / "mtp_rdet_default.onnx", rotated=True, tile_size=64, tile_overlap=16,
+                            score_threshold=DET_THRESHOLD, box=DET_BOX, angle_deg=RDET_ANGLE_DEG)
+    write_detection_package(folder / "slow_rdet.onnx", rotated=True, tile_size=24, tile_overlap=20,
+                            score_threshold=DET_THRESHOLD, box=DET_BOX, angle_deg=RDET_ANGLE_DEG)
+
+
+def burn_objects(pixels, objects, rotated):
+    """Burn stand-in objects into a (3, H, W) uint8 array. `objects`: (colour, x0, y0) with colour "red",
+    "green", "white" or a (r, g, b) tuple, (x0, y0) the top-left pixel of the object's mask. Returns the
+    expected detections: (class name, score, box) with box the hbox (x1, y1, x2, y2) or the rbox
+    (cx, cy, w, h, angle in degrees clockwise on screen), in pixels of the array (x right, y down)."""
+    import numpy as np
+
+    from backend.synthetic_models import object_mask
+
+    colours = {"red": (255, 0, 0), "green": (0, 255, 0), "white": (255, 255, 255)}
+    w, h = DET_BOX
+    mask = object_mask(w, h, RDET_ANGLE_DEG) if rotated else np.ones((h, w), bool)
+    size_y, size_x = mask.shape
+    expected = []
+    for colour, x0, y0 in objects:
+        rgb = colours.get(colour, colour)
+        for band, value in enumerate(rgb):
+            pixels[band, y0:y0 + size_y, x0:x0 + size_x][mask] = value
+        box = ((x0 + size_x / 2, y0 + size_y / 2, w, h, RDET_ANGLE_DEG) if rotated
+               else (x0, y0, x0 + w, y0 + h))
+        for k, name in enumerate(DETECTION_CLASS_NAMES):
+            score = min(1.0, max(0.0, (rgb[k] - 200.0) / 50.0))  # the stand-in's brightness ramp
+            if score > 0:
+                expected.append((name, score, box))
+    return expected
+
+
+def box_corners(box, rotated):
+    """The 4 corners (pixel x right, y down) of an expected hbox or rbox."""
+    import math
+
+    if not rotated:
+        x1, y1, x2, y2 = box
+        return [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+    cx, cy, w, h, angle = box
+    a = math.radians(angle)
+    return [(cx + u * math.cos(a) - v * math.sin(a), cy + u * math.sin(a) + v * math.cos(a))
+            for u, v in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))]
