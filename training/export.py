@@ -103,7 +103,9 @@ def build_metadata(cfg: Config, state: Dict, metrics: Dict, parity: Dict) -> Dic
 
 
 def export_onnx(model: torch.nn.Module, path: Path, tile_size: int, channels: int, opset: int) -> None:
-    example = torch.zeros(1, channels, tile_size, tile_size)
+    # An example batch of 2: with 1, the exporter may specialise the batch to 1 in graphs that reshape
+    # (ViT tokens, detector proposals) and the "dynamic" batch then fails at 2.
+    example = torch.zeros(2, channels, tile_size, tile_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
     # The dynamo exporter handles the fixed-kernel pooling; the tile size is fixed, the batch is not.
     torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
