@@ -19,6 +19,8 @@ TASK_MODULES = {
     "semantic_segmentation": "training.segmentation_task",
     "change_detection": "training.change_detection",
     "scene_classification": "training.scene_classification",
+    "detection": "training.detection",  # horizontal boxes
+    "rotated_detection": "training.detection",  # le90 rotated boxes; same module, the config's task decides
 }
 DEFAULT_TASK = "semantic_segmentation"
 
