@@ -2,7 +2,7 @@
 image per SAMRS subset, all three decoders, backward, AdamW step), on CPU and on CUDA when available.
 
     python benchmarks/bench_training.py                      # 512 px, the paper encoders + a small one
-    python benchmarks/bench_training.py --size 128 --encoders tiny_vit tiny_timm --iters 2   # smoke run
+    python benchmarks/bench_training.py --size 128 --encoders tiny_vit tiny_timm --iters 2 --small-decoders  # smoke
 
 Each encoder runs in its own process so its peak memory (CUDA: max allocated; CPU: peak RSS) is its own.
 Data: the tiny SAMRS-format sample (training/mtp/sample.py) cut at --size px, so the boxes, masks and
@@ -31,9 +31,16 @@ ENCODERS = {
 # Decoder sizes as the paper configs (training/configs/mtp/pretrain_*.yaml).
 DETECTOR = {"fpn_channels": 256, "roi_fc": 1024, "anchor_sizes": [[32.0], [64.0], [128.0], [256.0]],
             "rpn_pre_nms_top_k": 2000, "rpn_post_nms_top_k_train": 1000, "roi_batch_size": 512}
+# --small-decoders: the test configs' decoders, for smoke runs (the paper's take ~18 s per step on one CPU thread).
+SMALL = {"semseg": {"channels": 32, "pool_scales": [1, 2, 4]},
+         "insseg": {"fpn_channels": 32, "roi_fc": 64, "rpn_pre_nms_top_k": 300, "rpn_post_nms_top_k_train": 128,
+                    "roi_batch_size": 128, "rpn_batch_size": 128},
+         "mask_head": {"channels": 32, "convs": 2, "samples_per_image": 16}}
+SMALL["rotdet"] = SMALL["insseg"]
 
 
-def run_one(name: str, size: int, iters: int, warmup: int, device: str, grad_ckpt: bool, amp: str) -> dict:
+def run_one(name: str, size: int, iters: int, warmup: int, device: str, grad_ckpt: bool, amp: str,
+            small: bool = False) -> dict:
     import torch
 
     from training.engine import build_optimizer
@@ -52,7 +59,7 @@ def run_one(name: str, size: int, iters: int, warmup: int, device: str, grad_ckp
         if encoder["kind"] == "vit_rvsa":
             encoder["img_size"] = size
     cfg = mtp_config_from_dict({
-        "model": {"encoder": encoder, "insseg": DETECTOR, "rotdet": DETECTOR},
+        "model": {"encoder": encoder, **(SMALL if small else {"insseg": DETECTOR, "rotdet": DETECTOR})},
         "data": {"subsets": [{"subset": s, "root": str(roots[s])} for s in SUBSETS], "image_size": size},
         "train": {"iters": warmup + iters, "lr": 1e-4, "amp": amp,
                   "layer_decay": 1.0 if encoder["kind"] == "timm" else 0.9}})
@@ -87,7 +94,8 @@ def run_one(name: str, size: int, iters: int, warmup: int, device: str, grad_ckp
             "batch": n_images, "s_per_step": round(sum(times) / len(times), 3),
             "images_per_s": round(n_images * len(times) / sum(times), 3), "peak_memory_GiB": round(peak / 2 ** 30, 2),
             "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS",
-            "grad_checkpointing": grad_ckpt, "amp": amp, "threads": torch.get_num_threads()}
+            "grad_checkpointing": grad_ckpt, "amp": amp, "threads": torch.get_num_threads(),
+            "decoders": "small" if small else "paper"}
 
 
 def main() -> int:
@@ -100,12 +108,13 @@ def main() -> int:
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--small-decoders", action="store_true", help="the test configs' decoders (smoke runs)")
     parser.add_argument("--one", help=argparse.SUPPRESS)       # internal: run one encoder, print JSON
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.size, args.iters, args.warmup, args.device,
-                                 args.grad_checkpointing, args.amp)))
+                                 args.grad_checkpointing, args.amp, args.small_decoders)))
         return 0
     import torch
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
@@ -116,6 +125,8 @@ def main() -> int:
                    "--iters", str(args.iters), "--warmup", str(args.warmup), "--amp", args.amp]
             if args.grad_checkpointing:
                 cmd.append("--grad-checkpointing")
+            if args.small_decoders:
+                cmd.append("--small-decoders")
             done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
             if done.returncode != 0:
                 print(f"{name} on {device}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -124,7 +135,7 @@ def main() -> int:
             rows.append(row)
             print(f"{row['encoder']:>15} {row['device']:>5} {row['size']} px  {row['params_M']:7.1f} M params  "
                   f"{row['images_per_s']:8.3f} images/s  ({row['s_per_step']} s per step of {row['batch']})  "
-                  f"peak {row['peak_memory_GiB']} GiB ({row['peak_memory_kind']})", flush=True)
+                  f"peak {row['peak_memory_GiB']} GiB ({row['peak_memory_kind']}), {row['decoders']} decoders", flush=True)
     print(json.dumps(rows))
     return 0 if rows else 1
 
