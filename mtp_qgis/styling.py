@@ -123,27 +123,32 @@ def scene_categories(classes):
     return categories
 
 
-def scene_labeling():
+def expression_labeling(expression, size, buffer_size):
+    """Labels from an expression, with a white buffer so they read on any imagery."""
     settings = QgsPalLayerSettings()
-    settings.fieldName = SCENE_LABEL_EXPRESSION
+    settings.fieldName = expression
     settings.isExpression = True
     text = QgsTextFormat()
-    text.setSize(8)
+    text.setSize(size)
     buffer = QgsTextBufferSettings()
     buffer.setEnabled(True)
-    buffer.setSize(0.8)
+    buffer.setSize(buffer_size)
     buffer.setColor(QColor("white"))
     text.setBuffer(buffer)
     settings.setFormat(text)
     return QgsVectorLayerSimpleLabeling(settings)
 
 
-def apply_scene_style(layer, classes):
-    """Cells categorized by class_name in the model's colours (semi-transparent), labelled class + score."""
-    layer.setRenderer(QgsCategorizedSymbolRenderer("class_name", scene_categories(classes)))
-    layer.setLabeling(scene_labeling())
+def _apply_categorized(layer, categories, labeling):
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_name", categories))
+    layer.setLabeling(labeling)
     layer.setLabelsEnabled(True)
     layer.triggerRepaint()
+
+
+def apply_scene_style(layer, classes):
+    """Cells categorized by class_name in the model's colours (semi-transparent), labelled class + score."""
+    _apply_categorized(layer, scene_categories(classes), expression_labeling(SCENE_LABEL_EXPRESSION, 8, 0.8))
 
 
 def write_vector_style_file(vector_path, classes, apply):
@@ -173,27 +178,10 @@ def detection_categories(classes):
             for c in classes]
 
 
-def detection_labeling():
-    settings = QgsPalLayerSettings()
-    settings.fieldName = DETECTION_LABEL_EXPRESSION
-    settings.isExpression = True
-    text = QgsTextFormat()
-    text.setSize(7)
-    buffer = QgsTextBufferSettings()
-    buffer.setEnabled(True)
-    buffer.setSize(0.7)
-    buffer.setColor(QColor("white"))
-    text.setBuffer(buffer)
-    settings.setFormat(text)
-    return QgsVectorLayerSimpleLabeling(settings)
-
-
 def apply_detection_style(layer, classes):
     """Boxes categorized by class_name, outlined in the model's class colours, labelled class + score."""
-    layer.setRenderer(QgsCategorizedSymbolRenderer("class_name", detection_categories(classes)))
-    layer.setLabeling(detection_labeling())
-    layer.setLabelsEnabled(True)
-    layer.triggerRepaint()
+    _apply_categorized(layer, detection_categories(classes),
+                       expression_labeling(DETECTION_LABEL_EXPRESSION, 7, 0.7))
 
 
 # --- GeoPackage results of rasters without CRS ------------------------------------------------------

@@ -79,6 +79,22 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, inputs: Sequence[torch
     return result
 
 
+def classes_and_input(data) -> Dict:
+    """The `classes` and `input` entries of a package (docs/contract.md §1), from any task's data config."""
+    return {"classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
+            "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
+                      "mean": list(data.mean), "std": list(data.std)}}
+
+
+def training_provenance(cfg, state: Dict, parity: Dict, **extra) -> Dict:
+    """The free-form `training` entry: iterations, time, what it started from (extra), date, torch, parity
+    and the whole config (every task's config is a dataclass)."""
+    return {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
+            **extra,
+            "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)}
+
+
 def build_metadata(cfg: Config, state: Dict, metrics: Dict, parity: Dict) -> Dict:
     data = cfg.data
     return {
@@ -86,9 +102,7 @@ def build_metadata(cfg: Config, state: Dict, metrics: Dict, parity: Dict) -> Dic
         "task": "semantic_segmentation",
         "name": cfg.export.name,
         "description": (cfg.export.description + f" Held-out mIoU {metrics['mIoU']:.3f}.").strip(),
-        "classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
-        "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
-                  "mean": list(data.mean), "std": list(data.std)},
+        **classes_and_input(data),
         "tile_size": cfg.eval.tile_size,
         "tile_overlap": cfg.eval.tile_overlap,
         "gsd_m": data.gsd_m,
@@ -96,9 +110,7 @@ def build_metadata(cfg: Config, state: Dict, metrics: Dict, parity: Dict) -> Dic
         "metrics": {"mIoU": metrics["mIoU"], "overall_accuracy": metrics["overall_accuracy"],
                     "per_class_iou": metrics["per_class_iou"], "evaluated_on": metrics["evaluated_on"],
                     "baseline_best_constant_mIoU": metrics["baseline_best_constant"]["mIoU"]},
-        "training": {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
-                     "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)},
+        "training": training_provenance(cfg, state, parity),
     }
 
 

@@ -25,6 +25,29 @@ TASK_MODULES = {
 DEFAULT_TASK = "semantic_segmentation"
 
 
+def package_task_functions(package: str):
+    """The three task functions of a task package laid out as change_detection, scene_classification and
+    detection are: `config.load_config`, `engine.train`, `engine.model_from_checkpoint`,
+    `engine.evaluate_model` and `export.export_checkpoint`. The parts are imported when called, so importing
+    the package stays light."""
+    def part(name: str):
+        return importlib.import_module(f"{package}.{name}")
+
+    def train_config(path, work_dir, iters=None, resume=False):
+        cfg = None if resume else part("config").load_config(path)
+        return part("engine").train(cfg, repo_path(str(work_dir)), iters=iters, resume=resume)
+
+    def evaluate_checkpoint(path):
+        engine = part("engine")
+        model, cfg, _ = engine.model_from_checkpoint(path)
+        return engine.evaluate_model(model, cfg)
+
+    def export_checkpoint(checkpoint, out):
+        return part("export").export_checkpoint(checkpoint, out)
+
+    return train_config, evaluate_checkpoint, export_checkpoint
+
+
 def task_module(task: str):
     if task not in TASK_MODULES:
         raise ValueError(f"task {task!r} is not one of {', '.join(TASK_MODULES)}")

@@ -1,17 +1,17 @@
 """Export a change-detection checkpoint to a model package (docs/contract.md §1 and §3): one .onnx
 file with two inputs, `before` and `after` (N x C x T x T, N dynamic), and output `logits` N x 2 x T x T,
 accepted only if ONNX Runtime reproduces torch's logits on real held-out pairs."""
-import datetime
 from pathlib import Path
 from typing import Dict, Tuple
 
 import torch
 
-from training.change_detection.config import ChangeConfig, config_to_dict
+from training.change_detection.config import ChangeConfig
 from training.change_detection.data import load_pairs
 from training.change_detection.engine import evaluate_model, model_from_checkpoint
 from training.data.transforms import normalize
-from training.export import ExportError, check_parity, describe_parity, onnx_out_path, write_package
+from training.export import (ExportError, check_parity, classes_and_input, describe_parity, onnx_out_path,
+                             training_provenance, write_package)
 from training.inference import window_starts
 
 INPUT_NAMES = ["before", "after"]
@@ -50,9 +50,7 @@ def build_metadata(cfg: ChangeConfig, state: Dict, metrics: Dict, parity: Dict) 
         "name": cfg.export.name,
         "description": (cfg.export.description + f" Held-out change F1 {metrics['f1']:.3f}, IoU {metrics['iou']:.3f} "
                         f"(pixel-difference baseline F1 {difference['f1']:.3f}).").strip(),
-        "classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
-        "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
-                  "mean": list(data.mean), "std": list(data.std)},
+        **classes_and_input(data),
         "tile_size": cfg.eval.tile_size,
         "tile_overlap": cfg.eval.tile_overlap,
         "gsd_m": data.gsd_m,
@@ -61,9 +59,7 @@ def build_metadata(cfg: ChangeConfig, state: Dict, metrics: Dict, parity: Dict) 
                     "per_pair_f1": metrics["per_pair_f1"],
                     "baseline_pixel_difference": _headline(difference),
                     "baseline_all_unchanged": _headline(metrics["baseline_all_unchanged"])},
-        "training": {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
-                     "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)},
+        "training": training_provenance(cfg, state, parity),
     }
 
 

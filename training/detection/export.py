@@ -1,7 +1,6 @@
 """Export a detection checkpoint to a model package (docs/contract.md §1, §3): input `input`
 N x C x T x T, outputs `boxes` N x P x (4|5) and `scores` N x P x K, accepted only if ONNX Runtime
 reproduces torch's scores and boxes on real held-out tiles."""
-import datetime
 from pathlib import Path
 from typing import Dict
 
@@ -10,9 +9,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from training.detection.config import DetConfig, config_to_dict
+from training.detection.config import DetConfig
 from training.detection.engine import evaluate_model, model_from_checkpoint, normalize_window, window_tiles
-from training.export import ExportError, onnx_out_path, write_package
+from training.export import ExportError, classes_and_input, onnx_out_path, training_provenance, write_package
 
 BOX_METADATA = {"hbox": "hbox", "rbox": "rbox_le90"}
 
@@ -115,9 +114,7 @@ def build_metadata(cfg: DetConfig, state: Dict, metrics: Dict, parity: Dict) -> 
         "task": cfg.task,
         "name": cfg.export.name,
         "description": (cfg.export.description + summary).strip(),
-        "classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
-        "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
-                  "mean": list(data.mean), "std": list(data.std)},
+        **classes_and_input(data),
         "tile_size": cfg.eval.tile_size,
         "tile_overlap": cfg.eval.tile_overlap,
         "gsd_m": data.gsd_m,
@@ -133,10 +130,8 @@ def build_metadata(cfg: DetConfig, state: Dict, metrics: Dict, parity: Dict) -> 
                     "ap_score_threshold": metrics["ap_score_threshold"],
                     "at_score_threshold": metrics["at_score_threshold"],
                     "evaluated_on": metrics["evaluated_on"]},
-        "training": {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
-                     "encoder_init": (cfg.model.get("encoder") or {}).get("checkpoint") or "random",
-                     "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)},
+        "training": training_provenance(
+            cfg, state, parity, encoder_init=(cfg.model.get("encoder") or {}).get("checkpoint") or "random"),
     }
 
 

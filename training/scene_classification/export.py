@@ -1,15 +1,15 @@
 """Export a scene-classification checkpoint to a model package (docs/contract.md §1, §3): input
 `input` N x C x T x T, output `logits` N x K, accepted only if ONNX Runtime reproduces torch's logits
 and top-1 classes on real held-out chips."""
-import datetime
 from pathlib import Path
 from typing import Dict
 
 import torch
 
-from training.export import compare_with_torch, export_onnx, onnx_out_path, write_package
+from training.export import (classes_and_input, compare_with_torch, export_onnx, onnx_out_path,
+                             training_provenance, write_package)
 from training.scene_classification.chips import chip_batch, load_split
-from training.scene_classification.config import SceneConfig, config_to_dict
+from training.scene_classification.config import SceneConfig
 from training.scene_classification.engine import evaluate_model, model_from_checkpoint
 
 
@@ -40,9 +40,7 @@ def build_metadata(cfg: SceneConfig, state: Dict, metrics: Dict, parity: Dict) -
         "task": "scene_classification",
         "name": cfg.export.name,
         "description": (cfg.export.description + summary).strip(),
-        "classes": [{"id": i, "name": c.name, "color": c.color} for i, c in enumerate(data.classes)],
-        "input": {"bands": list(data.bands), "band_names": list(data.band_names), "scale": data.scale,
-                  "mean": list(data.mean), "std": list(data.std)},
+        **classes_and_input(data),
         "tile_size": data.chip_size,
         "tile_overlap": 0,
         "gsd_m": data.gsd_m,
@@ -55,10 +53,7 @@ def build_metadata(cfg: SceneConfig, state: Dict, metrics: Dict, parity: Dict) -
                     "baseline_majority_class_macro_f1": base["macro_f1"],
                     "confusion_matrix": metrics["confusion_matrix"],
                     "evaluated_on": metrics["evaluated_on"]},
-        "training": {"iterations": int(state["iteration"]), "elapsed_s": round(float(state.get("elapsed_s", 0)), 1),
-                     "encoder_init": cfg.model.encoder.checkpoint or "random",
-                     "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)},
+        "training": training_provenance(cfg, state, parity, encoder_init=cfg.model.encoder.checkpoint or "random"),
     }
 
 
