@@ -43,10 +43,19 @@ def test_pretrain_configs_build_their_model(path: Path):
 @pytest.mark.parametrize("path", FINETUNE, ids=lambda p: p.stem)
 def test_finetune_configs_parse_with_their_task_reader(path: Path):
     raw = yaml.safe_load(path.read_text())
+    if raw["task"] in ("detection", "rotated_detection"):
+        from training.detection.config import config_from_dict
+        cfg = config_from_dict(raw, check_files=False)   # placeholder data paths
+        encoder = cfg.model["encoder"]
+        assert encoder["kind"] == "vit_rvsa" and cfg.train.layer_decay < 1.0
+        assert encoder["checkpoint"].endswith("encoder.pt")
+        return
     if raw["task"] == "semantic_segmentation":
         from training.config import config_from_dict
     elif raw["task"] == "change_detection":
         from training.change_detection.config import config_from_dict
+    elif raw["task"] == "scene_classification":
+        from training.scene_classification.config import config_from_dict
     else:
         pytest.fail(f"{path.name}: no reader wired for task {raw['task']!r}")
     cfg = config_from_dict(raw)

@@ -186,15 +186,75 @@ def test_fsdp_on_cpu_gloo_trains_checkpoints_and_resumes(tiny, tmp_path):
 
 
 def test_roi_classifier_sees_only_its_images_subset():
-    from training.mtp.model import SharedEncoderDetector
+    from training.mtp.model import shared_encoder_detector
     torch.manual_seed(0)
-    det = SharedEncoderDetector({"fpn_channels": 16, "roi_fc": 32}, "hbox", 5, [16, 24, 48, 96], [4, 8, 16, 32])
-    fpn = det.fpn([torch.randn(2, c, 64 // s, 64 // s) for c, s in zip([16, 24, 48, 96], [4, 8, 16, 32])])
+    det = shared_encoder_detector({"fpn_channels": 16, "roi_fc": 32}, "hbox", 5, [16, 24, 48, 96], [4, 8, 16, 32])
+    assert det.encoder is None
+    fpn = det.neck([torch.randn(2, c, 64 // s, 64 // s) for c, s in zip([16, 24, 48, 96], [4, 8, 16, 32])])
     rois = torch.tensor([[0, 20.0, 20, 10, 10, 0], [1, 30, 30, 12, 8, 0]])
-    det._allowed = torch.tensor([[1, 1, 0, 0, 0, 1], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)  # background last
-    cls, _ = det._roi_forward(fpn, rois)
+    allowed = torch.tensor([[1, 1, 0, 0, 0, 1], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)  # background last
+    cls, _ = det._roi_forward(fpn, rois, allowed)
     assert (cls[0, 2:5] == -1e4).all() and (cls[1, :2] == -1e4).all()
     assert (cls[0, [0, 1, 5]].abs() < 100).all() and (cls[1, 2:].abs() < 100).all()
+
+
+def test_mask_head_trains_on_the_samplers_positive_rois(tiny, monkeypatch):
+    """Mask R-CNN: the mask head sees exactly the detector's sampled positives (capped), with targets cut
+    from each RoI's matched instance; at inference every final box gets a mask."""
+    import training.mtp.model as mtp_model
+    cfg = mtp_config_from_dict(tiny_config(tiny))
+    cfg.model.tasks = ["is"]
+    cfg.model.mask_head.samples_per_image = 5
+    torch.manual_seed(0)
+    model = mtp_model.build_mtp_model(cfg.model, list(SUBSETS))
+    datasets = [SAMRSDataset(s.root, s.subset) for s in cfg.data.subsets]
+    images, targets = MultiTaskBatcher(datasets, [0, 18, 38], cfg.data, seed=0).batch(0)
+    det = model.inssegdecoder
+    seen = {}
+    real_losses, real_align = det.losses_from_features, mtp_model.multilevel_roi_align
+
+    def spy_losses(*a, **k):
+        out = real_losses(*a, **k)
+        seen["sampling"] = out[1]
+        return out
+
+    def spy_align(features, strides, rois, *a, **k):
+        seen["mask_rois"] = rois.detach().clone()
+        return real_align(features, strides, rois, *a, **k)
+
+    real_roi_align = mtp_model.roi_align
+
+    def spy_roi_align(masks, boxes, *a, **k):
+        seen.setdefault("target_masks", []).append(masks.detach().clone())
+        return real_roi_align(masks, boxes, *a, **k)
+
+    monkeypatch.setattr(det, "losses_from_features", spy_losses)
+    monkeypatch.setattr(mtp_model, "multilevel_roi_align", spy_align)
+    monkeypatch.setattr(mtp_model, "roi_align", spy_roi_align)
+    out = model(images, targets)
+    assert torch.isfinite(out["is_mask"]) and out["is_mask"] > 0
+    sampling = seen["sampling"]
+    assert sum(len(p) for p in sampling.pos_rois) > 0
+    expected, k = [], 0
+    for i, (boxes, gt, lab) in enumerate(zip(sampling.pos_rois, sampling.pos_gt_index, sampling.pos_labels)):
+        boxes, gt = boxes[:5], gt[:5]
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        expected.append(torch.stack([torch.full_like(x1, i), (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1,
+                                     torch.zeros_like(x1)], 1))
+        # Positives overlap their matched object (IoU >= 0.5) and carry its class.
+        from torchvision.ops import box_iou
+        gt_boxes = targets[i]["boxes"][gt].float()
+        assert (box_iou(boxes, gt_boxes).diagonal() >= 0.5 - 1e-5).all()
+        assert torch.equal(lab[:5].cpu(), targets[i]["labels"][gt].cpu())
+        if len(gt):
+            assert torch.equal(seen["target_masks"][k][:, 0].bool(), targets[i]["masks"][gt])
+            k += 1
+    assert torch.allclose(seen["mask_rois"], torch.cat(expected))
+    model.eval()
+    pred = model.predict(images, [t["subset"] for t in targets])
+    p = cfg.model.insseg.get("num_candidates", 300)
+    assert pred["boxes"].shape == (len(images), p, 4)
+    assert pred["masks"].shape == (len(images), p, 28, 28) and ((pred["masks"] >= 0) & (pred["masks"] <= 1)).all()
 
 
 def test_worker_processes_give_the_same_batches(tiny):

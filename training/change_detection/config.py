@@ -1,6 +1,7 @@
 """Change-detection config: plain YAML -> dataclasses, unknown keys refused (training.config._build).
 The encoder, decoder, schedule, evaluation and export sections are the segmentation ones."""
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -25,7 +26,8 @@ class ChangeModelConfig:
 
 @dataclass
 class ChangeDataConfig:
-    """LEVIR-CD layout: root/A (before), root/B (after), root/label (0/255 change masks), same file names."""
+    """LEVIR-CD layout: root/A (before), root/B (after), root/label (0/255 change masks), same file names;
+    CDD: OUT/ instead of label/. Names may carry a split folder (`train/x.png`); `<split>/*` = all its pairs."""
     root: str
     train: List[str]  # pair file names trained on
     val: List[str]  # pair file names held out for evaluation (never trained on)
@@ -87,6 +89,10 @@ def validate(cfg: ChangeConfig) -> None:
     if not cfg.data.val:
         raise ValueError("data.val lists no held-out pairs; evaluation and export need some")
     leaked = sorted(set(cfg.data.train) & set(cfg.data.val))
+    # `<split>/*` takes a whole split folder: no pair of that folder may be on the other side.
+    folders = lambda names: {str(Path(n).parent) for n in names}
+    globbed = lambda names: {str(Path(n).parent) for n in names if Path(n).name == "*"}
+    leaked += sorted((globbed(cfg.data.train) & folders(cfg.data.val)) | (globbed(cfg.data.val) & folders(cfg.data.train)))
     if leaked:
         raise ValueError(f"pairs {leaked} are in both data.train and data.val; held-out pairs must never be trained on")
     channels = len(cfg.data.bands)

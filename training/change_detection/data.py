@@ -1,4 +1,9 @@
-"""LEVIR-CD pairs (A/ before, B/ after, label/ 0/255 masks) and paired augmentation."""
+"""Change pairs in the LEVIR-CD layout (A/ before, B/ after, label/ 0/255 masks) or CDD's (A/, B/, OUT/),
+and paired augmentation.
+
+A pair name is a file name in the data root's A/ (`train_1.png`), or `<split>/<file>` for datasets shipped
+as one folder per split (`train/00001.jpg` -> root/train/A/00001.jpg; LEVIR-CD's and CDD's releases), and
+`<split>/*` stands for every labelled pair of that split folder."""
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -11,6 +16,8 @@ from training.config import repo_path
 from training.data.transforms import normalize, random_color_jitter, random_crop, random_flip_rotate
 
 BEFORE_DIR, AFTER_DIR, LABEL_DIR = "A", "B", "label"
+LABEL_DIRS = ("label", "OUT")  # LEVIR-CD / WHU-CD, CDD (season-varying)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 @dataclass
@@ -21,18 +28,57 @@ class ChangePair:
     label: np.ndarray  # H x W uint8, 1 = change, 0 = no change
 
 
-def labelled_pair_names(root) -> List[str]:
-    """Pair names that have before, after and label files."""
-    root = repo_path(str(root))
-    return sorted(p.name for p in (root / BEFORE_DIR).glob("*.png")
-                  if (root / AFTER_DIR / p.name).is_file() and (root / LABEL_DIR / p.name).is_file())
+def label_dir(folder: Path) -> str:
+    """The change-mask folder of a pair folder: `label` (LEVIR-CD) or `OUT` (CDD)."""
+    for name in LABEL_DIRS:
+        if (folder / name).is_dir():
+            return name
+    return LABEL_DIR
+
+
+def _split(root: Path, name: str) -> Tuple[Path, str]:
+    """Pair name -> (folder holding A/ B/ label|OUT/, file name)."""
+    parts = Path(name)
+    return (root / parts.parent, parts.name) if len(parts.parts) > 1 else (root, name)
+
+
+def labelled_pair_names(root, prefix: str = "") -> List[str]:
+    """Pair names that have before, after and label files (in root, or in root/prefix)."""
+    folder = repo_path(str(root)) / prefix
+    labels = folder / label_dir(folder)
+    names = sorted(p.name for p in (folder / BEFORE_DIR).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and (folder / AFTER_DIR / p.name).is_file() and (labels / p.name).is_file())
+    return [f"{prefix}/{n}" if prefix else n for n in names]
+
+
+def expand_pair_names(root, names: Sequence[str]) -> List[str]:
+    """`<split>/*` entries -> every labelled pair of that split folder; other names as given."""
+    out = []
+    for name in names:
+        if Path(name).name == "*":
+            prefix = str(Path(name).parent)
+            found = labelled_pair_names(root, "" if prefix == "." else prefix)
+            if not found:
+                raise FileNotFoundError(f"{name!r}: no labelled pair in {repo_path(str(root)) / prefix} "
+                                        f"(expected {BEFORE_DIR}/, {AFTER_DIR}/ and {' or '.join(LABEL_DIRS)}/)")
+            out += found
+        else:
+            out.append(name)
+    return out
 
 
 def read_change_label(path: Path) -> np.ndarray:
     label = Image.open(path)
-    if label.mode not in ("L", "P", "1"):
+    if label.mode not in ("L", "P", "1", "RGB"):
         raise ValueError(f"{path}: expected a single-band change mask, got mode {label.mode}")
+    if label.mode == "RGB":  # CDD stores masks as 3 equal bands
+        rgb = np.array(label)
+        if not (np.abs(rgb.astype(np.int16) - rgb[..., :1]).max() <= 8):
+            raise ValueError(f"{path}: an RGB change mask must have 3 equal bands")
     raw = np.array(label.convert("L"))
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        # CDD's masks are JPEGs: compression leaves values near 0 and 255; threshold in the middle.
+        return (raw > 127).astype(np.uint8)
     values = set(np.unique(raw).tolist())
     # LEVIR-CD codes change as 255; 0/1 masks are accepted too. Anything else is not a binary mask.
     if not (values <= {0, 255} or values <= {0, 1}):
@@ -41,8 +87,8 @@ def read_change_label(path: Path) -> np.ndarray:
 
 
 def read_pair(root, name: str) -> ChangePair:
-    root = repo_path(str(root))
-    before_path, after_path, label_path = (root / d / name for d in (BEFORE_DIR, AFTER_DIR, LABEL_DIR))
+    folder, file_name = _split(repo_path(str(root)), name)
+    before_path, after_path, label_path = (folder / d / file_name for d in (BEFORE_DIR, AFTER_DIR, label_dir(folder)))
     for path in (before_path, after_path):
         if not path.is_file():
             raise FileNotFoundError(f"change pair {name!r}: {path} does not exist")
@@ -50,8 +96,11 @@ def read_pair(root, name: str) -> ChangePair:
         # Unlabelled pairs (LEVIR's test_113 mosaic) cannot be trained or evaluated on.
         raise ValueError(f"change pair {name!r} has no label ({label_path} does not exist); list only labelled "
                          f"pairs in data.train/data.val (labelled here: {', '.join(labelled_pair_names(root))})")
-    before = np.array(Image.open(before_path).convert("RGB"))
-    after = np.array(Image.open(after_path).convert("RGB"))
+    try:
+        before = np.array(Image.open(before_path).convert("RGB"))
+        after = np.array(Image.open(after_path).convert("RGB"))
+    except OSError as exc:
+        raise ValueError(f"change pair {name!r}: cannot read {before_path} / {after_path} ({exc})") from None
     label = read_change_label(label_path)
     if before.shape != after.shape or before.shape[:2] != label.shape:
         raise ValueError(f"change pair {name!r}: before {before.shape[1::-1]}, after {after.shape[1::-1]} and label "
@@ -61,9 +110,11 @@ def read_pair(root, name: str) -> ChangePair:
 
 def load_pairs(root, names: Sequence[str]) -> List[ChangePair]:
     root_path = repo_path(str(root))
-    if not (root_path / BEFORE_DIR).is_dir():
-        raise FileNotFoundError(f"change data folder {root_path} has no {BEFORE_DIR}/ (before images); "
-                                f"expected the LEVIR-CD layout A/, B/, label/")
+    names = expand_pair_names(root, names)
+    for folder in sorted({_split(root_path, n)[0] for n in names}):
+        if not (folder / BEFORE_DIR).is_dir():
+            raise FileNotFoundError(f"change data folder {folder} has no {BEFORE_DIR}/ (before images); "
+                                    f"expected the LEVIR-CD layout A/, B/, label/ (or CDD's A/, B/, OUT/)")
     return [read_pair(root, name) for name in names]
 
 

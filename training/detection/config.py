@@ -2,11 +2,17 @@
 (le90 rotated boxes) -> dataclasses. Unknown keys are errors (`training.config._build`).
 
 The `model` section is handed to `training.detection.model.spec_from_dict` with `box_type` and
-`num_classes` filled in from the task and the class list, so the detector's own defaults apply."""
+`num_classes` filled in from the task and the class list, so the detector's own defaults apply.
+
+`data.format` picks the dataset's published layout and label reader (`FORMATS`): DOTA `labelTxt`, DIOR /
+DIOR-R VOC XML, FAIR1M(-2.0) XML, xView GeoJSON. Two ways to say which pixels train and which are held out:
+*regions* (`images` + `train_regions` / `val_regions`: parts of a few listed scenes, the default models'
+recipe) or *splits* (`images` empty: whole images from split files such as DIOR's `ImageSets/Main/*.txt`, or
+every image of the split's image folder)."""
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -16,19 +22,69 @@ from training.config import ClassInfo, TrainLoopConfig, _build, repo_path
 TASK_BOX_TYPES = {"detection": "hbox", "rotated_detection": "rbox"}
 
 
+@dataclass(frozen=True)
+class DatasetFormat:
+    classes: str          # name of the class tuple in training.detection.datasets
+    image_dir: str        # default folders (relative to data.root) of the training split ...
+    label_dir: Optional[str]
+    val_image_dir: str    # ... and of the held-out split
+    val_label_dir: Optional[str]
+    image_ext: str
+    label_ext: Optional[str]          # per-image label files; None: one label file (label_file)
+    label_file: Optional[str] = None
+    val_label_file: Optional[str] = None
+
+
+# Published layouts. DIOR: the DIOR-R download (JPEGImages-trainval/-test, both annotation folders,
+# ImageSets/Main/{train,val,test}.txt); FAIR1M-2.0: train/ and validation/ with images/ + labelXml/; xView:
+# train_images/ + xView_train.geojson (its validation labels are not public: split the training images).
+FORMATS = {
+    "dota": DatasetFormat("DOTA_V1_CLASSES", "images", "labelTxt", "images", "labelTxt", ".png", ".txt"),
+    "dior": DatasetFormat("DIOR_CLASSES", "JPEGImages-trainval", "Annotations/Horizontal Bounding Boxes",
+                          "JPEGImages-test", "Annotations/Horizontal Bounding Boxes", ".jpg", ".xml"),
+    "dior_r": DatasetFormat("DIOR_CLASSES", "JPEGImages-trainval", "Annotations/Oriented Bounding Boxes",
+                            "JPEGImages-test", "Annotations/Oriented Bounding Boxes", ".jpg", ".xml"),
+    "fair1m": DatasetFormat("FAIR1M_CLASSES", "train/images", "train/labelXml", "validation/images",
+                            "validation/labelXml", ".tif", ".xml"),
+    "xview": DatasetFormat("XVIEW_CLASSES", "train_images", None, "train_images", None, ".tif", None,
+                           "xView_train.geojson", "xView_train.geojson"),
+}
+
+
+FORMAT_NAMES = {"dota": "DOTA v1", "dior": "DIOR", "dior_r": "DIOR-R", "fair1m": "FAIR1M-2.0", "xview": "xView"}
+
+
+def format_classes(fmt: str) -> Tuple[str, ...]:
+    from training.detection import datasets
+    return getattr(datasets, FORMATS[fmt].classes)
+
+
 @dataclass
 class DetDataConfig:
-    # Names must be DOTA v1 class names; they become ids 0..K-1 in this order. Other classes in the
-    # labels are left out (neither objects nor background: their boxes are simply not trained on).
+    # Names must be class names of the format's dataset (DOTA v1, DIOR, FAIR1M-2.0, xView); they become
+    # ids 0..K-1 in this order. Other classes in the labels are left out (neither objects nor background:
+    # their boxes are simply not trained on).
     classes: List[ClassInfo]
-    root: str  # folder with image_dir/ and label_dir/ (DOTA layout)
-    images: List[str]  # file names in image_dir; labels are label_dir/<stem>.txt
-    # Pixel boxes [x0, y0, x1, y1] of every listed image: training crops come from train_regions,
-    # the held-out evaluation runs over val_regions; the two must not share pixels.
-    train_regions: List[List[int]]
-    val_regions: List[List[int]]
-    image_dir: str = "images"
-    label_dir: str = "labelTxt"
+    root: str  # dataset folder; the folders below are relative to it
+    format: str = "dota"  # dota | dior | dior_r | fair1m | xview (FORMATS)
+    # Region mode: file names in image_dir, labels label_dir/<stem><label_ext>; pixel boxes [x0, y0, x1, y1]
+    # of every listed image: training crops come from train_regions, the held-out evaluation runs over
+    # val_regions; the two must not share pixels.
+    images: List[str] = field(default_factory=list)
+    train_regions: List[List[int]] = field(default_factory=list)
+    val_regions: List[List[int]] = field(default_factory=list)
+    # Split mode (images empty): whole images. A split file lists image ids (one per line, extension
+    # optional, DIOR's ImageSets/Main/*.txt); null = every image of that split's image folder.
+    train_split: Optional[str] = None
+    val_split: Optional[str] = None
+    # Folders / files; null = the format's published layout (FORMATS).
+    image_dir: Optional[str] = None
+    label_dir: Optional[str] = None
+    val_image_dir: Optional[str] = None
+    val_label_dir: Optional[str] = None
+    label_file: Optional[str] = None      # xView: the GeoJSON of the training split
+    val_label_file: Optional[str] = None
+    image_ext: Optional[str] = None
     crop_size: int = 256  # training crops
     min_visible: float = 0.7  # a training object cut by a crop border is kept if this share is inside
     gsd_m: float = 0.2556
@@ -93,12 +149,55 @@ class DetConfig:
         return [c.name for c in self.data.classes]
 
 
-def image_path(data: DetDataConfig, name: str) -> Path:
-    return repo_path(data.root) / data.image_dir / name
+def layout(data: DetDataConfig, split: str = "train") -> Dict[str, Any]:
+    """Resolved folders of a split: image_dir, label_dir, label_file (paths), image_ext, label_ext.
+    A held-out folder left unset follows an explicitly set training one, else the format's layout."""
+    fmt = FORMATS[data.format]
+
+    def pick(key: str):
+        own = getattr(data, key)
+        if split == "train" or data.images:   # region mode: one set of folders serves both
+            return own or getattr(fmt, key)
+        return getattr(data, "val_" + key) or own or getattr(fmt, "val_" + key)
+
+    root = repo_path(data.root)
+    label_dir, label_file = pick("label_dir"), pick("label_file")
+    return {"image_dir": root / pick("image_dir"), "label_dir": root / label_dir if label_dir else None,
+            "label_file": root / label_file if label_file and fmt.label_ext is None else None,
+            "image_ext": data.image_ext or fmt.image_ext, "label_ext": fmt.label_ext}
 
 
-def label_path(data: DetDataConfig, name: str) -> Path:
-    return repo_path(data.root) / data.label_dir / (Path(name).stem + ".txt")
+def image_path(data: DetDataConfig, name: str, split: str = "train") -> Path:
+    return layout(data, split)["image_dir"] / name
+
+
+def label_path(data: DetDataConfig, name: str, split: str = "train") -> Optional[Path]:
+    """Per-image label file (None for formats with one label file)."""
+    lay = layout(data, split)
+    return lay["label_dir"] / (Path(name).stem + lay["label_ext"]) if lay["label_ext"] else None
+
+
+def split_images(data: DetDataConfig, split: str) -> List[str]:
+    """Image file names of a split: data.images (region mode), the split file's ids, or the folder."""
+    if data.images:
+        return list(data.images)
+    lay = layout(data, split)
+    split_file = data.train_split if split == "train" else data.val_split
+    if split_file is None:
+        if not lay["image_dir"].is_dir():
+            raise FileNotFoundError(f"image folder {lay['image_dir']} does not exist")
+        return sorted(p.name for p in lay["image_dir"].iterdir() if p.suffix.lower() == lay["image_ext"].lower())
+    path = repo_path(data.root) / split_file
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {path} does not exist")
+    names = []
+    for line in path.read_text().splitlines():
+        stem = line.strip()
+        if stem:
+            names.append(stem if Path(stem).suffix else stem + lay["image_ext"])
+    if not names:
+        raise ValueError(f"split file {path} lists no image")
+    return names
 
 
 def image_size(path: Path) -> Tuple[int, int]:
@@ -120,19 +219,22 @@ def detector_spec_dict(cfg: DetConfig, load_encoder_weights: bool = True) -> Dic
     return spec
 
 
-def validate(cfg: DetConfig) -> DetConfig:
-    from training.detection.datasets import DOTA_V1_CLASSES
+def validate(cfg: DetConfig, check_files: bool = True) -> DetConfig:
+    """Checks the config; `check_files` also checks the data on disk (off for templates with placeholders)."""
     if cfg.task not in TASK_BOX_TYPES:
         raise ValueError(f"this is the detection config reader (task detection or rotated_detection); "
                          f"task {cfg.task!r} has its own")
     data = cfg.data
+    if data.format not in FORMATS:
+        raise ValueError(f"data.format must be one of {', '.join(FORMATS)}, not {data.format!r}")
     if not data.classes:
         raise ValueError("data.classes must list at least one class")
     names = [c.name for c in data.classes]
-    unknown = [n for n in names if n not in DOTA_V1_CLASSES]
+    known = format_classes(data.format)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"data.classes: unknown class {unknown[0]!r}; classes must be DOTA v1 names "
-                         f"({', '.join(DOTA_V1_CLASSES)})")
+        raise ValueError(f"data.classes: unknown class {unknown[0]!r}; classes must be {FORMAT_NAMES[data.format]} names "
+                         f"({', '.join(known)})")
     if len(set(names)) != len(names):
         raise ValueError(f"data.classes lists a class twice: {names}")
     for key in ("box_type", "num_classes"):
@@ -158,17 +260,45 @@ def validate(cfg: DetConfig) -> DetConfig:
         raise ValueError("eval.max_per_tile must be positive")
     if cfg.train.iters < 1 or cfg.train.batch_size < 1:
         raise ValueError("train.iters and train.batch_size must be positive")
-    if not data.images:
-        raise ValueError("data.images must list at least one image")
-    if not data.train_regions or not data.val_regions:
-        raise ValueError("data.train_regions and data.val_regions each need at least one [x0, y0, x1, y1] box")
+    # The detector checks its own section (unknown keys, anchors ...) here, before any data is read.
+    from training.detection.model import spec_from_dict
+    spec_from_dict(detector_spec_dict(cfg, load_encoder_weights=False))
+    if data.images:
+        if not data.train_regions or not data.val_regions:
+            raise ValueError("data.train_regions and data.val_regions each need at least one [x0, y0, x1, y1] box "
+                             "(or leave data.images empty and use train_split / val_split)")
+        if data.train_split or data.val_split:
+            raise ValueError("data.images (regions of listed scenes) and train_split/val_split exclude each other")
+    elif data.train_regions or data.val_regions:
+        raise ValueError("data.train_regions / val_regions need data.images (the scenes they cut)")
+    if not check_files:
+        return cfg
     root = repo_path(data.root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist (expected {data.image_dir}/ and "
-                                f"{data.label_dir}/ in it)")
+        lay = layout(data)
+        raise FileNotFoundError(f"data folder {root} does not exist (expected {lay['image_dir'].name}/ and "
+                                f"its labels in it: {data.format} layout)")
+    if not data.images:
+        train, val = split_images(data, "train"), split_images(data, "val")
+        same_folder = layout(data, "train")["image_dir"].resolve() == layout(data, "val")["image_dir"].resolve()
+        shared = sorted(set(train) & set(val)) if same_folder else []
+        if shared:
+            raise ValueError(f"images in both the training and the held-out split: {shared[:5]}")
+        for split, names in (("train", train), ("val", val)):
+            lay = layout(data, split)
+            if lay["label_file"] is not None and not lay["label_file"].is_file():
+                raise FileNotFoundError(f"label file {lay['label_file']} does not exist")
+            for name in names[:1] + names[-1:]:   # spot checks: every file is checked when it is read
+                for path in (image_path(data, name, split), label_path(data, name, split)):
+                    if path is not None and not path.is_file():
+                        raise FileNotFoundError(f"data file {path} ({split} split) does not exist")
+        return cfg
+    lay = layout(data)
+    if lay["label_file"] is not None and not lay["label_file"].is_file():
+        raise FileNotFoundError(f"label file {lay['label_file']} does not exist")
     for name in data.images:
         for path in (image_path(data, name), label_path(data, name)):
-            if not path.is_file():
+            if path is not None and not path.is_file():
                 raise FileNotFoundError(f"data file {path} does not exist")
         width, height = image_size(image_path(data, name))
         for split in ("train_regions", "val_regions"):
@@ -179,13 +309,10 @@ def validate(cfg: DetConfig) -> DetConfig:
     clashes = [f"train {t} vs held-out {v}" for t in data.train_regions for v in data.val_regions if _intersect(t, v)]
     if clashes:
         raise ValueError(f"held-out regions overlap training regions: {'; '.join(clashes)}")
-    # The detector checks its own section (unknown keys, anchors ...) here, before any data is read.
-    from training.detection.model import spec_from_dict
-    spec_from_dict(detector_spec_dict(cfg, load_encoder_weights=False))
     return cfg
 
 
-def config_from_dict(raw: Dict[str, Any]) -> DetConfig:
+def config_from_dict(raw: Dict[str, Any], check_files: bool = True) -> DetConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"a config must be a YAML mapping, got {raw!r}")
     try:
@@ -194,7 +321,7 @@ def config_from_dict(raw: Dict[str, Any]) -> DetConfig:
         raise ValueError(f"incomplete config: {exc}") from exc
     if not isinstance(cfg.model, dict):
         raise ValueError(f"model must be a mapping, got {cfg.model!r}")
-    return validate(cfg)
+    return validate(cfg, check_files)
 
 
 def load_config(path) -> DetConfig:

@@ -1,7 +1,9 @@
-"""Detection data: DOTA images cut into train / held-out regions, random training crops with exact
-box transforms (flips, 90° rotations) and mild colour jitter."""
+"""Detection data: images of any supported format (DOTA, DIOR, DIOR-R, FAIR1M, xView) as train / held-out
+regions (parts of listed scenes) or whole images of split lists, random training crops with exact box
+transforms (flips, 90° rotations) and mild colour jitter."""
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -10,26 +12,58 @@ from torch import Tensor
 
 from training.data.transforms import normalize, random_color_jitter
 from training.detection.boxes import polygon_to_hbox, polygon_to_rbox
-from training.detection.config import DetConfig, image_path, label_path
-from training.detection.datasets import Annotations, DOTA_V1_CLASSES, crop_annotations, read_dota_labels
+from training.detection.config import DetConfig, format_classes, image_path, image_size, label_path, layout, split_images
+from training.detection.datasets import (Annotations, crop_annotations, empty_annotations, read_dior_xml,
+                                         read_dota_labels, read_fair1m_xml, read_xview_geojson)
 
 
 @dataclass
 class Region:
-    """One region of one image: its pixels (a view) and its objects in region coordinates."""
+    """One region of one image: its pixels and its objects in region coordinates. Whole images of a
+    split are read when used (`path`, `image` None): a dataset of thousands of scenes stays on disk."""
     image_name: str
     box: Tuple[int, int, int, int]  # x0, y0, x1, y1 in the image
-    image: np.ndarray  # H x W x C uint8
+    _image: Optional[np.ndarray]  # H x W x C uint8
     ann: Annotations
+    path: Optional[Path] = None
+
+    @property
+    def image(self) -> np.ndarray:
+        return self._image if self._image is not None else read_image(self.path)
+
+    @property
+    def area(self) -> int:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
 def read_image(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    """RGB uint8 (grey FAIR1M scenes become 3 equal bands)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read the image ({exc})") from None
+
+
+def read_labels(cfg: DetConfig, name: str, split: str, label_cache: Dict) -> Annotations:
+    """The objects of one image in its format, over the format's full class list."""
+    data = cfg.data
+    fmt, classes = data.format, format_classes(data.format)
+    if fmt == "xview":
+        path = layout(data, split)["label_file"]
+        if path not in label_cache:
+            label_cache[path] = read_xview_geojson(path)
+        return label_cache[path].get(name) or empty_annotations(classes)
+    path = label_path(data, name, split)
+    if fmt == "dota":
+        return read_dota_labels(path, classes)
+    if fmt in ("dior", "dior_r"):
+        return read_dior_xml(path, classes)
+    return read_fair1m_xml(path, classes)
 
 
 def class_subset(ann: Annotations, class_names: Sequence[str]) -> Annotations:
-    """Keep the objects of `class_names` (DOTA names), relabelled 0..K-1 in that order."""
+    """Keep the objects of `class_names` (names of the format), relabelled 0..K-1 in that order."""
     lookup = torch.full((len(ann.class_names),), -1, dtype=torch.int64)
     for new, name in enumerate(class_names):
         lookup[ann.class_names.index(name)] = new
@@ -42,30 +76,46 @@ def class_subset(ann: Annotations, class_names: Sequence[str]) -> Annotations:
 
 
 def load_regions(cfg: DetConfig, split: str) -> List[Region]:
-    """Regions of every image. Training objects cut by a region border follow the crop rule
+    """Regions of every image. Region mode: training objects cut by a region border follow the crop rule
     (kept if >= min_visible is inside, else dropped); held-out objects cut by the border are kept as
-    difficult, so the evaluation neither rewards nor punishes them."""
+    difficult, so the evaluation neither rewards nor punishes them. Split mode: whole images, their
+    pixels read when used."""
     data = cfg.data
-    boxes = data.train_regions if split == "train" else data.val_regions
+    cache: Dict = {}
     regions = []
-    for name in data.images:
-        image = read_image(image_path(data, name))
-        ann = class_subset(read_dota_labels(label_path(data, name), DOTA_V1_CLASSES), cfg.class_names)
-        for box in boxes:
-            x0, y0, x1, y1 = (int(v) for v in box)
-            if split == "train":
-                part = crop_annotations(ann, (x0, y0, x1, y1), data.min_visible)
-            else:
-                part = crop_annotations(ann, (x0, y0, x1, y1), 1.0, keep_low_visibility_as_difficult=True)
-            regions.append(Region(name, (x0, y0, x1, y1), image[y0:y1, x0:x1], part))
+    if not data.images:
+        for name in split_images(data, split):
+            path = image_path(data, name, split)
+            if not path.is_file():
+                raise FileNotFoundError(f"image {path} ({split} split) does not exist")
+            width, height = image_size(path)
+            ann = class_subset(read_labels(cfg, name, split, cache), cfg.class_names)
+            regions.append(Region(name, (0, 0, width, height), None, ann, path))
+    else:
+        boxes = data.train_regions if split == "train" else data.val_regions
+        for name in data.images:
+            image = read_image(image_path(data, name))
+            ann = class_subset(read_labels(cfg, name, "train", cache), cfg.class_names)
+            for box in boxes:
+                x0, y0, x1, y1 = (int(v) for v in box)
+                if split == "train":
+                    part = crop_annotations(ann, (x0, y0, x1, y1), data.min_visible)
+                else:
+                    part = crop_annotations(ann, (x0, y0, x1, y1), 1.0, keep_low_visibility_as_difficult=True)
+                regions.append(Region(name, (x0, y0, x1, y1), image[y0:y1, x0:x1], part))
     if split == "train" and not any(len(r.ann) for r in regions):
-        raise ValueError(f"no object of {cfg.class_names} in the training regions {data.train_regions}")
+        raise ValueError(f"no object of {cfg.class_names} in the training data ({describe_regions(cfg, split)})")
     return regions
 
 
 def describe_regions(cfg: DetConfig, split: str) -> str:
-    boxes = cfg.data.train_regions if split == "train" else cfg.data.val_regions
-    return f"{','.join(cfg.data.images)} regions {[list(b) for b in boxes]}"
+    data = cfg.data
+    if not data.images:
+        split_file = data.train_split if split == "train" else data.val_split
+        where = split_file or layout(data, split)["image_dir"]
+        return f"{data.format} {split} split ({where})"
+    boxes = data.train_regions if split == "train" else data.val_regions
+    return f"{','.join(data.images)} regions {[list(b) for b in boxes]}"
 
 
 # --- exact flips / 90° rotations of a square crop and its objects ---------------------------------
@@ -113,13 +163,13 @@ class DetectionSampler:
         self.data = cfg.data
         self.box_type = cfg.box_type
         self.seed = cfg.train.seed
-        area = np.array([r.image.shape[0] * r.image.shape[1] for r in self.regions], dtype=np.float64)
+        area = np.array([r.area for r in self.regions], dtype=np.float64)
         self.region_probs = area / area.sum()  # every training pixel equally likely
 
     def sample(self, rng: np.random.Generator) -> Tuple[Tensor, Dict[str, Tensor]]:
         size = self.data.crop_size
         region = self.regions[int(rng.choice(len(self.regions), p=self.region_probs))]
-        height, width = region.image.shape[:2]
+        width, height = region.box[2] - region.box[0], region.box[3] - region.box[1]
         left = int(rng.integers(0, max(0, width - size) + 1))
         top = int(rng.integers(0, max(0, height - size) + 1))
         crop = region.image[top:top + size, left:left + size]

@@ -301,3 +301,131 @@ def crop_image_and_annotations(image: Union[np.ndarray, Tensor], ann: Annotation
                 part = torch.nn.functional.pad(part, pad, value=pad_value)
         crops.append((window, part, crop_annotations(ann, window, min_visible, keep_low_visibility_as_difficult)))
     return crops
+
+
+# FAIR1M-2.0's 37 classes as spelled in its XML files (<possibleresult><name>).
+FAIR1M_CLASSES = (
+    "Boeing737", "Boeing747", "Boeing777", "Boeing787", "C919", "A220", "A321", "A330", "A350", "ARJ21",
+    "other-airplane", "Passenger Ship", "Motorboat", "Fishing Boat", "Tugboat", "Engineering Ship",
+    "Liquid Cargo Ship", "Dry Cargo Ship", "Warship", "other-ship", "Small Car", "Bus", "Cargo Truck",
+    "Dump Truck", "Van", "Trailer", "Tractor", "Excavator", "Truck Tractor", "other-vehicle",
+    "Basketball Court", "Tennis Court", "Football Field", "Baseball Field", "Intersection", "Roundabout",
+    "Bridge")
+
+# xView's 60 classes: GeoJSON `type_id` -> name (xView's class list). Other type ids in the labels (75, 82)
+# are not among the 60 evaluated classes and are skipped, as the xView baselines do.
+XVIEW_TYPE_IDS = {
+    11: "Fixed-wing Aircraft", 12: "Small Aircraft", 13: "Cargo Plane", 15: "Helicopter",
+    17: "Passenger Vehicle", 18: "Small Car", 19: "Bus", 20: "Pickup Truck", 21: "Utility Truck", 23: "Truck",
+    24: "Cargo Truck", 25: "Truck w/Box", 26: "Truck Tractor", 27: "Trailer", 28: "Truck w/Flatbed",
+    29: "Truck w/Liquid", 32: "Crane Truck", 33: "Railway Vehicle", 34: "Passenger Car", 35: "Cargo Car",
+    36: "Flat Car", 37: "Tank car", 38: "Locomotive", 40: "Maritime Vessel", 41: "Motorboat", 42: "Sailboat",
+    44: "Tugboat", 45: "Barge", 47: "Fishing Vessel", 49: "Ferry", 50: "Yacht", 51: "Container Ship",
+    52: "Oil Tanker", 53: "Engineering Vehicle", 54: "Tower crane", 55: "Container Crane", 56: "Reach Stacker",
+    57: "Straddle Carrier", 59: "Mobile Crane", 60: "Dump Truck", 61: "Haul Truck", 62: "Scraper/Tractor",
+    63: "Front loader/Bulldozer", 64: "Excavator", 65: "Cement Mixer", 66: "Ground Grader", 71: "Hut/Tent",
+    72: "Shed", 73: "Building", 74: "Aircraft Hangar", 76: "Damaged Building", 77: "Facility",
+    79: "Construction Site", 83: "Vehicle Lot", 84: "Helipad", 86: "Storage Tank", 89: "Shipping container lot",
+    91: "Shipping Container", 93: "Pylon", 94: "Tower"}
+XVIEW_CLASSES = tuple(XVIEW_TYPE_IDS.values())
+
+
+def read_fair1m_xml(path: Union[str, Path], class_names: Sequence[str] = FAIR1M_CLASSES) -> Annotations:
+    """Read a FAIR1M(-2.0) XML file: ``<objects><object>`` with ``<possibleresult><name>`` and
+    ``<points>`` of ``<point>x,y</point>`` (the 4 corners, FAIR1M repeats the first as a fifth).
+    Image size (``<size>``) and file name go into ``meta``. Errors name the file and object."""
+    path = Path(path)
+    class_names = tuple(class_names)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise AnnotationError(f"{path}: not valid XML ({e})") from None
+    meta = {}
+    for key in ("width", "height"):
+        text = root.findtext(f"size/{key}")
+        if text:
+            meta[key] = text.strip()
+    if root.findtext("source/filename"):
+        meta["filename"] = root.findtext("source/filename").strip()
+    coords, labels = [], []
+    for number, obj in enumerate(root.iter("object"), start=1):
+        where = f"{path}: object {number}"
+        name = (obj.findtext("possibleresult/name") or "").strip()
+        if not name:
+            raise AnnotationError(f"{where}: missing <possibleresult><name>")
+        points = [p.text or "" for p in obj.findall("points/point")]
+        xy = []
+        for text in points:
+            try:
+                x, y = (float(v) for v in text.split(","))
+            except ValueError:
+                raise AnnotationError(f"{where}: <point> must be 'x,y', got {text!r}") from None
+            xy.append((x, y))
+        if len(xy) == 5 and xy[4] == xy[0]:
+            xy = xy[:4]                               # closed ring
+        if len(xy) != 4:
+            raise AnnotationError(f"{where}: expected 4 corner points (5 with the first repeated), got {len(points)}")
+        if not all(math.isfinite(v) for p in xy for v in p):
+            raise AnnotationError(f"{where}: non-finite coordinate")
+        coords.append([v for p in xy for v in p])
+        labels.append(_class_index(name, class_names, where))
+    n = len(labels)
+    return annotations_from_polygons(torch.tensor(coords, dtype=torch.float32).reshape(-1, 4, 2),
+                                     torch.tensor(labels, dtype=torch.int64), torch.zeros(n, dtype=torch.bool),
+                                     class_names, meta)
+
+
+def read_xview_geojson(path: Union[str, Path], image_ids: Optional[Sequence[str]] = None) -> Dict[str, Annotations]:
+    """Read xView's label file (``xView_train.geojson``): one GeoJSON feature per object with properties
+    ``image_id`` (e.g. ``"1036.tif"``), ``type_id`` and ``bounds_imcoords`` (``"x1,y1,x2,y2"`` in pixels).
+    -> {image_id: Annotations over ``XVIEW_CLASSES``} (images without objects of the 60 classes are absent).
+    ``image_ids`` restricts the result. Type ids outside the 60 classes are skipped; malformed features
+    raise :class:`AnnotationError` naming the file and the feature."""
+    import json
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            collection = json.load(f)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+    features = collection.get("features") if isinstance(collection, dict) else None
+    if not isinstance(features, list):
+        raise AnnotationError(f"{path}: not a GeoJSON FeatureCollection (no 'features' list)")
+    wanted = None if image_ids is None else set(image_ids)
+    index = {t: i for i, t in enumerate(XVIEW_TYPE_IDS)}
+    per_image: Dict[str, Tuple[List[List[float]], List[int]]] = {}
+    for number, feature in enumerate(features):
+        where = f"{path}: feature {number}"
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        if not isinstance(props, dict):
+            raise AnnotationError(f"{where}: no 'properties'")
+        for key in ("image_id", "type_id", "bounds_imcoords"):
+            if key not in props:
+                raise AnnotationError(f"{where}: properties lack {key!r}")
+        image_id = str(props["image_id"])
+        if wanted is not None and image_id not in wanted:
+            continue
+        try:
+            type_id = int(props["type_id"])
+            x1, y1, x2, y2 = (float(v) for v in str(props["bounds_imcoords"]).split(","))
+        except ValueError:
+            raise AnnotationError(f"{where}: type_id must be an integer and bounds_imcoords 'x1,y1,x2,y2', got "
+                                  f"{props['type_id']!r} / {props['bounds_imcoords']!r}") from None
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 < x1 or y2 < y1:
+            raise AnnotationError(f"{where}: bounds_imcoords {props['bounds_imcoords']!r} is not a box")
+        if type_id not in index:
+            continue
+        boxes, labels = per_image.setdefault(image_id, ([], []))
+        boxes.append([x1, y1, x2, y1, x2, y2, x1, y2])
+        labels.append(index[type_id])
+    out = {}
+    for image_id, (boxes, labels) in per_image.items():
+        out[image_id] = annotations_from_polygons(torch.tensor(boxes, dtype=torch.float32),
+                                                  torch.tensor(labels, dtype=torch.int64),
+                                                  torch.zeros(len(labels), dtype=torch.bool), XVIEW_CLASSES)
+    return out
+
+
+def empty_annotations(class_names: Sequence[str]) -> Annotations:
+    return annotations_from_polygons(torch.zeros(0, 4, 2), torch.zeros(0, dtype=torch.int64),
+                                     torch.zeros(0, dtype=torch.bool), class_names)

@@ -7,6 +7,11 @@ two FC layers -> (K+1)-way classifier + class-agnostic box deltas.
 ``Detector.forward(images)`` is the ONNX graph of docs/contract.md §3 (boxes N×P×4|5, scores N×P×K);
 ``Detector.losses(images, targets)`` gives the four training losses.  Every shape in the inference path is
 static except the batch, so the model exports with the dynamo exporter.
+
+A detector built with ``in_channels``/``strides`` has no encoder of its own and runs on maps computed
+elsewhere (a shared multi-task encoder): ``forward_features`` / ``losses_from_features``.  With
+``return_sampling=True`` the losses also return the sampled positive RoIs and their matched ground truths
+(what Mask R-CNN's mask head trains on).
 """
 import math
 from dataclasses import asdict, dataclass, field
@@ -24,8 +29,8 @@ from .boxes import HBoxDeltaCoder, MidpointOffsetCoder, RBoxDeltaCoder, normaliz
 from .heads import FPN, RoIHead, RPNHead, multilevel_roi_align
 from .ops import box_iou, rotated_box_iou
 
-__all__ = ["DetectorSpec", "spec_from_dict", "spec_to_dict", "build_detector", "Detector", "select_proposals",
-           "fast_nms_scores"]
+__all__ = ["DetectorSpec", "spec_from_dict", "spec_to_dict", "build_detector", "Detector", "Sampling",
+           "select_proposals", "fast_nms_scores"]
 
 BOX_TYPES = ("hbox", "rbox")
 
@@ -185,18 +190,48 @@ def _smooth_l1_sum(x: Tensor, y: Tensor, beta: float) -> Tensor:
     return F.smooth_l1_loss(x, y, beta=beta, reduction="sum")
 
 
+@dataclass
+class Sampling:
+    """What the RoI stage of one ``losses`` call sampled, per image (for heads trained on the same RoIs).
+
+    ``features``: the FPN maps the RoI head read; ``pos_rois[i]``: (P_i, 4|5) positive proposals of image i
+    (ground truths are candidates too, as in mmdet); ``pos_gt_index[i]``: (P_i,) index of each one's matched
+    object in ``targets[i]`` (original order, before sub-pixel boxes were dropped); ``pos_labels[i]`` its class.
+    """
+    features: List[Tensor]
+    pos_rois: List[Tensor]
+    pos_gt_index: List[Tensor]
+    pos_labels: List[Tensor]
+
+
+def _box_dtype(maps: Sequence[Tensor]) -> torch.dtype:
+    # Boxes and targets stay at least float32 when the maps come from an autocast (bf16/fp16) encoder.
+    return torch.promote_types(maps[0].dtype, torch.float32)
+
+
 class Detector(nn.Module):
-    def __init__(self, spec: DetectorSpec):
+    def __init__(self, spec: DetectorSpec, in_channels: Optional[Sequence[int]] = None,
+                 strides: Optional[Sequence[int]] = None):
+        """``in_channels``/``strides`` (one per map of an external encoder): no encoder is built
+        (``self.encoder`` is None, ``spec.encoder`` unused) and the detector runs on given maps."""
         super().__init__()
         self.spec = spec
         self.box_type = spec.box_type
         self.num_classes = spec.num_classes
-        self.encoder = build_encoder(spec.encoder)
-        n_out = len(self.encoder.out_channels)
+        if (in_channels is None) != (strides is None):
+            raise ValueError("give both in_channels and strides (external features) or neither")
+        if in_channels is None:
+            self.encoder = build_encoder(spec.encoder)
+            in_channels, strides = list(self.encoder.out_channels), list(self.encoder.strides)
+        else:
+            self.encoder = None
+            if len(in_channels) != len(strides):
+                raise ValueError(f"{len(in_channels)} in_channels but {len(strides)} strides")
+        n_out = len(in_channels)
         if any(not 0 <= i < n_out for i in spec.fpn_levels):
             raise ValueError(f"fpn_levels {spec.fpn_levels} out of range: the encoder has {n_out} outputs")
-        self.strides = [int(self.encoder.strides[i]) for i in spec.fpn_levels]
-        self.fpn = FPN([self.encoder.out_channels[i] for i in spec.fpn_levels], spec.fpn_channels)
+        self.strides = [int(strides[i]) for i in spec.fpn_levels]
+        self.fpn = FPN([in_channels[i] for i in spec.fpn_levels], spec.fpn_channels)
         self.anchor_shapes = [anchor_shapes(sizes, spec.anchor_ratios) for sizes in spec.anchor_sizes]
         rbox = self.box_type == "rbox"
         self.box_dim = 5 if rbox else 4
@@ -213,9 +248,14 @@ class Detector(nn.Module):
         return max(self.strides)
 
     # ------------------------------------------------------------------ shared parts
+    def neck(self, maps: Sequence[Tensor]) -> List[Tensor]:
+        """Encoder maps (finest first, all of them) -> FPN maps."""
+        return self.fpn([maps[i] for i in self.spec.fpn_levels])
+
     def _features(self, images: Tensor) -> List[Tensor]:
-        feats = self.encoder(images)
-        return self.fpn([feats[i] for i in self.spec.fpn_levels])
+        if self.encoder is None:
+            raise RuntimeError("this detector has no encoder: use forward_features / losses_from_features")
+        return self.neck(self.encoder(images))
 
     def _anchors(self, features: Sequence[Tensor]) -> Tensor:
         return torch.cat([grid_anchors(f.shape[-2], f.shape[-1], s, shapes, f.dtype, f.device)
@@ -232,10 +272,15 @@ class Detector(nn.Module):
         x1, y1, x2, y2 = boxes.unbind(-1)
         return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(x1)], dim=-1)
 
-    def _roi_forward(self, features, rois: Tensor):
+    def _roi_forward(self, features, rois: Tensor, allowed: Optional[Tensor] = None):
+        """``allowed`` (N, K + 1) bool, background last: image n's RoIs score only its allowed classes
+        (a multi-dataset model's per-dataset classifiers on one head)."""
         pooled = multilevel_roi_align(features, self.strides, rois, self.spec.roi_size,
                                       self.spec.roi_sampling_ratio, self.spec.roi_finest_scale)
-        return self.roi_head(pooled)
+        cls, reg = self.roi_head(pooled)
+        if allowed is not None:
+            cls = cls.masked_fill(~allowed[rois[:, 0].long()], -1e4)
+        return cls, reg
 
     def _decode(self, proposals: Tensor, deltas: Tensor, image_size) -> Tensor:
         boxes = self.roi_coder.decode(proposals, deltas)
@@ -249,22 +294,30 @@ class Detector(nn.Module):
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         """images N×C×H×W (normalised; H, W multiples of ``size_divisor``) -> (boxes N×P×4|5, scores N×P×K)."""
         image_size = (images.shape[-2], images.shape[-1])
-        features = self._features(images)
+        return self._detect(self._features(images), image_size, None, images.dtype)
+
+    def forward_features(self, maps: Sequence[Tensor], image_size: Tuple[int, int],
+                         allowed: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        """``forward`` on encoder maps computed elsewhere; ``image_size`` (H, W) of the input images."""
+        return self._detect(self.neck(maps), image_size, allowed, _box_dtype(maps))
+
+    def _detect(self, features: List[Tensor], image_size, allowed: Optional[Tensor], dtype):
         logits, deltas = self.rpn(features)
         anchors = self._anchors(features)
         proposals, objectness = self._proposals(anchors, logits, deltas, image_size, self.spec.num_candidates)
         n, p = proposals.shape[0], proposals.shape[1]
-        batch_index = torch.arange(n, dtype=images.dtype, device=images.device)[:, None, None].expand(n, p, 1)
+        device = features[0].device
+        batch_index = torch.arange(n, dtype=dtype, device=device)[:, None, None].expand(n, p, 1)
         rois = torch.cat([batch_index, self._roi_boxes(proposals)], dim=-1).reshape(n * p, 6)
-        cls, reg = self._roi_forward(features, rois)
+        cls, reg = self._roi_forward(features, rois, allowed)
         boxes = self._decode(proposals.reshape(n * p, -1), reg, image_size)
         # Empty proposal slots (objectness -inf) get zero scores, so the backend's threshold drops them.
-        valid = torch.isfinite(objectness).to(images.dtype).reshape(n * p, 1)
+        valid = torch.isfinite(objectness).to(dtype).reshape(n * p, 1)
         scores = F.softmax(cls, dim=-1)[:, :self.num_classes] * valid
         return boxes.reshape(n, p, self.box_dim), scores.reshape(n, p, self.num_classes)
 
     # ------------------------------------------------------------------ training
-    def _gt(self, target: Dict, dtype, device) -> Tuple[Tensor, Tensor]:
+    def _gt(self, target: Dict, dtype, device) -> Tuple[Tensor, Tensor, Tensor]:
         boxes = torch.as_tensor(target["boxes"], dtype=dtype, device=device).reshape(-1, self.box_dim)
         labels = torch.as_tensor(target["labels"], dtype=torch.int64, device=device).reshape(-1)
         if len(labels) != len(boxes):
@@ -277,24 +330,35 @@ class Detector(nn.Module):
             boxes = normalize_rboxes(boxes)
             w, h = boxes[:, 2], boxes[:, 3]
         keep = (w >= 1) & (h >= 1)                # sub-pixel boxes would give log(0) regression targets
-        return boxes[keep], labels[keep]
+        return boxes[keep], labels[keep], keep.nonzero().flatten()
 
-    def losses(self, images: Tensor, targets: Sequence[Dict]) -> Dict[str, Tensor]:
+    def losses(self, images: Tensor, targets: Sequence[Dict], return_sampling: bool = False):
         """targets: per image {"boxes": (M, 4|5) px, "labels": (M,) in 0..K-1} -> rpn_cls, rpn_reg,
-        roi_cls, roi_reg (scalars, each averaged over its sampled anchors / RoIs)."""
-        spec = self.spec
+        roi_cls, roi_reg (scalars, each averaged over its sampled anchors / RoIs); with ``return_sampling``
+        ``(losses, Sampling)``."""
         if len(targets) != images.shape[0]:
             raise ValueError(f"{len(targets)} targets for {images.shape[0]} images")
-        image_size = (images.shape[-2], images.shape[-1])
-        dtype, device = images.dtype, images.device
-        features = self._features(images)
+        return self._losses(self._features(images), (images.shape[-2], images.shape[-1]), targets,
+                            None, return_sampling, images.dtype)
+
+    def losses_from_features(self, maps: Sequence[Tensor], image_size: Tuple[int, int], targets: Sequence[Dict],
+                             allowed: Optional[Tensor] = None, return_sampling: bool = False):
+        """``losses`` on encoder maps computed elsewhere; ``allowed`` as in ``forward_features``."""
+        if len(targets) != maps[0].shape[0]:
+            raise ValueError(f"{len(targets)} targets for {maps[0].shape[0]} images")
+        return self._losses(self.neck(maps), tuple(image_size), targets, allowed, return_sampling,
+                            _box_dtype(maps))
+
+    def _losses(self, features: List[Tensor], image_size, targets, allowed, return_sampling: bool, dtype):
+        spec = self.spec
+        device = features[0].device
         logits, deltas = self.rpn(features)
         anchors = self._anchors(features)
         gts = [self._gt(t, dtype, device) for t in targets]
 
         # RPN: horizontal IoU of the anchors with the ground truths' enclosing boxes.
         cls_logits, cls_labels, reg_pred, reg_target = [], [], [], []
-        for i, (gt, _) in enumerate(gts):
+        for i, (gt, _, _) in enumerate(gts):
             gt_h = gt if self.box_type == "hbox" else rbox_to_hbox(gt)
             iou = box_iou(anchors, gt_h)
             label, gt_index = max_iou_assign(iou, spec.rpn_pos_iou, spec.rpn_neg_iou, spec.rpn_min_pos_iou, True)
@@ -313,8 +377,8 @@ class Detector(nn.Module):
         with torch.no_grad():
             proposals, objectness = self._proposals(anchors, logits.detach(), deltas.detach(), image_size,
                                                     spec.rpn_post_nms_top_k_train)
-        rois, roi_labels, roi_pos_props, roi_pos_targets = [], [], [], []
-        for i, (gt, gt_labels) in enumerate(gts):
+        rois, roi_labels, roi_pos_props, roi_pos_targets, roi_pos_gt = [], [], [], [], []
+        for i, (gt, gt_labels, gt_kept) in enumerate(gts):
             props = torch.cat([proposals[i][torch.isfinite(objectness[i])], gt], dim=0)
             if len(gt):
                 iou = rotated_box_iou(props, gt) if self.box_type == "rbox" else box_iou(props, gt)
@@ -330,15 +394,20 @@ class Detector(nn.Module):
             roi_labels.append(cls)
             roi_pos_props.append(props[pos])
             roi_pos_targets.append(gt[gt_index[pos]])
+            roi_pos_gt.append(gt_kept[gt_index[pos]])
         rois = torch.cat(rois)
-        cls_out, reg_out = self._roi_forward(features, rois)
+        cls_out, reg_out = self._roi_forward(features, rois, allowed)
         labels = torch.cat(roi_labels)
         num_roi = max(len(labels), 1)
         roi_cls = F.cross_entropy(cls_out, labels, reduction="sum") / num_roi
         is_pos = labels < self.num_classes
         target = self.roi_coder.encode(torch.cat(roi_pos_props), torch.cat(roi_pos_targets))
         roi_reg = _smooth_l1_sum(reg_out[is_pos], target, spec.roi_reg_beta) / num_roi
-        return {"rpn_cls": rpn_cls, "rpn_reg": rpn_reg, "roi_cls": roi_cls, "roi_reg": roi_reg}
+        out = {"rpn_cls": rpn_cls, "rpn_reg": rpn_reg, "roi_cls": roi_cls, "roi_reg": roi_reg}
+        if not return_sampling:
+            return out
+        pos_labels = [lab[:len(p)] for lab, p in zip(roi_labels, roi_pos_props)]   # positives come first
+        return out, Sampling(features, roi_pos_props, roi_pos_gt, pos_labels)
 
 
 def build_detector(spec: DetectorSpec) -> Detector:

@@ -22,8 +22,7 @@ class MaskHeadConfig:
     roi_size: int = 14              # RoI Align output; the head predicts 2x that (Mask R-CNN: 14 -> 28)
     channels: int = 64
     convs: int = 4
-    samples_per_image: int = 64     # instances per image the mask loss sees (a random subset)
-    jitter: float = 0.1             # mask RoIs are the ground-truth boxes jittered by this fraction of their size
+    samples_per_image: int = 64     # positive RoIs per image the mask loss sees (a random subset of the sampler's)
 
 
 @dataclass

@@ -7,74 +7,38 @@
   `inssegdecoder.mask_head`, a 4-conv + deconv mask head on RoI-aligned FPN features of the same detector.
 * `rotdetdecoder`: Oriented R-CNN of training.detection.model.
 
-The detectors are reused by composition: `SharedEncoderDetector` runs the detector's own FPN / RPN /
-RoI head on features the shared encoder computed once per batch (MTP likewise runs the encoder once and
-feeds each decoder's neck). Module prefixes follow the official full-model checkpoints (`encoder.`,
+The detectors are reused by composition: each is a `training.detection.model.Detector` built without an
+encoder (`in_channels`/`strides` of the shared one) whose FPN / RPN / RoI head run on the maps the shared
+encoder computed once per batch (`losses_from_features`, `forward_features`; MTP likewise runs the encoder
+once and feeds each decoder's neck). Module prefixes follow the official full-model checkpoints (`encoder.`,
 `semsegdecoder.`, `inssegdecoder.`, `rotdetdecoder.`), so encoder loaders strip `encoder.`.
 
 The detectors' RoI classifiers also span the union of classes, each RoI's logits restricted to its image's
 subset + background (MTP: one fc_cls per subset); box regression is class-agnostic, as the detector's.
 
-Differences from the official code, on purpose or for lack of time (see training/README.md):
-* the mask head learns on jittered ground-truth boxes (IoU > 0.5 with their object, like Mask R-CNN's
-  positive proposals) rather than on the detector's sampled proposals, which Detector.losses keeps internal.
+The mask head trains as Mask R-CNN's: on the positive RoIs the detector's sampler drew (proposals with
+IoU >= 0.5, ground truths included), with targets = each RoI's matched instance mask RoI-aligned to the
+head's output size and thresholded at 0.5; at inference it predicts a mask for every final box.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from training.detection.heads import FPN, multilevel_roi_align
-from training.detection.model import Detector, spec_from_dict
+from training.detection.heads import multilevel_roi_align
+from training.detection.model import Detector, Sampling, spec_from_dict
 from training.models.decoders.uperhead import UperHead
 from training.models.encoders import build_encoder
 from training.mtp.config import MaskHeadConfig, MTPModelConfig
 from training.mtp.samrs import SEMANTIC_IGNORE, SUBSETS
 
-# Detector's constructor builds an encoder from its spec; this tiny timm model stands in and is dropped.
-_STUB_ENCODER = {"kind": "timm", "name": "test_efficientnet", "out_indices": [0, 1, 2, 3, 4]}
-
-
-class SharedEncoderDetector(Detector):
-    """A Detector whose `_features` take the shared encoder's maps (set by `run`) instead of images."""
-
-    def __init__(self, spec_dict: Dict, box_type: str, num_classes: int, in_channels: Sequence[int],
-                 strides: Sequence[int]):
-        spec = spec_from_dict({**spec_dict, "box_type": box_type, "num_classes": num_classes,
-                               "encoder": dict(_STUB_ENCODER)})
-        super().__init__(spec)
-        del self.encoder  # the shared encoder lives in the multi-task model
-        if any(not 0 <= i < len(in_channels) for i in spec.fpn_levels):
-            raise ValueError(f"fpn_levels {spec.fpn_levels} out of range: the encoder has {len(in_channels)} outputs")
-        self.strides = [int(strides[i]) for i in spec.fpn_levels]
-        self.fpn = FPN([in_channels[i] for i in spec.fpn_levels], spec.fpn_channels)
-        self._shared: Optional[List[Tensor]] = None
-        self._allowed: Optional[Tensor] = None
-        self.last_fpn: Optional[List[Tensor]] = None
-
-    def _features(self, images: Tensor) -> List[Tensor]:
-        if self._shared is None:
-            raise RuntimeError("SharedEncoderDetector needs the encoder's features: call run(...)")
-        self.last_fpn = self.fpn([self._shared[i] for i in self.spec.fpn_levels])
-        return self.last_fpn
-
-    def _roi_forward(self, features, rois: Tensor):
-        cls, reg = super()._roi_forward(features, rois)
-        if self._allowed is not None:
-            # Each RoI's classifier sees only its image's subset (+ background): MTP's per-subset fc_cls.
-            cls = cls.masked_fill(~self._allowed[rois[:, 0].long()], -1e4)
-        return cls, reg
-
-    def run(self, method: str, features: List[Tensor], images: Tensor, *args, allowed: Optional[Tensor] = None):
-        """Call `losses` or `forward` with the encoder's `features` of `images` (images give shape/dtype);
-        `allowed` (N, K + 1) bool restricts image n's RoI classes."""
-        self._shared, self._allowed = features, allowed
-        try:
-            return getattr(self, method)(images, *args)
-        finally:
-            self._shared, self._allowed = None, None
+def shared_encoder_detector(spec_dict: Dict, box_type: str, num_classes: int, in_channels: Sequence[int],
+                            strides: Sequence[int]) -> Detector:
+    """A Detector without an encoder, fed the shared encoder's maps (`in_channels`/`strides` per map)."""
+    spec = spec_from_dict({**spec_dict, "box_type": box_type, "num_classes": num_classes})
+    return Detector(spec, in_channels=in_channels, strides=strides)
 
 
 class MaskHead(nn.Module):
@@ -92,15 +56,6 @@ class MaskHead(nn.Module):
 
     def forward(self, roi_features: Tensor) -> Tensor:
         return self.logits(F.relu(self.upsample(self.convs(roi_features))))
-
-
-def _jitter(boxes: Tensor, amount: float, size) -> Tensor:
-    wh = (boxes[:, 2:] - boxes[:, :2]).clamp_min(1.0)
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + (torch.rand_like(wh) * 2 - 1) * amount * wh
-    wh = wh * (1 + (torch.rand_like(wh) * 2 - 1) * amount)
-    out = torch.cat([centre - wh / 2, centre + wh / 2], dim=1)
-    limit = boxes.new_tensor([size[1], size[0], size[1], size[0]])
-    return torch.minimum(out.clamp_min(0), limit)
 
 
 class MTPModel(nn.Module):
@@ -136,12 +91,12 @@ class MTPModel(nn.Module):
             det_allowed[k, self.offsets[k]:self.offsets[k] + len(SUBSETS[s].classes)] = True
         self.register_buffer("det_allowed", det_allowed, persistent=False)
         if "is" in self.tasks:
-            self.inssegdecoder = SharedEncoderDetector(cfg.insseg, "hbox", n, ch, strides)
+            self.inssegdecoder = shared_encoder_detector(cfg.insseg, "hbox", n, ch, strides)
             self.mask_cfg = cfg.mask_head
             # Under inssegdecoder so whole-model files keep MTP's four top-level prefixes.
             self.inssegdecoder.mask_head = MaskHead(self.inssegdecoder.spec.fpn_channels, n, cfg.mask_head)
         if "rd" in self.tasks:
-            self.rotdetdecoder = SharedEncoderDetector(cfg.rotdet, "rbox", n, ch, strides)
+            self.rotdetdecoder = shared_encoder_detector(cfg.rotdet, "rbox", n, ch, strides)
 
     @property
     def size_divisor(self) -> int:
@@ -156,56 +111,98 @@ class MTPModel(nn.Module):
         labels = torch.stack([t["semantic"] for t in targets]).to(images.device)
         return F.cross_entropy(logits.float(), labels, ignore_index=SEMANTIC_IGNORE)
 
-    def mask_loss(self, images: Tensor, targets) -> Tensor:
+    def mask_rois(self, sampling: Sampling):
+        """The mask head's training RoIs: the detector's sampled positives, at most
+        `mask_head.samples_per_image` per image (the sampler's order is already random).
+        -> (rois (R, 5) = batch index + hbox, matched target index (R,), class (R,))."""
+        cap = self.mask_cfg.samples_per_image
+        rois, gt_index, labels = [], [], []
+        for i, (boxes, gt, lab) in enumerate(zip(sampling.pos_rois, sampling.pos_gt_index, sampling.pos_labels)):
+            boxes, gt, lab = boxes[:cap], gt[:cap], lab[:cap]
+            rois.append(torch.cat([boxes.new_full((len(boxes), 1), float(i)), boxes], dim=1))
+            gt_index.append(gt)
+            labels.append(lab)
+        return torch.cat(rois), torch.cat(gt_index), torch.cat(labels)
+
+    def _mask_logits(self, fpn: List[Tensor], rois: Tensor) -> Tensor:
+        """rois (R, 5) batch index + hbox -> (R, K, 2·roi_size, 2·roi_size) mask logits."""
         det = self.inssegdecoder
-        cfg = self.mask_cfg
-        size = images.shape[-2:]
-        rois, masks, labels = [], [], []
-        for i, t in enumerate(targets):
-            boxes = t["boxes"].to(images.device, torch.float32)
-            keep = ((boxes[:, 2:] - boxes[:, :2]) >= 1).all(1)
-            idx = keep.nonzero().flatten()
-            idx = idx[torch.randperm(len(idx), device=idx.device)[:cfg.samples_per_image]]
-            if len(idx) == 0:
-                continue
-            jittered = _jitter(boxes[idx], cfg.jitter, size)
-            rois.append(torch.cat([jittered.new_full((len(idx), 1), float(i)), jittered], dim=1))
-            # Targets: each object's mask cut out by its RoI and resampled to the head's output size.
-            m = t["masks"][idx.cpu()].to(images.device, torch.float32)[:, None]
-            cut = roi_align(m, torch.cat([torch.arange(len(idx), device=m.device, dtype=m.dtype)[:, None],
-                                          jittered], dim=1), 2 * cfg.roi_size, 1.0, 2, aligned=True)
-            masks.append((cut[:, 0] >= 0.5).to(torch.float32))
-            labels.append(t["labels"][idx.cpu()].to(images.device))
-        if not rois:  # no instances in the batch: a zero that still touches the head's parameters
-            return sum(p.sum() for p in det.mask_head.parameters()) * 0.0
-        rois = torch.cat(rois)
         x1, y1, x2, y2 = rois[:, 1:].unbind(-1)
         rrois = torch.stack([rois[:, 0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(x1)], 1)
-        feats = multilevel_roi_align(det.last_fpn, det.strides, rrois, cfg.roi_size, det.spec.roi_sampling_ratio,
+        feats = multilevel_roi_align(fpn, det.strides, rrois, self.mask_cfg.roi_size, det.spec.roi_sampling_ratio,
                                      det.spec.roi_finest_scale)
-        logits = det.mask_head(feats)
-        labels = torch.cat(labels)
-        picked = logits[torch.arange(len(labels), device=labels.device), labels]
+        return det.mask_head(feats)
+
+    def mask_loss(self, sampling: Sampling, targets) -> Tensor:
+        det = self.inssegdecoder
+        rois, gt_index, labels = self.mask_rois(sampling)
+        if len(rois) == 0:  # no positives in the batch: a zero that still touches the head's parameters
+            return sum(p.sum() for p in det.mask_head.parameters()) * 0.0
+        size = 2 * self.mask_cfg.roi_size
+        device = rois.device
+        masks = []
+        for i, t in enumerate(targets):
+            mine = rois[:, 0] == i
+            if not mine.any():
+                continue
+            # Mask R-CNN's targets: the matched instance's mask cut out by its RoI, resampled, thresholded.
+            m = t["masks"][gt_index[mine].cpu()].to(device, torch.float32)[:, None]
+            idx = torch.arange(len(m), device=device, dtype=torch.float32)[:, None]
+            cut = roi_align(m, torch.cat([idx, rois[mine, 1:].float()], dim=1), size, 1.0, 2, aligned=True)
+            masks.append((cut[:, 0] >= 0.5).to(torch.float32))
+        # Images are visited in batch order and rois are grouped by image, so masks line up with rois.
+        logits = self._mask_logits(sampling.features, rois)
+        picked = logits[torch.arange(len(labels), device=device), labels]
         return F.binary_cross_entropy_with_logits(picked.float(), torch.cat(masks))
 
     def forward(self, images: Tensor, targets: List[Dict]) -> Dict[str, Tensor]:
         features = self.encoder(images)
         allowed = self.det_allowed[torch.tensor([t["subset"] for t in targets], device=images.device)]
+        size = tuple(images.shape[-2:])
         out: Dict[str, Tensor] = {}
         if "ss" in self.tasks:
             out["ss"] = self.semantic_loss(features, images, targets)
         if "is" in self.tasks:
             det_t = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-            parts = self.inssegdecoder.run("losses", features, images, det_t, allowed=allowed)
-            parts["mask"] = self.mask_loss(images, targets)
-            self.inssegdecoder.last_fpn = None
+            parts, sampling = self.inssegdecoder.losses_from_features(features, size, det_t, allowed=allowed,
+                                                                       return_sampling=True)
+            parts["mask"] = self.mask_loss(sampling, targets)
             out.update({f"is_{k}": v for k, v in parts.items()})
             out["is"] = sum(parts.values())
         if "rd" in self.tasks:
             det_t = [{"boxes": t["rboxes"], "labels": t["rlabels"]} for t in targets]
-            parts = self.rotdetdecoder.run("losses", features, images, det_t, allowed=allowed)
+            parts = self.rotdetdecoder.losses_from_features(features, size, det_t, allowed=allowed)
             out.update({f"rd_{k}": v for k, v in parts.items()})
             out["rd"] = sum(parts.values())
+        return out
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, subsets: Sequence[int]) -> Dict[str, Tensor]:
+        """Inference of every task on images of the given subset indices (union class ids):
+        `semantic` (N, H, W); `boxes` (N, P, 4), `scores` (N, P, K), `labels` (N, P) (best class),
+        `masks` (N, P, 2·roi_size, 2·roi_size) mask probabilities of each box's best class, in the box's
+        frame (paste into the image as Mask R-CNN does); `rboxes` (N, P, 5), `rscores` (N, P, K)."""
+        features = self.encoder(images)
+        subset = torch.as_tensor(list(subsets), device=images.device)
+        size = tuple(images.shape[-2:])
+        out: Dict[str, Tensor] = {}
+        if "ss" in self.tasks:
+            logits = F.interpolate(self.semsegdecoder(features), size=size, mode="bilinear", align_corners=False)
+            out["semantic"] = logits.masked_fill(~self.semantic_allowed[subset][:, :, None, None], -1e4).argmax(1)
+        allowed = self.det_allowed[subset]
+        if "is" in self.tasks:
+            det = self.inssegdecoder
+            fpn = det.neck(features)
+            boxes, scores = det._detect(fpn, size, allowed, torch.promote_types(fpn[0].dtype, torch.float32))
+            n, p = boxes.shape[:2]
+            labels = scores.argmax(-1)
+            batch = torch.arange(n, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(n, p, 1)
+            logits = self._mask_logits(fpn, torch.cat([batch, boxes], -1).reshape(n * p, 5))
+            picked = logits[torch.arange(n * p, device=boxes.device), labels.reshape(-1)]
+            out.update(boxes=boxes, scores=scores, labels=labels,
+                       masks=picked.float().sigmoid().reshape(n, p, *picked.shape[-2:]))
+        if "rd" in self.tasks:
+            out["rboxes"], out["rscores"] = self.rotdetdecoder.forward_features(features, size, allowed)
         return out
 
 
@@ -213,4 +210,4 @@ def build_mtp_model(cfg: MTPModelConfig, subsets: Sequence[str]) -> MTPModel:
     return MTPModel(cfg, subsets)
 
 
-__all__ = ["MTPModel", "SharedEncoderDetector", "MaskHead", "build_mtp_model"]
+__all__ = ["MTPModel", "MaskHead", "build_mtp_model", "shared_encoder_detector"]

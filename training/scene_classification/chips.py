@@ -1,5 +1,6 @@
 """Labelled scene chips cut from the segmentation samples: a chip's label is the majority class of
-its labelled pixels. Chips with too little label or no clear majority are skipped (see the config)."""
+its labelled pixels. Chips with too little label or no clear majority are skipped (see the config).
+Sources of `dataset: eurosat` are classification datasets instead: one chip per image (eurosat.py)."""
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -70,6 +71,18 @@ def cut_chips(tile: LabelledTile, offset: Tuple[int, int], size: int, stride: in
     return chips
 
 
+def eurosat_chips(source: SourceConfig, data, stats: ChipStats) -> List[Chip]:
+    """One chip per listed EuroSAT image (its class folder is the label), resized to data.chip_size."""
+    from training.scene_classification.eurosat import list_images, read_image, resize
+    names = [c.name for c in data.classes]
+    chips = []
+    for path, label in list_images(source, names):
+        image = resize(read_image(path, data.bands), data.chip_size)
+        chips.append(Chip(str(path), (0, 0, data.chip_size, data.chip_size), label, 1.0, image))
+    stats.kept += len(chips)
+    return chips
+
+
 def source_chips(source: SourceConfig, size: int, stride: int, num_classes: int, min_labelled_share: float,
                  min_majority_share: float, stats: ChipStats) -> List[Chip]:
     class_map = source.class_map or DEFAULT_CLASS_MAPS.get(source.dataset)
@@ -102,7 +115,8 @@ def load_split(cfg, split: str) -> Tuple[List[List[Chip]], ChipStats]:
     sources = data.train if split == "train" else data.val
     stride = data.train_stride if split == "train" else data.chip_size
     stats = ChipStats()
-    groups = [source_chips(s, data.chip_size, stride, cfg.model.num_classes, data.min_labelled_share,
+    groups = [eurosat_chips(s, data, stats) if s.dataset == "eurosat" else
+              source_chips(s, data.chip_size, stride, cfg.model.num_classes, data.min_labelled_share,
                            data.min_majority_share, stats) for s in sources]
     if not any(groups):
         raise ValueError(f"no {split} chip of {data.chip_size} px passes the filters in {describe(sources)} "

@@ -107,12 +107,37 @@ def _intersect(a, b) -> bool:
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
 
+def _eurosat_overlap(t: SourceConfig, v: SourceConfig) -> List[str]:
+    """Images listed on both sides (checked when the lists can be read; missing data is reported later)."""
+    from training.scene_classification.eurosat import list_images
+    try:
+        shared = {p for p, _ in list_images(t, _ANY)} & {p for p, _ in list_images(v, _ANY)}
+    except (OSError, ValueError):
+        return []
+    return [f"{Path(v.root).name}: {len(shared)} images in both train and val (e.g. {sorted(shared)[0].name})"] if shared else []
+
+
+class _AnyClass(tuple):
+    """A class list that accepts every name (overlap checks do not care about labels)."""
+    def __contains__(self, item):
+        return True
+
+    def index(self, item, *args):
+        return 0
+
+
+_ANY = _AnyClass()
+
+
 def overlapping_regions(train: List[SourceConfig], val: List[SourceConfig]) -> List[str]:
     """Descriptions of every place where a held-out region shares pixels with a training region."""
     clashes = []
     for t in train:
         for v in val:
             if repo_path(t.root).resolve() != repo_path(v.root).resolve():
+                continue
+            if t.dataset == "eurosat" or v.dataset == "eurosat":
+                clashes += _eurosat_overlap(t, v)
                 continue
             for name in sorted(set(t.tiles) & set(v.tiles)):
                 val_files = repo_path(v.root) / "img_dir" / name
