@@ -33,6 +33,7 @@ def test_mtp_encoder_finetunes_exports_and_runs_in_the_backend(tmp_path, encoder
         "data": {"subsets": [{"subset": s, "root": str(roots[s])} for s in SUBSETS], "image_size": 128},
         "train": {"iters": 3, "lr": 0.002, "warmup_iters": 1, "num_threads": 1}})
     pre = train_mtp(mtp, tmp_path / "mtp", show_progress=False)
+    assert list((tmp_path / "mtp" / "tb").glob("events.out.tfevents.*")), "no TensorBoard log written"
 
     seg = config_from_dict({
         "model": {"num_classes": 7, "encoder": {**ENCODER, "checkpoint": str(tmp_path / "mtp" / "encoder.pt")},

@@ -8,7 +8,7 @@ Per iteration: a batch from every SAMRS subset (data.py), one encoder pass, the 
 loss = sum_t weight_t * loss_t, AdamW with layer-wise lr decay and warm-up + poly/cosine schedule
 (training.engine.build_optimizer), optional AMP (bf16, or fp16 with a GradScaler on CUDA), grad-norm
 clipping, rank-0 checkpoints (model, optimizer, scheduler, sampler position, RNG, loss history) and logs
-(metrics.csv; TensorBoard too when `tensorboard` is installed).
+(metrics.csv and TensorBoard events under tb/).
 """
 import argparse
 import csv
@@ -35,9 +35,11 @@ from training.mtp.samrs import SAMRSDataset
 
 
 def _tensorboard(work_dir: Path):
+    # tensorboard is in requirements/training.txt; an environment without it still gets metrics.csv,
+    # which always holds the same numbers.
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is not a dependency: metrics.csv always has the same numbers
+    except ImportError:
         return None
     return SummaryWriter(str(work_dir / "tb"))
 
