@@ -73,8 +73,8 @@ package: setup
 	$(PY) scripts/package.py --out dist/mtp_qgis-$(VERSION).zip
 
 bench: setup
-	$(PY) benchmarks/bench_overhead.py --out benchmarks/results/overhead
-	$(PY) benchmarks/bench_segmentation.py --sizes 1024 2048 4096 8192 16384 32768 --cap change_detection=16384 --out benchmarks/results/scale
+	$(PY) benchmarks/bench_overhead.py --repeats 3 --out benchmarks/results/overhead
+	$(PY) benchmarks/bench_segmentation.py --sizes 1024 2048 4096 8192 16384 32768 --cap change_detection=16384 detection=16384 rotated_detection=16384 --out benchmarks/results/scale
 
 clean:
 	rm -rf build dist .pytest_cache

@@ -328,33 +328,41 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
             progress(TILES_SHARE * done / total, f"tile {done}/{total}")
 
     def batches():
-        tiles, arrays = [], []
+        """([(tile, index in the batch or None when skipped)], batch array, tiles in it)."""
+        tiles, batch, n = [], None, 0
         for tile in grid:
             x, y = processed.x + tile.x, processed.y + tile.y
             if all_nodata(reader, x, y, tile.width, tile.height):
                 tiles.append((tile, None))
             else:
-                tiles.append((tile, len(arrays)))
-                arrays.append(tile_model.prepare(reader.read(x, y, tile.width, tile.height)))
+                raw = reader.read(x, y, tile.width, tile.height)
+                if batch is None:  # fresh per batch: ORT may still be reading the previous one
+                    batch = np.empty((request.batch_size, raw.shape[0], model.tile_size, model.tile_size),
+                                     np.float32)
+                tile_model.prepare_into(raw, batch[n])  # no np.stack copy
+                tiles.append((tile, n))
+                n += 1
             if len(tiles) == request.batch_size:
-                yield tiles, arrays
-                tiles, arrays = [], []
+                yield tiles, batch, n
+                tiles, batch, n = [], None, 0
         if tiles:
-            yield tiles, arrays
+            yield tiles, batch, n
 
     worker = InferenceThread(tile_model.infer)
     try:
-        for tiles, arrays in batches():
+        for tiles, batch, n in batches():
             if cancelled and cancelled():
                 raise JobCancelled()
-            if not arrays:  # every tile skipped: collect in order after what is in flight
+            if not n:  # every tile skipped: collect in order after what is in flight
                 for tag, out in worker.results(block=True):
                     collect(tag, out)
                 collect(tiles, None)
                 continue
             if tile_model.fixed_batch:  # results for the repeats are ignored
-                arrays = arrays + [arrays[-1]] * (request.batch_size - len(arrays))
-            worker.submit(tiles, np.stack(arrays))
+                batch[n:] = batch[n - 1]
+            elif n < len(batch):
+                batch = batch[:n]
+            worker.submit(tiles, batch)
             for tag, out in worker.results(block=False):
                 collect(tag, out)
         for tag, out in worker.results(block=True):

@@ -179,8 +179,8 @@ class RasterReader:
         """float32 array (bands, height, width)."""
         out = np.empty((len(self.bands), height, width), dtype=np.float32)
         try:
-            for i, band in enumerate(self.bands):
-                out[i] = band.ReadAsArray(x, y, width, height)
+            for i, band in enumerate(self.bands):  # straight into out: GDAL converts, no temporary
+                band.ReadAsArray(x, y, width, height, buf_obj=out[i])
         except RuntimeError as exc:
             raise BackendError(f"Reading {self.name} at pixels x={x} y={y} {width}x{height} failed: {exc}") from exc
         return out
@@ -204,7 +204,9 @@ def create_class_raster(path: Path, width: int, height: int, gt: tuple[float, ..
                         class_names: list[str]) -> gdal.Dataset:
     """Tiled deflate uint8 GeoTIFF with nodata 255 and a colour table."""
     driver = gdal.GetDriverByName("GTiff")
-    options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
+    # DEFLATE level 3 instead of 6: on class maps 2.6x faster to write (~0.7 ms less per 512 px tile, on the
+    # thread that competes with inference) for files ~1.6x larger (still ~4 % of uncompressed); lossless.
+    options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "ZLEVEL=3", "BIGTIFF=IF_SAFER"]
     ds = driver.Create(str(path), width, height, 1, gdal.GDT_Byte, options=options)
     ds.SetGeoTransform(gt)
     if srs_wkt:

@@ -110,7 +110,8 @@ def column_stripes(xs: list[int], tile_w: int, width: int, max_width: int) -> li
         first = next(c for c in range(n) if xs[c] + tile_w > write_from)  # every tile reaching the rest
 
 
-# sink(x, y, probabilities[C, h, w]) receives finished, normalised blocks (window-relative offsets).
+# sink(x, y, probabilities[C, h, w]) receives finished, normalised blocks (window-relative offsets); the block
+# is a view of the blender's working memory, valid until the sink returns (copy it to keep it).
 BlockSink = Callable[[int, int, np.ndarray], None]
 
 
@@ -138,6 +139,16 @@ class StreamingBlender:
             self.down_carry.fill(0.0)
         self.right_carry: np.ndarray | None = None
         self.expected = iter(list(grid))
+        # Two working accumulators, alternating: tile i's right-carry (a view of its buffer) is read by tile
+        # i + 1, so tile i + 2 may reuse it. Reused memory skips an 8 MB allocation and its page faults per tile.
+        self.works = [np.empty((num_classes + 1, grid.tile_h, grid.tile_w), np.float32) for _ in range(2)]
+        self.scaled_weight = np.empty((grid.tile_h, grid.tile_w), np.float32)
+        self.turn = 0
+
+    def next_planes(self) -> np.ndarray:
+        """The C class planes the next add() accumulates into: a caller may compute the tile's probabilities
+        (or scores) there and pass them to add(), which then weights them in place instead of copying."""
+        return self.works[self.turn][: self.c]
 
     def add(self, tile: TileSpec, probs: np.ndarray, scale: np.ndarray | None = None) -> None:
         """probs: (C, tile.height, tile.width) probabilities of one tile, tiles in grid order; with scale
@@ -147,11 +158,14 @@ class StreamingBlender:
             raise ValueError(f"tile {tile.row},{tile.col} arrived out of order, expected {expected.row},{expected.col}")
         g, r, c = self.grid, tile.row, tile.col
         x0, y0, tw, th = tile.x, tile.y, g.tile_w, g.tile_h
-        # Fresh per tile: the block handed to the sink and the right-carry are views of it, nothing is copied.
+        # The block handed to the sink and the right-carry are views of work, nothing is copied (the sink
+        # must be done with its block when it returns: the buffer comes back two tiles later).
         # Probabilities x weight go in first and the carries are added onto them: a + b == b + a in IEEE
         # arithmetic, so this is bit for bit the sum of carry and tile, without zero-filling a buffer first.
-        work = np.empty((self.c + 1, th, tw), dtype=np.float32)
-        np.multiply(probs, self.weight if scale is None else self.weight * scale, out=work[: self.c])
+        work = self.works[self.turn]
+        self.turn ^= 1
+        weight = self.weight if scale is None else np.multiply(self.weight, scale, out=self.scaled_weight)
+        np.multiply(probs, weight, out=work[: self.c])  # in place when probs are next_planes()
         work[self.c] = self.weight
         fresh_from = 0  # first local column not already brought in by the right-carry
         if c > 0 and self.right_carry is not None:

@@ -209,3 +209,33 @@ def test_scene_inference_failure_in_the_worker_fails_cleanly(task_registry, tmp_
         run_plan("scene_classification", plan_job(spec, task_registry, job_id="scenefail"))
     assert list(tmp_path.iterdir()) == []
     assert pipeline_threads() == []
+
+
+def test_pipeline_shortens_the_switch_interval_only_while_it_runs(registry, monkeypatch):
+    """The worker must not wait Python's default 5 ms for the GIL after each batch; the setting is restored."""
+    import sys
+
+    before = sys.getswitchinterval()
+    seen = []
+    infer = TileModel.infer
+
+    def spying(self, batch):
+        seen.append(sys.getswitchinterval())
+        return infer(self, batch)
+
+    monkeypatch.setattr(TileModel, "infer", spying)
+    blend(registry.get("spatial"), COGEO, Window(0, 0, 600, 600), True)
+    assert seen and max(seen) <= segmentation.PIPELINE_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
+
+
+def test_prepare_into_writes_exactly_what_prepare_returns(registry):
+    """Tiles are normalised straight into the batch array: same float32 operations, same values, padded or not."""
+    model = TileModel(registry.get("spatial"))
+    t = model.model.tile_size
+    rng = np.random.default_rng(2)
+    for h, w in ((t, t), (t - 7, t - 30)):
+        raw = rng.integers(0, 256, (len(model.model.input.bands), h, w)).astype(np.float32)
+        out = np.full((raw.shape[0], t, t), np.nan, np.float32)
+        model.prepare_into(raw, out)
+        assert np.array_equal(out, model.prepare(raw))
