@@ -172,12 +172,20 @@ def config_from_dict(raw: Dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(path) -> Config:
+def read_yaml_config(path, from_dict):
+    """from_dict(the YAML file at `path`, relative to the repository root); every task's load_config. A
+    config error names the file."""
     path = repo_path(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    with open(path) as fh:
-        return config_from_dict(yaml.safe_load(fh))
+    try:
+        return from_dict(yaml.safe_load(path.read_text()))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def load_config(path) -> Config:
+    return read_yaml_config(path, config_from_dict)
 
 
 def config_to_dict(cfg: Config) -> Dict[str, Any]:

@@ -5,10 +5,9 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-import yaml
 
 from training.config import (ClassInfo, DecoderConfig, EncoderConfig, EvalConfig, ExportConfig, TrainConfig,
-                             _build, repo_path)
+                             _build, read_yaml_config, repo_path)
 
 TASK = "change_detection"
 FUSIONS = ("concat_diff", "diff", "concat")
@@ -106,11 +105,7 @@ def validate(cfg: ChangeConfig) -> None:
 
 
 def load_config(path) -> ChangeConfig:
-    path = repo_path(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    with open(path) as fh:
-        return config_from_dict(yaml.safe_load(fh))
+    return read_yaml_config(path, config_from_dict)
 
 
 def config_to_dict(cfg: ChangeConfig) -> Dict[str, Any]:

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import yaml
 
-from training.config import ClassInfo, TrainLoopConfig, _build, repo_path
+from training.config import ClassInfo, TrainLoopConfig, _build, read_yaml_config, repo_path
 
 # task -> box type of the detector and of the evaluation
 TASK_BOX_TYPES = {"detection": "hbox", "rotated_detection": "rbox"}
@@ -325,13 +324,7 @@ def config_from_dict(raw: Dict[str, Any], check_files: bool = True) -> DetConfig
 
 
 def load_config(path) -> DetConfig:
-    path = repo_path(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        return config_from_dict(yaml.safe_load(path.read_text()))
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    return read_yaml_config(path, config_from_dict)
 
 
 def config_to_dict(cfg: DetConfig) -> Dict[str, Any]:

@@ -2,9 +2,8 @@
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-import yaml
 
-from training.config import DecoderConfig, EncoderConfig, TrainLoopConfig, _build, repo_path
+from training.config import DecoderConfig, EncoderConfig, TrainLoopConfig, _build, read_yaml_config
 
 TASKS = ("ss", "is", "rd")   # semantic segmentation, instance segmentation, rotated detection (MTP's names)
 
@@ -90,11 +89,7 @@ def mtp_config_from_dict(raw: Dict[str, Any]) -> MTPConfig:
 
 
 def load_mtp_config(path) -> MTPConfig:
-    path = repo_path(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    with open(path) as fh:
-        return mtp_config_from_dict(yaml.safe_load(fh))
+    return read_yaml_config(path, mtp_config_from_dict)
 
 
 def mtp_config_to_dict(cfg: MTPConfig) -> Dict[str, Any]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-import yaml
 
-from training.config import ClassInfo, EncoderConfig, SourceConfig, TrainLoopConfig, _build, repo_path
+from training.config import (ClassInfo, EncoderConfig, SourceConfig, TrainLoopConfig, _build, read_yaml_config,
+                             repo_path)
 
 TASK = "scene_classification"
 POOLINGS = ("last", "concat")
@@ -213,13 +213,7 @@ def config_from_dict(raw: Dict[str, Any]) -> SceneConfig:
 
 
 def load_config(path) -> SceneConfig:
-    path = repo_path(str(path))
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        return config_from_dict(yaml.safe_load(path.read_text()))
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    return read_yaml_config(path, config_from_dict)
 
 
 def config_to_dict(cfg: SceneConfig) -> Dict[str, Any]:
