@@ -1,5 +1,6 @@
 """Paths of the real sample rasters and the tile geometry of the test models."""
 
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,3 +76,15 @@ def burn_objects(src: Path, dst: Path, objects=(), src_win=None, darken: float =
         driver = "PNG"
     gdal.GetDriverByName(driver).CreateCopy(str(dst), mem)
     return dst
+
+
+@contextmanager
+def api_client(registry, token: str):
+    """The real app in-process (FastAPI TestClient); its job workers are shut down afterwards."""
+    from fastapi.testclient import TestClient
+
+    from backend.api import create_app
+    app = create_app(registry, token)
+    with TestClient(app) as c:
+        yield c
+    app.state.jobs.shutdown()

@@ -3,11 +3,9 @@
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from backend.api import create_app
 
-from backend_test_data import COGEO, RGB_BYTE, vrt_over_copy
+from backend_test_data import api_client, COGEO, RGB_BYTE, vrt_over_copy
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -15,10 +13,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(registry):
-    app = create_app(registry, TOKEN)
-    with TestClient(app) as c:
+    with api_client(registry, TOKEN) as c:
         yield c
-    app.state.jobs.shutdown()
 
 
 def job_body(tmp_path, **overrides):

@@ -9,19 +9,17 @@ import time
 import numpy as np
 import onnx
 import pytest
-from fastapi.testclient import TestClient
 from osgeo import gdal, ogr
 from scipy import ndimage
 
 from backend import change as change_module
-from backend.api import create_app
 from backend.errors import BackendError, JobCancelled, ModelPackageError
 from backend.jobs import JobSpec, plan_job, run_plan
 from backend.model_package import load_package, write_metadata
 from backend.raster_io import Extent
 from backend.synthetic_models import build_change_model, build_model, change_metadata, write_change_package
 
-from backend_test_data import CHANGE_THRESHOLD, COGEO, LEVIR, LEVIR_PAIRS, NAIP, NAIP_2020, REPO, vrt_over_copy
+from backend_test_data import api_client, CHANGE_THRESHOLD, COGEO, LEVIR, LEVIR_PAIRS, NAIP, NAIP_2020, REPO, vrt_over_copy
 
 gdal.UseExceptions()
 
@@ -465,10 +463,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(task_registry):
-    app = create_app(task_registry, TOKEN)
-    with TestClient(app) as c:
+    with api_client(task_registry, TOKEN) as c:
         yield c
-    app.state.jobs.shutdown()
 
 
 def wait_for(client, job_id, timeout=60):

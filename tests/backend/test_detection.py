@@ -15,11 +15,9 @@ import time
 import numpy as np
 import onnx
 import pytest
-from fastapi.testclient import TestClient
 from osgeo import gdal, ogr, osr
 
 from backend import detection as detection_module
-from backend.api import create_app
 from backend.detection import (Detections, hbox_iou, merge_nms, rotated_iou, tile_detections, tile_nms)
 from backend.errors import BackendError, JobCancelled, ModelPackageError
 from backend.jobs import JobSpec, plan_job, run_plan
@@ -29,7 +27,7 @@ from backend.synthetic_models import (build_detection_model, build_model, defaul
                                       object_mask, write_detection_package, write_package)
 from backend.tiling import tile_starts
 
-from backend_test_data import COGEO, DOTA_PNG, REPO, RGB_BYTE, burn_objects, vrt_over_copy
+from backend_test_data import api_client, COGEO, DOTA_PNG, REPO, RGB_BYTE, burn_objects, vrt_over_copy
 
 gdal.UseExceptions()
 RED, GREEN, WHITE, DIM_RED = (255, 0, 0), (0, 255, 0), (255, 255, 255), (235, 0, 0)
@@ -569,10 +567,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(det_registry):
-    app = create_app(det_registry, TOKEN)
-    with TestClient(app) as c:
+    with api_client(det_registry, TOKEN) as c:
         yield c
-    app.state.jobs.shutdown()
 
 
 def test_api_rotated_detection_job(client, tmp_path):

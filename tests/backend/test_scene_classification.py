@@ -8,11 +8,9 @@ import time
 import numpy as np
 import onnx
 import pytest
-from fastapi.testclient import TestClient
 from osgeo import gdal, ogr
 
 from backend import scenes as scenes_module
-from backend.api import create_app
 from backend.errors import BackendError, JobCancelled, ModelPackageError
 from backend.jobs import JobSpec, plan_job, run_plan
 from backend.model_package import load_package, write_metadata
@@ -20,7 +18,7 @@ from backend.raster_io import Extent, extent_to_window, open_raster
 from backend.scenes import probability_field_names
 from backend.synthetic_models import build_change_model, build_classification_model, build_model, default_metadata
 
-from backend_test_data import COGEO, LEVIR, LEVIR_PAIRS, NAIP, REPO, RGB_BYTE, SCENE_GAIN, vrt_over_copy
+from backend_test_data import api_client, COGEO, LEVIR, LEVIR_PAIRS, NAIP, REPO, RGB_BYTE, SCENE_GAIN, vrt_over_copy
 
 gdal.UseExceptions()
 
@@ -363,10 +361,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(task_registry):
-    app = create_app(task_registry, TOKEN)
-    with TestClient(app) as c:
+    with api_client(task_registry, TOKEN) as c:
         yield c
-    app.state.jobs.shutdown()
 
 
 def test_api_scene_job(client, tmp_path):
