@@ -29,6 +29,7 @@ LAYER_NAME = "scenes"
 MAX_NATIVE_CELL = 2048
 # The all-nodata test reads masks in strips of about this many pixels.
 MASK_STRIP_PIXELS = 4 * 1024 * 1024
+COMMIT_EVERY = 4096  # features per GeoPackage transaction
 
 
 @dataclass
@@ -158,48 +159,56 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
         p_fields = probability_field_names(class_names)
         out, layer = create_layer(partial, LAYER_NAME, srs, SCENE_FIELDS + [(n, ogr.OFTReal) for n in p_fields])
         defn = layer.GetLayerDefn()
-        # Cells waiting for their batch, in grid order: (row, col, window-relative bounds, tensor or None).
-        pending: list[tuple[int, int, tuple[int, int, int, int], np.ndarray | None]] = []
+        index = {name: defn.GetFieldIndex(name) for name, _ in SCENE_FIELDS}  # SetField by index: no name lookup
+        p_index = [defn.GetFieldIndex(n) for n in p_fields]
+        # Cells waiting for their batch, in grid order: (row, col, window-relative bounds, slot in the batch or
+        # None for an all-nodata cell); `batch` holds their normalised tensors.
+        pending: list[tuple[int, int, tuple[int, int, int, int], int | None]] = []
+        batch: np.ndarray | None = None
         done = 0
+        uncommitted = 0
 
         # Inference runs on a worker thread one batch behind: reading cells and writing features (GDAL/OGR,
         # this thread only) overlap it.
         worker = InferenceThread(scene_model.probabilities)
 
         def write(cells, probs: np.ndarray | None) -> None:
-            nonlocal done
-            k = 0
-            out.StartTransaction()
-            for r, c, (x0, y0, x1, y1), tensor in cells:
+            nonlocal done, uncommitted
+            for r, c, (x0, y0, x1, y1), k in cells:
                 feature = ogr.Feature(defn)
-                feature.SetGeometry(cell_polygon(gt, window.x + x0, window.y + y0, window.x + x1, window.y + y1))
-                feature.SetField("row", r)
-                feature.SetField("col", c)
-                if tensor is not None:  # all-nodata cells keep NULL class and scores
-                    p = probs[k]
-                    k += 1
-                    top = int(p.argmax())
-                    feature.SetField("class_id", top)
-                    feature.SetField("class_name", class_names[top])
-                    feature.SetField("score", float(p[top]))
-                    for name, value in zip(p_fields, p):
-                        feature.SetField(name, float(value))
+                feature.SetGeometryDirectly(cell_polygon(gt, window.x + x0, window.y + y0,
+                                                         window.x + x1, window.y + y1))
+                feature.SetField(index["row"], r)
+                feature.SetField(index["col"], c)
+                if k is not None:  # all-nodata cells keep NULL class and scores
+                    top = int(probs[k].argmax())
+                    p = probs[k].tolist()  # Python floats once, not per field
+                    feature.SetField(index["class_id"], top)
+                    feature.SetField(index["class_name"], class_names[top])
+                    feature.SetField(index["score"], p[top])
+                    for i, value in zip(p_index, p):
+                        feature.SetField(i, value)
                 layer.CreateFeature(feature)
-            out.CommitTransaction()
             done += len(cells)
+            uncommitted += len(cells)
+            if uncommitted >= COMMIT_EVERY:  # one SQLite transaction per few thousand features, not per batch
+                out.CommitTransaction()
+                out.StartTransaction()
+                uncommitted = 0
             if progress:
                 progress(100.0 * done / total, f"cell {done}/{total}")
 
-        def flush() -> None:
+        def flush(n: int) -> None:
+            nonlocal batch
             if cancelled and cancelled():
                 raise JobCancelled()
             cells = list(pending)
             pending.clear()
-            tensors = [t for *_, t in cells if t is not None]
-            if tensors:
+            if n:
                 if scene_model.fixed_batch:
-                    tensors += [tensors[-1]] * (request.batch_size - len(tensors))
-                worker.submit(cells, np.stack(tensors))
+                    batch[n:] = batch[n - 1]  # results for the repeats are dropped
+                worker.submit(cells, batch if scene_model.fixed_batch else batch[:n])
+                batch = None  # a fresh array for the next batch: ORT may still be reading this one
                 for tag, probs in worker.results(block=False):
                     write(tag, probs)
             else:  # nothing to infer: write in order after what is in flight
@@ -207,23 +216,30 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
                     write(tag, probs)
                 write(cells, None)
 
+        out.StartTransaction()
         n_tensors = 0
         for r, (y0, h) in enumerate(rows):
+            y = window.y + y0
             for c, (x0, w) in enumerate(cols):
-                x, y = window.x + x0, window.y + y0
-                tensor = None
-                if not reader.all_nodata(x, y, w, h):
-                    tensor = scene_model.prepare(reader.read(x, y, w, h))
+                slot = None
+                if not reader.all_nodata(window.x + x0, y, w, h):
+                    raw = reader.read(window.x + x0, y, w, h)
+                    if batch is None:
+                        batch = np.empty((request.batch_size, raw.shape[0], model.tile_size, model.tile_size),
+                                         np.float32)
+                    scene_model.prepare_into(raw, batch[n_tensors])
+                    slot = n_tensors
                     n_tensors += 1
-                pending.append((r, c, (x0, y0, x0 + w, y0 + h), tensor))
+                pending.append((r, c, (x0, y0, x0 + w, y0 + h), slot))
                 # A long run of nodata cells flushes too, so progress and cancel keep coming.
                 if n_tensors == request.batch_size or len(pending) >= 1024:
-                    flush()
+                    flush(n_tensors)
                     n_tensors = 0
         if pending:
-            flush()
+            flush(n_tensors)
         for tag, probs in worker.results(block=True):
             write(tag, probs)
+        out.CommitTransaction()
         worker.close()
         layer = None
         out = None  # closing writes the file; errors surface here
