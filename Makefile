@@ -72,9 +72,15 @@ sample-data: setup
 package: setup
 	$(PY) scripts/package.py --out dist/mtp_qgis-$(VERSION).zip
 
+## The performance tables (issue 6) in benchmarks/results/: overhead vs bare ONNX Runtime and FLOP/s, then
+## throughput and peak memory to 32k² (about 30 minutes on 2 cores). A quick look at smaller sizes:
+## `make bench BENCH_SIZES="1024 2048" BENCH_REPEATS=1`.
+BENCH_REPEATS ?= 3
+BENCH_SIZES ?= 1024 2048 4096 8192 16384 32768
+BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384
 bench: setup
-	$(PY) benchmarks/bench_overhead.py --repeats 3 --out benchmarks/results/overhead
-	$(PY) benchmarks/bench_segmentation.py --sizes 1024 2048 4096 8192 16384 32768 --cap change_detection=16384 detection=16384 rotated_detection=16384 --out benchmarks/results/scale
+	$(PY) benchmarks/bench_overhead.py --repeats $(BENCH_REPEATS) --out benchmarks/results/overhead
+	$(PY) benchmarks/bench_segmentation.py --sizes $(BENCH_SIZES) --cap $(BENCH_CAPS) --out benchmarks/results/scale
 
 clean:
 	rm -rf build dist .pytest_cache
