@@ -3,7 +3,8 @@
 
 ``boxes``: conventions (le90 rotated boxes), conversions and box coders; ``ops``: rotated IoU, NMS and
 RoI Align in plain PyTorch; ``datasets``: DOTA / DIOR(-R) readers and crops; ``evaluation``: DOTA/VOC AP;
-``model``: the detector; ``config``, ``data``, ``engine``, ``export``: the training task.
+``model``: the two-stage detectors and the spec; ``retinanet``: the one-stage RetinaNet (horizontal boxes,
+``model.architecture: retinanet``); ``config``, ``data``, ``engine``, ``export``: the training task.
 """
 from training.tasks import package_task_functions
 

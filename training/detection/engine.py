@@ -1,4 +1,4 @@
-"""Detection training (training.engine.train_loop with DOTA crops and the detector's four losses),
+"""Detection training (training.engine.train_loop with DOTA crops and the detector's losses),
 tiled inference as the backend runs it, and held-out evaluation (VOC07 / VOC12 AP50)."""
 import logging
 import math
@@ -260,24 +260,25 @@ def train(cfg: Optional[DetConfig], work_dir, **options) -> Dict:
         log.info("%d training objects (%s) in %s; crops of %d px", sum(len(r.ann) for r in regions),
                  ", ".join(cfg.class_names), [r.box for r in regions], cfg.data.crop_size)
         sampler = DetectionSampler(regions, cfg)
-        sums = {k: 0.0 for k in LOSS_KEYS}
+        sums: Dict[str, float] = {}
         calls = [0]
 
         def compute_loss(model, batch):
             images, targets = batch
+            # The two-stage detector's four losses, or RetinaNet's two (the model's loss_keys).
+            keys = getattr(getattr(model, "module", model), "loss_keys", LOSS_KEYS)
             losses = model.losses(images, targets)
-            missing = [k for k in LOSS_KEYS if k not in losses]
+            missing = [k for k in keys if k not in losses]
             if missing:
                 raise RuntimeError(f"the detector's losses() lacks {missing}")
-            for k in LOSS_KEYS:
-                sums[k] += float(losses[k].detach())
+            for k in keys:
+                sums[k] = sums.get(k, 0.0) + float(losses[k].detach())
             calls[0] += 1
             if calls[0] % cfg.train.log_interval == 0:  # the loop logs the total; this, the parts
                 log.info("  mean over the last %d: %s", cfg.train.log_interval,
-                         " ".join(f"{k} {sums[k] / cfg.train.log_interval:.4f}" for k in LOSS_KEYS))
-                for k in LOSS_KEYS:
-                    sums[k] = 0.0
-            return sum(losses[k] for k in LOSS_KEYS)
+                         " ".join(f"{k} {sums[k] / cfg.train.log_interval:.4f}" for k in keys))
+                sums.clear()
+            return sum(losses[k] for k in keys)
         return (lambda it: sampler.batch(it, cfg.train.batch_size)), compute_loss
 
     return train_loop(cfg, work_dir, read_config=config_from_dict, load_training_data=load_training_data,

@@ -1,4 +1,5 @@
-"""Two-stage detectors: Faster R-CNN (horizontal boxes) and Oriented R-CNN (le90 rotated boxes).
+"""Two-stage detectors: Faster R-CNN (horizontal boxes) and Oriented R-CNN (le90 rotated boxes); the spec
+also selects the one-stage RetinaNet of ``retinanet.py`` (``architecture: retinanet``, horizontal boxes).
 
 encoder -> FPN -> RPN (horizontal anchors; 4 deltas, or 6 midpoint offsets for the oriented RPN) ->
 fixed-size proposal selection (top-k, Fast NMS, top-P) -> rotated RoI Align on the proposal's FPN level ->
@@ -30,9 +31,10 @@ from .heads import FPN, RoIHead, RPNHead, multilevel_roi_align
 from .ops import box_iou, rotated_box_iou
 
 __all__ = ["DetectorSpec", "spec_from_dict", "spec_to_dict", "build_detector", "Detector", "Sampling",
-           "select_proposals", "fast_nms_scores"]
+           "select_proposals", "fast_nms_scores", "target_tensors"]
 
 BOX_TYPES = ("hbox", "rbox")
+ARCHITECTURES = ("two_stage", "retinanet")
 
 
 @dataclass
@@ -45,11 +47,16 @@ class DetectorSpec:
     box_type: str = "rbox"                # "hbox": Faster R-CNN, "rbox": Oriented R-CNN
     num_classes: int = 1
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    # "two_stage": Faster / Oriented R-CNN (this module); "retinanet": one-stage, hbox only (retinanet.py)
+    architecture: str = "two_stage"
     fpn_channels: int = 64
-    fpn_levels: List[int] = field(default_factory=lambda: [0, 1, 2, 3])   # encoder outputs, strides 4..32
-    # Anchor sizes (sqrt of the area, px) per FPN level; every level needs the same number.  Half of
-    # mmdet's 8 × stride: objects of 15–60 px are the target, 24 px anchors match ships' enclosing boxes.
-    anchor_sizes: List[List[float]] = field(default_factory=lambda: [[24.0], [48.0], [96.0], [192.0]])
+    # Encoder outputs the FPN reads.  None: [0, 1, 2, 3] (strides 4..32) two-stage, [1, 2, 3] (8..32,
+    # RetinaNet's C3..C5) for retinanet.
+    fpn_levels: Optional[List[int]] = None
+    # Anchor sizes (sqrt of the area, px) per FPN level; every level needs the same number.  None, two-stage:
+    # [[24], [48], [96], [192]], half of mmdet's 8 × stride: objects of 15–60 px are the target, 24 px
+    # anchors match ships' enclosing boxes.  None, retinanet: anchor_octave_base × stride × 2^(i/octaves).
+    anchor_sizes: Optional[List[List[float]]] = None
     anchor_ratios: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])   # h / w
     rpn_pre_nms_top_k: int = 1000
     rpn_nms_iou: Optional[float] = None          # None: 0.7 hbox, 0.8 rbox (mmdet / mmrotate)
@@ -74,12 +81,43 @@ class DetectorSpec:
     roi_stds: Optional[List[float]] = None       # None: .1 .1 .2 .2 (hbox) + .1 angle (rbox)
     rpn_reg_beta: float = 1.0 / 9                # smooth-L1 beta (0: L1)
     roi_reg_beta: float = 1.0
+    # RetinaNet only (mmdet's retinanet_r50_fpn values).  Extra levels: stride-2 3x3 convs on the last
+    # encoder map the FPN reads (P6), then on ReLU(P6) (P7); None: 2 retinanet, 0 two-stage.
+    extra_levels: Optional[int] = None
+    anchor_octave_base: float = 4.0
+    anchor_octaves: int = 3
+    head_convs: int = 4                          # convs of fpn_channels in each of the class / box subnets
+    head_group_norm: bool = False                # GroupNorm (32 groups, fewer for narrow FPNs) after each
+    cls_prior: float = 0.01                      # initial foreground probability of every class
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    retina_pos_iou: float = 0.5
+    retina_neg_iou: float = 0.4
+    retina_min_pos_iou: float = 0.0              # every object also gets its best anchors (low-quality match)
+    retina_stds: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    retina_reg_beta: float = 0.0                 # 0: L1 on the deltas (mmdet); > 0: smooth-L1
+    retina_top_k_per_level: int = 1000           # candidates per level before the top num_candidates
 
     def __post_init__(self):
         if self.box_type not in BOX_TYPES:
             raise ValueError(f"box_type must be one of {BOX_TYPES}, got {self.box_type!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        retina = self.architecture == "retinanet"
+        if retina and self.box_type != "hbox":
+            raise ValueError("architecture retinanet detects horizontal boxes only (task: detection); "
+                             "rotated boxes (box_type rbox, task rotated_detection) need architecture two_stage")
         if isinstance(self.encoder, dict):
             self.encoder = _build(EncoderConfig, self.encoder)
+        if self.fpn_levels is None:
+            self.fpn_levels = [1, 2, 3] if retina else [0, 1, 2, 3]
+        if self.extra_levels is None:
+            self.extra_levels = 2 if retina else 0
+        if self.extra_levels < 0 or (self.extra_levels and not retina):
+            raise ValueError(f"extra_levels must be >= 0, and only architecture retinanet has extra levels "
+                             f"(got {self.extra_levels})")
+        if self.anchor_sizes is None and not retina:
+            self.anchor_sizes = [[24.0], [48.0], [96.0], [192.0]]
         rbox = self.box_type == "rbox"
         if self.rpn_nms_iou is None:
             self.rpn_nms_iou = 0.8 if rbox else 0.7
@@ -89,13 +127,21 @@ class DetectorSpec:
             self.roi_stds = [0.1, 0.1, 0.2, 0.2] + ([0.1] if rbox else [])
         if len(self.rpn_stds) != (6 if rbox else 4) or len(self.roi_stds) != (5 if rbox else 4):
             raise ValueError(f"rpn_stds / roi_stds have the wrong length for box_type {self.box_type!r}")
-        if len(self.anchor_sizes) != len(self.fpn_levels):
-            raise ValueError(f"anchor_sizes needs one list per FPN level ({len(self.fpn_levels)}), "
-                             f"got {len(self.anchor_sizes)}")
-        if len({len(s) for s in self.anchor_sizes}) != 1:
-            raise ValueError("every FPN level needs the same number of anchor sizes (the RPN head is shared)")
+        levels = len(self.fpn_levels) + self.extra_levels
+        if self.anchor_sizes is not None:
+            if len(self.anchor_sizes) != levels:
+                raise ValueError(f"anchor_sizes needs one list per FPN level ({levels}), got {len(self.anchor_sizes)}")
+            if len({len(s) for s in self.anchor_sizes}) != 1:
+                raise ValueError("every FPN level needs the same number of anchor sizes (the head is shared)")
         if self.num_classes < 1:
             raise ValueError("num_classes must be at least 1")
+        if retina:
+            if self.anchor_octaves < 1 or self.head_convs < 0 or not 0.0 < self.cls_prior < 1.0:
+                raise ValueError("anchor_octaves must be >= 1, head_convs >= 0 and cls_prior in (0, 1)")
+            if not self.retina_neg_iou <= self.retina_pos_iou:
+                raise ValueError("retina_neg_iou must not exceed retina_pos_iou")
+            if len(self.retina_stds) != 4:
+                raise ValueError("retina_stds needs 4 values (dx, dy, dw, dh)")
 
 
 def spec_from_dict(d: Dict) -> DetectorSpec:
@@ -184,6 +230,23 @@ def select_proposals(anchors: Tensor, logits: Tensor, deltas: Tensor, box_type: 
     return boxes, top
 
 
+def target_tensors(target: Dict, box_type: str, num_classes: int, dtype, device) -> Tuple[Tensor, Tensor, Tensor]:
+    """One image's target -> (boxes, labels, kept indices): checked, le90-normalised, sub-pixel boxes dropped."""
+    boxes = torch.as_tensor(target["boxes"], dtype=dtype, device=device).reshape(-1, 4 if box_type == "hbox" else 5)
+    labels = torch.as_tensor(target["labels"], dtype=torch.int64, device=device).reshape(-1)
+    if len(labels) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels in a target")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"target labels must be in 0..{num_classes - 1}, got {labels.tolist()}")
+    if box_type == "hbox":
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    else:
+        boxes = normalize_rboxes(boxes)
+        w, h = boxes[:, 2], boxes[:, 3]
+    keep = (w >= 1) & (h >= 1)                # sub-pixel boxes would give log(0) regression targets
+    return boxes[keep], labels[keep], keep.nonzero().flatten()
+
+
 def _smooth_l1_sum(x: Tensor, y: Tensor, beta: float) -> Tensor:
     if beta <= 0:
         return (x - y).abs().sum()
@@ -210,11 +273,16 @@ def _box_dtype(maps: Sequence[Tensor]) -> torch.dtype:
 
 
 class Detector(nn.Module):
+    loss_keys = ("rpn_cls", "rpn_reg", "roi_cls", "roi_reg")
+
     def __init__(self, spec: DetectorSpec, in_channels: Optional[Sequence[int]] = None,
                  strides: Optional[Sequence[int]] = None):
         """``in_channels``/``strides`` (one per map of an external encoder): no encoder is built
         (``self.encoder`` is None, ``spec.encoder`` unused) and the detector runs on given maps."""
         super().__init__()
+        if spec.architecture != "two_stage":
+            raise ValueError(f"Detector is the two-stage detector; architecture {spec.architecture!r} is built "
+                             f"by build_detector")
         self.spec = spec
         self.box_type = spec.box_type
         self.num_classes = spec.num_classes
@@ -318,19 +386,7 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------ training
     def _gt(self, target: Dict, dtype, device) -> Tuple[Tensor, Tensor, Tensor]:
-        boxes = torch.as_tensor(target["boxes"], dtype=dtype, device=device).reshape(-1, self.box_dim)
-        labels = torch.as_tensor(target["labels"], dtype=torch.int64, device=device).reshape(-1)
-        if len(labels) != len(boxes):
-            raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels in a target")
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"target labels must be in 0..{self.num_classes - 1}, got {labels.tolist()}")
-        if self.box_type == "hbox":
-            w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        else:
-            boxes = normalize_rboxes(boxes)
-            w, h = boxes[:, 2], boxes[:, 3]
-        keep = (w >= 1) & (h >= 1)                # sub-pixel boxes would give log(0) regression targets
-        return boxes[keep], labels[keep], keep.nonzero().flatten()
+        return target_tensors(target, self.box_type, self.num_classes, dtype, device)
 
     def losses(self, images: Tensor, targets: Sequence[Dict], return_sampling: bool = False):
         """targets: per image {"boxes": (M, 4|5) px, "labels": (M,) in 0..K-1} -> rpn_cls, rpn_reg,
@@ -410,8 +466,13 @@ class Detector(nn.Module):
         return out, Sampling(features, roi_pos_props, roi_pos_gt, pos_labels)
 
 
-def build_detector(spec: DetectorSpec) -> Detector:
-    """The detector of ``spec`` (the encoder loads ``spec.encoder.checkpoint`` itself when set)."""
+def build_detector(spec: DetectorSpec, in_channels: Optional[Sequence[int]] = None,
+                   strides: Optional[Sequence[int]] = None) -> nn.Module:
+    """The detector of ``spec``: ``Detector`` or ``RetinaNet`` by ``spec.architecture`` (the encoder loads
+    ``spec.encoder.checkpoint`` itself when set; ``in_channels``/``strides``: no encoder, as Detector)."""
     if isinstance(spec, dict):
         spec = spec_from_dict(spec)
-    return Detector(spec)
+    if spec.architecture == "retinanet":
+        from .retinanet import RetinaNet
+        return RetinaNet(spec, in_channels, strides)
+    return Detector(spec, in_channels, strides)
