@@ -401,7 +401,8 @@ def test_cdd_split_folders_read_back_and_train(tmp_path):
 # ------------------------------------------------------------------------------------- finetune configs
 FINETUNE = {"eurosat": ("scene_classification", "overall_accuracy"), "dior": ("detection", "AP50"),
             "dior_r": ("rotated_detection", "mAP"), "fair1m": ("rotated_detection", "mAP"),
-            "xview": ("detection", "AP50"), "cdd": ("change_detection", "F1")}
+            "xview": ("detection", "AP50"), "cdd": ("change_detection", "F1"),
+            "oscd": ("change_detection", "F1")}
 
 
 @pytest.mark.parametrize("dataset", sorted(FINETUNE))

@@ -11,6 +11,8 @@ from training.config import (ClassInfo, DecoderConfig, EncoderConfig, EvalConfig
 
 TASK = "change_detection"
 FUSIONS = ("concat_diff", "diff", "concat")
+FORMATS = ("levir", "oscd")
+OSCD_BANDS = {"rgb": 3, "all13": 13}  # training.change_detection.oscd.BAND_SETS, channel counts
 LOSSES = ("ce", "ce_dice")
 
 
@@ -26,7 +28,9 @@ class ChangeModelConfig:
 @dataclass
 class ChangeDataConfig:
     """LEVIR-CD layout: root/A (before), root/B (after), root/label (0/255 change masks), same file names;
-    CDD: OUT/ instead of label/. Names may carry a split folder (`train/x.png`); `<split>/*` = all its pairs."""
+    CDD: OUT/ instead of label/. Names may carry a split folder (`train/x.png`); `<split>/*` = all its pairs.
+    format oscd: OSCD's published folders (change_detection/oscd.py); train/val list split files
+    (`train.txt`, `test.txt`) or city names."""
     root: str
     train: List[str]  # pair file names trained on
     val: List[str]  # pair file names held out for evaluation (never trained on)
@@ -41,6 +45,9 @@ class ChangeDataConfig:
     gsd_m: float = 0.5
     # Brightness/contrast change of up to this fraction, drawn independently for each date (0 = off).
     color_jitter: float = 0.0
+    format: str = "levir"  # levir (LEVIR-CD, WHU-CD, CDD folders) or oscd
+    oscd_bands: str = "rgb"  # OSCD only: rgb (B04, B03, B02 as 8-bit) or all13 (13 bands, uint16 DN)
+    oscd_upsample: float = 1.0  # OSCD only: resample factor of every city (official recipe: ~2.33, 10 m -> 4.3 m)
 
 
 @dataclass
@@ -94,6 +101,7 @@ def validate(cfg: ChangeConfig) -> None:
     leaked += sorted((globbed(cfg.data.train) & folders(cfg.data.val)) | (globbed(cfg.data.val) & folders(cfg.data.train)))
     if leaked:
         raise ValueError(f"pairs {leaked} are in both data.train and data.val; held-out pairs must never be trained on")
+    validate_format(cfg)
     channels = len(cfg.data.bands)
     if not (len(cfg.data.mean) == len(cfg.data.std) == len(cfg.data.band_names) == channels
             == cfg.model.encoder.in_chans):
@@ -102,6 +110,28 @@ def validate(cfg: ChangeConfig) -> None:
     if cfg.eval.tile_overlap >= cfg.eval.tile_size:
         raise ValueError(f"eval.tile_overlap {cfg.eval.tile_overlap} must be smaller than eval.tile_size "
                          f"{cfg.eval.tile_size}")
+
+
+def validate_format(cfg: ChangeConfig) -> None:
+    data = cfg.data
+    if data.format not in FORMATS:
+        raise ValueError(f"data.format must be one of {FORMATS}, not {data.format!r}")
+    if data.oscd_bands not in OSCD_BANDS:
+        raise ValueError(f"data.oscd_bands must be one of {sorted(OSCD_BANDS)}, not {data.oscd_bands!r}")
+    if data.format != "oscd":
+        if data.oscd_bands != "rgb" or data.oscd_upsample != 1.0:
+            raise ValueError("data.oscd_bands and data.oscd_upsample apply to data.format oscd only")
+        return
+    if not 0.1 <= data.oscd_upsample <= 10.0:
+        raise ValueError(f"data.oscd_upsample must be within 0.1..10, not {data.oscd_upsample}")
+    if any(Path(n).name == "*" for n in data.train + data.val):
+        raise ValueError("OSCD data.train/data.val list split files (train.txt, test.txt) or city names, not `*`")
+    if len(data.bands) != OSCD_BANDS[data.oscd_bands]:
+        raise ValueError(f"data.oscd_bands {data.oscd_bands} gives {OSCD_BANDS[data.oscd_bands]} channels; "
+                         f"data.bands lists {len(data.bands)}")
+    if data.oscd_bands == "all13" and data.color_jitter > 0:
+        # random_color_jitter works on 8-bit values; 13-band OSCD is uint16 DN.
+        raise ValueError("data.color_jitter must be 0 with data.oscd_bands all13 (jitter is for 8-bit images)")
 
 
 def load_config(path) -> ChangeConfig:

@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 @dataclass
 class ChangePair:
     name: str
-    before: np.ndarray  # H x W x 3 uint8
+    before: np.ndarray  # H x W x C uint8 (uint16 DN for 13-band OSCD)
     after: np.ndarray  # H x W x 3 uint8, co-registered with before
     label: np.ndarray  # H x W uint8, 1 = change, 0 = no change
 
@@ -116,6 +116,14 @@ def load_pairs(root, names: Sequence[str]) -> List[ChangePair]:
             raise FileNotFoundError(f"change data folder {folder} has no {BEFORE_DIR}/ (before images); "
                                     f"expected the LEVIR-CD layout A/, B/, label/ (or CDD's A/, B/, OUT/)")
     return [read_pair(root, name) for name in names]
+
+
+def load_data_pairs(data_cfg, side: str) -> List[ChangePair]:
+    """The pairs of data.train or data.val (side 'train' / 'val') in the config's data.format."""
+    if getattr(data_cfg, "format", "levir") == "oscd":
+        from training.change_detection.oscd import load_cities
+        return load_cities(data_cfg, side)
+    return load_pairs(data_cfg.root, getattr(data_cfg, side))
 
 
 def paired_augment(pair: ChangePair, crop_size: int, color_jitter: float,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from training.checkpoint import load_checkpoint, load_model_weights
 from training.change_detection.config import ChangeConfig, config_from_dict
-from training.change_detection.data import ChangePair, PairSampler, load_pairs
+from training.change_detection.data import ChangePair, PairSampler, load_data_pairs
 from training.change_detection.metrics import change_confusion, change_metrics, pixel_difference_change
 from training.change_detection.model import SiameseChangeDetector, StackedPairModel, build_change_model
 from training.engine import train_loop
@@ -53,7 +53,7 @@ def change_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: ChangeConfig,
 def train(cfg: Optional[ChangeConfig], work_dir, **options) -> Dict:
     """Train a change detector; `options` are those of training.engine.train_loop (iters, resume, ...)."""
     def load_training_data(cfg: ChangeConfig):
-        sampler = PairSampler(load_pairs(cfg.data.root, cfg.data.train), cfg.data.crop_size, cfg.data.scale,
+        sampler = PairSampler(load_data_pairs(cfg.data, "train"), cfg.data.crop_size, cfg.data.scale,
                               cfg.data.mean, cfg.data.std, seed=cfg.train.seed, color_jitter=cfg.data.color_jitter)
         class_weights = loss_class_weights(sampler.change_fraction(), cfg.train.class_weighting)
 
@@ -81,6 +81,13 @@ def predict_change_logits(model: SiameseChangeDetector, pair: ChangePair, cfg: C
                           cfg.data.scale, list(cfg.data.mean) * 2, list(cfg.data.std) * 2, cfg.eval.batch_size)
 
 
+def _as_8bit(image: np.ndarray, cfg: ChangeConfig) -> np.ndarray:
+    """The Otsu baseline works on 0..255 values; wider data (13-band OSCD DN) is mapped by data.scale."""
+    if image.dtype == np.uint8:
+        return image
+    return np.clip(image.astype(np.float32) * (255.0 / cfg.data.scale), 0, 255)
+
+
 def evaluate_pairs(model: SiameseChangeDetector, cfg: ChangeConfig, pairs: List[ChangePair]) -> Dict:
     """Change metrics of the model and of two baselines (Otsu pixel difference, all unchanged) on `pairs`."""
     if not pairs:
@@ -92,7 +99,8 @@ def evaluate_pairs(model: SiameseChangeDetector, cfg: ChangeConfig, pairs: List[
         predicted = predict_change_logits(model, pair, cfg).argmax(0).numpy()
         cm = change_confusion(pair.label, predicted)
         model_cm += cm
-        difference_cm += change_confusion(pair.label, pixel_difference_change(pair.before, pair.after))
+        before, after = _as_8bit(pair.before, cfg), _as_8bit(pair.after, cfg)
+        difference_cm += change_confusion(pair.label, pixel_difference_change(before, after))
         unchanged_cm += change_confusion(pair.label, np.zeros_like(pair.label))
         per_pair[pair.name] = round(change_metrics(cm)["f1"], 4)
     result = change_metrics(model_cm)
@@ -104,7 +112,7 @@ def evaluate_pairs(model: SiameseChangeDetector, cfg: ChangeConfig, pairs: List[
 
 
 def evaluate_model(model: SiameseChangeDetector, cfg: ChangeConfig) -> Dict:
-    result = evaluate_pairs(model, cfg, load_pairs(cfg.data.root, cfg.data.val))
+    result = evaluate_pairs(model, cfg, load_data_pairs(cfg.data, "val"))
     result["evaluated_on"] = f"{Path(cfg.data.root).name}/{','.join(cfg.data.val)} (held out)"
     return result
 

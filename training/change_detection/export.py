@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 
 from training.change_detection.config import ChangeConfig
-from training.change_detection.data import load_pairs
+from training.change_detection.data import load_data_pairs
 from training.change_detection.engine import evaluate_model, model_from_checkpoint
 from training.data.transforms import normalize
 from training.export import (ExportError, check_parity, classes_and_input, describe_parity, onnx_out_path,
@@ -21,7 +21,7 @@ def parity_pairs(cfg: ChangeConfig, max_tiles: int = 5) -> Tuple[torch.Tensor, t
     """Real tile pairs for the parity check: sliding windows of the held-out (then training) pairs."""
     size, stride = cfg.eval.tile_size, cfg.eval.tile_size - cfg.eval.tile_overlap
     befores, afters = [], []
-    for pair in load_pairs(cfg.data.root, list(cfg.data.val) + list(cfg.data.train)):
+    for pair in load_data_pairs(cfg.data, "val") + load_data_pairs(cfg.data, "train"):
         height, width = pair.label.shape
         if height < size or width < size:
             continue
