@@ -272,6 +272,22 @@ def _box_dtype(maps: Sequence[Tensor]) -> torch.dtype:
     return torch.promote_types(maps[0].dtype, torch.float32)
 
 
+def encoder_and_maps(spec: DetectorSpec, in_channels: Optional[Sequence[int]], strides: Optional[Sequence[int]]):
+    """(encoder or None, in_channels, strides): the spec's own encoder, or maps computed elsewhere (both given);
+    the FPN levels are checked against the maps."""
+    if (in_channels is None) != (strides is None):
+        raise ValueError("give both in_channels and strides (external features) or neither")
+    encoder = None
+    if in_channels is None:
+        encoder = build_encoder(spec.encoder)
+        in_channels, strides = list(encoder.out_channels), list(encoder.strides)
+    elif len(in_channels) != len(strides):
+        raise ValueError(f"{len(in_channels)} in_channels but {len(strides)} strides")
+    if any(not 0 <= i < len(in_channels) for i in spec.fpn_levels):
+        raise ValueError(f"fpn_levels {spec.fpn_levels} out of range: the encoder has {len(in_channels)} outputs")
+    return encoder, in_channels, strides
+
+
 class Detector(nn.Module):
     loss_keys = ("rpn_cls", "rpn_reg", "roi_cls", "roi_reg")
 
@@ -286,18 +302,7 @@ class Detector(nn.Module):
         self.spec = spec
         self.box_type = spec.box_type
         self.num_classes = spec.num_classes
-        if (in_channels is None) != (strides is None):
-            raise ValueError("give both in_channels and strides (external features) or neither")
-        if in_channels is None:
-            self.encoder = build_encoder(spec.encoder)
-            in_channels, strides = list(self.encoder.out_channels), list(self.encoder.strides)
-        else:
-            self.encoder = None
-            if len(in_channels) != len(strides):
-                raise ValueError(f"{len(in_channels)} in_channels but {len(strides)} strides")
-        n_out = len(in_channels)
-        if any(not 0 <= i < n_out for i in spec.fpn_levels):
-            raise ValueError(f"fpn_levels {spec.fpn_levels} out of range: the encoder has {n_out} outputs")
+        self.encoder, in_channels, strides = encoder_and_maps(spec, in_channels, strides)
         self.strides = [int(strides[i]) for i in spec.fpn_levels]
         self.fpn = FPN([in_channels[i] for i in spec.fpn_levels], spec.fpn_channels)
         self.anchor_shapes = [anchor_shapes(sizes, spec.anchor_ratios) for sizes in spec.anchor_sizes]

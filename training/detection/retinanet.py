@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from training.models.encoders import build_encoder
 
 from .anchors import anchor_shapes, grid_anchors, max_iou_assign
 from .boxes import HBoxDeltaCoder
 from .heads import FPN
-from .model import DetectorSpec, _box_dtype, _smooth_l1_sum, target_tensors
+from .model import DetectorSpec, _box_dtype, _smooth_l1_sum, encoder_and_maps, target_tensors
 from .ops import box_iou
 
 
@@ -112,17 +111,7 @@ class RetinaNet(nn.Module):
                              f"{spec.architecture!r} / {spec.box_type!r}")
         self.spec = spec
         self.num_classes = spec.num_classes
-        if (in_channels is None) != (strides is None):
-            raise ValueError("give both in_channels and strides (external features) or neither")
-        if in_channels is None:
-            self.encoder = build_encoder(spec.encoder)
-            in_channels, strides = list(self.encoder.out_channels), list(self.encoder.strides)
-        else:
-            self.encoder = None
-            if len(in_channels) != len(strides):
-                raise ValueError(f"{len(in_channels)} in_channels but {len(strides)} strides")
-        if any(not 0 <= i < len(in_channels) for i in spec.fpn_levels):
-            raise ValueError(f"fpn_levels {spec.fpn_levels} out of range: the encoder has {len(in_channels)} outputs")
+        self.encoder, in_channels, strides = encoder_and_maps(spec, in_channels, strides)
         base = [int(strides[i]) for i in spec.fpn_levels]
         self.strides = base + [base[-1] * 2 ** (i + 1) for i in range(spec.extra_levels)]
         self.fpn = FPN([in_channels[i] for i in spec.fpn_levels], spec.fpn_channels)
