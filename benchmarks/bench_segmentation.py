@@ -427,9 +427,14 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
                if any(r["task"] in DETECTION_TASKS for r in table) else
                "- Detection is not in the table: no default detection model (mtp_det_default, mtp_rdet_default) "
                "was available, and a stand-in's speed would mean nothing."),
-              "- The machine is shared: other jobs ran during some rows (on 2026-11-24 from ~09:35 UTC, bare "
-              "segmentation inference was 10-25 % slower than when quiet), so one row's Mpx/s can be ~20 % off; "
-              "peak RSS does not depend on it.",
+              "- Change detection's after date is warped by GDAL (bilinear, with the alpha band that marks where it "
+              "has no data) on the reading thread: alone, 0.70 s for 4096² (1.6 ms per 256 px tile, ~42 ns per "
+              "pixel for 3 bands + alpha); in the job, sharing the cores with ORT, ~1.4 s of 5.2 s (cProfile, "
+              "2026-11-24). The warp runs once per block: the nodata mask and the bands come from the same warped "
+              "block (the mask's second reading, by the writer, costs 0.03 s in all).",
+              "- The machine is a shared VM: the host's other load moves one row's Mpx/s by up to ~20 % (bare "
+              "segmentation inference on the same tiles varied from 5.2 to 7.8 s on 2026-11-24); peak RSS does not "
+              "depend on it.",
               "- No GPU was available."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
