@@ -75,7 +75,7 @@ package: setup
 ## The performance tables (issue 6) in benchmarks/results/: overhead vs bare ONNX Runtime and FLOP/s, then
 ## throughput and peak memory to 32k² (about 30 minutes on 2 cores). A quick look at smaller sizes:
 ## `make bench BENCH_SIZES="1024 2048" BENCH_REPEATS=1`.
-BENCH_REPEATS ?= 3
+BENCH_REPEATS ?= 5
 BENCH_SIZES ?= 1024 2048 4096 8192 16384 32768
 BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384
 bench: setup
