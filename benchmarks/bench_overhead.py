@@ -81,13 +81,19 @@ SEGMENTATION_PROFILE = (
     "before. And while that work holds one core, an operator split into two equal halves waits for the slowed "
     "half: sessions now hand out operator work in shrinking chunks (`session.dynamic_block_base` 4; end-to-end "
     "median 6.20 -> 5.89 s in a paired in-process A/B, bare unchanged). On this shared machine one ratio moves "
-    "by +-0.05 from run to run (bare 5.2-5.4 s when quiet, up to 6.8 s when the host is busy).")
+    "by +-0.05 from run to run (bare 5.2-5.4 s when quiet, up to 6.8 s when the host is busy). What is left, in "
+    "CPU time (getrusage, 4096², 2026-11-24): bare 10.4-10.8 core-seconds in 5.3-5.5 s (both cores 97 % busy), "
+    "the sequential job 11.5 in 6.3 s, the pipelined job 11.5-11.7 in 5.8-6.0 s: the job's ~0.9 core-seconds of "
+    "its own work cost half that in time, as they must on two saturated cores; only less work would go faster. "
+    "Tried and measured no faster: binding ORT's output to preallocated arrays (IO binding), and running the "
+    "job thread at a lower priority (nice 10, 19).")
 SCENE_PROFILE = (
     "- Scene classification: per 128 px cell, reading is DEFLATE decoding, 0.16 ms whether cells are read one by "
-    "one or in whole rows, and writing the cell's feature 0.12 ms, against 0.55 ms of ORT on both cores: the tiny "
-    "default model's ratio caps near 0.85 (the 0.9 target is segmentation's). Cut from 0.75 to 0.66 s at 4096² "
+    "one or in whole rows, and writing the cell's feature 0.12 ms, against 0.55 ms of ORT on both cores; "
+    "pipelined, that work costs about half its CPU time. Cut from 0.75 to 0.66 s at 4096² (ratio 0.78 -> 0.82) "
     "by normalising cells straight into the batch, setting OGR fields by index and one GeoPackage transaction "
-    "per 4096 features (same GeoPackage).")
+    "per 4096 features (same GeoPackage); with dynamic operator blocks its ratio measured 0.87 and 0.93 in the "
+    "two runs since.")
 
 
 # ---------------------------------------------------------------------------------------------- machine
