@@ -370,6 +370,8 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
     import csv
     import platform
 
+    from backend.raster_io import GDAL_CACHE_BYTES
+
     import onnxruntime as ort
 
     from backend.sessions import available_providers, session_settings
@@ -406,7 +408,7 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
         when = sorted({r.get("measured") or "?" for r in rows})
         lines.append(f"- {task} (measured {' .. '.join(dict.fromkeys([when[0], when[-1]]))}): model {rows[0]['model']}; peak RSS {min(peaks)}..{max(peaks)} MB from "
                      f"{rows[0]['size']} to {rows[-1]['size']}{beyond}: {rows[0].get('verdict', '-')} (spread "
-                     f"{rows[0].get('rss_spread_mb', '-')} MB; allowed: GDAL cache cap 16 MiB + carry band up to "
+                     f"{rows[0].get('rss_spread_mb', '-')} MB; allowed: GDAL cache cap {GDAL_CACHE_BYTES >> 20} MiB + carry band up to "
                      f"{max(r['carry_mb'] for r in rows)} MB + pipeline batches in flight {rows[0].get('inflight_mb', '-')} MB "
                      f"+ 16 MB allocator noise).")
     lines += ["- Inputs are VRT mosaics of the real sample `aerial_geotiff/cogeo.tif` (the change pair: the same "
@@ -431,7 +433,9 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
               "has no data) on the reading thread: alone, 0.70 s for 4096² (1.6 ms per 256 px tile, ~42 ns per "
               "pixel for 3 bands + alpha); in the job, sharing the cores with ORT, ~1.4 s of 5.2 s (cProfile, "
               "2026-11-24). The warp runs once per block: the nodata mask and the bands come from the same warped "
-              "block (the mask's second reading, by the writer, costs 0.03 s in all).",
+              "block (the mask's second reading, by the writer, costs 0.03 s in all). With GDAL's cache capped at 16 MiB "
+              "the 16384² change job took 251 s (1.0 Mpx/s, in two full runs): warped blocks were evicted and warped "
+              "again; 32 MiB, the cap since: 77 s (64 MiB: 78 s).",
               "- The machine is a shared VM: the host's other load moves one row's Mpx/s by up to ~20 % (bare "
               "segmentation inference on the same tiles varied from 5.2 to 7.8 s on 2026-11-24); peak RSS does not "
               "depend on it.",
