@@ -92,8 +92,8 @@ SCENE_PROFILE = (
     "one or in whole rows, and writing the cell's feature 0.12 ms, against 0.55 ms of ORT on both cores; "
     "pipelined, that work costs about half its CPU time. Cut from 0.75 to 0.66 s at 4096² (ratio 0.78 -> 0.82) "
     "by normalising cells straight into the batch, setting OGR fields by index and one GeoPackage transaction "
-    "per 4096 features (same GeoPackage); with dynamic operator blocks its ratio measured 0.87 and 0.93 in the "
-    "two runs since.")
+    "per 4096 features (same GeoPackage). Since then its ratio measured 0.86-0.93 over three full runs: with "
+    "0.04 s of difference between the two sides, the machine's noise decides the second digit.")
 
 
 # ---------------------------------------------------------------------------------------------- machine

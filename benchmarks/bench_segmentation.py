@@ -414,8 +414,8 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
     lines += ["- Inputs are VRT mosaics of the real sample `aerial_geotiff/cogeo.tif` (the change pair: the same "
               "mosaic shifted by 0.37 px, so the after date is warped onto the before grid).",
               "- Sizes a task lacks were capped with `--cap` (`make bench`: change_detection, detection and "
-              "rotated_detection at 16384, to keep the run short; 32768 px would take the detectors about 12 min "
-              "each on 2 cores at their ~1.5 Mpx/s). Change detection seconds include tracing the change polygons "
+              "rotated_detection at 16384, to keep the run short; 32768 px would take the detectors about 7 min "
+              "each on 2 cores at their ~2.5 Mpx/s). Change detection seconds include tracing the change polygons "
               "(GDAL Polygonize).",
               *(["- Rows measured before 2026-11-24 09:30 UTC predate the per-tile cuts and the 1 ms GIL switch "
                  "interval of the inference pipeline (`overhead.md`, notes) and were not re-run: their segmentation "
