@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import REPO_ROOT, EncoderConfig
+from training.config import EncoderConfig
 from training.detection.boxes import HBoxDeltaCoder, normalize_angle
 from training.detection.datasets import crop_annotations, read_dota_labels
 from training.detection.model import (DetectorSpec, build_detector, fast_nms_scores, select_proposals,
                                       spec_from_dict)
-
-DOTA = REPO_ROOT / "../shared/data/dota"
-IMAGE, LABELS = DOTA / "images/P0706.png", DOTA / "labelTxt/P0706.txt"
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-# A part of P0706 (harbour, 0.26 m) with many moored ships: ~30 in the 192 px training crop.
-CROP = (512, 512, 704, 704)
+from training_test_support import DOTA_CROP, DOTA_LABELS, crop_tensor, dota_image
 
 
 @pytest.fixture(autouse=True)
@@ -32,19 +27,6 @@ def _one_thread():
 def small_spec(box_type, num_classes=2, **kw):
     return DetectorSpec(box_type=box_type, num_classes=num_classes,
                         encoder=EncoderConfig(name="mobilenetv3_small_100"), **kw)
-
-
-def dota_image():
-    from PIL import Image
-    if not IMAGE.is_file():
-        pytest.skip("shared DOTA sample (../shared/data/dota) not present")
-    return np.asarray(Image.open(IMAGE).convert("RGB"))
-
-
-def crop_tensor(image, window):
-    x0, y0, x1, y1 = window
-    x = torch.from_numpy(image[y0:y1, x0:x1].copy()).permute(2, 0, 1).float() / 255
-    return (x - MEAN) / STD
 
 
 def synthetic_targets(box_type):
@@ -152,9 +134,9 @@ def test_losses_with_objects_and_with_an_empty_image(box_type):
 def overfit():
     """Both detectors trained for 30 AdamW steps on one 192 px crop of P0706 and its ships."""
     image = dota_image()
-    ann = crop_annotations(read_dota_labels(LABELS), CROP)
+    ann = crop_annotations(read_dota_labels(DOTA_LABELS), DOTA_CROP)
     ships = ann.select(ann.labels == ann.class_names.index("ship"))
-    x = crop_tensor(image, CROP)[None]
+    x = crop_tensor(image, DOTA_CROP)[None]
     result = {}
     for box_type in ("hbox", "rbox"):
         torch.manual_seed(0)

@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import REPO_ROOT, EncoderConfig
+from training.config import EncoderConfig
 from training.detection.datasets import crop_annotations, read_dota_labels
 from training.detection.model import Detector, DetectorSpec, build_detector, spec_from_dict, spec_to_dict
 from training.detection.ops import box_iou
 from training.detection.retinanet import RetinaNet
-
-DOTA = REPO_ROOT / "../shared/data/dota"
-IMAGE, LABELS = DOTA / "images/P0706.png", DOTA / "labelTxt/P0706.txt"
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-CROP = (512, 512, 704, 704)      # 192 px of P0706's harbour with ~30 moored ships
+from training_test_support import DOTA_CROP, DOTA_LABELS, crop_tensor, dota_image
 
 
 @pytest.fixture(autouse=True)
@@ -35,19 +31,6 @@ def retina_spec(num_classes=1, **kw):
     kw.setdefault("fpn_channels", 32)
     return DetectorSpec(box_type="hbox", num_classes=num_classes, architecture="retinanet",
                         encoder=EncoderConfig(name="mobilenetv3_small_100"), **kw)
-
-
-def dota_image():
-    from PIL import Image
-    if not IMAGE.is_file():
-        pytest.skip("shared DOTA sample (../shared/data/dota) not present")
-    return np.asarray(Image.open(IMAGE).convert("RGB"))
-
-
-def crop_tensor(image, window):
-    x0, y0, x1, y1 = window
-    x = torch.from_numpy(image[y0:y1, x0:x1].copy()).permute(2, 0, 1).float() / 255
-    return (x - MEAN) / STD
 
 
 # ---------------------------------------------------------------- spec
@@ -211,9 +194,9 @@ def test_shared_encoder_interface():
 def overfit():
     """A tiny RetinaNet trained for 40 AdamW steps on one 192 px crop of P0706 and its ships."""
     image = dota_image()
-    ann = crop_annotations(read_dota_labels(LABELS), CROP)
+    ann = crop_annotations(read_dota_labels(DOTA_LABELS), DOTA_CROP)
     ships = ann.select(ann.labels == ann.class_names.index("ship"))
-    x = crop_tensor(image, CROP)[None]
+    x = crop_tensor(image, DOTA_CROP)[None]
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,10 +1,34 @@
 """Checks that every task's tests make the same way (imported by the test modules; pytest runs in
 importlib mode, so conftest.py puts this folder on sys.path)."""
+import numpy as np
 import pytest
 import torch
 
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import REPO_ROOT
 from training.export import ExportError
+
+# The detectors' real sample: DOTA P0706 (harbour, 0.26 m). CROP is a 192 px part of it with ~30 moored ships.
+DOTA = REPO_ROOT / "../shared/data/dota"
+DOTA_IMAGE, DOTA_LABELS = DOTA / "images/P0706.png", DOTA / "labelTxt/P0706.txt"
+DOTA_CROP = (512, 512, 704, 704)
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def dota_image() -> np.ndarray:
+    """P0706 as an RGB uint8 array; skips the test when the shared sample is absent."""
+    from PIL import Image
+    if not DOTA_IMAGE.is_file():
+        pytest.skip("shared DOTA sample (../shared/data/dota) not present")
+    return np.asarray(Image.open(DOTA_IMAGE).convert("RGB"))
+
+
+def crop_tensor(image: np.ndarray, window) -> torch.Tensor:
+    """The (x0, y0, x1, y1) window of an RGB image, scaled to [0, 1] and ImageNet-normalised, as (3, h, w)."""
+    x0, y0, x1, y1 = window
+    x = torch.from_numpy(image[y0:y1, x0:x1].copy()).permute(2, 0, 1).float() / 255
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def assert_resumed_run_equals_whole_run(whole, resumed) -> None:
