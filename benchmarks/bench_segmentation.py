@@ -370,10 +370,9 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
     import csv
     import platform
 
-    from backend.raster_io import GDAL_CACHE_BYTES
-
     import onnxruntime as ort
 
+    from backend.raster_io import GDAL_CACHE_BYTES
     from backend.sessions import available_providers, session_settings
     from bench_overhead import cpu_info
 
