@@ -10,10 +10,9 @@ import torch
 
 from training.config import EncoderConfig
 from training.detection.boxes import HBoxDeltaCoder, normalize_angle
-from training.detection.datasets import crop_annotations, read_dota_labels
 from training.detection.model import (DetectorSpec, build_detector, fast_nms_scores, select_proposals,
                                       spec_from_dict)
-from training_test_support import DOTA_CROP, DOTA_LABELS, crop_tensor, dota_image
+from training_test_support import crop_tensor, dota_ship_crop
 
 
 @pytest.fixture(autouse=True)
@@ -133,10 +132,7 @@ def test_losses_with_objects_and_with_an_empty_image(box_type):
 @pytest.fixture(scope="module")
 def overfit():
     """Both detectors trained for 30 AdamW steps on one 192 px crop of P0706 and its ships."""
-    image = dota_image()
-    ann = crop_annotations(read_dota_labels(DOTA_LABELS), DOTA_CROP)
-    ships = ann.select(ann.labels == ann.class_names.index("ship"))
-    x = crop_tensor(image, DOTA_CROP)[None]
+    image, x, ships = dota_ship_crop()
     result = {}
     for box_type in ("hbox", "rbox"):
         torch.manual_seed(0)

@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from training.config import EncoderConfig
-from training.detection.datasets import crop_annotations, read_dota_labels
 from training.detection.model import Detector, DetectorSpec, build_detector, spec_from_dict, spec_to_dict
 from training.detection.ops import box_iou
 from training.detection.retinanet import RetinaNet
-from training_test_support import DOTA_CROP, DOTA_LABELS, crop_tensor, dota_image
+from training_test_support import crop_tensor, dota_image, dota_ship_crop
 
 
 @pytest.fixture(autouse=True)
@@ -193,10 +192,7 @@ def test_shared_encoder_interface():
 @pytest.fixture(scope="module")
 def overfit():
     """A tiny RetinaNet trained for 40 AdamW steps on one 192 px crop of P0706 and its ships."""
-    image = dota_image()
-    ann = crop_annotations(read_dota_labels(DOTA_LABELS), DOTA_CROP)
-    ships = ann.select(ann.labels == ann.class_names.index("ship"))
-    x = crop_tensor(image, DOTA_CROP)[None]
+    image, x, ships = dota_ship_crop()
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -31,6 +31,15 @@ def crop_tensor(image: np.ndarray, window) -> torch.Tensor:
     return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
+def dota_ship_crop():
+    """P0706 (dota_image), DOTA_CROP of it as a (1, 3, h, w) batch, and the crop's ships (crop pixels)."""
+    from training.detection.datasets import crop_annotations, read_dota_labels
+    image = dota_image()
+    ann = crop_annotations(read_dota_labels(DOTA_LABELS), DOTA_CROP)
+    ships = ann.select(ann.labels == ann.class_names.index("ship"))
+    return image, crop_tensor(image, DOTA_CROP)[None], ships
+
+
 def assert_resumed_run_equals_whole_run(whole, resumed) -> None:
     """A run stopped and resumed must end with bit-identical weights and Adam moments."""
     assert resumed["iteration"] == whole["iteration"]
