@@ -405,3 +405,33 @@ def test_train_layer_decay_reaches_the_engine_optimizer():
                                              decoder=DecoderConfig(channels=8, pool_scales=[1, 2])))
     with pytest.raises(ValueError, match="layer-wise lr decay needs an encoder"):
         build_optimizer(timm_model, SimpleNamespace(train=TrainConfig(layer_decay=0.8)), 10)
+
+
+def test_official_mtp_pretraining_file_with_per_subset_heads_loads_and_reports_them():
+    """A full MTP pretraining file: `encoder.` + the three shared decoders + the per-subset heads of the
+    official models.py (SOTA, SIOR, FAST: semseghead_i, inssegroiboxhead_fc_{cls,reg}i,
+    inssegroimaskhead_convi, rotdetroiboxhead_fc_{cls,reg}i). The encoder loads; every head key is reported
+    as dropped with its reason; nothing is left unexpected."""
+    torch.manual_seed(0)
+    src = randomize(ViTRVSAEncoder("tiny", img_size=64)).eval()
+    state = {"encoder." + k: v for k, v in _official_vit_state(src).items()}
+    state.update({"semsegdecoder.conv_seg.weight": torch.zeros(1, 256, 1, 1),
+                  "inssegdecoder.rpn_head.rpn_conv.weight": torch.zeros(256, 256, 3, 3),
+                  "rotdetdecoder.roi_head.bbox_head.shared_fcs.0.weight": torch.zeros(1024, 12544)})
+    heads = {}
+    for i, classes in ((1, 18), (2, 20), (3, 37)):
+        heads.update({f"semseghead_{i}.1.weight": torch.zeros(classes, 256, 1, 1),
+                      f"semseghead_{i}.1.bias": torch.zeros(classes),
+                      f"inssegroiboxhead_fc_cls{i}.weight": torch.zeros(classes + 1, 1024),
+                      f"inssegroiboxhead_fc_reg{i}.weight": torch.zeros(4 * classes, 1024),
+                      f"inssegroimaskhead_conv{i}.weight": torch.zeros(classes, 256, 1, 1),
+                      f"rotdetroiboxhead_fc_cls{i}.weight": torch.zeros(classes + 1, 1024),
+                      f"rotdetroiboxhead_fc_reg{i}.weight": torch.zeros(5 * classes, 1024)})
+    state.update(heads)
+    dst = ViTRVSAEncoder("tiny", img_size=64)
+    report = load_encoder_checkpoint(dst, {"state_dict": state, "epoch": 3, "iteration": 80000})
+    assert report["unexpected"] == [] and report["missing"] == []
+    assert set(heads) <= set(report["dropped"])
+    assert report["dropped"]["semseghead_2.1.weight"] == "MTP per-subset semantic-segmentation classifier"
+    assert "rotated-detection" in report["dropped"]["rotdetroiboxhead_fc_reg3.weight"]
+    _assert_same_weights(src, dst.eval())

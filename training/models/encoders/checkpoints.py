@@ -3,7 +3,8 @@
 Accepted files (never downloaded; `path` is a local file):
 * MTP releases: `{epoch, iteration, state_dict, optimizer, scheduler, ...}`; encoder-only files have
   unprefixed keys, full-model files prefix `encoder.` and carry `semsegdecoder.`, `inssegdecoder.`,
-  `rotdetdecoder.` heads (dropped and reported).
+  `rotdetdecoder.` and the per-subset heads `semseghead_1..3`, `inssegroiboxhead_fc_{cls,reg}1..3`,
+  `inssegroimaskhead_conv1..3`, `rotdetroiboxhead_fc_{cls,reg}1..3` (all dropped and reported).
 * MAE starting weights: `{'model': ...}` with `cls_token` and a class-token row in `pos_embed` (both
   dropped/sliced and reported); MAE decoder keys (`decoder_*`, `mask_token`) are dropped and reported.
 * mmseg/mmdet files (`backbone.` prefix, `decode_head.`/`auxiliary_head.`/`neck.` heads), DDP files
@@ -34,6 +35,11 @@ DROP_PREFIXES = {
     "semsegdecoder.": "MTP semantic-segmentation decoder",
     "inssegdecoder.": "MTP instance-segmentation decoder",
     "rotdetdecoder.": "MTP rotated-detection decoder",
+    # MTP's per-subset heads (SOTA / SIOR / FAST each have their own classes) beside the shared decoders.
+    "semseghead_": "MTP per-subset semantic-segmentation classifier",
+    "inssegroiboxhead_": "MTP per-subset instance-segmentation box classifier / regressor",
+    "inssegroimaskhead_": "MTP per-subset instance-segmentation mask classifier",
+    "rotdetroiboxhead_": "MTP per-subset rotated-detection box classifier / regressor",
     "decode_head.": "mmseg decode head",
     "auxiliary_head.": "mmseg auxiliary head",
     "neck.": "mmdet/mmseg neck",

@@ -15,7 +15,12 @@ Architecture and parameter names follow the official code (ViTAE-Transformer/MTP
   position tables are linearly interpolated when the patch grid differs from `img_size // 16`.
 * Four maps from blocks `out_indices` ([3,5,7,11] for B, [7,11,15,23] for L) go through
   `fpn1` (deconv, LN, GELU, deconv: stride 4), `fpn2` (deconv: 8), `fpn3` (identity: 16) and
-  `fpn4` (max-pool: 32), all with `embed_dim` channels.
+  `fpn4` (max-pool: 32), all with `embed_dim` channels (`pyramid="blocks"`, as the pretraining and the
+  official mmseg finetune backbone). The official finetune frameworks use two other outputs, chosen with
+  `pyramid` (see PYRAMIDS): mmpretrain and Open-CD return the four block outputs as they are (all at
+  stride 16, no pyramid: `"none"`); mmdet and mmrotate apply a final LayerNorm `norm` to the last block
+  and build all four levels from it (`"last"`), and their full attention has no relative terms
+  (`full_attn_rel_pos=False`).
 
 Differences from the official code (documented, not silent):
 * The official model owns a final `norm` that its forward never uses; we leave it out (the checkpoint
@@ -34,6 +39,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from training.models.encoders.base import Encoder
+
+# Which maps the encoder returns (see the module docstring): the official finetune frameworks differ.
+PYRAMIDS = ("blocks", "none", "last")
 
 # Paper / official configurations. `interval`: every interval-th block (1-based) uses full attention.
 VIT_RVSA_CONFIGS = {
@@ -76,13 +84,14 @@ def decomposed_rel_pos(q: torch.Tensor, size: Tuple[int, int], table_h: torch.Te
     return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, n, h * w, h * w)
 
 
-def attention(q, k, v, bias, dropout: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) + bias) v. Fused SDPA in eager mode; written out while exporting
+def attention(q, k, v, bias: Optional[torch.Tensor], dropout: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v (no bias when None). Fused SDPA in eager mode; written out while exporting
     (the ONNX exporter's SDPA decomposition mis-strides its output in torch 2.9)."""
     if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
-        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias
-        return logits.softmax(-1) @ v
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout)
+        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return (logits if bias is None else logits + bias).softmax(-1) @ v
+    mask = None if bias is None else bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class Mlp(nn.Module):
@@ -99,22 +108,30 @@ class Mlp(nn.Module):
 class FullAttention(nn.Module):
     """Global attention with decomposed relative position terms (official `Attention`)."""
 
-    def __init__(self, dim: int, num_heads: int, grid: int, qkv_bias: bool = True, attn_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, grid: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 rel_pos: bool = True):
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads
         self.scale = head_dim ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.full_attn_rel_pos_h = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
-        self.full_attn_rel_pos_w = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
+        # The official detection backbones (mmdet / mmrotate RVSA_MTP) build full attention without the
+        # decomposed relative terms: rel_pos=False.
+        self.rel_pos = rel_pos
+        if rel_pos:
+            self.full_attn_rel_pos_h = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
+            self.full_attn_rel_pos_w = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        # The official code adds the relative terms computed from the already scaled query.
-        bias = decomposed_rel_pos(q * self.scale, (h, w), self.full_attn_rel_pos_h, self.full_attn_rel_pos_w)
+        if self.rel_pos:
+            # The official code adds the relative terms computed from the already scaled query.
+            bias = decomposed_rel_pos(q * self.scale, (h, w), self.full_attn_rel_pos_h, self.full_attn_rel_pos_w)
+        else:
+            bias = None
         out = attention(q, k, v, bias, self.attn_drop if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -209,10 +226,10 @@ class RVSAttention(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, full_attention: bool, grid: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path: float = 0.0, window: int = 7):
+                 qkv_bias: bool = True, drop_path: float = 0.0, window: int = 7, full_attn_rel_pos: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = (FullAttention(dim, num_heads, grid, qkv_bias) if full_attention
+        self.attn = (FullAttention(dim, num_heads, grid, qkv_bias, rel_pos=full_attn_rel_pos) if full_attention
                      else RVSAttention(dim, num_heads, window, qkv_bias))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
@@ -244,7 +261,8 @@ class Norm2d(nn.Module):
 
 
 class ViTRVSAEncoder(Encoder):
-    """ViT + RVSA + the 4-level deconv/identity/max-pool pyramid, strides 4, 8, 16, 32.
+    """ViT + RVSA + the 4-level deconv/identity/max-pool pyramid, strides 4, 8, 16, 32 (or the four block
+    outputs at stride 16 with pyramid="none").
 
     `img_size` only sets the stored grid of `pos_embed` and of the full-attention relative position
     tables (use the pretraining size of the weights you load, e.g. 512 for MTP); inputs of any size
@@ -257,8 +275,12 @@ class ViTRVSAEncoder(Encoder):
                  drop_path_rate: Optional[float] = None, grad_checkpointing: bool = False,
                  embed_dim: Optional[int] = None, depth: Optional[int] = None, num_heads: Optional[int] = None,
                  interval: Optional[int] = None, out_indices: Optional[Sequence[int]] = None,
-                 mlp_ratio: float = 4.0, window_size: int = 7):
+                 mlp_ratio: float = 4.0, window_size: int = 7, pyramid: str = "blocks",
+                 full_attn_rel_pos: bool = True):
         super().__init__()
+        if pyramid not in PYRAMIDS:
+            raise ValueError(f"unknown vit_rvsa pyramid {pyramid!r}; known: {', '.join(PYRAMIDS)}")
+        self.pyramid = pyramid
         if size not in VIT_RVSA_CONFIGS:
             raise ValueError(f"unknown vit_rvsa size {size!r}; known: {sorted(VIT_RVSA_CONFIGS)}")
         cfg = dict(VIT_RVSA_CONFIGS[size])
@@ -281,15 +303,18 @@ class ViTRVSAEncoder(Encoder):
         rates = [cfg["drop_path_rate"] * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             Block(dim, cfg["num_heads"], i in self.full_attention_blocks, grid, mlp_ratio,
-                  drop_path=rates[i], window=window_size)
+                  drop_path=rates[i], window=window_size, full_attn_rel_pos=full_attn_rel_pos)
             for i in range(depth)])
-        self.fpn1 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2), Norm2d(dim), nn.GELU(),
-                                  nn.ConvTranspose2d(dim, dim, 2, 2))
-        self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2))
-        self.fpn3 = nn.Identity()
-        self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+        if pyramid == "last":
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+        if pyramid != "none":
+            self.fpn1 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2), Norm2d(dim), nn.GELU(),
+                                      nn.ConvTranspose2d(dim, dim, 2, 2))
+            self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, 2))
+            self.fpn3 = nn.Identity()
+            self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.out_channels = [dim] * 4
-        self.strides = [4, 8, 16, 32]
+        self.strides = [16] * 4 if pyramid == "none" else [4, 8, 16, 32]
         self._init_weights()
 
     # -- initialisation as the official code: trunc-normal linears, proj/fc2 rescaled by depth --
@@ -337,4 +362,9 @@ class ViTRVSAEncoder(Encoder):
             x = grad_checkpoint(blk, x, h, w, use_reentrant=False) if use_cp else blk(x, h, w)
             if i in self.out_indices:
                 features.append(x.transpose(1, 2).reshape(b, c, h, w))
+        if self.pyramid == "none":
+            return features
+        if self.pyramid == "last":
+            last = self.norm(x).transpose(1, 2).reshape(b, c, h, w)
+            features = [last] * 4
         return [self.fpn1(features[0]), self.fpn2(features[1]), self.fpn3(features[2]), self.fpn4(features[3])]
