@@ -1,4 +1,4 @@
-"""python -m training {train,evaluate,export} ... (see --help of each)."""
+"""python -m training {train,evaluate,export,import-official} ... (see --help of each)."""
 import argparse
 import json
 import logging
@@ -58,6 +58,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_official(args) -> int:
+    from training.official.importer import import_official
+    result = import_official(args.checkpoint, args.config, args.out, model_id=args.id, dataset=args.dataset,
+                             overwrite=args.overwrite)
+    meta = result["metadata"]
+    summary = {"model": result["path"], "name": meta["name"], "task": meta["task"], "dataset": meta["dataset"],
+               "encoder": meta["encoder"], "metrics": meta["metrics"], "tile_size": meta["tile_size"],
+               "tile_overlap": meta["tile_overlap"], "loaded_tensors": result["report"]["loaded"],
+               "dropped_tensors": sorted(result["report"]["dropped"]),
+               "parity": {k: meta["provenance"]["parity"][k] for k in ("relative_diff", "argmax_agreement")}}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,13 +96,25 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="path of the .onnx file to write")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("import-official",
+                       help="turn an official MTP finetuned checkpoint (+ its official config) into a model package")
+    p.add_argument("checkpoint", help="the released .pth file (mmengine / mmseg / mmpretrain / Open-CD format)")
+    p.add_argument("--config", required=True, help="the official config it was trained with "
+                   "(RS_Tasks_Finetune/*/configs/mtp/**.py; read, never executed)")
+    p.add_argument("--out", required=True, help="folder to write <id>.onnx into (e.g. ~/.local/share/mtp_qgis/models)")
+    p.add_argument("--id", help="model id (file name); default mtp_<config name>")
+    p.add_argument("--dataset", help="dataset key when the config does not tell (loveda, spacenetv1, eurosat, "
+                   "resisc45, levir_cd, whu_cd, cdd, oscd_rgb)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package of that id")
+    p.set_defaults(func=cmd_import_official)
+
     args = parser.parse_args(argv)
     if args.command == "train" and not args.resume and not args.config:
         parser.error("train needs --config (or --resume)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError, ArithmeticError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, ArithmeticError) as exc:
         # Expected user errors (bad path, bad checkpoint, failed parity) get one clear line.
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,171 @@
+"""`python -m training import-official CHECKPOINT --config CONFIG.py --out DIR`: an official MTP finetuned
+checkpoint becomes a model package the backend serves.
+
+Steps, each failing with a message that names the file and what was expected, and none leaving a file
+behind: read the config (without executing it) and recognise its family and dataset; read the checkpoint
+(without executing it); build the project's equivalent model and load every tensor strictly; export ONNX
+and check it against torch on real imagery (the bundled sample raster); write the package with metadata
+from the config and dataset (classes and colours, normalisation and band order, tile size and overlap,
+GSD, the paper's metric, provenance with both files' sha256).
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from training.config import REPO_ROOT
+from training.export import ExportError, compare_with_torch, export_onnx, write_package
+from training.official.config_file import read_official_config
+from training.official.models import OfficialSpec, build_model, read_spec
+from training.official.weights import load_official_state, read_official_checkpoint, sha256_file
+
+log = logging.getLogger("training")
+SAMPLE = REPO_ROOT / "resources" / "samples" / "aerial_3857.tif"
+# ONNX Runtime against torch: logits within this fraction of the largest |logit|, argmax agreeing.
+RELATIVE_TOLERANCE = 1e-4
+MIN_ARGMAX_AGREEMENT = 0.999
+OPSET = 18
+
+
+def default_model_id(config: Path) -> str:
+    return "mtp_" + re.sub(r"[^a-z0-9]+", "_", config.stem.lower()).strip("_")
+
+
+def sample_tiles(spec: OfficialSpec, count: int, offset: int = 0) -> torch.Tensor:
+    """`count` normalised tiles of the bundled real aerial image (1024 px, 0.6 m), cut on a grid;
+    `offset` shifts the grid (a second date for change models). Tiles larger than the image are
+    mirror-padded."""
+    from osgeo import gdal
+    ds = gdal.Open(str(SAMPLE))
+    image = np.stack([ds.GetRasterBand(b).ReadAsArray() for b in spec.bands], axis=0).astype(np.float32)
+    size = spec.tile_size
+    if min(image.shape[1:]) < size + offset:
+        pad = size + offset - min(image.shape[1:])
+        image = np.pad(image, ((0, 0), (0, pad), (0, pad)), mode="reflect")
+    height, width = image.shape[1:]
+    mean = np.array(spec.mean, np.float32)[:, None, None]
+    std = np.array(spec.std, np.float32)[:, None, None]
+    tiles: List[np.ndarray] = []
+    step = max((min(height, width) - size - offset) // max(count - 1, 1), 1)
+    for i in range(count):
+        top = min(offset + i * step, height - size)
+        left = min(offset + (i * 7 * step) % max(width - size - offset, 1), width - size)
+        tiles.append((image[:, top:top + size, left:left + size] - mean) / std)
+    return torch.from_numpy(np.stack(tiles))
+
+
+def parity(model: torch.nn.Module, spec: OfficialSpec, path: Path, tiles: int = 3) -> Dict:
+    """ONNX Runtime vs torch on real tiles, batches of 2 and a shorter last one (the dynamic batch)."""
+    inputs = [sample_tiles(spec, tiles)]
+    if spec.task == "change_detection":
+        inputs.append(sample_tiles(spec, tiles, offset=spec.tile_size // 3))
+    with torch.no_grad():
+        scale = float(max(model(*[x[:1] for x in inputs]).abs().max(), 1e-6))
+    max_diff, agree, total = compare_with_torch(model, path, inputs, 2)
+    result = {"tiles": tiles, "input": f"{SAMPLE.name} (real 0.6 m aerial imagery)",
+              "max_abs_logit_diff": max_diff, "max_abs_logit": scale,
+              "relative_diff": max_diff / scale, "relative_tolerance": RELATIVE_TOLERANCE,
+              "argmax_agreement": agree / total, "min_argmax_agreement": MIN_ARGMAX_AGREEMENT}
+    result["passed"] = result["relative_diff"] <= RELATIVE_TOLERANCE and result["argmax_agreement"] >= MIN_ARGMAX_AGREEMENT
+    return result
+
+
+def export_graph(model: torch.nn.Module, spec: OfficialSpec, path: Path) -> None:
+    if spec.task == "change_detection":
+        from training.change_detection.export import export_onnx as export_pair
+        export_pair(model, path, spec.tile_size, 3, OPSET)
+    else:
+        export_onnx(model, path, spec.tile_size, 3, OPSET)
+
+
+def build_metadata(spec: OfficialSpec, checkpoint: Path, report: Dict, meta: Dict, parity_result: Dict,
+                   checkpoint_sha: str, config_sha: str) -> Dict:
+    facts = spec.dataset
+    paper = facts.paper.get(spec.encoder_name) if "MTP" in spec.pretraining.split("(")[0] else None
+    metrics: Dict = {"evaluated_on": facts.evaluated_on, "source": "MTP paper / official README (not re-measured here)"}
+    if paper is not None:
+        metrics[facts.metric] = paper
+    else:
+        metrics["note"] = f"no published {facts.metric_label} for this configuration's weights"
+    name = f"MTP {spec.encoder_name} {spec.head_name} — {facts.name}"
+    figure = f" Paper {facts.metric_label}: {paper * 100:.2f}." if paper is not None else ""
+    description = (f"Official MTP finetuned model ({spec.pretraining} pretraining, {spec.encoder_name} + "
+                   f"{spec.head_name}) on {facts.name}, imported from {checkpoint.name} with "
+                   f"{spec.config_path.name}.{figure} {facts.gsd_note}. Tiles: {spec.tile_rule}.")
+    out = {
+        "format_version": 1,
+        "task": spec.task,
+        "name": name,
+        "description": description,
+        "classes": [{"id": i, "name": n, "color": c} for i, (n, c) in enumerate(facts.classes)],
+        "input": {"bands": spec.bands, "band_names": ["red", "green", "blue"], "scale": 255.0,
+                  "mean": [m / 255.0 for m in spec.mean], "std": [s / 255.0 for s in spec.std]},
+        "tile_size": spec.tile_size,
+        "tile_overlap": spec.tile_overlap,
+        "gsd_m": facts.gsd_m,
+        "output": {"type": "logits", "layout": "NC" if spec.task == "scene_classification" else "NCHW"},
+        "metrics": metrics,
+        "dataset": facts.name,
+        "encoder": spec.encoder_name,
+        "decoder": spec.head_name,
+        "pretraining": spec.pretraining,
+        "trained_tile_size": spec.trained_size,
+        "provenance": {
+            "kind": "official MTP finetuned checkpoint",
+            "family": spec.family,
+            "config": spec.config_path.name,
+            "config_sha256": config_sha,
+            "checkpoint": checkpoint.name,
+            "checkpoint_sha256": checkpoint_sha,
+            "checkpoint_meta": meta,
+            "loaded_tensors": report["loaded"],
+            "dropped_tensors": report["dropped"],
+            "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "parity": parity_result,
+        },
+    }
+    if spec.task == "scene_classification" and facts.scene_cell_size:
+        out["scene"] = {"cell_size": facts.scene_cell_size}
+    return out
+
+
+def import_official(checkpoint, config, out_dir, model_id: Optional[str] = None, dataset: Optional[str] = None,
+                    overwrite: bool = False) -> Dict:
+    """Convert; returns {"path", "metadata", "report"}. Nothing is written unless every step passes."""
+    checkpoint, config, out_dir = Path(checkpoint).expanduser(), Path(config).expanduser(), Path(out_dir).expanduser()
+    spec = read_spec(read_official_config(config), config, dataset)
+    model_id = model_id or default_model_id(config)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
+        raise ValueError(f"model id {model_id!r} may only use letters, digits, '.', '_' and '-'")
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"output folder {out_dir} does not exist; create it first")
+    out = out_dir / f"{model_id}.onnx"
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    state, meta = read_official_checkpoint(checkpoint)
+    model = build_model(spec)
+    expected = f"{spec.backbone_type} ({spec.encoder_name}) with {spec.head_name} ({spec.family})"
+    report = load_official_state(model, state, checkpoint, config, expected)
+    log.info("%s: %d tensors loaded, %d dropped (%s)", checkpoint.name, report["loaded"], len(report["dropped"]),
+             ", ".join(sorted(set(report["dropped"].values()))) or "none")
+    checkpoint_sha = sha256_file(checkpoint)
+    metadata = write_package(
+        out,
+        export_graph=lambda path: export_graph(model, spec, path),
+        check_parity=lambda path: parity(model, spec, path),
+        build_metadata=lambda result: build_metadata(spec, checkpoint, report, meta, result, checkpoint_sha,
+                                                     sha256_file(config)),
+        describe_parity=lambda r: (f"parity: max |diff| {r['max_abs_logit_diff']:.2e} "
+                                   f"({r['relative_diff']:.1e} of the largest logit), argmax agreement "
+                                   f"{r['argmax_agreement']:.5f}"))
+    return {"path": str(out), "metadata": metadata, "report": report}
+
+
+__all__ = ["ExportError", "import_official", "default_model_id"]
