@@ -27,6 +27,9 @@ class ModelInfo(BaseModel):
     id: str
     name: str
     task: str
+    dataset: str = Field("", description="what it was trained on (packages that say so)")
+    encoder: str = Field("", description="the encoder, e.g. ViT-B+RVSA (packages that say so)")
+    metric: str = Field("", description="its main figure and its kind, e.g. 'mIoU 0.524 (paper)', 'F1 0.742 (held out)'")
     description: str
     classes: list[ClassModel]
     tile_size: int

@@ -136,7 +136,9 @@ def cmd_models(args) -> int:
     if not packages:
         print("no models found in: " + ", ".join(str(d) for d in registry.model_dirs))
     for p in packages:
-        print(f"{p.id}\t{p.task}\t{p.num_classes} classes\ttile {p.tile_size}/{p.tile_overlap}\t{p.path}")
+        about = " · ".join(x for x in (p.raw.get("dataset"), p.raw.get("encoder"), p.headline_metric) if x)
+        print(f"{p.id}\t{p.task}\t{p.name}" + (f" [{about}]" if about else "") +
+              f"\t{p.num_classes} classes\ttile {p.tile_size}/{p.tile_overlap}\t{p.path}")
     return 0
 
 

@@ -222,9 +222,9 @@ def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str) -> SceneRequest
     input_path, window = _single_input_window(spec, model)
     _output_keys(spec, ("vector",), (), {"vector": "the scene grid GeoPackage path"})
     vector_path = _output_path(spec, "vector", [input_path], "scenes.gpkg", suffix=".gpkg")
-    cell_size = _int_option(spec, "cell_size", model.tile_size, 1, None,
-                            f"a whole number of source pixels >= 1 (default: the model's tile size, "
-                            f"{model.tile_size})")
+    default = model.scene_cell_size
+    cell_size = _int_option(spec, "cell_size", default, 1, None,
+                            f"a whole number of source pixels >= 1 (default: the model's cell size, {default})")
     return SceneRequest(model, input_path, vector_path, window, cell_size, _batch_size(spec), job_id)
 
 

@@ -35,6 +35,8 @@ KNOWN_TASKS = (
 )
 REQUIRED_KEYS = ("format_version", "task", "name", "classes", "input", "tile_size", "tile_overlap")
 REQUIRED_INPUT_KEYS = ("bands", "scale", "mean", "std")
+# The `metrics` key each task's packages report first, and how it is named to an analyst.
+HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"))
 # Detection tasks: the box kind of `output.box`, and the keys of `detection` (docs/contract.md §3).
 DETECTION_BOXES = {"detection": "hbox", "rotated_detection": "rbox_le90"}
 DETECTION_KEYS = ("score_threshold", "nms_iou", "max_per_tile")
@@ -91,9 +93,30 @@ class ModelPackage:
         return len(self.classes)
 
     @property
+    def scene_cell_size(self) -> int:
+        """Scene classification: source pixels per cell by default (`scene.cell_size`, e.g. 64 for EuroSAT's
+        64 px images, which the model sees resized to its tile); else the tile size."""
+        return int((self.raw.get("scene") or {}).get("cell_size") or self.tile_size)
+
+    @property
     def detection(self) -> dict[str, Any]:
         """Detection defaults (score_threshold, nms_iou, max_per_tile); empty for other tasks."""
         return dict(self.raw.get("detection") or {})
+
+    @property
+    def headline_metric(self) -> str:
+        """The package's main figure and its kind, e.g. "mIoU 0.524 (paper)" or "F1 0.742 (held out)";
+        "" when it has none."""
+        metrics = self.raw.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            return ""
+        where = " ".join(str(metrics.get(k, "")) for k in ("source", "evaluated_on")).lower()
+        kind = " (paper)" if "paper" in where else " (held out)" if "held out" in where else ""
+        for key, label in HEADLINE_METRICS:
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return f"{label} {value:.3f}{kind}"
+        return ""
 
     def info(self) -> dict[str, Any]:
         """The ModelInfo object of the HTTP contract."""
@@ -101,6 +124,9 @@ class ModelPackage:
             "id": self.id,
             "name": self.name,
             "task": self.task,
+            "dataset": _short_text(self.raw.get("dataset")),
+            "encoder": _short_text(self.raw.get("encoder")),
+            "metric": self.headline_metric,
             "description": self.description,
             "classes": [{"id": c.id, "name": c.name, "color": c.color} for c in self.classes],
             "tile_size": self.tile_size,
@@ -109,6 +135,10 @@ class ModelPackage:
             "bands": list(self.input.bands),
             "path": str(self.path),
         }
+
+
+def _short_text(value: Any, limit: int = 200) -> str:
+    return value[:limit] if isinstance(value, str) else ""
 
 
 def read_onnx(path: Path) -> onnx.ModelProto:
@@ -303,6 +333,12 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
             problems.append("'tile_overlap' must be a non-negative integer")
         elif isinstance(tile, int) and overlap >= tile:
             problems.append(f"'tile_overlap' {overlap} must be less than tile_size {tile}")
+    scene = meta.get("scene")
+    if scene is not None:
+        size = scene.get("cell_size") if isinstance(scene, dict) else None
+        if not isinstance(scene, dict) or (size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                                                 or size < 1)):
+            problems.append("'scene' must be an object whose 'cell_size' is a whole number of pixels >= 1")
     output = meta.get("output", {"type": "logits"})
     if meta.get("task") in DETECTION_BOXES:
         problems += _detection_problems(meta["task"], output, meta.get("detection"), "detection" in meta)

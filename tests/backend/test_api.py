@@ -54,8 +54,10 @@ def test_models_lists_model_info(client):
     assert r.status_code == 200
     models = {m["id"]: m for m in r.json()["models"]}
     assert set(models) == {"pointwise", "spatial", "nir4", "slow"}
-    assert set(models["pointwise"]) == {"id", "name", "task", "description", "classes", "tile_size",
-                                        "tile_overlap", "gsd_m", "bands", "path"}
+    assert set(models["pointwise"]) == {"id", "name", "task", "dataset", "encoder", "metric", "description",
+                                        "classes", "tile_size", "tile_overlap", "gsd_m", "bands", "path"}
+    # The synthetic test packages say nothing of their data or figures: empty strings, not made-up values.
+    assert (models["pointwise"]["dataset"], models["pointwise"]["metric"]) == ("", "")
 
 
 def test_malformed_json_without_token_is_401_not_422(client):

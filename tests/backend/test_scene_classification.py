@@ -16,7 +16,8 @@ from backend.jobs import JobSpec, plan_job, run_plan
 from backend.model_package import load_package, write_metadata
 from backend.raster_io import Extent, extent_to_window, open_raster
 from backend.scenes import probability_field_names
-from backend.synthetic_models import build_change_model, build_classification_model, build_model, default_metadata
+from backend.synthetic_models import (build_change_model, build_classification_model, build_model, default_metadata,
+                                      write_classification_package)
 
 from backend_test_data import api_client, COGEO, LEVIR, LEVIR_PAIRS, NAIP, REPO, RGB_BYTE, SCENE_GAIN, vrt_over_copy
 
@@ -200,6 +201,27 @@ def test_probability_outputs_are_not_softmaxed(tmp_path):
     f = features_by_cell(layer)[(0, 0)]
     means = (pixels[:, :512, :512].mean(axis=(1, 2)) / 255 - 0.5) / 0.25
     np.testing.assert_allclose([f[n] for n in ("p_class_0", "p_class_1", "p_class_2")], SCENE_GAIN * means, rtol=1e-4)
+
+
+def test_package_cell_size_is_the_default_cell_and_an_option_still_wins(tmp_path):
+    """An imported EuroSAT classifier says `scene: {cell_size: 64}` (its 64 px images, resized to the tile):
+    without a cell_size option the grid uses it, not the 64 -> tile size; a bad value is refused."""
+    from backend.registry import ModelRegistry
+    models = tmp_path / "models"
+    models.mkdir()
+    meta = default_metadata(3, 3, 64, 0, task="scene_classification")
+    meta["scene"] = {"cell_size": 200}
+    write_classification_package(models / "cells.onnx", metadata=meta, gain=SCENE_GAIN)
+    registry = ModelRegistry([models])
+    width = gdal.Open(str(COGEO)).RasterXSize
+    plan, ds, layer = run_scenes(registry, tmp_path / "default", COGEO, model="cells")
+    assert plan.cell_size == 200 and layer.GetFeatureCount() == (-(-width // 200)) ** 2
+    plan, ds, layer = run_scenes(registry, tmp_path / "option", COGEO, model="cells", cell_size=512)
+    assert plan.cell_size == 512 and layer.GetFeatureCount() == (-(-width // 512)) ** 2
+    meta["scene"] = {"cell_size": 0}
+    write_classification_package(models / "bad.onnx", metadata=meta, gain=SCENE_GAIN)
+    with pytest.raises(ModelPackageError, match="'scene' must be an object whose 'cell_size'"):
+        load_package(models / "bad.onnx")
 
 
 def test_all_nodata_cells_are_null_and_others_are_classified(task_registry, tmp_path):
