@@ -19,7 +19,7 @@ SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup test demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench clean
+.PHONY: setup test demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench reference-env reference clean
 
 setup:
 	@bash scripts/setup.sh
@@ -81,6 +81,25 @@ BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384
 bench: setup
 	$(PY) benchmarks/bench_overhead.py --repeats $(BENCH_REPEATS) --out benchmarks/results/overhead
 	$(PY) benchmarks/bench_segmentation.py --sizes $(BENCH_SIZES) --cap $(BENCH_CAPS) --out benchmarks/results/scale
+
+## Optional reference environment: the official OpenMMLab frameworks (mmseg, mmpretrain, mmdet, pure-Python
+## mmcv-lite) in .venv-ref, apart from .venv (they bring numpy 2.x). Never used by the backend or the plugin.
+REF_VENV ?= .venv-ref
+reference-env:
+	@[ -x $(REF_VENV)/bin/python ] || /usr/bin/python3 -m venv $(REF_VENV)
+	$(REF_VENV)/bin/pip install -q --disable-pip-version-check -r requirements/reference.txt
+
+## Rebuild tests/fixtures/official from the official MTP code and prove training/official against it
+## (reduced-width models of every family; full-size parity for REFERENCE_FULL). The official sources are
+## not part of this repository: clone them and name the folders,
+##   make reference MTP_REPO=../MTP OPENCD_REPO=../open-cd
+## (github.com/ViTAE-Transformer/MTP, github.com/likyoo/open-cd).
+REFERENCE_FULL ?= rvsa-b-upernet-512-mae-mtp-loveda vit-rvsa-b-224-mae-mtp_eurosat rvsa-b-unet-256-mae-mtp_levir
+reference: setup reference-env
+	@[ -d "$(MTP_REPO)/RS_Tasks_Finetune" ] && [ -d "$(OPENCD_REPO)/opencd" ] || { \
+	  echo "make reference MTP_REPO=<clone of ViTAE-Transformer/MTP> OPENCD_REPO=<clone of likyoo/open-cd>" >&2; exit 2; }
+	$(REF_VENV)/bin/python reference/official_reference.py --mtp-repo $(MTP_REPO) --opencd-repo $(OPENCD_REPO) \
+	    --full $(REFERENCE_FULL)
 
 clean:
 	rm -rf build dist .pytest_cache

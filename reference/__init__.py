@@ -1,0 +1,1 @@
+"""The reference environment's scripts (see reference/README.md)."""
