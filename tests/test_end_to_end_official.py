@@ -1,0 +1,100 @@
+"""Official MTP checkpoints, end to end as an analyst meets them: `python -m training import-official` turns a
+checkpoint in the official format (reduced-width fixtures of tests/fixtures/official, written by the
+official frameworks; one per family — the InternImage ones are checked against the official outputs in
+tests/training/test_official_import.py) into a package in the user's models folder; `qgis_process` (scripts/qgis_run.sh, the
+plugin from this checkout and a backend it starts itself) runs it on real rasters of ../shared/data and
+returns a styled result with the dataset's class names."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal, ogr
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+FIXTURES = REPO / "tests" / "fixtures" / "official"
+# scripts/qgis_run.sh runs QGIS with HOME=build/demo-home: this is the analyst's models folder there.
+USER_MODELS = REPO / "build" / "demo-home" / ".local" / "share" / "mtp_qgis" / "models"
+LOVEDA_CLASSES = ["background", "building", "road", "water", "barren", "forest", "agricultural"]
+
+
+@pytest.fixture(scope="module")
+def installed():
+    """The fixtures imported with the CLI into the user's models folder (removed again afterwards)."""
+    USER_MODELS.mkdir(parents=True, exist_ok=True)
+    ids = {}
+    for name in ("seg_upernet_vit_rvsa", "scene_linear_vit_rvsa", "change_unet_vit_rvsa"):
+        model_id = f"test_official_{name}"
+        done = subprocess.run([sys.executable, "-m", "training", "import-official",
+                               str(FIXTURES / name / "checkpoint.pth"), "--config", str(FIXTURES / name / "config.py"),
+                               "--out", str(USER_MODELS), "--id", model_id, "--overwrite"],
+                              capture_output=True, text=True, cwd=REPO, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = json.loads(done.stdout)
+        assert summary["parity"]["argmax_agreement"] >= 0.999
+        ids[name] = model_id
+    yield ids
+    for model_id in ids.values():
+        (USER_MODELS / f"{model_id}.onnx").unlink(missing_ok=True)
+
+
+def qgis_run(algorithm: str, **parameters) -> str:
+    args = [f"{key}={value}" for key, value in parameters.items()]
+    done = subprocess.run(["bash", str(REPO / "scripts/qgis_run.sh"), algorithm, *args],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_backend_lists_imported_models_by_name_dataset_encoder_and_metric(installed):
+    done = subprocess.run([sys.executable, "-m", "backend", "models", "--models-dir", str(USER_MODELS)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith(installed["seg_upernet_vit_rvsa"]))
+    assert "MTP ViT+RVSA (64-d, 4 blocks) UperNet — LoveDA" in line and "[LoveDA · ViT+RVSA" in line
+
+
+def test_official_segmentation_runs_through_qgis_process_with_loveda_classes(installed, tmp_path):
+    raster = DATA / "aerial_geotiff" / "cogeo.tif"
+    out = tmp_path / "classes.tif"
+    qgis_run("mtp:segment", INPUT=raster, MODEL=installed["seg_upernet_vit_rvsa"], OUTPUT=out)
+    src, res = gdal.Open(str(raster)), gdal.Open(str(out))
+    assert (res.RasterXSize, res.RasterYSize) == (src.RasterXSize, src.RasterYSize)
+    assert res.GetSpatialRef().IsSame(src.GetSpatialRef())
+    assert json.loads(res.GetMetadataItem("CLASS_NAMES")) == LOVEDA_CLASSES
+    ids = res.GetRasterBand(1).ReadAsArray()
+    assert set(np.unique(ids)) <= set(range(7)) | {255}
+    qml = out.with_suffix(".qml").read_text()
+    assert all(name in qml for name in LOVEDA_CLASSES)
+
+
+def test_official_scene_classifier_runs_through_qgis_process_with_eurosat_classes(installed, tmp_path):
+    raster = DATA / "aerial_geotiff" / "cogeo.tif"
+    out = tmp_path / "scenes.gpkg"
+    qgis_run("mtp:classify_scenes", INPUT=raster, MODEL=installed["scene_linear_vit_rvsa"], OUTPUT=out)
+    dataset = ogr.Open(str(out))  # keep the dataset alive while its layer is read
+    layer = dataset.GetLayer(0)
+    width = gdal.Open(str(raster)).RasterXSize
+    # The package's default cell is EuroSAT's 64 px image size.
+    assert layer.GetFeatureCount() == (-(-width // 64)) ** 2
+    names = {f.GetField("class_name") for f in layer}
+    eurosat = {"AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+               "PermanentCrop", "Residential", "River", "SeaLake"}
+    assert names and names <= eurosat
+    fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
+    assert "p_herbaceousvegetation" in fields and out.with_suffix(".qml").is_file()
+
+
+def test_official_change_model_runs_through_qgis_process_on_a_levir_pair(installed, tmp_path):
+    name = "test_2_0000_0000.png"
+    out = tmp_path / "change.tif"
+    qgis_run("mtp:change", BEFORE=DATA / "levir_cd/A" / name, AFTER=DATA / "levir_cd/B" / name,
+             MODEL=installed["change_unet_vit_rvsa"], OUTPUT=out)
+    res = gdal.Open(str(out))
+    assert (res.RasterXSize, res.RasterYSize) == (256, 256)
+    assert set(np.unique(res.GetRasterBand(1).ReadAsArray())) <= {0, 1, 255}
+    assert res.GetRasterBand(1).GetColorTable() is not None
+
