@@ -1,5 +1,13 @@
 """Small HTTP client for the backend API (docs/contract.md, section 2)."""
+import hashlib
+import hmac
+import secrets
+from urllib.parse import urlsplit
+
 import requests
+
+# The backend's answer to GET /health?challenge=C is HMAC-SHA256(token, "<PROOF_PREFIX> C PORT") (backend/api.py).
+PROOF_PREFIX = "mtp_qgis health"
 
 
 class BackendError(Exception):
@@ -12,6 +20,10 @@ class BackendUnreachable(BackendError):
 
 class BackendAuthError(BackendError):
     pass
+
+
+class BackendIdentityError(BackendAuthError):
+    """The server could not prove it knows the token: the token was not sent to it."""
 
 
 class BackendRequestError(BackendError):
@@ -45,10 +57,31 @@ class MtpClient:
         self.token = token
         self.token_source = token_source
         self.timeout = timeout
+        self._verified = False
+
+    def verify_identity(self):
+        """Make sure the server at `url` knows the token before it is sent: after a backend dies, any local
+        program may take its port. Raises BackendIdentityError (or BackendUnreachable)."""
+        challenge = secrets.token_hex(16)
+        answer = self._request("GET", f"/health?challenge={challenge}", authenticated=False)
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        message = f"{PROOF_PREFIX} {challenge} {port}".encode()
+        expected = hmac.new(self.token.encode(), message, hashlib.sha256).hexdigest()
+        proof = answer.get("proof") if isinstance(answer, dict) else None
+        if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
+            raise BackendIdentityError(
+                f"The program answering at {self.url} could not prove that it is the MTP backend holding your "
+                f"token ({self.token_source}), so the token was not sent to it. It may be another program that "
+                "took the port of a backend that stopped, a backend started with another token, or an older "
+                "backend: stop it, or unset the configured backend URL so that the plugin starts its own.")
+        self._verified = True
 
     def _request(self, method, path, json_body=None, authenticated=True):
         headers = {}
         if authenticated and self.token:
+            if not self._verified:
+                self.verify_identity()
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             # One short-lived session per call: nothing stays open between polls, and
@@ -59,6 +92,7 @@ class MtpClient:
                     method, self.url + path, json=json_body, headers=headers, timeout=self.timeout
                 )
         except requests.exceptions.RequestException as exc:
+            self._verified = False  # whatever answers next on this port must prove itself again
             raise BackendUnreachable(
                 f"The MTP backend at {self.url} is not reachable ({exc.__class__.__name__}). "
                 "Check that it is running, or unset the configured backend URL so the plugin starts one."
