@@ -191,16 +191,30 @@ def strict_json_problem(body: bytes) -> str | None:
         return None
     except (ValueError, UnicodeDecodeError) as exc:
         return str(exc)
-    if _depth(value) > MAX_JSON_DEPTH:
-        return f"nested more than {MAX_JSON_DEPTH} levels deep"
-    return None
+    return _walk_problem(value, 1)
 
 
-def _depth(value: Any, level: int = 1) -> int:
+def _walk_problem(value: Any, level: int) -> str | None:
+    """Too deep, or a string that is not valid Unicode (a lone surrogate escape such as \\ud800)."""
     if level > MAX_JSON_DEPTH:
-        return level
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    return max((_depth(child, level + 1) for child in children), default=level)
+        return f"nested more than {MAX_JSON_DEPTH} levels deep"
+    if isinstance(value, dict):
+        children = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        children = value
+    else:
+        children = [value] if isinstance(value, str) else []
+        for text in children:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"the text {text[:40]!r} is not valid Unicode (a lone surrogate)"
+        return None
+    for child in children:
+        problem = _walk_problem(child, level + 1)
+        if problem:
+            return problem
+    return None
 
 
 async def _reply(send, status: int, detail: str) -> None:
@@ -216,6 +230,8 @@ def _json_safe(value: Any) -> Any:
         return repr(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

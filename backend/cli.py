@@ -139,9 +139,9 @@ def cmd_run(args) -> int:
     except (BackendError, JobCancelled, KeyboardInterrupt):
         raise
     except Exception as exc:  # an I/O failure (full disk) or a bug: a message, not a traceback
-        print(file=sys.stderr)
         raise BackendError(failure_message(exc, plan)) from exc
-    print(file=sys.stderr)
+    finally:
+        print(file=sys.stderr)  # end the progress line
     for path in written.values():
         print(path)
     return 0

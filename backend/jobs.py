@@ -253,8 +253,8 @@ def plan_detection(spec: JobSpec, model: ModelPackage, job_id: str, protected) -
     vector_path = _output_path(spec, "vector", [input_path], protected, "gpkg")
     default = model.detection["score_threshold"]
     threshold = spec.options.get("score_threshold", default)
-    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
-            or not 0 <= threshold <= 1):
+    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1
+            or not math.isfinite(threshold)):  # compared first: math.isfinite(10**400) overflows
         raise BackendError(f"options.score_threshold must be a number from 0 to 1 (default: the model's, "
                            f"{default}), got {_short(threshold)}.")
     return DetectionRequest(model, input_path, vector_path, window, float(threshold), _batch_size(spec), job_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -154,17 +155,42 @@ def commit(partial: Path, target: Path, overwrite: bool) -> None:
     os.unlink(partial)
 
 
-def failure_message(exc: BaseException, outputs: list[Path]) -> str:
-    """What to tell about an unexpected failure of a job writing `outputs`: a full disk is named as such
-    (GDAL may report it with an empty message), and the message is never empty."""
+def disk_full_message(exc: BaseException, outputs: list[Path]) -> str | None:
+    """"Not enough disk space ..." when `exc` (while writing `outputs`) comes from a full disk, else None.
+    GDAL may report a full disk with an empty message: little free space counts as the reason then."""
     detail = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
-    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in detail
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in detail or "disk is full" in detail
     for folder in dict.fromkeys(p.parent for p in outputs):
         try:
             free = shutil.disk_usage(folder).free
         except OSError:
             continue
         if full or free < LOW_DISK_BYTES:
-            return (f"Not enough disk space to write {', '.join(map(str, outputs))}: the disk holding {folder} has "
+            shown = ", ".join(str(output_of_partial(p)) for p in outputs)
+            return (f"Not enough disk space to write {shown}: the disk holding {folder} has "
                     f"{free} bytes free. Free some space or choose another output folder; nothing was written.")
-    return f"{type(exc).__name__}: {detail}" if detail else f"{type(exc).__name__} (no message was given)"
+    return None
+
+
+def failure_message(exc: BaseException, outputs: list[Path]) -> str:
+    """What to tell about an unexpected failure of a job writing `outputs`: a full disk is named as such,
+    and the message is never empty."""
+    detail = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)).strip()
+    return disk_full_message(exc, outputs) or (f"{type(exc).__name__}: {detail}" if detail
+                                               else f"{type(exc).__name__} (no message was given)")
+
+
+def creation_error(exc: BaseException, path: Path) -> BackendError:
+    """A result file GDAL/OGR could not create or write: a full disk named as such, never an empty reason."""
+    detail = str(exc).strip() or "GDAL gave no reason"
+    return BackendError(disk_full_message(exc, [path])
+                        or f"Could not create the result file {output_of_partial(path)}: {detail}.")
+
+
+_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.[^.]+\.partial(?:-[^.]*)?(?P<ext>\.[^.]+)?$")
+
+
+def output_of_partial(path: Path) -> Path:
+    """The output a partial file `.<stem>.<job id>.partial<ext>` stands for (for messages); other paths as they are."""
+    match = _PARTIAL.match(path.name)
+    return path.with_name(match["stem"] + (match["ext"] or "")) if match else path

@@ -433,7 +433,7 @@ def write_class_raster(tile_model: TileModel, reader, ds: gdal.Dataset, window: 
             [c.rgb() for c in model.classes], [c.name for c in model.classes],
         )
     except RuntimeError as exc:
-        raise BackendError(f"Could not create the result file {path}: {exc}") from exc
+        raise outputs.creation_error(exc, path) from exc
     try:
         sink = ClassIdWriter(out_ds.GetRasterBand(1), reader, processed, window)
         run_tiles(tile_model, reader, processed, sink, batch_size, progress, cancelled, skip_nodata=True)
