@@ -57,42 +57,51 @@ class MtpClient:
         self.token = token
         self.token_source = token_source
         self.timeout = timeout
-        self._verified = False
 
     def verify_identity(self):
-        """Make sure the server at `url` knows the token before it is sent: after a backend dies, any local
-        program may take its port. Raises BackendIdentityError (or BackendUnreachable)."""
+        """Make sure the server at `url` knows the token (see _verify). Raises BackendIdentityError or
+        BackendUnreachable."""
+        self._request("GET", "/health", verify_only=True)
+
+    def _verify(self, session):
+        """The server proves it knows the token before the token is sent: after a backend dies, any local
+        program may take its port. Asked before every authenticated request, on the same session (its kept-alive
+        connection), so that a port taken over between two polls is caught too."""
+        if not self.token:
+            raise BackendIdentityError(f"There is no token ({self.token_source}) to check the backend at {self.url} with.")
         challenge = secrets.token_hex(16)
-        answer = self._request("GET", f"/health?challenge={challenge}", authenticated=False)
+        answer = session.get(f"{self.url}/health", params={"challenge": challenge}, timeout=self.timeout)
         parts = urlsplit(self.url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         message = f"{PROOF_PREFIX} {challenge} {port}".encode()
         expected = hmac.new(self.token.encode(), message, hashlib.sha256).hexdigest()
-        proof = answer.get("proof") if isinstance(answer, dict) else None
+        try:
+            proof = answer.json().get("proof") if answer.status_code == 200 else None
+        except (ValueError, AttributeError):
+            proof = None
         if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
             raise BackendIdentityError(
                 f"The program answering at {self.url} could not prove that it is the MTP backend holding your "
                 f"token ({self.token_source}), so the token was not sent to it. It may be another program that "
                 "took the port of a backend that stopped, a backend started with another token, or an older "
                 "backend: stop it, or unset the configured backend URL so that the plugin starts its own.")
-        self._verified = True
 
-    def _request(self, method, path, json_body=None, authenticated=True):
+    def _request(self, method, path, json_body=None, authenticated=True, verify_only=False):
         headers = {}
-        if authenticated and self.token:
-            if not self._verified:
-                self.verify_identity()
-            headers["Authorization"] = f"Bearer {self.token}"
         try:
             # One short-lived session per call: nothing stays open between polls, and
             # trust_env=False keeps a system proxy from intercepting 127.0.0.1.
             with requests.Session() as session:
                 session.trust_env = False
+                if (authenticated and self.token) or verify_only:
+                    self._verify(session)
+                    if verify_only:
+                        return None
+                    headers["Authorization"] = f"Bearer {self.token}"
                 response = session.request(
                     method, self.url + path, json=json_body, headers=headers, timeout=self.timeout
                 )
         except requests.exceptions.RequestException as exc:
-            self._verified = False  # whatever answers next on this port must prove itself again
             raise BackendUnreachable(
                 f"The MTP backend at {self.url} is not reachable ({exc.__class__.__name__}). "
                 "Check that it is running, or unset the configured backend URL so the plugin starts one."
