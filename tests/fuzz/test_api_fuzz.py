@@ -6,6 +6,7 @@ succeeds or fails with a message (never a bare exception name), and leaves no pa
 Profiles (environment MTP_FUZZ_PROFILE): "ci" (default: fixed seed, a few hundred requests per test, about
 a minute) and "deep" (random seed, ten times as many)."""
 
+import dataclasses
 import os
 import re
 import time
@@ -18,13 +19,13 @@ from hypothesis import strategies as st
 
 from backend.api import create_app
 from backend.jobs import JobManager
-from fuzz_support import COGEO, NASTY_TEXT, TALLY, dumps, schema_strategy
+from fuzz_support import COGEO, NASTY_TEXT, TALLY, copy_into, dumps, schema_strategy
 
 TOKEN = "fuzz-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 settings.register_profile("ci", max_examples=1000, deadline=None, derandomize=True, database=None,
                           suppress_health_check=list(HealthCheck))
-settings.register_profile("deep", max_examples=4000, deadline=None, database=None,
+settings.register_profile("deep", max_examples=10000, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck))
 PROFILE = os.environ.get("MTP_FUZZ_PROFILE", "ci")
 # A job error that is only an exception's name and text is a bug that escaped the backend's checks.
@@ -43,6 +44,8 @@ def app_and_files(fuzz_registry, fuzz_models_dir, corpus, tmp_path_factory):
     (out / "a_folder.tif").mkdir()
     os.mkfifo(out / "fifo.tif")
     (out / "link.tif").symlink_to(token_file)
+    # A copy of the corpus: fuzzed jobs may replace an input file of another job (overwrite is theirs to ask).
+    corpus = {name: dataclasses.replace(r, path=copy_into(r.path, folder / "corpus")) for name, r in corpus.items()}
     jobs = JobManager(fuzz_registry, protected={token_file: "the backend's token file"})
     app = create_app(fuzz_registry, TOKEN, jobs, port=8765)
     with TestClient(app, raise_server_exceptions=False) as client:
