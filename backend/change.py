@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, ogr
 
-from backend import raster_io
+from backend import outputs, raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer
 from backend.model_package import ModelPackage
@@ -41,6 +40,7 @@ class ChangeRequest:
     batch_size: int = 4
     min_area_px: int = 0
     job_id: str = "run"
+    overwrite: bool = False  # replace an existing output (outputs.commit)
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -176,11 +176,13 @@ class WarpedReader(raster_io.RasterReader):
         self.alpha = warped.GetRasterBand(warped.RasterCount)
         self.has_nodata = True
 
-    def nodata_mask(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+    def _masked(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         try:
-            return self.alpha.ReadAsArray(x, y, width, height) == 0
+            invalid = self.alpha.ReadAsArray(x, y, width, height) == 0
         except RuntimeError as exc:
             raise BackendError(f"Reading the nodata mask of {self.name} failed: {exc}") from exc
+        other = super()._masked(x, y, width, height)
+        return invalid if other is None else invalid | other
 
 
 class PairReader:
@@ -345,7 +347,6 @@ def detect_changes(request: ChangeRequest, progress: ProgressCallback | None = N
         if progress:
             progress(raster_share + percent * (100.0 - raster_share) / 100.0, message)
 
-    renamed: list[Path] = []
     try:
         # Context for border tiles comes from where both dates exist, not from the warp's empty margin.
         m = model.tile_overlap
@@ -355,14 +356,14 @@ def detect_changes(request: ChangeRequest, progress: ProgressCallback | None = N
                            raster_progress, cancelled)
         if polygons_partial is not None:
             polygonize_changes(raster_partial, polygons_partial, request.min_area_px, polygon_progress, cancelled)
-            os.replace(polygons_partial, request.polygons_path)
-            renamed.append(request.polygons_path)
-        os.replace(raster_partial, request.raster_path)
+        moves = [(raster_partial, request.raster_path)]
+        if polygons_partial is not None:
+            moves.insert(0, (polygons_partial, request.polygons_path))
+        # Both or neither: a raster without its polygons (or the reverse) is not left as a result.
+        outputs.commit_all(moves, request.overwrite)
     except BaseException:
         remove_partial(raster_partial)
         if polygons_partial is not None:
             remove_partial(polygons_partial)
-        for path in renamed:  # the raster could not follow: the pair is incomplete, leave neither
-            path.unlink(missing_ok=True)
         raise
     return request.outputs

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +21,15 @@ def _extent(text: str):
         xmin, ymin, xmax, ymax = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--extent must be xmin,ymin,xmax,ymax numbers, got '{text}'")
+    if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
+        raise argparse.ArgumentTypeError(f"--extent must be finite numbers, got '{text}'")
     return Extent(xmin, ymin, xmax, ymax)
+
+
+def _absolute(text: str) -> str:
+    """An absolute path without asking the file system (a NUL byte or an overlong name is refused later,
+    by the job's own checks, with a clear message)."""
+    return text if os.path.isabs(text) else os.path.join(os.getcwd(), text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["semantic_segmentation", "change_detection", "scene_classification", "detection",
                             "rotated_detection"])
     r.add_argument("--model", required=True)
-    r.add_argument("--input", required=True, type=Path, action="append",
+    r.add_argument("--input", required=True, type=str, action="append",
                    help="input raster; give it twice (before, then after) for change_detection")
-    r.add_argument("--output", "--out", dest="output", required=True, type=Path,
+    r.add_argument("--output", "--out", dest="output", required=True, type=str,
                    help="the result: class GeoTIFF, change GeoTIFF, scene grid .gpkg or detections .gpkg")
-    r.add_argument("--polygons", type=Path, default=None, help="change_detection: also write change polygons (.gpkg)")
+    r.add_argument("--polygons", type=str, default=None, help="change_detection: also write change polygons (.gpkg)")
     r.add_argument("--min-area-px", type=int, default=None, help="change_detection: drop smaller polygons")
     r.add_argument("--cell-size", type=int, default=None,
                    help="scene_classification: cell side in source pixels (default: the model's tile size)")
@@ -69,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--extent", type=_extent, default=None, help="xmin,ymin,xmax,ymax")
     r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
     r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--overwrite", action="store_true", help="replace output files that exist (regular files only)")
     models_dir_arg(r)
 
     m = sub.add_parser("models", help="list the models found")
@@ -92,7 +103,8 @@ def model_registry(args):
 def cmd_run(args) -> int:
     import dataclasses
 
-    from backend.jobs import JobSpec, plan_job, run_plan
+    from backend.jobs import JobSpec, failure_message, plan_job, run_plan
+    from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
 
     for flag, value, task in (("--polygons", args.polygons, "change_detection"),
                               ("--min-area-px", args.min_area_px, "change_detection"),
@@ -104,24 +116,32 @@ def cmd_run(args) -> int:
         raise BackendError(f"--score-threshold applies to --task detection or rotated_detection only, not {args.task}.")
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
     key = "vector" if args.task in ("scene_classification", *detection) else "raster"
-    outputs = {key: str(args.output.resolve())}
+    outputs = {key: _absolute(args.output)}
     options = {"batch_size": args.batch_size}
     if args.polygons is not None:
-        outputs["polygons"] = str(args.polygons.resolve())
+        outputs["polygons"] = _absolute(args.polygons)
     if args.min_area_px is not None:
         options["min_area_px"] = args.min_area_px
     if args.cell_size is not None:
         options["cell_size"] = args.cell_size
     if args.score_threshold is not None:
         options["score_threshold"] = args.score_threshold
-    spec = JobSpec(args.task, args.model, [str(p.resolve()) for p in args.input], outputs, extent, options)
-    plan = plan_job(spec, model_registry(args), job_id="cli")
+    spec = JobSpec(args.task, args.model, [_absolute(p) for p in args.input], outputs, extent, options,
+                   args.overwrite)
+    plan = plan_job(spec, model_registry(args), job_id="cli",
+                    protected={DEFAULT_TOKEN_FILE: "the backend's token file", DEFAULT_STATE_FILE: "the backend's state file"})
 
     def progress(percent: float, message: str) -> None:
         print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
-    written = run_plan(args.task, plan, progress)
-    print(file=sys.stderr)
+    try:
+        written = run_plan(args.task, plan, progress)
+    except (BackendError, JobCancelled, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # an I/O failure (full disk) or a bug: a message, not a traceback
+        raise BackendError(failure_message(exc, plan)) from exc
+    finally:
+        print(file=sys.stderr)  # end the progress line
     for path in written.values():
         print(path)
     return 0
@@ -142,15 +162,35 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_import(args) -> int:
+MAX_METADATA_FILE_BYTES = 1024 * 1024
+
+
+def read_metadata_yaml(path: Path):
+    """The YAML of `import-model`, bounded: at most 1 MiB and no aliases (`*name`), which could expand a
+    small file into gigabytes; metadata never needs them."""
     import yaml
 
-    from backend.model_package import import_model
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed here",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
 
     try:
-        metadata = yaml.safe_load(args.metadata.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise BackendError(f"Metadata file {args.metadata} could not be read as YAML: {exc}")
+        if path.stat().st_size > MAX_METADATA_FILE_BYTES:
+            raise BackendError(f"Metadata file {path} is over {MAX_METADATA_FILE_BYTES} bytes; model metadata is a "
+                               "few kilobytes.")
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliasLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise BackendError(f"Metadata file {path} could not be read as YAML: {exc}") from exc
+
+
+def cmd_import(args) -> int:
+    from backend.model_package import import_model
+
+    metadata = read_metadata_yaml(args.metadata)
     package = import_model(args.onnx, metadata, args.out, args.id)
     print(package.path)
     return 0
@@ -177,4 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, JobCancelled):
         print("cancelled", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: say so in one line; -v shows where
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for details, and please report it)",
+              file=sys.stderr)
+        return 1
     return 1

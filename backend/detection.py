@@ -11,7 +11,6 @@ seams. Memory: a batch of tiles plus the kept detections (a few numbers each); n
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,12 @@ import numpy as np
 import shapely
 from osgeo import ogr
 
-from backend import raster_io
+from backend import outputs, raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer, remove_gpkg
 from backend.model_package import ModelPackage
-from backend.segmentation import (CancelCheck, InferenceThread, ProgressCallback, TileModel, all_nodata,
-                                  partial_path, with_context)
+from backend.segmentation import (CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path,
+                                  with_context)
 from backend.tiling import TileGrid
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,7 @@ class DetectionRequest:
     score_threshold: float
     batch_size: int = 4
     job_id: str = "run"
+    overwrite: bool = False  # replace an existing output (outputs.commit)
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -256,6 +256,17 @@ def tile_detections(boxes: np.ndarray, scores: np.ndarray, threshold: float, iou
     return det.take(tile_nms(det, iou_threshold, limit))
 
 
+def centred_on(det: Detections, invalid: np.ndarray) -> np.ndarray:
+    """Which detections (tile pixels) have their centre on a True pixel of `invalid` (tile-sized mask);
+    centres beyond the tile's pixels are not."""
+    c = np.floor(det.centres()).astype(np.int64) if len(det) else np.zeros((0, 2), np.int64)
+    h, w = invalid.shape
+    inside = (c[:, 0] >= 0) & (c[:, 0] < w) & (c[:, 1] >= 0) & (c[:, 1] < h)
+    hit = np.zeros(len(det), bool)
+    hit[inside] = invalid[c[inside, 1], c[inside, 0]]
+    return hit
+
+
 def core_bounds(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
     """[lo, hi) per tile along one axis: seams split each overlap in half, the outer tiles reach the
     window's edges. Every position in [0, length) belongs to exactly one tile."""
@@ -316,10 +327,13 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
 
     def collect(tiles, out) -> None:
         nonlocal done
-        for tile, k in tiles:
+        for tile, k, invalid in tiles:
             if k is not None:
                 det = tile_detections(out[0][k], out[1][k], request.score_threshold, defaults["nms_iou"],
-                                      defaults["max_per_tile"]).shifted(tile.x, tile.y)
+                                      defaults["max_per_tile"])
+                if invalid is not None:  # an object centred on nodata was made up from the filling
+                    det = det.take(np.flatnonzero(~centred_on(det, invalid)))
+                det = det.shifted(tile.x, tile.y)
                 det = det.take(np.flatnonzero(in_core(det, col_cores[tile.col], row_cores[tile.row])))
                 if len(det):
                     found.append(det)
@@ -328,19 +342,23 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
             progress(TILES_SHARE * done / total, f"tile {done}/{total}")
 
     def batches():
-        """([(tile, index in the batch or None when skipped)], batch array, tiles in it)."""
+        """([(tile, index in the batch or None when skipped, its invalid-pixel mask or None)], batch array,
+        tiles in it)."""
         tiles, batch, n = [], None, 0
         for tile in grid:
             x, y = processed.x + tile.x, processed.y + tile.y
-            if all_nodata(reader, x, y, tile.width, tile.height):
-                tiles.append((tile, None))
+            invalid = reader.nodata_mask(x, y, tile.width, tile.height)
+            if invalid is not None and not invalid.any():
+                invalid = None
+            if invalid is not None and invalid.all():
+                tiles.append((tile, None, None))
             else:
                 raw = reader.read(x, y, tile.width, tile.height)
                 if batch is None:  # fresh per batch: ORT may still be reading the previous one
                     batch = np.empty((request.batch_size, raw.shape[0], model.tile_size, model.tile_size),
                                      np.float32)
                 tile_model.prepare_into(raw, batch[n])  # no np.stack copy
-                tiles.append((tile, n))
+                tiles.append((tile, n, invalid))
                 n += 1
             if len(tiles) == request.batch_size:
                 yield tiles, batch, n
@@ -447,7 +465,7 @@ def detect_objects(request: DetectionRequest, progress: ProgressCallback | None 
         if progress:
             progress(TILES_SHARE, f"writing {len(det)} detections")
         write_detections(partial, det, request.model, gt, srs, request.window, cancelled)
-        os.replace(partial, request.vector_path)
+        outputs.commit(partial, request.vector_path, request.overwrite)
     except BaseException:
         remove_gpkg(partial)
         raise

@@ -15,6 +15,16 @@ class NotFoundError(BackendError):
     status_code = 404
 
 
+class ConflictError(BackendError):
+    """The request would replace a file it did not ask to replace, or one another job is writing."""
+
+    status_code = 409
+
+
+class TooManyJobsError(BackendError):
+    status_code = 429
+
+
 class ModelPackageError(BackendError):
     """The .onnx file is not a usable model package."""
 

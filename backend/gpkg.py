@@ -6,7 +6,7 @@ from pathlib import Path
 
 from osgeo import ogr, osr
 
-from backend.errors import BackendError
+from backend import outputs
 
 ogr.UseExceptions()
 
@@ -30,7 +30,7 @@ def create_layer(path: Path, name: str, srs: osr.SpatialReference | None,
             ds = ogr.Open(str(path), update=1)
             layer = ds.GetLayerByName(name)
     except RuntimeError as exc:
-        raise BackendError(f"Could not create the result file {path}: {exc}") from exc
+        raise outputs.creation_error(exc, path) from exc
     return ds, layer
 
 

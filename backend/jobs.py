@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import queue
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
-from backend import raster_io
+from backend import outputs, raster_io
 from backend.change import ChangeRequest, detect_changes, intersect, overlap_window, warp_problem
 from backend.detection import DetectionRequest, detect_objects
-from backend.errors import BackendError, JobCancelled
+from backend.errors import BackendError, ConflictError, JobCancelled, TooManyJobsError
 from backend.model_package import ModelPackage
 from backend.registry import ModelRegistry
 from backend.scenes import SceneRequest, classify_scenes
@@ -40,13 +39,14 @@ class JobSpec:
     outputs: dict[str, str]
     extent: raster_io.Extent | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False  # replace existing output files (regular files only; never an input, token or model)
 
 
 @dataclass
 class Job:
     id: str
     spec: JobSpec
-    plan: Plan
+    plan: Plan | None  # dropped once the job has finished: a finished job keeps only what GET /jobs shows
     status: str = "queued"
     progress: float = 0.0
     message: str = "queued"
@@ -56,6 +56,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    output_paths: tuple[Path, ...] = ()  # resolved, to refuse a second job writing the same file
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,30 +67,46 @@ class Job:
         }
 
 
-def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str) -> Plan:
-    """Every check that can be made before the job is queued; raises BackendError (400/404)."""
-    model = registry.get(spec.model)
+def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str,
+             protected: dict[Path, str] | None = None) -> Plan:
+    """Every check that can be made before the job is queued; raises BackendError (400/404/409).
+    protected: files no output may replace besides the inputs (the token and state files), -> what they are."""
     if spec.task not in SUPPORTED_TASKS:
         raise BackendError(f"Task '{spec.task}' is not supported yet; supported: {', '.join(SUPPORTED_TASKS)}.")
+    model = registry.get(spec.model)
     if model.task != spec.task:
         raise BackendError(f"Model '{spec.model}' does {model.task}, not {spec.task}; pick a {spec.task} model.")
-    planner, _ = TASKS[spec.task]
-    return planner(spec, model, job_id)
+    rules = TASK_RULES[spec.task]
+    _check_keys(spec, rules)
+    guarded = dict(protected or {})
+    guarded.update({p: "a model package" for p in registry.model_files()})
+    return rules.planner(spec, model, job_id, guarded)
 
 
 def run_plan(task: str, plan: Plan, progress=None, cancelled=None) -> dict[str, str]:
     """Run a planned job in this thread; returns the outputs written (key -> path)."""
-    _, runner = TASKS[task]
-    return runner(plan, progress, cancelled)
+    return TASK_RULES[task].runner(plan, progress, cancelled)
+
+
+def plan_outputs(plan: Plan) -> list[Path]:
+    """The output files a planned job writes."""
+    if isinstance(plan, SegmentationRequest):
+        return [plan.output_path]
+    return [Path(p) for p in plan.outputs.values()]
 
 
 # ---------------------------------------------------------------------------------------------- checks
 
 def _input_path(text: str) -> Path:
-    path = Path(text)
-    if not path.is_absolute():
-        raise BackendError(f"Input path '{path}' must be absolute.")
-    return path
+    return outputs.checked_path(text, "Input raster")
+
+
+def _open_input(text: str, model: ModelPackage, other: str = ""):
+    """(path, dataset) of an input: a local raster with enough bands (band count named with `other`)."""
+    path = _input_path(text)
+    ds = raster_io.open_raster(path)
+    _check_bands(ds, path, model, other)
+    return path, ds
 
 
 def _check_bands(ds, path: Path, model: ModelPackage, other: str = "") -> None:
@@ -101,54 +118,48 @@ def _check_bands(ds, path: Path, model: ModelPackage, other: str = "") -> None:
         )
 
 
-def _output_path(spec: JobSpec, key: str, inputs: list[Path], what: str, suffix: str | None = None) -> Path:
-    """outputs[key] checked: absolute, in a writable folder, not a folder, not an input, right extension."""
-    output_path = Path(spec.outputs[key])
-    if not output_path.is_absolute():
-        raise BackendError(f"Output path '{output_path}' must be absolute.")
-    if suffix and output_path.suffix.lower() != suffix:
-        raise BackendError(f"outputs.{key} {output_path} must be a {suffix} file ({what}); "
-                           f"choose a name ending in {suffix}.")
-    if not output_path.parent.is_dir():
-        raise BackendError(f"Output folder {output_path.parent} does not exist; create it or choose another.")
-    if not os.access(output_path.parent, os.W_OK):
-        raise BackendError(f"Output folder {output_path.parent} is not writable; choose another folder.")
-    if output_path.is_dir():
-        raise BackendError(f"Output path {output_path} is a folder; give a file name such as {what}.")
-    for input_path in inputs:
-        if output_path.resolve() == input_path.resolve():
-            raise BackendError(f"Output path {output_path} is the input raster; choose another file name.")
-    return output_path
+def _check_values(ds, path: Path, model: ModelPackage, window: raster_io.Window) -> None:
+    spec = model.input
+    raster_io.check_pixel_values(ds, str(path), spec.bands, spec.dtypes, spec.expected_range(), model.id, window)
 
 
-def _output_keys(spec: JobSpec, required: tuple[str, ...], optional: tuple[str, ...], hints: dict[str, str]) -> None:
-    for key in required:
+def _output_path(spec: JobSpec, key: str, inputs: list[Path], protected: dict[Path, str], kind: str) -> Path:
+    """outputs[key] checked (outputs.check_output): its extension, its folder, and what it may replace."""
+    guarded = dict(protected)
+    guarded.update({p: "the input raster" for p in inputs})
+    return outputs.check_output(spec.outputs[key], key, kind, spec.overwrite, guarded)
+
+
+def _check_keys(spec: JobSpec, rules: "TaskRules") -> None:
+    """Output and option keys the task does not know are refused, for every task alike."""
+    for key in rules.required_outputs:
         if key not in spec.outputs:
-            raise BackendError(f"outputs.{key} ({hints[key]}) is required for {spec.task}.")
-    unknown = sorted(set(spec.outputs) - set(required) - set(optional))
+            raise BackendError(f"outputs.{key} ({rules.output_hints[key]}) is required for {spec.task}.")
+    known = rules.required_outputs + rules.optional_outputs
+    unknown = sorted(set(spec.outputs) - set(known))
     if unknown:
         raise BackendError(f"outputs {', '.join(unknown)} are not results of {spec.task}; "
-                           f"it writes {', '.join(required + optional)}.")
+                           f"it writes {', '.join(known)}.")
+    unknown = sorted(set(spec.options) - set(rules.options))
+    if unknown:
+        raise BackendError(f"options {', '.join(unknown)[:300]} are not options of {spec.task}; "
+                           f"it takes {', '.join(rules.options)}.")
 
 
-def _int_option(spec: JobSpec, key: str, default: int, low: int, high: int | None, what: str) -> int:
+def _int_option(spec: JobSpec, key: str, default: int, low: int, high: int, what: str) -> int:
     value = spec.options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise BackendError(f"options.{key} must be {what}, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BackendError(f"options.{key} must be {what}, got {_short(value)}.")
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _batch_size(spec: JobSpec) -> int:
     return _int_option(spec, "batch_size", 4, 1, 256, "an integer from 1 to 256")
-
-
-def _distinct(outputs: list[Path]) -> None:
-    seen = {}
-    for path in outputs:
-        key = path.resolve()
-        if key in seen:
-            raise BackendError(f"Outputs {seen[key]} and {path} are the same file; give each result its own name.")
-        seen[key] = path
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -157,18 +168,16 @@ def _single_input_window(spec: JobSpec, model: ModelPackage) -> tuple[Path, rast
     """The one input raster of a single-raster task, checked, and the pixel window of the extent."""
     if len(spec.inputs) != 1:
         raise BackendError(f"{spec.task} takes exactly 1 input raster, got {len(spec.inputs)}.")
-    input_path = _input_path(spec.inputs[0])
-    ds = raster_io.open_raster(input_path)
-    _check_bands(ds, input_path, model)
-    return input_path, raster_io.extent_to_window(ds, spec.extent, str(input_path))
+    input_path, ds = _open_input(spec.inputs[0], model)
+    window = raster_io.extent_to_window(ds, spec.extent, str(input_path))
+    _check_values(ds, input_path, model, window)
+    return input_path, window
 
 
-def plan_segmentation(spec: JobSpec, model: ModelPackage, job_id: str) -> SegmentationRequest:
+def plan_segmentation(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> SegmentationRequest:
     input_path, window = _single_input_window(spec, model)
-    if "raster" not in spec.outputs:
-        raise BackendError("outputs.raster (the result GeoTIFF path) is required.")
-    output_path = _output_path(spec, "raster", [input_path], "result.tif")
-    return SegmentationRequest(model, input_path, output_path, window, _batch_size(spec), job_id)
+    output_path = _output_path(spec, "raster", [input_path], protected, "raster")
+    return SegmentationRequest(model, input_path, output_path, window, _batch_size(spec), job_id, spec.overwrite)
 
 
 def run_segmentation(plan: SegmentationRequest, progress=None, cancelled=None) -> dict[str, str]:
@@ -176,13 +185,11 @@ def run_segmentation(plan: SegmentationRequest, progress=None, cancelled=None) -
     return {"raster": str(plan.output_path)}
 
 
-def plan_change(spec: JobSpec, model: ModelPackage, job_id: str) -> ChangeRequest:
+def plan_change(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> ChangeRequest:
     if len(spec.inputs) != 2:
         raise BackendError(f"change_detection takes 2 input rasters (before, after), got {len(spec.inputs)}.")
-    before_path, after_path = (_input_path(p) for p in spec.inputs)
-    before, after = raster_io.open_raster(before_path), raster_io.open_raster(after_path)
-    _check_bands(before, before_path, model, f" (before; the after raster is {after_path})")
-    _check_bands(after, after_path, model, f" (after; the before raster is {before_path})")
+    before_path, before = _open_input(spec.inputs[0], model, f" (before; the after raster is {spec.inputs[1]})")
+    after_path, after = _open_input(spec.inputs[1], model, f" (after; the before raster is {before_path})")
     pair = f"before {before_path} and after {after_path}"
     before_srs, after_srs = raster_io.raster_srs(before), raster_io.raster_srs(after)
     if (before_srs is None) != (after_srs is None):
@@ -196,7 +203,7 @@ def plan_change(spec: JobSpec, model: ModelPackage, job_id: str) -> ChangeReques
         raise BackendError(f"Cannot line up {pair}: the before raster's grid is the result grid, but {problem}.")
     try:
         overlap = overlap_window(before, after)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, OverflowError) as exc:
         raise BackendError(f"The footprint of {after_path} cannot be transformed into the CRS of "
                            f"{before_path}: {exc}.") from exc
     if overlap is None:
@@ -205,57 +212,102 @@ def plan_change(spec: JobSpec, model: ModelPackage, job_id: str) -> ChangeReques
     if window is None:
         raise BackendError(f"The extent does not intersect the area covered by both {pair}; "
                            "choose an extent inside their overlap.")
-    hints = {"raster": "the change GeoTIFF path", "polygons": "a GeoPackage path"}
-    _output_keys(spec, ("raster",), ("polygons",), hints)
+    _check_values(before, before_path, model, window)
+    _check_values(after, after_path, model, raster_io.full_window(after))
     inputs = [before_path, after_path]
-    raster_path = _output_path(spec, "raster", inputs, "changes.tif")
+    raster_path = _output_path(spec, "raster", inputs, protected, "raster")
     polygons_path = None
     if "polygons" in spec.outputs:
-        polygons_path = _output_path(spec, "polygons", inputs, "changes.gpkg", suffix=".gpkg")
-        _distinct([raster_path, polygons_path])
-    min_area = _int_option(spec, "min_area_px", 0, 0, None, "an integer number of pixels >= 0")
+        polygons_path = _output_path(spec, "polygons", inputs, protected, "gpkg")  # .gpkg: never the raster
+    min_area = _int_option(spec, "min_area_px", 0, 0, 2**62, "an integer number of pixels >= 0")
     return ChangeRequest(model, before_path, after_path, raster_path, polygons_path, window, overlap,
-                         _batch_size(spec), min_area, job_id)
+                         _batch_size(spec), min_area, job_id, spec.overwrite)
 
 
-def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str) -> SceneRequest:
+# A scene job has at most this many cells (cell_size 1 on a 4096² raster would be 16.8 million, hours of work);
+# the bundled scene model classifies about 1600 cells a second on 2 cores, so this is ~10 minutes.
+MAX_SCENE_CELLS = 1_000_000
+MAX_CELL_SIZE = 10**9
+
+
+def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> SceneRequest:
     input_path, window = _single_input_window(spec, model)
-    _output_keys(spec, ("vector",), (), {"vector": "the scene grid GeoPackage path"})
-    vector_path = _output_path(spec, "vector", [input_path], "scenes.gpkg", suffix=".gpkg")
+    vector_path = _output_path(spec, "vector", [input_path], protected, "gpkg")
     default = model.scene_cell_size
-    cell_size = _int_option(spec, "cell_size", default, 1, None,
-                            f"a whole number of source pixels >= 1 (default: the model's cell size, {default})")
-    return SceneRequest(model, input_path, vector_path, window, cell_size, _batch_size(spec), job_id)
+    cell_size = _int_option(spec, "cell_size", default, 1, MAX_CELL_SIZE,
+                            f"a whole number of source pixels >= 1 and <= {MAX_CELL_SIZE} (default: the model's "
+                            f"cell size, {default})")
+    cells = math.ceil(window.width / cell_size) * math.ceil(window.height / cell_size)
+    if cells > MAX_SCENE_CELLS:
+        smallest = max(1, math.ceil(math.sqrt(window.width * window.height / MAX_SCENE_CELLS)))
+        while math.ceil(window.width / smallest) * math.ceil(window.height / smallest) > MAX_SCENE_CELLS:
+            smallest += 1
+        raise BackendError(f"options.cell_size {cell_size} cuts the {window.width} x {window.height} px window into "
+                           f"{cells} cells; a job may have at most {MAX_SCENE_CELLS}. Use cell_size >= {smallest} "
+                           "or a smaller extent.")
+    return SceneRequest(model, input_path, vector_path, window, cell_size, _batch_size(spec), job_id, spec.overwrite)
 
 
-def plan_detection(spec: JobSpec, model: ModelPackage, job_id: str) -> DetectionRequest:
+def plan_detection(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> DetectionRequest:
     """detection and rotated_detection: one raster in, the detections GeoPackage out."""
     input_path, window = _single_input_window(spec, model)
-    _output_keys(spec, ("vector",), (), {"vector": "the detections GeoPackage path"})
-    vector_path = _output_path(spec, "vector", [input_path], "detections.gpkg", suffix=".gpkg")
+    vector_path = _output_path(spec, "vector", [input_path], protected, "gpkg")
     default = model.detection["score_threshold"]
     threshold = spec.options.get("score_threshold", default)
-    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
-            or not 0 <= threshold <= 1):
+    if (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1
+            or not math.isfinite(threshold)):  # compared first: math.isfinite(10**400) overflows
         raise BackendError(f"options.score_threshold must be a number from 0 to 1 (default: the model's, "
-                           f"{default}), got {threshold!r}.")
-    return DetectionRequest(model, input_path, vector_path, window, float(threshold), _batch_size(spec), job_id)
+                           f"{default}), got {_short(threshold)}.")
+    return DetectionRequest(model, input_path, vector_path, window, float(threshold), _batch_size(spec), job_id,
+                            spec.overwrite)
 
 
-TASKS = {
-    "semantic_segmentation": (plan_segmentation, run_segmentation),
-    "change_detection": (plan_change, detect_changes),
-    "scene_classification": (plan_scenes, classify_scenes),
-    "detection": (plan_detection, detect_objects),
-    "rotated_detection": (plan_detection, detect_objects),
+@dataclass(frozen=True)
+class TaskRules:
+    """What a task's request may hold, and the functions that check and run it."""
+
+    planner: Callable
+    runner: Callable
+    required_outputs: tuple[str, ...]
+    optional_outputs: tuple[str, ...]
+    output_hints: dict[str, str]
+    options: tuple[str, ...]
+
+
+_DETECTION_RULES = dict(planner=plan_detection, runner=detect_objects, required_outputs=("vector",),
+                        optional_outputs=(), output_hints={"vector": "the detections GeoPackage path"},
+                        options=("batch_size", "score_threshold"))
+TASK_RULES = {
+    "semantic_segmentation": TaskRules(plan_segmentation, run_segmentation, ("raster",), (),
+                                       {"raster": "the result GeoTIFF path"}, ("batch_size",)),
+    "change_detection": TaskRules(plan_change, detect_changes, ("raster",), ("polygons",),
+                                  {"raster": "the change GeoTIFF path", "polygons": "a GeoPackage path"},
+                                  ("batch_size", "min_area_px")),
+    "scene_classification": TaskRules(plan_scenes, classify_scenes, ("vector",), (),
+                                      {"vector": "the scene grid GeoPackage path"}, ("batch_size", "cell_size")),
+    "detection": TaskRules(**_DETECTION_RULES),
+    "rotated_detection": TaskRules(**_DETECTION_RULES),
 }
 
 
-class JobManager:
-    """Jobs run one at a time (ONNX Runtime already uses every core) in submission order."""
+def failure_message(exc: BaseException, plan: Plan | None) -> str:
+    """An unexpected failure (not a BackendError) of a running job, in words: a full disk named as such."""
+    return outputs.failure_message(exc, plan_outputs(plan) if plan is not None else [])
 
-    def __init__(self, registry: ModelRegistry):
+
+class JobManager:
+    """Jobs run one at a time (ONNX Runtime already uses every core) in submission order.
+
+    Bounded: at most MAX_WAITING jobs wait (more are refused, 429), and finished jobs are forgotten
+    KEEP_FINISHED_S after they end, or sooner once more than MAX_FINISHED have finished."""
+
+    MAX_WAITING = 100
+    KEEP_FINISHED_S = 3600.0
+    MAX_FINISHED = 1000
+
+    def __init__(self, registry: ModelRegistry, protected: dict[Path, str] | None = None):
         self.registry = registry
+        self.protected = dict(protected or {})
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -264,19 +316,45 @@ class JobManager:
 
     def submit(self, spec: JobSpec) -> Job:
         job_id = uuid.uuid4().hex[:12]
-        job = Job(job_id, spec, plan_job(spec, self.registry, job_id))
         with self._lock:
+            self._purge()
+            waiting = sum(j.status == "queued" for j in self._jobs.values())
+        if waiting >= self.MAX_WAITING:
+            raise TooManyJobsError(f"{waiting} jobs are already waiting; wait for some to finish or cancel them.")
+        plan = plan_job(spec, self.registry, job_id, self.protected)
+        paths = tuple(p.resolve() for p in plan_outputs(plan))
+        job = Job(job_id, spec, plan, output_paths=paths)
+        with self._lock:
+            for other in self._jobs.values():
+                if other.status in TERMINAL:
+                    continue
+                clash = set(paths) & set(other.output_paths)
+                if clash:
+                    raise ConflictError(f"Job {other.id} ({other.status}) is already writing {sorted(clash)[0]}; "
+                                        "wait for it to finish or cancel it, or choose another output name.")
             self._jobs[job_id] = job
         self._queue.put(job)
         return job
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
+            self._purge()
             return self._jobs.get(job_id)
 
     def list(self) -> list[Job]:
         with self._lock:
+            self._purge()
             return sorted(self._jobs.values(), key=lambda j: j.created)
+
+    def _purge(self) -> None:
+        """Forget finished jobs older than KEEP_FINISHED_S, and the oldest beyond MAX_FINISHED (lock held)."""
+        now = time.time()
+        finished = sorted((j for j in self._jobs.values() if j.status in TERMINAL and j.finished is not None),
+                          key=lambda j: j.finished)
+        excess = len(finished) - self.MAX_FINISHED
+        for n, job in enumerate(finished):
+            if n < excess or now - job.finished > self.KEEP_FINISHED_S:
+                del self._jobs[job.id]
 
     def cancel(self, job_id: str) -> Job | None:
         job = self.get(job_id)
@@ -286,6 +364,7 @@ class JobManager:
             job.cancel_requested.set()
             if job.status == "queued":  # never started: nothing to clean up
                 job.status, job.message, job.finished = "cancelled", "cancelled before start", time.time()
+                job.plan = None
         return job
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -321,7 +400,8 @@ class JobManager:
             status, error, message = "failed", exc.message, "failed"
         except Exception as exc:  # anything else is a bug or an I/O failure; report, don't die
             log.exception("job %s failed", job.id)
-            status, error, message = "failed", f"{type(exc).__name__}: {exc}", "failed"
+            status, error, message = "failed", failure_message(exc, job.plan), "failed"
         with self._lock:
             job.status, job.error, job.message, job.finished = status, error, message, time.time()
+            job.plan = None  # the plan holds the model and options: nothing a finished job needs
         log.info("job %s %s in %.1f s%s", job.id, status, job.finished - job.started, f": {error}" if error else "")

@@ -37,6 +37,14 @@ REQUIRED_KEYS = ("format_version", "task", "name", "classes", "input", "tile_siz
 REQUIRED_INPUT_KEYS = ("bands", "scale", "mean", "std")
 # The `metrics` key each task's packages report first, and how it is named to an analyst.
 HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"))
+# Raster data types a model may declare in `input.dtype` (numpy names of the GDAL types).
+KNOWN_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+# A model that divides by 255 was trained on 8-bit imagery unless it says otherwise (`input.value_range`).
+EIGHT_BIT_SCALE = 255.0
+# Bounds on what one package may carry: its metadata is parsed on every scan of the models folder, and
+# the description is sent with every GET /models.
+MAX_METADATA_BYTES = 1024 * 1024
+MAX_DESCRIPTION_CHARS = 4000
 # Detection tasks: the box kind of `output.box`, and the keys of `detection` (docs/contract.md §3).
 DETECTION_BOXES = {"detection": "hbox", "rotated_detection": "rbox_le90"}
 DETECTION_KEYS = ("score_threshold", "nms_iou", "max_per_tile")
@@ -70,6 +78,15 @@ class InputSpec:
     scale: float
     mean: list[float]
     std: list[float]
+    dtypes: tuple[str, ...] = ()  # raster data types accepted (`input.dtype`); empty: any
+    value_range: tuple[float, float] | None = None  # raw values the model was trained on (`input.value_range`)
+
+    def expected_range(self) -> tuple[float, float] | None:
+        """The raw value range input pixels must lie in: the declared one, else 0-255 for a model that
+        divides by 255 (8-bit imagery), else unknown (not checked)."""
+        if self.value_range is not None:
+            return self.value_range
+        return (0.0, EIGHT_BIT_SCALE) if self.scale == EIGHT_BIT_SCALE else None
 
 
 @dataclass(frozen=True)
@@ -157,6 +174,9 @@ def load_package(path: str | os.PathLike) -> ModelPackage:
     proto = read_onnx(path)
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY in props:
+        if len(props[METADATA_KEY]) > MAX_METADATA_BYTES:
+            raise ModelPackageError(f"{path}: metadata '{METADATA_KEY}' holds {len(props[METADATA_KEY])} characters; "
+                                    f"at most {MAX_METADATA_BYTES} are read. Shorten its description or training notes.")
         try:
             meta = json.loads(props[METADATA_KEY])
         except json.JSONDecodeError as exc:
@@ -318,12 +338,16 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
             elif isinstance(bands, list):
                 for key in ("mean", "std"):
                     vals = inp.get(key)
+                    if key in inp and not (isinstance(vals, list) and all(_finite(v) for v in vals)):
+                        problems.append(f"'input.{key}' must be a list of numbers, one per band")
+                        continue
                     if isinstance(vals, list) and len(vals) != len(bands):
                         problems.append(f"'input.{key}' has {len(vals)} values for {len(bands)} bands")
                     if key == "std" and isinstance(vals, list) and any(float(v) == 0 for v in vals):
                         problems.append("'input.std' contains 0")
-            if "scale" in inp and not (isinstance(inp["scale"], (int, float)) and inp["scale"] > 0):
+            if "scale" in inp and not (_finite(inp["scale"]) and inp["scale"] > 0):
                 problems.append("'input.scale' must be a positive number")
+            problems += _input_value_problems(inp)
     tile = meta.get("tile_size")
     if "tile_size" in meta and not (isinstance(tile, int) and tile >= 1):
         problems.append("'tile_size' must be a positive integer")
@@ -339,6 +363,8 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
         if not isinstance(scene, dict) or (size is not None and (isinstance(size, bool) or not isinstance(size, int)
                                                                  or size < 1)):
             problems.append("'scene' must be an object whose 'cell_size' is a whole number of pixels >= 1")
+    if meta.get("gsd_m") is not None and not (_finite(meta["gsd_m"]) and meta["gsd_m"] > 0):
+        problems.append("'gsd_m' must be a positive number of metres per pixel (or null)")
     output = meta.get("output", {"type": "logits"})
     if meta.get("task") in DETECTION_BOXES:
         problems += _detection_problems(meta["task"], output, meta.get("detection"), "detection" in meta)
@@ -349,6 +375,26 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
         expected = "NC" if meta.get("task") == "scene_classification" else "NCHW"
         if output.get("layout", expected) != expected:
             problems.append(f"'output.layout' must be '{expected}' for a {meta.get('task')} model")
+    return problems
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _input_value_problems(inp: dict[str, Any]) -> list[str]:
+    """`input.dtype` (a data type name or a list of them) and `input.value_range` ([low, high] raw values)."""
+    problems = []
+    if "dtype" in inp:
+        dtypes = inp["dtype"] if isinstance(inp["dtype"], list) else [inp["dtype"]]
+        if not dtypes or not all(d in KNOWN_DTYPES for d in dtypes):
+            problems.append(f"'input.dtype' must be one of {', '.join(KNOWN_DTYPES)} or a list of them, "
+                            f"got {inp['dtype']!r}")
+    if "value_range" in inp:
+        value_range = inp["value_range"]
+        if not (isinstance(value_range, list) and len(value_range) == 2 and all(_finite(v) for v in value_range)
+                and value_range[0] < value_range[1]):
+            problems.append(f"'input.value_range' must be [low, high] with low < high, got {value_range!r}")
     return problems
 
 
@@ -396,7 +442,7 @@ def package_from_metadata(path: Path, meta: Any, source: str, proto: onnx.ModelP
         id=path.stem,
         task=meta["task"],
         name=str(meta.get("name") or path.stem),
-        description=str(meta.get("description", "")),
+        description=_shortened(str(meta.get("description", ""))),
         classes=classes,
         input=InputSpec(
             bands=list(inp["bands"]),
@@ -404,6 +450,9 @@ def package_from_metadata(path: Path, meta: Any, source: str, proto: onnx.ModelP
             scale=float(inp["scale"]),
             mean=[float(v) for v in inp["mean"]],
             std=[float(v) for v in inp["std"]],
+            dtypes=tuple(inp["dtype"] if isinstance(inp.get("dtype"), list) else [inp["dtype"]])
+            if "dtype" in inp else (),
+            value_range=(float(inp["value_range"][0]), float(inp["value_range"][1])) if "value_range" in inp else None,
         ),
         tile_size=int(meta["tile_size"]),
         tile_overlap=int(meta["tile_overlap"]),
@@ -414,6 +463,11 @@ def package_from_metadata(path: Path, meta: Any, source: str, proto: onnx.ModelP
     )
     check_graph_matches(package, proto)
     return package
+
+
+def _shortened(text: str) -> str:
+    """A description cut to MAX_DESCRIPTION_CHARS: it travels with every GET /models."""
+    return text if len(text) <= MAX_DESCRIPTION_CHARS else text[: MAX_DESCRIPTION_CHARS - 1] + "…"
 
 
 # Per task (docs/contract.md §3): how many graph inputs, the rank of output 0 and a description of both.

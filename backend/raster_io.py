@@ -24,6 +24,14 @@ QGIS_PIXEL_GEOTRANSFORM = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 # they were evicted and warped again (251 s; 32 MiB: 77 s, 64 MiB: 78 s). Segmentation is no faster with more.
 GDAL_CACHE_BYTES = 32 * 1024 * 1024
 gdal.SetCacheMax(GDAL_CACHE_BYTES)
+# Job inputs are local files: no driver that fetches from a server, no source behind a network path, and no
+# PROJ grids from the CDN (docs/contract.md §2 "Paths and results").
+NETWORK_DRIVERS = frozenset({"WCS", "WMS", "WMTS", "PLMOSAIC", "PLSCENES", "EEDAI", "DAAS", "OGCAPI", "STACTA",
+                             "STACIT", "NGW", "HTTP", "KMLSUPEROVERLAY", "PostGISRaster"})
+NETWORK_MARKERS = ("://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsioss", "/vsiswift",
+                   "/vsiwebhdfs", "/vsihdfs")
+MAX_SOURCES_CHECKED = 10_000  # files of nested VRTs looked at for network sources
+osr.SetPROJEnableNetwork(False)
 
 
 @dataclass(frozen=True)
@@ -45,23 +53,63 @@ class Extent:
     crs: str = ""
 
 
+def local_raster_drivers() -> list[str]:
+    return [d.ShortName for d in (gdal.GetDriver(i) for i in range(gdal.GetDriverCount()))
+            if d.GetMetadataItem("DCAP_RASTER") == "YES" and d.ShortName not in NETWORK_DRIVERS]
+
+
 def open_raster(path: str | os.PathLike) -> gdal.Dataset:
-    """Open a raster read-only, or raise a BackendError saying what is wrong with it."""
+    """Open a local raster read-only, or raise a BackendError saying what is wrong with it."""
     path = Path(path)
-    if not path.exists():
-        raise BackendError(f"Input raster {path} does not exist.")
-    if not path.is_file():
-        raise BackendError(f"Input raster {path} is not a file.")
+    try:
+        if not path.exists():
+            raise BackendError(f"Input raster {path} does not exist.")
+        if not path.is_file():
+            raise BackendError(f"Input raster {path} is not a file.")
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
+        raise BackendError(f"Input raster {path!s:.300} cannot be used as a path: {exc}") from exc
     if not os.access(path, os.R_OK):
         raise BackendError(f"Input raster {path} is not readable (check its permissions).")
-    try:
-        ds = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY)
-    except RuntimeError as exc:
-        raise BackendError(f"Input {path} is not a raster GDAL can read: {exc}") from exc
-    if ds is None or ds.RasterCount == 0:
+    ds = _open_local(path, f"Input {path}")
+    remote = network_source(ds)
+    if remote:
+        raise BackendError(f"Input {path} reads {remote[:200]} over the network; the backend reads only local "
+                           "files. Download the data and point the input (or its VRT) at the local copy.")
+    if ds.RasterCount == 0:
         raise BackendError(f"Input {path} is not a raster GDAL can read (no raster bands).")
     _check_tiff_complete(ds, path)
     return ds
+
+
+def _open_local(path: Path, what: str) -> gdal.Dataset:
+    try:
+        ds = gdal.OpenEx(str(path), gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=local_raster_drivers())
+    except RuntimeError as exc:
+        raise BackendError(f"{what} is not a raster GDAL can read from a local file: {exc}") from exc
+    if ds is None:
+        raise BackendError(f"{what} is not a raster GDAL can read from a local file.")
+    return ds
+
+
+def network_source(ds: gdal.Dataset, depth: int = 0, seen: set | None = None) -> str | None:
+    """The first file behind `ds` that is on the network, looking into nested VRTs; None when all are local.
+    Opening a VRT reads none of its sources, so this is checked before any pixel is read."""
+    seen = set() if seen is None else seen
+    for name in ds.GetFileList() or []:
+        if any(marker in name for marker in NETWORK_MARKERS):
+            return name
+        if name in seen or len(seen) >= MAX_SOURCES_CHECKED:
+            continue
+        seen.add(name)
+        if depth < 8 and name.lower().endswith(".vrt") and name != ds.GetDescription() and os.path.isfile(name):
+            try:
+                inner = gdal.OpenEx(name, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=local_raster_drivers())
+            except RuntimeError:
+                continue  # reading it fails later, with GDAL's own message
+            found = inner and network_source(inner, depth + 1, seen)
+            if found:
+                return found
+    return None
 
 
 def _check_tiff_complete(ds: gdal.Dataset, path: Path) -> None:
@@ -100,6 +148,11 @@ def raster_srs(ds: gdal.Dataset) -> osr.SpatialReference | None:
 
 
 def parse_srs(text: str) -> osr.SpatialReference:
+    lowered = text.strip().lower()
+    # GDAL fetches a CRS given as a URL; only the OGC's CRS URLs are understood without the network.
+    if "://" in lowered and not lowered.startswith(("http://www.opengis.net/def/crs/", "https://www.opengis.net/def/crs/")):
+        raise BackendError(f"Extent CRS '{text[:200]}' is a URL; the backend does not fetch CRS definitions. Give an "
+                           "authority code (EPSG:4326), WKT or a PROJ string.")
     srs = osr.SpatialReference()
     try:
         srs.SetFromUserInput(text)
@@ -117,6 +170,8 @@ def extent_to_window(ds: gdal.Dataset, extent: Extent | None, name: str = "input
     """Pixel window covering extent (snapped outwards, clipped to the raster); error if it misses."""
     if extent is None:
         return full_window(ds)
+    if not all(math.isfinite(v) for v in (extent.xmin, extent.ymin, extent.xmax, extent.ymax)):
+        raise BackendError(f"Extent {extent} has a coordinate that is not a finite number.")
     if not (extent.xmax > extent.xmin and extent.ymax > extent.ymin):
         raise BackendError(f"Extent {extent} is empty: xmax must exceed xmin and ymax exceed ymin.")
     xmin, ymin, xmax, ymax = extent.xmin, extent.ymin, extent.xmax, extent.ymax
@@ -137,6 +192,12 @@ def extent_to_window(ds: gdal.Dataset, extent: Extent | None, name: str = "input
     for x, y in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax)):
         cols.append(inv[0] + x * inv[1] + y * inv[2])
         rows.append(inv[3] + x * inv[4] + y * inv[5])
+    if not all(math.isfinite(v) for v in cols + rows):
+        raise BackendError(f"Extent ({extent.xmin}, {extent.ymin}, {extent.xmax}, {extent.ymax}) does not map to "
+                           f"pixels of {name} (coordinates out of range); choose an extent that overlaps the raster.")
+    # Clamped before rounding: a far-away extent must not make integers of astronomic size.
+    cols = [min(max(c, -1.0), ds.RasterXSize + 1.0) for c in cols]
+    rows = [min(max(r, -1.0), ds.RasterYSize + 1.0) for r in rows]
     eps = 1e-6  # coordinates exactly on a pixel edge must not pull in the next pixel
     x0 = max(0, math.floor(min(cols) + eps))
     y0 = max(0, math.floor(min(rows) + eps))
@@ -164,21 +225,36 @@ def window_geotransform(gt: tuple[float, ...], window: Window) -> tuple[float, .
 
 
 class RasterReader:
-    """Reads model bands and the all-bands-nodata mask for windows of one dataset."""
+    """Reads model bands and their validity for windows of one dataset.
+
+    A pixel is *invalid* (docs/contract.md §1 "Nodata") when every model band is masked there (by its nodata
+    value, a mask band or an alpha band; as in gdalwarp, one band equal to its nodata value is a value: a pure
+    red pixel has green 0) or when any model band holds NaN or ±Inf. `read` returns invalid pixels as NaN in
+    every band, so that no nodata value reaches a network as if it were a measurement."""
 
     def __init__(self, ds: gdal.Dataset, bands: list[int], name: str):
         self.ds = ds
         self.name = name
         self.bands = [ds.GetRasterBand(b) for b in bands]
-        # An alpha band is not imagery: the other bands' masks already come from it (GMF_ALPHA).
-        all_bands = [b for b in (ds.GetRasterBand(i + 1) for i in range(ds.RasterCount))
-                     if b.GetColorInterpretation() != gdal.GCI_AlphaBand]
-        # Only bands whose mask can say "invalid" need reading; GMF_ALL_VALID masks are all 255.
-        self.mask_bands = [b.GetMaskBand() for b in all_bands if b.GetMaskFlags() != gdal.GMF_ALL_VALID]
-        self.has_nodata = len(self.mask_bands) == len(all_bands)
+        # Only bands whose mask can say "invalid" need reading; GMF_ALL_VALID masks are all 255. An alpha
+        # band or a dataset mask reaches each band as its mask (GMF_ALPHA, GMF_PER_DATASET): read it once.
+        masks, shared_seen = [], False
+        for band in self.bands:
+            flags = band.GetMaskFlags()
+            if flags == gdal.GMF_ALL_VALID:
+                masks = []  # this band is always valid, so no pixel has every band masked
+                break
+            if flags & (gdal.GMF_PER_DATASET | gdal.GMF_ALPHA):
+                if shared_seen:
+                    continue
+                shared_seen = True
+            masks.append(band.GetMaskBand())
+        self.mask_bands = masks
+        # Floating-point pixels may be NaN or infinite whatever the nodata value says.
+        self.float_bands = any(gdal.GetDataTypeName(b.DataType).startswith(("Float", "CFloat")) for b in self.bands)
+        self.has_nodata = bool(self.mask_bands) or self.float_bands
 
-    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """float32 array (bands, height, width)."""
+    def _read_bands(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         out = np.empty((len(self.bands), height, width), dtype=np.float32)
         try:
             for i, band in enumerate(self.bands):  # straight into out: GDAL converts, no temporary
@@ -187,9 +263,9 @@ class RasterReader:
             raise BackendError(f"Reading {self.name} at pixels x={x} y={y} {width}x{height} failed: {exc}") from exc
         return out
 
-    def nodata_mask(self, x: int, y: int, width: int, height: int) -> np.ndarray | None:
-        """True where every band is nodata/masked; None when no band can be nodata."""
-        if not self.has_nodata:
+    def _masked(self, x: int, y: int, width: int, height: int) -> np.ndarray | None:
+        """True where every model band is masked; None when some band is never masked."""
+        if not self.mask_bands:
             return None
         invalid = np.ones((height, width), dtype=bool)
         try:
@@ -198,6 +274,28 @@ class RasterReader:
         except RuntimeError as exc:
             raise BackendError(f"Reading the nodata mask of {self.name} at pixels x={x} y={y} {width}x{height} "
                                f"failed: {exc}") from exc
+        return invalid
+
+    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """float32 array (bands, height, width); invalid pixels are NaN in every band."""
+        out = self._read_bands(x, y, width, height)
+        if self.has_nodata:
+            invalid = self._masked(x, y, width, height)
+            if self.float_bands:
+                bad = ~np.isfinite(out).all(axis=0)
+                invalid = bad if invalid is None else invalid | bad
+            if invalid is not None and invalid.any():
+                out[:, invalid] = np.nan
+        return out
+
+    def nodata_mask(self, x: int, y: int, width: int, height: int) -> np.ndarray | None:
+        """True where the pixel is invalid (see the class); None when no pixel can be."""
+        if not self.has_nodata:
+            return None
+        invalid = self._masked(x, y, width, height)
+        if self.float_bands:
+            bad = ~np.isfinite(self._read_bands(x, y, width, height)).all(axis=0)
+            invalid = bad if invalid is None else invalid | bad
         return invalid
 
 
@@ -225,3 +323,75 @@ def create_class_raster(path: Path, width: int, height: int, gt: tuple[float, ..
     # which would not follow the partial file's rename.
     ds.SetMetadataItem("CLASS_NAMES", json.dumps(class_names))
     return ds
+
+
+# Pixel values are checked against a model on at most this many windows of this side, spread over the job's
+# window: enough to tell 16-bit from 8-bit imagery, bounded whatever the raster's size.
+VALUE_SAMPLE_GRID = 4
+VALUE_SAMPLE_SIDE = 256
+VALUE_MARGIN = 0.02  # of the expected range: resampled 8-bit data may overshoot a little
+
+
+def numpy_dtype_name(band: gdal.Band) -> str:
+    from osgeo import gdal_array
+
+    return np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(band.DataType)).name
+
+
+def check_pixel_values(ds: gdal.Dataset, name: str, bands: list[int], dtypes: tuple[str, ...],
+                       value_range: tuple[float, float] | None, model_id: str, window: Window) -> None:
+    """Refuse (BackendError) a raster whose model bands have a data type the model does not take, or valid
+    pixel values outside the range it was trained on (e.g. 16-bit imagery for an 8-bit model). Values are
+    sampled (VALUE_SAMPLE_GRID² windows of VALUE_SAMPLE_SIDE px at most), masked and non-finite pixels left out."""
+    for number in bands:
+        band = ds.GetRasterBand(number)
+        dtype = numpy_dtype_name(band)
+        if dtypes and dtype not in dtypes:
+            raise BackendError(
+                f"Input {name} band {number} is {dtype}, but model '{model_id}' takes {' or '.join(dtypes)} "
+                f"imagery (its input.dtype). Convert it (e.g. gdal_translate -ot) or choose a model for {dtype} data.")
+        if value_range is None:
+            continue
+        low, high = value_range
+        if np.issubdtype(np.dtype(dtype), np.integer):
+            info = np.iinfo(np.dtype(dtype))
+            if low <= info.min and info.max <= high:
+                continue  # every value of the type is in range: nothing to read
+        found = _sampled_min_max(band, window)
+        if found is None:
+            continue  # no valid pixel sampled: the job writes nodata there
+        vmin, vmax = found
+        margin = VALUE_MARGIN * (high - low)
+        if vmin < low - margin or vmax > high + margin:
+            hint = (f"Rescale it to {low:g}..{high:g} (e.g. gdal_translate -ot Byte -scale {vmin:g} {vmax:g} 0 255 for "
+                    "an 8-bit model)" if high == 255 else f"Rescale it to {low:g}..{high:g}")
+            raise BackendError(
+                f"Input {name} band {number} ({dtype}) has values from {vmin:g} to {vmax:g}, but model '{model_id}' "
+                f"was trained on values from {low:g} to {high:g} (its input.value_range"
+                f"{'' if high != 255 else ', i.e. 8-bit imagery'}). {hint}, or use a model declared for this data "
+                "(docs/contract.md §1).")
+
+
+def _sampled_min_max(band: gdal.Band, window: Window) -> tuple[float, float] | None:
+    side, grid = VALUE_SAMPLE_SIDE, VALUE_SAMPLE_GRID
+    if window.width * window.height <= (side * grid) ** 2:
+        boxes = [(window.x, window.y, window.width, window.height)]
+    else:
+        w, h = min(side, window.width), min(side, window.height)
+        xs = sorted({window.x + round(i * (window.width - w) / max(grid - 1, 1)) for i in range(grid)})
+        ys = sorted({window.y + round(j * (window.height - h) / max(grid - 1, 1)) for j in range(grid)})
+        boxes = [(x, y, w, h) for y in ys for x in xs]
+    mask_band = band.GetMaskBand() if band.GetMaskFlags() != gdal.GMF_ALL_VALID else None
+    lows, highs = [], []
+    for x, y, w, h in boxes:
+        try:
+            values = band.ReadAsArray(x, y, w, h).astype(np.float64)
+            valid = np.isfinite(values)
+            if mask_band is not None:
+                valid &= mask_band.ReadAsArray(x, y, w, h) != 0
+        except RuntimeError:
+            return None  # unreadable here: the job reports it with GDAL's message when it reads these pixels
+        if valid.any():
+            lows.append(values[valid].min())
+            highs.append(values[valid].max())
+    return (min(lows), max(highs)) if lows else None

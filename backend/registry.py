@@ -40,6 +40,10 @@ class ModelRegistry:
                 found.setdefault(path.stem, path.resolve())
         return found
 
+    def model_files(self) -> list[Path]:
+        """Every .onnx file the registry would look at (valid or not): no job output may replace one."""
+        return list(self._files().values())
+
     def _load(self, path: Path) -> ModelPackage | ModelPackageError:
         mtime = path.stat().st_mtime
         with self._lock:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, gdal_array, ogr
 
-from backend import raster_io
+from backend import outputs, raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer
 from backend.model_package import ModelPackage
@@ -41,6 +40,7 @@ class SceneRequest:
     cell_size: int
     batch_size: int = 4
     job_id: str = "run"
+    overwrite: bool = False  # replace an existing output (outputs.commit)
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -80,7 +80,8 @@ class SceneModel(TileModel):
 class CellReader:
     """Reads a cell, mirror-pads it to a full cell and resamples it to T x T with GDAL."""
 
-    def __init__(self, path: Path, bands: list[int], cell: int, tile: int):
+    def __init__(self, path: Path, bands: list[int], cell: int, tile: int, fill: np.ndarray):
+        """fill: (C,) raw values put in place of invalid pixels before resampling (the model's mean)."""
         # Overviews off: GDAL would otherwise read shrunk cells from them, whose resampling is unknown
         # (often nearest), instead of averaging the pixels.
         try:
@@ -91,6 +92,7 @@ class CellReader:
         self.bands = bands
         self.mask_reader = raster_io.RasterReader(self.ds, bands, self.name)
         self.cell, self.tile = cell, tile
+        self.fill = np.asarray(fill, np.float32)
         self.factor = math.ceil(cell / MAX_NATIVE_CELL)  # pre-shrink factor for huge cells
         self.reduced = max(1, round(cell / self.factor))  # a full cell's side after the pre-shrink
 
@@ -114,6 +116,7 @@ class CellReader:
         except RuntimeError as exc:
             raise BackendError(f"Reading {self.name} at pixels x={x} y={y} {w}x{h} failed: {exc}") from exc
         data = data.reshape(len(self.bands), rh, rw)
+        self._fill_invalid(data, x, y, w, h)
         full = self.reduced
         if (rh, rw) != (full, full):
             data = np.pad(data, ((0, 0), (0, full - rh), (0, full - rw)), mode="symmetric")
@@ -123,6 +126,32 @@ class CellReader:
         alg = gdal.GRIORA_Average if full > self.tile else gdal.GRIORA_Bilinear
         out = mem.ReadAsArray(buf_xsize=self.tile, buf_ysize=self.tile, buf_type=gdal.GDT_Float32, resample_alg=alg)
         return out.reshape(len(self.bands), self.tile, self.tile)
+
+
+    def _fill_invalid(self, data: np.ndarray, x: int, y: int, w: int, h: int) -> None:
+        """Invalid pixels (masked, NaN, ±Inf; raster_io.RasterReader) of a cell read as `data` (C, rh, rw),
+        possibly shrunk, replaced by the fill values: resampling must not spread them over the cell."""
+        if not self.mask_reader.has_nodata:
+            return
+        rh, rw = data.shape[1:]
+        masks = self.mask_reader.mask_bands
+        masked = np.full((rh, rw), bool(masks))
+        try:
+            for mask in masks:
+                masked &= mask.ReadAsArray(x, y, w, h, buf_xsize=rw, buf_ysize=rh) == 0
+        except RuntimeError as exc:
+            raise BackendError(f"Reading the nodata mask of {self.name} at pixels x={x} y={y} {w}x{h} failed: "
+                               f"{exc}") from exc
+        invalid = masked | ~np.isfinite(data).all(axis=0)
+        if invalid.any():
+            data[:, invalid] = self.fill[:, None]
+
+
+def open_cells(request: SceneRequest) -> CellReader:
+    """The cell reader of a job; invalid pixels are filled with the model's mean (0 once normalised)."""
+    spec = request.model.input
+    return CellReader(request.input_path, spec.bands, request.cell_size, request.model.tile_size,
+                      np.asarray(spec.mean) * spec.scale)
 
 
 def cell_polygon(gt: tuple[float, ...], x0: int, y0: int, x1: int, y1: int) -> ogr.Geometry:
@@ -146,7 +175,7 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
     gt = raster_io.geotransform(src)
     srs = raster_io.raster_srs(src)
     window = request.window
-    reader = CellReader(request.input_path, model.input.bands, request.cell_size, model.tile_size)
+    reader = open_cells(request)
     scene_model = SceneModel(model)
     class_names = [c.name for c in model.classes]
     rows = cell_starts(window.height, request.cell_size)
@@ -243,7 +272,7 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
         worker.close()
         layer = None
         out = None  # closing writes the file; errors surface here
-        os.replace(partial, request.vector_path)
+        outputs.commit(partial, request.vector_path, request.overwrite)
     except BaseException:
         if worker is not None:
             worker.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sys
 import threading
@@ -14,7 +13,7 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal
 
-from backend import raster_io
+from backend import outputs, raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.model_package import ModelPackage
 from backend.sessions import get_session
@@ -35,6 +34,7 @@ class SegmentationRequest:
     window: raster_io.Window
     batch_size: int = 4
     job_id: str = "run"
+    overwrite: bool = False  # replace an existing output (outputs.commit)
 
 
 def softmax(logits: np.ndarray, axis: int = 1, in_place: bool = False) -> np.ndarray:
@@ -65,6 +65,15 @@ def argmax_classes(probs: np.ndarray) -> np.ndarray:
     return ids
 
 
+def neutralise_invalid(x: np.ndarray) -> np.ndarray:
+    """Non-finite values of a normalised array set to 0 in place (one pass when there are none): a NaN
+    would spread through every convolution it meets and corrupt a whole neighbourhood of the result."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        x[bad] = 0.0
+    return x
+
+
 def partial_path(output_path: Path, job_id: str) -> Path:
     """`<dir>/.<name>.<job id>.partial<ext>` as in the contract."""
     return output_path.with_name(f".{output_path.stem}.{job_id}.partial{output_path.suffix}")
@@ -86,8 +95,9 @@ class TileModel:
         self.std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
-        """(C, h, w) raw values -> (C, T, T) normalised, mirrored into the padding when smaller."""
-        x = (raw / self.scale - self.mean) / self.std
+        """(C, h, w) raw values -> (C, T, T) normalised, mirrored into the padding when smaller. Invalid
+        pixels (NaN from the reader, or any non-finite value) become 0, the mean of the model's training data."""
+        x = neutralise_invalid((raw / self.scale - self.mean) / self.std)
         t = self.model.tile_size
         pad_h, pad_w = t - x.shape[1], t - x.shape[2]
         if pad_h or pad_w:
@@ -104,6 +114,7 @@ class TileModel:
         np.divide(raw, self.scale, out=out)
         np.subtract(out, self.mean, out=out)
         np.divide(out, self.std, out=out)
+        neutralise_invalid(out)
 
     def feeds(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Graph inputs for a batch of prepared tiles (subclasses split it over several inputs)."""
@@ -422,7 +433,7 @@ def write_class_raster(tile_model: TileModel, reader, ds: gdal.Dataset, window: 
             [c.rgb() for c in model.classes], [c.name for c in model.classes],
         )
     except RuntimeError as exc:
-        raise BackendError(f"Could not create the result file {path}: {exc}") from exc
+        raise outputs.creation_error(exc, path) from exc
     try:
         sink = ClassIdWriter(out_ds.GetRasterBand(1), reader, processed, window)
         run_tiles(tile_model, reader, processed, sink, batch_size, progress, cancelled, skip_nodata=True)
@@ -450,7 +461,7 @@ def segment_raster(request: SegmentationRequest, progress: ProgressCallback | No
         processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
         write_class_raster(tile_model, reader, ds, window, processed, partial, request.batch_size,
                            progress, cancelled)
-        os.replace(partial, request.output_path)
+        outputs.commit(partial, request.output_path, request.overwrite)
     except BaseException:
         remove_partial(partial)
         raise

@@ -33,7 +33,15 @@ def load_or_create_token(token_file: Path) -> str:
     if env:
         return env
     if token_file.exists():
-        token = token_file.read_text().strip()
+        try:
+            mode = token_file.stat().st_mode
+            if mode & 0o077:  # readable by others: another local user could take it
+                token_file.chmod(0o600)
+                log.warning("token file %s had mode %o; set to 600", token_file, mode & 0o777)
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BackendError(f"The token file {token_file} cannot be read as a token ({exc}); remove it and start "
+                               "again to make a new one.") from exc
         if token:
             return token
     token_file.parent.mkdir(parents=True, exist_ok=True)
@@ -93,15 +101,21 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
           parent_pid: int | None) -> int:
     check_loopback(host)
     token = load_or_create_token(token_file)
-    jobs = JobManager(registry)
-    app = create_app(registry, token, jobs)
 
     # Bind ourselves so port 0 resolves to a real port before the state file is written.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BackendError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Another program (perhaps another "
+                           "backend) uses that port; choose another with --port, or --port 0 for any free one.") from exc
     real_port = sock.getsockname()[1]
+    # Outputs may never replace the token or the state file (nor inputs and models, checked per job).
+    jobs = JobManager(registry, protected={token_file: "the backend's token file", state_file: "the backend's state file"})
+    app = create_app(registry, token, jobs, port=real_port)
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{url_host}:{real_port}"
 

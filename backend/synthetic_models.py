@@ -55,8 +55,12 @@ def _conv(name: str, x: str, w: np.ndarray, nodes: list, inits: list, relu: bool
 
 
 def build_model(num_bands: int = 3, num_classes: int = 4, tile_size: int = 64, spatial: bool = False,
-                hidden: int = 8, depth: int = 1, fixed_size: bool = True, seed: int = 0) -> onnx.ModelProto:
-    """A graph float32[N, bands, T, T] -> float32[N, classes, T, T] with dynamic N."""
+                hidden: int = 8, depth: int = 1, fixed_size: bool = True, seed: int = 0,
+                tile_context: bool = False) -> onnx.ModelProto:
+    """A graph float32[N, bands, T, T] -> float32[N, classes, T, T] with dynamic N.
+
+    tile_context: every pixel's logits also get a term from the tile's mean features (global average
+    pooling, as attention or squeeze-excitation blocks have), so one pixel can change a whole tile."""
     rng = np.random.default_rng(seed)
     nodes: list = []
     inits: list = []
@@ -64,6 +68,11 @@ def build_model(num_bands: int = 3, num_classes: int = 4, tile_size: int = 64, s
     for i in range(depth if spatial else 0):
         x = _conv(f"spatial{i}", x, rng.normal(0, 1 / (3 * np.sqrt(hidden)), (hidden, hidden, 3, 3)),
                   nodes, inits, relu=True)
+    if tile_context:
+        nodes.append(helper.make_node("ReduceMean", [x], ["tile_mean"], axes=[2, 3], keepdims=1))
+        context = _conv("context", "tile_mean", rng.normal(0, 1, (hidden, hidden, 1, 1)), nodes, inits, relu=False)
+        nodes.append(helper.make_node("Add", [x, context], ["with_context"]))
+        x = "with_context"
     _conv("head", x, rng.normal(0, 1, (num_classes, hidden, 1, 1)), nodes, inits, relu=False)
     nodes[-1].output[0] = "logits"
     size: list = [tile_size, tile_size] if fixed_size else ["H", "W"]

@@ -253,14 +253,14 @@ def bare_inputs(key: str, plan, tile_model) -> list[dict]:
     """The feeds of every batch the job infers, read and normalised exactly as the backend does."""
     from backend import raster_io
     from backend.change import open_pair
-    from backend.scenes import CellReader, cell_starts
+    from backend.scenes import cell_starts, open_cells
     from backend.segmentation import with_context
     from backend.tiling import TileGrid
 
     model, b = plan.model, plan.batch_size
     tensors = []
     if key == "scene":
-        reader = CellReader(plan.input_path, model.input.bands, plan.cell_size, model.tile_size)
+        reader = open_cells(plan)
         w = plan.window
         for y0, h in cell_starts(w.height, plan.cell_size):
             for x0, cw in cell_starts(w.width, plan.cell_size):

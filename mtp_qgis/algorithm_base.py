@@ -33,10 +33,12 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 VECTOR_SUFFIXES = (".gpkg",)
 
 
-def remove_partials(output_path):
-    """Remove `<dir>/.<name>.*.partial*` left by a job whose backend disappeared."""
+def remove_partials(output_path, job_id):
+    """Remove `<dir>/.<name>.<job id>.partial*` left by job `job_id` (its backend disappeared, or it was
+    cancelled): only this job's, never those of another job writing the same output."""
     out = Path(output_path)
-    patterns = {f".{out.stem}.*.partial*", f".{out.name}.*.partial*"}
+    job = glob.escape(job_id)
+    patterns = {f".{glob.escape(out.stem)}.{job}.partial*", f".{glob.escape(out.name)}.{job}.partial*"}
     for pattern in patterns:
         for leftover in glob.glob(os.path.join(glob.escape(str(out.parent)), pattern)):
             try:
@@ -185,7 +187,9 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         temporaries = []
         try:
             request, results = self.build_job(prepared, parameters, context, feedback, model, temporaries)
-            request = dict(request, task=self.TASK, model=model_id)
+            # Processing's semantics: the destination the user chose is replaced (its file dialog asked). The
+            # backend still never replaces anything but a regular file that is not an input, model or token.
+            request = dict(request, task=self.TASK, model=model_id, overwrite=True)
             output_files = list(request["outputs"].values())
             try:
                 job = client.submit(request)
@@ -220,7 +224,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                     time.sleep(POLL_INTERVAL_S * 2)
                     continue
                 for output in outputs:
-                    remove_partials(output)
+                    remove_partials(output, job_id)
                 raise QgsProcessingException(
                     f"The MTP backend stopped while running job {job_id}; the partial output was removed. "
                     f"Run the algorithm again (the plugin restarts the backend). Details: {exc}"
@@ -257,6 +261,6 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         except BackendError:
             pass  # the backend is gone: nothing left to stop, only files to tidy
         for output in outputs:
-            remove_partials(output)
+            remove_partials(output, job_id)
             if status == "succeeded" and os.path.exists(output):
                 os.remove(output)  # it finished as the cancel arrived; the analyst asked for no result

@@ -56,8 +56,12 @@ def _client_for(url):
 
 
 def _is_alive(url):
+    """A backend answers at url and proves it holds our token (client.MtpClient.verify_identity)."""
+    client = _client_for(url)
+    if not client.token:
+        return False  # nothing to prove it against; the backend we start writes the token file
     try:
-        _client_for(url).health()
+        client.verify_identity()
         return True
     except BackendError:
         return False

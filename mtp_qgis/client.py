@@ -1,5 +1,13 @@
 """Small HTTP client for the backend API (docs/contract.md, section 2)."""
+import hashlib
+import hmac
+import secrets
+from urllib.parse import urlsplit
+
 import requests
+
+# The backend's answer to GET /health?challenge=C is HMAC-SHA256(token, "<PROOF_PREFIX> C PORT") (backend/api.py).
+PROOF_PREFIX = "mtp_qgis health"
 
 
 class BackendError(Exception):
@@ -12,6 +20,10 @@ class BackendUnreachable(BackendError):
 
 class BackendAuthError(BackendError):
     pass
+
+
+class BackendIdentityError(BackendAuthError):
+    """The server could not prove it knows the token: the token was not sent to it."""
 
 
 class BackendRequestError(BackendError):
@@ -46,15 +58,46 @@ class MtpClient:
         self.token_source = token_source
         self.timeout = timeout
 
-    def _request(self, method, path, json_body=None, authenticated=True):
+    def verify_identity(self):
+        """Make sure the server at `url` knows the token (see _verify). Raises BackendIdentityError or
+        BackendUnreachable."""
+        self._request("GET", "/health", verify_only=True)
+
+    def _verify(self, session):
+        """The server proves it knows the token before the token is sent: after a backend dies, any local
+        program may take its port. Asked before every authenticated request, on the same session (its kept-alive
+        connection), so that a port taken over between two polls is caught too."""
+        if not self.token:
+            raise BackendIdentityError(f"There is no token ({self.token_source}) to check the backend at {self.url} with.")
+        challenge = secrets.token_hex(16)
+        answer = session.get(f"{self.url}/health", params={"challenge": challenge}, timeout=self.timeout)
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        message = f"{PROOF_PREFIX} {challenge} {port}".encode()
+        expected = hmac.new(self.token.encode(), message, hashlib.sha256).hexdigest()
+        try:
+            proof = answer.json().get("proof") if answer.status_code == 200 else None
+        except (ValueError, AttributeError):
+            proof = None
+        if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
+            raise BackendIdentityError(
+                f"The program answering at {self.url} could not prove that it is the MTP backend holding your "
+                f"token ({self.token_source}), so the token was not sent to it. It may be another program that "
+                "took the port of a backend that stopped, a backend started with another token, or an older "
+                "backend: stop it, or unset the configured backend URL so that the plugin starts its own.")
+
+    def _request(self, method, path, json_body=None, authenticated=True, verify_only=False):
         headers = {}
-        if authenticated and self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
         try:
             # One short-lived session per call: nothing stays open between polls, and
             # trust_env=False keeps a system proxy from intercepting 127.0.0.1.
             with requests.Session() as session:
                 session.trust_env = False
+                if (authenticated and self.token) or verify_only:
+                    self._verify(session)
+                    if verify_only:
+                        return None
+                    headers["Authorization"] = f"Bearer {self.token}"
                 response = session.request(
                     method, self.url + path, json=json_body, headers=headers, timeout=self.timeout
                 )

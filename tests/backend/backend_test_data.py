@@ -1,5 +1,11 @@
-"""Paths of the real sample rasters and the tile geometry of the test models."""
+"""Paths of the real sample rasters, the tile geometry of the test models, and the backend started in-process
+or as a server process."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,3 +94,35 @@ def api_client(registry, token: str):
     with TestClient(app) as c:
         yield c
     app.state.jobs.shutdown()
+
+
+def start_server(tmp_path: Path, models_dir: Path, parent_pid: int | None = None, env_token: str | None = None):
+    """`python -m backend serve` on a free port with its state and token files under tmp_path; returns once
+    the state file says it listens: (process, state file, token file)."""
+    state, token_file = tmp_path / "state" / "backend.json", tmp_path / "config" / "token"
+    cmd = [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", "0",
+           "--state-file", str(state), "--token-file", str(token_file), "--models-dir", str(models_dir)]
+    if parent_pid:
+        cmd += ["--parent-pid", str(parent_pid)]
+    env = {k: v for k, v in os.environ.items() if k != "MTP_QGIS_TOKEN"}
+    if env_token:
+        env["MTP_QGIS_TOKEN"] = env_token
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    while not state.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"server wrote no state file: {proc.communicate()[0]}")
+        time.sleep(0.05)
+    return proc, state, token_file
+
+
+def stop(proc):
+    """SIGTERM (a graceful stop that removes the state file), then kill if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

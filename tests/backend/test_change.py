@@ -304,11 +304,12 @@ def test_model_of_another_task_is_refused(task_registry, tmp_path):
 
 
 @pytest.mark.parametrize("outputs,fragment", [
-    ({"raster": "R", "polygons": "P.shp"}, "must be a .gpkg file"),
-    ({"raster": "R", "polygons": "P.gpkg.tif"}, "must be a .gpkg file"),
+    ({"raster": "R.tif", "polygons": "P.shp"}, "must be a .gpkg file"),
+    ({"raster": "R.tif", "polygons": "P.gpkg.tif"}, "must be a .gpkg file"),
+    ({"raster": "R", "polygons": "P.gpkg"}, "must be a .tif or .tiff file"),
     ({"polygons": "P.gpkg"}, "outputs.raster (the change GeoTIFF path) is required"),
-    ({"raster": "R", "vector": "P.gpkg"}, "outputs vector are not results of change_detection"),
-    ({"raster": "R", "polygons": "/no/such/folder/p.gpkg"}, "Output folder /no/such/folder does not exist"),
+    ({"raster": "R.tif", "vector": "P.gpkg"}, "outputs vector are not results of change_detection"),
+    ({"raster": "R.tif", "polygons": "/no/such/folder/p.gpkg"}, "Output folder /no/such/folder does not exist"),
 ])
 def test_bad_outputs_are_refused(task_registry, tmp_path, outputs, fragment):
     out_dir = tmp_path / "out"
@@ -317,13 +318,13 @@ def test_bad_outputs_are_refused(task_registry, tmp_path, outputs, fragment):
     refused(task_registry, tmp_path, *levir(LEVIR_PAIRS[0]), [fragment], outputs=outputs)
 
 
-def test_output_equal_to_an_input_or_to_the_other_output_is_refused(task_registry, tmp_path):
-    before, after = tmp_path / "before.png", tmp_path / "after.png"
-    shutil.copy(levir(LEVIR_PAIRS[0])[0], before)
-    shutil.copy(levir(LEVIR_PAIRS[0])[1], after)
+def test_output_equal_to_an_input_is_refused(task_registry, tmp_path):
+    before, after = tmp_path / "before.tif", tmp_path / "after.tif"
+    gdal.Translate(str(before), str(levir(LEVIR_PAIRS[0])[0])).FlushCache()
+    gdal.Translate(str(after), str(levir(LEVIR_PAIRS[0])[1])).FlushCache()
     refused(task_registry, tmp_path, before, after, ["is the input raster"], outputs={"raster": str(after)})
-    same = str(tmp_path / "out" / "x.gpkg")
-    refused(task_registry, tmp_path, before, after, ["are the same file"], outputs={"raster": same, "polygons": same})
+    refused(task_registry, tmp_path, before, after, ["is the input raster"],
+            outputs={"raster": str(before), "polygons": str(tmp_path / "out" / "changes.gpkg")})
 
 
 @pytest.mark.parametrize("options,fragment", [

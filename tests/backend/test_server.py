@@ -1,46 +1,14 @@
 """The real server as a subprocess: port 0 + state file, token file, cancel mid-job, parent-pid exit."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from backend_test_data import COGEO, REPO
-
-
-def start_server(tmp_path: Path, models_dir: Path, parent_pid: int | None = None, env_token: str | None = None):
-    state, token_file = tmp_path / "state" / "backend.json", tmp_path / "config" / "token"
-    cmd = [sys.executable, "-m", "backend", "serve", "--host", "127.0.0.1", "--port", "0",
-           "--state-file", str(state), "--token-file", str(token_file), "--models-dir", str(models_dir)]
-    if parent_pid:
-        cmd += ["--parent-pid", str(parent_pid)]
-    env = {k: v for k, v in os.environ.items() if k != "MTP_QGIS_TOKEN"}
-    if env_token:
-        env["MTP_QGIS_TOKEN"] = env_token
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 30
-    while not state.exists():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"server wrote no state file: {proc.communicate()[0]}")
-        time.sleep(0.05)
-    return proc, state, token_file
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from backend_test_data import COGEO, REPO, start_server, stop
 
 
 @pytest.fixture

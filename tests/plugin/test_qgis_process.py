@@ -73,7 +73,8 @@ def test_errors_reach_the_command_line(env, out_dir):
     bad_token = dict(env, MTP_QGIS_TOKEN="wrong")
     done, _ = run_qgis_process(bad_token, "run", "mtp:segment", "--", f"INPUT={COGEO}", f"OUTPUT={out_dir / 'x.tif'}")
     assert done.returncode != 0
-    assert "401" in done.stdout + done.stderr and "MTP_QGIS_TOKEN" in done.stdout + done.stderr
+    # The backend cannot prove it holds that token, so it is not even sent (docs/contract.md §2).
+    assert "could not prove" in done.stdout + done.stderr and "MTP_QGIS_TOKEN" in done.stdout + done.stderr
     assert list(out_dir.iterdir()) == []
 
 

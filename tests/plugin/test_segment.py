@@ -66,6 +66,19 @@ def test_georeferenced_full_raster(out_dir):
     assert not list(out_dir.glob(".*partial*"))
 
 
+def test_an_existing_destination_is_replaced_as_processing_does(out_dir):
+    """Processing replaces the destination the user picked (its file dialog asked); the plugin says so with
+    overwrite, and the backend replaces the regular file, nothing else."""
+    out = out_dir / "again.tif"
+    out.write_bytes(b"an older result")
+    run_segment({"INPUT": str(COGEO), "OUTPUT": str(out)})
+    assert gdal.Open(str(out)).RasterXSize == gdal.Open(str(COGEO)).RasterXSize
+    folder = out_dir / "folder.tif"
+    folder.mkdir()
+    with pytest.raises(QgsProcessingException, match="is a folder"):
+        run_segment({"INPUT": str(COGEO), "OUTPUT": str(folder)})
+
+
 def test_extent_in_another_crs(out_dir):
     layer = QgsRasterLayer(str(COGEO), "cogeo", "gdal")
     full = layer.extent()

@@ -27,16 +27,17 @@ def test_crs_string_prefers_authid_then_wkt(qgis_app):
     assert crs_string(QgsCoordinateReferenceSystem()) == ""
 
 
-def test_remove_partials_only_touches_this_outputs_partials(tmp_path, qgis_app):
+def test_remove_partials_only_touches_this_jobs_partials_of_this_output(tmp_path, qgis_app):
     from mtp_qgis.segment import remove_partials
 
-    ours = [tmp_path / ".result.abc123.partial.tif", tmp_path / ".result.tif.def456.partial"]
-    theirs = [tmp_path / ".other.abc123.partial.tif", tmp_path / "result.tif"]
+    ours = [tmp_path / ".result.abc123.partial.tif", tmp_path / ".result.tif.abc123.partial"]
+    # Another output's, the result itself, and the partial of another job running to the same path.
+    theirs = [tmp_path / ".other.abc123.partial.tif", tmp_path / "result.tif", tmp_path / ".result.def456.partial.tif"]
     for path in ours + theirs:
         path.write_text("x")
-    remove_partials(tmp_path / "result.tif")
+    remove_partials(tmp_path / "result.tif", "abc123")
     assert [p.exists() for p in ours] == [False, False]
-    assert [p.exists() for p in theirs] == [True, True]
+    assert [p.exists() for p in theirs] == [True, True, True]
 
 
 def test_client_formats_validation_errors(qgis_app):
