@@ -78,9 +78,19 @@ package: setup
 BENCH_REPEATS ?= 5
 BENCH_SIZES ?= 1024 2048 4096 8192 16384 32768
 BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384
+## BENCH_OFFICIAL: official MTP architectures (config names) packaged through import-official (random
+## weights in the official format; see benchmarks/official_package.py) and measured at BENCH_OFFICIAL_SIZES;
+## empty to skip (a ViT-B+RVSA UperNet takes ~15 min at 4096² on 2 cores).
+BENCH_OFFICIAL ?= rvsa-b-upernet-512-mae-mtp-loveda
+BENCH_OFFICIAL_SIZES ?= 4096
 bench: setup
 	$(PY) benchmarks/bench_overhead.py --repeats $(BENCH_REPEATS) --out benchmarks/results/overhead
 	$(PY) benchmarks/bench_segmentation.py --sizes $(BENCH_SIZES) --cap $(BENCH_CAPS) --out benchmarks/results/scale
+	@for name in $(BENCH_OFFICIAL); do \
+	  $(PY) benchmarks/official_package.py $$name --out build/official && \
+	  $(PY) benchmarks/bench_segmentation.py --tasks semantic_segmentation --model mtp_$$(echo $$name | tr -- '-.' '__') \
+	      --models-dir build/official --sizes $(BENCH_OFFICIAL_SIZES) --out benchmarks/results/official_$$name || exit 1; \
+	done
 
 ## Optional reference environment: the official OpenMMLab frameworks (mmseg, mmpretrain, mmdet, pure-Python
 ## mmcv-lite) in .venv-ref, apart from .venv (they bring numpy 2.x). Never used by the backend or the plugin.
