@@ -68,9 +68,11 @@ sample-data: setup
 	@# A byte-for-byte copy of the real 0.6 m aerial COG (EPSG:3857, JPEG + internal mask, 290 KB).
 	install -m 644 $(DATA)/aerial_geotiff/cogeo.tif $(SAMPLE)
 
-## The zip that QGIS's "Install from ZIP" and a plugin repository accept.
+## dist/: the plugin zip (passes plugins.qgis.org's rules), plugins.xml (a custom plugin repository) and
+## models/index.json with the models beside it. BASE_URL: where dist/ will be served (default: file://).
+BASE_URL ?=
 package: setup
-	$(PY) scripts/package.py --out dist/mtp_qgis-$(VERSION).zip
+	$(PY) scripts/package.py --dist dist $(if $(BASE_URL),--base-url $(BASE_URL))
 
 ## The performance tables (issue 6) in benchmarks/results/: overhead vs bare ONNX Runtime and FLOP/s, then
 ## throughput and peak memory to 32k² (about 30 minutes on 2 cores). A quick look at smaller sizes:
