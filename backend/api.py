@@ -68,8 +68,8 @@ class JobRequest(BaseModel):
                                                 "vector (.gpkg) for scene_classification, detection and "
                                                 "rotated_detection")
     options: dict[str, Any] = Field(default_factory=dict,
-                                    description="batch_size (1-256, default 4); change_detection: min_area_px "
-                                                "(default 0); scene_classification: cell_size (source pixels, "
+                                    description="batch_size (1-256, default 4); change_detection: min_area_px, simplify_px "
+                                                "(default 0, 0); scene_classification: cell_size (source pixels, "
                                                 "default the model's tile_size); detection, rotated_detection: "
                                                 "score_threshold (0-1, default the model's)")
 

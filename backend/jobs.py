@@ -214,8 +214,13 @@ def plan_change(spec: JobSpec, model: ModelPackage, job_id: str) -> ChangeReques
         polygons_path = _output_path(spec, "polygons", inputs, "changes.gpkg", suffix=".gpkg")
         _distinct([raster_path, polygons_path])
     min_area = _int_option(spec, "min_area_px", 0, 0, None, "an integer number of pixels >= 0")
+    simplify = spec.options.get("simplify_px", 0.0)
+    if isinstance(simplify, bool) or not isinstance(simplify, (int, float)) or not math.isfinite(simplify) \
+            or simplify < 0:
+        raise BackendError(f"options.simplify_px must be a number of pixels >= 0 (0: no simplification), "
+                           f"got {simplify!r}.")
     return ChangeRequest(model, before_path, after_path, raster_path, polygons_path, window, overlap,
-                         _batch_size(spec), min_area, job_id)
+                         _batch_size(spec), min_area, job_id, float(simplify))
 
 
 def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str) -> SceneRequest:

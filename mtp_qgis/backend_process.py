@@ -5,7 +5,6 @@ Order: configured URL (setting/env) → live backend named in the state file →
 import atexit
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -13,8 +12,8 @@ from pathlib import Path
 
 from qgis.PyQt.QtCore import QCoreApplication
 
-from . import settings
-from .client import BackendError, MtpClient
+from . import backend_installer, settings
+from .client import BackendError, BackendNotInstalled, MtpClient
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 START_TIMEOUT_S = 90.0
@@ -32,7 +31,8 @@ def backend_source_root():
 
 
 def backend_python_executable(source_root):
-    """Python for the backend. Never sys.executable: inside QGIS that is the QGIS binary."""
+    """Python for the backend, or None when no usable one is known (then the dock offers to install one).
+    Never sys.executable: inside QGIS that is the QGIS binary."""
     configured = settings.backend_python()
     if configured:
         return configured
@@ -43,11 +43,9 @@ def backend_python_executable(source_root):
         venv_python_win = source_root / ".venv" / "Scripts" / "python.exe"
         if venv_python_win.exists():
             return str(venv_python_win)
-    # Where backend_bundle/install_backend_env.sh puts it for a plugin installed from the zip.
-    user_venv = Path.home() / ".local" / "share" / "mtp_qgis" / "venv" / "bin" / "python"
-    if user_venv.exists():
-        return str(user_venv)
-    return shutil.which("python3") or shutil.which("python") or "python3"
+    # Where backend_installer.py (the dock's "Install backend") puts it, once it finished.
+    installed = backend_installer.ready_env_python()
+    return str(installed) if installed else None
 
 
 def _client_for(url):
@@ -80,11 +78,9 @@ def _tail(path, lines=25):
 def _advice_for(log_tail, python):
     if "No module named" not in log_tail:
         return ""
-    root = backend_source_root()
-    requirements = root / "requirements.txt" if root and (root / "requirements.txt").exists() else None
-    install = f"`{python} -m pip install -r {requirements}`" if requirements else "the backend's requirements"
-    return (f"That Python lacks packages the backend needs: install them with {install}, or point the "
-            "plugin at another Python (setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON). ")
+    return (f"That Python lacks packages the backend needs: click \"Install backend\" in the MTP dock (or run "
+            f"`python3 {PLUGIN_DIR / 'backend_installer.py'}`), or point the plugin at another Python (setting "
+            "mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON). ")
 
 
 class BackendManager:
@@ -97,6 +93,11 @@ class BackendManager:
         self._url = None
         self.pid = None  # of the backend in use, when known (not for a configured URL)
         self.started_from = None  # source folder of the backend this manager started
+
+    @property
+    def log_path(self):
+        """The log of the backend this manager started last (None before the first start)."""
+        return self._log_path
 
     @property
     def started_process(self):
@@ -145,15 +146,20 @@ class BackendManager:
         self._log_path = state_path.with_name("backend.log")
         self.started_from = source_root
         python = backend_python_executable(source_root)
+        if python is None:
+            raise BackendNotInstalled(
+                "No backend environment is installed: click \"Install backend\" in the MTP dock, or run "
+                f"`python3 {PLUGIN_DIR / 'backend_installer.py'}`, or set the backend Python "
+                "(setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON).")
         command = [
             python, "-m", "backend", "serve",
             "--port", "0",
             "--state-file", str(state_path),
             "--parent-pid", str(os.getpid()),
         ]
-        if settings.models_dir():
-            # Searched before the bundled models, which stay available.
-            command += ["--extra-models-dir", settings.models_dir()]
+        # Searched before the bundled models, which stay available: the configured folder, then the user
+        # models folder the model manager installs into.
+        command += ["--extra-models-dir", *filter(None, [settings.models_dir(), str(settings.user_models_dir())])]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), env.get("PYTHONPATH", "")]))
         with open(self._log_path, "wb") as log:
@@ -177,9 +183,10 @@ class BackendManager:
                 code = self._process.returncode
                 self._process = None
                 log_tail = _tail(self._log_path)
-                raise BackendError(
+                advice = _advice_for(log_tail, python)
+                raise (BackendNotInstalled if advice else BackendError)(
                     f"The MTP backend ({python} -m backend serve) exited with code {code} while starting. "
-                    f"{_advice_for(log_tail, python)}Last lines of {self._log_path}:\n{log_tail}"
+                    f"{advice}Last lines of {self._log_path}:\n{log_tail}"
                 )
             state = _read_state(state_path)
             if state and state.get("url") and _is_alive(state["url"]):

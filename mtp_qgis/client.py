@@ -10,6 +10,10 @@ class BackendUnreachable(BackendError):
     pass
 
 
+class BackendNotInstalled(BackendError):
+    """No Python environment with the backend's packages exists yet (the dock offers to install one)."""
+
+
 class BackendAuthError(BackendError):
     pass
 
