@@ -15,6 +15,7 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterString,
     QgsProcessingUtils,
@@ -24,12 +25,14 @@ from qgis.PyQt.QtGui import QIcon
 from . import rendering
 from .backend_process import BACKEND
 from .client import BackendError, BackendUnreachable
+from .i18n import tr
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "mtp.svg")
 POLL_INTERVAL_S = 0.25
 CANCEL_WAIT_S = 30.0
 LOST_BACKEND_RETRIES = 3
 RASTER_SUFFIXES = (".tif", ".tiff")
+GSD_TOLERANCE = 2.0  # input and model pixel sizes further apart than this (either way) get a warning
 VECTOR_SUFFIXES = (".gpkg",)
 
 
@@ -43,6 +46,16 @@ def remove_partials(output_path):
                 os.remove(leftover)
             except OSError:
                 pass
+
+
+def gsd_warning(layer_name, layer_gsd, model_id, model_gsd):
+    """The one warning for an input whose pixel size is far from the model's (shared with the dock)."""
+    return tr("'{layer}' has {gsd:.3g} m pixels but {model} was trained at {model_gsd:.3g} m/pixel "
+              "({times:.1f}x {way}): results will likely be poor. Resample to the model's resolution "
+              "(option RESAMPLE / the dock's check box), or use a model made for this resolution.").format(
+        layer=layer_name, gsd=layer_gsd, model=model_id or tr("the model"), model_gsd=model_gsd,
+        times=max(layer_gsd / model_gsd, model_gsd / layer_gsd),
+        way=tr("finer") if layer_gsd < model_gsd else tr("coarser"))
 
 
 def crs_string(crs):
@@ -63,6 +76,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     EXTENT = "EXTENT"
     MODEL = "MODEL"
+    RESAMPLE = "RESAMPLE"
     OUTPUT = "OUTPUT"
 
     TASK = ""            # backend task name, e.g. "semantic_segmentation"
@@ -79,11 +93,16 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     def add_extent_parameter(self):
         self.addParameter(
-            QgsProcessingParameterExtent(self.EXTENT, "Extent (leave empty for the whole raster)", optional=True)
+            QgsProcessingParameterExtent(self.EXTENT, tr("Extent (leave empty for the whole raster)"), optional=True)
         )
 
     def add_model_parameter(self):
-        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model id", defaultValue=self.DEFAULT_MODEL))
+        """MODEL, and RESAMPLE: whether inputs whose pixel size differs from the model's by more than 2x are
+        resampled to the model's ground sample distance first."""
+        self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Model id"), defaultValue=self.DEFAULT_MODEL))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.RESAMPLE, tr("Resample inputs to the model's resolution when it differs by more than 2x"),
+            defaultValue=False, optional=True))
 
     def raster_layer(self, parameters, name, context):
         layer = self.parameterAsRasterLayer(parameters, name, context)
@@ -138,10 +157,16 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         return rect, crs
 
     def input_for_backend(self, layer, rect, crs, model, context, feedback, temporaries):
-        """(path, extent dict or None) for the job request. A layer that is not a local GDAL file is
-        rendered to a temporary GeoTIFF (appended to `temporaries`) covering `rect` (or the layer)."""
+        """(path, extent dict or None) for the job request. A layer that is not a local GDAL file, or one
+        the analyst asked to resample to the model's resolution, is rendered to a temporary GeoTIFF at the
+        model's ground sample distance (appended to `temporaries`) covering `rect` (or the layer)."""
+        model_gsd = float(model.get("gsd_m") or 0.0)
+        mismatch = rendering.gsd_mismatch(layer, model_gsd, GSD_TOLERANCE)
+        resample = bool(mismatch) and getattr(self, "resample", False)
+        if mismatch and not resample:
+            feedback.pushWarning(gsd_warning(layer.name(), mismatch[0], model.get("id", ""), model_gsd))
         path = rendering.local_file_path(layer)
-        if path:
+        if path and not resample:
             return path, (extent_dict(rect, crs) if rect is not None else None)
         render_extent = layer.extent()
         if rect is not None:
@@ -150,16 +175,20 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 rect = transform.transformBoundingBox(rect)
             render_extent = rect.intersect(layer.extent())
             if render_extent.isEmpty():
-                raise QgsProcessingException(f"The extent does not intersect the layer '{layer.name()}'.")
+                raise QgsProcessingException(
+                    tr("The extent does not intersect the layer '{layer}'.").format(layer=layer.name()))
         temporary = os.path.join(QgsProcessingUtils.tempFolder(), f"mtp_input_{uuid.uuid4().hex}.tif")
-        feedback.pushInfo(
-            f"Layer '{layer.name()}' is not a local GDAL file (provider {layer.providerType()}); "
-            f"rendering it at {model['gsd_m']} m/pixel to {temporary}"
-        )
+        if resample:
+            feedback.pushInfo(tr("Resampling '{layer}' from {gsd:.3g} m to the model's {model_gsd:.3g} m/pixel "
+                                 "({path})").format(layer=layer.name(), gsd=mismatch[0], model_gsd=model_gsd,
+                                                    path=temporary))
+        else:
+            feedback.pushInfo(tr("Layer '{layer}' is not a local GDAL file (provider {provider}); rendering it at "
+                                 "{gsd} m/pixel to {path}").format(layer=layer.name(), provider=layer.providerType(),
+                                                                   gsd=model_gsd, path=temporary))
         temporaries.append(temporary)
         try:
-            rendering.render_to_geotiff(layer, render_extent, float(model["gsd_m"]), temporary,
-                                        context.transformContext())
+            rendering.render_to_geotiff(layer, render_extent, model_gsd, temporary, context.transformContext())
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from exc
         return temporary, None
@@ -179,6 +208,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         model_id = self.model_id(parameters, context)
+        self.resample = self.parameterAsBoolean(parameters, self.RESAMPLE, context)
         # Parameters first (cheap, and a bad layer should not need a backend), then the backend.
         prepared = self.prepare(parameters, context)
         client, model = self.connect(model_id, feedback)

@@ -63,9 +63,9 @@ class _DetectionAlgorithm(BackendAlgorithm):
         self.add_model_parameter()
         self.addParameter(QgsProcessingParameterNumber(
             self.SCORE_THRESHOLD, "Score threshold 0–1 (empty = the model's own)",
-            QgsProcessingParameterNumber.Double, defaultValue=None, optional=True, minValue=0.0, maxValue=1.0))
+            QgsProcessingParameterNumber.Type.Double, defaultValue=None, optional=True, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Detections", QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, "Detections", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def score_threshold(self, parameters, context):
         """The threshold to send, or None for the model's own."""
@@ -112,7 +112,7 @@ class _DetectionAlgorithm(BackendAlgorithm):
         output = outputs[self.OUTPUT]
         layer = QgsVectorLayer(f"{output}|layername={LAYER_NAME}", "detections", "ogr")
         if layer.isValid():
-            request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry)
+            request = QgsFeatureRequest().setFlags(QgsFeatureRequest.Flag.NoGeometry)
             request.setSubsetOfAttributes(["class_name"], layer.fields())
             counts = Counter(str(f["class_name"]) for f in layer.getFeatures(request))
             summary = ", ".join(f"{name} {n}" for name, n in counts.most_common())

@@ -57,9 +57,9 @@ class ClassifyScenesAlgorithm(BackendAlgorithm):
         self.add_model_parameter()
         self.addParameter(QgsProcessingParameterNumber(
             self.CELL_SIZE, "Cell size in input pixels (empty = the model's tile size)",
-            QgsProcessingParameterNumber.Integer, defaultValue=None, optional=True, minValue=0))
+            QgsProcessingParameterNumber.Type.Integer, defaultValue=None, optional=True, minValue=0))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Scene grid", QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, "Scene grid", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def prepare(self, parameters, context):
         layer = self.raster_layer(parameters, self.INPUT, context)

@@ -26,6 +26,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 CHANGE_COLOR = "#ff0000"
+RESULT_OPACITY = 0.6           # class and change rasters: the imagery under them stays visible
 SCENE_FILL_ALPHA = 90          # of 255: the imagery stays visible under the grid
 CHANGE_FILL_ALPHA = 70
 NO_DATA_LABEL = "no data"
@@ -44,8 +45,10 @@ def palette_classes(classes):
 
 
 def apply_class_style(layer, classes):
-    """Paletted renderer on band 1; the legend then lists the class names. 255 (nodata) stays unpainted."""
+    """Paletted renderer on band 1, semi-transparent; the legend lists the class names. 255 (nodata) has no
+    class and stays unpainted."""
     renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, palette_classes(classes))
+    renderer.setOpacity(RESULT_OPACITY)
     layer.setRenderer(renderer)
     layer.triggerRepaint()
 
@@ -82,7 +85,10 @@ def change_palette(classes):
 
 
 def apply_change_style(layer, classes):
-    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, change_palette(classes)))
+    """Change red and semi-transparent; no change and nodata (255, no class) unpainted."""
+    renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, change_palette(classes))
+    renderer.setOpacity(RESULT_OPACITY)
+    layer.setRenderer(renderer)
     layer.triggerRepaint()
 
 

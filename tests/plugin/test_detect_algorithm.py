@@ -156,7 +156,7 @@ def run_detect(algorithm, params, feedback=None, context=None):
                                                        ("mtp:detect_rotated", "mtp_rdet_default")])
 def test_parameters_outputs_and_help(algorithm, default_model):
     alg = QgsApplication.processingRegistry().algorithmById(algorithm)
-    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "SCORE_THRESHOLD", "OUTPUT"]
+    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "RESAMPLE", "SCORE_THRESHOLD", "OUTPUT"]
     optional = QgsProcessingParameterDefinition.Flag.FlagOptional
     threshold = alg.parameterDefinition("SCORE_THRESHOLD")
     assert threshold.flags() & optional and threshold.defaultValue() is None

@@ -134,7 +134,7 @@ def assert_scene_style(layer):
 
 def test_parameters_outputs_and_help():
     alg = QgsApplication.processingRegistry().algorithmById("mtp:classify_scenes")
-    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "CELL_SIZE", "OUTPUT"]
+    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "RESAMPLE", "CELL_SIZE", "OUTPUT"]
     optional = QgsProcessingParameterDefinition.Flag.FlagOptional
     assert alg.parameterDefinition("CELL_SIZE").flags() & optional
     assert alg.parameterDefinition("EXTENT").flags() & optional
