@@ -19,7 +19,7 @@ SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
 VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup test demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench clean
+.PHONY: setup test check-qt6 demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,10 @@ setup:
 ## The README's test command: the whole suite on real QGIS, the real backend and real data.
 test: setup
 	$(PY) -m pytest
+
+## The plugin's code against the rules of QGIS's PyQt5 -> PyQt6 migration script (also part of `make test`).
+check-qt6: setup
+	$(PY) scripts/check_qt6.py mtp_qgis
 
 ## The README's main job: segment the bundled sample with the bundled model through qgis_process.
 demo: setup
