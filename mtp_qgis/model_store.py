@@ -186,10 +186,10 @@ def provenance_of(meta: dict) -> str:
         parts.append(f"encoder {encoder['name']}")
     elif isinstance(encoder, str):
         parts.append(f"encoder {encoder}")
-    if training.get("iterations"):
-        parts.append(f"trained {training['iterations']} iterations")
-    if training.get("exported"):
-        parts.append(f"exported {str(training['exported'])[:10]}")
+    # The training record's plain facts (iterations, export date, who made it...), not its nested config.
+    for key, value in training.items():
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and len(parts) < 6:
+            parts.append(f"{key} {str(value)[:40]}")
     return ", ".join(parts)
 
 

@@ -42,6 +42,10 @@ def task_name(task):
     return names.get(task, task or "?")
 
 
+def size_text(size):
+    return tr("{mb:.1f} MB").format(mb=size / 1e6) if size >= 1e6 else tr("{kb:.0f} kB").format(kb=size / 1e3)
+
+
 def card_html(card, model_id, where):
     """A model card: what it does, on which classes, at which resolution and bands, how good, from where."""
     rows = [(tr("Task"), task_name(card.get("task"))),
@@ -59,7 +63,7 @@ def card_html(card, model_id, where):
     if card.get("provenance"):
         rows.append((tr("Provenance"), card["provenance"]))
     if card.get("size"):
-        rows.append((tr("Size"), tr("{mb:.1f} MB").format(mb=int(card["size"]) / 1e6)))
+        rows.append((tr("Size"), size_text(int(card["size"]))))
     rows.append((tr("Where"), where))
     table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     title = html.escape(card.get("name") or model_id)
@@ -196,7 +200,7 @@ class ModelsPanel(QWidget):
                                                          tr("installed") if info["removable"] else tr("bundled")])
             item.setData(0, ROLE, ("installed", model_id))
         for entry in self.available:
-            state = tr("installed") if entry["id"] in installed else tr("{mb:.1f} MB").format(mb=int(entry["size"]) / 1e6)
+            state = tr("installed") if entry["id"] in installed else size_text(int(entry["size"]))
             item = QTreeWidgetItem(self.available_root, [entry["id"], task_name(entry.get("task")), state])
             item.setData(0, ROLE, ("available", entry["id"]))
         self.installed_root.setExpanded(True)
