@@ -71,7 +71,7 @@ def extent_dict(rect, crs):
 
 
 class BackendAlgorithm(QgsProcessingAlgorithm):
-    """Base of the mtp:* algorithms. Subclasses set TASK, LABEL, DEFAULT_MODEL and implement
+    """Base of the mtp:* algorithms. Subclasses set TASK, DEFAULT_MODEL, implement label() and
     initAlgorithm, build_job and style_outputs."""
 
     EXTENT = "EXTENT"
@@ -80,8 +80,11 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
     OUTPUT = "OUTPUT"
 
     TASK = ""            # backend task name, e.g. "semantic_segmentation"
-    LABEL = ""           # what the analyst reads in messages, e.g. "Segmentation"
     DEFAULT_MODEL = ""
+
+    def label(self):
+        """What the analyst reads in messages, e.g. "Segmentation"."""
+        raise NotImplementedError
 
     def icon(self):
         return QIcon(ICON_PATH)
@@ -117,11 +120,12 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             return ""
         if output.startswith(("memory:", "ogr:", "postgres:", "spatialite:")) or "|" in output:
             raise QgsProcessingException(
-                f"{what} must be written to a file of its own ({' or '.join(suffixes)}; 'Save to File…'), "
-                f"not '{output}': the backend writes the whole file.")
+                tr("{what} must be written to a file of its own ({formats}; 'Save to File…'), not '{output}': the "
+                   "backend writes the whole file.").format(what=what, formats=" / ".join(suffixes), output=output))
         output = os.path.abspath(output)
         if Path(output).suffix.lower() not in suffixes:
-            raise QgsProcessingException(f"{what} must be a {' or '.join(suffixes)} file, not '{output}'.")
+            raise QgsProcessingException(tr("{what} must be a {formats} file, not '{output}'.").format(
+                what=what, formats=" / ".join(suffixes), output=output))
         os.makedirs(os.path.dirname(output), exist_ok=True)
         return output
 
@@ -138,7 +142,8 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             model = client.model(model_id)
         except BackendError as exc:
             raise QgsProcessingException(str(exc)) from exc
-        feedback.pushInfo(f"Backend {BACKEND.describe(client.url)}, model {model_id} ({model.get('name', '')})")
+        feedback.pushInfo(tr("Backend {backend}, model {model} ({name})").format(
+            backend=BACKEND.describe(client.url), model=model_id, name=model.get("name", "")))
         return client, model
 
     # --- extent and inputs ----------------------------------------------------------------------------
@@ -221,7 +226,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 job = client.submit(request)
             except BackendError as exc:
                 raise QgsProcessingException(str(exc)) from exc
-            feedback.pushInfo(f"Job {job['id']} submitted")
+            feedback.pushInfo(tr("Job {id} submitted").format(id=job["id"]))
             job = self.wait_for_job(client, job, output_files, feedback)
         finally:
             for temporary in temporaries:
@@ -240,7 +245,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         while True:
             if feedback.isCanceled():
                 self.cancel_job(client, job_id, outputs, feedback)
-                raise QgsProcessingException(f"{self.LABEL} cancelled; no output was written.")
+                raise QgsProcessingException(tr("{task} cancelled; no output was written.").format(task=self.label()))
             try:
                 job = client.job(job_id)
                 lost = 0
@@ -252,8 +257,9 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 for output in outputs:
                     remove_partials(output)
                 raise QgsProcessingException(
-                    f"The MTP backend stopped while running job {job_id}; the partial output was removed. "
-                    f"Run the algorithm again (the plugin restarts the backend). Details: {exc}"
+                    tr("The MTP backend stopped while running job {id}; the partial output was removed. Run the "
+                       "algorithm again (the plugin restarts the backend). Details: {details}").format(
+                        id=job_id, details=exc)
                 ) from exc
             except BackendError as exc:
                 raise QgsProcessingException(str(exc)) from exc
@@ -266,15 +272,17 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             if status == "succeeded":
                 return job
             if status == "failed":
-                reason = job.get("error") or "no reason given"
-                raise QgsProcessingException(f"{self.LABEL} failed in the backend: {reason}")
+                reason = job.get("error") or tr("no reason given")
+                raise QgsProcessingException(tr("{task} failed in the backend: {reason}").format(
+                    task=self.label(), reason=reason))
             if status == "cancelled":
                 raise QgsProcessingException(
-                    f"The {self.LABEL.lower()} job was cancelled in the backend; no output was written.")
+                    tr("The {task} job was cancelled in the backend; no output was written.").format(
+                        task=self.label().lower()))
             time.sleep(POLL_INTERVAL_S)
 
     def cancel_job(self, client, job_id, outputs, feedback):
-        feedback.pushInfo(f"Cancelling job {job_id}...")
+        feedback.pushInfo(tr("Cancelling job {id}...").format(id=job_id))
         status = None
         try:
             client.cancel(job_id)

@@ -14,6 +14,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from . import backend_installer, settings
 from .client import BackendError, BackendNotInstalled, MtpClient
+from .i18n import tr
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 START_TIMEOUT_S = 90.0
@@ -78,9 +79,9 @@ def _tail(path, lines=25):
 def _advice_for(log_tail, python):
     if "No module named" not in log_tail:
         return ""
-    return (f"That Python lacks packages the backend needs: click \"Install backend\" in the MTP dock (or run "
-            f"`python3 {PLUGIN_DIR / 'backend_installer.py'}`), or point the plugin at another Python (setting "
-            "mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON). ")
+    return tr("That Python lacks packages the backend needs: click \"Install backend\" in the MTP dock (or run "
+              "`python3 {installer}`), or point the plugin at another Python (setting mtp_qgis/backend_python or "
+              "$MTP_QGIS_BACKEND_PYTHON). ").format(installer=PLUGIN_DIR / "backend_installer.py")
 
 
 class BackendManager:
@@ -134,10 +135,10 @@ class BackendManager:
         source_root = backend_source_root()
         if source_root is None:
             raise BackendError(
-                "No MTP backend is running and none is bundled with the plugin "
-                f"(looked for backend/ next to {PLUGIN_DIR} and in {PLUGIN_DIR / 'backend_bundle'}). "
-                "Start one with `python -m backend serve` and set the URL in the MTP settings "
-                "(or $MTP_QGIS_BACKEND_URL)."
+                tr("No MTP backend is running and none is bundled with the plugin (looked for backend/ next to "
+                   "{plugin} and in {bundle}). Start one with `python -m backend serve` and set the URL in the MTP "
+                   "settings (or $MTP_QGIS_BACKEND_URL).").format(plugin=PLUGIN_DIR,
+                                                                 bundle=PLUGIN_DIR / "backend_bundle")
             )
         state_path = settings.state_file()
         state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +149,9 @@ class BackendManager:
         python = backend_python_executable(source_root)
         if python is None:
             raise BackendNotInstalled(
-                "No backend environment is installed: click \"Install backend\" in the MTP dock, or run "
-                f"`python3 {PLUGIN_DIR / 'backend_installer.py'}`, or set the backend Python "
-                "(setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON).")
+                tr("No backend environment is installed: click \"Install backend\" in the MTP dock, or run "
+                   "`python3 {installer}`, or set the backend Python (setting mtp_qgis/backend_python or "
+                   "$MTP_QGIS_BACKEND_PYTHON).").format(installer=PLUGIN_DIR / "backend_installer.py"))
         command = [
             python, "-m", "backend", "serve",
             "--port", "0",
@@ -170,8 +171,9 @@ class BackendManager:
                 )
             except OSError as exc:
                 raise BackendError(
-                    f"Could not start the MTP backend with {python}: {exc}. Set the backend Python in the "
-                    "MTP settings (key mtp_qgis/backend_python) or $MTP_QGIS_BACKEND_PYTHON."
+                    tr("Could not start the MTP backend with {python}: {error}. Set the backend Python in the MTP "
+                       "settings (key mtp_qgis/backend_python) or $MTP_QGIS_BACKEND_PYTHON.").format(
+                        python=python, error=exc)
                 ) from exc
         _stop_when_qgis_quits()
         return self._wait_until_ready(state_path, python)
@@ -185,8 +187,9 @@ class BackendManager:
                 log_tail = _tail(self._log_path)
                 advice = _advice_for(log_tail, python)
                 raise (BackendNotInstalled if advice else BackendError)(
-                    f"The MTP backend ({python} -m backend serve) exited with code {code} while starting. "
-                    f"{advice}Last lines of {self._log_path}:\n{log_tail}"
+                    tr("The MTP backend ({python} -m backend serve) exited with code {code} while starting. "
+                       "{advice}Last lines of {log}:").format(python=python, code=code, advice=advice,
+                                                               log=self._log_path) + "\n" + log_tail
                 )
             state = _read_state(state_path)
             if state and state.get("url") and _is_alive(state["url"]):
@@ -194,8 +197,8 @@ class BackendManager:
             time.sleep(0.2)
         self.stop()
         raise BackendError(
-            f"The MTP backend did not become ready within {START_TIMEOUT_S:.0f} s. "
-            f"Last lines of {self._log_path}:\n{_tail(self._log_path)}"
+            tr("The MTP backend did not become ready within {seconds:.0f} s. Last lines of {log}:").format(
+                seconds=START_TIMEOUT_S, log=self._log_path) + "\n" + _tail(self._log_path)
         )
 
     def stop(self):

@@ -39,23 +39,25 @@ class ChangeAlgorithm(BackendAlgorithm):
     MIN_AREA = "MIN_AREA"
     SIMPLIFY = "SIMPLIFY"
     TASK = TASK
-    LABEL = "Change detection"
     DEFAULT_MODEL = DEFAULT_CHANGE_MODEL_ID
+
+    def label(self):
+        return tr("Change detection")
 
     def name(self):
         return "change"
 
     def displayName(self):  # noqa: N802
-        return "Change detection"
+        return tr("Change detection")
 
     def group(self):
-        return "Change detection"
+        return tr("Change detection")
 
     def groupId(self):  # noqa: N802
         return "change_detection"
 
     def shortHelpString(self):  # noqa: N802
-        return (
+        return tr(
             "Finds what changed between two images of the same place with a change-detection model run by "
             "the local MTP backend.\n\n"
             "Before / After: the earlier and the later raster layer. The result is on the before raster's "
@@ -64,19 +66,25 @@ class ChangeAlgorithm(BackendAlgorithm):
             "co-registered pixel for pixel). Their footprints must overlap. Web, virtual or memory layers "
             "are first rendered at the model's ground sample distance.\n"
             "Extent: optional, in any CRS; the result covers it ∩ before ∩ after.\n"
-            f"Model: id of a change-detection model the backend knows (default {DEFAULT_CHANGE_MODEL_ID}).\n"
-            "Change: GeoTIFF, 0 = no change (shown transparent), 1 = change (red), 255 = nodata where either "
-            "date has none; a .qml style is written beside it.\n"
+            "Model: id of a change-detection model the backend knows (default {default}).\n"
+            "Resample: when the before raster's pixel size differs from the model's by more than 2x (a warning "
+            "says so), render both at the model's resolution first.\n"
+            "Change: GeoTIFF, 0 = no change (shown transparent), 1 = change (red, semi-transparent), 255 = nodata "
+            "where either date has none; a .qml style is written beside it.\n"
+            "Minimum area: change regions smaller than this (CRS units² of the before raster, m² for a metric "
+            "CRS) are left out of the polygons; empty = 9 pixels at the model's resolution. The raster keeps "
+            "them.\n"
+            "Simplify: smooths the polygons' pixel staircases (tolerance in pixels; 0 = exact pixel edges).\n"
             "Change polygons: optional GeoPackage, one polygon per connected change region with its area "
             "(area in CRS units², area_px in pixels); leave it empty to skip."
-        )
+        ).format(default=DEFAULT_CHANGE_MODEL_ID)
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before (earlier raster)"))
-        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After (later raster)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, tr("Before (earlier raster)")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, tr("After (later raster)")))
         self.add_extent_parameter()
         self.add_model_parameter()
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Change"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, tr("Change")))
         self.addParameter(QgsProcessingParameterNumber(
             self.MIN_AREA, tr("Minimum change area for polygons, in the before raster's CRS units² (m² for a metric "
                               "CRS; empty = 9 pixels at the model's resolution)"),
@@ -91,11 +99,11 @@ class ChangeAlgorithm(BackendAlgorithm):
     def prepare(self, parameters, context):
         before = self.raster_layer(parameters, self.BEFORE, context)
         after = self.raster_layer(parameters, self.AFTER, context)
-        output = self.output_path(parameters, self.OUTPUT, context, RASTER_SUFFIXES, "The change raster")
+        output = self.output_path(parameters, self.OUTPUT, context, RASTER_SUFFIXES, tr("The change raster"))
         polygons = self.output_path(parameters, self.OUTPUT_POLYGONS, context, VECTOR_SUFFIXES,
-                                    "The change polygons")
+                                    tr("The change polygons"))
         if polygons and polygons == output:
-            raise QgsProcessingException("The change raster and the change polygons need different files.")
+            raise QgsProcessingException(tr("The change raster and the change polygons need different files."))
         min_area = None
         if parameters.get(self.MIN_AREA) not in (None, ""):
             min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
@@ -146,7 +154,7 @@ class ChangeAlgorithm(BackendAlgorithm):
         raster, polygons = outputs[self.OUTPUT], outputs.get(self.OUTPUT_POLYGONS)
         qml = styling.write_style_file(raster, classes, styling.apply_change_style)
         if qml:
-            feedback.pushInfo(f"Style written to {qml}")
+            feedback.pushInfo(tr("Style written to {path}").format(path=qml))
         styling.style_when_loaded(context, raster, classes, styling.apply_change_style, QgsRasterLayer)
         if polygons:
             styling.write_vector_style_file(polygons, classes, styling.apply_change_polygon_style)

@@ -31,8 +31,18 @@ class IndexFetch(QObject):
         self._reply = QgsNetworkAccessManager.instance().get(request)
         self._reply.finished.connect(self._finished)
 
+    def abort(self):
+        """Forget this fetch (a newer one replaces it): no signal is emitted afterwards."""
+        reply, self._reply = self._reply, None
+        if reply is not None:
+            reply.finished.disconnect(self._finished)
+            reply.abort()
+            reply.deleteLater()
+
     def _finished(self):
         reply, self._reply = self._reply, None
+        if reply is None:
+            return
         status = reply.attribute(QNetworkRequest.Attribute.HttpStatusCodeAttribute)
         if reply.error() != QNetworkReply.NetworkError.NoError:
             detail = f"HTTP {status}" if status else reply.errorString()

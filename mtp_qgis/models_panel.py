@@ -144,8 +144,10 @@ class ModelsPanel(QWidget):
         """Read the user models folder again and fetch the index."""
         self._remember_url()
         self._fill()
-        if self.fetch is not None:
-            return
+        if self.fetch is not None:  # the analyst may have changed the address meanwhile: ask again
+            self.fetch.abort()
+            self.fetch.deleteLater()
+            self.fetch = None
         url = self.index_url.text().strip()
         if not url:
             return

@@ -19,6 +19,8 @@ NAIP_2020 = DATA / "naip_change" / "m_4709963_se_14_1_20200831.tif"
 LEVIR = DATA / "levir_cd"
 BACKEND_PYTHON = os.environ.get("MTP_TEST_BACKEND_PYTHON", str(REPO / ".venv" / "bin" / "python"))
 TOKEN = "plugin-tests-token"
+# The machine's pip cache (read before the fixtures move HOME): the backend installer test reuses its wheels.
+PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip")
 
 CLASSES = [
     {"id": 0, "name": "reddish", "color": "#d94f3d"},
