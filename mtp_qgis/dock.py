@@ -28,7 +28,6 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDockWidget,
     QDoubleSpinBox,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -124,22 +123,40 @@ class MtpDockWidget(QDockWidget):
 
     # --- UI --------------------------------------------------------------------------------------
 
+    def _row(self, parent, layout, label, field):
+        """One line of the form: a label (text, widget or None) and a field (widget or layout). A hidden line
+        takes no room (a QFormLayout would keep its spacing)."""
+        row = QWidget(parent)
+        line = QHBoxLayout(row)
+        line.setContentsMargins(0, 0, 0, 0)
+        if label is not None:
+            label = QLabel(label, row) if isinstance(label, str) else label
+            line.addWidget(label)
+            self._row_labels.append(label)
+        if isinstance(field, QHBoxLayout):
+            line.addLayout(field, 1)
+        else:
+            line.addWidget(field, 1)
+        layout.addWidget(row)
+        return row
+
     def _build_ui(self):
         body = QWidget(self)
         run_tab = QWidget(body)
-        form = QFormLayout()
+        form = QVBoxLayout()
+        self._row_labels = []
         self.task_combo = QComboBox(run_tab)
         for task in TASKS:
             self.task_combo.addItem(task_name(task), task)
-        form.addRow(tr("Task"), self.task_combo)
+        self._row(run_tab, form, tr("Task"), self.task_combo)
         self.layer_label = QLabel(tr("Raster layer"), run_tab)
         self.layer_combo = QgsMapLayerComboBox(run_tab)
         self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
-        form.addRow(self.layer_label, self.layer_combo)
+        self._row(run_tab, form, self.layer_label, self.layer_combo)
         self.after_label = QLabel(tr("After (later)"), run_tab)
         self.after_combo = QgsMapLayerComboBox(run_tab)
         self.after_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
-        form.addRow(self.after_label, self.after_combo)
+        self.after_row = self._row(run_tab, form, self.after_label, self.after_combo)
         model_row = QHBoxLayout()
         self.model_combo = QComboBox(run_tab)
         self.model_combo.setEditable(True)  # a model id can be typed when the backend is not up yet
@@ -148,7 +165,7 @@ class MtpDockWidget(QDockWidget):
         self.refresh_button.setToolTip(tr("Ask the backend which models it has (starts it if needed)"))
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.refresh_button)
-        form.addRow(tr("Model"), model_row)
+        self._row(run_tab, form, tr("Model"), model_row)
         self.gsd_warning = QLabel("", run_tab)
         self.gsd_warning.setWordWrap(True)
         self.gsd_warning.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -156,15 +173,15 @@ class MtpDockWidget(QDockWidget):
         self.resample_check = QCheckBox(tr("Resample to the model's resolution"), run_tab)
         self.resample_check.setToolTip(tr("Render the input at the model's ground sample distance first; the "
                                           "result is then on that grid"))
-        form.addRow(self.gsd_warning)
-        form.addRow(self.resample_check)
+        form.addWidget(self.gsd_warning)
+        form.addWidget(self.resample_check)
         self.cell_label = QLabel(tr("Cell size"), run_tab)
         self.cell_size = QSpinBox(run_tab)
         self.cell_size.setRange(0, 100000)
         self.cell_size.setSuffix(tr(" px"))
         self.cell_size.setSpecialValueText(tr("model's tile size"))  # shown for 0
         self.cell_size.setToolTip(tr("Side of a grid cell in pixels of the input raster"))
-        form.addRow(self.cell_label, self.cell_size)
+        self.cell_row = self._row(run_tab, form, self.cell_label, self.cell_size)
         self.threshold_check = QCheckBox(tr("Score threshold"), run_tab)
         self.threshold_check.setToolTip(tr("Unchecked: the model's own threshold"))
         self.threshold = QDoubleSpinBox(run_tab)
@@ -176,10 +193,10 @@ class MtpDockWidget(QDockWidget):
         self.threshold.setToolTip(tr("Keep objects whose score (0–1) is at least this; lower finds more, "
                                      "with more false alarms"))
         self.threshold_check.toggled.connect(self.threshold.setEnabled)
-        form.addRow(self.threshold_check, self.threshold)
+        self.threshold_row = self._row(run_tab, form, self.threshold_check, self.threshold)
         self.polygons_check = QCheckBox(tr("Also write change polygons (GeoPackage)"), run_tab)
         self.polygons_check.setChecked(True)
-        form.addRow(self.polygons_check)
+        form.addWidget(self.polygons_check)
         self.min_area_label = QLabel(tr("Smallest change"), run_tab)
         self.min_area = QDoubleSpinBox(run_tab)
         self.min_area.setRange(-1.0, 1e9)
@@ -188,23 +205,26 @@ class MtpDockWidget(QDockWidget):
         self.min_area.setSpecialValueText(tr("9 model pixels"))  # shown for -1: the algorithm's default
         self.min_area.setToolTip(tr("Change polygons smaller than this area (in the before raster's CRS units², "
                                     "m² for a metric CRS) are left out; the raster keeps them"))
-        form.addRow(self.min_area_label, self.min_area)
+        self.min_area_row = self._row(run_tab, form, self.min_area_label, self.min_area)
         self.simplify_label = QLabel(tr("Simplify outlines"), run_tab)
         self.simplify = QDoubleSpinBox(run_tab)
         self.simplify.setRange(0.0, 100.0)
         self.simplify.setDecimals(1)
         self.simplify.setSuffix(tr(" px"))
         self.simplify.setSpecialValueText(tr("no (pixel edges)"))
-        form.addRow(self.simplify_label, self.simplify)
+        self.simplify_row = self._row(run_tab, form, self.simplify_label, self.simplify)
         self.extent_check = QCheckBox(tr("Use current map extent"), run_tab)
-        form.addRow(self.extent_check)
+        form.addWidget(self.extent_check)
         self.output_dir = QgsFileWidget(run_tab)
         self.output_dir.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.output_dir.setFilePath(QgsSettings().value(OUTPUT_DIR_SETTING, "", type=str))
         self.output_dir.lineEdit().setPlaceholderText(tr("temporary folder (lost when QGIS closes)"))
         self.output_dir.setToolTip(tr("Folder for the results and their .qml styles; remembered."))
         self.output_dir.fileChanged.connect(lambda path: QgsSettings().setValue(OUTPUT_DIR_SETTING, path))
-        form.addRow(tr("Save results in"), self.output_dir)
+        self._row(run_tab, form, tr("Save results in"), self.output_dir)
+        width = max(label.sizeHint().width() for label in self._row_labels)
+        for label in self._row_labels:  # one column of labels, as in a form
+            label.setMinimumWidth(width)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton(tr("Run"), run_tab)
@@ -260,14 +280,12 @@ class MtpDockWidget(QDockWidget):
     def _show_task_widgets(self):
         task = self.current_task()
         self.layer_label.setText(tr("Before (earlier)") if task == CHANGE else tr("Raster layer"))
-        for widget in (self.after_label, self.after_combo, self.polygons_check):
+        for widget in (self.after_row, self.polygons_check):
             widget.setVisible(task == CHANGE)
-        for widget in (self.min_area_label, self.min_area, self.simplify_label, self.simplify):
+        for widget in (self.min_area_row, self.simplify_row):
             widget.setVisible(task == CHANGE and self.polygons_check.isChecked())
-        for widget in (self.cell_label, self.cell_size):
-            widget.setVisible(task == SCENES)
-        for widget in (self.threshold_check, self.threshold):
-            widget.setVisible(task in DETECTION_TASKS)
+        self.cell_row.setVisible(task == SCENES)
+        self.threshold_row.setVisible(task in DETECTION_TASKS)
 
     def _task_changed(self, index):
         self._show_task_widgets()

@@ -4,8 +4,8 @@
 <context>
     <name>mtp_qgis</name>
     <message>
-        <location filename="../dock.py" line="164"/>
-        <location filename="../dock.py" line="196"/>
+        <location filename="../dock.py" line="181"/>
+        <location filename="../dock.py" line="213"/>
         <source> px</source>
         <translation type="unfinished"></translation>
     </message>
@@ -15,12 +15,12 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="524"/>
+        <location filename="../dock.py" line="542"/>
         <source>(polygons)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="188"/>
+        <location filename="../dock.py" line="205"/>
         <source>9 model pixels</source>
         <translation type="unfinished"></translation>
     </message>
@@ -45,17 +45,17 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="139"/>
+        <location filename="../dock.py" line="156"/>
         <source>After (later)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="180"/>
+        <location filename="../dock.py" line="197"/>
         <source>Also write change polygons (GeoPackage)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="148"/>
+        <location filename="../dock.py" line="165"/>
         <source>Ask the backend which models it has (starts it if needed)</source>
         <translation type="unfinished"></translation>
     </message>
@@ -65,7 +65,7 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="378"/>
+        <location filename="../dock.py" line="396"/>
         <source>Backend installed; starting it...</source>
         <translation type="unfinished"></translation>
     </message>
@@ -85,24 +85,24 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="262"/>
+        <location filename="../dock.py" line="282"/>
         <source>Before (earlier)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="431"/>
+        <location filename="../dock.py" line="449"/>
         <source>Before and after are the same layer; choose the two dates to compare.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
         <location filename="../backend_panel.py" line="76"/>
-        <location filename="../dock.py" line="211"/>
+        <location filename="../dock.py" line="231"/>
         <location filename="../models_panel.py" line="104"/>
         <source>Cancel</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="500"/>
+        <location filename="../dock.py" line="518"/>
         <source>Cancelled; nothing was written.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -112,12 +112,12 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="490"/>
+        <location filename="../dock.py" line="508"/>
         <source>Cancelling...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="161"/>
+        <location filename="../dock.py" line="178"/>
         <source>Cell size</source>
         <translation type="unfinished"></translation>
     </message>
@@ -155,22 +155,22 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="189"/>
+        <location filename="../dock.py" line="206"/>
         <source>Change polygons smaller than this area (in the before raster's CRS units², m² for a metric CRS) are left out; the raster keeps them</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="419"/>
+        <location filename="../dock.py" line="437"/>
         <source>Choose a raster layer first.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="429"/>
+        <location filename="../dock.py" line="447"/>
         <source>Choose the after layer (the later image) first.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="418"/>
+        <location filename="../dock.py" line="436"/>
         <source>Choose the before layer first.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -191,12 +191,12 @@ Output: GeoTIFF of class ids (255 = nodata) on the source's pixel grid, with a .
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="346"/>
+        <location filename="../dock.py" line="364"/>
         <source>Contacting the backend...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="370"/>
+        <location filename="../dock.py" line="388"/>
         <source>Could not list models: {reason}</source>
         <translation type="unfinished"></translation>
     </message>
@@ -227,7 +227,7 @@ Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, sco
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="512"/>
+        <location filename="../dock.py" line="530"/>
         <source>Done: {n} layer(s) added.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -292,7 +292,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="205"/>
+        <location filename="../dock.py" line="222"/>
         <source>Folder for the results and their .qml styles; remembered.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -314,7 +314,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="364"/>
+        <location filename="../dock.py" line="382"/>
         <source>Install the backend (above) to run models.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -354,7 +354,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="176"/>
+        <location filename="../dock.py" line="193"/>
         <source>Keep objects whose score (0–1) is at least this; lower finds more, with more false alarms</source>
         <translation type="unfinished"></translation>
     </message>
@@ -364,7 +364,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="105"/>
+        <location filename="../dock.py" line="104"/>
         <source>MTP models</source>
         <translation type="unfinished"></translation>
     </message>
@@ -384,7 +384,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="348"/>
+        <location filename="../dock.py" line="366"/>
         <source>MTP: list models</source>
         <translation type="unfinished"></translation>
     </message>
@@ -404,7 +404,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="151"/>
+        <location filename="../dock.py" line="168"/>
         <location filename="../models_panel.py" line="96"/>
         <source>Model</source>
         <translation type="unfinished"></translation>
@@ -415,7 +415,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="235"/>
+        <location filename="../dock.py" line="255"/>
         <source>Models</source>
         <translation type="unfinished"></translation>
     </message>
@@ -462,7 +462,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="514"/>
+        <location filename="../dock.py" line="532"/>
         <source>Open result folder</source>
         <translation type="unfinished"></translation>
     </message>
@@ -472,8 +472,8 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="135"/>
-        <location filename="../dock.py" line="262"/>
+        <location filename="../dock.py" line="152"/>
+        <location filename="../dock.py" line="282"/>
         <source>Raster layer</source>
         <translation type="unfinished"></translation>
     </message>
@@ -483,12 +483,12 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="217"/>
+        <location filename="../dock.py" line="237"/>
         <source>Ready.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="147"/>
+        <location filename="../dock.py" line="164"/>
         <location filename="../models_panel.py" line="89"/>
         <source>Refresh</source>
         <translation type="unfinished"></translation>
@@ -499,7 +499,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="157"/>
+        <location filename="../dock.py" line="174"/>
         <source>Render the input at the model's ground sample distance first; the result is then on that grid</source>
         <translation type="unfinished"></translation>
     </message>
@@ -509,7 +509,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="156"/>
+        <location filename="../dock.py" line="173"/>
         <source>Resample to the model's resolution</source>
         <translation type="unfinished"></translation>
     </message>
@@ -529,18 +529,18 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="210"/>
-        <location filename="../dock.py" line="234"/>
+        <location filename="../dock.py" line="230"/>
+        <location filename="../dock.py" line="254"/>
         <source>Run</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="484"/>
+        <location filename="../dock.py" line="502"/>
         <source>Running {model} on {layer}...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="207"/>
+        <location filename="../dock.py" line="224"/>
         <source>Save results in</source>
         <translation type="unfinished"></translation>
     </message>
@@ -562,7 +562,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="168"/>
+        <location filename="../dock.py" line="185"/>
         <source>Score threshold</source>
         <translation type="unfinished"></translation>
     </message>
@@ -600,12 +600,12 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="166"/>
+        <location filename="../dock.py" line="183"/>
         <source>Side of a grid cell in pixels of the input raster</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="192"/>
+        <location filename="../dock.py" line="209"/>
         <source>Simplify outlines</source>
         <translation type="unfinished"></translation>
     </message>
@@ -620,7 +620,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="183"/>
+        <location filename="../dock.py" line="200"/>
         <source>Smallest change</source>
         <translation type="unfinished"></translation>
     </message>
@@ -646,7 +646,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="134"/>
+        <location filename="../dock.py" line="151"/>
         <location filename="../models_panel.py" line="51"/>
         <location filename="../models_panel.py" line="96"/>
         <source>Task</source>
@@ -658,7 +658,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="465"/>
+        <location filename="../dock.py" line="483"/>
         <source>The MTP Processing provider is not loaded; re-enable the plugin.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -753,7 +753,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="530"/>
+        <location filename="../dock.py" line="548"/>
         <source>The result {path} could not be opened.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -773,12 +773,12 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="169"/>
+        <location filename="../dock.py" line="186"/>
         <source>Unchecked: the model's own threshold</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="199"/>
+        <location filename="../dock.py" line="216"/>
         <source>Use current map extent</source>
         <translation type="unfinished"></translation>
     </message>
@@ -819,12 +819,12 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="165"/>
+        <location filename="../dock.py" line="182"/>
         <source>model's tile size</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="197"/>
+        <location filename="../dock.py" line="214"/>
         <source>no (pixel edges)</source>
         <translation type="unfinished"></translation>
     </message>
@@ -854,12 +854,12 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="502"/>
+        <location filename="../dock.py" line="520"/>
         <source>see the log messages panel (Processing tab)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="204"/>
+        <location filename="../dock.py" line="221"/>
         <source>temporary folder (lost when QGIS closes)</source>
         <translation type="unfinished"></translation>
     </message>
@@ -929,7 +929,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="407"/>
+        <location filename="../dock.py" line="425"/>
         <source>{n} {task} model(s) available.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -944,7 +944,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="503"/>
+        <location filename="../dock.py" line="521"/>
         <source>{task} failed: {reason}</source>
         <translation type="unfinished"></translation>
     </message>

@@ -391,7 +391,7 @@ def test_dock_runs_change_detection_and_adds_styled_layers(use_backend, tmp_path
             listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
             assert listed == ["mtp_change_default", "slow_change"]  # change models only
             assert dock.model_combo.currentText() == "mtp_change_default"
-            assert not dock.after_combo.isHidden() and dock.cell_size.isHidden()
+            assert dock.after_combo.isVisibleTo(dock) and not dock.cell_size.isVisibleTo(dock)
             assert dock.after_combo.currentLayer() is after_layer  # another raster than the before one
             dock.after_combo.setLayer(dock.layer_combo.currentLayer())
             dock.run()  # refused before anything starts

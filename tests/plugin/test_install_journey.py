@@ -36,7 +36,7 @@ def test_fresh_profile_installs_plugin_backend_and_model_then_segments(display, 
     assert "error" not in seen, seen
 
     # 1. QGIS's installer read our plugins.xml, downloaded the zip and enabled the plugin.
-    assert "/plugins.xml" in requests and "/mtp_qgis.0.1.0.zip" in requests
+    assert any(r.startswith("/plugins.xml?qgis=") for r in requests) and "/mtp_qgis.0.1.0.zip" in requests
     assert seen["offered"] and seen["offered_version"] == "0.1.0"
     assert seen["installed_at"].startswith(str(tmp_path / "profiles"))
     assert seen["enabled"] and seen["loaded"] and seen["provider"] and seen["dock"]
