@@ -72,7 +72,7 @@ class BackendPanel(QWidget):
         self.message.linkActivated.connect(self.open_link)
         self.install_button = QPushButton(tr("Install backend"), self)
         self.install_button.setToolTip(tr("Make the Python environment the backend runs in (ONNX Runtime, CPU "
-                                          "build; downloads about 150 MB of packages)"))
+                                          "build; about 260 MB on disk)"))
         self.cancel_button = QPushButton(tr("Cancel"), self)
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 100)

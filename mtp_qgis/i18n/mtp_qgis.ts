@@ -390,7 +390,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../backend_panel.py" line="74"/>
-        <source>Make the Python environment the backend runs in (ONNX Runtime, CPU build; downloads about 150 MB of packages)</source>
+        <source>Make the Python environment the backend runs in (ONNX Runtime, CPU build; about 260 MB on disk)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
