@@ -17,7 +17,6 @@ RDET_MODEL := resources/models/mtp_rdet_default.onnx
 # The change and scene models finetune the encoder of the segmentation model (the MTP recipe in small).
 SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
-VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
 .PHONY: setup test check-qt6 demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench clean
 
