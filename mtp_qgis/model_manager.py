@@ -27,7 +27,9 @@ class IndexFetch(QObject):
 
     def start(self):
         request = QNetworkRequest(QUrl(self.url))
-        request.setAttribute(QNetworkRequest.Attribute.FollowRedirectsAttribute, True)
+        # (FollowRedirectsAttribute is gone in Qt 6; the redirect policy exists in both.)
+        request.setAttribute(QNetworkRequest.Attribute.RedirectPolicyAttribute,
+                             QNetworkRequest.RedirectPolicy.NoLessSafeRedirectPolicy)
         self._reply = QgsNetworkAccessManager.instance().get(request)
         self._reply.finished.connect(self._finished)
 

@@ -9,6 +9,7 @@ from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -95,6 +96,11 @@ class ModelsPanel(QWidget):
         self.tree = QTreeWidget(self)
         self.tree.setHeaderLabels([tr("Model"), tr("Task"), tr("State")])
         self.tree.setRootIsDecorated(True)
+        header = self.tree.header()  # the id and the state always show; the task name takes what is left
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         self.installed_root = QTreeWidgetItem(self.tree, [tr("Installed")])
         self.available_root = QTreeWidgetItem(self.tree, [tr("Available")])
         self.card = QTextBrowser(self)
@@ -207,8 +213,6 @@ class ModelsPanel(QWidget):
             item.setData(0, ROLE, ("available", entry["id"]))
         self.installed_root.setExpanded(True)
         self.available_root.setExpanded(True)
-        for column in range(3):
-            self.tree.resizeColumnToContents(column)
         if selected:
             self.select(*selected)
         self._update_buttons()

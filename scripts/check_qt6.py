@@ -13,6 +13,7 @@ rules. Each finding is `file:line: what to write instead`:
   8-argument `QDateTime(...)` and `QDateTime(QDate(...))`;
 - classes removed from Qt 6 (`QRegExp`, `QDesktopWidget`, `QGLWidget`, `QMatrix`, `QTextCodec`, ...) and
   classes that moved from QtWidgets to QtGui (`QAction`, `QShortcut`, ...) unless imported with a fallback;
+- members Qt 6 removed that a Qt 6 enum table cannot list (`FollowRedirectsAttribute`, ...);
 - the script's warnings: `resources_rc`, `addAction` with 4+ arguments, `desktop()`,
   `QFontMetrics.width()`, `activated[str]`.
 
@@ -39,6 +40,11 @@ REMOVED_CLASSES = {
 MOVED_TO_QTGUI = {"QAction", "QActionGroup", "QShortcut", "QUndoCommand", "QUndoStack", "QUndoGroup",
                   "QFileSystemModel"}
 RENAMED_METHODS = {"exec_": "exec", "print_": "print"}
+# Members gone from Qt 6 that the migration script's enum table cannot see (it is built from Qt 6).
+REMOVED_MEMBERS = {
+    "FollowRedirectsAttribute": "QNetworkRequest.Attribute.RedirectPolicyAttribute",
+    "HighDpiPixmaps": "nothing (always on in Qt 6)", "AA_EnableHighDpiScaling": "nothing (always on in Qt 6)",
+}
 PYQT_PACKAGES = ("PyQt5", "PyQt6", "PyQt4")
 
 
@@ -137,6 +143,8 @@ def check_source(source: str, filename: str, enums: dict[tuple[str, str], str]) 
                     report(node, "qApp is removed in Qt 6: use QApplication.instance()")
                 if owner == "QVariant" and member == "Type":
                     report(node, "QVariant.Type.X does not exist: use QMetaType.Type")
+            if node.attr in REMOVED_MEMBERS:
+                report(node, f"{node.attr} is removed in Qt 6: use {REMOVED_MEMBERS[node.attr]}")
             if node.attr in RENAMED_METHODS and isinstance(parents.get(node), ast.Call):
                 report(node, f"{node.attr}() is gone in Qt 6: call {RENAMED_METHODS[node.attr]}()")
             if node.attr == "width" and isinstance(node.value, ast.Call) and ast.unparse(node.value.func).endswith(

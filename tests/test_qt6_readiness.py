@@ -52,6 +52,7 @@ menu.addAction(icon, "text", receiver, slot)
 QApplication.desktop()
 widget.fontMetrics().width("x")
 combo.activated[str].connect(f)
+request.setAttribute(QNetworkRequest.Attribute.FollowRedirectsAttribute, True)
 '''
     found = "\n".join(check_qt6.check_source(source, "sample.py", enums))
     expected = [
@@ -76,6 +77,7 @@ combo.activated[str].connect(f)
         "23: QApplication.desktop() is removed",
         "24: QFontMetrics.width() is removed",
         "25: activated[str] is removed",
+        "26: FollowRedirectsAttribute is removed in Qt 6",
     ]
     for line in expected:
         assert f"sample.py:{line}" in found, found
