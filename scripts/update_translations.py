@@ -88,9 +88,9 @@ def template(messages: dict[str, list[str]]) -> str:
              f"    <name>{CONTEXT}</name>"]
     for text in sorted(messages):
         lines.append("    <message>")
-        for where in messages[text]:
-            file, line = where.rsplit(":", 1)
-            lines.append(f'        <location filename="../{file}" line="{line}"/>')
+        # Files only, no line numbers: the template changes when a text does, not when code moves.
+        for file in sorted({where.rsplit(":", 1)[0] for where in messages[text]}):
+            lines.append(f'        <location filename="../{file}"/>')
         lines.append(f"        <source>{escape(text)}</source>")
         lines.append('        <translation type="unfinished"></translation>')
         lines.append("    </message>")

@@ -4,183 +4,180 @@
 <context>
     <name>mtp_qgis</name>
     <message>
-        <location filename="../dock.py" line="181"/>
-        <location filename="../dock.py" line="213"/>
+        <location filename="../dock.py"/>
         <source> px</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="53"/>
+        <location filename="../algorithm_base.py"/>
         <source>'{layer}' has {gsd:.3g} m pixels but {model} was trained at {model_gsd:.3g} m/pixel ({times:.1f}x {way}): results will likely be poor. Resample to the model's resolution (option RESAMPLE / the dock's check box), or use a model made for this resolution.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="542"/>
+        <location filename="../dock.py"/>
         <source>(polygons)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="205"/>
+        <location filename="../dock.py"/>
         <source>9 model pixels</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="316"/>
+        <location filename="../models_panel.py"/>
         <source>Add a model package</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="105"/>
+        <location filename="../models_panel.py"/>
         <source>Add from file…</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="88"/>
+        <location filename="../models_panel.py"/>
         <source>Address of the model index (JSON); remembered</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="84"/>
+        <location filename="../change.py"/>
         <source>After (later raster)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="156"/>
+        <location filename="../dock.py"/>
         <source>After (later)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="197"/>
+        <location filename="../dock.py"/>
         <source>Also write change polygons (GeoPackage)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="165"/>
+        <location filename="../dock.py"/>
         <source>Ask the backend which models it has (starts it if needed)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="99"/>
+        <location filename="../models_panel.py"/>
         <source>Available</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="396"/>
+        <location filename="../dock.py"/>
         <source>Backend installed; starting it...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="145"/>
+        <location filename="../algorithm_base.py"/>
         <source>Backend {backend}, model {model} ({name})</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="57"/>
+        <location filename="../models_panel.py"/>
         <source>Bands</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="83"/>
+        <location filename="../change.py"/>
         <source>Before (earlier raster)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="282"/>
+        <location filename="../dock.py"/>
         <source>Before (earlier)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="449"/>
+        <location filename="../dock.py"/>
         <source>Before and after are the same layer; choose the two dates to compare.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="76"/>
-        <location filename="../dock.py" line="231"/>
-        <location filename="../models_panel.py" line="104"/>
+        <location filename="../backend_panel.py"/>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
         <source>Cancel</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="518"/>
+        <location filename="../dock.py"/>
         <source>Cancelled; nothing was written.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="285"/>
+        <location filename="../algorithm_base.py"/>
         <source>Cancelling job {id}...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="508"/>
+        <location filename="../dock.py"/>
         <source>Cancelling...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="178"/>
+        <location filename="../dock.py"/>
         <source>Cell size</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../scenes.py" line="62"/>
+        <location filename="../scenes.py"/>
         <source>Cell size in input pixels (empty = the model's tile size)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../scenes.py" line="80"/>
+        <location filename="../scenes.py"/>
         <source>Cells of {n} pixels</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="87"/>
+        <location filename="../change.py"/>
         <source>Change</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="45"/>
-        <location filename="../change.py" line="51"/>
-        <location filename="../change.py" line="54"/>
-        <location filename="../models_panel.py" line="36"/>
+        <location filename="../change.py"/>
+        <location filename="../models_panel.py"/>
         <source>Change detection</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="96"/>
+        <location filename="../change.py"/>
         <source>Change polygons</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="131"/>
+        <location filename="../change.py"/>
         <source>Change polygons of at least {px} pixels ({area:.4g} CRS units²)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="206"/>
+        <location filename="../dock.py"/>
         <source>Change polygons smaller than this area (in the before raster's CRS units², m² for a metric CRS) are left out; the raster keeps them</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="437"/>
+        <location filename="../dock.py"/>
         <source>Choose a raster layer first.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="447"/>
+        <location filename="../dock.py"/>
         <source>Choose the after layer (the later image) first.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="436"/>
+        <location filename="../dock.py"/>
         <source>Choose the before layer first.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="52"/>
+        <location filename="../models_panel.py"/>
         <source>Classes</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../segment.py" line="33"/>
+        <location filename="../segment.py"/>
         <source>Classifies every pixel of a raster layer with a segmentation model run by the local MTP backend.
 
 Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first rendered at the model's ground sample distance.
@@ -191,22 +188,22 @@ Output: GeoTIFF of class ids (255 = nodata) on the source's pixel grid, with a .
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="364"/>
+        <location filename="../dock.py"/>
         <source>Contacting the backend...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="388"/>
+        <location filename="../dock.py"/>
         <source>Could not list models: {reason}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_process.py" line="174"/>
+        <location filename="../backend_process.py"/>
         <source>Could not start the MTP backend with {python}: {error}. Set the backend Python in the MTP settings (key mtp_qgis/backend_python) or $MTP_QGIS_BACKEND_PYTHON.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../scenes.py" line="40"/>
+        <location filename="../scenes.py"/>
         <source>Cuts a raster layer into a grid of square cells and gives each cell one class with a scene-classification model run by the local MTP backend.
 
 Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first rendered at the model's ground sample distance.
@@ -217,57 +214,57 @@ Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, sco
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="62"/>
+        <location filename="../models_panel.py"/>
         <source>Data</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="71"/>
+        <location filename="../detect.py"/>
         <source>Detections</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="530"/>
+        <location filename="../dock.py"/>
         <source>Done: {n} layer(s) added.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="103"/>
+        <location filename="../models_panel.py"/>
         <source>Download</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="312"/>
+        <location filename="../models_panel.py"/>
         <source>Download cancelled; nothing was installed.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../model_manager.py" line="123"/>
+        <location filename="../model_manager.py"/>
         <source>Downloading {id} from {url} failed ({reason}). Nothing was installed.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="281"/>
+        <location filename="../models_panel.py"/>
         <source>Downloading {id}…</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="99"/>
+        <location filename="../algorithm_base.py"/>
         <source>Extent (leave empty for the whole raster)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="167"/>
+        <location filename="../detect.py"/>
         <source>Fields: class_id (integer), class_name (the model's class), score (0–1), angle (degrees in [0, 180): direction of the long side, clockwise from grid north / up), width (short side) and length (long side) in CRS units (metres for a metric CRS, pixels without CRS).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="146"/>
+        <location filename="../detect.py"/>
         <source>Fields: class_id (integer), class_name (the model's class), score (0–1). The boxes are aligned with the raster's pixel grid.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="43"/>
+        <location filename="../detect.py"/>
         <source>Finds objects (ships, vehicles, planes, …) in a raster layer and outlines each with a {boxes} box, using an object-detection model run by the local MTP backend.
 
 Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first rendered at the model's ground sample distance. The model was trained at one pixel size (its gsd_m, shown in the log): imagery far finer or coarser finds fewer objects.
@@ -278,7 +275,7 @@ Detections: GeoPackage (layer '{layer}') of one 4-corner polygon per object in t
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="60"/>
+        <location filename="../change.py"/>
         <source>Finds what changed between two images of the same place with a change-detection model run by the local MTP backend.
 
 Before / After: the earlier and the later raster layer. The result is on the before raster's pixel grid; the after raster may have another CRS, resolution or alignment (it is resampled onto the before grid on the fly). Both need a CRS, or neither (then they are taken as co-registered pixel for pixel). Their footprints must overlap. Web, virtual or memory layers are first rendered at the model's ground sample distance.
@@ -292,669 +289,661 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="222"/>
+        <location filename="../dock.py"/>
         <source>Folder for the results and their .qml styles; remembered.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="91"/>
+        <location filename="../models_panel.py"/>
         <source>Index</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="64"/>
-        <location filename="../scenes.py" line="58"/>
-        <location filename="../segment.py" line="46"/>
+        <location filename="../detect.py"/>
+        <location filename="../scenes.py"/>
+        <location filename="../segment.py"/>
         <source>Input raster</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="73"/>
+        <location filename="../backend_panel.py"/>
         <source>Install backend</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="382"/>
+        <location filename="../dock.py"/>
         <source>Install the backend (above) to run models.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="47"/>
+        <location filename="../backend_panel.py"/>
         <source>Installation cancelled; nothing was kept.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="141"/>
+        <location filename="../backend_panel.py"/>
         <source>Installation stopped; nothing was kept.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="98"/>
+        <location filename="../models_panel.py"/>
         <source>Installed</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="129"/>
+        <location filename="../backend_panel.py"/>
         <source>Installing the backend: {step}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="119"/>
+        <location filename="../backend_panel.py"/>
         <source>Installing the backend…</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="40"/>
+        <location filename="../models_panel.py"/>
         <source>Instance segmentation</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="229"/>
+        <location filename="../algorithm_base.py"/>
         <source>Job {id} submitted</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="193"/>
+        <location filename="../dock.py"/>
         <source>Keep objects whose score (0–1) is at least this; lower finds more, with more false alarms</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="191"/>
+        <location filename="../algorithm_base.py"/>
         <source>Layer '{layer}' is not a local GDAL file (provider {provider}); rendering it at {gsd} m/pixel to {path}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="104"/>
+        <location filename="../dock.py"/>
         <source>MTP models</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../plugin.py" line="19"/>
+        <location filename="../plugin.py"/>
         <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../provider.py" line="24"/>
+        <location filename="../provider.py"/>
         <source>MTP remote-sensing foundation models</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="29"/>
+        <location filename="../backend_panel.py"/>
         <source>MTP: install the backend</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="366"/>
+        <location filename="../dock.py"/>
         <source>MTP: list models</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="74"/>
+        <location filename="../backend_panel.py"/>
         <source>Make the Python environment the backend runs in (ONNX Runtime, CPU build; about 260 MB on disk)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="60"/>
+        <location filename="../models_panel.py"/>
         <source>Metric</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="89"/>
+        <location filename="../change.py"/>
         <source>Minimum change area for polygons, in the before raster's CRS units² (m² for a metric CRS; empty = 9 pixels at the model's resolution)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="168"/>
-        <location filename="../models_panel.py" line="96"/>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
         <source>Model</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="105"/>
+        <location filename="../algorithm_base.py"/>
         <source>Model id</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="255"/>
+        <location filename="../dock.py"/>
         <source>Models</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_process.py" line="138"/>
+        <location filename="../backend_process.py"/>
         <source>No MTP backend is running and none is bundled with the plugin (looked for backend/ next to {plugin} and in {bundle}). Start one with `python -m backend serve` and set the URL in the MTP settings (or $MTP_QGIS_BACKEND_URL).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_process.py" line="152"/>
+        <location filename="../backend_process.py"/>
         <source>No backend environment is installed: click "Install backend" in the MTP dock, or run `python3 {installer}`, or set the backend Python (setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="102"/>
+        <location filename="../backend_panel.py"/>
         <source>No backend is installed yet: the models run in a local Python environment that the button below makes for you.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="316"/>
+        <location filename="../models_panel.py"/>
         <source>ONNX model (*.onnx)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="34"/>
-        <location filename="../detect.py" line="134"/>
+        <location filename="../detect.py"/>
         <source>Object detection</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="38"/>
+        <location filename="../models_panel.py"/>
         <source>Object detection (boxes)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="143"/>
+        <location filename="../detect.py"/>
         <source>Object detection (horizontal boxes)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="164"/>
-        <location filename="../models_panel.py" line="39"/>
+        <location filename="../detect.py"/>
+        <location filename="../models_panel.py"/>
         <source>Object detection (rotated boxes)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="532"/>
+        <location filename="../dock.py"/>
         <source>Open result folder</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="64"/>
+        <location filename="../models_panel.py"/>
         <source>Provenance</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="152"/>
-        <location filename="../dock.py" line="282"/>
+        <location filename="../dock.py"/>
         <source>Raster layer</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="154"/>
+        <location filename="../models_panel.py"/>
         <source>Reading the model index…</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="237"/>
+        <location filename="../dock.py"/>
         <source>Ready.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="164"/>
-        <location filename="../models_panel.py" line="89"/>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
         <source>Refresh</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="106"/>
+        <location filename="../models_panel.py"/>
         <source>Remove</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="174"/>
+        <location filename="../dock.py"/>
         <source>Render the input at the model's ground sample distance first; the result is then on that grid</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="107"/>
+        <location filename="../algorithm_base.py"/>
         <source>Resample inputs to the model's resolution when it differs by more than 2x</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="173"/>
+        <location filename="../dock.py"/>
         <source>Resample to the model's resolution</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="187"/>
+        <location filename="../algorithm_base.py"/>
         <source>Resampling '{layer}' from {gsd:.3g} m to the model's {model_gsd:.3g} m/pixel ({path})</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="54"/>
+        <location filename="../models_panel.py"/>
         <source>Resolution</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="155"/>
+        <location filename="../detect.py"/>
         <source>Rotated object detection</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="230"/>
-        <location filename="../dock.py" line="254"/>
+        <location filename="../dock.py"/>
         <source>Run</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="502"/>
+        <location filename="../dock.py"/>
         <source>Running {model} on {layer}...</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="224"/>
+        <location filename="../dock.py"/>
         <source>Save results in</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="37"/>
-        <location filename="../scenes.py" line="25"/>
-        <location filename="../scenes.py" line="34"/>
+        <location filename="../models_panel.py"/>
+        <location filename="../scenes.py"/>
         <source>Scene classification</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../scenes.py" line="31"/>
+        <location filename="../scenes.py"/>
         <source>Scene classification (grid)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../scenes.py" line="65"/>
+        <location filename="../scenes.py"/>
         <source>Scene grid</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="185"/>
+        <location filename="../dock.py"/>
         <source>Score threshold</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="68"/>
+        <location filename="../detect.py"/>
         <source>Score threshold 0–1 (empty = the model's own)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="103"/>
+        <location filename="../detect.py"/>
         <source>Score threshold {value}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="105"/>
+        <location filename="../detect.py"/>
         <source>Score threshold: the model's own</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="35"/>
-        <location filename="../segment.py" line="18"/>
-        <location filename="../segment.py" line="27"/>
-        <location filename="../segment.py" line="49"/>
+        <location filename="../models_panel.py"/>
+        <location filename="../segment.py"/>
         <source>Segmentation</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../segment.py" line="24"/>
+        <location filename="../segment.py"/>
         <source>Semantic segmentation</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="22"/>
+        <location filename="../backend_panel.py"/>
         <source>Show log</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="183"/>
+        <location filename="../dock.py"/>
         <source>Side of a grid cell in pixels of the input raster</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="209"/>
+        <location filename="../dock.py"/>
         <source>Simplify outlines</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="93"/>
+        <location filename="../change.py"/>
         <source>Simplify polygon outlines (tolerance in pixels; 0 = exact pixel edges)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="66"/>
+        <location filename="../models_panel.py"/>
         <source>Size</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="200"/>
+        <location filename="../dock.py"/>
         <source>Smallest change</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="96"/>
+        <location filename="../models_panel.py"/>
         <source>State</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="125"/>
-        <location filename="../scenes.py" line="91"/>
+        <location filename="../detect.py"/>
+        <location filename="../scenes.py"/>
         <source>Style with the class colours and labels written to {path}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../segment.py" line="70"/>
+        <location filename="../segment.py"/>
         <source>Style with the class names written to {path}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="157"/>
+        <location filename="../change.py"/>
         <source>Style written to {path}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="151"/>
-        <location filename="../models_panel.py" line="51"/>
-        <location filename="../models_panel.py" line="96"/>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
         <source>Task</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_process.py" line="82"/>
+        <location filename="../backend_process.py"/>
         <source>That Python lacks packages the backend needs: click "Install backend" in the MTP dock (or run `python3 {installer}`), or point the plugin at another Python (setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON). </source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="483"/>
+        <location filename="../dock.py"/>
         <source>The MTP Processing provider is not loaded; re-enable the plugin.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_process.py" line="190"/>
+        <location filename="../backend_process.py"/>
         <source>The MTP backend ({python} -m backend serve) exited with code {code} while starting. {advice}Last lines of {log}:</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../client.py" line="70"/>
+        <location filename="../client.py"/>
         <source>The MTP backend at {url} is not reachable ({error}). Check that it is running, or unset the configured backend URL so the plugin starts one.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../client.py" line="76"/>
+        <location filename="../client.py"/>
         <source>The MTP backend at {url} rejected the access token (HTTP 401). The plugin reads the token from {source}; it must match the backend's token ($MTP_QGIS_TOKEN or ~/.config/mtp_qgis/token on the backend's machine).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_process.py" line="200"/>
+        <location filename="../backend_process.py"/>
         <source>The MTP backend did not become ready within {seconds:.0f} s. Last lines of {log}:</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="260"/>
+        <location filename="../algorithm_base.py"/>
         <source>The MTP backend stopped while running job {id}; the partial output was removed. Run the algorithm again (the plugin restarts the backend). Details: {details}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../client.py" line="85"/>
+        <location filename="../client.py"/>
         <source>The backend at {url} answered {path} with something that is not JSON.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="143"/>
+        <location filename="../backend_panel.py"/>
         <source>The backend could not be installed: {reason}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../client.py" line="25"/>
+        <location filename="../client.py"/>
         <source>The backend refused the request (HTTP {status}): {detail}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="104"/>
+        <location filename="../change.py"/>
         <source>The change polygons</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="102"/>
+        <location filename="../change.py"/>
         <source>The change raster</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="106"/>
+        <location filename="../change.py"/>
         <source>The change raster and the change polygons need different files.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="93"/>
+        <location filename="../detect.py"/>
         <source>The detections</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="184"/>
+        <location filename="../algorithm_base.py"/>
         <source>The extent does not intersect the layer '{layer}'.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../backend_panel.py" line="52"/>
+        <location filename="../backend_panel.py"/>
         <source>The installer stopped unexpectedly ({error}).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../change.py" line="115"/>
+        <location filename="../change.py"/>
         <source>The minimum area and the simplification tolerance must be numbers &gt;= 0.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../model_manager.py" line="49"/>
+        <location filename="../model_manager.py"/>
         <source>The model index {url} could not be read ({detail}).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="107"/>
+        <location filename="../detect.py"/>
         <source>The model was trained at {gsd} m/pixel</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../segment.py" line="53"/>
+        <location filename="../segment.py"/>
         <source>The output</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="548"/>
+        <location filename="../dock.py"/>
         <source>The result {path} could not be opened.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../scenes.py" line="69"/>
+        <location filename="../scenes.py"/>
         <source>The scene grid</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="78"/>
+        <location filename="../detect.py"/>
         <source>The score threshold must be a number between 0 and 1, not '{value}'.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="280"/>
+        <location filename="../algorithm_base.py"/>
         <source>The {task} job was cancelled in the backend; no output was written.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="186"/>
+        <location filename="../dock.py"/>
         <source>Unchecked: the model's own threshold</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="216"/>
+        <location filename="../dock.py"/>
         <source>Use current map extent</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="67"/>
+        <location filename="../models_panel.py"/>
         <source>Where</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="202"/>
+        <location filename="../models_panel.py"/>
         <source>bundled</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../styling.py" line="84"/>
+        <location filename="../styling.py"/>
         <source>change</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="58"/>
+        <location filename="../algorithm_base.py"/>
         <source>coarser</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="58"/>
+        <location filename="../algorithm_base.py"/>
         <source>finer</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="137"/>
+        <location filename="../detect.py"/>
         <source>horizontal (axis-aligned)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="205"/>
-        <location filename="../models_panel.py" line="202"/>
+        <location filename="../models_panel.py"/>
         <source>installed</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="182"/>
+        <location filename="../dock.py"/>
         <source>model's tile size</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="214"/>
+        <location filename="../dock.py"/>
         <source>no (pixel edges)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../styling.py" line="83"/>
+        <location filename="../styling.py"/>
         <source>no change</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../styling.py" line="129"/>
+        <location filename="../styling.py"/>
         <source>no data</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="275"/>
+        <location filename="../algorithm_base.py"/>
         <source>no reason given</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../client.py" line="99"/>
+        <location filename="../client.py"/>
         <source>none</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="158"/>
+        <location filename="../detect.py"/>
         <source>rotated (oriented)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="520"/>
+        <location filename="../dock.py"/>
         <source>see the log messages panel (Processing tab)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="221"/>
+        <location filename="../dock.py"/>
         <source>temporary folder (lost when QGIS closes)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="191"/>
+        <location filename="../models_panel.py"/>
         <source>the backend</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../model_manager.py" line="121"/>
+        <location filename="../model_manager.py"/>
         <source>the connection ended early</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="56"/>
+        <location filename="../algorithm_base.py"/>
         <source>the model</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../client.py" line="100"/>
+        <location filename="../client.py"/>
         <source>unknown model '{model}'; the backend has: {known}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="54"/>
+        <location filename="../models_panel.py"/>
         <source>{gsd:.3g} m/pixel</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="326"/>
+        <location filename="../models_panel.py"/>
         <source>{id} added to {folder}.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="303"/>
+        <location filename="../models_panel.py"/>
         <source>{id} installed (checksum verified) in {folder}.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="271"/>
+        <location filename="../models_panel.py"/>
         <source>{id} is already installed; remove it first to download it again.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="339"/>
+        <location filename="../models_panel.py"/>
         <source>{id} removed.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="46"/>
+        <location filename="../models_panel.py"/>
         <source>{kb:.0f} kB</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="46"/>
+        <location filename="../models_panel.py"/>
         <source>{mb:.1f} MB</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../models_panel.py" line="167"/>
+        <location filename="../models_panel.py"/>
         <source>{n} model(s) in the index.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../detect.py" line="122"/>
+        <location filename="../detect.py"/>
         <source>{n} object(s) found</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="425"/>
+        <location filename="../dock.py"/>
         <source>{n} {task} model(s) available.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="248"/>
+        <location filename="../algorithm_base.py"/>
         <source>{task} cancelled; no output was written.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="276"/>
+        <location filename="../algorithm_base.py"/>
         <source>{task} failed in the backend: {reason}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../dock.py" line="521"/>
+        <location filename="../dock.py"/>
         <source>{task} failed: {reason}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="127"/>
+        <location filename="../algorithm_base.py"/>
         <source>{what} must be a {formats} file, not '{output}'.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <location filename="../algorithm_base.py" line="123"/>
+        <location filename="../algorithm_base.py"/>
         <source>{what} must be written to a file of its own ({formats}; 'Save to File…'), not '{output}': the backend writes the whole file.</source>
         <translation type="unfinished"></translation>
     </message>
