@@ -17,9 +17,8 @@ RDET_MODEL := resources/models/mtp_rdet_default.onnx
 # The change and scene models finetune the encoder of the segmentation model (the MTP recipe in small).
 SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
-VERSION := $(shell sed -n 's/^version=//p' metadata.txt)
 
-.PHONY: setup test demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench reference-env reference clean
+.PHONY: setup test check-qt6 demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench reference-env reference clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +26,10 @@ setup:
 ## The README's test command: the whole suite on real QGIS, the real backend and real data.
 test: setup
 	$(PY) -m pytest
+
+## The plugin's code against the rules of QGIS's PyQt5 -> PyQt6 migration script (also part of `make test`).
+check-qt6: setup
+	$(PY) scripts/check_qt6.py mtp_qgis
 
 ## The README's main job: segment the bundled sample with the bundled model through qgis_process.
 demo: setup
@@ -68,9 +71,11 @@ sample-data: setup
 	@# A byte-for-byte copy of the real 0.6 m aerial COG (EPSG:3857, JPEG + internal mask, 290 KB).
 	install -m 644 $(DATA)/aerial_geotiff/cogeo.tif $(SAMPLE)
 
-## The zip that QGIS's "Install from ZIP" and a plugin repository accept.
+## dist/: the plugin zip (passes plugins.qgis.org's rules), plugins.xml (a custom plugin repository) and
+## models/index.json with the models beside it. BASE_URL: where dist/ will be served (default: file://).
+BASE_URL ?=
 package: setup
-	$(PY) scripts/package.py --out dist/mtp_qgis-$(VERSION).zip
+	$(PY) scripts/package.py --dist dist $(if $(BASE_URL),--base-url $(BASE_URL))
 
 ## The performance tables (issue 6) in benchmarks/results/: overhead vs bare ONNX Runtime and FLOP/s, then
 ## throughput and peak memory to 32k² (about 30 minutes on 2 cores). A quick look at smaller sizes:

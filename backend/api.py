@@ -93,9 +93,10 @@ class JobRequest(BaseModel):
                                   "optional polygons (.gpkg) for change_detection; vector (.gpkg) for "
                                   "scene_classification, detection and rotated_detection")
     options: dict[KeyText, Any] = Field(default_factory=dict, max_length=8,
-                                        description="batch_size (1-256, default 4); change_detection: min_area_px "
-                                                    "(default 0); scene_classification: cell_size (source pixels, "
-                                                    "default the model's tile_size); detection, rotated_detection: "
+                                        description="batch_size (1-256, default 4); change_detection: min_area_px, "
+                                                    "simplify_px (default 0, 0); scene_classification: cell_size "
+                                                    "(source pixels, default the model's scene.cell_size or "
+                                                    "tile_size); detection, rotated_detection: "
                                                     "score_threshold (0-1, default the model's). Other keys are "
                                                     "refused.")
     overwrite: bool = Field(False, description="replace output files that exist (regular files only; never an "

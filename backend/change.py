@@ -41,6 +41,7 @@ class ChangeRequest:
     min_area_px: int = 0
     job_id: str = "run"
     overwrite: bool = False  # replace an existing output (outputs.commit)
+    simplify_px: float = 0.0  # Douglas-Peucker tolerance for the polygons, in pixels (0: pixel edges kept)
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -258,8 +259,11 @@ def _xml_escape(text: str) -> str:
 
 
 def polygonize_changes(raster_path: Path, gpkg_path: Path, min_area_px: int,
-                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> None:
+                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
+                       simplify_px: float = 0.0) -> None:
     """One polygon per 8-connected change region of the class raster, with its area, into gpkg_path.
+    `simplify_px` > 0 smooths the staircase outlines (topology-preserving, tolerance in pixels); the area
+    fields keep the region's exact pixel area.
 
     GDAL's Polygonize streams the raster; it writes into a scratch GeoPackage beside the result (named like a
     partial file, removed here) from which regions of at least min_area_px pixels are copied with their areas.
@@ -268,6 +272,7 @@ def polygonize_changes(raster_path: Path, gpkg_path: Path, min_area_px: int,
     band = src.GetRasterBand(1)
     gt = src.GetGeoTransform()
     pixel_area = abs(gt[1] * gt[5] - gt[2] * gt[4])
+    tolerance = simplify_px * math.sqrt(pixel_area)
     srs = raster_io.raster_srs(src)
     mask_ds = _change_mask_vrt(raster_path, src.RasterXSize, src.RasterYSize)
     scratch_path = gpkg_path.with_name(f"{gpkg_path.stem}-regions{gpkg_path.suffix}")
@@ -312,7 +317,7 @@ def polygonize_changes(raster_path: Path, gpkg_path: Path, min_area_px: int,
             area_px = int(round(area / pixel_area))  # regions follow pixel edges: the area is a whole count
             if area_px < min_area_px:
                 continue
-            feature.SetGeometry(geom)
+            feature.SetGeometry(geom.SimplifyPreserveTopology(tolerance) if tolerance > 0 else geom)
             feature.SetField(0, area)
             feature.SetField(1, area_px)
             feature.SetFID(-1)
@@ -355,7 +360,8 @@ def detect_changes(request: ChangeRequest, progress: ProgressCallback | None = N
         write_class_raster(tile_model, reader, before, window, processed, raster_partial, request.batch_size,
                            raster_progress, cancelled)
         if polygons_partial is not None:
-            polygonize_changes(raster_partial, polygons_partial, request.min_area_px, polygon_progress, cancelled)
+            polygonize_changes(raster_partial, polygons_partial, request.min_area_px, polygon_progress, cancelled,
+                               request.simplify_px)
         moves = [(raster_partial, request.raster_path)]
         if polygons_partial is not None:
             moves.insert(0, (polygons_partial, request.polygons_path))

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one job in this process (no HTTP)",
                        description="semantic_segmentation: --input IN.tif --out classes.tif; "
                                    "change_detection: --input BEFORE --input AFTER --out changes.tif "
-                                   "[--polygons changes.gpkg] [--min-area-px N]; "
+                                   "[--polygons changes.gpkg] [--min-area-px N] [--simplify-px T]; "
                                    "scene_classification: --input IN.tif --out scenes.gpkg [--cell-size N]; "
                                    "detection, rotated_detection: --input IN.tif --out detections.gpkg "
                                    "[--score-threshold S]")
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the result: class GeoTIFF, change GeoTIFF, scene grid .gpkg or detections .gpkg")
     r.add_argument("--polygons", type=str, default=None, help="change_detection: also write change polygons (.gpkg)")
     r.add_argument("--min-area-px", type=int, default=None, help="change_detection: drop smaller polygons")
+    r.add_argument("--simplify-px", type=float, default=None,
+                   help="change_detection: simplify polygon outlines with this tolerance in pixels")
     r.add_argument("--cell-size", type=int, default=None,
                    help="scene_classification: cell side in source pixels (default: the model's tile size)")
     r.add_argument("--score-threshold", type=float, default=None,
@@ -108,6 +110,7 @@ def cmd_run(args) -> int:
 
     for flag, value, task in (("--polygons", args.polygons, "change_detection"),
                               ("--min-area-px", args.min_area_px, "change_detection"),
+                              ("--simplify-px", args.simplify_px, "change_detection"),
                               ("--cell-size", args.cell_size, "scene_classification")):
         if value is not None and args.task != task:
             raise BackendError(f"{flag} applies to --task {task} only, not {args.task}.")
@@ -122,6 +125,8 @@ def cmd_run(args) -> int:
         outputs["polygons"] = _absolute(args.polygons)
     if args.min_area_px is not None:
         options["min_area_px"] = args.min_area_px
+    if args.simplify_px is not None:
+        options["simplify_px"] = args.simplify_px
     if args.cell_size is not None:
         options["cell_size"] = args.cell_size
     if args.score_threshold is not None:

@@ -220,8 +220,13 @@ def plan_change(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> C
     if "polygons" in spec.outputs:
         polygons_path = _output_path(spec, "polygons", inputs, protected, "gpkg")  # .gpkg: never the raster
     min_area = _int_option(spec, "min_area_px", 0, 0, 2**62, "an integer number of pixels >= 0")
+    simplify = spec.options.get("simplify_px", 0.0)
+    if isinstance(simplify, bool) or not isinstance(simplify, (int, float)) or not 0 <= simplify <= 1e6 \
+            or not math.isfinite(simplify):  # compared first: math.isfinite(10**400) overflows
+        raise BackendError(f"options.simplify_px must be a number of pixels >= 0 and <= 1e6 (0: no simplification), "
+                           f"got {_short(simplify)}.")
     return ChangeRequest(model, before_path, after_path, raster_path, polygons_path, window, overlap,
-                         _batch_size(spec), min_area, job_id, spec.overwrite)
+                         _batch_size(spec), min_area, job_id, spec.overwrite, float(simplify))
 
 
 # A scene job has at most this many cells (cell_size 1 on a 4096² raster would be 16.8 million, hours of work);
@@ -282,7 +287,7 @@ TASK_RULES = {
                                        {"raster": "the result GeoTIFF path"}, ("batch_size",)),
     "change_detection": TaskRules(plan_change, detect_changes, ("raster",), ("polygons",),
                                   {"raster": "the change GeoTIFF path", "polygons": "a GeoPackage path"},
-                                  ("batch_size", "min_area_px")),
+                                  ("batch_size", "min_area_px", "simplify_px")),
     "scene_classification": TaskRules(plan_scenes, classify_scenes, ("vector",), (),
                                       {"vector": "the scene grid GeoPackage path"}, ("batch_size", "cell_size")),
     "detection": TaskRules(**_DETECTION_RULES),

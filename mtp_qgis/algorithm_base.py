@@ -15,6 +15,7 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterString,
     QgsProcessingUtils,
@@ -24,12 +25,14 @@ from qgis.PyQt.QtGui import QIcon
 from . import rendering
 from .backend_process import BACKEND
 from .client import BackendError, BackendUnreachable
+from .i18n import tr
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "mtp.svg")
 POLL_INTERVAL_S = 0.25
 CANCEL_WAIT_S = 30.0
 LOST_BACKEND_RETRIES = 3
 RASTER_SUFFIXES = (".tif", ".tiff")
+GSD_TOLERANCE = 2.0  # input and model pixel sizes further apart than this (either way) get a warning
 VECTOR_SUFFIXES = (".gpkg",)
 
 
@@ -47,6 +50,16 @@ def remove_partials(output_path, job_id):
                 pass
 
 
+def gsd_warning(layer_name, layer_gsd, model_id, model_gsd):
+    """The one warning for an input whose pixel size is far from the model's (shared with the dock)."""
+    return tr("'{layer}' has {gsd:.3g} m pixels but {model} was trained at {model_gsd:.3g} m/pixel "
+              "({times:.1f}x {way}): results will likely be poor. Resample to the model's resolution "
+              "(option RESAMPLE / the dock's check box), or use a model made for this resolution.").format(
+        layer=layer_name, gsd=layer_gsd, model=model_id or tr("the model"), model_gsd=model_gsd,
+        times=max(layer_gsd / model_gsd, model_gsd / layer_gsd),
+        way=tr("finer") if layer_gsd < model_gsd else tr("coarser"))
+
+
 def crs_string(crs):
     """authid when there is one (short, what GDAL likes), else WKT, else '' for 'no CRS'."""
     if not crs.isValid():
@@ -60,16 +73,20 @@ def extent_dict(rect, crs):
 
 
 class BackendAlgorithm(QgsProcessingAlgorithm):
-    """Base of the mtp:* algorithms. Subclasses set TASK, LABEL, DEFAULT_MODEL and implement
+    """Base of the mtp:* algorithms. Subclasses set TASK, DEFAULT_MODEL, implement label() and
     initAlgorithm, build_job and style_outputs."""
 
     EXTENT = "EXTENT"
     MODEL = "MODEL"
+    RESAMPLE = "RESAMPLE"
     OUTPUT = "OUTPUT"
 
     TASK = ""            # backend task name, e.g. "semantic_segmentation"
-    LABEL = ""           # what the analyst reads in messages, e.g. "Segmentation"
     DEFAULT_MODEL = ""
+
+    def label(self):
+        """What the analyst reads in messages, e.g. "Segmentation"."""
+        raise NotImplementedError
 
     def icon(self):
         return QIcon(ICON_PATH)
@@ -81,11 +98,16 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     def add_extent_parameter(self):
         self.addParameter(
-            QgsProcessingParameterExtent(self.EXTENT, "Extent (leave empty for the whole raster)", optional=True)
+            QgsProcessingParameterExtent(self.EXTENT, tr("Extent (leave empty for the whole raster)"), optional=True)
         )
 
     def add_model_parameter(self):
-        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model id", defaultValue=self.DEFAULT_MODEL))
+        """MODEL, and RESAMPLE: whether inputs whose pixel size differs from the model's by more than 2x are
+        resampled to the model's ground sample distance first."""
+        self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Model id"), defaultValue=self.DEFAULT_MODEL))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.RESAMPLE, tr("Resample inputs to the model's resolution when it differs by more than 2x"),
+            defaultValue=False, optional=True))
 
     def raster_layer(self, parameters, name, context):
         layer = self.parameterAsRasterLayer(parameters, name, context)
@@ -100,11 +122,12 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             return ""
         if output.startswith(("memory:", "ogr:", "postgres:", "spatialite:")) or "|" in output:
             raise QgsProcessingException(
-                f"{what} must be written to a file of its own ({' or '.join(suffixes)}; 'Save to File…'), "
-                f"not '{output}': the backend writes the whole file.")
+                tr("{what} must be written to a file of its own ({formats}; 'Save to File…'), not '{output}': the "
+                   "backend writes the whole file.").format(what=what, formats=" / ".join(suffixes), output=output))
         output = os.path.abspath(output)
         if Path(output).suffix.lower() not in suffixes:
-            raise QgsProcessingException(f"{what} must be a {' or '.join(suffixes)} file, not '{output}'.")
+            raise QgsProcessingException(tr("{what} must be a {formats} file, not '{output}'.").format(
+                what=what, formats=" / ".join(suffixes), output=output))
         os.makedirs(os.path.dirname(output), exist_ok=True)
         return output
 
@@ -121,7 +144,8 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             model = client.model(model_id)
         except BackendError as exc:
             raise QgsProcessingException(str(exc)) from exc
-        feedback.pushInfo(f"Backend {BACKEND.describe(client.url)}, model {model_id} ({model.get('name', '')})")
+        feedback.pushInfo(tr("Backend {backend}, model {model} ({name})").format(
+            backend=BACKEND.describe(client.url), model=model_id, name=model.get("name", "")))
         return client, model
 
     # --- extent and inputs ----------------------------------------------------------------------------
@@ -140,10 +164,16 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         return rect, crs
 
     def input_for_backend(self, layer, rect, crs, model, context, feedback, temporaries):
-        """(path, extent dict or None) for the job request. A layer that is not a local GDAL file is
-        rendered to a temporary GeoTIFF (appended to `temporaries`) covering `rect` (or the layer)."""
+        """(path, extent dict or None) for the job request. A layer that is not a local GDAL file, or one
+        the analyst asked to resample to the model's resolution, is rendered to a temporary GeoTIFF at the
+        model's ground sample distance (appended to `temporaries`) covering `rect` (or the layer)."""
+        model_gsd = float(model.get("gsd_m") or 0.0)
+        mismatch = rendering.gsd_mismatch(layer, model_gsd, GSD_TOLERANCE)
+        resample = bool(mismatch) and getattr(self, "resample", False)
+        if mismatch and not resample:
+            feedback.pushWarning(gsd_warning(layer.name(), mismatch[0], model.get("id", ""), model_gsd))
         path = rendering.local_file_path(layer)
-        if path:
+        if path and not resample:
             return path, (extent_dict(rect, crs) if rect is not None else None)
         render_extent = layer.extent()
         if rect is not None:
@@ -152,16 +182,20 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 rect = transform.transformBoundingBox(rect)
             render_extent = rect.intersect(layer.extent())
             if render_extent.isEmpty():
-                raise QgsProcessingException(f"The extent does not intersect the layer '{layer.name()}'.")
+                raise QgsProcessingException(
+                    tr("The extent does not intersect the layer '{layer}'.").format(layer=layer.name()))
         temporary = os.path.join(QgsProcessingUtils.tempFolder(), f"mtp_input_{uuid.uuid4().hex}.tif")
-        feedback.pushInfo(
-            f"Layer '{layer.name()}' is not a local GDAL file (provider {layer.providerType()}); "
-            f"rendering it at {model['gsd_m']} m/pixel to {temporary}"
-        )
+        if resample:
+            feedback.pushInfo(tr("Resampling '{layer}' from {gsd:.3g} m to the model's {model_gsd:.3g} m/pixel "
+                                 "({path})").format(layer=layer.name(), gsd=mismatch[0], model_gsd=model_gsd,
+                                                    path=temporary))
+        else:
+            feedback.pushInfo(tr("Layer '{layer}' is not a local GDAL file (provider {provider}); rendering it at "
+                                 "{gsd} m/pixel to {path}").format(layer=layer.name(), provider=layer.providerType(),
+                                                                   gsd=model_gsd, path=temporary))
         temporaries.append(temporary)
         try:
-            rendering.render_to_geotiff(layer, render_extent, float(model["gsd_m"]), temporary,
-                                        context.transformContext())
+            rendering.render_to_geotiff(layer, render_extent, model_gsd, temporary, context.transformContext())
         except ValueError as exc:
             raise QgsProcessingException(str(exc)) from exc
         return temporary, None
@@ -181,6 +215,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         model_id = self.model_id(parameters, context)
+        self.resample = self.parameterAsBoolean(parameters, self.RESAMPLE, context)
         # Parameters first (cheap, and a bad layer should not need a backend), then the backend.
         prepared = self.prepare(parameters, context)
         client, model = self.connect(model_id, feedback)
@@ -195,7 +230,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 job = client.submit(request)
             except BackendError as exc:
                 raise QgsProcessingException(str(exc)) from exc
-            feedback.pushInfo(f"Job {job['id']} submitted")
+            feedback.pushInfo(tr("Job {id} submitted").format(id=job["id"]))
             job = self.wait_for_job(client, job, output_files, feedback)
         finally:
             for temporary in temporaries:
@@ -214,7 +249,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         while True:
             if feedback.isCanceled():
                 self.cancel_job(client, job_id, outputs, feedback)
-                raise QgsProcessingException(f"{self.LABEL} cancelled; no output was written.")
+                raise QgsProcessingException(tr("{task} cancelled; no output was written.").format(task=self.label()))
             try:
                 job = client.job(job_id)
                 lost = 0
@@ -226,8 +261,9 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 for output in outputs:
                     remove_partials(output, job_id)
                 raise QgsProcessingException(
-                    f"The MTP backend stopped while running job {job_id}; the partial output was removed. "
-                    f"Run the algorithm again (the plugin restarts the backend). Details: {exc}"
+                    tr("The MTP backend stopped while running job {id}; the partial output was removed. Run the "
+                       "algorithm again (the plugin restarts the backend). Details: {details}").format(
+                        id=job_id, details=exc)
                 ) from exc
             except BackendError as exc:
                 raise QgsProcessingException(str(exc)) from exc
@@ -240,15 +276,17 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             if status == "succeeded":
                 return job
             if status == "failed":
-                reason = job.get("error") or "no reason given"
-                raise QgsProcessingException(f"{self.LABEL} failed in the backend: {reason}")
+                reason = job.get("error") or tr("no reason given")
+                raise QgsProcessingException(tr("{task} failed in the backend: {reason}").format(
+                    task=self.label(), reason=reason))
             if status == "cancelled":
                 raise QgsProcessingException(
-                    f"The {self.LABEL.lower()} job was cancelled in the backend; no output was written.")
+                    tr("The {task} job was cancelled in the backend; no output was written.").format(
+                        task=self.label().lower()))
             time.sleep(POLL_INTERVAL_S)
 
     def cancel_job(self, client, job_id, outputs, feedback):
-        feedback.pushInfo(f"Cancelling job {job_id}...")
+        feedback.pushInfo(tr("Cancelling job {id}...").format(id=job_id))
         status = None
         try:
             client.cancel(job_id)

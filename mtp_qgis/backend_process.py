@@ -5,7 +5,6 @@ Order: configured URL (setting/env) → live backend named in the state file →
 import atexit
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -13,8 +12,9 @@ from pathlib import Path
 
 from qgis.PyQt.QtCore import QCoreApplication
 
-from . import settings
-from .client import BackendError, MtpClient
+from . import backend_installer, settings
+from .client import BackendError, BackendNotInstalled, MtpClient
+from .i18n import tr
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 START_TIMEOUT_S = 90.0
@@ -32,7 +32,8 @@ def backend_source_root():
 
 
 def backend_python_executable(source_root):
-    """Python for the backend. Never sys.executable: inside QGIS that is the QGIS binary."""
+    """Python for the backend, or None when no usable one is known (then the dock offers to install one).
+    Never sys.executable: inside QGIS that is the QGIS binary."""
     configured = settings.backend_python()
     if configured:
         return configured
@@ -43,11 +44,9 @@ def backend_python_executable(source_root):
         venv_python_win = source_root / ".venv" / "Scripts" / "python.exe"
         if venv_python_win.exists():
             return str(venv_python_win)
-    # Where backend_bundle/install_backend_env.sh puts it for a plugin installed from the zip.
-    user_venv = Path.home() / ".local" / "share" / "mtp_qgis" / "venv" / "bin" / "python"
-    if user_venv.exists():
-        return str(user_venv)
-    return shutil.which("python3") or shutil.which("python") or "python3"
+    # Where backend_installer.py (the dock's "Install backend") puts it, once it finished.
+    installed = backend_installer.ready_env_python()
+    return str(installed) if installed else None
 
 
 def _client_for(url):
@@ -84,11 +83,9 @@ def _tail(path, lines=25):
 def _advice_for(log_tail, python):
     if "No module named" not in log_tail:
         return ""
-    root = backend_source_root()
-    requirements = root / "requirements.txt" if root and (root / "requirements.txt").exists() else None
-    install = f"`{python} -m pip install -r {requirements}`" if requirements else "the backend's requirements"
-    return (f"That Python lacks packages the backend needs: install them with {install}, or point the "
-            "plugin at another Python (setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON). ")
+    return tr("That Python lacks packages the backend needs: click \"Install backend\" in the MTP dock (or run "
+              "`python3 {installer}`), or point the plugin at another Python (setting mtp_qgis/backend_python or "
+              "$MTP_QGIS_BACKEND_PYTHON). ").format(installer=PLUGIN_DIR / "backend_installer.py")
 
 
 class BackendManager:
@@ -101,6 +98,11 @@ class BackendManager:
         self._url = None
         self.pid = None  # of the backend in use, when known (not for a configured URL)
         self.started_from = None  # source folder of the backend this manager started
+
+    @property
+    def log_path(self):
+        """The log of the backend this manager started last (None before the first start)."""
+        return self._log_path
 
     @property
     def started_process(self):
@@ -137,10 +139,10 @@ class BackendManager:
         source_root = backend_source_root()
         if source_root is None:
             raise BackendError(
-                "No MTP backend is running and none is bundled with the plugin "
-                f"(looked for backend/ next to {PLUGIN_DIR} and in {PLUGIN_DIR / 'backend_bundle'}). "
-                "Start one with `python -m backend serve` and set the URL in the MTP settings "
-                "(or $MTP_QGIS_BACKEND_URL)."
+                tr("No MTP backend is running and none is bundled with the plugin (looked for backend/ next to "
+                   "{plugin} and in {bundle}). Start one with `python -m backend serve` and set the URL in the MTP "
+                   "settings (or $MTP_QGIS_BACKEND_URL).").format(plugin=PLUGIN_DIR,
+                                                                 bundle=PLUGIN_DIR / "backend_bundle")
             )
         state_path = settings.state_file()
         state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,15 +151,20 @@ class BackendManager:
         self._log_path = state_path.with_name("backend.log")
         self.started_from = source_root
         python = backend_python_executable(source_root)
+        if python is None:
+            raise BackendNotInstalled(
+                tr("No backend environment is installed: click \"Install backend\" in the MTP dock, or run "
+                   "`python3 {installer}`, or set the backend Python (setting mtp_qgis/backend_python or "
+                   "$MTP_QGIS_BACKEND_PYTHON).").format(installer=PLUGIN_DIR / "backend_installer.py"))
         command = [
             python, "-m", "backend", "serve",
             "--port", "0",
             "--state-file", str(state_path),
             "--parent-pid", str(os.getpid()),
         ]
-        if settings.models_dir():
-            # Searched before the bundled models, which stay available.
-            command += ["--extra-models-dir", settings.models_dir()]
+        # Searched before the bundled models, which stay available: the configured folder, then the user
+        # models folder the model manager installs into.
+        command += ["--extra-models-dir", *filter(None, [settings.models_dir(), str(settings.user_models_dir())])]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), env.get("PYTHONPATH", "")]))
         with open(self._log_path, "wb") as log:
@@ -168,8 +175,9 @@ class BackendManager:
                 )
             except OSError as exc:
                 raise BackendError(
-                    f"Could not start the MTP backend with {python}: {exc}. Set the backend Python in the "
-                    "MTP settings (key mtp_qgis/backend_python) or $MTP_QGIS_BACKEND_PYTHON."
+                    tr("Could not start the MTP backend with {python}: {error}. Set the backend Python in the MTP "
+                       "settings (key mtp_qgis/backend_python) or $MTP_QGIS_BACKEND_PYTHON.").format(
+                        python=python, error=exc)
                 ) from exc
         _stop_when_qgis_quits()
         return self._wait_until_ready(state_path, python)
@@ -181,9 +189,11 @@ class BackendManager:
                 code = self._process.returncode
                 self._process = None
                 log_tail = _tail(self._log_path)
-                raise BackendError(
-                    f"The MTP backend ({python} -m backend serve) exited with code {code} while starting. "
-                    f"{_advice_for(log_tail, python)}Last lines of {self._log_path}:\n{log_tail}"
+                advice = _advice_for(log_tail, python)
+                raise (BackendNotInstalled if advice else BackendError)(
+                    tr("The MTP backend ({python} -m backend serve) exited with code {code} while starting. "
+                       "{advice}Last lines of {log}:").format(python=python, code=code, advice=advice,
+                                                               log=self._log_path) + "\n" + log_tail
                 )
             state = _read_state(state_path)
             if state and state.get("url") and _is_alive(state["url"]):
@@ -191,8 +201,8 @@ class BackendManager:
             time.sleep(0.2)
         self.stop()
         raise BackendError(
-            f"The MTP backend did not become ready within {START_TIMEOUT_S:.0f} s. "
-            f"Last lines of {self._log_path}:\n{_tail(self._log_path)}"
+            tr("The MTP backend did not become ready within {seconds:.0f} s. Last lines of {log}:").format(
+                seconds=START_TIMEOUT_S, log=self._log_path) + "\n" + _tail(self._log_path)
         )
 
     def stop(self):

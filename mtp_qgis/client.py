@@ -6,6 +6,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from .i18n import tr
+
 # The backend's answer to GET /health?challenge=C is HMAC-SHA256(token, "<PROOF_PREFIX> C PORT") (backend/api.py).
 PROOF_PREFIX = "mtp_qgis health"
 
@@ -18,6 +20,10 @@ class BackendUnreachable(BackendError):
     pass
 
 
+class BackendNotInstalled(BackendError):
+    """No Python environment with the backend's packages exists yet (the dock offers to install one)."""
+
+
 class BackendAuthError(BackendError):
     pass
 
@@ -28,7 +34,8 @@ class BackendIdentityError(BackendAuthError):
 
 class BackendRequestError(BackendError):
     def __init__(self, status_code, detail):
-        super().__init__(f"The backend refused the request (HTTP {status_code}): {detail}")
+        super().__init__(tr("The backend refused the request (HTTP {status}): {detail}").format(
+            status=status_code, detail=detail))
         self.status_code = status_code
         self.detail = detail
 
@@ -103,21 +110,23 @@ class MtpClient:
                 )
         except requests.exceptions.RequestException as exc:
             raise BackendUnreachable(
-                f"The MTP backend at {self.url} is not reachable ({exc.__class__.__name__}). "
-                "Check that it is running, or unset the configured backend URL so the plugin starts one."
+                tr("The MTP backend at {url} is not reachable ({error}). Check that it is running, or unset the "
+                   "configured backend URL so the plugin starts one.").format(url=self.url,
+                                                                              error=exc.__class__.__name__)
             ) from exc
         if response.status_code == 401:
             raise BackendAuthError(
-                f"The MTP backend at {self.url} rejected the access token (HTTP 401). "
-                f"The plugin reads the token from {self.token_source}; it must match the backend's "
-                "token ($MTP_QGIS_TOKEN or ~/.config/mtp_qgis/token on the backend's machine)."
+                tr("The MTP backend at {url} rejected the access token (HTTP 401). The plugin reads the token from "
+                   "{source}; it must match the backend's token ($MTP_QGIS_TOKEN or ~/.config/mtp_qgis/token on "
+                   "the backend's machine).").format(url=self.url, source=self.token_source)
             )
         if response.status_code >= 400:
             raise BackendRequestError(response.status_code, _detail_of(response))
         try:
             return response.json()
         except ValueError as exc:
-            raise BackendError(f"The backend at {self.url} answered {path} with something that is not JSON.") from exc
+            raise BackendError(tr("The backend at {url} answered {path} with something that is not JSON.").format(
+                url=self.url, path=path)) from exc
 
     def health(self):
         return self._request("GET", "/health", authenticated=False)
@@ -130,8 +139,9 @@ class MtpClient:
         for info in models:
             if info["id"] == model_id:
                 return info
-        known = ", ".join(sorted(m["id"] for m in models)) or "none"
-        raise BackendRequestError(404, f"unknown model '{model_id}'; the backend has: {known}")
+        known = ", ".join(sorted(m["id"] for m in models)) or tr("none")
+        raise BackendRequestError(404, tr("unknown model '{model}'; the backend has: {known}").format(
+            model=model_id, known=known))
 
     def submit(self, job_request):
         return self._request("POST", "/jobs", json_body=job_request)

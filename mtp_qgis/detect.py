@@ -14,6 +14,7 @@ from qgis.core import (
 
 from . import styling
 from .algorithm_base import VECTOR_SUFFIXES, BackendAlgorithm
+from .i18n import tr
 from .settings import DEFAULT_DETECTION_MODEL_ID, DEFAULT_ROTATED_DETECTION_MODEL_ID
 
 DETECTION, ROTATED_DETECTION = "detection", "rotated_detection"
@@ -25,10 +26,12 @@ class _DetectionAlgorithm(BackendAlgorithm):
 
     INPUT = "INPUT"
     SCORE_THRESHOLD = "SCORE_THRESHOLD"
-    BOXES = ""  # "horizontal" or "rotated", for the help text
+    def boxes(self):
+        """The kind of box, for the help text."""
+        raise NotImplementedError
 
     def group(self):
-        return "Object detection"
+        return tr("Object detection")
 
     def groupId(self):  # noqa: N802
         return "object_detection"
@@ -37,42 +40,42 @@ class _DetectionAlgorithm(BackendAlgorithm):
         raise NotImplementedError
 
     def shortHelpString(self):  # noqa: N802
-        return (
-            f"Finds objects (ships, vehicles, planes, …) in a raster layer and outlines each with a "
-            f"{self.BOXES} box, using an object-detection model run by the local MTP backend.\n\n"
+        return tr(
+            "Finds objects (ships, vehicles, planes, …) in a raster layer and outlines each with a "
+            "{boxes} box, using an object-detection model run by the local MTP backend.\n\n"
             "Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first "
             "rendered at the model's ground sample distance. The model was trained at one pixel size "
             "(its gsd_m, shown in the log): imagery far finer or coarser finds fewer objects.\n"
             "Extent: optional, in any CRS; objects whose centre lies inside it are kept (boxes are not "
             "clipped).\n"
-            f"Model: id of a {self.TASK} model the backend knows (default {self.DEFAULT_MODEL}); a model of "
+            "Model: id of a {task} model the backend knows (default {default}); a model of "
             "another task is refused.\n"
             "Score threshold: keep objects whose score (the model's probability for the class, 0–1) is at "
             "least this; leave empty for the model's own threshold. Lower finds more objects and more "
             "false alarms.\n"
-            f"Detections: GeoPackage (layer '{LAYER_NAME}') of one 4-corner polygon per object in the input's "
-            "CRS (pixel coordinates, y up, for a raster without CRS), sorted by descending score. "
-            + self._fields_help()
-            + " No object gives an empty layer, not an error. Styled by class (coloured outlines, no fill) "
+            "Detections: GeoPackage (layer '{layer}') of one 4-corner polygon per object in the input's "
+            "CRS (pixel coordinates, y up, for a raster without CRS), sorted by descending score. {fields} "
+            "No object gives an empty layer, not an error. Styled by class (coloured outlines, no fill) "
             "with class and score labels; a .qml style is written beside it."
-        )
+        ).format(boxes=self.boxes(), task=self.TASK, default=self.DEFAULT_MODEL, layer=LAYER_NAME,
+                 fields=self._fields_help())
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Input raster")))
         self.add_extent_parameter()
         self.add_model_parameter()
         self.addParameter(QgsProcessingParameterNumber(
-            self.SCORE_THRESHOLD, "Score threshold 0–1 (empty = the model's own)",
-            QgsProcessingParameterNumber.Double, defaultValue=None, optional=True, minValue=0.0, maxValue=1.0))
+            self.SCORE_THRESHOLD, tr("Score threshold 0–1 (empty = the model's own)"),
+            QgsProcessingParameterNumber.Type.Double, defaultValue=None, optional=True, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, "Detections", QgsProcessing.TypeVectorPolygon))
+            self.OUTPUT, tr("Detections"), QgsProcessing.SourceType.TypeVectorPolygon))
 
     def score_threshold(self, parameters, context):
         """The threshold to send, or None for the model's own."""
         raw = parameters.get(self.SCORE_THRESHOLD)
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             return None
-        problem = f"The score threshold must be a number between 0 and 1, not '{raw}'."
+        problem = tr("The score threshold must be a number between 0 and 1, not '{value}'.").format(value=raw)
         if isinstance(raw, str):
             # QGIS 3.22 lets a non-number through its check and reads it as 0 (keep everything).
             try:
@@ -87,7 +90,7 @@ class _DetectionAlgorithm(BackendAlgorithm):
 
     def prepare(self, parameters, context):
         layer = self.raster_layer(parameters, self.INPUT, context)
-        output = self.output_path(parameters, self.OUTPUT, context, VECTOR_SUFFIXES, "The detections")
+        output = self.output_path(parameters, self.OUTPUT, context, VECTOR_SUFFIXES, tr("The detections"))
         return {"layer": layer, "output": output, "threshold": self.score_threshold(parameters, context)}
 
     def build_job(self, prepared, parameters, context, feedback, model, temporaries):
@@ -97,11 +100,11 @@ class _DetectionAlgorithm(BackendAlgorithm):
         options = {}
         if prepared["threshold"] is not None:
             options["score_threshold"] = prepared["threshold"]
-            feedback.pushInfo(f"Score threshold {prepared['threshold']}")
+            feedback.pushInfo(tr("Score threshold {value}").format(value=prepared["threshold"]))
         else:
-            feedback.pushInfo("Score threshold: the model's own")
+            feedback.pushInfo(tr("Score threshold: the model's own"))
         if model.get("gsd_m"):
-            feedback.pushInfo(f"The model was trained at {model['gsd_m']} m/pixel")
+            feedback.pushInfo(tr("The model was trained at {gsd} m/pixel").format(gsd=model["gsd_m"]))
         request = {"inputs": [source], "outputs": {"vector": prepared["output"]}, "options": options}
         if extent is not None:
             request["extent"] = extent
@@ -112,47 +115,55 @@ class _DetectionAlgorithm(BackendAlgorithm):
         output = outputs[self.OUTPUT]
         layer = QgsVectorLayer(f"{output}|layername={LAYER_NAME}", "detections", "ogr")
         if layer.isValid():
-            request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry)
+            request = QgsFeatureRequest().setFlags(QgsFeatureRequest.Flag.NoGeometry)
             request.setSubsetOfAttributes(["class_name"], layer.fields())
             counts = Counter(str(f["class_name"]) for f in layer.getFeatures(request))
             summary = ", ".join(f"{name} {n}" for name, n in counts.most_common())
-            feedback.pushInfo(f"{sum(counts.values())} object(s) found" + (f": {summary}" if summary else ""))
+            feedback.pushInfo(tr("{n} object(s) found").format(n=sum(counts.values())) + (f": {summary}" if summary else ""))
         qml = styling.write_vector_style_file(output, classes, styling.apply_detection_style)
         if qml:
-            feedback.pushInfo(f"Style with the class colours and labels written to {qml}")
+            feedback.pushInfo(tr("Style with the class colours and labels written to {path}").format(path=qml))
         styling.style_when_loaded(context, output, classes, styling.apply_detection_style, QgsVectorLayer)
 
 
 class DetectAlgorithm(_DetectionAlgorithm):
     TASK = DETECTION
-    LABEL = "Object detection"
     DEFAULT_MODEL = DEFAULT_DETECTION_MODEL_ID
-    BOXES = "horizontal (axis-aligned)"
+
+    def label(self):
+        return tr("Object detection")
+
+    def boxes(self):
+        return tr("horizontal (axis-aligned)")
 
     def name(self):
         return "detect"
 
     def displayName(self):  # noqa: N802
-        return "Object detection (horizontal boxes)"
+        return tr("Object detection (horizontal boxes)")
 
     def _fields_help(self):
-        return ("Fields: class_id (integer), class_name (the model's class), score (0–1). The boxes are "
+        return tr("Fields: class_id (integer), class_name (the model's class), score (0–1). The boxes are "
                 "aligned with the raster's pixel grid.")
 
 
 class DetectRotatedAlgorithm(_DetectionAlgorithm):
     TASK = ROTATED_DETECTION
-    LABEL = "Rotated object detection"
     DEFAULT_MODEL = DEFAULT_ROTATED_DETECTION_MODEL_ID
-    BOXES = "rotated (oriented)"
+
+    def label(self):
+        return tr("Rotated object detection")
+
+    def boxes(self):
+        return tr("rotated (oriented)")
 
     def name(self):
         return "detect_rotated"
 
     def displayName(self):  # noqa: N802
-        return "Object detection (rotated boxes)"
+        return tr("Object detection (rotated boxes)")
 
     def _fields_help(self):
-        return ("Fields: class_id (integer), class_name (the model's class), score (0–1), angle (degrees in "
+        return tr("Fields: class_id (integer), class_name (the model's class), score (0–1), angle (degrees in "
                 "[0, 180): direction of the long side, clockwise from grid north / up), width (short side) "
                 "and length (long side) in CRS units (metres for a metric CRS, pixels without CRS).")

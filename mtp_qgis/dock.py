@@ -1,6 +1,7 @@
 """Dock widget: the analyst picks a task (segmentation, change detection, scene classification, object
 detection with horizontal or rotated boxes), the dock collects that algorithm's parameters and runs the
 same Processing algorithm as a QGIS task."""
+import html
 import os
 import re
 import tempfile
@@ -8,6 +9,7 @@ import time
 
 from qgis.core import (
     QgsApplication,
+    QgsCoordinateTransform,
     QgsMapLayerProxyModel,
     QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
@@ -19,24 +21,31 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, pyqtSignal, pyqtSlot
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal, pyqtSlot
+from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDockWidget,
     QDoubleSpinBox,
-    QFormLayout,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
-from . import styling
+from . import rendering, styling
+from .algorithm_base import GSD_TOLERANCE, gsd_warning
+from .backend_panel import BackendPanel, log_link
 from .backend_process import BACKEND
+from .client import BackendNotInstalled
+from .i18n import tr
+from .models_panel import ModelsPanel, task_name
 from .settings import (
     DEFAULT_CHANGE_MODEL_ID,
     DEFAULT_DETECTION_MODEL_ID,
@@ -48,18 +57,19 @@ from .settings import (
 SEGMENTATION, CHANGE, SCENES = "semantic_segmentation", "change_detection", "scene_classification"
 DETECTION, ROTATED = "detection", "rotated_detection"
 DETECTION_TASKS = (DETECTION, ROTATED)
-# task → (label shown to the analyst, Processing algorithm, model id used until the backend lists its models)
+# task → (Processing algorithm, model id used until the backend lists its models); labels: task_name()
 TASKS = {
-    SEGMENTATION: ("Segmentation", "mtp:segment", DEFAULT_MODEL_ID),
-    CHANGE: ("Change detection", "mtp:change", DEFAULT_CHANGE_MODEL_ID),
-    SCENES: ("Scene classification", "mtp:classify_scenes", DEFAULT_SCENE_MODEL_ID),
-    DETECTION: ("Object detection (boxes)", "mtp:detect", DEFAULT_DETECTION_MODEL_ID),
-    ROTATED: ("Object detection (rotated boxes)", "mtp:detect_rotated", DEFAULT_ROTATED_DETECTION_MODEL_ID),
+    SEGMENTATION: ("mtp:segment", DEFAULT_MODEL_ID),
+    CHANGE: ("mtp:change", DEFAULT_CHANGE_MODEL_ID),
+    SCENES: ("mtp:classify_scenes", DEFAULT_SCENE_MODEL_ID),
+    DETECTION: ("mtp:detect", DEFAULT_DETECTION_MODEL_ID),
+    ROTATED: ("mtp:detect_rotated", DEFAULT_ROTATED_DETECTION_MODEL_ID),
 }
 # task → the word in the result file name
 RESULT_KINDS = {SEGMENTATION: "segmentation", CHANGE: "change", SCENES: "scenes", DETECTION: "detections",
                 ROTATED: "rotated_detections"}
-ALGORITHM_ID = TASKS[SEGMENTATION][1]
+ALGORITHM_ID = TASKS[SEGMENTATION][0]
+STATUS_LIMIT = 300  # characters of a failure reason shown in the dock; the whole reason is its tooltip
 
 OUTPUT_DIR_SETTING = "mtp_qgis/dock_output_dir"
 
@@ -91,7 +101,7 @@ class DockFeedback(QgsProcessingFeedback):
 
 class MtpDockWidget(QDockWidget):
     def __init__(self, iface, parent=None):
-        super().__init__("MTP models", parent)
+        super().__init__(tr("MTP models"), parent)
         self.iface = iface
         self._all_models = []  # every model the backend listed, any task
         self._models = {}      # those of the chosen task, by id
@@ -113,87 +123,152 @@ class MtpDockWidget(QDockWidget):
 
     # --- UI --------------------------------------------------------------------------------------
 
+    def _row(self, parent, layout, label, field):
+        """One line of the form: a label (text, widget or None) and a field (widget or layout). A hidden line
+        takes no room (a QFormLayout would keep its spacing)."""
+        row = QWidget(parent)
+        line = QHBoxLayout(row)
+        line.setContentsMargins(0, 0, 0, 0)
+        if label is not None:
+            label = QLabel(label, row) if isinstance(label, str) else label
+            line.addWidget(label)
+            self._row_labels.append(label)
+        if isinstance(field, QHBoxLayout):
+            line.addLayout(field, 1)
+        else:
+            line.addWidget(field, 1)
+        layout.addWidget(row)
+        return row
+
     def _build_ui(self):
         body = QWidget(self)
-        form = QFormLayout()
-        self.task_combo = QComboBox(body)
-        for task, (label, _, _) in TASKS.items():
-            self.task_combo.addItem(label, task)
-        form.addRow("Task", self.task_combo)
-        self.layer_label = QLabel("Raster layer", body)
-        self.layer_combo = QgsMapLayerComboBox(body)
+        run_tab = QWidget(body)
+        form = QVBoxLayout()
+        self._row_labels = []
+        self.task_combo = QComboBox(run_tab)
+        for task in TASKS:
+            self.task_combo.addItem(task_name(task), task)
+        self._row(run_tab, form, tr("Task"), self.task_combo)
+        self.layer_label = QLabel(tr("Raster layer"), run_tab)
+        self.layer_combo = QgsMapLayerComboBox(run_tab)
         self.layer_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
-        form.addRow(self.layer_label, self.layer_combo)
-        self.after_label = QLabel("After (later)", body)
-        self.after_combo = QgsMapLayerComboBox(body)
+        self._row(run_tab, form, self.layer_label, self.layer_combo)
+        self.after_label = QLabel(tr("After (later)"), run_tab)
+        self.after_combo = QgsMapLayerComboBox(run_tab)
         self.after_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
-        form.addRow(self.after_label, self.after_combo)
+        self.after_row = self._row(run_tab, form, self.after_label, self.after_combo)
         model_row = QHBoxLayout()
-        self.model_combo = QComboBox(body)
+        self.model_combo = QComboBox(run_tab)
         self.model_combo.setEditable(True)  # a model id can be typed when the backend is not up yet
         self.model_combo.addItem(DEFAULT_MODEL_ID)
-        self.refresh_button = QPushButton("Refresh", body)
-        self.refresh_button.setToolTip("Ask the backend which models it has (starts it if needed)")
+        self.refresh_button = QPushButton(tr("Refresh"), run_tab)
+        self.refresh_button.setToolTip(tr("Ask the backend which models it has (starts it if needed)"))
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.refresh_button)
-        form.addRow("Model", model_row)
-        self.cell_label = QLabel("Cell size", body)
-        self.cell_size = QSpinBox(body)
+        self._row(run_tab, form, tr("Model"), model_row)
+        self.gsd_warning = QLabel("", run_tab)
+        self.gsd_warning.setWordWrap(True)
+        self.gsd_warning.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.gsd_warning.setStyleSheet("color: #a05a00;")
+        self.resample_check = QCheckBox(tr("Resample to the model's resolution"), run_tab)
+        self.resample_check.setToolTip(tr("Render the input at the model's ground sample distance first; the "
+                                          "result is then on that grid"))
+        form.addWidget(self.gsd_warning)
+        form.addWidget(self.resample_check)
+        self.cell_label = QLabel(tr("Cell size"), run_tab)
+        self.cell_size = QSpinBox(run_tab)
         self.cell_size.setRange(0, 100000)
-        self.cell_size.setSuffix(" px")
-        self.cell_size.setSpecialValueText("model's tile size")  # shown for 0
-        self.cell_size.setToolTip("Side of a grid cell in pixels of the input raster")
-        form.addRow(self.cell_label, self.cell_size)
-        self.threshold_check = QCheckBox("Score threshold", body)
-        self.threshold_check.setToolTip("Unchecked: the model's own threshold")
-        self.threshold = QDoubleSpinBox(body)
+        self.cell_size.setSuffix(tr(" px"))
+        self.cell_size.setSpecialValueText(tr("model's tile size"))  # shown for 0
+        self.cell_size.setToolTip(tr("Side of a grid cell in pixels of the input raster"))
+        self.cell_row = self._row(run_tab, form, self.cell_label, self.cell_size)
+        self.threshold_check = QCheckBox(tr("Score threshold"), run_tab)
+        self.threshold_check.setToolTip(tr("Unchecked: the model's own threshold"))
+        self.threshold = QDoubleSpinBox(run_tab)
         self.threshold.setRange(0.0, 1.0)
         self.threshold.setDecimals(2)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
         self.threshold.setEnabled(False)
-        self.threshold.setToolTip("Keep objects whose score (0–1) is at least this; lower finds more, "
-                                  "with more false alarms")
+        self.threshold.setToolTip(tr("Keep objects whose score (0–1) is at least this; lower finds more, "
+                                     "with more false alarms"))
         self.threshold_check.toggled.connect(self.threshold.setEnabled)
-        form.addRow(self.threshold_check, self.threshold)
-        self.polygons_check = QCheckBox("Also write change polygons (GeoPackage)", body)
+        self.threshold_row = self._row(run_tab, form, self.threshold_check, self.threshold)
+        self.polygons_check = QCheckBox(tr("Also write change polygons (GeoPackage)"), run_tab)
         self.polygons_check.setChecked(True)
-        form.addRow("", self.polygons_check)
-        self.extent_check = QCheckBox("Use current map extent", body)
-        form.addRow("", self.extent_check)
-        self.output_dir = QgsFileWidget(body)
+        form.addWidget(self.polygons_check)
+        self.min_area_label = QLabel(tr("Smallest change"), run_tab)
+        self.min_area = QDoubleSpinBox(run_tab)
+        self.min_area.setRange(-1.0, 1e9)
+        self.min_area.setDecimals(2)
+        self.min_area.setValue(-1.0)
+        self.min_area.setSpecialValueText(tr("9 model pixels"))  # shown for -1: the algorithm's default
+        self.min_area.setToolTip(tr("Change polygons smaller than this area (in the before raster's CRS units², "
+                                    "m² for a metric CRS) are left out; the raster keeps them"))
+        self.min_area_row = self._row(run_tab, form, self.min_area_label, self.min_area)
+        self.simplify_label = QLabel(tr("Simplify outlines"), run_tab)
+        self.simplify = QDoubleSpinBox(run_tab)
+        self.simplify.setRange(0.0, 100.0)
+        self.simplify.setDecimals(1)
+        self.simplify.setSuffix(tr(" px"))
+        self.simplify.setSpecialValueText(tr("no (pixel edges)"))
+        self.simplify_row = self._row(run_tab, form, self.simplify_label, self.simplify)
+        self.extent_check = QCheckBox(tr("Use current map extent"), run_tab)
+        form.addWidget(self.extent_check)
+        self.output_dir = QgsFileWidget(run_tab)
         self.output_dir.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.output_dir.setFilePath(QgsSettings().value(OUTPUT_DIR_SETTING, "", type=str))
-        self.output_dir.lineEdit().setPlaceholderText("temporary folder (lost when QGIS closes)")
-        self.output_dir.setToolTip("Folder for the results and their .qml styles; remembered.")
+        self.output_dir.lineEdit().setPlaceholderText(tr("temporary folder (lost when QGIS closes)"))
+        self.output_dir.setToolTip(tr("Folder for the results and their .qml styles; remembered."))
         self.output_dir.fileChanged.connect(lambda path: QgsSettings().setValue(OUTPUT_DIR_SETTING, path))
-        form.addRow("Save results in", self.output_dir)
+        self._row(run_tab, form, tr("Save results in"), self.output_dir)
+        width = max(label.sizeHint().width() for label in self._row_labels)
+        for label in self._row_labels:  # one column of labels, as in a form
+            label.setMinimumWidth(width)
 
         buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run", body)
-        self.cancel_button = QPushButton("Cancel", body)
+        self.run_button = QPushButton(tr("Run"), run_tab)
+        self.cancel_button = QPushButton(tr("Cancel"), run_tab)
         self.cancel_button.setEnabled(False)
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar(body)
+        self.progress = QProgressBar(run_tab)
         self.progress.setRange(0, 100)
-        self.status = QLabel("Ready.", body)
+        self.status = QLabel(tr("Ready."), run_tab)
         self.status.setWordWrap(True)
+        # Never wider than the dock: a long path must not widen it.
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status.setTextFormat(Qt.TextFormat.RichText)
+        self.status.linkActivated.connect(self.open_link)
 
+        run_layout = QVBoxLayout(run_tab)
+        run_layout.addLayout(form)
+        run_layout.addLayout(buttons)
+        run_layout.addWidget(self.progress)
+        run_layout.addWidget(self.status)
+        run_layout.addStretch(1)
+
+        self.backend_panel = BackendPanel(body)
+        self.models_panel = ModelsPanel(body)
+        self.tabs = QTabWidget(body)
+        self.tabs.addTab(run_tab, tr("Run"))
+        self.tabs.addTab(self.models_panel, tr("Models"))
         layout = QVBoxLayout(body)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        layout.addWidget(self.backend_panel)
+        layout.addWidget(self.tabs)
         self.setWidget(body)
 
         self.task_combo.currentIndexChanged.connect(self._task_changed)
         # A bound method, not a lambda: Qt drops the connection when the dock is deleted.
         self.layer_combo.layerChanged.connect(self._before_layer_changed)
+        self.model_combo.currentTextChanged.connect(self._check_resolution)
+        self.polygons_check.toggled.connect(self._show_task_widgets)
         self.refresh_button.clicked.connect(self.refresh_models)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.backend_panel.installed.connect(self._backend_installed)
+        self.models_panel.changed.connect(self.refresh_models)
+        self.tabs.currentChanged.connect(self._tab_changed)
         self._show_task_widgets()
 
     def current_task(self):
@@ -204,35 +279,73 @@ class MtpDockWidget(QDockWidget):
 
     def _show_task_widgets(self):
         task = self.current_task()
-        self.layer_label.setText("Before (earlier)" if task == CHANGE else "Raster layer")
-        for widget in (self.after_label, self.after_combo, self.polygons_check):
+        self.layer_label.setText(tr("Before (earlier)") if task == CHANGE else tr("Raster layer"))
+        for widget in (self.after_row, self.polygons_check):
             widget.setVisible(task == CHANGE)
-        for widget in (self.cell_label, self.cell_size):
-            widget.setVisible(task == SCENES)
-        for widget in (self.threshold_check, self.threshold):
-            widget.setVisible(task in DETECTION_TASKS)
+        for widget in (self.min_area_row, self.simplify_row):
+            widget.setVisible(task == CHANGE and self.polygons_check.isChecked())
+        self.cell_row.setVisible(task == SCENES)
+        self.threshold_row.setVisible(task in DETECTION_TASKS)
 
     def _task_changed(self, index):
         self._show_task_widgets()
         self._show_models()
         self._pick_other_after_layer()
+        self._check_resolution()
 
     def _before_layer_changed(self, layer):
         self._pick_other_after_layer()
+        self._check_resolution()
+
+    def _tab_changed(self, index):
+        if self.tabs.widget(index) is self.models_panel and self.models_panel.fetch is None \
+                and not self.models_panel.available:
+            self.models_panel.refresh()
 
     def _pick_other_after_layer(self):
-        """Both combos start on the same layer; offer another raster as the after image when there is one."""
-        before = self.layer_combo.currentLayer()
-        if self.current_task() != CHANGE or before is None or self.after_combo.currentLayer() is not before:
+        """When the after layer is the before layer or does not overlap it (the combos start on whichever layer
+        comes first), offer the raster that overlaps the before one most; an analyst's overlapping choice stays."""
+        before, after = self.layer_combo.currentLayer(), self.after_combo.currentLayer()
+        if self.current_task() != CHANGE or before is None:
             return
+        if after is not None and after is not before and overlap_area(before, after) > 0:
+            return
+        best, best_area = None, 0.0
         for layer in QgsProject.instance().mapLayers().values():
-            if isinstance(layer, QgsRasterLayer) and layer is not before:
-                self.after_combo.setLayer(layer)
-                return
+            if not isinstance(layer, QgsRasterLayer) or layer is before:
+                continue
+            area = overlap_area(before, layer)
+            if area > best_area:
+                best, best_area = layer, area
+        if best is not None:
+            self.after_combo.setLayer(best)
+
+    def _check_resolution(self, *args):
+        """Warn when the input's pixel size is more than 2x away from the chosen model's."""
+        layer = self.layer_combo.currentLayer()
+        model = self._models.get(self.model_combo.currentText().strip())
+        mismatch = None
+        if layer is not None and model and model.get("gsd_m"):
+            mismatch = rendering.gsd_mismatch(layer, model["gsd_m"], GSD_TOLERANCE)
+        if mismatch:
+            self.gsd_warning.setText(gsd_warning(layer.name(), mismatch[0], model["id"], float(model["gsd_m"])))
+        self.gsd_warning.setVisible(bool(mismatch))
+        self.resample_check.setVisible(bool(mismatch))
+        return mismatch
 
     @pyqtSlot(str)
     def set_status(self, text):
-        self.status.setText(text)
+        """A status line in plain text (failure reasons are cut short; the whole reason is the tooltip)."""
+        short = text if len(text) <= STATUS_LIMIT else text[:STATUS_LIMIT].rstrip() + "…"
+        self.status.setText(html.escape(short, quote=False))
+        self.status.setToolTip(text if short != text else "")
+
+    def set_status_html(self, markup):
+        self.status.setText(markup)
+        self.status.setToolTip("")
+
+    def open_link(self, link):
+        QDesktopServices.openUrl(QUrl(link))
 
     @pyqtSlot(str)
     def _remember_error(self, text):
@@ -242,15 +355,15 @@ class MtpDockWidget(QDockWidget):
     def _show_progress(self, value):
         self.progress.setValue(int(value))
 
-    # --- models ----------------------------------------------------------------------------------
+    # --- backend and models ------------------------------------------------------------------------------
 
     def refresh_models(self):
         """Fetch the model list in a background task: starting the backend can take seconds."""
         if self._models_task is not None:
             return
-        self.set_status("Contacting the backend...")
+        self.set_status(tr("Contacting the backend..."))
         self.refresh_button.setEnabled(False)
-        self._models_task = QgsTask.fromFunction("MTP: list models", self._fetch_models,
+        self._models_task = QgsTask.fromFunction(tr("MTP: list models"), self._fetch_models,
                                                  on_finished=self._models_fetched)
         QgsApplication.taskManager().addTask(self._models_task)
 
@@ -263,21 +376,38 @@ class MtpDockWidget(QDockWidget):
         if self._closing:
             return  # the plugin was unloaded while the backend was being asked
         self.refresh_button.setEnabled(True)
-        if exception is not None:
-            self.set_status(f"Could not list models: {exception}")
+        if isinstance(exception, BackendNotInstalled):
+            self.backend_panel.show_missing(BACKEND.log_path if BACKEND.log_path and BACKEND.log_path.exists()
+                                            else None)
+            self.set_status(tr("Install the backend (above) to run models."))
             return
+        if exception is not None:
+            first = str(exception).split("\n", 1)[0]
+            short = first if len(first) <= STATUS_LIMIT else first[:STATUS_LIMIT].rstrip() + "…"
+            log = BACKEND.log_path
+            self.set_status_html(html.escape(tr("Could not list models: {reason}").format(reason=short), quote=False)
+                                 + (" " + log_link(log) if log and log.exists() else ""))
+            self.status.setToolTip(str(exception))
+            return
+        self.backend_panel.hide()
         self.fill_models(models or [])
+
+    def _backend_installed(self, python):
+        self.set_status(tr("Backend installed; starting it..."))
+        self.refresh_models()
 
     def fill_models(self, models):
         """Remember the backend's models (all tasks) and list those of the chosen task."""
         self._all_models = list(models)
+        self.models_panel.set_backend_models(self._all_models)
         self._show_models()
 
     def _show_models(self):
         task = self.current_task()
-        label, _, default_model = TASKS[task]
+        _, default_model = TASKS[task]
         current = self.model_combo.currentText()
         self._models = {m["id"]: m for m in self._all_models if m.get("task") == task}
+        self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for model_id, info in sorted(self._models.items()):
             self.model_combo.addItem(model_id)
@@ -289,32 +419,41 @@ class MtpDockWidget(QDockWidget):
             self.model_combo.setCurrentText(default_model)
         elif default_model in self._models:
             self.model_combo.setCurrentText(default_model)
+        self.model_combo.blockSignals(False)
+        self._check_resolution()
         if self._all_models or self._asked_backend:
-            self.set_status(f"{len(self._models)} {label.lower()} model(s) available.")
+            self.set_status(tr("{n} {task} model(s) available.").format(n=len(self._models),
+                                                                         task=task_name(task).lower()))
 
     # --- run -------------------------------------------------------------------------------------
 
     def parameters(self):
         """The parameters of the chosen task's algorithm (also used by tests)."""
         task = self.current_task()
-        label, _, default_model = TASKS[task]
+        _, default_model = TASKS[task]
         layer = self.layer_combo.currentLayer()
         if layer is None:
-            raise ValueError("Choose the before layer first." if task == CHANGE else "Choose a raster layer first.")
+            raise ValueError(tr("Choose the before layer first.") if task == CHANGE else
+                             tr("Choose a raster layer first."))
         folder = self.output_dir.filePath().strip()
         params = {"MODEL": self.model_combo.currentText().strip() or default_model}
+        if self.resample_check.isChecked() and self._check_resolution():
+            params["RESAMPLE"] = True
         if task == SEGMENTATION:
             params.update(INPUT=layer.id(), OUTPUT=result_path_for(layer.name(), folder))
         elif task == CHANGE:
             after = self.after_combo.currentLayer()
             if after is None:
-                raise ValueError("Choose the after layer (the later image) first.")
+                raise ValueError(tr("Choose the after layer (the later image) first."))
             if after.id() == layer.id():
-                raise ValueError("Before and after are the same layer; choose the two dates to compare.")
+                raise ValueError(tr("Before and after are the same layer; choose the two dates to compare."))
             output = result_path_for(f"{layer.name()}_{after.name()}", folder, "change")
             params.update(BEFORE=layer.id(), AFTER=after.id(), OUTPUT=output)
             if self.polygons_check.isChecked():
                 params["OUTPUT_POLYGONS"] = output[:-len(".tif")] + "_polygons.gpkg"
+                if self.min_area.value() >= 0:
+                    params["MIN_AREA"] = self.min_area.value()
+                params["SIMPLIFY"] = self.simplify.value()
         else:
             params.update(INPUT=layer.id(),
                           OUTPUT=result_path_for(layer.name(), folder, RESULT_KINDS[task], ".gpkg"))
@@ -339,9 +478,9 @@ class MtpDockWidget(QDockWidget):
             self.set_status(str(exc))
             return
         task = self.current_task()
-        algorithm = QgsApplication.processingRegistry().createAlgorithmById(TASKS[task][1])
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(TASKS[task][0])
         if algorithm is None:
-            self.set_status("The MTP Processing provider is not loaded; re-enable the plugin.")
+            self.set_status(tr("The MTP Processing provider is not loaded; re-enable the plugin."))
             return
         self._context = QgsProcessingContext()
         self._context.setProject(QgsProject.instance())
@@ -360,13 +499,13 @@ class MtpDockWidget(QDockWidget):
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        self.set_status(f"Running {params['MODEL']} on {input_name}...")
+        self.set_status(tr("Running {model} on {layer}...").format(model=params["MODEL"], layer=input_name))
         QgsApplication.taskManager().addTask(self._task)
 
     def cancel(self):
         if self._feedback is not None:
             self._feedback.cancel()
-            self.set_status("Cancelling...")
+            self.set_status(tr("Cancelling..."))
 
     def _finished(self, successful, results):
         cancelled = self._feedback is not None and self._feedback.isCanceled()
@@ -376,17 +515,22 @@ class MtpDockWidget(QDockWidget):
         task = self._running[0] if self._running else self.current_task()
         if not successful:
             if cancelled:
-                self.set_status("Cancelled; nothing was written.")
+                self.set_status(tr("Cancelled; nothing was written."))
             else:  # keep the algorithm's own reason on screen
-                reason = self._last_error or "see the log messages panel (Processing tab)"
-                self.set_status(f"{TASKS[task][0]} failed: {reason}")
+                reason = self._last_error or tr("see the log messages panel (Processing tab)")
+                self.set_status(tr("{task} failed: {reason}").format(task=task_name(task), reason=reason))
             return
         added = [self.add_result(results["OUTPUT"])]
         if results.get("OUTPUT_POLYGONS"):
             added.append(self.add_result(results["OUTPUT_POLYGONS"], polygons=True))
         if all(added):
             self.progress.setValue(100)
-            self.set_status("Done: " + ", ".join(layer.source() for layer in added))
+            folder = os.path.dirname(results["OUTPUT"])
+            self.set_status_html(
+                html.escape(tr("Done: {n} layer(s) added.").format(n=len(added))) + " "
+                + f'<a href="{html.escape(QUrl.fromLocalFile(folder).toString())}">'
+                + html.escape(tr("Open result folder")) + "</a>")
+            self.status.setToolTip(", ".join(layer.source() for layer in added))
 
     def add_result(self, path, polygons=False):
         """Add one result file to the project, styled for its task; the layer, or None."""
@@ -395,13 +539,13 @@ class MtpDockWidget(QDockWidget):
         classes = model.get("classes", []) if model else []
         name = f"{input_name} – {model_id}" if input_name else os.path.splitext(os.path.basename(path))[0]
         if polygons:
-            name += " (polygons)"
+            name += " " + tr("(polygons)")
         if task == SEGMENTATION or (task == CHANGE and not polygons):
             layer = QgsRasterLayer(path, name, "gdal")
         else:
             layer = QgsVectorLayer(path, name, "ogr")
         if not layer.isValid():
-            self.set_status(f"The result {path} could not be opened.")
+            self.set_status(tr("The result {path} could not be opened.").format(path=path))
             return None
         if isinstance(layer, QgsVectorLayer):
             styling.drop_placeholder_crs(layer)
@@ -420,7 +564,23 @@ class MtpDockWidget(QDockWidget):
     def shutdown(self):
         """Called on unload: stop a running job so nothing keeps writing after the plugin is gone."""
         self._closing = True
+        self.models_panel.shutdown()
+        self.backend_panel.cancel()
         if self._feedback is not None:
             self._feedback.cancel()
         if self._task is not None:
             self._task.cancel()
+
+
+def overlap_area(a, b):
+    """Area (in a's CRS units²) where the extents of layers a and b overlap; 0 when they do not."""
+    extent = b.extent()
+    if a.crs().isValid() and b.crs().isValid() and a.crs() != b.crs():
+        try:
+            extent = QgsCoordinateTransform(b.crs(), a.crs(), QgsProject.instance()).transformBoundingBox(extent)
+        except Exception:  # noqa: BLE001 (QgsCsException: extents that cannot be transformed do not overlap)
+            return 0.0
+    elif a.crs().isValid() != b.crs().isValid():
+        return 0.0  # one with a CRS, one without: they cannot be compared (nor run together)
+    overlap = a.extent().intersect(extent)
+    return 0.0 if overlap.isEmpty() else overlap.width() * overlap.height()

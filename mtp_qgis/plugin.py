@@ -8,13 +8,21 @@ except ImportError:
     from qgis.PyQt.QtWidgets import QAction  # Qt5 builds (QGIS 3.22)
 
 from .backend_process import BACKEND
+from .i18n import install_translator, tr
 from .provider import ICON_PATH, MtpProvider
 
 MENU_NAME = "&MTP"
 
 
+def action_text():
+    """The menu entry names every task the dock runs."""
+    return tr("MTP models: segmentation, change detection, scene classification, object detection "
+              "(boxes, rotated boxes)")
+
+
 class MtpPlugin:
     def __init__(self, iface):
+        install_translator()
         self.iface = iface
         self.provider = None
         self.dock = None
@@ -35,7 +43,7 @@ class MtpPlugin:
         self.dock.setObjectName("MtpDockWidget")
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
-        self.action = QAction(QIcon(ICON_PATH), "MTP models (segmentation, change, scenes)", self.iface.mainWindow())
+        self.action = QAction(QIcon(ICON_PATH), action_text(), self.iface.mainWindow())
         self.action.setCheckable(True)
         self.action.toggled.connect(self.dock.setVisible)
         self.dock.visibilityChanged.connect(self.action.setChecked)

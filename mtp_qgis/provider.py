@@ -7,6 +7,7 @@ from qgis.PyQt.QtGui import QIcon
 from .change import ChangeAlgorithm
 from .detect import DetectAlgorithm, DetectRotatedAlgorithm
 from .scenes import ClassifyScenesAlgorithm
+from .i18n import tr
 from .segment import SegmentAlgorithm
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "mtp.svg")
@@ -20,7 +21,7 @@ class MtpProvider(QgsProcessingProvider):
         return "MTP"
 
     def longName(self):  # noqa: N802
-        return "MTP remote-sensing foundation models"
+        return tr("MTP remote-sensing foundation models")
 
     def icon(self):
         return QIcon(ICON_PATH)

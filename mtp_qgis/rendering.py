@@ -39,6 +39,27 @@ def pixel_size_in_layer_units(layer, gsd_m):
     return gsd_m * metres_to_units
 
 
+def layer_gsd_m(layer):
+    """The layer's pixel size in metres (the mean of x and y), or None without a CRS or pixel size."""
+    crs = layer.crs()
+    size = (abs(layer.rasterUnitsPerPixelX()) + abs(layer.rasterUnitsPerPixelY())) / 2.0
+    if not crs.isValid() or not size:
+        return None
+    if crs.isGeographic():
+        return size * METRES_PER_DEGREE
+    return size * QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), QgsUnitTypes.DistanceUnit.DistanceMeters)
+
+
+def gsd_mismatch(layer, model_gsd_m, tolerance=2.0):
+    """(layer's pixel size in m, how many times finer (<1) or coarser (>1) than the model's) when they differ
+    by more than `tolerance` times either way, else None (also when either size is unknown)."""
+    gsd = layer_gsd_m(layer)
+    if not gsd or not model_gsd_m:
+        return None
+    ratio = gsd / float(model_gsd_m)
+    return (gsd, ratio) if max(ratio, 1.0 / ratio) > tolerance else None
+
+
 def render_to_geotiff(layer, extent, gsd_m, out_path, transform_context):
     """Write `extent` (layer CRS) of `layer` to `out_path` at `gsd_m` metres/pixel."""
     pixel = pixel_size_in_layer_units(layer, gsd_m)

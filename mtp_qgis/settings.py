@@ -8,12 +8,16 @@ from pathlib import Path
 
 from qgis.core import QgsSettings
 
+from . import backend_installer
+
 SETTINGS_GROUP = "mtp_qgis"
 DEFAULT_MODEL_ID = "mtp_seg_default"
 DEFAULT_CHANGE_MODEL_ID = "mtp_change_default"
 DEFAULT_SCENE_MODEL_ID = "mtp_scene_default"
 DEFAULT_DETECTION_MODEL_ID = "mtp_det_default"
 DEFAULT_ROTATED_DETECTION_MODEL_ID = "mtp_rdet_default"
+# Where the project publishes `make package`'s dist/models (the index and the models beside it).
+DEFAULT_MODEL_INDEX_URL = "https://github.com/mtp-qgis/mtp_qgis/releases/latest/download/index.json"
 
 
 def configured(setting_key, env_name):
@@ -36,6 +40,17 @@ def backend_python():
 def models_dir():
     """Optional models folder handed to a backend the plugin starts (else the backend's default)."""
     return configured("models_dir", "MTP_QGIS_MODELS_DIR")
+
+
+def user_models_dir():
+    """Where the model manager installs models; every backend the plugin starts searches it."""
+    configured_dir = configured("user_models_dir", "MTP_QGIS_USER_MODELS_DIR")
+    return Path(configured_dir) if configured_dir else backend_installer.data_dir() / "models"
+
+
+def model_index_url():
+    """The published model index the model manager lists (docs: scripts/package.py writes one)."""
+    return configured("model_index_url", "MTP_QGIS_MODEL_INDEX_URL") or DEFAULT_MODEL_INDEX_URL
 
 
 def state_file():

@@ -25,10 +25,12 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from .i18n import tr
+
 CHANGE_COLOR = "#ff0000"
+RESULT_OPACITY = 0.6           # class and change rasters: the imagery under them stays visible
 SCENE_FILL_ALPHA = 90          # of 255: the imagery stays visible under the grid
 CHANGE_FILL_ALPHA = 70
-NO_DATA_LABEL = "no data"
 SCENE_LABEL_EXPRESSION = "\"class_name\" || '\\n' || format_number(\"score\", 2)"  # NULL class → no label
 DETECTION_LABEL_EXPRESSION = "\"class_name\" || ' ' || format_number(\"score\", 2)"
 DETECTION_OUTLINE_WIDTH = "0.5"  # mm: visible over imagery without hiding small objects
@@ -44,8 +46,10 @@ def palette_classes(classes):
 
 
 def apply_class_style(layer, classes):
-    """Paletted renderer on band 1; the legend then lists the class names. 255 (nodata) stays unpainted."""
+    """Paletted renderer on band 1, semi-transparent; the legend lists the class names. 255 (nodata) has no
+    class and stays unpainted."""
     renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, palette_classes(classes))
+    renderer.setOpacity(RESULT_OPACITY)
     layer.setRenderer(renderer)
     layer.triggerRepaint()
 
@@ -76,13 +80,16 @@ def change_palette(classes):
     names = {int(c["id"]): str(c.get("name", c["id"])) for c in classes}
     transparent = QColor(0, 0, 0, 0)
     return [
-        QgsPalettedRasterRenderer.Class(0, transparent, names.get(0, "no change")),
-        QgsPalettedRasterRenderer.Class(1, QColor(CHANGE_COLOR), names.get(1, "change")),
+        QgsPalettedRasterRenderer.Class(0, transparent, names.get(0, tr("no change"))),
+        QgsPalettedRasterRenderer.Class(1, QColor(CHANGE_COLOR), names.get(1, tr("change"))),
     ]
 
 
 def apply_change_style(layer, classes):
-    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, change_palette(classes)))
+    """Change red and semi-transparent; no change and nodata (255, no class) unpainted."""
+    renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, change_palette(classes))
+    renderer.setOpacity(RESULT_OPACITY)
+    layer.setRenderer(renderer)
     layer.triggerRepaint()
 
 
@@ -119,7 +126,7 @@ def scene_categories(classes):
         for c in classes
     ]
     # The empty value is the renderer's "all other values": cells whose pixels were all nodata (NULL).
-    categories.append(QgsRendererCategory("", _cell_symbol("#808080", 0), NO_DATA_LABEL))
+    categories.append(QgsRendererCategory("", _cell_symbol("#808080", 0), tr("no data")))
     return categories
 
 

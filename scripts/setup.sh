@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-requests python3-venv xvfb zip"
+APT_PACKAGES="qgis python3-qgis qgis-providers gdal-bin python3-gdal python3-requests python3-venv xvfb zip qttools5-dev-tools"
 VENV=${VENV:-.venv}
 
 missing=""

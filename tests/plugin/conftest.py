@@ -6,8 +6,11 @@ changed per test (monkeypatch), not for the whole pytest process, so backend/tra
 collected in the same run are not affected.
 """
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,23 @@ def qgis_process_env(sandbox, sandbox_env):
     return env
 
 
+
+
+# --- the QGIS desktop app under Xvfb ------------------------------------------------------------------
+
+@pytest.fixture()
+def display(sandbox):
+    xvfb, qgis = shutil.which("Xvfb"), shutil.which("qgis.bin") or shutil.which("qgis")
+    if not xvfb or not qgis:
+        pytest.skip("needs Xvfb and the QGIS desktop app")
+    for number in range(90, 110):
+        server = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        if server.poll() is None:
+            break
+    else:
+        pytest.skip("no free X display for Xvfb")
+    yield f":{number}", qgis
+    server.terminate()
+    server.wait(timeout=10)

@@ -13,11 +13,13 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QPointF
 
 
-def add_child(model, algorithm_id, child_id, sources, output, row):
+def add_child(model, algorithm_id, child_id, sources, output, row, title):
     """One step of the chain: `sources` maps parameter names to sources, `output` is (model output name,
-    description, the child's output name); `row` places it on the canvas (only drawing depends on it)."""
+    description, the child's output name); `row` places it on the canvas (only drawing depends on it);
+    `title` is what the step's box in the modeler says."""
     child = QgsProcessingModelChildAlgorithm(algorithm_id)
     child.setChildId(child_id)
+    child.setDescription(title)
     for parameter, source in sources.items():
         child.addParameterSources(parameter, [source])
     name, description, child_output = output
@@ -39,11 +41,11 @@ def segment_and_count_model():
     add_child(model, "mtp:segment", "segment", {
         "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("image"),
         "MODEL": QgsProcessingModelChildParameterSource.fromStaticValue("mtp_seg_default"),
-    }, ("classes", "Classes", "OUTPUT"), row=0)
+    }, ("classes", "Classes", "OUTPUT"), row=0, title="Segment the image (MTP)")
     add_child(model, "native:rasterlayeruniquevaluesreport", "count", {
         "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("segment", "OUTPUT"),
         "BAND": QgsProcessingModelChildParameterSource.fromStaticValue(1),
-    }, ("class_table", "Class pixel counts", "OUTPUT_TABLE"), row=1)
+    }, ("class_table", "Class pixel counts", "OUTPUT_TABLE"), row=1, title="Count pixels per class")
     model.updateDestinationParameters()
     return model
 
@@ -60,11 +62,11 @@ def change_and_count_model():
         "BEFORE": QgsProcessingModelChildParameterSource.fromModelParameter("before"),
         "AFTER": QgsProcessingModelChildParameterSource.fromModelParameter("after"),
         "MODEL": QgsProcessingModelChildParameterSource.fromStaticValue("mtp_change_default"),
-    }, ("change", "Change", "OUTPUT"), row=0)
+    }, ("change", "Change", "OUTPUT"), row=0, title="Detect changes (MTP)")
     add_child(model, "native:rasterlayeruniquevaluesreport", "count", {
         "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("change", "OUTPUT"),
         "BAND": QgsProcessingModelChildParameterSource.fromStaticValue(1),
-    }, ("counts", "Pixels per value", "OUTPUT_TABLE"), row=1)
+    }, ("counts", "Pixels per value", "OUTPUT_TABLE"), row=1, title="Count changed pixels")
     model.updateDestinationParameters()
     return model
 
@@ -79,12 +81,12 @@ def detect_and_extract_model():
     add_child(model, "mtp:detect_rotated", "detect", {
         "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("image"),
         "MODEL": QgsProcessingModelChildParameterSource.fromStaticValue("mtp_rdet_default"),
-    }, ("detections", "Detections", "OUTPUT"), row=0)
+    }, ("detections", "Detections", "OUTPUT"), row=0, title="Detect objects, rotated boxes (MTP)")
     add_child(model, "native:extractbyattribute", "extract", {
         "INPUT": QgsProcessingModelChildParameterSource.fromChildOutput("detect", "OUTPUT"),
         "FIELD": QgsProcessingModelChildParameterSource.fromStaticValue("class_name"),
         "OPERATOR": QgsProcessingModelChildParameterSource.fromStaticValue(0),  # =
         "VALUE": QgsProcessingModelChildParameterSource.fromStaticValue("red object"),
-    }, ("red", "Red objects", "OUTPUT"), row=1)
+    }, ("red", "Red objects", "OUTPUT"), row=1, title="Keep the red objects")
     model.updateDestinationParameters()
     return model

@@ -19,6 +19,8 @@ NAIP_2020 = DATA / "naip_change" / "m_4709963_se_14_1_20200831.tif"
 LEVIR = DATA / "levir_cd"
 BACKEND_PYTHON = os.environ.get("MTP_TEST_BACKEND_PYTHON", str(REPO / ".venv" / "bin" / "python"))
 TOKEN = "plugin-tests-token"
+# The machine's pip cache (read before the fixtures move HOME): the backend installer test reuses its wheels.
+PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip")
 
 CLASSES = [
     {"id": 0, "name": "reddish", "color": "#d94f3d"},
@@ -345,3 +347,56 @@ def box_corners(box, rotated):
     a = math.radians(angle)
     return [(cx + u * math.cos(a) - v * math.sin(a), cy + u * math.sin(a) + v * math.cos(a))
             for u, v in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))]
+
+
+# --- a web server on 127.0.0.1 (plugin repository, model index) ------------------------------------------
+
+@contextlib.contextmanager
+def serve_folder(folder):
+    """Serve `folder` over HTTP on 127.0.0.1 (any free port); yields the base URL (ending in '/').
+    `/cut/<file>` announces the whole file, sends half of it and closes the connection; `/slow/<file>` sends
+    it in 64 KiB pieces 50 ms apart (for cancelling). Requests are logged in the server's `.requests`."""
+    import functools
+    import http.server
+
+    folder = str(folder)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output quiet
+            pass
+
+        def do_GET(self):  # noqa: N802 (http.server API)
+            server.requests.append(self.path)
+            for mode in ("cut", "slow"):
+                if self.path.startswith(f"/{mode}/"):
+                    path = os.path.join(folder, self.path[len(mode) + 2:])
+                    if not os.path.isfile(path):
+                        self.send_error(404)
+                        return
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if mode == "cut":
+                        self.wfile.write(data[:len(data) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    for start in range(0, len(data), 65536):
+                        self.wfile.write(data[start:start + 65536])
+                        time.sleep(0.05)
+                    return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=folder))
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", server
+    finally:
+        server.shutdown()
+        server.server_close()

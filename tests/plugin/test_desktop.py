@@ -1,31 +1,11 @@
 """The QGIS desktop app (under Xvfb) loads the plugin, runs a segmentation from the dock, unloads it."""
 import json
 import os
-import shutil
 import subprocess
-import time
 
 import pytest
 
 from plugin_test_support import COGEO, REPO
-
-
-@pytest.fixture()
-def display(sandbox):
-    xvfb, qgis = shutil.which("Xvfb"), shutil.which("qgis.bin") or shutil.which("qgis")
-    if not xvfb or not qgis:
-        pytest.skip("needs Xvfb and the QGIS desktop app")
-    for number in range(90, 110):
-        server = subprocess.Popen([xvfb, f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        if server.poll() is None:
-            break
-    else:
-        pytest.skip("no free X display for Xvfb")
-    yield f":{number}", qgis
-    server.terminate()
-    server.wait(timeout=10)
 
 
 @pytest.mark.parametrize("backend_source", ["configured_url", "started_by_plugin"])

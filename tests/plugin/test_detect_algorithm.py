@@ -156,7 +156,7 @@ def run_detect(algorithm, params, feedback=None, context=None):
                                                        ("mtp:detect_rotated", "mtp_rdet_default")])
 def test_parameters_outputs_and_help(algorithm, default_model):
     alg = QgsApplication.processingRegistry().algorithmById(algorithm)
-    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "SCORE_THRESHOLD", "OUTPUT"]
+    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "RESAMPLE", "SCORE_THRESHOLD", "OUTPUT"]
     optional = QgsProcessingParameterDefinition.Flag.FlagOptional
     threshold = alg.parameterDefinition("SCORE_THRESHOLD")
     assert threshold.flags() & optional and threshold.defaultValue() is None
@@ -397,7 +397,8 @@ def test_dock_runs_detection_and_adds_a_styled_layer(use_backend, tmp_path, rota
         listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
         assert listed == (["mtp_rdet_default", "slow_rdet"] if rotated else ["mtp_det_default"])
         assert dock.model_combo.currentText() == listed[0]
-        assert not dock.threshold_check.isHidden() and dock.cell_size.isHidden() and dock.after_combo.isHidden()
+        assert dock.threshold_check.isVisibleTo(dock)
+        assert not dock.cell_size.isVisibleTo(dock) and not dock.after_combo.isVisibleTo(dock)
         assert "SCORE_THRESHOLD" not in dock.parameters()  # unchecked: the model's own threshold
         dock.threshold_check.setChecked(True)
         dock.threshold.setValue(0.2)
@@ -417,4 +418,4 @@ def test_dock_runs_detection_and_adds_a_styled_layer(use_backend, tmp_path, rota
         dock.threshold_check.setChecked(False)
 
         dock.set_task("scene_classification")  # the threshold belongs to detection only
-        assert dock.threshold_check.isHidden() and dock.threshold.isHidden()
+        assert not dock.threshold_check.isVisibleTo(dock) and not dock.threshold.isVisibleTo(dock)

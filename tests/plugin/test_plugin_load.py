@@ -44,7 +44,7 @@ def test_class_factory_init_and_unload(qgis_app):
 def test_algorithm_parameters(plugin):
     alg = QgsApplication.processingRegistry().algorithmById("mtp:segment")
     names = [p.name() for p in alg.parameterDefinitions()]
-    assert names == ["INPUT", "EXTENT", "MODEL", "OUTPUT"]
+    assert names == ["INPUT", "EXTENT", "MODEL", "RESAMPLE", "OUTPUT"]
     assert alg.parameterDefinition("EXTENT").flags() & QgsProcessingParameterDefinition.Flag.FlagOptional
     assert alg.parameterDefinition("MODEL").defaultValue() == "mtp_seg_default"
     assert alg.provider().defaultRasterFileExtension() == "tif"
@@ -100,6 +100,16 @@ def test_init_gui_with_iface_adds_dock_and_action_and_unload_removes_them(qgis_a
     instance.initGui()
     assert len(iface.docks) == 1 and isinstance(iface.docks[0], MtpDockWidget)
     assert len(iface.menu_actions) == 1 and len(iface.toolbar_actions) == 1
+    # The menu entry names every task of the dock (it used to name three of five).
+    text = iface.menu_actions[0].text().lower()
+    from mtp_qgis.dock import TASKS
+    from mtp_qgis.models_panel import task_name
+
+    assert len(TASKS) == 5
+    for words in ("segmentation", "change detection", "scene classification", "object detection (boxes",
+                  "rotated boxes"):
+        assert words in text, text
+    assert all(task_name(task).split(" (")[0].lower() in text for task in TASKS)
     dock = iface.docks[0]
     iface.menu_actions[0].setChecked(True)  # showing the dock asks the backend for its models
     assert not dock.isHidden()

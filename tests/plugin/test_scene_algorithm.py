@@ -134,7 +134,7 @@ def assert_scene_style(layer):
 
 def test_parameters_outputs_and_help():
     alg = QgsApplication.processingRegistry().algorithmById("mtp:classify_scenes")
-    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "CELL_SIZE", "OUTPUT"]
+    assert [p.name() for p in alg.parameterDefinitions()] == ["INPUT", "EXTENT", "MODEL", "RESAMPLE", "CELL_SIZE", "OUTPUT"]
     optional = QgsProcessingParameterDefinition.Flag.FlagOptional
     assert alg.parameterDefinition("CELL_SIZE").flags() & optional
     assert alg.parameterDefinition("EXTENT").flags() & optional
@@ -342,7 +342,7 @@ def test_dock_runs_scene_classification_and_adds_a_styled_grid(use_backend):
     with dock_on(use_backend, LEVIR_PNG, "levir", task="scene_classification") as (dock, layer):
         listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
         assert listed == ["mtp_scene_default"]  # scene models only
-        assert not dock.cell_size.isHidden() and dock.after_combo.isHidden()
+        assert dock.cell_size.isVisibleTo(dock) and not dock.after_combo.isVisibleTo(dock)
         assert "CELL_SIZE" not in dock.parameters()  # 0 shows "model's tile size" and is not sent
         dock.cell_size.setValue(128)
         assert dock.parameters()["OUTPUT"].endswith(".gpkg")
@@ -358,4 +358,4 @@ def test_dock_runs_scene_classification_and_adds_a_styled_grid(use_backend):
 
         dock.set_task("semantic_segmentation")  # the list follows the task
         listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
-        assert listed == ["mtp_seg_default", "slow_seg"] and dock.cell_size.isHidden()
+        assert listed == ["mtp_seg_default", "slow_seg"] and not dock.cell_size.isVisibleTo(dock)

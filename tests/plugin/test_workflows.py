@@ -111,6 +111,10 @@ def test_shipped_model3_matches_the_builder():
     built = segment_and_count_model()
     assert shipped.childAlgorithms().keys() == built.childAlgorithms().keys()
     assert shipped.childAlgorithm("segment").algorithmId() == "mtp:segment"
+    # Every step box in the modeler carries a title (it used to be drawn untitled).
+    titles = {child_id: child.description() for child_id, child in shipped.childAlgorithms().items()}
+    assert titles == {child_id: child.description() for child_id, child in built.childAlgorithms().items()}
+    assert titles == {"segment": "Segment the image (MTP)", "count": "Count pixels per class"}
 
 
 def test_dock_uses_the_map_extent_when_asked(qgis_app):

@@ -1,0 +1,951 @@
+<?xml version="1.0" encoding="utf-8"?>
+<!DOCTYPE TS>
+<TS version="2.1">
+<context>
+    <name>mtp_qgis</name>
+    <message>
+        <location filename="../dock.py"/>
+        <source> px</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>'{layer}' has {gsd:.3g} m pixels but {model} was trained at {model_gsd:.3g} m/pixel ({times:.1f}x {way}): results will likely be poor. Resample to the model's resolution (option RESAMPLE / the dock's check box), or use a model made for this resolution.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>(polygons)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>9 model pixels</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Add a model package</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Add from file…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Address of the model index (JSON); remembered</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>After (later raster)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>After (later)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Also write change polygons (GeoPackage)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Ask the backend which models it has (starts it if needed)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Available</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Backend installed; starting it...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Backend {backend}, model {model} ({name})</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Bands</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Before (earlier raster)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Before (earlier)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Before and after are the same layer; choose the two dates to compare.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
+        <source>Cancel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Cancelled; nothing was written.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Cancelling job {id}...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Cancelling...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Cell size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../scenes.py"/>
+        <source>Cell size in input pixels (empty = the model's tile size)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../scenes.py"/>
+        <source>Cells of {n} pixels</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Change</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <location filename="../models_panel.py"/>
+        <source>Change detection</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Change polygons</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Change polygons of at least {px} pixels ({area:.4g} CRS units²)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Change polygons smaller than this area (in the before raster's CRS units², m² for a metric CRS) are left out; the raster keeps them</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Choose a raster layer first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Choose the after layer (the later image) first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Choose the before layer first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Classes</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../segment.py"/>
+        <source>Classifies every pixel of a raster layer with a segmentation model run by the local MTP backend.
+
+Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first rendered at the model's ground sample distance.
+Extent: optional, in any CRS; the result covers it clipped to the raster.
+Model: id of a segmentation model the backend knows (default {default}).
+Resample: when the input's pixel size differs from the model's by more than 2x (a warning says so), render it at the model's resolution first; the result is then on that grid.
+Output: GeoTIFF of class ids (255 = nodata) on the source's pixel grid, with a .qml style holding the class names and colours (semi-transparent, nodata not painted).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Contacting the backend...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Could not list models: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_process.py"/>
+        <source>Could not start the MTP backend with {python}: {error}. Set the backend Python in the MTP settings (key mtp_qgis/backend_python) or $MTP_QGIS_BACKEND_PYTHON.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../scenes.py"/>
+        <source>Cuts a raster layer into a grid of square cells and gives each cell one class with a scene-classification model run by the local MTP backend.
+
+Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first rendered at the model's ground sample distance.
+Extent: optional, in any CRS; the grid covers it clipped to the raster (snapped to whole pixels) exactly: cells start at its top-left corner and the last row and column are cut short, so there is no gap and no overlap.
+Model: id of a scene-classification model the backend knows (default {default}).
+Cell size: side of a cell in pixels of the input raster (of the rendered image for a web layer); leave empty (or 0) for the model's tile size. Each cell is resampled to the model's tile size before it is classified.
+Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, score (probability of the chosen class) and one p_&lt;class&gt; probability per class; cells without data have no class. Styled by class with labels; a .qml style is written beside it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Data</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Detections</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Done: {n} layer(s) added.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Download</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Download cancelled; nothing was installed.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../model_manager.py"/>
+        <source>Downloading {id} from {url} failed ({reason}). Nothing was installed.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Downloading {id}…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Extent (leave empty for the whole raster)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Fields: class_id (integer), class_name (the model's class), score (0–1), angle (degrees in [0, 180): direction of the long side, clockwise from grid north / up), width (short side) and length (long side) in CRS units (metres for a metric CRS, pixels without CRS).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Fields: class_id (integer), class_name (the model's class), score (0–1). The boxes are aligned with the raster's pixel grid.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Finds objects (ships, vehicles, planes, …) in a raster layer and outlines each with a {boxes} box, using an object-detection model run by the local MTP backend.
+
+Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first rendered at the model's ground sample distance. The model was trained at one pixel size (its gsd_m, shown in the log): imagery far finer or coarser finds fewer objects.
+Extent: optional, in any CRS; objects whose centre lies inside it are kept (boxes are not clipped).
+Model: id of a {task} model the backend knows (default {default}); a model of another task is refused.
+Score threshold: keep objects whose score (the model's probability for the class, 0–1) is at least this; leave empty for the model's own threshold. Lower finds more objects and more false alarms.
+Detections: GeoPackage (layer '{layer}') of one 4-corner polygon per object in the input's CRS (pixel coordinates, y up, for a raster without CRS), sorted by descending score. {fields} No object gives an empty layer, not an error. Styled by class (coloured outlines, no fill) with class and score labels; a .qml style is written beside it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Finds what changed between two images of the same place with a change-detection model run by the local MTP backend.
+
+Before / After: the earlier and the later raster layer. The result is on the before raster's pixel grid; the after raster may have another CRS, resolution or alignment (it is resampled onto the before grid on the fly). Both need a CRS, or neither (then they are taken as co-registered pixel for pixel). Their footprints must overlap. Web, virtual or memory layers are first rendered at the model's ground sample distance.
+Extent: optional, in any CRS; the result covers it ∩ before ∩ after.
+Model: id of a change-detection model the backend knows (default {default}).
+Resample: when the before raster's pixel size differs from the model's by more than 2x (a warning says so), render both at the model's resolution first.
+Change: GeoTIFF, 0 = no change (shown transparent), 1 = change (red, semi-transparent), 255 = nodata where either date has none; a .qml style is written beside it.
+Minimum area: change regions smaller than this (CRS units² of the before raster, m² for a metric CRS) are left out of the polygons; empty = 9 pixels at the model's resolution. The raster keeps them.
+Simplify: smooths the polygons' pixel staircases (tolerance in pixels; 0 = exact pixel edges).
+Change polygons: optional GeoPackage, one polygon per connected change region with its area (area in CRS units², area_px in pixels); leave it empty to skip.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Folder for the results and their .qml styles; remembered.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Index</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <location filename="../scenes.py"/>
+        <location filename="../segment.py"/>
+        <source>Input raster</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>Install backend</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Install the backend (above) to run models.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>Installation cancelled; nothing was kept.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>Installation stopped; nothing was kept.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Installed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>Installing the backend: {step}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>Installing the backend…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Instance segmentation</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Job {id} submitted</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Keep objects whose score (0–1) is at least this; lower finds more, with more false alarms</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Layer '{layer}' is not a local GDAL file (provider {provider}); rendering it at {gsd} m/pixel to {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>MTP models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../plugin.py"/>
+        <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../provider.py"/>
+        <source>MTP remote-sensing foundation models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>MTP: install the backend</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>MTP: list models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>Make the Python environment the backend runs in (ONNX Runtime, CPU build; about 260 MB on disk)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Metric</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Minimum change area for polygons, in the before raster's CRS units² (m² for a metric CRS; empty = 9 pixels at the model's resolution)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
+        <source>Model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Model id</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_process.py"/>
+        <source>No MTP backend is running and none is bundled with the plugin (looked for backend/ next to {plugin} and in {bundle}). Start one with `python -m backend serve` and set the URL in the MTP settings (or $MTP_QGIS_BACKEND_URL).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_process.py"/>
+        <source>No backend environment is installed: click "Install backend" in the MTP dock, or run `python3 {installer}`, or set the backend Python (setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>No backend is installed yet: the models run in a local Python environment that the button below makes for you.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>ONNX model (*.onnx)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Object detection</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Object detection (boxes)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Object detection (horizontal boxes)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <location filename="../models_panel.py"/>
+        <source>Object detection (rotated boxes)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Open result folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Provenance</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Raster layer</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Reading the model index…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Ready.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
+        <source>Refresh</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Remove</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Render the input at the model's ground sample distance first; the result is then on that grid</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Resample inputs to the model's resolution when it differs by more than 2x</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Resample to the model's resolution</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Resampling '{layer}' from {gsd:.3g} m to the model's {model_gsd:.3g} m/pixel ({path})</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Resolution</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Rotated object detection</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Run</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Running {model} on {layer}...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Save results in</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <location filename="../scenes.py"/>
+        <source>Scene classification</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../scenes.py"/>
+        <source>Scene classification (grid)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../scenes.py"/>
+        <source>Scene grid</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Score threshold</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Score threshold 0–1 (empty = the model's own)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Score threshold {value}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>Score threshold: the model's own</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <location filename="../segment.py"/>
+        <source>Segmentation</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../segment.py"/>
+        <source>Semantic segmentation</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>Show log</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Side of a grid cell in pixels of the input raster</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Simplify outlines</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Simplify polygon outlines (tolerance in pixels; 0 = exact pixel edges)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Smallest change</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>State</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <location filename="../scenes.py"/>
+        <source>Style with the class colours and labels written to {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../segment.py"/>
+        <source>Style with the class names written to {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>Style written to {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <location filename="../models_panel.py"/>
+        <source>Task</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_process.py"/>
+        <source>That Python lacks packages the backend needs: click "Install backend" in the MTP dock (or run `python3 {installer}`), or point the plugin at another Python (setting mtp_qgis/backend_python or $MTP_QGIS_BACKEND_PYTHON). </source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>The MTP Processing provider is not loaded; re-enable the plugin.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_process.py"/>
+        <source>The MTP backend ({python} -m backend serve) exited with code {code} while starting. {advice}Last lines of {log}:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../client.py"/>
+        <source>The MTP backend at {url} is not reachable ({error}). Check that it is running, or unset the configured backend URL so the plugin starts one.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../client.py"/>
+        <source>The MTP backend at {url} rejected the access token (HTTP 401). The plugin reads the token from {source}; it must match the backend's token ($MTP_QGIS_TOKEN or ~/.config/mtp_qgis/token on the backend's machine).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_process.py"/>
+        <source>The MTP backend did not become ready within {seconds:.0f} s. Last lines of {log}:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>The MTP backend stopped while running job {id}; the partial output was removed. Run the algorithm again (the plugin restarts the backend). Details: {details}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../client.py"/>
+        <source>The backend at {url} answered {path} with something that is not JSON.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>The backend could not be installed: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../client.py"/>
+        <source>The backend refused the request (HTTP {status}): {detail}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>The change polygons</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>The change raster</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>The change raster and the change polygons need different files.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>The detections</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>The extent does not intersect the layer '{layer}'.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>The installer stopped unexpectedly ({error}).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../change.py"/>
+        <source>The minimum area and the simplification tolerance must be numbers &gt;= 0.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../model_manager.py"/>
+        <source>The model index {url} could not be read ({detail}).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>The model was trained at {gsd} m/pixel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../segment.py"/>
+        <source>The output</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>The result {path} could not be opened.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../scenes.py"/>
+        <source>The scene grid</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>The score threshold must be a number between 0 and 1, not '{value}'.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>The {task} job was cancelled in the backend; no output was written.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Unchecked: the model's own threshold</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Use current map extent</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>Where</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>bundled</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../styling.py"/>
+        <source>change</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>coarser</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>finer</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>horizontal (axis-aligned)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>installed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>model's tile size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>no (pixel edges)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../styling.py"/>
+        <source>no change</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../styling.py"/>
+        <source>no data</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>no reason given</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../client.py"/>
+        <source>none</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>rotated (oriented)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>see the log messages panel (Processing tab)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>temporary folder (lost when QGIS closes)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>the backend</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../model_manager.py"/>
+        <source>the connection ended early</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>the model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../client.py"/>
+        <source>unknown model '{model}'; the backend has: {known}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{gsd:.3g} m/pixel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{id} added to {folder}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{id} installed (checksum verified) in {folder}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{id} is already installed; remove it first to download it again.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{id} removed.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{kb:.0f} kB</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{mb:.1f} MB</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{n} model(s) in the index.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../detect.py"/>
+        <source>{n} object(s) found</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>{n} {task} model(s) available.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>{task} cancelled; no output was written.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>{task} failed in the backend: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>{task} failed: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>{what} must be a {formats} file, not '{output}'.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>{what} must be written to a file of its own ({formats}; 'Save to File…'), not '{output}': the backend writes the whole file.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+</TS>
