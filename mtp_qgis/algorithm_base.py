@@ -91,6 +91,33 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
     def icon(self):
         return QIcon(ICON_PATH)
 
+    def task_help(self):
+        """What the algorithm does and what its parameters mean (each algorithm says it)."""
+        return ""
+
+    def shortHelpString(self):  # noqa: N802
+        return self.task_help() + self.installed_models_help()
+
+    def installed_models_help(self):
+        """The models of this task in the user's models folder (where the model manager and
+        `python -m training import-official` put them), by id with name, dataset, encoder and figure."""
+        from . import model_store, settings
+        folders = [settings.user_models_dir()] + ([settings.models_dir()] if settings.models_dir() else [])
+        lines = []
+        for folder in folders:
+            for item in model_store.installed_models(folder):
+                meta = item.get("meta") or {}
+                if meta.get("task") != self.TASK:
+                    continue
+                metric = model_store.headline_metric(meta)
+                details = [meta.get("dataset"), meta.get("encoder"),
+                           f"{metric['name']} {metric['value']:.3f}" if metric else None]
+                details = ", ".join(str(d) for d in details if d)
+                lines.append(f"- {item['id']}: {meta.get('name', item['id'])}" + (f" ({details})" if details else ""))
+        if not lines:
+            return ""
+        return "\n\n" + tr("Installed models for MODEL:") + "\n" + "\n".join(lines)
+
     def createInstance(self):  # noqa: N802
         return type(self)()
 

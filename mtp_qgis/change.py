@@ -56,7 +56,7 @@ class ChangeAlgorithm(BackendAlgorithm):
     def groupId(self):  # noqa: N802
         return "change_detection"
 
-    def shortHelpString(self):  # noqa: N802
+    def task_help(self):
         return tr(
             "Finds what changed between two images of the same place with a change-detection model run by "
             "the local MTP backend.\n\n"

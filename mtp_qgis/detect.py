@@ -39,7 +39,7 @@ class _DetectionAlgorithm(BackendAlgorithm):
     def _fields_help(self):
         raise NotImplementedError
 
-    def shortHelpString(self):  # noqa: N802
+    def task_help(self):
         return tr(
             "Finds objects (ships, vehicles, planes, …) in a raster layer and outlines each with a "
             "{boxes} box, using an object-detection model run by the local MTP backend.\n\n"

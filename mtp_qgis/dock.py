@@ -82,6 +82,23 @@ def result_path_for(layer_name, folder="", kind="segmentation", suffix=".tif"):
     return os.path.join(folder, f"{safe}_{kind}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}{suffix}")
 
 
+def model_label(info):
+    """"MTP ViT-B+RVSA UperNet — LoveDA (mIoU 0.524 (paper))": the package's name, then what it was trained on,
+    its encoder when the name does not say it, and its headline figure, as the backend lists them."""
+    name = info.get("name") or info.get("id", "")
+    details = [info.get("dataset", ""), info.get("encoder", ""), info.get("metric", "")]
+    details = [d for d in details if d and d not in name]
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+def model_tooltip(info):
+    lines = [tr("Model id: {id}").format(id=info.get("id", ""))]
+    if info.get("encoder"):
+        lines.append(tr("Encoder: {encoder}").format(encoder=info["encoder"]))
+    if info.get("description"):
+        lines.append(info["description"])
+    return "\n".join(lines)
+
 class DockFeedback(QgsProcessingFeedback):
     """Processing feedback that also announces its messages, for the dock's status line."""
 
@@ -160,7 +177,7 @@ class MtpDockWidget(QDockWidget):
         model_row = QHBoxLayout()
         self.model_combo = QComboBox(run_tab)
         self.model_combo.setEditable(True)  # a model id can be typed when the backend is not up yet
-        self.model_combo.addItem(DEFAULT_MODEL_ID)
+        self.model_combo.addItem(DEFAULT_MODEL_ID, DEFAULT_MODEL_ID)
         self.refresh_button = QPushButton(tr("Refresh"), run_tab)
         self.refresh_button.setToolTip(tr("Ask the backend which models it has (starts it if needed)"))
         model_row.addWidget(self.model_combo, 1)
@@ -323,7 +340,7 @@ class MtpDockWidget(QDockWidget):
     def _check_resolution(self, *args):
         """Warn when the input's pixel size is more than 2x away from the chosen model's."""
         layer = self.layer_combo.currentLayer()
-        model = self._models.get(self.model_combo.currentText().strip())
+        model = self._models.get(self.selected_model_id())
         mismatch = None
         if layer is not None and model and model.get("gsd_m"):
             mismatch = rendering.gsd_mismatch(layer, model["gsd_m"], GSD_TOLERANCE)
@@ -405,25 +422,45 @@ class MtpDockWidget(QDockWidget):
     def _show_models(self):
         task = self.current_task()
         _, default_model = TASKS[task]
-        current = self.model_combo.currentText()
+        current = self.selected_model_id()
         self._models = {m["id"]: m for m in self._all_models if m.get("task") == task}
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for model_id, info in sorted(self._models.items()):
-            self.model_combo.addItem(model_id)
-            self.model_combo.setItemData(self.model_combo.count() - 1, info.get("description", ""),
+            # Shown by name with what it was trained on, its encoder and its figure; the id stays the item's data.
+            self.model_combo.addItem(model_label(info), model_id)
+            self.model_combo.setItemData(self.model_combo.count() - 1, model_tooltip(info),
                                          Qt.ItemDataRole.ToolTipRole)
         if current in self._models:
-            self.model_combo.setCurrentText(current)
+            self.select_model(current)
         elif not self._models:  # nothing listed (yet): offer the usual id, which can be edited
             self.model_combo.setCurrentText(default_model)
         elif default_model in self._models:
-            self.model_combo.setCurrentText(default_model)
+            self.select_model(default_model)
         self.model_combo.blockSignals(False)
         self._check_resolution()
         if self._all_models or self._asked_backend:
             self.set_status(tr("{n} {task} model(s) available.").format(n=len(self._models),
                                                                          task=task_name(task).lower()))
+
+    def model_ids(self):
+        """The ids of the models listed for the chosen task, in the list's order."""
+        return [self.model_combo.itemData(i) for i in range(self.model_combo.count())]
+
+    def select_model(self, model_id):
+        index = self.model_combo.findData(model_id)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        else:
+            self.model_combo.setCurrentText(model_id)
+
+    def selected_model_id(self):
+        """The chosen model's id: a listed entry (shown by its label) or an id typed by hand."""
+        text = self.model_combo.currentText().strip()
+        index = self.model_combo.findText(text)
+        if index >= 0 and self.model_combo.itemData(index):
+            return self.model_combo.itemData(index)
+        return text
 
     # --- run -------------------------------------------------------------------------------------
 
@@ -436,7 +473,7 @@ class MtpDockWidget(QDockWidget):
             raise ValueError(tr("Choose the before layer first.") if task == CHANGE else
                              tr("Choose a raster layer first."))
         folder = self.output_dir.filePath().strip()
-        params = {"MODEL": self.model_combo.currentText().strip() or default_model}
+        params = {"MODEL": self.selected_model_id() or default_model}
         if self.resample_check.isChecked() and self._check_resolution():
             params["RESAMPLE"] = True
         if task == SEGMENTATION:
@@ -534,7 +571,7 @@ class MtpDockWidget(QDockWidget):
 
     def add_result(self, path, polygons=False):
         """Add one result file to the project, styled for its task; the layer, or None."""
-        task, model_id, input_name = self._running or (self.current_task(), self.model_combo.currentText().strip(), "")
+        task, model_id, input_name = self._running or (self.current_task(), self.selected_model_id(), "")
         model = self._models.get(model_id) or next((m for m in self._all_models if m["id"] == model_id), None)
         classes = model.get("classes", []) if model else []
         name = f"{input_name} – {model_id}" if input_name else os.path.splitext(os.path.basename(path))[0]

@@ -36,7 +36,7 @@ class ClassifyScenesAlgorithm(BackendAlgorithm):
     def groupId(self):  # noqa: N802
         return "scene_classification"
 
-    def shortHelpString(self):  # noqa: N802
+    def task_help(self):
         return tr(
             "Cuts a raster layer into a grid of square cells and gives each cell one class with a "
             "scene-classification model run by the local MTP backend.\n\n"

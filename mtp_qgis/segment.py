@@ -29,7 +29,7 @@ class SegmentAlgorithm(BackendAlgorithm):
     def groupId(self):  # noqa: N802
         return "segmentation"
 
-    def shortHelpString(self):  # noqa: N802
+    def task_help(self):
         return tr(
             "Classifies every pixel of a raster layer with a segmentation model run by the local MTP backend.\n\n"
             "Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first "

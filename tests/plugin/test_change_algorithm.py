@@ -388,9 +388,9 @@ def test_dock_runs_change_detection_and_adds_styled_layers(use_backend, tmp_path
     QgsProject.instance().addMapLayer(after_layer)
     try:
         with dock_on(use_backend, before, "before", task="change_detection") as (dock, _):
-            listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
+            listed = dock.model_ids()
             assert listed == ["mtp_change_default", "slow_change"]  # change models only
-            assert dock.model_combo.currentText() == "mtp_change_default"
+            assert dock.selected_model_id() == "mtp_change_default"
             assert dock.after_combo.isVisibleTo(dock) and not dock.cell_size.isVisibleTo(dock)
             assert dock.after_combo.currentLayer() is after_layer  # another raster than the before one
             dock.after_combo.setLayer(dock.layer_combo.currentLayer())

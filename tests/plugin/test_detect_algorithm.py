@@ -394,9 +394,9 @@ def test_dock_runs_detection_and_adds_a_styled_layer(use_backend, tmp_path, rota
     task = "rotated_detection" if rotated else "detection"
     raster, expected = scene(tmp_path, rotated, crs=False)
     with dock_on(use_backend, raster, "harbour", task=task) as (dock, layer):
-        listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
+        listed = dock.model_ids()
         assert listed == (["mtp_rdet_default", "slow_rdet"] if rotated else ["mtp_det_default"])
-        assert dock.model_combo.currentText() == listed[0]
+        assert dock.selected_model_id() == listed[0]
         assert dock.threshold_check.isVisibleTo(dock)
         assert not dock.cell_size.isVisibleTo(dock) and not dock.after_combo.isVisibleTo(dock)
         assert "SCORE_THRESHOLD" not in dock.parameters()  # unchecked: the model's own threshold

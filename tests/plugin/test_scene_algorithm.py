@@ -340,7 +340,7 @@ def test_cancel_mid_job_leaves_nothing(out_dir):
 
 def test_dock_runs_scene_classification_and_adds_a_styled_grid(use_backend):
     with dock_on(use_backend, LEVIR_PNG, "levir", task="scene_classification") as (dock, layer):
-        listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
+        listed = dock.model_ids()
         assert listed == ["mtp_scene_default"]  # scene models only
         assert dock.cell_size.isVisibleTo(dock) and not dock.after_combo.isVisibleTo(dock)
         assert "CELL_SIZE" not in dock.parameters()  # 0 shows "model's tile size" and is not sent
@@ -357,5 +357,5 @@ def test_dock_runs_scene_classification_and_adds_a_styled_grid(use_backend):
         QgsProject.instance().removeMapLayer(grid.id())
 
         dock.set_task("semantic_segmentation")  # the list follows the task
-        listed = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
+        listed = dock.model_ids()
         assert listed == ["mtp_seg_default", "slow_seg"] and not dock.cell_size.isVisibleTo(dock)

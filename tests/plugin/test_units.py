@@ -51,3 +51,25 @@ def test_client_formats_validation_errors(qgis_app):
             return {"detail": [{"loc": ["body", "inputs"], "msg": "field required"}]}
 
     assert _detail_of(Answer()) == "body.inputs: field required"
+
+
+def test_algorithm_help_lists_installed_models_of_its_task_by_name_dataset_encoder_and_metric(
+        tmp_path, monkeypatch, qgis_app):
+    """An imported official package in the user's models folder shows up in the help of the mtp:* algorithm of
+    its task (read from the file's ONNX metadata, without the backend), and only there."""
+    from backend.synthetic_models import default_metadata, write_classification_package, write_package
+    from mtp_qgis.scenes import ClassifyScenesAlgorithm
+    from mtp_qgis.segment import SegmentAlgorithm
+
+    meta = default_metadata(3, 7, 64, 16)
+    meta.update(name="MTP ViT-B+RVSA UperNet — LoveDA", dataset="LoveDA", encoder="ViT-B+RVSA",
+                metrics={"mIoU": 0.5239, "source": "MTP paper"})
+    write_package(tmp_path / "mtp_rvsa_b_upernet_512_mae_mtp_loveda.onnx", num_classes=7, metadata=meta)
+    write_classification_package(tmp_path / "scene_model.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    monkeypatch.setenv("MTP_QGIS_USER_MODELS_DIR", str(tmp_path))
+    text = SegmentAlgorithm().shortHelpString()
+    assert ("- mtp_rvsa_b_upernet_512_mae_mtp_loveda: MTP ViT-B+RVSA UperNet — LoveDA "
+            "(LoveDA, ViT-B+RVSA, mIoU 0.524)") in text
+    assert "scene_model" not in text and "broken" not in text
+    assert "- scene_model:" in ClassifyScenesAlgorithm().shortHelpString()

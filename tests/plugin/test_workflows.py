@@ -59,8 +59,10 @@ def test_batch_dialog_code_path(out_dir):
 
 def test_dock_runs_the_algorithm_as_a_task_and_adds_a_styled_layer(backend):
     with dock_on(backend, LOVEDA_PNG, "loveda 2") as (dock, layer):
-        assert dock.model_combo.findText("mtp_seg_default") >= 0
-        assert dock.model_combo.findText("slow_seg") >= 0
+        assert {"mtp_seg_default", "slow_seg"} <= set(dock.model_ids())
+        # Listed by name, dataset and figure (as the backend reports them), not by file name.
+        label = dock.model_combo.itemText(dock.model_ids().index("mtp_seg_default"))
+        assert label.startswith("MTP segmentation (default, LoveDA classes)") and "mIoU 0.459 (held out)" in label
         dock.model_combo.setCurrentText("mtp_seg_default")
         added = run_dock(dock)
         assert len(added) == 1, dock.status.text()

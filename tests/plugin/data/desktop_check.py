@@ -44,7 +44,8 @@ def run_when_models_listed():
     if dock._models_task is not None and time.monotonic() - state["t0"] < 60:
         QTimer.singleShot(200, run_when_models_listed)
         return
-    seen["models"] = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
+    seen["models"] = dock.model_ids()
+    seen["model_labels"] = [dock.model_combo.itemText(i) for i in range(dock.model_combo.count())]
     dock.model_combo.setCurrentText("mtp_seg_default")
     dock.run()
     QTimer.singleShot(200, wait_for_result)
