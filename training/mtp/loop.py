@@ -16,7 +16,6 @@ import math
 import random
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -26,11 +25,12 @@ from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import repo_path
-from training.engine import StopRequest, build_optimizer, iteration_seed, log, setup_logging
+from training.engine import StopRequest, autocast_context, iteration_seed, log, setup_logging, to_device
 from training.mtp import distributed as D
 from training.mtp.config import MTPConfig, load_mtp_config, mtp_config_from_dict, mtp_config_to_dict
 from training.mtp.data import MultiTaskBatcher, iteration_batches
 from training.mtp.model import build_mtp_model
+from training.mtp.optim import build_mtp_optimizer
 from training.mtp.samrs import SAMRSDataset
 
 
@@ -42,10 +42,6 @@ def _tensorboard(work_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(work_dir / "tb"))
-
-
-def _to_device(targets: List[Dict], device) -> List[Dict]:
-    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
 def _rng_state() -> Dict:
@@ -71,15 +67,6 @@ def _write_csv(path: Path, history: List[Dict]) -> None:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)
-
-
-def _autocast(cfg: MTPConfig, device: torch.device):
-    if cfg.train.amp == "none":
-        return nullcontext()
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp fp16 needs CUDA; use bf16 on CPU")
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def build_datasets(cfg: MTPConfig) -> List[SAMRSDataset]:
@@ -114,7 +101,7 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
     batcher = MultiTaskBatcher(datasets, model.offsets, cfg.data, cfg.train.seed, info.rank, info.world_size)
     model = D.wrap_model(model, info, cfg.train.parallel, cfg.train.sync_bn)
     plain = D.unwrap(model)  # SyncBN conversion may have replaced modules
-    optimizer, scheduler = build_optimizer(plain, cfg, total)
+    optimizer, scheduler = build_mtp_optimizer(plain, cfg, total)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
     start, elapsed, history = 0, 0.0, []
     if state is not None:
@@ -160,8 +147,8 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
             # Per-iteration (and per-rank) seeds: dropout and RoI sampling repeat wherever a run resumed.
             torch.manual_seed(iteration_seed(cfg.train.seed, it) + info.rank)
             images, targets = next(batches)
-            images, targets = images.to(info.device), _to_device(targets, info.device)
-            with _autocast(cfg, info.device):
+            images, targets = to_device((images, targets), info.device)
+            with autocast_context(cfg.train.amp, info.device):
                 out = model(images, targets)
             loss = sum(weights[t] * out[t] for t in cfg.model.tasks)
             logged = D.mean_over_ranks({**{k: float(v.detach()) for k, v in out.items()}, "loss": float(loss.detach()),
