@@ -106,6 +106,10 @@ class TrainLoopConfig:
     # Layer-wise lr decay for the paper encoders (vit_rvsa, internimage): block i of L trains at
     # lr * layer_decay ** (L + 1 - i), decoders at lr. 1.0 = off (every parameter at lr).
     layer_decay: float = 1.0
+    optimizer: str = "adamw"  # adamw | sgd (with `momentum`; GeRSP's official recipe)
+    momentum: float = 0.9
+    device: str = "auto"  # auto (CUDA when visible) | cpu | cuda; `--device` overrides it
+    amp: str = "none"     # none | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler); `--amp` overrides it
 
 
 @dataclass
