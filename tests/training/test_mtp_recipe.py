@@ -225,3 +225,68 @@ def test_losses_are_normalised_per_subset_and_summed(tiny):
     mean = model(images, targets)
     assert out["ss"].item() / mean["ss"].item() == pytest.approx(3.0, rel=1e-4)
     assert 2.0 < out["rd"].item() / mean["rd"].item() < 4.0
+
+
+def test_validation_on_the_valid_splits_logged_to_tensorboard(tiny, tmp_path):
+    """val_interval 1: after each iteration and at the end, per subset semantic mIoU, mask AP and rotated mAP
+    on the valid split (2 DOTA crops per subset), in the checkpoint, val.csv and TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from training.mtp.loop import train_mtp
+    raw = tiny_config(tiny, iters=2, val_interval=1)
+    state = train_mtp(mtp_config_from_dict(raw), tmp_path, show_progress=False)
+    rows = state["val_history"]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for subset in ("sota", "sior", "fast"):
+        for metric in ("mIoU", "mask_AP", "rotated_mAP"):
+            assert 0.0 <= rows[-1][f"{subset}/{metric}"] <= 1.0
+    assert (tmp_path / "val.csv").read_text().count("\n") == 3
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert {"val/sota/mIoU", "val/mean/mask_AP", "val/mean"} <= set(events.Tags()["scalars"])
+
+
+class _GroundTruthModel(torch.nn.Module):
+    """Answers every validation image with its own labels (what validate should score 1.0 / near 1)."""
+
+    def __init__(self, samples, num_classes):
+        super().__init__()
+        self.samples, self.k = list(samples), num_classes
+
+    def forward(self, images, targets, subsets):
+        from torchvision.ops import roi_align
+        out = {"semantic": [], "boxes": [], "scores": [], "masks": [], "rboxes": [], "rscores": []}
+        p = 64
+        for _ in range(len(images)):
+            s = self.samples.pop(0)
+            out["semantic"].append(s["semantic"].clamp(max=self.k))
+            n = len(s["boxes"])
+            boxes, scores = torch.zeros(p, 4), torch.zeros(p, self.k)
+            boxes[:n], scores[torch.arange(n), s["labels"]] = s["boxes"], 1.0
+            masks = torch.zeros(p, 28, 28)
+            if n:
+                rois = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], s["boxes"]], 1)
+                masks[:n] = roi_align(s["masks"][:, None].float(), rois, 28, aligned=True)[:, 0]
+            out["boxes"].append(boxes)
+            out["scores"].append(scores)
+            out["masks"].append(masks)
+            m = len(s["rboxes"])
+            rboxes, rscores = torch.zeros(p, 5), torch.zeros(p, self.k)
+            rboxes[:, 2:4] = 1.0
+            rboxes[:m], rscores[torch.arange(m), s["rlabels"]] = s["rboxes"], 1.0
+            out["rboxes"].append(rboxes)
+            out["rscores"].append(rscores)
+        return {k: torch.stack(v) for k, v in out.items()}
+
+
+def test_validation_scores_ground_truth_answers_as_perfect(tiny):
+    from training.mtp.validate import validate
+    cfg = mtp_config_from_dict(tiny_config(tiny))
+    ds = [SAMRSDataset(tiny[s], s, "valid") for s in ("sota", "sior", "fast")]
+    offsets = [0, 18, 38]
+    samples = [prepare(d[i], cfg.data, o, np.random.default_rng(0), train=False)
+               for d, o in zip(ds, offsets) for i in range(len(d))]
+    assert sum(len(s["labels"]) for s in samples) > 20
+    res = validate(_GroundTruthModel(samples, 75), ds, offsets, cfg.data, ["ss", "is", "rd"], torch.device("cpu"))
+    for subset in ("sota", "sior", "fast"):
+        assert res[f"{subset}/mIoU"] == pytest.approx(1.0)
+        assert res[f"{subset}/rotated_mAP"] == pytest.approx(1.0)
+        assert res[f"{subset}/mask_AP"] > 0.6        # 28 x 28 masks pasted back: not every IoU reaches .95

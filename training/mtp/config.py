@@ -16,6 +16,8 @@ class SubsetSource:
     root: str
     split: str = "train"
     ann_file: Optional[str] = None  # overrides the split's COCO file
+    val_split: str = "valid"        # the split pretraining validation reads (train.val_interval)
+    val_ann_file: Optional[str] = None
 
 
 @dataclass
@@ -74,6 +76,11 @@ class MTPTrainConfig(TrainLoopConfig):
     # official: the official constructors' groups (ViT: every lr scale 1.0, relative tables decayed; InternImage:
     # layer decay with its no-decay names); project: engine.build_optimizer's layer decay (training/mtp/optim.py)
     param_groups: str = "official"
+    # Validation on the subsets' valid splits (semantic mIoU, mask AP, rotated mAP; training/mtp/validate.py)
+    # every val_interval iterations and at the end; 0 = never. val_max_images caps each subset (0 = all).
+    val_interval: int = 0
+    val_max_images: int = 0
+    val_batch_size: int = 2
 
 
 @dataclass

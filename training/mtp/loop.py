@@ -32,6 +32,7 @@ from training.mtp.data import MultiTaskBatcher, iteration_batches
 from training.mtp.model import build_mtp_model
 from training.mtp.optim import build_mtp_optimizer
 from training.mtp.samrs import SAMRSDataset
+from training.mtp.validate import validate
 
 
 def _tensorboard(work_dir: Path):
@@ -73,6 +74,10 @@ def build_datasets(cfg: MTPConfig) -> List[SAMRSDataset]:
     return [SAMRSDataset(repo_path(s.root), s.subset, s.split, s.ann_file) for s in cfg.data.subsets]
 
 
+def build_val_datasets(cfg: MTPConfig) -> List[SAMRSDataset]:
+    return [SAMRSDataset(repo_path(s.root), s.subset, s.val_split, s.val_ann_file) for s in cfg.data.subsets]
+
+
 def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None, resume: bool = False,
               stop_after: Optional[int] = None, show_progress: bool = True,
               info: Optional[D.DistInfo] = None) -> Optional[Dict]:
@@ -96,6 +101,7 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
         torch.set_num_threads(cfg.train.num_threads)
 
     datasets = build_datasets(cfg)   # data first: a broken SAMRS folder fails before any model is built
+    val_datasets = build_val_datasets(cfg) if cfg.train.val_interval > 0 else []
     torch.manual_seed(cfg.train.seed)
     model = build_mtp_model(cfg.model, [s.subset for s in cfg.data.subsets]).to(info.device)
     batcher = MultiTaskBatcher(datasets, model.offsets, cfg.data, cfg.train.seed, info.rank, info.world_size)
@@ -103,7 +109,7 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
     plain = D.unwrap(model)  # SyncBN conversion may have replaced modules
     optimizer, scheduler = build_mtp_optimizer(plain, cfg, total)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
-    start, elapsed, history = 0, 0.0, []
+    start, elapsed, history, val_history = 0, 0.0, [], []
     if state is not None:
         D.load_full_state_dicts(model, optimizer, state["model"], state["optimizer"], cfg.train.parallel)
         scheduler.load_state_dict(state["scheduler"])
@@ -111,6 +117,7 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start, elapsed, history = state["iteration"], state.get("elapsed_s", 0.0), list(state.get("history", []))
+        val_history = list(state.get("val_history", []))
     weights = {t: float(cfg.train.loss_weights.get(t, 1.0)) for t in cfg.model.tasks}
     writer = _tensorboard(work_dir) if info.is_main else None
     if info.is_main:
@@ -122,6 +129,7 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "iteration": iteration, "total_iters": total, "world_size": info.world_size,
                 "sampler": batcher.state(iteration), "rng": _rng_state(), "history": history,
+                "val_history": val_history,
                 "elapsed_s": elapsed + time.time() - t0}
 
     def save(iteration: int) -> Dict:
@@ -134,8 +142,20 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
                 save_checkpoint(work_dir / "encoder.pt", {"config": snap["config"], "model": enc,
                                                           "state_dict": enc, "iteration": iteration})
             _write_csv(work_dir / "metrics.csv", history)
+            _write_csv(work_dir / "val.csv", val_history)
         D.barrier()
         return snap
+
+    def run_validation(iteration: int) -> None:
+        metrics = validate(model, val_datasets, plain.offsets, cfg.data, cfg.model.tasks, info.device,
+                           cfg.train.val_batch_size, cfg.train.val_max_images)
+        val_history.append({"iteration": iteration, **metrics})
+        if info.is_main:
+            if writer is not None:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"val/{key}", value, iteration)
+            log.info("validation at iteration %d: %s", iteration,
+                     " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     t0 = time.time()
     model.train()
@@ -182,6 +202,8 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
                 if done % cfg.train.log_interval == 0 or done == total:
                     log.info("iter %d/%d loss %.4f %s lr %.2e", done, total, logged["loss"],
                              " ".join(f"{t} {logged[t]:.4f}" for t in cfg.model.tasks), row["lr"])
+            if val_datasets and (done % cfg.train.val_interval == 0 or done == total):
+                run_validation(done)
             if (done == stop_after or stop_now) and done < total:
                 snap = save(done)
                 log.info("stopped after iteration %d of %d; continue with --resume", done, total)

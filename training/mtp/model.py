@@ -26,7 +26,7 @@ The mask head trains as Mask R-CNN's: on the positive RoIs the detector's sample
 IoU >= 0.5, ground truths included), with targets = each RoI's matched instance mask RoI-aligned to the
 head's output size and thresholded at 0.5; at inference it predicts a mask for every final box.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +182,12 @@ class MTPModel(nn.Module):
         subsets = [t["subset"] for t in targets]
         return [[i for i, s in enumerate(subsets) if s == k] for k in sorted(set(subsets))]
 
-    def forward(self, images: Tensor, targets: List[Dict]) -> Dict[str, Tensor]:
+    def forward(self, images: Tensor, targets: Optional[List[Dict]], subsets: Optional[Sequence[int]] = None
+                ) -> Dict[str, Tensor]:
+        """Training losses; with `targets` None the predictions of `predict(images, subsets)` (through forward,
+        so DDP / FSDP wrappers gather their parameters as usual)."""
+        if targets is None:
+            return self.predict(images, subsets)
         features = self.encoder(images)
         groups = self.loss_groups(targets)
         out: Dict[str, Tensor] = {}
