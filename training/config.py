@@ -69,6 +69,11 @@ class SourceConfig:
     # Pixel boxes [x0, y0, x1, y1] (before resampling) to use of each tile; none = the whole tile.
     # Lets training and evaluation take disjoint parts of the same images.
     regions: Optional[List[List[int]]] = None
+    # Folders (under root) of the images and of the same-named label images: mmseg's img_dir/ann_dir by
+    # default; LoveDA's download has images_png/masks_png. A `tiles` entry with * or ? is a glob over
+    # image_dir (`["*"]`: every image there, sorted), so a config need not list a dataset's tiles.
+    image_dir: str = "img_dir"
+    label_dir: str = "ann_dir"
 
 
 @dataclass
