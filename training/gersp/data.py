@@ -23,9 +23,9 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from training.config import repo_path
+from training.data.sources import IMAGE_SUFFIXES
 from training.gersp.config import GeRSPDataConfig
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 def find_images(paths: Sequence[str]) -> List[Path]:
