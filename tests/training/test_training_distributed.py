@@ -41,7 +41,8 @@ def _srun(args, ntasks=2):
     """What `srun --ntasks 2` gives each task: SLURM_* variables only, no RANK / MASTER_PORT."""
     port, procs = _free_port(), []
     for rank in range(ntasks):
-        env = {**_env(), "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(ntasks), "SLURM_LOCALID": str(rank),
+        env = {**_env(), "SLURM_PROCID": str(rank), "SLURM_NTASKS": str(ntasks), "SLURM_STEP_NUM_TASKS": str(ntasks),
+               "SLURM_LOCALID": str(rank),
                "SLURM_JOB_NODELIST": "127.0.0.1", "MASTER_PORT": str(port)}
         procs.append(subprocess.Popen([sys.executable, "-m", "training", "train", *args], cwd=REPO_ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -92,15 +93,17 @@ def test_bf16_autocast_on_cpu_and_device_errors(tmp_path, monkeypatch, tiny_raw)
 
 
 def test_slurm_environment_becomes_torchruns():
-    env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "32", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
-           "SLURM_JOB_NODELIST": "gpu[07-10],login2"}
+    batch_shell = {"SLURM_PROCID": "0", "SLURM_NTASKS": "32", "SLURM_JOB_NODELIST": "gpu[07-10]"}
+    assert not slurm_to_torchrun_env(batch_shell) and "RANK" not in batch_shell   # no srun step: one process
+    env = {"SLURM_PROCID": "9", "SLURM_NTASKS": "32", "SLURM_STEP_NUM_TASKS": "32", "SLURM_LOCALID": "1",
+           "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[07-10],login2"}
     assert slurm_to_torchrun_env(env)
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("9", "32", "1")
     assert env["MASTER_ADDR"] == "gpu07" and env["MASTER_PORT"] == str(20000 + 123456 % 20000)
     assert not slurm_to_torchrun_env(env)                       # torchrun's variables win when present
     assert first_slurm_host("node[3,5-6]") == "node3" and first_slurm_host("a1,b2") == "a1"
-    with pytest.raises(RuntimeError, match="SLURM_NTASKS"):
-        slurm_to_torchrun_env({"SLURM_PROCID": "0"})
+    with pytest.raises(RuntimeError, match="SLURM_LOCALID"):
+        slurm_to_torchrun_env({"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0"})
 
 
 @pytest.mark.parametrize("name,nodes", [("mtp_pretrain_1node", 1), ("mtp_pretrain_4nodes", 4), ("finetune_1node", 1)])

@@ -44,17 +44,18 @@ def first_slurm_host(nodelist: str) -> str:
 
 
 def slurm_to_torchrun_env(environ=os.environ) -> bool:
-    """Under `srun` (SLURM_PROCID set, RANK not): fill in torchrun's variables from SLURM's, so one code path
-    serves both launchers. RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID,
-    MASTER_ADDR = the job's first node (unless set), MASTER_PORT = 20000 + job id % 20000 (unless set; every
-    task of the job computes the same). Returns whether it did."""
-    if "RANK" in environ or "SLURM_PROCID" not in environ:
+    """Inside an `srun` job step (SLURM_STEP_NUM_TASKS set, RANK not): fill in torchrun's variables from
+    SLURM's, so one code path serves both launchers. RANK = SLURM_PROCID, WORLD_SIZE = SLURM_STEP_NUM_TASKS,
+    LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the job's first node (unless set), MASTER_PORT = 20000 + job id %
+    20000 (unless set; every task of the job computes the same). A batch script's own shell (no job step) is
+    left alone: it is one process, whatever SLURM_NTASKS the allocation has. Returns whether it converted."""
+    if "RANK" in environ or "SLURM_STEP_NUM_TASKS" not in environ:
         return False
-    missing = [k for k in ("SLURM_NTASKS", "SLURM_LOCALID") if k not in environ]
+    missing = [k for k in ("SLURM_PROCID", "SLURM_LOCALID") if k not in environ]
     if missing:
-        raise RuntimeError(f"SLURM_PROCID is set but {missing} are not: launch every task with srun")
+        raise RuntimeError(f"SLURM_STEP_NUM_TASKS is set but {missing} are not: launch every task with srun")
     environ["RANK"] = environ["SLURM_PROCID"]
-    environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
+    environ["WORLD_SIZE"] = environ["SLURM_STEP_NUM_TASKS"]
     environ["LOCAL_RANK"] = environ["SLURM_LOCALID"]
     if "MASTER_ADDR" not in environ:
         nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
