@@ -3,7 +3,7 @@ processes, gloo): the whole pretraining-to-QGIS path of the paper's recipe in a 
 
     python -m training.tiny_chain runs/tiny_chain        # (make tiny-chain)
 
-Stages (configs: training/configs/gersp/gersp_tiny_cpu.yaml, mtp/pretrain_tiny_cpu.yaml, mtp/finetune_tiny_cpu.yaml,
+Stages (configs: training/configs/gersp/gersp_tiny_cpu.yaml, mtp/pretrain_tiny_cpu.yaml, finetune_tiny_cpu.yaml,
 their paths pointed into OUT): the GeRSP inputs (scikit-image's labelled photographs, 256 px crops of
 ../shared/data) -> GeRSP (OUT/gersp/encoder.pt) -> the tiny SAMRS sample -> MTP from that encoder with validation
 (OUT/mtp/encoder.pt) -> LoveDA segmentation from the MTP encoder (OUT/finetune) -> ONNX package with its parity
@@ -80,7 +80,7 @@ def run(out_dir, nproc: int = 2) -> Dict[str, Path]:
 
     def finetune(raw):
         raw["model"]["encoder"]["checkpoint"] = str(out / "mtp/encoder.pt")
-    _torchrun(["training", "train", "--config", str(_config(CONFIGS / "mtp/finetune_tiny_cpu.yaml",
+    _torchrun(["training", "train", "--config", str(_config(CONFIGS / "finetune_tiny_cpu.yaml",
                                                             out / "finetune.yaml", finetune)),
                "--work-dir", str(out / "finetune")], out / "finetune.log", nproc)
 

@@ -26,10 +26,11 @@ class PairLayout:
     before: str = BEFORE_DIR
     after: str = AFTER_DIR
     labels: Tuple[str, ...] = LABEL_DIRS
+    description: str = "the LEVIR-CD layout A/, B/, label/ (or CDD's A/, B/, OUT/)"
 
 
 LEVIR = PairLayout()
-LAYOUTS = {"levir": LEVIR, "clcd": PairLayout("time1", "time2", ("label",))}
+LAYOUTS = {"levir": LEVIR, "clcd": PairLayout("time1", "time2", ("label",), "CLCD's layout time1/, time2/, label/")}
 GVLM_FILES = ("im1.png", "im2.png", "ref.png")   # GVLM: <site>/im1.png (before), im2.png (after), ref.png
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -134,7 +135,7 @@ def load_pairs(root, names: Sequence[str], layout: PairLayout = LEVIR) -> List[C
     for folder in sorted({_split(root_path, n)[0] for n in names}):
         if not (folder / layout.before).is_dir():
             raise FileNotFoundError(f"change data folder {folder} has no {layout.before}/ (before images); "
-                                    f"expected {layout.before}/, {layout.after}/, {' or '.join(layout.labels)}/")
+                                    f"expected {layout.description}")
     return [read_pair(root, name, layout) for name in names]
 
 
