@@ -57,7 +57,7 @@ def test_losses_fall_against_a_no_learning_control(inputs, tmp_path):
     assert len(run["supervised"]) == 40
     assert run["supervised"][-15:].mean() < 0.75 * run["supervised"][:10].mean()
     assert run["supervised"][-15:].mean() < 0.8 * control["supervised"][-15:].mean()
-    assert run["contrastive"][-20:].mean() < control["contrastive"][-20:].mean() - 0.06
+    assert run["contrastive"][-20:].mean() < control["contrastive"][-20:].mean() - 0.04
 
 
 def test_ema_teacher_and_queue_as_specified(inputs):
