@@ -18,7 +18,7 @@ RDET_MODEL := resources/models/mtp_rdet_default.onnx
 SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
 
-.PHONY: setup test check-qt6 demo default-model change-model scene-model det-model rdet-model default-models sample-data package bench reference-env reference clean
+.PHONY: setup test check-qt6 demo tiny-chain default-model change-model scene-model det-model rdet-model default-models sample-data package bench reference-env reference clean
 
 setup:
 	@bash scripts/setup.sh
@@ -62,6 +62,10 @@ det-model: setup $(SEG_CHECKPOINT)
 rdet-model: setup $(SEG_CHECKPOINT)
 	$(PY) -m training train --config training/configs/rdet_default.yaml --work-dir runs/rdet_default
 	$(PY) -m training export --checkpoint runs/rdet_default/latest.pt --out $(RDET_MODEL)
+
+## GeRSP -> MTP -> finetune (each under torchrun, 2 CPU processes) -> export -> backend, at toy size (~3 minutes).
+tiny-chain: setup
+	$(PY) -m training.tiny_chain runs/tiny_chain
 
 ## All bundled models, from scratch.
 default-models: default-model change-model scene-model det-model rdet-model

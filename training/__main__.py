@@ -22,7 +22,9 @@ def cmd_train(args) -> int:
         task = checkpoint_task(work_dir / "latest.pt")
     else:
         task = config_task(args.config)
-    final = task_module(task).train_config(args.config, work_dir, iters=args.iters, resume=args.resume)
+    overrides = {k: v for k, v in (("device", args.device), ("amp", args.amp), ("stop_after", args.stop_after))
+                 if v is not None}
+    final = task_module(task).train_config(args.config, work_dir, iters=args.iters, resume=args.resume, **overrides)
     if "metrics" in final:
         print(json.dumps(headline(final["metrics"]), indent=2))
     return 0
@@ -81,6 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", required=True, help="folder for latest.pt, train.log, metrics.json")
     p.add_argument("--iters", type=int, help="override train.iters")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pt")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device (auto: CUDA when visible)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="override train.amp (fp16 needs CUDA)")
+    p.add_argument("--stop-after", type=int, help="stop with a checkpoint after this iteration (resume with --resume)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="held-out metrics of a checkpoint (segmentation: also any --image/--label pair)")
@@ -118,6 +123,9 @@ def main(argv=None) -> int:
         # Expected user errors (bad path, bad checkpoint, failed parity) get one clear line.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        from training.mtp.distributed import cleanup   # the process group a torchrun / srun train started
+        cleanup()
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ class SourceConfig:
     # Pixel boxes [x0, y0, x1, y1] (before resampling) to use of each tile; none = the whole tile.
     # Lets training and evaluation take disjoint parts of the same images.
     regions: Optional[List[List[int]]] = None
+    # Folders (under root) of the images and of the same-named label images: mmseg's img_dir/ann_dir by
+    # default; LoveDA's download has images_png/masks_png. A `tiles` entry with * or ? is a glob over
+    # image_dir (`["*"]`: every image there, sorted), so a config need not list a dataset's tiles.
+    image_dir: str = "img_dir"
+    label_dir: str = "ann_dir"
 
 
 @dataclass
@@ -106,6 +111,10 @@ class TrainLoopConfig:
     # Layer-wise lr decay for the paper encoders (vit_rvsa, internimage): block i of L trains at
     # lr * layer_decay ** (L + 1 - i), decoders at lr. 1.0 = off (every parameter at lr).
     layer_decay: float = 1.0
+    optimizer: str = "adamw"  # adamw | sgd (with `momentum`; GeRSP's official recipe)
+    momentum: float = 0.9
+    device: str = "auto"  # auto (CUDA when visible) | cpu | cuda; `--device` overrides it
+    amp: str = "none"     # none | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler); `--amp` overrides it
 
 
 @dataclass

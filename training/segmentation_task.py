@@ -5,9 +5,10 @@ from training.evaluate import evaluate_checkpoint as _evaluate
 from training.export import export_checkpoint  # noqa: F401  (part of the task interface)
 
 
-def train_config(path, work_dir, iters=None, resume=False):
+def train_config(path, work_dir, iters=None, resume=False, **overrides):
+    """`overrides`: train_loop's device / amp."""
     cfg = None if resume else load_config(path)
-    return train(cfg, repo_path(str(work_dir)), iters=iters, resume=resume)
+    return train(cfg, repo_path(str(work_dir)), iters=iters, resume=resume, **overrides)
 
 
 def evaluate_checkpoint(path):

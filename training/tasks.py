@@ -1,6 +1,7 @@
 """Which training code serves which task. Each task module exposes the same three functions:
 
-    train_config(path, work_dir, iters=None, resume=False) -> final checkpoint state (with "metrics")
+    train_config(path, work_dir, iters=None, resume=False, device=None, amp=None) -> final checkpoint state
+        (with "metrics"); device / amp override the config's train.device / train.amp
     evaluate_checkpoint(path) -> metrics dict on the config's held-out data
     export_checkpoint(checkpoint, out) -> metadata written into the .onnx package
 
@@ -21,6 +22,7 @@ TASK_MODULES = {
     "scene_classification": "training.scene_classification",
     "detection": "training.detection",  # horizontal boxes
     "rotated_detection": "training.detection",  # le90 rotated boxes; same module, the config's task decides
+    "gersp_pretrain": "training.gersp",  # GeRSP pretraining (encoder.pt for MTP); no evaluate / export
 }
 DEFAULT_TASK = "semantic_segmentation"
 
@@ -33,9 +35,9 @@ def package_task_functions(package: str):
     def part(name: str):
         return importlib.import_module(f"{package}.{name}")
 
-    def train_config(path, work_dir, iters=None, resume=False):
+    def train_config(path, work_dir, iters=None, resume=False, **overrides):
         cfg = None if resume else part("config").load_config(path)
-        return part("engine").train(cfg, repo_path(str(work_dir)), iters=iters, resume=resume)
+        return part("engine").train(cfg, repo_path(str(work_dir)), iters=iters, resume=resume, **overrides)
 
     def evaluate_checkpoint(path):
         engine = part("engine")

@@ -402,7 +402,10 @@ def test_cdd_split_folders_read_back_and_train(tmp_path):
 FINETUNE = {"eurosat": ("scene_classification", "overall_accuracy"), "dior": ("detection", "AP50"),
             "dior_r": ("rotated_detection", "mAP"), "fair1m": ("rotated_detection", "mAP"),
             "xview": ("detection", "AP50"), "cdd": ("change_detection", "F1"),
-            "oscd": ("change_detection", "F1")}
+            "oscd": ("change_detection", "F1"), "resisc45": ("scene_classification", "overall_accuracy"),
+            "clcd": ("change_detection", "F1"), "egy_bcd": ("change_detection", "F1"),
+            "gvlm": ("change_detection", "F1"), "loveda": ("semantic_segmentation", "mIoU"),
+            "spacenetv1": ("semantic_segmentation", "mIoU")}
 
 
 @pytest.mark.parametrize("dataset", sorted(FINETUNE))
@@ -416,6 +419,11 @@ def test_finetune_configs_parse_for_every_seed_dataset(dataset):
         cfg = config_from_dict(raw, check_files=False)
         assert cfg.data.format == dataset.replace("cdd", "")
         encoder = cfg.model["encoder"]
+    elif task == "semantic_segmentation":
+        from training.config import config_from_dict
+        cfg = config_from_dict(raw)
+        encoder = vars(cfg.model.encoder)
+        assert all(s.tiles == ["*"] for s in cfg.data.train + cfg.data.val)     # tiles found in the folders
     elif task == "scene_classification":
         from training.scene_classification.config import config_from_dict
         cfg = config_from_dict(raw)

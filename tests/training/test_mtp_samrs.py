@@ -75,7 +75,7 @@ def test_malformed_files_give_clear_errors(tiny, tmp_path):
     stem = ds.stem(0)
 
     with pytest.raises(SAMRSFormatError, match="instance annotation file missing"):
-        SAMRSDataset(root, "sota", split="valid")
+        SAMRSDataset(root, "sota", ann_file="trainval/sota_rbb_test_ins_segmentation.json")
     with pytest.raises(ValueError, match="unknown SAMRS subset"):
         SAMRSDataset(root, "dota")
 

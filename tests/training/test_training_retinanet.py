@@ -54,7 +54,9 @@ def test_spec_defaults_round_trip_and_refusals():
     with pytest.raises(ValueError, match="architecture"):
         spec_from_dict({"box_type": "hbox", "architecture": "yolo"})
     with pytest.raises(ValueError, match="extra_levels"):
-        spec_from_dict({"box_type": "hbox", "extra_levels": 2})            # two-stage has none
+        spec_from_dict({"box_type": "hbox", "extra_levels": -1})
+    with pytest.raises(ValueError, match="one list per FPN level \\(5\\)"):   # two-stage P6 needs its anchors
+        spec_from_dict({"box_type": "hbox", "extra_levels": 1})
     with pytest.raises(ValueError, match="one list per FPN level \\(5\\)"):
         spec_from_dict({"box_type": "hbox", "architecture": "retinanet", "anchor_sizes": [[32.0]] * 3})
     with pytest.raises(ValueError, match="two-stage"):

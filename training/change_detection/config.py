@@ -11,7 +11,7 @@ from training.config import (ClassInfo, DecoderConfig, EncoderConfig, EvalConfig
 
 TASK = "change_detection"
 FUSIONS = ("concat_diff", "diff", "concat")
-FORMATS = ("levir", "oscd")
+FORMATS = ("levir", "clcd", "gvlm", "oscd")
 OSCD_BANDS = {"rgb": 3, "all13": 13}  # training.change_detection.oscd.BAND_SETS, channel counts
 LOSSES = ("ce", "ce_dice")
 
@@ -45,7 +45,9 @@ class ChangeDataConfig:
     gsd_m: float = 0.5
     # Brightness/contrast change of up to this fraction, drawn independently for each date (0 = off).
     color_jitter: float = 0.0
-    format: str = "levir"  # levir (LEVIR-CD, WHU-CD, CDD folders) or oscd
+    # levir (LEVIR-CD, WHU-CD, EGY-BCD, CDD folders), clcd (time1/ time2/ label/), gvlm (site folders with
+    # im1.png, im2.png, ref.png; names are sites, `*` all of them) or oscd
+    format: str = "levir"
     oscd_bands: str = "rgb"  # OSCD only: rgb (B04, B03, B02 as 8-bit) or all13 (13 bands, uint16 DN)
     oscd_upsample: float = 1.0  # OSCD only: resample factor of every city (official recipe: ~2.33, 10 m -> 4.3 m)
 

@@ -38,7 +38,8 @@ def loss_class_weights(change_fraction: float, mode: str) -> Optional[torch.Tens
 
 def change_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: ChangeConfig,
                 class_weights: Optional[torch.Tensor]) -> torch.Tensor:
-    loss = F.cross_entropy(logits, labels, weight=class_weights, ignore_index=IGNORE)
+    weight = class_weights.to(logits.device) if class_weights is not None else None
+    loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE)
     if cfg.train.loss == "ce_dice":
         # Soft dice on the change class over the whole batch: directly rewards overlap (F1), which
         # cross-entropy on a 15 %-change problem does only indirectly.

@@ -66,13 +66,35 @@ def cut_region(tile: LabelledTile, box: List[int], resample: float) -> LabelledT
                         image=tile.image[y0:y1, x0:x1], label=tile.label[y0:y1, x0:x1])
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def tile_names(source: SourceConfig) -> List[str]:
+    """The source's tiles, glob entries (`*`, `*.png`) expanded over root/image_dir in sorted order."""
+    folder = repo_path(source.root) / source.image_dir
+    names: List[str] = []
+    for entry in source.tiles:
+        if any(c in entry for c in "*?["):
+            found = sorted(p.name for p in folder.glob(entry) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise FileNotFoundError(f"tiles {entry!r}: no image in {folder} (expected the images there and "
+                                        f"their labels in {repo_path(source.root) / source.label_dir})")
+            names += found
+        else:
+            names.append(entry)
+    return names
+
+
+def tile_paths(source: SourceConfig, name: str):
+    root = repo_path(source.root)
+    return root / source.image_dir / name, root / source.label_dir / name
+
+
 def load_source(source: SourceConfig) -> List[LabelledTile]:
     class_map: Optional[Dict[int, int]] = source.class_map or DEFAULT_CLASS_MAPS.get(source.dataset)
     if class_map is None:
         raise ValueError(f"source {source.root}: unknown dataset {source.dataset!r} and no class_map given")
-    root = repo_path(source.root)
-    tiles = [read_tile(root / "img_dir" / name, root / "ann_dir" / name, class_map, source.resample)
-             for name in source.tiles]
+    tiles = [read_tile(*tile_paths(source, name), class_map, source.resample) for name in tile_names(source)]
     if not source.regions:
         return tiles
     return [cut_region(tile, box, source.resample) for tile in tiles for box in source.regions]

@@ -15,7 +15,8 @@ Rules (those of DOTA_devkit's ``dota_evaluation_task1/2`` and VOC's ``voc_eval``
   ground truth but no detection has AP 0.
 
 Boxes: ``"rotated"`` (N, 5) le90 rboxes, IoU from :func:`training.detection.ops.rotated_box_iou`;
-``"horizontal"`` (N, 4) xyxy, IoU from ``torchvision.ops.box_iou``.
+``"horizontal"`` (N, 4) xyxy, IoU from ``torchvision.ops.box_iou``; ``"mask"``: (N, H, W) instance masks of
+one image size, mask IoU (COCO's segm matching; the AP rule stays ``method``).
 """
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence
@@ -57,9 +58,20 @@ class _Matches:
     gt_difficult: np.ndarray
 
 
+def mask_iou(masks1: Tensor, masks2: Tensor) -> Tensor:
+    """(N, H, W) x (M, H, W) boolean masks -> (N, M) IoU."""
+    a = masks1.reshape(len(masks1), -1).to(torch.float64)
+    b = masks2.reshape(len(masks2), -1).to(torch.float64)
+    inter = a @ b.t()
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return inter / union.clamp_min(1.0)
+
+
 def _pairwise_iou(boxes1: Tensor, boxes2: Tensor, box_type: str) -> Tensor:
     if box_type == "rotated":
         return rotated_box_iou(boxes1, boxes2)
+    if box_type == "mask":
+        return mask_iou(boxes1, boxes2)
     if box_type == "horizontal":
         return box_iou(boxes1, boxes2)
     raise ValueError(f"unknown box_type {box_type!r} (rotated or horizontal)")
@@ -73,11 +85,16 @@ def _match(detections: Sequence[Mapping[str, Tensor]], ground_truths: Sequence[M
            box_type: str) -> _Matches:
     if len(detections) != len(ground_truths):
         raise ValueError(f"{len(detections)} detection lists for {len(ground_truths)} images")
-    if box_type not in ("rotated", "horizontal"):
-        raise ValueError(f"unknown box_type {box_type!r} (rotated or horizontal)")
+    if box_type not in ("rotated", "horizontal", "mask"):
+        raise ValueError(f"unknown box_type {box_type!r} (rotated, horizontal or mask)")
     dim = 5 if box_type == "rotated" else 4
 
     def as_boxes(values, what: str, image: int) -> Tensor:
+        if box_type == "mask":   # (N, H, W) instance masks
+            masks = torch.as_tensor(values).detach().to("cpu", torch.bool)
+            if masks.numel() and masks.ndim != 3:
+                raise ValueError(f"image {image}: {what} masks must be (N, H, W), got {tuple(masks.shape)}")
+            return masks
         boxes = torch.as_tensor(values).detach().to("cpu", torch.float64)
         if boxes.numel() and (boxes.ndim != 2 or boxes.shape[1] != dim):
             raise ValueError(f"image {image}: {what} boxes must be (N, {dim}) for {box_type} boxes, "
@@ -123,6 +140,29 @@ def _match(detections: Sequence[Mapping[str, Tensor]], ground_truths: Sequence[M
                     cat(best_iou, np.float64), cat(gt_labels, np.int64), cat(gt_difficult, bool))
 
 
+def match_detections(detections: Sequence[Mapping[str, Tensor]], ground_truths: Sequence[Mapping[str, Tensor]],
+                     box_type: str = "rotated") -> _Matches:
+    """The matching half of evaluate_detections: small arrays (scores, labels, best ground truth and IoU per
+    detection), so images matched in different processes can be merged (merge_matches) and scored
+    (evaluate_matches) in one place."""
+    return _match(detections, ground_truths, box_type)
+
+
+def merge_matches(parts: Sequence[_Matches]) -> _Matches:
+    """Matches of disjoint image sets -> one (ground-truth indices offset past the earlier parts')."""
+    best_gt, offset = [], 0
+    for m in parts:
+        best_gt.append(np.where(m.best_gt >= 0, m.best_gt + offset, -1))
+        offset += len(m.gt_labels)
+
+    def cat(name, dtype):
+        arrays = [getattr(m, name) for m in parts]
+        return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype)
+    return _Matches(cat("scores", np.float64), cat("labels", np.int64),
+                    np.concatenate(best_gt).astype(np.int64) if best_gt else np.zeros(0, np.int64),
+                    cat("best_iou", np.float64), cat("gt_labels", np.int64), cat("gt_difficult", bool))
+
+
 def _class_pr(m: _Matches, cls: int, iou_threshold: float):
     """Cumulative (recall, precision) of one class at one IoU threshold, and the ground-truth count."""
     num_gt = int(np.sum((m.gt_labels == cls) & ~m.gt_difficult))
@@ -162,7 +202,14 @@ def evaluate_detections(detections: Sequence[Mapping[str, Tensor]], ground_truth
     default; the AP rule is still ``method``, not COCO's 101 points), else NaN, "num_gt": {class:
     non-difficult count}, "num_det": {class: detections counted, i.e. not ignored, at the first threshold}}``.
     """
-    matches = _match(detections, ground_truths, box_type)
+    result = evaluate_matches(_match(detections, ground_truths, box_type), class_names, iou_thresholds, method)
+    result["box_type"] = box_type
+    return result
+
+
+def evaluate_matches(matches: _Matches, class_names: Sequence[str],
+                     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS, method: str = "voc12") -> Dict:
+    """evaluate_detections' scoring of already matched detections (match_detections / merge_matches)."""
     thresholds = [float(t) for t in iou_thresholds]
     ap: Dict[str, Dict[float, float]] = {}
     num_gt, num_det = {}, {}
@@ -195,5 +242,4 @@ def evaluate_detections(detections: Sequence[Mapping[str, Tensor]], ground_truth
         "num_gt": num_gt,
         "num_det": num_det,
         "method": method,
-        "box_type": box_type,
     }

@@ -92,14 +92,15 @@ def multilevel_roi_align(features: Sequence[Tensor], strides: Sequence[int], roi
 
 
 class RoIHead(nn.Module):
-    """Two shared FC layers, a (K+1)-way classifier (background last) and class-agnostic box deltas."""
+    """Two shared FC layers, a (K+1)-way classifier (background last) and box deltas: class-agnostic
+    (``reg_classes`` 1) or one set per class (``reg_classes`` K, mmdet's reg_class_agnostic=False)."""
 
-    def __init__(self, channels: int, roi_size: int, fc: int, num_classes: int, box_dim: int):
+    def __init__(self, channels: int, roi_size: int, fc: int, num_classes: int, box_dim: int, reg_classes: int = 1):
         super().__init__()
         self.fc1 = nn.Linear(channels * roi_size * roi_size, fc)
         self.fc2 = nn.Linear(fc, fc)
         self.cls = nn.Linear(fc, num_classes + 1)
-        self.reg = nn.Linear(fc, box_dim)
+        self.reg = nn.Linear(fc, box_dim * reg_classes)
         for layer in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)

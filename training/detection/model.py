@@ -31,7 +31,8 @@ from .heads import FPN, RoIHead, RPNHead, multilevel_roi_align
 from .ops import box_iou, rotated_box_iou
 
 __all__ = ["DetectorSpec", "spec_from_dict", "spec_to_dict", "build_detector", "Detector", "Sampling",
-           "select_proposals", "fast_nms_scores", "target_tensors"]
+           "select_proposals", "fast_nms_scores", "target_tensors", "roi_regression_loss", "class_deltas",
+           "anchor_inside"]
 
 BOX_TYPES = ("hbox", "rbox")
 ARCHITECTURES = ("two_stage", "retinanet")
@@ -81,9 +82,17 @@ class DetectorSpec:
     roi_stds: Optional[List[float]] = None       # None: .1 .1 .2 .2 (hbox) + .1 angle (rbox)
     rpn_reg_beta: float = 1.0 / 9                # smooth-L1 beta (0: L1)
     roi_reg_beta: float = 1.0
-    # RetinaNet only (mmdet's retinanet_r50_fpn values).  Extra levels: stride-2 3x3 convs on the last
-    # encoder map the FPN reads (P6), then on ReLU(P6) (P7); None: 2 retinanet, 0 two-stage.
+    # Extra FPN levels past the last encoder map.  RetinaNet: stride-2 3x3 convs on the last encoder map the
+    # FPN reads (P6), then on ReLU(P6) (P7); None: 2.  Two-stage: mmdet's FPN without extra convs
+    # (num_outs 5: P6 = stride-2 max-pool of P5), read by the RPN only, the RoI heads stay on the encoder
+    # levels (mmdet's featmap_strides [4, 8, 16, 32]); None: 0.
     extra_levels: Optional[int] = None
+    # Box regression of the RoI head: class-agnostic (one set of deltas; mmrotate's Oriented R-CNN) or one
+    # set per class (mmdet's Faster / Mask R-CNN: reg_class_agnostic=False).
+    roi_class_agnostic: bool = True
+    # RPN training ignores anchors reaching more than this many px outside the image (mmdet allowed_border;
+    # mmrotate's Oriented R-CNN: 0).  None: every anchor trains (allowed_border -1).
+    rpn_allowed_border: Optional[float] = None
     anchor_octave_base: float = 4.0
     anchor_octaves: int = 3
     head_convs: int = 4                          # convs of fpn_channels in each of the class / box subnets
@@ -113,9 +122,8 @@ class DetectorSpec:
             self.fpn_levels = [1, 2, 3] if retina else [0, 1, 2, 3]
         if self.extra_levels is None:
             self.extra_levels = 2 if retina else 0
-        if self.extra_levels < 0 or (self.extra_levels and not retina):
-            raise ValueError(f"extra_levels must be >= 0, and only architecture retinanet has extra levels "
-                             f"(got {self.extra_levels})")
+        if self.extra_levels < 0:
+            raise ValueError(f"extra_levels must be >= 0 (got {self.extra_levels})")
         if self.anchor_sizes is None and not retina:
             self.anchor_sizes = [[24.0], [48.0], [96.0], [192.0]]
         rbox = self.box_type == "rbox"
@@ -253,6 +261,32 @@ def _smooth_l1_sum(x: Tensor, y: Tensor, beta: float) -> Tensor:
     return F.smooth_l1_loss(x, y, beta=beta, reduction="sum")
 
 
+def class_deltas(reg: Tensor, labels: Tensor, box_dim: int) -> Tensor:
+    """(R, K * D) per-class deltas -> (R, D) the deltas of each row's class in `labels` (R,)."""
+    per_class = reg.reshape(reg.shape[0], -1, box_dim)
+    return torch.gather(per_class, 1, labels.reshape(-1, 1, 1).expand(-1, 1, box_dim)).squeeze(1)
+
+
+def roi_regression_loss(reg: Tensor, labels: Tensor, target: Tensor, num_classes: int, box_dim: int,
+                        beta: float) -> Tensor:
+    """The RoI head's box loss as mmdet's BBoxHead: (smooth-)L1 between the positive RoIs' deltas and their
+    targets, summed and divided by the number of sampled RoIs (positives and negatives).  `reg` (R, D)
+    class-agnostic or (R, K * D) per class (the labelled class's deltas are used); `labels` (R,) with
+    `num_classes` = background; `target` (P, D) for the positives in order."""
+    is_pos = labels < num_classes
+    pred = reg[is_pos]
+    if reg.shape[1] != box_dim:
+        pred = class_deltas(pred, labels[is_pos], box_dim)
+    return _smooth_l1_sum(pred, target, beta) / max(len(labels), 1)
+
+
+def anchor_inside(anchors: Tensor, image_size: Tuple[int, int], border: float) -> Tensor:
+    """(A,) True for anchors within `border` px of the image (mmdet's anchor_inside_flags)."""
+    height, width = image_size
+    return ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
+            & (anchors[:, 2] < width + border) & (anchors[:, 3] < height + border))
+
+
 @dataclass
 class Sampling:
     """What the RoI stage of one ``losses`` call sampled, per image (for heads trained on the same RoIs).
@@ -303,14 +337,18 @@ class Detector(nn.Module):
         self.box_type = spec.box_type
         self.num_classes = spec.num_classes
         self.encoder, in_channels, strides = encoder_and_maps(spec, in_channels, strides)
-        self.strides = [int(strides[i]) for i in spec.fpn_levels]
+        base = [int(strides[i]) for i in spec.fpn_levels]
+        # RPN levels: the encoder's, then the max-pooled extra ones; the RoI heads read the first roi_levels.
+        self.strides = base + [base[-1] * 2 ** (i + 1) for i in range(spec.extra_levels)]
+        self.roi_levels = len(base)
         self.fpn = FPN([in_channels[i] for i in spec.fpn_levels], spec.fpn_channels)
         self.anchor_shapes = [anchor_shapes(sizes, spec.anchor_ratios) for sizes in spec.anchor_sizes]
         rbox = self.box_type == "rbox"
         self.box_dim = 5 if rbox else 4
         self.rpn = RPNHead(spec.fpn_channels, len(self.anchor_shapes[0]), 6 if rbox else 4,
                            spec.rpn_objectness_prior)
-        self.roi_head = RoIHead(spec.fpn_channels, spec.roi_size, spec.roi_fc, spec.num_classes, self.box_dim)
+        self.roi_head = RoIHead(spec.fpn_channels, spec.roi_size, spec.roi_fc, spec.num_classes, self.box_dim,
+                                reg_classes=1 if spec.roi_class_agnostic else spec.num_classes)
         self.rpn_coder = MidpointOffsetCoder(stds=spec.rpn_stds) if rbox else HBoxDeltaCoder(stds=spec.rpn_stds)
         self.roi_coder = (RBoxDeltaCoder(stds=spec.roi_stds, edge_swap=True) if rbox
                           else HBoxDeltaCoder(stds=spec.roi_stds))
@@ -318,12 +356,15 @@ class Detector(nn.Module):
     @property
     def size_divisor(self) -> int:
         """Input height and width must be multiples of this."""
-        return max(self.strides)
+        return max(self.strides[:self.roi_levels])
 
     # ------------------------------------------------------------------ shared parts
     def neck(self, maps: Sequence[Tensor]) -> List[Tensor]:
-        """Encoder maps (finest first, all of them) -> FPN maps."""
-        return self.fpn([maps[i] for i in self.spec.fpn_levels])
+        """Encoder maps (finest first, all of them) -> FPN maps (+ the max-pooled extra levels)."""
+        out = self.fpn([maps[i] for i in self.spec.fpn_levels])
+        for _ in range(self.spec.extra_levels):
+            out.append(F.max_pool2d(out[-1], 1, stride=2))
+        return out
 
     def _features(self, images: Tensor) -> List[Tensor]:
         if self.encoder is None:
@@ -348,8 +389,8 @@ class Detector(nn.Module):
     def _roi_forward(self, features, rois: Tensor, allowed: Optional[Tensor] = None):
         """``allowed`` (N, K + 1) bool, background last: image n's RoIs score only its allowed classes
         (a multi-dataset model's per-dataset classifiers on one head)."""
-        pooled = multilevel_roi_align(features, self.strides, rois, self.spec.roi_size,
-                                      self.spec.roi_sampling_ratio, self.spec.roi_finest_scale)
+        pooled = multilevel_roi_align(features[:self.roi_levels], self.strides[:self.roi_levels], rois,
+                                      self.spec.roi_size, self.spec.roi_sampling_ratio, self.spec.roi_finest_scale)
         cls, reg = self.roi_head(pooled)
         if allowed is not None:
             cls = cls.masked_fill(~allowed[rois[:, 0].long()], -1e4)
@@ -383,10 +424,12 @@ class Detector(nn.Module):
         batch_index = torch.arange(n, dtype=dtype, device=device)[:, None, None].expand(n, p, 1)
         rois = torch.cat([batch_index, self._roi_boxes(proposals)], dim=-1).reshape(n * p, 6)
         cls, reg = self._roi_forward(features, rois, allowed)
-        boxes = self._decode(proposals.reshape(n * p, -1), reg, image_size)
         # Empty proposal slots (objectness -inf) get zero scores, so the backend's threshold drops them.
         valid = torch.isfinite(objectness).to(dtype).reshape(n * p, 1)
         scores = F.softmax(cls, dim=-1)[:, :self.num_classes] * valid
+        if not self.spec.roi_class_agnostic:   # per-class deltas: each candidate's box is its best class's
+            reg = class_deltas(reg, scores.argmax(-1), self.box_dim)
+        boxes = self._decode(proposals.reshape(n * p, -1), reg, image_size)
         return boxes.reshape(n, p, self.box_dim), scores.reshape(n, p, self.num_classes)
 
     # ------------------------------------------------------------------ training
@@ -423,6 +466,8 @@ class Detector(nn.Module):
             gt_h = gt if self.box_type == "hbox" else rbox_to_hbox(gt)
             iou = box_iou(anchors, gt_h)
             label, gt_index = max_iou_assign(iou, spec.rpn_pos_iou, spec.rpn_neg_iou, spec.rpn_min_pos_iou, True)
+            if spec.rpn_allowed_border is not None:
+                label = torch.where(anchor_inside(anchors, image_size, spec.rpn_allowed_border), label, -1)
             pos, neg = random_sample(label, spec.rpn_batch_size, spec.rpn_pos_fraction)
             cls_logits += [logits[i, pos], logits[i, neg]]
             cls_labels += [torch.ones(len(pos), dtype=dtype, device=device),
@@ -461,9 +506,8 @@ class Detector(nn.Module):
         labels = torch.cat(roi_labels)
         num_roi = max(len(labels), 1)
         roi_cls = F.cross_entropy(cls_out, labels, reduction="sum") / num_roi
-        is_pos = labels < self.num_classes
         target = self.roi_coder.encode(torch.cat(roi_pos_props), torch.cat(roi_pos_targets))
-        roi_reg = _smooth_l1_sum(reg_out[is_pos], target, spec.roi_reg_beta) / num_roi
+        roi_reg = roi_regression_loss(reg_out, labels, target, self.num_classes, self.box_dim, spec.roi_reg_beta)
         out = {"rpn_cls": rpn_cls, "rpn_reg": rpn_reg, "roi_cls": roi_cls, "roi_reg": roi_reg}
         if not return_sampling:
             return out

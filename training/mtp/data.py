@@ -16,6 +16,7 @@ from torch import Tensor
 
 from training.detection.boxes import normalize_rboxes
 from training.mtp.config import MTPDataConfig
+from training.mtp.photometric import photometric_distortion
 from training.mtp.samrs import SEMANTIC_IGNORE, SAMRSDataset, SAMRSSample
 
 
@@ -66,29 +67,62 @@ def _flip(sample: Dict, horizontal: bool, size: int) -> Dict:
     return out
 
 
+def resize_factor(height: int, width: int, cfg: MTPDataConfig, rng: np.random.Generator, train: bool) -> float:
+    """The random resize's scale factor. `fit_crop` (official MTP_RandomResize, keep_ratio): the image is
+    fitted into a square of image_size x U(resize_range) px, so a 1024 px SAMRS image with a 512 px crop
+    becomes 256..1024 px; at evaluation it is fitted into image_size (the official valid pipeline's Resize).
+    `source`: the factor U(resize_range) applies to the source size (1024 px -> 512..2048 px)."""
+    lo, hi = cfg.resize_range
+    ratio = float(rng.uniform(lo, hi)) if train and hi > lo else (lo if train else 1.0)
+    if cfg.resize_mode == "fit_crop":
+        return int(cfg.image_size * ratio) / max(height, width)
+    return ratio
+
+
+def boxes_from_masks(masks: Tensor) -> Tensor:
+    """(N, H, W) bool -> (N, 4) x1 y1 x2 y2 of each mask's pixels (mmdet's BitmapMasks.get_bboxes)."""
+    if len(masks) == 0:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    cols, rows = masks.any(1), masks.any(2)
+    width, height = masks.shape[2], masks.shape[1]
+    x = torch.arange(width)
+    y = torch.arange(height)
+    x1 = torch.where(cols, x, width).amin(1)
+    x2 = torch.where(cols, x, -1).amax(1) + 1
+    y1 = torch.where(rows, y, height).amin(1)
+    y2 = torch.where(rows, y, -1).amax(1) + 1
+    return torch.stack([x1, y1, x2, y2], 1).float()
+
+
 def prepare(sample: SAMRSSample, cfg: MTPDataConfig, offset: int, rng: np.random.Generator, train: bool = True) -> Dict:
-    """A SAMRS sample -> normalised CHW image and union-id targets: random resize, then an image_size
-    window (padded past the border: image 0, semantic ignore, masks empty), then random flips.
+    """A SAMRS sample -> normalised CHW image and union-id targets, as the official train pipeline: random
+    resize (`resize_factor`), an image_size window (padded past the border: image 0, semantic ignore, masks
+    empty), photometric distortion of the window's pixels (photometric.py), boxes recomputed from the cropped
+    masks (MTP_RandomCrop recompute_bbox), random flips (the official flip picks none / horizontal / vertical /
+    diagonal with 1/4 each: two independent coin flips).
 
     Masks and the semantic map are resampled by nearest neighbour straight into the window, and only the
     instances whose box meets the window are decoded: memory stays at window size per instance however
     many objects the full image holds."""
     size = cfg.image_size
     h, w = sample.semantic.shape
-    lo, hi = cfg.resize_range
-    factor = float(rng.uniform(lo, hi)) if train and hi > lo else 1.0
-    rh, rw = max(1, round(h * factor)), max(1, round(w * factor))
+    factor = resize_factor(h, w, cfg, rng, train)
+    rh, rw = max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
     y0 = int(rng.integers(0, rh - size + 1)) if train and rh > size else 0
     x0 = int(rng.integers(0, rw - size + 1)) if train and rw > size else 0
     src_rows, ch = _nearest_rows(y0, size, h, rh)
     src_cols, cw = _nearest_rows(x0, size, w, rw)
 
-    image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float() / cfg.scale
-    image = (image - torch.tensor(cfg.mean)[:, None, None]) / torch.tensor(cfg.std)[:, None, None]
+    image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float()
     if (rh, rw) != (h, w):
         image = F.interpolate(image[None], size=(rh, rw), mode="bilinear", align_corners=False)[0]
-    window = image.new_zeros((image.shape[0], size, size))
-    window[:, :ch, :cw] = image[:, y0:y0 + ch, x0:x0 + cw]
+    pixels = image[:, y0:y0 + ch, x0:x0 + cw]
+    if train and cfg.photometric != "none":
+        distorted = photometric_distortion(pixels.permute(1, 2, 0).numpy(), rng, cfg.photometric)
+        pixels = torch.from_numpy(distorted).permute(2, 0, 1).float()
+    pixels = (pixels / cfg.scale - torch.tensor(cfg.mean)[:, None, None]) / torch.tensor(cfg.std)[:, None, None]
+    window = pixels.new_zeros((pixels.shape[0], size, size))
+    window[:, :ch, :cw] = pixels
 
     semantic = torch.full((size, size), SEMANTIC_IGNORE, dtype=torch.int64)
     src = torch.from_numpy(sample.semantic).long()
@@ -106,15 +140,16 @@ def prepare(sample: SAMRSSample, cfg: MTPDataConfig, offset: int, rng: np.random
             masks.append(m)
             keep.append(i)
     keep_t = torch.tensor(keep, dtype=torch.int64)
+    masks_t = torch.stack(masks) if masks else torch.zeros((0, size, size), dtype=torch.bool)
     rboxes = sample.rboxes.float().clone()
-    rboxes[:, :4] *= factor
+    rboxes[:, 0] *= sx
+    rboxes[:, 1] *= sy
+    rboxes[:, 2:4] *= factor
     rboxes[:, 0] -= x0
     rboxes[:, 1] -= y0
     rkeep = (rboxes[:, 0] >= 0) & (rboxes[:, 0] < cw) & (rboxes[:, 1] >= 0) & (rboxes[:, 1] < ch)
-    s = {"image": window, "semantic": semantic,
-         "masks": torch.stack(masks) if masks else torch.zeros((0, size, size), dtype=torch.bool),
-         "boxes": boxes[keep_t], "labels": sample.labels[keep_t] + offset,
-         "rboxes": rboxes[rkeep], "rlabels": sample.rlabels[rkeep] + offset}
+    s = {"image": window, "semantic": semantic, "masks": masks_t, "boxes": boxes_from_masks(masks_t),
+         "labels": sample.labels[keep_t] + offset, "rboxes": rboxes[rkeep], "rlabels": sample.rlabels[rkeep] + offset}
     if train and cfg.flip:
         if rng.random() < 0.5:
             s = _flip(s, True, size)

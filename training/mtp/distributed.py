@@ -5,6 +5,7 @@ Run with `python -m torch.distributed.run --nproc_per_node N [--nnodes M --node_
 is world size 1 without a process group. Backend `auto`: NCCL when the ranks use CUDA, gloo on CPU.
 """
 import os
+import re
 from dataclasses import dataclass
 from typing import Dict
 
@@ -30,17 +31,51 @@ class DistInfo:
         return self.world_size > 1 or dist.is_initialized()
 
 
+def first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (`node[03-05,07],gpu1` -> `node03`), as
+    `scontrol show hostnames | head -1` gives it."""
+    head = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if not head:
+        raise ValueError(f"cannot read the SLURM node list {nodelist!r}; set MASTER_ADDR")
+    prefix, ranges = head.group(1), head.group(3)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def slurm_to_torchrun_env(environ=os.environ) -> bool:
+    """Inside an `srun` job step (SLURM_STEP_NUM_TASKS set, RANK not): fill in torchrun's variables from
+    SLURM's, so one code path serves both launchers. RANK = SLURM_PROCID, WORLD_SIZE = SLURM_STEP_NUM_TASKS,
+    LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the job's first node (unless set), MASTER_PORT = 20000 + job id %
+    20000 (unless set; every task of the job computes the same). A batch script's own shell (no job step) is
+    left alone: it is one process, whatever SLURM_NTASKS the allocation has. Returns whether it converted."""
+    if "RANK" in environ or "SLURM_STEP_NUM_TASKS" not in environ:
+        return False
+    missing = [k for k in ("SLURM_PROCID", "SLURM_LOCALID") if k not in environ]
+    if missing:
+        raise RuntimeError(f"SLURM_STEP_NUM_TASKS is set but {missing} are not: launch every task with srun")
+    environ["RANK"] = environ["SLURM_PROCID"]
+    environ["WORLD_SIZE"] = environ["SLURM_STEP_NUM_TASKS"]
+    environ["LOCAL_RANK"] = environ["SLURM_LOCALID"]
+    if "MASTER_ADDR" not in environ:
+        nodelist = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+        if not nodelist:
+            raise RuntimeError("under srun neither MASTER_ADDR nor SLURM_JOB_NODELIST is set")
+        environ["MASTER_ADDR"] = first_slurm_host(nodelist)
+    environ.setdefault("MASTER_PORT", str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000))
+    return True
+
+
 def init_distributed(backend: str = "auto", device: str = "auto") -> DistInfo:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) and start the group."""
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; under srun made from
+    SLURM's, see slurm_to_torchrun_env) and start the group."""
+    from training.engine import resolve_device
+    slurm_to_torchrun_env()
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is visible")
-    dev = torch.device("cuda", local_rank % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
+    dev = resolve_device(device, local_rank)
+    use_cuda = dev.type == "cuda"
     if backend == "auto":
         backend = "nccl" if use_cuda else "gloo"
     if "RANK" in os.environ and world >= 1 and not dist.is_initialized():
@@ -56,14 +91,15 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str = "ddp", sync_bn:
     group: the model as is."""
     if not dist.is_initialized():
         return model
+    # SyncBatchNorm (as MTP's convert_sync_batchnorm) under DDP and FSDP alike; it has no CPU kernels.
+    if sync_bn and info.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
         for block in shard_units(model.encoder):   # one unit per encoder block keeps the gathered peak small
             fully_shard(block)
         fully_shard(model)
         return model
-    if sync_bn and info.device.type == "cuda":   # SyncBatchNorm has no CPU kernels
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
     # Some parameters can get no gradient in an iteration (e.g. no positive RoI): find them each time.
     return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True, **kwargs)
@@ -110,6 +146,10 @@ def mean_over_ranks(values: Dict[str, float], device: torch.device) -> Dict[str,
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
+
+
+def is_distributed() -> bool:
+    return dist.is_initialized()
 
 
 def barrier() -> None:

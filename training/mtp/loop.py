@@ -16,7 +16,6 @@ import math
 import random
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -26,12 +25,14 @@ from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import repo_path
-from training.engine import StopRequest, build_optimizer, iteration_seed, log, setup_logging
+from training.engine import StopRequest, autocast_context, iteration_seed, log, setup_logging, to_device
 from training.mtp import distributed as D
 from training.mtp.config import MTPConfig, load_mtp_config, mtp_config_from_dict, mtp_config_to_dict
 from training.mtp.data import MultiTaskBatcher, iteration_batches
 from training.mtp.model import build_mtp_model
+from training.mtp.optim import build_mtp_optimizer
 from training.mtp.samrs import SAMRSDataset
+from training.mtp.validate import validate
 
 
 def _tensorboard(work_dir: Path):
@@ -42,10 +43,6 @@ def _tensorboard(work_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(work_dir / "tb"))
-
-
-def _to_device(targets: List[Dict], device) -> List[Dict]:
-    return [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
 
 
 def _rng_state() -> Dict:
@@ -73,17 +70,12 @@ def _write_csv(path: Path, history: List[Dict]) -> None:
         writer.writerows(history)
 
 
-def _autocast(cfg: MTPConfig, device: torch.device):
-    if cfg.train.amp == "none":
-        return nullcontext()
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp fp16 needs CUDA; use bf16 on CPU")
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def build_datasets(cfg: MTPConfig) -> List[SAMRSDataset]:
     return [SAMRSDataset(repo_path(s.root), s.subset, s.split, s.ann_file) for s in cfg.data.subsets]
+
+
+def build_val_datasets(cfg: MTPConfig) -> List[SAMRSDataset]:
+    return [SAMRSDataset(repo_path(s.root), s.subset, s.val_split, s.val_ann_file) for s in cfg.data.subsets]
 
 
 def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None, resume: bool = False,
@@ -109,14 +101,15 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
         torch.set_num_threads(cfg.train.num_threads)
 
     datasets = build_datasets(cfg)   # data first: a broken SAMRS folder fails before any model is built
+    val_datasets = build_val_datasets(cfg) if cfg.train.val_interval > 0 else []
     torch.manual_seed(cfg.train.seed)
     model = build_mtp_model(cfg.model, [s.subset for s in cfg.data.subsets]).to(info.device)
     batcher = MultiTaskBatcher(datasets, model.offsets, cfg.data, cfg.train.seed, info.rank, info.world_size)
     model = D.wrap_model(model, info, cfg.train.parallel, cfg.train.sync_bn)
     plain = D.unwrap(model)  # SyncBN conversion may have replaced modules
-    optimizer, scheduler = build_optimizer(plain, cfg, total)
+    optimizer, scheduler = build_mtp_optimizer(plain, cfg, total)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
-    start, elapsed, history = 0, 0.0, []
+    start, elapsed, history, val_history = 0, 0.0, [], []
     if state is not None:
         D.load_full_state_dicts(model, optimizer, state["model"], state["optimizer"], cfg.train.parallel)
         scheduler.load_state_dict(state["scheduler"])
@@ -124,6 +117,7 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         start, elapsed, history = state["iteration"], state.get("elapsed_s", 0.0), list(state.get("history", []))
+        val_history = list(state.get("val_history", []))
     weights = {t: float(cfg.train.loss_weights.get(t, 1.0)) for t in cfg.model.tasks}
     writer = _tensorboard(work_dir) if info.is_main else None
     if info.is_main:
@@ -135,6 +129,7 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "iteration": iteration, "total_iters": total, "world_size": info.world_size,
                 "sampler": batcher.state(iteration), "rng": _rng_state(), "history": history,
+                "val_history": val_history,
                 "elapsed_s": elapsed + time.time() - t0}
 
     def save(iteration: int) -> Dict:
@@ -147,8 +142,20 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
                 save_checkpoint(work_dir / "encoder.pt", {"config": snap["config"], "model": enc,
                                                           "state_dict": enc, "iteration": iteration})
             _write_csv(work_dir / "metrics.csv", history)
+            _write_csv(work_dir / "val.csv", val_history)
         D.barrier()
         return snap
+
+    def run_validation(iteration: int) -> None:
+        metrics = validate(model, val_datasets, plain.offsets, cfg.data, cfg.model.tasks, info.device,
+                           cfg.train.val_batch_size, cfg.train.val_max_images)
+        val_history.append({"iteration": iteration, **metrics})
+        if info.is_main:
+            if writer is not None:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"val/{key}", value, iteration)
+            log.info("validation at iteration %d: %s", iteration,
+                     " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     t0 = time.time()
     model.train()
@@ -160,8 +167,8 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
             # Per-iteration (and per-rank) seeds: dropout and RoI sampling repeat wherever a run resumed.
             torch.manual_seed(iteration_seed(cfg.train.seed, it) + info.rank)
             images, targets = next(batches)
-            images, targets = images.to(info.device), _to_device(targets, info.device)
-            with _autocast(cfg, info.device):
+            images, targets = to_device((images, targets), info.device)
+            with autocast_context(cfg.train.amp, info.device):
                 out = model(images, targets)
             loss = sum(weights[t] * out[t] for t in cfg.model.tasks)
             logged = D.mean_over_ranks({**{k: float(v.detach()) for k, v in out.items()}, "loss": float(loss.detach()),
@@ -195,6 +202,8 @@ def train_mtp(cfg: Optional[MTPConfig], work_dir, *, iters: Optional[int] = None
                 if done % cfg.train.log_interval == 0 or done == total:
                     log.info("iter %d/%d loss %.4f %s lr %.2e", done, total, logged["loss"],
                              " ".join(f"{t} {logged[t]:.4f}" for t in cfg.model.tasks), row["lr"])
+            if val_datasets and (done % cfg.train.val_interval == 0 or done == total):
+                run_validation(done)
             if (done == stop_after or stop_now) and done < total:
                 snap = save(done)
                 log.info("stopped after iteration %d of %d; continue with --resume", done, total)

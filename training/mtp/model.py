@@ -14,13 +14,19 @@ once and feeds each decoder's neck). Module prefixes follow the official full-mo
 `semsegdecoder.`, `inssegdecoder.`, `rotdetdecoder.`), so encoder loaders strip `encoder.`.
 
 The detectors' RoI classifiers also span the union of classes, each RoI's logits restricted to its image's
-subset + background (MTP: one fc_cls per subset); box regression is class-agnostic, as the detector's.
+subset + background (MTP: one fc_cls per subset); box regression per class or class-agnostic as the
+detector spec says (the paper configs: per class for `is`, class-agnostic for `rd`, as MTP).
+
+Losses (`loss_reduction: sum_over_subsets`, official): each subset's images are a group whose decoder losses
+are normalised within the group, and the groups' losses are summed, as MTP computes every decoder's loss
+per subset batch and adds the subsets up; `mean_over_batch` normalises over the whole batch (about a third
+of the official magnitude with three subsets).
 
 The mask head trains as Mask R-CNN's: on the positive RoIs the detector's sampler drew (proposals with
 IoU >= 0.5, ground truths included), with targets = each RoI's matched instance mask RoI-aligned to the
 head's output size and thresholded at 0.5; at inference it predicts a mask for every final box.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +72,8 @@ class MTPModel(nn.Module):
     def __init__(self, cfg: MTPModelConfig, subsets: Sequence[str]):
         super().__init__()
         self.tasks = list(cfg.tasks)
+        self.loss_reduction = cfg.loss_reduction
+        self.semantic_loss_average = cfg.semantic_loss_average
         self.subsets = list(subsets)
         # Union class space: subset k's class c is offsets[k] + c; semantic id 0 is background.
         self.offsets, n = [], 0
@@ -102,14 +110,25 @@ class MTPModel(nn.Module):
     def size_divisor(self) -> int:
         return max(int(s) for s in self.encoder.strides)
 
-    def semantic_loss(self, features, images: Tensor, targets) -> Tensor:
+    def semantic_loss(self, features, images: Tensor, targets, groups: List[List[int]]) -> Tensor:
+        """Cross-entropy of the semantic decoder, one mean per group of images (summed over groups).
+        `semantic_loss_average` all_pixels divides by every pixel, ignored ones included (mmseg's
+        CrossEntropyLoss, avg_non_ignore=False, as MTP trains); labelled_pixels by the labelled ones."""
         logits = self.semsegdecoder(features)
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         subset = torch.tensor([t["subset"] for t in targets], device=images.device)
         # Only the image's own subset competes (MTP: one classifier per subset on the shared UperNet).
         logits = logits.masked_fill(~self.semantic_allowed[subset][:, :, None, None], -1e4)
         labels = torch.stack([t["semantic"] for t in targets]).to(images.device)
-        return F.cross_entropy(logits.float(), labels, ignore_index=SEMANTIC_IGNORE)
+        per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=SEMANTIC_IGNORE, reduction="none")
+        total = per_pixel.new_zeros(())
+        for idx in groups:
+            if self.semantic_loss_average == "all_pixels":
+                count = labels[idx].numel()
+            else:
+                count = int((labels[idx] != SEMANTIC_IGNORE).sum())
+            total = total + per_pixel[idx].sum() / max(count, 1)
+        return total
 
     def mask_rois(self, sampling: Sampling):
         """The mask head's training RoIs: the detector's sampled positives, at most
@@ -129,8 +148,8 @@ class MTPModel(nn.Module):
         det = self.inssegdecoder
         x1, y1, x2, y2 = rois[:, 1:].unbind(-1)
         rrois = torch.stack([rois[:, 0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(x1)], 1)
-        feats = multilevel_roi_align(fpn, det.strides, rrois, self.mask_cfg.roi_size, det.spec.roi_sampling_ratio,
-                                     det.spec.roi_finest_scale)
+        feats = multilevel_roi_align(fpn[:det.roi_levels], det.strides[:det.roi_levels], rrois, self.mask_cfg.roi_size,
+                                     det.spec.roi_sampling_ratio, det.spec.roi_finest_scale)
         return det.mask_head(feats)
 
     def mask_loss(self, sampling: Sampling, targets) -> Tensor:
@@ -155,13 +174,42 @@ class MTPModel(nn.Module):
         picked = logits[torch.arange(len(labels), device=device), labels]
         return F.binary_cross_entropy_with_logits(picked.float(), torch.cat(masks))
 
-    def forward(self, images: Tensor, targets: List[Dict]) -> Dict[str, Tensor]:
+    def loss_groups(self, targets: List[Dict]) -> List[List[int]]:
+        """Which images share one loss normalisation: each subset's (official: every subset's decoders run
+        and average on that subset's images, and the subsets' losses are summed) or the whole batch."""
+        if self.loss_reduction == "mean_over_batch":
+            return [list(range(len(targets)))]
+        subsets = [t["subset"] for t in targets]
+        return [[i for i, s in enumerate(subsets) if s == k] for k in sorted(set(subsets))]
+
+    def forward(self, images: Tensor, targets: Optional[List[Dict]], subsets: Optional[Sequence[int]] = None
+                ) -> Dict[str, Tensor]:
+        """Training losses; with `targets` None the predictions of `predict(images, subsets)` (through forward,
+        so DDP / FSDP wrappers gather their parameters as usual)."""
+        if targets is None:
+            return self.predict(images, subsets)
         features = self.encoder(images)
-        allowed = self.det_allowed[torch.tensor([t["subset"] for t in targets], device=images.device)]
-        size = tuple(images.shape[-2:])
+        groups = self.loss_groups(targets)
         out: Dict[str, Tensor] = {}
         if "ss" in self.tasks:
-            out["ss"] = self.semantic_loss(features, images, targets)
+            # One UperHead pass over the whole batch (its BatchNorm sees every image), then per-group means.
+            out["ss"] = self.semantic_loss(features, images, targets, groups)
+        size = tuple(images.shape[-2:])
+        for idx in groups:
+            if len(groups) == 1:
+                part = self.detection_losses(features, size, targets)
+            else:
+                sel = torch.tensor(idx, device=images.device)
+                part = self.detection_losses([f.index_select(0, sel) for f in features], size,
+                                             [targets[i] for i in idx])
+            for key, value in part.items():
+                out[key] = out[key] + value if key in out else value
+        return out
+
+    def detection_losses(self, features: List[Tensor], size, targets: List[Dict]) -> Dict[str, Tensor]:
+        """The instance segmentation and rotated detection losses of one group of images."""
+        allowed = self.det_allowed[torch.tensor([t["subset"] for t in targets], device=features[0].device)]
+        out: Dict[str, Tensor] = {}
         if "is" in self.tasks:
             det_t = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
             parts, sampling = self.inssegdecoder.losses_from_features(features, size, det_t, allowed=allowed,

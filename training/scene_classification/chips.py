@@ -1,6 +1,6 @@
 """Labelled scene chips cut from the segmentation samples: a chip's label is the majority class of
 its labelled pixels. Chips with too little label or no clear majority are skipped (see the config).
-Sources of `dataset: eurosat` are classification datasets instead: one chip per image (eurosat.py)."""
+Sources of `dataset: eurosat` / `resisc45` are classification datasets instead: one chip per image (eurosat.py)."""
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from training.config import SourceConfig, repo_path
-from training.data.sources import DEFAULT_CLASS_MAPS, LabelledTile, cut_region, read_tile
+from training.data.sources import DEFAULT_CLASS_MAPS, LabelledTile, cut_region, read_tile, tile_names, tile_paths
 from training.data.transforms import normalize, random_color_jitter, random_flip_rotate
 
 
@@ -92,8 +92,8 @@ def source_chips(source: SourceConfig, size: int, stride: int, num_classes: int,
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist (expected img_dir/ and ann_dir/ in it)")
     chips: List[Chip] = []
-    for name in source.tiles:
-        tile = read_tile(root / "img_dir" / name, root / "ann_dir" / name, class_map, source.resample)
+    for name in tile_names(source):
+        tile = read_tile(*tile_paths(source, name), class_map, source.resample)
         height, width = tile.label.shape
         boxes = source.regions or [[0, 0, round(width / source.resample), round(height / source.resample)]]
         for box in boxes:
@@ -115,7 +115,8 @@ def load_split(cfg, split: str) -> Tuple[List[List[Chip]], ChipStats]:
     sources = data.train if split == "train" else data.val
     stride = data.train_stride if split == "train" else data.chip_size
     stats = ChipStats()
-    groups = [eurosat_chips(s, data, stats) if s.dataset == "eurosat" else
+    from training.scene_classification.eurosat import FOLDER_DATASETS
+    groups = [eurosat_chips(s, data, stats) if s.dataset in FOLDER_DATASETS else
               source_chips(s, data.chip_size, stride, cfg.model.num_classes, data.min_labelled_share,
                            data.min_majority_share, stats) for s in sources]
     if not any(groups):

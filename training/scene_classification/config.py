@@ -96,7 +96,7 @@ def source_boxes(source: SourceConfig, tile_name: str) -> List[Tuple[int, int, i
     if source.regions:
         return [tuple(int(v) for v in box) for box in source.regions]
     from PIL import Image  # only opened for its size
-    path = repo_path(source.root) / "img_dir" / tile_name
+    path = repo_path(source.root) / source.image_dir / tile_name
     if not path.is_file():
         raise FileNotFoundError(f"tile file {path} does not exist")
     with Image.open(path) as image:
@@ -136,11 +136,11 @@ def overlapping_regions(train: List[SourceConfig], val: List[SourceConfig]) -> L
         for v in val:
             if repo_path(t.root).resolve() != repo_path(v.root).resolve():
                 continue
-            if t.dataset == "eurosat" or v.dataset == "eurosat":
+            if t.dataset in ("eurosat", "resisc45") or v.dataset in ("eurosat", "resisc45"):
                 clashes += _eurosat_overlap(t, v)
                 continue
             for name in sorted(set(t.tiles) & set(v.tiles)):
-                val_files = repo_path(v.root) / "img_dir" / name
+                val_files = repo_path(v.root) / v.image_dir / name
                 if not val_files.is_file():
                     continue  # reported as missing data when the chips are read
                 for tb in source_boxes(t, name):

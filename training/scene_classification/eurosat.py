@@ -1,9 +1,11 @@
-"""EuroSAT in its published layout: one folder per class of 64x64 images, `<Class>/<Class>_<n>.jpg`
-(RGB release, `2750/`) or `.tif` (13-band Sentinel-2 release, uint16 reflectance x 10000, read with GDAL).
+"""EuroSAT and NWPU-RESISC45 in their published layouts: one folder per class, `<Class>/<Class>_<n>.jpg`
+(EuroSAT: 64x64 RGB release `2750/`, or `.tif` 13-band Sentinel-2 release, uint16 reflectance x 10000, read
+with GDAL; RESISC-45: `NWPU-RESISC45/<class>/<class>_<nnn>.jpg`, 256x256, class names with underscores).
 
 A scene source `{dataset: eurosat, root: <class folders>, tiles: [...]}` lists split files (`*.txt`,
 relative to root, one image per line: `AnnualCrop_1.jpg` or `AnnualCrop/AnnualCrop_1.jpg`, as the common
-train/val/test lists), class folders (`Forest/`) or image files. A listed `.jpg` that is missing is looked
+train/val/test lists; a trailing class index, as in mmpretrain's annotation files `airplane_001.jpg 0`, is
+allowed and ignored: the class comes from the name), class folders (`Forest/`) or image files. A listed `.jpg` that is missing is looked
 for as `.tif` and the other way round (the common lists name `.jpg` files for both releases)."""
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -14,6 +16,15 @@ from training.config import SourceConfig, repo_path
 
 EUROSAT_CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
                    "PermanentCrop", "Residential", "River", "SeaLake")
+RESISC45_CLASSES = (
+    "airplane", "airport", "baseball_diamond", "basketball_court", "beach", "bridge", "chaparral", "church",
+    "circular_farmland", "cloud", "commercial_area", "dense_residential", "desert", "forest", "freeway",
+    "golf_course", "ground_track_field", "harbor", "industrial_area", "intersection", "island", "lake", "meadow",
+    "medium_residential", "mobile_home_park", "mountain", "overpass", "palace", "parking_lot", "railway",
+    "railway_station", "rectangular_farmland", "river", "roundabout", "runway", "sea_ice", "ship", "snowberg",
+    "sparse_residential", "stadium", "storage_tank", "tennis_court", "terrace", "thermal_power_station", "wetland")
+# scene sources read by this module (class-folder datasets)
+FOLDER_DATASETS = ("eurosat", "resisc45")
 SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
@@ -47,7 +58,7 @@ def list_images(source: SourceConfig, class_names: Sequence[str]) -> List[Tuple[
     """(image path, class id in `class_names`) for every entry of the source."""
     root = repo_path(source.root)
     if not root.is_dir():
-        raise FileNotFoundError(f"EuroSAT folder {root} does not exist (expected one folder per class)")
+        raise FileNotFoundError(f"{source.dataset} folder {root} does not exist (expected one folder per class)")
     out = []
 
     def add(entry: str, where: str):
@@ -63,10 +74,10 @@ def list_images(source: SourceConfig, class_names: Sequence[str]) -> List[Tuple[
         path = root / tile
         if tile.endswith(".txt"):
             if not path.is_file():
-                raise FileNotFoundError(f"EuroSAT split file {path} does not exist")
+                raise FileNotFoundError(f"{source.dataset} split file {path} does not exist")
             for number, line in enumerate(path.read_text().splitlines(), start=1):
                 if line.strip():
-                    add(line.strip(), f"{path}:{number}")
+                    add(line.split()[0], f"{path}:{number}")
         elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
             if not files:
