@@ -249,6 +249,11 @@ Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, sco
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <source>Encoder: {encoder}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>Extent (leave empty for the whole raster)</source>
         <translation type="unfinished"></translation>
@@ -331,6 +336,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Installed models for MODEL:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../backend_panel.py"/>
         <source>Installing the backend: {step}</source>
         <translation type="unfinished"></translation>
@@ -409,6 +419,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../algorithm_base.py"/>
         <source>Model id</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Model id: {id}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
