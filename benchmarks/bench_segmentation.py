@@ -306,7 +306,7 @@ def main() -> int:
             rows.append((label, peak_mb, carry))
             table.append({"task": task, "model": description, "size": label, "megapixels": round(result["megapixels"], 1),
                           "seconds": round(result["seconds"], 1),
-                          "mpx_per_s": round(result["megapixels"] / result["seconds"], 2),
+                          "mpx_per_s": round(result["megapixels"] / result["seconds"], 4),
                           "peak_rss_mb": round(peak_mb), "carry_mb": round(carry, 1), "detail": result["detail"],
                           "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
             print(f"{label:>12} {result['megapixels']:8.1f} {result['seconds']:9.1f} "
