@@ -67,7 +67,11 @@ def cmd_import_official(args) -> int:
                "encoder": meta["encoder"], "metrics": meta["metrics"], "tile_size": meta["tile_size"],
                "tile_overlap": meta["tile_overlap"], "loaded_tensors": result["report"]["loaded"],
                "dropped_tensors": sorted(result["report"]["dropped"]),
-               "parity": {k: meta["provenance"]["parity"][k] for k in ("relative_diff", "argmax_agreement")}}
+               "parity": {k: v for k, v in meta["provenance"]["parity"].items()
+                          if k in ("relative_diff", "argmax_agreement", "matched", "reference", "min_iou",
+                                   "max_score_diff", "passed")}}
+    if "detection" in meta:
+        summary["detection"] = meta["detection"]
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -104,7 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder to write <id>.onnx into (e.g. ~/.local/share/mtp_qgis/models)")
     p.add_argument("--id", help="model id (file name); default mtp_<config name>")
     p.add_argument("--dataset", help="dataset key when the config does not tell (loveda, spacenetv1, eurosat, "
-                   "resisc45, levir_cd, whu_cd, cdd, oscd_rgb)")
+                   "resisc45, levir_cd, whu_cd, cdd, oscd_rgb, dior, dior_r, fair1m2, dota_v1, dota_v2, xview)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package of that id")
     p.set_defaults(func=cmd_import_official)
 
