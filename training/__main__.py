@@ -1,4 +1,4 @@
-"""python -m training {train,evaluate,export,import-official} ... (see --help of each)."""
+"""python -m training {train,evaluate,export,import-official,dota-submission} ... (see --help of each)."""
 import argparse
 import json
 import logging
@@ -76,6 +76,15 @@ def cmd_import_official(args) -> int:
     return 0
 
 
+def cmd_dota_submission(args) -> int:
+    from training.detection.dota_submission import detect_images, image_files, write_task1_submission
+    results, classes = detect_images(args.checkpoint, image_files(args.images))
+    paths = write_task1_submission(results, classes, args.out)
+    print(json.dumps({"images": len(results), "detections": int(sum(len(r[1]) for r in results.values())),
+                      "files": [str(p) for p in paths]}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +120,13 @@ def main(argv=None) -> int:
                    "resisc45, levir_cd, whu_cd, cdd, oscd_rgb, dior, dior_r, fair1m2, dota_v1, dota_v2, xview)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package of that id")
     p.set_defaults(func=cmd_import_official)
+
+    p = sub.add_parser("dota-submission",
+                       help="DOTA-v1.0/v2.0 Task 1 result files (Task1_<class>.txt) of a rotated-box checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a rotated_detection training checkpoint (latest.pt)")
+    p.add_argument("--images", required=True, help="folder of whole DOTA test images (tiled and merged here)")
+    p.add_argument("--out", required=True, help="folder for the Task1_<class>.txt files (zip them for the server)")
+    p.set_defaults(func=cmd_dota_submission)
 
     args = parser.parse_args(argv)
     if args.command == "train" and not args.resume and not args.config:

@@ -186,3 +186,25 @@ def test_detector_family_the_importer_does_not_know_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="soft_nms.py: bbox_coder 'TBLRBBoxCoder'"):
         import_official(checkpoint, soft, out)
     _nothing_written(out)
+
+
+def test_full_size_detectors_cover_every_family_encoder_and_framework():
+    """Key sets and parameter counts of every official detector are checked key for key in
+    test_official_import.py (test_full_size_official_architectures_have_exactly_our_keys_and_parameters);
+    here: the records cover the three families x three encoders, and the mmrotate 0.3.4 configs (FAIR1M-2.0 and
+    DOTA-v1.0 multi-scale testing) are read by the same importer."""
+    import gzip
+    import json
+    with gzip.open(FIXTURES / "architectures.json.gz", "rt") as f:
+        records = [r for r in json.load(f) if r.get("framework") in ("mmdet", "mmrotate", "mmrotate-0.3.4")]
+    seen, counts = set(), {}
+    for r in records:
+        spec = read_spec(r["fields"], Path(r["configs"][0]))
+        seen.add((spec.family, spec.encoder_name))
+        counts[(r["framework"], spec.dataset.name, spec.encoder_name)] = r["official_parameters"]
+    for family in ("mmdet-faster-rcnn", "mmdet-retinanet", "mmrotate-oriented-rcnn"):
+        for encoder in ("ViT-B+RVSA", "ViT-L+RVSA", "InternImage-XL"):
+            assert (family, encoder) in seen
+    assert {d for f, d, _ in counts if f == "mmrotate-0.3.4"} == {"DOTA-v1.0", "FAIR1M-2.0"}
+    assert {d for f, d, _ in counts if f == "mmrotate"} == {"DOTA-v1.0", "DOTA-v2.0", "DIOR-R", "FAIR1M-2.0"}
+    print("official detector parameters:", {f"{k[0]} {k[1]} {k[2]}": v for k, v in sorted(counts.items())})

@@ -237,7 +237,11 @@ def _test_scale(cfg: Dict[str, Any]) -> Optional[int]:
         value = step.get("scale") if kind == "Resize" else step.get("img_scale") if kind == "MultiScaleFlipAug" else None
         if value is None:
             continue
-        if kind == "MultiScaleFlipAug" and (step.get("flip") or isinstance(value, list)):
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+            if len(value) != 1:
+                return None  # several test scales: not one tile size
+            value = value[0]
+        if kind == "MultiScaleFlipAug" and step.get("flip"):
             return None
         value = value if isinstance(value, (list, tuple)) else (value, value)
         if int(value[0]) != int(value[1]):
