@@ -28,6 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "official"
 DETECTORS = sorted(p.name for p in FIXTURES.iterdir()
                    if p.name.startswith(("det_", "rdet_")) and (p / "checkpoint.pth").is_file())
+# Through the importer (ONNX export + ONNX Runtime): the ViT-B+RVSA detectors of the three families. The
+# InternImage detector's graph takes over ten minutes to export here (its DCNv3 sampling), so it is checked in
+# torch against the official detections; InternImage's export is covered by the segmentation fixtures.
+EXPORTED = [n for n in DETECTORS if n.endswith("vit_rvsa")]
+TORCH_ONLY = [n for n in DETECTORS if n not in EXPORTED]
 
 
 def fixture(name):
@@ -42,7 +47,7 @@ def imported(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {name: import_official(*fixture(name)[:2], out, model_id=name) for name in DETECTORS}
+        return {name: import_official(*fixture(name)[:2], out, model_id=name) for name in EXPORTED}
     finally:
         torch.set_num_threads(threads)
 
@@ -62,7 +67,7 @@ def test_fixtures_cover_the_three_detector_families_and_both_encoders():
     assert {s.dataset.key for s in specs} == {"dior", "xview", "dota_v1", "dior_r"}
 
 
-@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("name", EXPORTED)
 def test_reduced_official_detector_gives_the_official_detections_through_the_backend(name, imported):
     import onnxruntime as ort
     from backend.detection import tile_detections
@@ -88,6 +93,29 @@ def test_reduced_official_detector_gives_the_official_detections_through_the_bac
     assert meta["provenance"]["parity"]["passed"] and meta["provenance"]["parity"]["matched_share"] >= 0.99
 
 
+@pytest.mark.parametrize("name", TORCH_ONLY)
+def test_reduced_official_detector_gives_the_official_detections_in_torch(name):
+    from training.official.detection_parity import final_detections
+    from training.official.models import build_model
+    from training.official.weights import load_official_state, read_official_checkpoint
+    checkpoint, config, reference_npz = fixture(name)
+    spec = read_spec(read_official_config(config), config)
+    model = build_model(spec)
+    state, _ = read_official_checkpoint(checkpoint)
+    report = load_official_state(model, state, checkpoint, config, spec.family)
+    assert report["dropped"] == {} and report["loaded"] == len(state)
+    reference = np.load(reference_npz)
+    mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
+    x = reference["inputs"][..., [b - 1 for b in spec.bands]].astype(np.float32)
+    with torch.no_grad():
+        boxes, scores = model(torch.from_numpy(((x - mean) / std).transpose(0, 3, 1, 2).copy()))
+    rotated = spec.task == "rotated_detection"
+    parity = match_detections(official_detections(reference, rotated),
+                              final_detections(boxes, scores, spec.detection["detection"]), rotated)
+    print(f"{name}: torch detections vs the official framework's: {parity}")
+    assert parity["passed"] and parity["reference"] >= 100 and parity["max_score_diff"] <= 1e-4
+
+
 def test_package_metadata_carries_the_official_test_settings_and_classes(imported):
     faster = imported["det_faster_rcnn_vit_rvsa"]["metadata"]
     assert faster["task"] == "detection" and faster["output"] == {"type": "detections", "box": "hbox"}
@@ -109,8 +137,11 @@ def test_package_metadata_carries_the_official_test_settings_and_classes(importe
     assert len(dota["classes"]) == 15 and dota["decoder"] == "Oriented R-CNN"
     # test_cfg.rcnn: nms_rotated 0.1, max_per_img 2000.
     assert dota["detection"] == {"score_threshold": 0.05, "nms_iou": 0.1, "max_per_tile": 2000}
-    diorr = imported["rdet_oriented_rcnn_internimage"]["metadata"]
-    assert diorr["dataset"] == "DIOR-R" and diorr["encoder"].startswith("InternImage")
+    from training.official.importer import build_metadata
+    config = fixture("rdet_oriented_rcnn_internimage")[1]
+    diorr = build_metadata(read_spec(read_official_config(config), config), Path("w.pth"),
+                           {"loaded": 1, "dropped": {}}, {}, {}, "0" * 64, "1" * 64)
+    assert diorr["dataset"] == "DIOR-R" and diorr["encoder"].startswith("InternImage") and len(diorr["classes"]) == 20
 
 
 def test_released_detector_configurations_carry_the_papers_figure():
