@@ -18,7 +18,7 @@ RDET_MODEL := resources/models/mtp_rdet_default.onnx
 SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
 
-.PHONY: setup test check-qt6 demo tiny-chain default-model change-model scene-model det-model rdet-model default-models sample-data package bench reference-env reference clean
+.PHONY: setup test check-qt6 demo tiny-chain default-model change-model scene-model det-model rdet-model default-models sample-data package bench reference-env reference reference-detection clean
 
 setup:
 	@bash scripts/setup.sh
@@ -92,6 +92,9 @@ BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384
 ## empty to skip (a ViT-B+RVSA UperNet takes ~15 min at 4096² on 2 cores).
 BENCH_OFFICIAL ?= rvsa-b-upernet-512-mae-mtp-loveda
 BENCH_OFFICIAL_SIZES ?= 4096
+## BENCH_OFFICIAL_DET=0 skips the full-size official Oriented R-CNN row (ViT-B+RVSA, DOTA config, 1024 px
+## tiles; about 15-25 minutes on 2 cores, most of it the ONNX export).
+BENCH_OFFICIAL_DET ?= 1
 bench: setup
 	$(PY) benchmarks/bench_overhead.py --repeats $(BENCH_REPEATS) --out benchmarks/results/overhead
 	$(PY) benchmarks/bench_segmentation.py --sizes $(BENCH_SIZES) --cap $(BENCH_CAPS) --out benchmarks/results/scale
@@ -100,6 +103,8 @@ bench: setup
 	  $(PY) benchmarks/bench_segmentation.py --tasks semantic_segmentation --model mtp_$$(echo $$name | tr -- '-.' '__') \
 	      --models-dir build/official --sizes $(BENCH_OFFICIAL_SIZES) --out benchmarks/results/official_$$name || exit 1; \
 	done
+	@if [ "$(BENCH_OFFICIAL_DET)" = "1" ]; then \
+	  $(PY) benchmarks/bench_official_detection.py --out benchmarks/results/official_detection; fi
 
 ## Optional reference environment: the official OpenMMLab frameworks (mmseg, mmpretrain, mmdet, pure-Python
 ## mmcv-lite) in .venv-ref, apart from .venv (they bring numpy 2.x). Never used by the backend or the plugin.
@@ -113,12 +118,21 @@ reference-env:
 ## not part of this repository: clone them and name the folders,
 ##   make reference MTP_REPO=../MTP OPENCD_REPO=../open-cd
 ## (github.com/ViTAE-Transformer/MTP, github.com/likyoo/open-cd).
+## The detectors (mmdet, mmrotate 1.x from its source: branch 1.x of open-mmlab/mmrotate) are written by
+##   make reference-detection MTP_REPO=../MTP OPENCD_REPO=../open-cd MMROTATE_REPO=../mmrotate
+## which leaves the other fixtures (and their random weights) as they are.
 REFERENCE_FULL ?= rvsa-b-upernet-512-mae-mtp-loveda vit-rvsa-b-224-mae-mtp_eurosat rvsa-b-unet-256-mae-mtp_levir
 reference: setup reference-env
 	@[ -d "$(MTP_REPO)/RS_Tasks_Finetune" ] && [ -d "$(OPENCD_REPO)/opencd" ] || { \
 	  echo "make reference MTP_REPO=<clone of ViTAE-Transformer/MTP> OPENCD_REPO=<clone of likyoo/open-cd>" >&2; exit 2; }
 	$(REF_VENV)/bin/python reference/official_reference.py --mtp-repo $(MTP_REPO) --opencd-repo $(OPENCD_REPO) \
 	    --full $(REFERENCE_FULL)
+
+reference-detection: setup reference-env
+	@[ -d "$(MTP_REPO)/RS_Tasks_Finetune" ] && [ -d "$(MMROTATE_REPO)/mmrotate/models" ] || { \
+	  echo "make reference-detection MTP_REPO=<clone of ViTAE-Transformer/MTP> OPENCD_REPO=<clone of likyoo/open-cd> MMROTATE_REPO=<open-mmlab/mmrotate at branch 1.x>" >&2; exit 2; }
+	$(REF_VENV)/bin/python reference/official_reference.py --mtp-repo $(MTP_REPO) --opencd-repo $(OPENCD_REPO) \
+	    --mmrotate-repo $(MMROTATE_REPO) --only-detection
 
 clean:
 	rm -rf build dist .pytest_cache

@@ -3,7 +3,9 @@ checkpoint in the official format (reduced-width fixtures of tests/fixtures/offi
 official frameworks; one per family — the InternImage ones are checked against the official outputs in
 tests/training/test_official_import.py) into a package in the user's models folder; `qgis_process` (scripts/qgis_run.sh, the
 plugin from this checkout and a backend it starts itself) runs it on real rasters of ../shared/data and
-returns a styled result with the dataset's class names."""
+returns a styled result with the dataset's class names. Detection: the official RetinaNet (xView classes) through
+`mtp:detect` on the DIOR image, the official Oriented R-CNN (DOTA-v1.0 classes) through `mtp:detect_rotated` on
+the DOTA harbour scene; GeoPackages with class names, scores (and angles)."""
 import json
 import subprocess
 import sys
@@ -98,3 +100,55 @@ def test_official_change_model_runs_through_qgis_process_on_a_levir_pair(install
     assert set(np.unique(res.GetRasterBand(1).ReadAsArray())) <= {0, 1, 255}
     assert res.GetRasterBand(1).GetColorTable() is not None
 
+
+
+@pytest.fixture(scope="module")
+def installed_detectors():
+    """The RetinaNet and Oriented R-CNN fixtures imported with the CLI into the user's models folder."""
+    USER_MODELS.mkdir(parents=True, exist_ok=True)
+    ids = {}
+    for name in ("det_retinanet_vit_rvsa", "rdet_oriented_rcnn_vit_rvsa"):
+        model_id = f"test_official_{name}"
+        done = subprocess.run([sys.executable, "-m", "training", "import-official",
+                               str(FIXTURES / name / "checkpoint.pth"), "--config", str(FIXTURES / name / "config.py"),
+                               "--out", str(USER_MODELS), "--id", model_id, "--overwrite"],
+                              capture_output=True, text=True, cwd=REPO, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = json.loads(done.stdout)
+        assert summary["parity"]["passed"] and summary["detection"]["score_threshold"] == 0.05
+        ids[name] = model_id
+    yield ids
+    for model_id in ids.values():
+        (USER_MODELS / f"{model_id}.onnx").unlink(missing_ok=True)
+
+
+def detection_features(path: Path) -> list:
+    dataset = ogr.Open(str(path))
+    layer = dataset.GetLayerByName("detections")
+    return [{k: f.GetField(k) for k in (f.keys())} for f in layer]
+
+
+def test_official_retinanet_runs_through_qgis_process_with_xview_classes(installed_detectors, tmp_path):
+    from training.official.datasets import XVIEW
+    out = tmp_path / "detections.gpkg"
+    qgis_run("mtp:detect", INPUT=DATA / "dior" / "00001.jpg", MODEL=installed_detectors["det_retinanet_vit_rvsa"],
+             OUTPUT=out)
+    features = detection_features(out)
+    assert features and {f["class_name"] for f in features} <= set(XVIEW)
+    scores = [f["score"] for f in features]
+    assert scores == sorted(scores, reverse=True) and min(scores) >= 0.05 - 1e-6
+    assert all(f["class_name"] == XVIEW[f["class_id"]] for f in features)
+    assert out.with_suffix(".qml").is_file()
+
+
+def test_official_oriented_rcnn_runs_through_qgis_process_with_dota_classes_and_angles(installed_detectors,
+                                                                                        tmp_path):
+    from training.official.datasets import DOTA_V2
+    out = tmp_path / "rotated.gpkg"
+    qgis_run("mtp:detect_rotated", INPUT=DATA / "dota" / "images" / "P0706.png",
+             MODEL=installed_detectors["rdet_oriented_rcnn_vit_rvsa"], OUTPUT=out)
+    features = detection_features(out)
+    assert features and {f["class_name"] for f in features} <= set(DOTA_V2[:15])
+    assert all(0.0 <= f["angle"] < 180.0 and f["length"] >= f["width"] > 0 for f in features)
+    assert len({round(f["angle"]) for f in features}) > 3  # oriented boxes, not only axis-aligned ones
+    assert min(f["score"] for f in features) >= 0.05 - 1e-6

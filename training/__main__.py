@@ -1,4 +1,4 @@
-"""python -m training {train,evaluate,export,import-official} ... (see --help of each)."""
+"""python -m training {train,evaluate,export,import-official,dota-submission} ... (see --help of each)."""
 import argparse
 import json
 import logging
@@ -69,8 +69,21 @@ def cmd_import_official(args) -> int:
                "encoder": meta["encoder"], "metrics": meta["metrics"], "tile_size": meta["tile_size"],
                "tile_overlap": meta["tile_overlap"], "loaded_tensors": result["report"]["loaded"],
                "dropped_tensors": sorted(result["report"]["dropped"]),
-               "parity": {k: meta["provenance"]["parity"][k] for k in ("relative_diff", "argmax_agreement")}}
+               "parity": {k: v for k, v in meta["provenance"]["parity"].items()
+                          if k in ("relative_diff", "argmax_agreement", "matched", "reference", "min_iou",
+                                   "max_score_diff", "passed")}}
+    if "detection" in meta:
+        summary["detection"] = meta["detection"]
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_dota_submission(args) -> int:
+    from training.detection.dota_submission import detect_images, image_files, write_task1_submission
+    results, classes = detect_images(args.checkpoint, image_files(args.images))
+    paths = write_task1_submission(results, classes, args.out)
+    print(json.dumps({"images": len(results), "detections": int(sum(len(r[1]) for r in results.values())),
+                      "files": [str(p) for p in paths]}, indent=2))
     return 0
 
 
@@ -109,9 +122,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder to write <id>.onnx into (e.g. ~/.local/share/mtp_qgis/models)")
     p.add_argument("--id", help="model id (file name); default mtp_<config name>")
     p.add_argument("--dataset", help="dataset key when the config does not tell (loveda, spacenetv1, eurosat, "
-                   "resisc45, levir_cd, whu_cd, cdd, oscd_rgb)")
+                   "resisc45, levir_cd, whu_cd, cdd, oscd_rgb, dior, dior_r, fair1m2, dota_v1, dota_v2, xview)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package of that id")
     p.set_defaults(func=cmd_import_official)
+
+    p = sub.add_parser("dota-submission",
+                       help="DOTA-v1.0/v2.0 Task 1 result files (Task1_<class>.txt) of a rotated-box checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a rotated_detection training checkpoint (latest.pt)")
+    p.add_argument("--images", required=True, help="folder of whole DOTA test images (tiled and merged here)")
+    p.add_argument("--out", required=True, help="folder for the Task1_<class>.txt files (zip them for the server)")
+    p.set_defaults(func=cmd_dota_submission)
 
     args = parser.parse_args(argv)
     if args.command == "train" and not args.resume and not args.config:

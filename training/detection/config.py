@@ -39,6 +39,8 @@ class DatasetFormat:
 # train_images/ + xView_train.geojson (its validation labels are not public: split the training images).
 FORMATS = {
     "dota": DatasetFormat("DOTA_V1_CLASSES", "images", "labelTxt", "images", "labelTxt", ".png", ".txt"),
+    "dota_v2": DatasetFormat("DOTA_V2_CLASSES", "train/images", "train/labelTxt-v2.0/DOTA-v2.0_train",
+                             "val/images", "val/labelTxt-v2.0/DOTA-v2.0_val", ".png", ".txt"),
     "dior": DatasetFormat("DIOR_CLASSES", "JPEGImages-trainval", "Annotations/Horizontal Bounding Boxes",
                           "JPEGImages-test", "Annotations/Horizontal Bounding Boxes", ".jpg", ".xml"),
     "dior_r": DatasetFormat("DIOR_CLASSES", "JPEGImages-trainval", "Annotations/Oriented Bounding Boxes",
@@ -50,7 +52,7 @@ FORMATS = {
 }
 
 
-FORMAT_NAMES = {"dota": "DOTA v1", "dior": "DIOR", "dior_r": "DIOR-R", "fair1m": "FAIR1M-2.0", "xview": "xView"}
+FORMAT_NAMES = {"dota": "DOTA v1", "dota_v2": "DOTA v2.0", "dior": "DIOR", "dior_r": "DIOR-R", "fair1m": "FAIR1M-2.0", "xview": "xView"}
 
 
 def format_classes(fmt: str) -> Tuple[str, ...]:
@@ -65,7 +67,7 @@ class DetDataConfig:
     # their boxes are simply not trained on).
     classes: List[ClassInfo]
     root: str  # dataset folder; the folders below are relative to it
-    format: str = "dota"  # dota | dior | dior_r | fair1m | xview (FORMATS)
+    format: str = "dota"  # dota | dota_v2 | dior | dior_r | fair1m | xview (FORMATS)
     # Region mode: file names in image_dir, labels label_dir/<stem><label_ext>; pixel boxes [x0, y0, x1, y1]
     # of every listed image: training crops come from train_regions, the held-out evaluation runs over
     # val_regions; the two must not share pixels.

@@ -55,7 +55,7 @@ def read_labels(cfg: DetConfig, name: str, split: str, label_cache: Dict) -> Ann
             label_cache[path] = read_xview_geojson(path)
         return label_cache[path].get(name) or empty_annotations(classes)
     path = label_path(data, name, split)
-    if fmt == "dota":
+    if fmt in ("dota", "dota_v2"):
         return read_dota_labels(path, classes)
     if fmt in ("dior", "dior_r"):
         return read_dior_xml(path, classes)

@@ -21,6 +21,9 @@ DOTA_V1_CLASSES = (
     "tennis-court", "basketball-court", "storage-tank", "soccer-ball-field", "roundabout", "harbor",
     "swimming-pool", "helicopter")
 
+# DOTA-v2.0: v1.0's 15 classes, then container-crane (v1.5), airport and helipad, in the devkit's order.
+DOTA_V2_CLASSES = DOTA_V1_CLASSES + ("container-crane", "airport", "helipad")
+
 # DIOR's 20 classes as spelled in its XML files.
 DIOR_CLASSES = (
     "airplane", "airport", "baseballfield", "basketballcourt", "bridge", "chimney", "dam",

@@ -150,21 +150,6 @@ def rotated_box_iou_aligned(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -
     return _pair_iou(boxes1, boxes2, eps)
 
 
-def _greedy_keep(suppresses: Tensor) -> Tensor:
-    """Greedy NMS given ``suppresses[i, j]`` (box i, ranked before j, suppresses j if i is kept).
-
-    Greedy NMS is the unique solution of ``keep[j] = not any(keep[i] and suppresses[i, j])``.  Iterating
-    that map from "keep all" fixes at least one more leading position per round and typically converges
-    in a few rounds (the length of the longest suppression chain), each one a vectorised matrix pass.
-    """
-    keep = torch.ones(suppresses.shape[0], dtype=torch.bool, device=suppresses.device)
-    while True:
-        new_keep = ~(suppresses & keep[:, None]).any(0)
-        if torch.equal(new_keep, keep):
-            return keep
-        keep = new_keep
-
-
 def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS of rotated boxes (N, 5); returns kept indices sorted by decreasing score.
 
@@ -177,19 +162,32 @@ def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def rotated_batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """Class-aware rotated NMS: boxes with different ``idxs`` never suppress each other.
 
-    torchvision separates categories by offsetting the coordinates by ``idx * (max + 1)``; here the IoU
-    matrix is computed anyway, so pairs of different categories are masked out of it instead — the same
-    effect, without the float32 precision loss that large coordinate offsets cause for small boxes.
+    Greedy, best first: each kept box clips only the lower-ranked, not yet suppressed boxes of its category
+    whose enclosing horizontal boxes overlap its own, so the cost follows kept boxes x their neighbours, not
+    the N x N matrix (thousands of candidates of a 1024 px tile: seconds instead of minutes). torchvision
+    separates categories by offsetting coordinates by ``idx * (max + 1)``; masking by category gives the same
+    result without the float32 precision loss that large offsets cause for small boxes.
     """
-    if boxes.shape[0] == 0:
+    n = boxes.shape[0]
+    if n == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     boxes, idxs = boxes[order], idxs[order]
-    iou = rotated_box_iou(boxes, boxes)
-    n = boxes.shape[0]
-    ranked_before = torch.ones(n, n, dtype=torch.bool, device=boxes.device).triu(1)
-    suppresses = (iou > iou_threshold) & ranked_before & (idxs[:, None] == idxs[None, :])
-    return order[_greedy_keep(suppresses)]
+    hbox = rbox_to_hbox(boxes)
+    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = torch.arange(i + 1, n, device=boxes.device)
+        h = hbox[i]
+        near = rest[~suppressed[i + 1:] & (idxs[i + 1:] == idxs[i]) & (hbox[i + 1:, 0] < h[2]) & (hbox[i + 1:, 2] > h[0])
+                    & (hbox[i + 1:, 1] < h[3]) & (hbox[i + 1:, 3] > h[1])]
+        if near.numel():
+            iou = _pair_iou(boxes[i].expand(near.numel(), 5), boxes[near], 1e-6)
+            suppressed[near[iou > iou_threshold]] = True
+    return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 
 def rotated_roi_align(features: Tensor, rois: Tensor, output_size: Union[int, Tuple[int, int]],

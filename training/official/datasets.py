@@ -3,8 +3,10 @@ distance, the metric the paper reports and its values for the released (MTP-pret
 
 Class names and orders are those of the official dataset classes (mmseg `LoveDADataset`,
 `SpaceNetV1Dataset`; mmpretrain `CustomDataset` sorts class folders alphabetically; Open-CD change sets
-have two classes, named here as the contract names them). Paper figures: the MTP README's "Finetuned
-Models" tables (ViTAE-Transformer/MTP at 13cc2b7), as fractions.
+have two classes, named here as the contract names them; detection: MTP's mmdet `DIORDataset` /
+`XviewDataset` and mmrotate `DIORDataset` / `DOTADataset` / `DOTAv2Dataset` / `FAIR1Mv2Dataset`, with their
+palettes). Paper figures: the MTP README's "Finetuned Models" tables (ViTAE-Transformer/MTP at 13cc2b7), as
+fractions; the README gives none for DOTA.
 """
 from __future__ import annotations
 
@@ -98,9 +100,79 @@ DATASETS: Dict[str, DatasetFacts] = {
         {"ViT-B+RVSA": 0.5336, "ViT-L+RVSA": 0.5592, "InternImage-XL": 0.5561}),
 }
 
-# Official dataset types -> our key. mmpretrain's CustomDataset is told apart by its data_root.
+DIOR = ("airplane", "airport", "baseballfield", "basketballcourt", "bridge", "chimney", "expressway-service-area",
+        "expressway-toll-station", "dam", "golffield", "groundtrackfield", "harbor", "overpass", "ship", "stadium",
+        "storagetank", "tenniscourt", "trainstation", "vehicle", "windmill")
+COCO_PALETTE_60 = (
+    "#dc143c", "#770b20", "#00008e", "#0000e6", "#6a00e4", "#003c64", "#005064", "#000046", "#0000c0", "#faaa1e",
+    "#64aa1e", "#dcdc00", "#af74af", "#fa001e", "#a52a2a", "#ff4dff", "#00e2fc", "#b6b6ff", "#005200", "#78a69d",
+    "#6e4c00", "#ae39ff", "#c76400", "#480076", "#ffb3f0", "#007d5c", "#d10097", "#bcd0b6", "#00dcb0", "#ff63a4",
+    "#5c0049", "#8581ff", "#4eb4ff", "#00e400", "#aefff3", "#2d59ff", "#868667", "#9194ae", "#ffd0ba", "#c5e2ff",
+    "#ab8601", "#6d3f36", "#cf8aff", "#97005f", "#09503d", "#546933", "#4a4169", "#a6c466", "#d0c3d2", "#ff6d41",
+    "#008f95", "#b300c2", "#d1636a", "#057900", "#e3ffcd", "#93bad0", "#994501", "#035fa1", "#a3ff00", "#7700aa")
+XVIEW = (
+    "Fixed-wing Aircraft", "Small Aircraft", "Cargo Plane", "Helicopter", "Passenger Vehicle", "Small Car", "Bus",
+    "Pickup Truck", "Utility Truck", "Truck", "Cargo Truck", "Truck w/Box", "Truck Tractor", "Trailer",
+    "Truck w/Flatbed", "Truck w/Liquid", "Crane Truck", "Railway Vehicle", "Passenger Car", "Cargo Car", "Flat Car",
+    "Tank car", "Locomotive", "Maritime Vessel", "Motorboat", "Sailboat", "Tugboat", "Barge", "Fishing Vessel",
+    "Ferry", "Yacht", "Container Ship", "Oil Tanker", "Engineering Vehicle", "Tower crane", "Container Crane",
+    "Reach Stacker", "Straddle Carrier", "Mobile Crane", "Dump Truck", "Haul Truck", "Scraper/Tractor",
+    "Front loader/Bulldozer", "Excavator", "Cement Mixer", "Ground Grader", "Hut/Tent", "Shed", "Building",
+    "Aircraft Hangar", "Damaged Building", "Facility", "Construction Site", "Vehicle Lot", "Helipad", "Storage Tank",
+    "Shipping container lot", "Shipping Container", "Pylon", "Tower")
+DOTA_V2 = ("plane", "baseball-diamond", "bridge", "ground-track-field", "small-vehicle", "large-vehicle", "ship",
+           "tennis-court", "basketball-court", "storage-tank", "soccer-ball-field", "roundabout", "harbor",
+           "swimming-pool", "helicopter", "container-crane", "airport", "helipad")
+DOTA_PALETTE = ("#a52a2a", "#bdb76b", "#00ff00", "#ff0000", "#8a2be2", "#ff8000", "#ff00ff", "#00ffff", "#ffc1c1",
+                "#003399", "#fffacd", "#008b8b", "#ffff00", "#937474", "#0000ff", "#dc143c", "#770b20", "#00008e")
+FAIR1M2 = (
+    "A220", "A321", "A330", "A350", "ARJ21", "Baseball-Field", "Basketball-Court", "Boeing737", "Boeing747",
+    "Boeing777", "Boeing787", "Bridge", "Bus", "C919", "Cargo-Truck", "Dry-Cargo-Ship", "Dump-Truck",
+    "Engineering-Ship", "Excavator", "Fishing-Boat", "Football-Field", "Intersection", "Liquid-Cargo-Ship",
+    "Motorboat", "other-airplane", "other-ship", "other-vehicle", "Passenger-Ship", "Roundabout", "Small-Car",
+    "Tennis-Court", "Tractor", "Trailer", "Truck-Tractor", "Tugboat", "Van", "Warship")
+FAIR1M_PALETTE = COCO_PALETTE_60[43:] + (
+    "#00b6c7", "#00a578", "#b78258", "#5f2000", "#827287", "#6e8185", "#a64a76", "#db8eb9", "#4fd272", "#b25a3e",
+    "#41460f", "#7fa773", "#3b696a", "#8e6c2d", "#c4ac00", "#5f3650", "#804cff", "#c93901", "#f6007a", "#bfa2d0")
+
+DETECTION_DATASETS: Dict[str, DatasetFacts] = {
+    "dior": DatasetFacts(
+        "dior", "DIOR", _palette(DIOR, COCO_PALETTE_60), None,
+        "DIOR: 800 px Google Earth images of 0.5-30 m (no single GSD)", "mAP50", "AP50",
+        "DIOR test set, COCO-style AP at IoU 0.5 (MTP paper)",
+        {"ViT-B+RVSA": 0.7900, "ViT-L+RVSA": 0.8170, "InternImage-XL": 0.7830}),
+    "dior_r": DatasetFacts(
+        "dior_r", "DIOR-R", _palette(DIOR, COCO_PALETTE_60), None,
+        "DIOR-R: 800 px Google Earth images of 0.5-30 m (no single GSD), oriented boxes", "mAP50", "mAP",
+        "DIOR-R test set, VOC mAP at IoU 0.5 (MTP paper)",
+        {"ViT-B+RVSA": 0.7129, "ViT-L+RVSA": 0.7454, "InternImage-XL": 0.7217}),
+    "fair1m2": DatasetFacts(
+        "fair1m2", "FAIR1M-2.0", _palette(FAIR1M2, FAIR1M_PALETTE), None,
+        "FAIR1M-2.0: Gaofen / Google Earth images of 0.3-0.8 m, clipped to 800 px, oriented boxes", "mAP50", "mAP",
+        "FAIR1M-2.0 test server, mAP at IoU 0.5 (MTP paper)",
+        {"ViT-B+RVSA": 0.5192, "ViT-L+RVSA": 0.5300, "InternImage-XL": 0.5093}),
+    "dota_v1": DatasetFacts(
+        "dota_v1", "DOTA-v1.0", _palette(DOTA_V2[:15], DOTA_PALETTE), None,
+        "DOTA-v1.0: aerial images of 0.1-4.5 m (no single GSD) split into 1024 px patches, oriented boxes",
+        "mAP50", "mAP", "DOTA-v1.0 test server (no figure in the MTP README)"),
+    "dota_v2": DatasetFacts(
+        "dota_v2", "DOTA-v2.0", _palette(DOTA_V2, DOTA_PALETTE), None,
+        "DOTA-v2.0: aerial and satellite images of 0.1-4.5 m (no single GSD) split into 1024 px patches, "
+        "oriented boxes", "mAP50", "mAP", "DOTA-v2.0 test server (no figure in the MTP README)"),
+    "xview": DatasetFacts(
+        "xview", "xView", _palette(XVIEW, COCO_PALETTE_60), 0.3,
+        "xView: WorldView-3 imagery at 0.3 m, clipped to 416 px patches", "mAP50", "AP50",
+        "xView held-out patches, COCO-style AP at IoU 0.5 (MTP paper)",
+        {"ViT-B+RVSA": 0.1640, "ViT-L+RVSA": 0.1940, "InternImage-XL": 0.1820}),
+}
+DATASETS.update(DETECTION_DATASETS)
+
+# Official dataset types -> our key. mmpretrain's CustomDataset is told apart by its data_root; DIORDataset
+# is DIOR (horizontal) in mmdet and DIOR-R in mmrotate (models.py picks by the detector's box type).
 DATASET_TYPES = {
     "LoveDADataset": "loveda", "SpaceNetV1Dataset": "spacenetv1", "LEVIR_CD_Dataset": "levir_cd",
     "WHU_CD_Dataset": "whu_cd", "SVCD_Dataset": "cdd", "OSCD_RGB_CD_Dataset": "oscd_rgb",
+    "DIORDataset": "dior", "XviewDataset": "xview", "DOTADataset": "dota_v1", "DOTAv2Dataset": "dota_v2",
+    "FAIR1Mv2Dataset": "fair1m2",
 }
 CUSTOM_ROOT_HINTS = (("eurosat", "eurosat"), ("nwpu", "resisc45"), ("resisc", "resisc45"))

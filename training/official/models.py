@@ -7,9 +7,14 @@ Supported families (model type / backbone / head of the official configs):
 | `mmseg-upernet` | mmseg `EncoderDecoder` | RVSA_MTP pyramid / InternImage | `UPerHead` | semantic_segmentation |
 | `mmpretrain-linear` | mmpretrain `ImageClassifier` + `GlobalAveragePooling` | last map | `LinearClsHead` | scene_classification |
 | `opencd-unet` | Open-CD `SiamEncoderDecoder` + `FeatureFusionNeck(abs_diff)` | RVSA_MTP blocks / InternImage | MTP `UNetHead` | change_detection |
+| `mmdet-faster-rcnn` | mmdet `FasterRCNN` + FPN (P6 max-pooled) | RVSA_MTP(_branches) / InternImage | `RPNHead` + `Shared2FCBBoxHead` | detection |
+| `mmdet-retinanet` | mmdet `RetinaNet` + FPN (P6, P7 convs) | RVSA_MTP(_branches) / InternImage | `RetinaHead` | detection |
+| `mmrotate-oriented-rcnn` | mmrotate 1.x `FasterRCNN` / 0.3.4 `OrientedRCNN` | RVSA_MTP(_branches) / InternImage | `OrientedRPNHead` + rotated `Shared2FCBBoxHead` | rotated_detection |
 
 The backbones are `training.models.encoders` (ViT+RVSA, InternImage) with the output each framework's
-RVSA_MTP variant gives (see `vit_rvsa.PYRAMIDS`). Everything the package needs besides the weights
+RVSA_MTP variant gives (see `vit_rvsa.PYRAMIDS`; the detection frameworks' `RVSA_MTP_branches` takes its four
+levels from the `out_indices` blocks, without final norm). The detectors are `detectors.py` (read from the
+config by `detection_models.py`). Everything the package needs besides the weights
 (normalisation, tile size and overlap, classes, GSD, the paper's metric) is read from the config here.
 """
 from __future__ import annotations
@@ -26,6 +31,8 @@ from torch import nn
 from training.models.encoders import InternImageEncoder, ViTRVSAEncoder
 from training.official.config_file import ConfigError
 from training.official.datasets import CUSTOM_ROOT_HINTS, DATASET_TYPES, DATASETS, DatasetFacts
+from training.official.detection_models import (DETECTION_TASKS, DETECTOR_NAMES, build_detector, detection_family,
+                                                read_detection)
 from training.official.heads import LinearClsHead, UNetHead, UPerHead
 
 # model type -> (family, task, framework, ViT-RVSA output of that framework's RVSA_MTP)
@@ -35,8 +42,11 @@ FAMILIES = {
     "SiamEncoderDecoder": ("opencd-unet", "change_detection", "opencd", "none"),
 }
 FAMILY_HEADS = {"mmseg-upernet": "UPerHead", "mmpretrain-linear": "LinearClsHead", "opencd-unet": "UNetHead"}
-BACKBONES = ("RVSA_MTP", "InternImage")
-DETECTION_TYPES = ("FasterRCNN", "mmdet.FasterRCNN", "RetinaNet", "OrientedRCNN", "mmrotate.OrientedRCNN")
+BACKBONES = ("RVSA_MTP", "RVSA_MTP_branches", "InternImage")
+DETECTION_TYPES = ("FasterRCNN", "mmdet.FasterRCNN", "RetinaNet", "mmdet.RetinaNet", "OrientedRCNN",
+                   "mmrotate.OrientedRCNN")
+# ViT-RVSA output (vit_rvsa.PYRAMIDS) and full-attention relative terms of the detection frameworks' backbones.
+DETECTION_RVSA = {"RVSA_MTP": ("last", False), "RVSA_MTP_branches": ("blocks", False)}
 
 
 @dataclass
@@ -59,6 +69,7 @@ class OfficialSpec:
     trained_size: int  # the input size the weights were trained at
     encoder_name: str
     pretraining: str
+    detection: Optional[Dict[str, Any]] = None  # detectors: settings (detection_models.read_detection)
 
     @property
     def backbone_type(self) -> str:
@@ -67,7 +78,7 @@ class OfficialSpec:
     @property
     def head_name(self) -> str:
         return {"mmseg-upernet": "UperNet", "mmpretrain-linear": "linear classifier",
-                "opencd-unet": "Siamese UNet"}[self.family]
+                "opencd-unet": "Siamese UNet", **DETECTOR_NAMES}[self.family]
 
 
 def _require(cfg: Dict[str, Any], key: str, where: str, path: Path):
@@ -77,7 +88,7 @@ def _require(cfg: Dict[str, Any], key: str, where: str, path: Path):
 
 
 def encoder_name(backbone: Dict[str, Any]) -> str:
-    if backbone["type"] == "RVSA_MTP":
+    if backbone["type"] in ("RVSA_MTP", "RVSA_MTP_branches"):
         dim, depth = backbone.get("embed_dim", 768), backbone.get("depth", 12)
         named = {(768, 12): "ViT-B+RVSA", (1024, 24): "ViT-L+RVSA"}
         return named.get((dim, depth), f"ViT+RVSA ({dim}-d, {depth} blocks)")
@@ -85,13 +96,15 @@ def encoder_name(backbone: Dict[str, Any]) -> str:
     return "InternImage-XL" if (ch, depths) == (192, [5, 5, 24, 5]) else f"InternImage ({ch} ch, depths {depths})"
 
 
-def _dataset(cfg: Dict[str, Any], path: Path, override: Optional[str]) -> DatasetFacts:
+def _dataset(cfg: Dict[str, Any], path: Path, override: Optional[str], task: str = "") -> DatasetFacts:
     if override:
         if override not in DATASETS:
             raise ConfigError(f"unknown dataset {override!r}; known: {', '.join(DATASETS)}")
         return DATASETS[override]
     kind = cfg.get("dataset_type")
     roots = " ".join(str(v) for v in _find_values(cfg, "data_root")).lower()
+    if kind == "DIORDataset" and task == "rotated_detection":
+        return DATASETS["dior_r"]  # mmrotate's DIORDataset reads the oriented boxes of DIOR-R
     if kind in DATASET_TYPES:
         return DATASETS[DATASET_TYPES[kind]]
     if kind == "CustomDataset":
@@ -123,9 +136,10 @@ def _pipeline_size(cfg: Dict[str, Any], types: Tuple[str, ...], key: str) -> Opt
 
 
 def _normalisation(cfg: Dict[str, Any], model: Dict[str, Any], task: str, path: Path):
-    pre = model.get("data_preprocessor") or cfg.get("data_preprocessor")
+    # mmengine frameworks: a data_preprocessor; mmrotate 0.3.4 (mmcv 1.x): img_norm_cfg of the Normalize step.
+    pre = model.get("data_preprocessor") or cfg.get("data_preprocessor") or cfg.get("img_norm_cfg")
     if not isinstance(pre, dict) or "mean" not in pre or "std" not in pre:
-        raise ConfigError(f"{path}: no data_preprocessor with mean and std (model.data_preprocessor or top level)")
+        raise ConfigError(f"{path}: no data_preprocessor (or img_norm_cfg) with mean and std")
     mean, std = [float(v) for v in pre["mean"]], [float(v) for v in pre["std"]]
     if task == "change_detection" and len(mean) == 6:
         # Open-CD normalises the 6-channel pair; our contract has one spec for both dates.
@@ -148,16 +162,15 @@ def read_spec(cfg: Dict[str, Any], path: Path, dataset: Optional[str] = None) ->
         raise ConfigError(f"{path}: no `model = dict(type=...)` in the config")
     mtype = model["type"]
     if mtype in DETECTION_TYPES:
-        raise ConfigError(f"{path}: {mtype} detectors are not importable yet (issue 2/2 of the official "
-                          f"models); supported: {', '.join(FAMILIES)}")
+        return _read_detection_spec(cfg, model, path, dataset)
     if mtype not in FAMILIES:
         raise ConfigError(f"{path}: model type {mtype!r} is not an MTP finetune family this importer knows; "
-                          f"supported: {', '.join(FAMILIES)}")
+                          f"supported: {', '.join(FAMILIES)}, {', '.join(DETECTION_TYPES)}")
     family, task, framework, _ = FAMILIES[mtype]
     backbone = dict(_require(model, "backbone", "model", path))
-    if backbone.get("type") not in BACKBONES:
-        raise ConfigError(f"{path}: backbone {backbone.get('type')!r} is not an MTP encoder; supported: "
-                          f"{', '.join(BACKBONES)}")
+    if backbone.get("type") not in BACKBONES or backbone.get("type") == "RVSA_MTP_branches":
+        raise ConfigError(f"{path}: backbone {backbone.get('type')!r} is not an MTP encoder of {family}; supported: "
+                          f"RVSA_MTP, InternImage")
     head_key = "head" if family == "mmpretrain-linear" else "decode_head"
     head = dict(_require(model, head_key, "model", path))
     if head.get("type") != FAMILY_HEADS[family]:
@@ -203,29 +216,92 @@ def read_spec(cfg: Dict[str, Any], path: Path, dataset: Optional[str] = None) ->
     trained = trained or crop or tile
     if backbone["type"] == "RVSA_MTP" and tile % 32:
         raise ConfigError(f"{path}: tile size {tile} is not a multiple of 32")
-    name = encoder_name(backbone)
-    mtp = bool(re.search(r"[-_]mtp", path.stem)) or "mtp" in str(backbone.get("pretrained", "")).lower()
-    base = "MAE" if backbone["type"] == "RVSA_MTP" else "IMP"
-    pretraining = f"{base} + MTP" if mtp else f"{base} (no MTP: a paper baseline)"
+    name, pretraining = encoder_name(backbone), _pretraining(backbone, path)
     return OfficialSpec(path, family, task, framework, backbone, head, num_classes, facts, mean, std, bands,
                         tile, overlap, rule, trained, name, pretraining)
 
 
+def _pretraining(backbone: Dict[str, Any], path: Path) -> str:
+    mtp = bool(re.search(r"[-_]mtp", path.stem)) or "mtp" in str(backbone.get("pretrained", "")).lower()
+    base = "IMP" if backbone["type"] == "InternImage" else "MAE"
+    return f"{base} + MTP" if mtp else f"{base} (no MTP: a paper baseline)"
+
+
+def _test_scale(cfg: Dict[str, Any]) -> Optional[int]:
+    """The square test size of a detection config: mmdet 3.x `Resize(scale=...)`, mmcv 1.x
+    `MultiScaleFlipAug(img_scale=...)` (one scale, no flip: the MTP configs)."""
+    for step in cfg.get("test_pipeline", []):
+        if not isinstance(step, dict):
+            continue
+        kind = str(step.get("type", "")).split(".")[-1]
+        value = step.get("scale") if kind == "Resize" else step.get("img_scale") if kind == "MultiScaleFlipAug" else None
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+            if len(value) != 1:
+                return None  # several test scales: not one tile size
+            value = value[0]
+        if kind == "MultiScaleFlipAug" and step.get("flip"):
+            return None
+        value = value if isinstance(value, (list, tuple)) else (value, value)
+        if int(value[0]) != int(value[1]):
+            return None
+        return int(value[0])
+    return None
+
+
+def _read_detection_spec(cfg: Dict[str, Any], model: Dict[str, Any], path: Path,
+                         dataset: Optional[str]) -> OfficialSpec:
+    family, framework = detection_family(model, path)
+    task = DETECTION_TASKS[family]
+    backbone = dict(_require(model, "backbone", "model", path))
+    if backbone.get("type") not in BACKBONES:
+        raise ConfigError(f"{path}: backbone {backbone.get('type')!r} is not an MTP encoder; supported: "
+                          f"{', '.join(BACKBONES)}")
+    head = model.get("bbox_head") if family == "mmdet-retinanet" else (model.get("roi_head") or {}).get("bbox_head")
+    num_classes = int(_require(head or {}, "num_classes", "the detector's bbox_head", path))
+    facts = _dataset(cfg, path, dataset, task)
+    if num_classes != len(facts.classes):
+        raise ConfigError(f"{path}: the detector has {num_classes} classes but {facts.name} has {len(facts.classes)}")
+    mean, std, bands = _normalisation(cfg, model, task, path)
+    detection = read_detection(model, family, num_classes, path)
+    tile = _test_scale(cfg)
+    if not tile:
+        raise ConfigError(f"{path}: cannot tell the test image size (a square Resize scale or MultiScaleFlipAug "
+                          f"img_scale in test_pipeline)")
+    if tile % 32:
+        raise ConfigError(f"{path}: test size {tile} is not a multiple of 32 (the FPN's size divisor)")
+    # DOTA practice: 1024 px patches cut with a 200 px gap; smaller test sizes overlap by a quarter tile.
+    overlap = 200 if tile >= 800 else tile // 4
+    rule = (f"the official test size ({tile} px images); the overlap of {overlap} px is ours, so that objects "
+            f"cut by one tile are whole in its neighbour")
+    trained = int(backbone.get("img_size") or tile)
+    if backbone["type"] != "InternImage" and trained != tile:
+        raise ConfigError(f"{path}: RVSA img_size {trained} differs from the test size {tile}; the detection "
+                          f"backbones add their position embedding without resizing it")
+    return OfficialSpec(path, family, task, framework, backbone, head, num_classes, facts, mean, std, bands, tile,
+                        overlap, rule, trained, encoder_name(backbone), _pretraining(backbone, path), detection)
+
+
 def build_backbone(spec: OfficialSpec) -> nn.Module:
     b = spec.backbone
-    if b["type"] == "RVSA_MTP":
+    if b["type"] in ("RVSA_MTP", "RVSA_MTP_branches"):
         if int(b.get("patch_size", 16)) != 16 or int(b.get("in_chans", 3)) != 3:
             raise ConfigError(f"{spec.config_path}: RVSA_MTP with patch_size {b.get('patch_size')} / in_chans "
                               f"{b.get('in_chans')}; MTP uses 16 / 3")
         if not b.get("use_abs_pos_emb", False):
             raise ConfigError(f"{spec.config_path}: RVSA_MTP without use_abs_pos_emb is not an MTP model")
-        pyramid = FAMILIES[{"mmseg-upernet": "EncoderDecoder", "mmpretrain-linear": "ImageClassifier",
-                            "opencd-unet": "SiamEncoderDecoder"}[spec.family]][3]
+        if spec.detection is not None:
+            pyramid, rel_pos = DETECTION_RVSA[b["type"]]
+        else:
+            pyramid = FAMILIES[{"mmseg-upernet": "EncoderDecoder", "mmpretrain-linear": "ImageClassifier",
+                                "opencd-unet": "SiamEncoderDecoder"}[spec.family]][3]
+            rel_pos = True
         return ViTRVSAEncoder(
             size="base", img_size=int(b.get("img_size", 224)), embed_dim=int(b.get("embed_dim", 768)),
             depth=int(b.get("depth", 12)), num_heads=int(b.get("num_heads", 12)),
             interval=int(b.get("interval", 3)), out_indices=list(b.get("out_indices", [11])),
-            mlp_ratio=float(b.get("mlp_ratio", 4.0)), drop_path_rate=0.0, pyramid=pyramid)
+            mlp_ratio=float(b.get("mlp_ratio", 4.0)), drop_path_rate=0.0, pyramid=pyramid, full_attn_rel_pos=rel_pos)
     unsupported = {k: b[k] for k in ("dw_kernel_size", "level2_post_norm", "res_post_norm", "center_feature_scale")
                    if b.get(k)}
     if unsupported or b.get("norm_layer", "LN") != "LN" or b.get("act_layer", "GELU") != "GELU":
@@ -283,6 +359,8 @@ class OfficialSiameseChange(nn.Module):
 def build_model(spec: OfficialSpec) -> nn.Module:
     """The project's model for the spec, in eval mode, randomly initialised (weights come from the checkpoint)."""
     backbone = build_backbone(spec)
+    if spec.detection is not None:
+        return build_detector(spec.family, backbone, spec.detection, spec.config_path).eval()
     h = spec.head
     if spec.family == "mmseg-upernet":
         in_index = list(h.get("in_index", [0, 1, 2, 3]))

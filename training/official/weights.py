@@ -113,7 +113,8 @@ def read_official_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Dict[str, A
 
 
 def describe_checkpoint(keys) -> str:
-    """What a state dict holds, from its key names (for error messages)."""
+    """What a state dict holds, from its key names (and shapes, given a dict) (for error messages)."""
+    shapes = {k: tuple(v.shape) for k, v in keys.items()} if isinstance(keys, dict) else {}
     keys = list(keys)
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if has("encoder.") and (has("semsegdecoder.") or has("rotdetdecoder.") or has("inssegdecoder.")):
@@ -126,6 +127,15 @@ def describe_checkpoint(keys) -> str:
         head = "a UNetHead (Open-CD change detection)"
     elif has("head.fc."):
         head = "a LinearClsHead (mmpretrain classification)"
+    elif has("bbox_head.retina_cls."):
+        classes = shapes.get("bbox_head.retina_cls.weight", (0,))[0]
+        head = f"a RetinaHead (mmdet RetinaNet{f', {classes} anchor x class outputs' if classes else ''})"
+    elif has("rpn_head.") and has("roi_head.bbox_head."):
+        reg = shapes.get("rpn_head.rpn_reg.weight", (0,))[0]
+        kind = ("an OrientedRPNHead (mmrotate Oriented R-CNN)" if reg and reg % 6 == 0 and reg % 4
+                else "an RPNHead (mmdet Faster R-CNN)" if reg else "an RPN + RoI head (mmdet / mmrotate)")
+        classes = shapes.get("roi_head.bbox_head.fc_cls.weight", (0,))[0]
+        head = kind + (f" with {classes - 1} classes" if classes else "")
     elif has("rpn_head.") or has("roi_head.") or has("bbox_head."):
         head = "a detector head (mmdet / mmrotate)"
     else:
@@ -174,13 +184,26 @@ def load_official_state(model: nn.Module, state: Dict[str, torch.Tensor], checkp
     bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in kept.items() if v.shape != own[k].shape]
     if bad:
         lines = "; ".join(f"{k}: checkpoint {a} vs config {b}" for k, a, b in bad[:4])
-        classes = [(a, b) for k, a, b in bad if k.endswith(("conv_seg.weight", "head.fc.weight"))]
-        hint = (f" The checkpoint's head has {classes[0][0][0]} classes, the config's {classes[0][1][0]}."
-                if classes else "")
+        hint = _class_count_hint(bad, model)
         raise CheckpointMismatch(f"{checkpoint} does not fit {config.name}: {len(bad)} tensors differ in shape "
                                  f"({lines}).{hint}")
     model.load_state_dict(kept, strict=True)
     return {"loaded": len(kept), "model_tensors": len(own), "dropped": dropped}
+
+
+def _class_count_hint(bad, model: nn.Module) -> str:
+    """' The checkpoint's head has A classes, the config's B.' when a classifier's shape differs."""
+    for key, theirs, ours in bad:
+        if key.endswith(("conv_seg.weight", "head.fc.weight")):
+            return f" The checkpoint's head has {theirs[0]} classes, the config's {ours[0]}."
+        if key.endswith("bbox_head.fc_cls.weight"):  # K + 1 outputs: the background is the last
+            return f" The checkpoint's detector has {theirs[0] - 1} classes, the config's {ours[0] - 1}."
+        if key.endswith("bbox_head.retina_cls.weight"):  # A anchors x K classes
+            k = getattr(model, "num_classes", None)
+            anchors = ours[0] // k if k else None
+            if anchors and theirs[0] % anchors == 0:
+                return f" The checkpoint's detector has {theirs[0] // anchors} classes, the config's {k}."
+    return ""
 
 
 def _summary(keys: List[str], n: int = 4) -> str:
