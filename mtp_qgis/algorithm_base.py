@@ -83,6 +83,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     TASK = ""            # backend task name, e.g. "semantic_segmentation"
     DEFAULT_MODEL = ""
+    NEEDS_MODEL = True   # False: the task runs no model (spectral_indices), the request's model is empty
 
     def label(self):
         """What the analyst reads in messages, e.g. "Segmentation"."""
@@ -159,6 +160,8 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         return output
 
     def model_id(self, parameters, context):
+        if not self.NEEDS_MODEL:
+            return ""
         return (self.parameterAsString(parameters, self.MODEL, context) or self.DEFAULT_MODEL).strip()
 
     # --- backend and model --------------------------------------------------------------------------
@@ -168,6 +171,9 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         submitted; its message (which names both tasks) reaches the analyst unchanged."""
         try:
             client = BACKEND.client()
+            if not self.NEEDS_MODEL:
+                feedback.pushInfo(tr("Backend {backend}").format(backend=BACKEND.describe(client.url)))
+                return client, {}
             model = client.model(model_id)
         except BackendError as exc:
             raise QgsProcessingException(str(exc)) from exc

@@ -21,6 +21,7 @@ TASK_MODULES = {
     "scene_classification": "training.scene_classification",
     "detection": "training.detection",  # horizontal boxes
     "rotated_detection": "training.detection",  # le90 rotated boxes; same module, the config's task decides
+    "land_cover_extraction": "training.land_cover",
 }
 DEFAULT_TASK = "semantic_segmentation"
 
