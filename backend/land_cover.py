@@ -255,9 +255,10 @@ def matching_target(targets: list[Target], class_id: int, area_m2: float | None,
     return None
 
 
-FIELDS = ([("class_id", ogr.OFTInteger), ("class_name", ogr.OFTString), ("target", ogr.OFTString),
-           ("score", ogr.OFTReal), ("area_m2", ogr.OFTReal), ("area_px", ogr.OFTInteger64)]
-          + [(k, ogr.OFTReal) for k in INDEX_FIELDS] + [("explanation", ogr.OFTString)])
+# The explanation right after the class: the column an analyst reads first in the attribute table.
+FIELDS = ([("class_id", ogr.OFTInteger), ("class_name", ogr.OFTString), ("explanation", ogr.OFTString),
+           ("target", ogr.OFTString), ("score", ogr.OFTReal), ("area_m2", ogr.OFTReal), ("area_px", ogr.OFTInteger64)]
+          + [(k, ogr.OFTReal) for k in INDEX_FIELDS])
 
 
 def extract_land_cover(request: ExtractionRequest, progress: ProgressCallback | None = None,

@@ -95,10 +95,9 @@ class ExtractLandCoverAlgorithm(SpectralAlgorithm):
             "Sensor: recognised from the band names or wavelengths GDAL reads; choose it when the raster does not "
             "say (a raster nobody can recognise is refused).\n"
             "Model: id of a land-cover model (default {default}).\n"
-            "Output: GeoPackage layer land_cover, one polygon per region, with class_name, target, score, "
-            "area_m2, area_px, the mean of each index (empty where the raster lacks its bands) and an "
-            "explanation such as \"NDWI 0.42 (high) and NIR reflectance 0.03 (low): open water\", shown as "
-            "the map tip."
+            "Output: GeoPackage layer land_cover, one polygon per region, with class_name, an explanation such "
+            "as \"NDWI 0.42 (high) and NIR reflectance 0.03 (low): open water\" (also the map tip), target, "
+            "score, area_m2, area_px and the mean of each index (empty where the raster lacks its bands)."
         ).format(default=DEFAULT_LAND_COVER_MODEL_ID)
 
     def initAlgorithm(self, config=None):  # noqa: N802

@@ -19,8 +19,8 @@ gdal.UseExceptions()
 MODEL = "mtp_landcover_default"
 S2_SAMPLE = REPO / "resources" / "samples" / "sentinel2_l1c_slovenia.tif"
 ANNOTATIONS = json.loads((REPO / "training" / "land_cover" / "naip_2020_annotations.json").read_text())
-FIELDS = ["class_id", "class_name", "target", "score", "area_m2", "area_px", "ndvi", "ndwi", "mndwi", "ndbi", "bsi",
-          "explanation"]
+FIELDS = ["class_id", "class_name", "explanation", "target", "score", "area_m2", "area_px", "ndvi", "ndwi", "mndwi",
+          "ndbi", "bsi"]
 
 
 @pytest.fixture(scope="module")
