@@ -47,16 +47,8 @@ def reflectance_by_role(raw: np.ndarray, layout: BandLayout, roles: list[str]) -
 
 def create_index_raster(path: Path, ds: gdal.Dataset, window: raster_io.Window, indices: list[str],
                         layout: BandLayout) -> gdal.Dataset:
-    driver = gdal.GetDriverByName("GTiff")
     options = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=3", "BIGTIFF=IF_SAFER"]
-    try:
-        out = driver.Create(str(path), window.width, window.height, len(indices), gdal.GDT_Float32, options=options)
-    except RuntimeError as exc:
-        raise outputs.creation_error(exc, path) from exc
-    out.SetGeoTransform(raster_io.window_geotransform(raster_io.geotransform(ds), window))
-    srs = ds.GetSpatialRef()
-    if srs is not None:
-        out.SetProjection(srs.ExportToWkt())
+    out = raster_io.create_window_raster(path, ds, window, len(indices), gdal.GDT_Float32, options)
     for i, key in enumerate(indices):
         band = out.GetRasterBand(i + 1)
         band.SetNoDataValue(float("nan"))

@@ -83,18 +83,7 @@ def _scratch(request: ExtractionRequest, what: str, suffix: str) -> Path:
     return partial.with_name(f"{partial.stem}-{what}{suffix}")
 
 
-def _scratch_raster(path: Path, like: gdal.Dataset, window: raster_io.Window, kind: int) -> gdal.Dataset:
-    driver = gdal.GetDriverByName("GTiff")
-    try:
-        ds = driver.Create(str(path), window.width, window.height, 1, kind,
-                           options=["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER"])
-    except RuntimeError as exc:
-        raise outputs.creation_error(exc, path) from exc
-    ds.SetGeoTransform(raster_io.window_geotransform(raster_io.geotransform(like), window))
-    srs = like.GetSpatialRef()
-    if srs is not None:
-        ds.SetProjection(srs.ExportToWkt())
-    return ds
+SCRATCH_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1", "BIGTIFF=IF_SAFER"]
 
 
 def segment_with_scores(request: ExtractionRequest, ds: gdal.Dataset, reader, classes_path: Path, score_path: Path,
@@ -108,7 +97,7 @@ def segment_with_scores(request: ExtractionRequest, ds: gdal.Dataset, reader, cl
                                                 [c.name for c in model.classes])
     except RuntimeError as exc:
         raise outputs.creation_error(exc, classes_path) from exc
-    scores = _scratch_raster(score_path, ds, window, gdal.GDT_Float32)
+    scores = raster_io.create_window_raster(score_path, ds, window, 1, gdal.GDT_Float32, SCRATCH_OPTIONS)
     try:
         processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
         sink = ClassScoreWriter(classes.GetRasterBand(1), scores.GetRasterBand(1), reader, processed, window)
@@ -151,12 +140,8 @@ def burn_regions(layer: ogr.Layer, ids_path: Path, like_path: Path) -> None:
     """Each region's rid burnt into an int32 raster on the class raster's grid (0 = no region): the pixels of a
     polygon traced along pixel edges are exactly its pixel centres."""
     like = gdal.Open(str(like_path))
-    ids = gdal.GetDriverByName("GTiff").Create(str(ids_path), like.RasterXSize, like.RasterYSize, 1, gdal.GDT_Int32,
-                                               options=["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1",
-                                                        "BIGTIFF=IF_SAFER"])
-    ids.SetGeoTransform(like.GetGeoTransform())
-    if like.GetSpatialRef() is not None:
-        ids.SetSpatialRef(like.GetSpatialRef())
+    ids = raster_io.create_window_raster(ids_path, like, raster_io.full_window(like), 1, gdal.GDT_Int32,
+                                         SCRATCH_OPTIONS)
     gdal.RasterizeLayer(ids, [1], layer, options=["ATTRIBUTE=rid"])
     ids = None
 

@@ -299,6 +299,23 @@ class RasterReader:
         return invalid
 
 
+def create_window_raster(path: Path, ds: gdal.Dataset, window: Window, bands: int, data_type: int,
+                         options: list[str]) -> gdal.Dataset:
+    """A GeoTIFF covering `window` of `ds` on its pixel grid and CRS (a result or a job's scratch raster)."""
+    from backend import outputs
+
+    try:
+        out = gdal.GetDriverByName("GTiff").Create(str(path), window.width, window.height, bands, data_type,
+                                                   options=options)
+    except RuntimeError as exc:
+        raise outputs.creation_error(exc, path) from exc
+    out.SetGeoTransform(window_geotransform(geotransform(ds), window))
+    srs = ds.GetSpatialRef()
+    if srs is not None:
+        out.SetProjection(srs.ExportToWkt())
+    return out
+
+
 def create_class_raster(path: Path, width: int, height: int, gt: tuple[float, ...],
                         srs_wkt: str | None, colors: list[tuple[int, int, int]],
                         class_names: list[str]) -> gdal.Dataset:

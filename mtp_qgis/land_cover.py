@@ -36,6 +36,12 @@ class SpectralAlgorithm(BackendAlgorithm):
     INPUT = "INPUT"
     SENSOR = "SENSOR"
 
+    def group(self):
+        return tr("Land cover")
+
+    def groupId(self):  # noqa: N802
+        return "land_cover"
+
     def add_sensor_parameter(self):
         self.addParameter(QgsProcessingParameterEnum(
             self.SENSOR, tr("Sensor (which band is blue, red, NIR, ...)"), options=sensor_labels(), defaultValue=0,
@@ -73,12 +79,6 @@ class ExtractLandCoverAlgorithm(SpectralAlgorithm):
 
     def displayName(self):  # noqa: N802
         return tr("Extract land cover (instruction)")
-
-    def group(self):
-        return tr("Land cover")
-
-    def groupId(self):  # noqa: N802
-        return "land_cover"
 
     def task_help(self):
         return tr(
@@ -149,12 +149,6 @@ class SpectralIndicesAlgorithm(SpectralAlgorithm):
 
     def displayName(self):  # noqa: N802
         return tr("Spectral indices (index stack)")
-
-    def group(self):
-        return tr("Land cover")
-
-    def groupId(self):  # noqa: N802
-        return "land_cover"
 
     def task_help(self):
         return tr(

@@ -3,7 +3,8 @@ spectral-index channels, the same network without them, and index thresholds alo
 held-out pixels. Trains both networks (or reuses finished runs), fits the thresholds on the training pixels and
 writes WORK_DIR/comparison.{json,md}.
 
-    python -m training.land_cover.compare --config training/configs/landcover_default.yaml --work-dir runs/landcover
+    python -m training.land_cover.compare --config training/configs/landcover_default.yaml --work-dir runs/landcover \
+        [--seeds 1 2]     # also the spread over training seeds
 """
 import argparse
 import copy
@@ -49,7 +50,24 @@ def row(name: str, m: Dict, classes) -> str:
             + " | ".join(f"{s['mIoU']:.3f}" for s in sources) + " |")
 
 
-def compare(config_path, work_dir) -> Dict:
+def with_seed(cfg, seed: int):
+    raw = copy.deepcopy(config_to_dict(cfg))
+    raw["train"]["seed"] = seed
+    return config_from_dict(raw)
+
+
+def seed_spread(work_dir: Path, cfg, seeds) -> str:
+    """mIoU of both networks over further training seeds (each network trained once per seed)."""
+    lines = []
+    for name, make in (("bands + indices", lambda c: c), ("bands only", without_indices)):
+        scores = [trained(make(with_seed(cfg, s)), work_dir / f"seed{s}" / name.replace(" ", "_").replace("+", "and"))
+                  ["mIoU"] for s in seeds]
+        lines.append(f"{name}: mIoU " + ", ".join(f"{v:.3f}" for v in scores)
+                     + f" (mean {sum(scores) / len(scores):.3f})")
+    return f"Training seeds {', '.join(map(str, seeds))}: " + "; ".join(lines) + ".\n"
+
+
+def compare(config_path, work_dir, seeds=()) -> Dict:
     work_dir = repo_path(str(work_dir))
     cfg = load_config(config_path)
     results = {"with_indices": trained(cfg, work_dir / "with_indices"),
@@ -69,6 +87,8 @@ def compare(config_path, work_dir) -> Dict:
                  results["index_thresholds"], classes)]
     text = "\n".join(lines) + "\n\nHeld-out labelled pixels: " + ", ".join(
         f"{name} {pixels[s]}" for name, s in zip(short, sources)) + ".\n"
+    if seeds:
+        text += "\n" + seed_spread(work_dir, cfg, seeds)
     (work_dir / "comparison.md").write_text(text)
     (work_dir / "comparison.json").write_text(json.dumps(results, indent=2))
     print(text)
@@ -79,9 +99,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.land_cover.compare")
     parser.add_argument("--config", required=True)
     parser.add_argument("--work-dir", required=True)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[],
+                        help="also train both networks with these seeds and report their mIoU (the spread)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    compare(args.config, args.work_dir)
+    compare(args.config, args.work_dir, args.seeds)
     return 0
 
 
