@@ -246,3 +246,47 @@ def test_metadata_with_bands_by_role():
     assert list(SENSORS) == ["sentinel2_l1c", "sentinel2_l2a", "landsat8_9", "naip", "planetscope_4",
                              "planetscope_8"]
     json.dumps(role_metadata())
+
+
+# --------------------------------------------------------------------------------------------- any task
+
+def test_any_task_can_take_index_channels(s2, tmp_path):
+    """A scene classifier whose input is blue, green, red, nir reflectance and NDVI (the synthetic "brightest
+    channel wins" model: class k when channel k has the highest cell mean): the backend finds the bands of each
+    sensor, scales them to reflectance and appends NDVI, so each cell's class is the argmax of those five means,
+    computed here from the raw pixels."""
+    from backend.synthetic_models import default_metadata, write_classification_package
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    meta = default_metadata(4, 5, 64, 0, task="scene_classification")
+    meta["classes"] = [{"name": n} for n in ("blue", "green", "red", "nir", "ndvi")]
+    meta["input"] = {"band_roles": ["blue", "green", "red", "nir"], "indices": ["ndvi"], "scale": 1.0,
+                     "mean": [0.0] * 5, "std": [1.0] * 5}
+    write_classification_package(folder / "roles.onnx", num_bands=5, num_classes=5, tile_size=64, metadata=meta)
+    registry = ModelRegistry([folder])
+    cases = [(s2["named"], {}, reflectance()[..., [1, 2, 3, 7]].transpose(2, 0, 1)),
+             (NAIP_2020, {"sensor": "naip"}, gdal.Open(str(NAIP_2020)).ReadAsArray()[[2, 1, 0, 3]] / 255.0)]
+    found = {}
+    for raster, options, bands in cases:
+        out = tmp_path / f"{raster.stem}.gpkg"
+        spec = JobSpec("scene_classification", "roles", [str(raster)], {"vector": str(out)}, options=options)
+        run_plan("scene_classification", plan_job(spec, registry, job_id="sc"))
+        from osgeo import ogr
+        ds = ogr.Open(str(out))
+        classes = {(f["row"], f["col"]): f["class_name"] for f in ds.GetLayer(0)}
+        h, w = bands.shape[1:]
+        for (row, col), name in classes.items():
+            cell = bands[:, row * 64:(row + 1) * 64, col * 64:(col + 1) * 64].astype(np.float64)
+            ph, pw = 64 - cell.shape[1], 64 - cell.shape[2]
+            cell = np.pad(cell, ((0, 0), (0, ph), (0, pw)), mode="symmetric")  # clipped cells are mirror-padded
+            ndvi = (cell[3] - cell[2]) / (cell[3] + cell[2])
+            means = [*cell.mean(axis=(1, 2)), ndvi.mean()]
+            assert name == meta["classes"][int(np.argmax(means))]["name"], (raster.name, row, col, means)
+        assert len(classes) == -(-h // 64) * -(-w // 64)
+        found[raster] = set(classes.values())
+    assert found[s2["named"]] == {"ndvi"}  # a forest: NDVI (0.7) above every reflectance
+    assert "ndvi" not in found[NAIP_2020] and len(found[NAIP_2020]) >= 2  # NIR of the fields is higher
+    with pytest.raises(BackendError, match=r"has no blue, green, red, nir band|Cannot tell which sensor"):
+        plan_job(JobSpec("scene_classification", "roles", [str(s2["unnamed"])], {"vector": str(tmp_path / "x.gpkg")}),
+                 registry, job_id="u")
