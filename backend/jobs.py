@@ -113,15 +113,18 @@ def _input_path(text: str) -> Path:
     return outputs.checked_path(text, "Input raster")
 
 
-def _open_input(text: str, model: ModelPackage, other: str = "", sensor: str | None = None):
-    """(path, dataset, model) of an input: a local raster with enough bands (band count named with `other`).
-    A model that names its bands by role comes back with this raster's band numbers and reflectance scaling."""
+def _open_input(text: str, model: ModelPackage, other: str = "", sensor: str | None = None,
+                layout_needed: bool = False):
+    """(path, dataset, model, band layout or None) of an input: a local raster with enough bands (band count
+    named with `other`). A model that names its bands by role comes back with this raster's band numbers and
+    reflectance scaling; the layout (the raster's sensor) is found for it, or when `layout_needed`."""
     path = _input_path(text)
     ds = raster_io.open_raster(path)
+    layout = spectral.recognise(ds, str(path), sensor) if (layout_needed or model.input.by_role) else None
     if model.input.by_role:
-        model = model_for_raster(model, spectral.recognise(ds, str(path), sensor), str(path))
+        model = model_for_raster(model, layout, str(path))
     _check_bands(ds, path, model, other)
-    return path, ds, model
+    return path, ds, model, layout
 
 
 def model_for_raster(model: ModelPackage, layout: spectral.BandLayout, name: str) -> ModelPackage:
@@ -206,9 +209,8 @@ def _single_input_window(spec: JobSpec, model: ModelPackage,
     this raster (bands by role resolved); layout_needed: its band layout too (a 4th item)."""
     if len(spec.inputs) != 1:
         raise BackendError(f"{spec.task} takes exactly 1 input raster, got {len(spec.inputs)}.")
-    sensor = _sensor(spec)
-    input_path, ds, model = _open_input(spec.inputs[0], model, sensor=sensor)
-    layout = spectral.recognise(ds, str(input_path), sensor) if (layout_needed or model.input.by_role) else None
+    input_path, ds, model, layout = _open_input(spec.inputs[0], model, sensor=_sensor(spec),
+                                                layout_needed=layout_needed)
     window = raster_io.extent_to_window(ds, spec.extent, str(input_path))
     _check_values(ds, input_path, model, window, layout)
     return (input_path, window, model, layout) if layout_needed else (input_path, window, model)
@@ -229,10 +231,10 @@ def plan_change(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> C
     if len(spec.inputs) != 2:
         raise BackendError(f"change_detection takes 2 input rasters (before, after), got {len(spec.inputs)}.")
     sensor = _sensor(spec)
-    before_path, before, resolved = _open_input(spec.inputs[0], model, f" (before; the after raster is {spec.inputs[1]})",
-                                                sensor)
-    after_path, after, after_model = _open_input(spec.inputs[1], model, f" (after; the before raster is {before_path})",
-                                                 sensor)
+    before_path, before, resolved, _ = _open_input(spec.inputs[0], model,
+                                                   f" (before; the after raster is {spec.inputs[1]})", sensor)
+    after_path, after, after_model, _ = _open_input(spec.inputs[1], model,
+                                                    f" (after; the before raster is {before_path})", sensor)
     if after_model.input != resolved.input:
         raise BackendError(f"The before raster {before_path} and the after raster {after_path} hold model "
                            f"'{model.id}''s bands in different places or scalings; give both dates the same band "
