@@ -106,8 +106,9 @@ class TileModel:
         return raw_channels + len(self.indices) * (raw_channels // bands)
 
     def with_priors(self, raw: np.ndarray) -> np.ndarray:
-        """(C, h, w) raw bands -> (C + I, h, w): reflectance (when the sensor scaling is known) and its indices."""
-        x = raw if self.gains is None else raw * self.gains + self.offsets
+        """(C, h, w) raw bands -> (C + I, h, w) before normalisation: the bands (reflectance when the sensor's
+        scaling is known) divided by `input.scale`, then the indices computed from them."""
+        x = (raw if self.gains is None else raw * self.gains + self.offsets) / self.scale
         if not self.indices:
             return x
         from backend.spectral import compute_indices
@@ -116,7 +117,7 @@ class TileModel:
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """(C, h, w) raw values -> (C, T, T) normalised, mirrored into the padding when smaller. Invalid
         pixels (NaN from the reader, or any non-finite value) become 0, the mean of the model's training data."""
-        x = neutralise_invalid((self.with_priors(raw) / self.scale - self.mean) / self.std)
+        x = neutralise_invalid((self.with_priors(raw) - self.mean) / self.std)
         t = self.model.tile_size
         pad_h, pad_w = t - x.shape[1], t - x.shape[2]
         if pad_h or pad_w:

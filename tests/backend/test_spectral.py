@@ -290,3 +290,22 @@ def test_any_task_can_take_index_channels(s2, tmp_path):
     with pytest.raises(BackendError, match=r"has no blue, green, red, nir band|Cannot tell which sensor"):
         plan_job(JobSpec("scene_classification", "roles", [str(s2["unnamed"])], {"vector": str(tmp_path / "x.gpkg")}),
                  registry, job_id="u")
+
+
+def test_index_channels_of_a_model_with_numbered_bands(tmp_path):
+    """bands by number (8-bit NAIP, scale 255) with band_names as roles and an NDVI channel: the bands are divided
+    by the scale, the index is not (a ratio needs no scale), then each channel is normalised."""
+    from backend.model_package import load_package
+    from backend.raster_io import RasterReader
+    from backend.segmentation import TileModel
+    from backend.synthetic_models import default_metadata, write_package
+
+    meta = default_metadata(4, 2, 64, 16)
+    meta["input"] = {"bands": [1, 2, 3, 4], "band_names": ["red", "green", "blue", "nir"], "indices": ["ndvi"],
+                     "scale": 255.0, "mean": [0.4, 0.4, 0.4, 0.5, 0.1], "std": [0.2, 0.2, 0.2, 0.3, 0.4]}
+    package = load_package(write_package(tmp_path / "n.onnx", num_bands=5, num_classes=2, metadata=meta))
+    raw = RasterReader(gdal.Open(str(NAIP_2020)), [1, 2, 3, 4], "naip").read(100, 100, 64, 64)
+    prepared = TileModel(package).prepare(raw)
+    red, nir = raw[0] / 255.0, raw[3] / 255.0
+    np.testing.assert_allclose(prepared[3], (nir - 0.5) / 0.3, atol=1e-5)
+    np.testing.assert_allclose(prepared[4], ((nir - red) / (nir + red) - 0.1) / 0.4, atol=1e-5)
