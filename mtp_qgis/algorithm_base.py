@@ -129,10 +129,12 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterExtent(self.EXTENT, tr("Extent (leave empty for the whole raster)"), optional=True)
         )
 
-    def add_model_parameter(self):
+    def add_model_parameter(self, resample=True):
         """MODEL, and RESAMPLE: whether inputs whose pixel size differs from the model's by more than 2x are
-        resampled to the model's ground sample distance first."""
+        resampled to the model's ground sample distance first (not for algorithms that read bands themselves)."""
         self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Model id"), defaultValue=self.DEFAULT_MODEL))
+        if not resample:
+            return
         self.addParameter(QgsProcessingParameterBoolean(
             self.RESAMPLE, tr("Resample inputs to the model's resolution when it differs by more than 2x"),
             defaultValue=False, optional=True))

@@ -371,7 +371,8 @@ class MtpDockWidget(QDockWidget):
         if mismatch:
             self.gsd_warning.setText(gsd_warning(layer.name(), mismatch[0], model["id"], float(model["gsd_m"])))
         self.gsd_warning.setVisible(bool(mismatch))
-        self.resample_check.setVisible(bool(mismatch))
+        # Land cover reads the raster's bands as they are: no rendering at another resolution.
+        self.resample_check.setVisible(bool(mismatch) and self.current_task() != LAND_COVER)
         return mismatch
 
     @pyqtSlot(str)
@@ -498,7 +499,7 @@ class MtpDockWidget(QDockWidget):
                              tr("Choose a raster layer first."))
         folder = self.output_dir.filePath().strip()
         params = {"MODEL": self.selected_model_id() or default_model}
-        if self.resample_check.isChecked() and self._check_resolution():
+        if self.resample_check.isChecked() and self._check_resolution() and task != LAND_COVER:
             params["RESAMPLE"] = True
         if task == SEGMENTATION:
             params.update(INPUT=layer.id(), OUTPUT=result_path_for(layer.name(), folder))

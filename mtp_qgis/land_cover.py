@@ -106,7 +106,7 @@ class ExtractLandCoverAlgorithm(SpectralAlgorithm):
                                                        defaultValue=DEFAULT_INSTRUCTION))
         self.add_sensor_parameter()
         self.add_extent_parameter()
-        self.add_model_parameter()
+        self.add_model_parameter(resample=False)  # the bands are read as they are: no rendering, no resampling
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.OUTPUT, tr("Land-cover polygons"), QgsProcessing.SourceType.TypeVectorPolygon))
 
