@@ -33,6 +33,7 @@ def _absolute(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.jobs import SUPPORTED_TASKS
     from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
 
     parser = argparse.ArgumentParser(prog="python -m backend", description="mtp_qgis inference backend")
@@ -61,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "[--polygons changes.gpkg] [--min-area-px N] [--simplify-px T]; "
                                    "scene_classification: --input IN.tif --out scenes.gpkg [--cell-size N]; "
                                    "detection, rotated_detection: --input IN.tif --out detections.gpkg "
-                                   "[--score-threshold S]")
-    r.add_argument("--task", default="semantic_segmentation",
-                   choices=["semantic_segmentation", "change_detection", "scene_classification", "detection",
-                            "rotated_detection"])
-    r.add_argument("--model", required=True)
+                                   "[--score-threshold S]; land_cover_extraction: --input IN.tif --out land_cover.gpkg "
+                                   "--instruction 'extract water bodies' [--sensor S]; spectral_indices (no --model): "
+                                   "--input IN.tif --out indices.tif [--indices ndvi ndwi] [--sensor S]")
+    r.add_argument("--task", default="semantic_segmentation", choices=list(SUPPORTED_TASKS))
+    r.add_argument("--model", default="", help="model id (not for spectral_indices)")
     r.add_argument("--input", required=True, type=str, action="append",
                    help="input raster; give it twice (before, then after) for change_detection")
     r.add_argument("--output", "--out", dest="output", required=True, type=str,
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene_classification: cell side in source pixels (default: the model's tile size)")
     r.add_argument("--score-threshold", type=float, default=None,
                    help="detection: keep objects scoring at least this, 0-1 (default: the model's)")
+    r.add_argument("--instruction", default=None,
+                   help="land_cover_extraction: what to extract, e.g. 'water bodies larger than half a hectare'")
+    r.add_argument("--indices", nargs="+", default=None, help="spectral_indices: ndvi ndwi mndwi ndbi bsi "
+                                                              "(default: all the raster's bands allow)")
+    r.add_argument("--sensor", default=None, help="sensor of the raster for models that read bands by role and for "
+                                                  "spectral indices: auto (default), sentinel2_l1c, sentinel2_l2a, "
+                                                  "landsat8_9, naip, planetscope_4, planetscope_8")
     r.add_argument("--extent", type=_extent, default=None, help="xmin,ymin,xmax,ymax")
     r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
     r.add_argument("--batch-size", type=int, default=4)
@@ -111,16 +119,25 @@ def cmd_run(args) -> int:
     for flag, value, task in (("--polygons", args.polygons, "change_detection"),
                               ("--min-area-px", args.min_area_px, "change_detection"),
                               ("--simplify-px", args.simplify_px, "change_detection"),
-                              ("--cell-size", args.cell_size, "scene_classification")):
+                              ("--cell-size", args.cell_size, "scene_classification"),
+                              ("--instruction", args.instruction, "land_cover_extraction"),
+                              ("--indices", args.indices, "spectral_indices")):
         if value is not None and args.task != task:
             raise BackendError(f"{flag} applies to --task {task} only, not {args.task}.")
+    if args.task == "spectral_indices" and args.model:
+        raise BackendError("--task spectral_indices runs no model; leave out --model.")
+    if args.task != "spectral_indices" and not args.model:
+        raise BackendError(f"--task {args.task} needs --model (python -m backend models lists them).")
     detection = ("detection", "rotated_detection")
     if args.score_threshold is not None and args.task not in detection:
         raise BackendError(f"--score-threshold applies to --task detection or rotated_detection only, not {args.task}.")
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
-    key = "vector" if args.task in ("scene_classification", *detection) else "raster"
+    key = "vector" if args.task in ("scene_classification", "land_cover_extraction", *detection) else "raster"
     outputs = {key: _absolute(args.output)}
-    options = {"batch_size": args.batch_size}
+    options = {} if args.task == "spectral_indices" else {"batch_size": args.batch_size}
+    for name in ("instruction", "indices", "sensor"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     if args.polygons is not None:
         outputs["polygons"] = _absolute(args.polygons)
     if args.min_area_px is not None:

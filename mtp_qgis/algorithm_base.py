@@ -83,6 +83,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     TASK = ""            # backend task name, e.g. "semantic_segmentation"
     DEFAULT_MODEL = ""
+    NEEDS_MODEL = True   # False: the task runs no model (spectral_indices), the request's model is empty
 
     def label(self):
         """What the analyst reads in messages, e.g. "Segmentation"."""
@@ -128,10 +129,12 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterExtent(self.EXTENT, tr("Extent (leave empty for the whole raster)"), optional=True)
         )
 
-    def add_model_parameter(self):
+    def add_model_parameter(self, resample=True):
         """MODEL, and RESAMPLE: whether inputs whose pixel size differs from the model's by more than 2x are
-        resampled to the model's ground sample distance first."""
+        resampled to the model's ground sample distance first (not for algorithms that read bands themselves)."""
         self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Model id"), defaultValue=self.DEFAULT_MODEL))
+        if not resample:
+            return
         self.addParameter(QgsProcessingParameterBoolean(
             self.RESAMPLE, tr("Resample inputs to the model's resolution when it differs by more than 2x"),
             defaultValue=False, optional=True))
@@ -159,6 +162,8 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         return output
 
     def model_id(self, parameters, context):
+        if not self.NEEDS_MODEL:
+            return ""
         return (self.parameterAsString(parameters, self.MODEL, context) or self.DEFAULT_MODEL).strip()
 
     # --- backend and model --------------------------------------------------------------------------
@@ -168,6 +173,9 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         submitted; its message (which names both tasks) reaches the analyst unchanged."""
         try:
             client = BACKEND.client()
+            if not self.NEEDS_MODEL:
+                feedback.pushInfo(tr("Backend {backend}").format(backend=BACKEND.describe(client.url)))
+                return client, {}
             model = client.model(model_id)
         except BackendError as exc:
             raise QgsProcessingException(str(exc)) from exc

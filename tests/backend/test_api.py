@@ -55,7 +55,9 @@ def test_models_lists_model_info(client):
     models = {m["id"]: m for m in r.json()["models"]}
     assert set(models) == {"pointwise", "spatial", "nir4", "slow"}
     assert set(models["pointwise"]) == {"id", "name", "task", "dataset", "encoder", "metric", "description",
-                                        "classes", "tile_size", "tile_overlap", "gsd_m", "bands", "path"}
+                                        "classes", "tile_size", "tile_overlap", "gsd_m", "bands", "band_roles",
+                                        "indices", "path"}
+    assert (models["pointwise"]["band_roles"], models["pointwise"]["indices"]) == ([], [])  # bands by number
     # The synthetic test packages say nothing of their data or figures: empty strings, not made-up values.
     assert (models["pointwise"]["dataset"], models["pointwise"]["metric"]) == ("", "")
 
