@@ -249,6 +249,11 @@ Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, sco
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <source>Encoder: {encoder}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>Extent (leave empty for the whole raster)</source>
         <translation type="unfinished"></translation>
@@ -328,6 +333,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../models_panel.py"/>
         <source>Installed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Installed models for MODEL:</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -413,6 +423,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../dock.py"/>
+        <source>Model id: {id}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
         <source>Models</source>
         <translation type="unfinished"></translation>
     </message>
@@ -465,6 +480,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../models_panel.py"/>
         <source>Provenance</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Ran on {device}, {speed:.1f} Mpx/s.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Ran on {device}.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
