@@ -339,7 +339,8 @@ def probe_batch_size(session: Session, free_mib: Callable[[], int | None]) -> in
     return gpu_batch_size(after << 20, max(before - after, 64) << 20)
 
 
-def _free_mib() -> int | None:
+def free_gpu_mib() -> int | None:
+    """Free memory of the first GPU in MiB (nvidia-smi), None without one."""
     gpus, _ = nvidia_gpus()
     return gpus[0].free_mib if gpus else None
 
@@ -383,7 +384,7 @@ def _cached(model_path: Path, intra_op_threads: int | None) -> _Cached:
             if device_setting() == "cuda":
                 raise BackendError(f"{DEVICE_VARIABLE}=cuda, but no GPU provider could run {model_path.name}: "
                                    + "; ".join(f"{p}: {r}" for p, r in fallbacks))
-        batch = probe_batch_size(session, _free_mib) if provider in GPU_PROVIDERS else CPU_BATCH
+        batch = probe_batch_size(session, free_gpu_mib) if provider in GPU_PROVIDERS else CPU_BATCH
         info = SessionInfo(provider, device, fallbacks, batch)
         _sessions[model_path] = _Cached(key, session, info)
         log.info("session for %s runs on %s (%s), batch %d%s", model_path.name, device, provider, batch,

@@ -62,8 +62,9 @@ class Check:
 
     def __init__(self, out: Path, budget_s: float, smoke: bool):
         self.out, self.smoke = out, smoke
-        # Packages made on the way: build/gpu_check (ignored by git), or beside a smoke run's results.
-        self.work = out.parent / "gpu_check_work" if smoke else PREPARED
+        # Packages made on the way (500 MB): beside a smoke run's results, else build/gpu_check_work (ignored by git,
+        # and not under build/gpu_check, which travels to the GPU machine).
+        self.work = out.parent / "gpu_check_work" if smoke else REPO / "build" / "gpu_check_work"
         self.deadline = time.monotonic() + budget_s
         self.started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         self.env: dict = {}
@@ -406,7 +407,7 @@ def ort_throughput(check: Check, packages: list[tuple[str, Path]], flops_per_til
             on_gpu = provider != sessions.CPU
             backend = sessions.Session(str(path), providers=[provider, sessions.CPU], provider_options=options,
                                        bind_device="cuda" if on_gpu else None)
-            batch = sessions.probe_batch_size(backend, sessions._free_mib) if on_gpu else sessions.CPU_BATCH
+            batch = sessions.probe_batch_size(backend, sessions.free_gpu_mib) if on_gpu else sessions.CPU_BATCH
             feeds = tiles_of(bare, batch)
             pixels = batch * np.prod(next(iter(feeds.values())).shape[-2:])
             bare_s, runs = time_runs(lambda f: bare.run(None, f), feeds, seconds)
