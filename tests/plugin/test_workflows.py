@@ -62,7 +62,8 @@ def test_dock_runs_the_algorithm_as_a_task_and_adds_a_styled_layer(backend):
         assert {"mtp_seg_default", "slow_seg"} <= set(dock.model_ids())
         # Listed by name, dataset and figure (as the backend reports them), not by file name.
         label = dock.model_combo.itemText(dock.model_ids().index("mtp_seg_default"))
-        assert label.startswith("MTP segmentation (default, LoveDA classes)") and "mIoU 0.459 (held out)" in label
+        info = dock._models["mtp_seg_default"]
+        assert info["metric"].startswith("mIoU ") and label == f"{info['name']} ({info['metric']})"
         dock.model_combo.setCurrentText("mtp_seg_default")
         added = run_dock(dock)
         assert len(added) == 1, dock.status.text()

@@ -11,6 +11,7 @@ from training.models import build_segmentor
 from training.models.encoders import (CheckpointMismatch, Encoder, InternImageEncoder, ViTRVSAEncoder,
                                       build_encoder, layer_decay_param_groups, load_encoder_checkpoint)
 from training.models.encoders.checkpoints import adapt_input_conv
+from training.models.encoders.layer_decay import PROJECT_NO_DECAY_NAMES
 
 
 def count(module, skip=()):
@@ -335,7 +336,12 @@ def test_layer_decay_scales_reach_the_optimizer_step():
     wd_of = {name: g["weight_decay"] for g in groups for name in g["param_names"]}
     assert wd_of["encoder.blocks.0.attn.qkv.weight"] == 0.05
     assert wd_of["encoder.blocks.0.attn.qkv.bias"] == wd_of["encoder.pos_embed"] == 0.0
-    assert wd_of["encoder.blocks.0.attn.rel_pos_h"] == 0.0
+    # As the official finetune constructor: only 1-D tensors, biases and pos_embed are exempt; the relative
+    # tables are decayed (the project's earlier rule is kept as an option).
+    assert wd_of["encoder.blocks.0.attn.rel_pos_h"] == wd_of["encoder.blocks.0.attn.relative_position_bias_table"] == 0.05
+    project = layer_decay_param_groups(model, lr=base_lr, weight_decay=0.05, decay=decay,
+                                       no_decay_names=PROJECT_NO_DECAY_NAMES)
+    assert {n: g["weight_decay"] for g in project for n in g["param_names"]}["encoder.blocks.0.attn.rel_pos_h"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
     # The engine's schedule (LambdaLR) multiplies each group's own lr: the scales survive it, and an

@@ -11,13 +11,18 @@ last block, decay ** (L + 1) for the patch embedding, as the official
 
 Schedulers that multiply each group's initial lr (torch's LambdaLR, which training.engine uses) keep
 the scales; a scheduler that writes one lr into every group would erase them.
-Biases, norms (all 1-D tensors), position embeddings and relative-position tables get no weight decay.
+Weight decay: as the official finetune constructor, biases and every 1-D tensor (norms) and `pos_embed` get
+none; every other tensor is decayed, the relative-position tables and a class token included. The project's
+earlier rule also exempted those (`no_decay_names=PROJECT_NO_DECAY_NAMES`).
 """
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from torch import nn
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "rel_pos_h", "rel_pos_w", "relative_position_bias_table")
+# Names exempt from weight decay beside 1-D tensors and biases: the official LayerDecayOptimizerConstructor_ViT
+# checks only for 'pos_embed'.
+OFFICIAL_NO_DECAY_NAMES = ("pos_embed",)
+PROJECT_NO_DECAY_NAMES = ("pos_embed", "cls_token", "rel_pos_h", "rel_pos_w", "relative_position_bias_table")
 
 
 def find_encoder(model: nn.Module):
@@ -31,7 +36,8 @@ def find_encoder(model: nn.Module):
                      "(vit_rvsa or internimage)")
 
 
-def layer_decay_param_groups(model: nn.Module, lr: float, weight_decay: float, decay: float) -> List[Dict]:
+def layer_decay_param_groups(model: nn.Module, lr: float, weight_decay: float, decay: float,
+                             no_decay_names: Sequence[str] = OFFICIAL_NO_DECAY_NAMES) -> List[Dict]:
     encoder, prefix = find_encoder(model)
     top = encoder.num_decay_layers() + 1
     groups: Dict[str, Dict] = {}
@@ -39,7 +45,7 @@ def layer_decay_param_groups(model: nn.Module, lr: float, weight_decay: float, d
         if not param.requires_grad:
             continue
         layer = encoder.layer_id(name[len(prefix):]) if name.startswith(prefix) else top
-        no_wd = param.ndim == 1 or name.endswith(".bias") or any(n in name for n in NO_DECAY_NAMES)
+        no_wd = param.ndim == 1 or name.endswith(".bias") or any(n in name for n in no_decay_names)
         key = f"layer_{layer}_{'no_decay' if no_wd else 'decay'}"
         if key not in groups:
             scale = decay ** (top - layer)
