@@ -6,6 +6,11 @@
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine (the device tool: carry build/gpu_check)
 #   bash benchmarks/gpu_check.sh --cpu-smoke --out /tmp/gpu.md   # a dry run of the same code on the CPU
 #
+# On the GPU machine nothing can be downloaded and GDAL is missing; what it needs travels with the checkout:
+# build/gpu_check/samrs_512.tar (4 MB, made by --prepare) and, optionally, wheels in .whl/. The ViT-B+RVSA
+# UperNet package (509 MB) is made there (about a minute on 16 cores), its parity tiles read with Pillow.
+# Then copy the gpu.md and gpu.json it wrote (also into $OUT) to benchmarks/results/ here and commit them.
+#
 # Python: $PYTHON, else the checkout's .venv, else python3 (the GPU machine's, which holds PyTorch with CUDA).
 # Wheels in .whl/ (carried with the call) are installed first into /tmp/gpu_check_site, e.g. onnxruntime-gpu
 # where a future machine or a smaller repository lets it travel (today its 256 MB wheel does not fit).
