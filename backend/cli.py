@@ -1,4 +1,4 @@
-"""Command line: serve, run, models, import-model."""
+"""Command line: serve, run, models, import-model, doctor."""
 
 from __future__ import annotations
 
@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "landsat8_9, naip, planetscope_4, planetscope_8")
     r.add_argument("--extent", type=_extent, default=None, help="xmin,ymin,xmax,ymax")
     r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
-    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per batch (default: 4 on the CPU, what fits the free memory on a GPU)")
     r.add_argument("--overwrite", action="store_true", help="replace output files that exist (regular files only)")
     models_dir_arg(r)
 
@@ -101,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("metadata", type=Path, help="YAML with the fields of docs/contract.md §1")
     i.add_argument("--out", required=True, type=Path)
     i.add_argument("--id", default=None, help="model id (file stem); default: the ONNX file's stem")
+
+    d = sub.add_parser("doctor", help="ONNX Runtime build and providers, GPUs, CUDA/cuDNN/TensorRT libraries, and "
+                                      "a short timing of a bundled model on each provider")
+    d.add_argument("--seconds", type=float, default=3.0, help="timing per provider (0: no timing)")
+    d.add_argument("--model", type=Path, default=None, help="the .onnx to time (default: the bundled segmentation model)")
+    d.add_argument("--json", action="store_true")
     return parser
 
 
@@ -113,7 +120,9 @@ def model_registry(args):
 def cmd_run(args) -> int:
     import dataclasses
 
-    from backend.jobs import JobSpec, failure_message, plan_job, run_plan
+    import time
+
+    from backend.jobs import JobSpec, failure_message, plan_job, run_plan, run_report
     from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
 
     for flag, value, task in (("--polygons", args.polygons, "change_detection"),
@@ -134,7 +143,8 @@ def cmd_run(args) -> int:
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
     key = "vector" if args.task in ("scene_classification", "land_cover_extraction", *detection) else "raster"
     outputs = {key: _absolute(args.output)}
-    options = {} if args.task == "spectral_indices" else {"batch_size": args.batch_size}
+    # batch size: the backend chooses (free GPU memory / CPU default) unless given; index maps have none
+    options = {} if args.task == "spectral_indices" or args.batch_size is None else {"batch_size": args.batch_size}
     for name in ("instruction", "indices", "sensor"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -156,8 +166,12 @@ def cmd_run(args) -> int:
     def progress(percent: float, message: str) -> None:
         print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
+    started = time.time()
     try:
         written = run_plan(args.task, plan, progress)
+        report = run_report(plan, time.time() - started)
+        print(f"\nran on {report['device']} ({report['provider']}, batch {report['batch_size']}): "
+              f"{report['megapixels_per_s']} Mpx/s", end="", file=sys.stderr)
     except (BackendError, JobCancelled, KeyboardInterrupt):
         raise
     except Exception as exc:  # an I/O failure (full disk) or a bug: a message, not a traceback
@@ -218,6 +232,16 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from backend.doctor import format_report, report
+
+    if args.model is not None and not args.model.is_file():
+        raise BackendError(f"--model {args.model} is not a file; give a .onnx model package.")
+    result = report(args.seconds, args.model)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -233,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_models(args)
         if args.command == "import-model":
             return cmd_import(args)
+        if args.command == "doctor":
+            return cmd_doctor(args)
     except BackendError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from backend.model_package import ModelPackage
 from backend.registry import ModelRegistry
 from backend.scenes import SceneRequest, classify_scenes
 from backend.segmentation import SegmentationRequest, segment_raster
+from backend.sessions import default_batch_size, session_info
 
 log = logging.getLogger(__name__)
 SUPPORTED_TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
@@ -64,6 +65,7 @@ class Job:
     finished: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     output_paths: tuple[Path, ...] = ()  # resolved, to refuse a second job writing the same file
+    report: dict[str, Any] = field(default_factory=dict)  # run_report of a job that succeeded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +73,8 @@ class Job:
             "progress": round(self.progress, 2), "message": self.message, "error": self.error,
             "outputs": self.outputs if self.status == "succeeded" else None,
             "created": self.created, "started": self.started, "finished": self.finished,
+            "device": self.report.get("device"), "provider": self.report.get("provider"),
+            "megapixels_per_s": self.report.get("megapixels_per_s"),
         }
 
 
@@ -96,8 +100,20 @@ def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str,
 
 
 def run_plan(task: str, plan: Plan, progress=None, cancelled=None) -> dict[str, str]:
-    """Run a planned job in this thread; returns the outputs written (key -> path)."""
+    """Run a planned job in this thread; returns the outputs written (key -> path). A plan without a batch
+    size gets the session's: 4 on the CPU, what fits the free memory on a GPU (sessions.probe_batch_size)."""
+    if getattr(plan, "batch_size", 0) is None:
+        plan.batch_size = session_info(plan.model.path).batch_size
     return TASK_RULES[task].runner(plan, progress, cancelled)
+
+
+def run_report(plan: Plan, seconds: float) -> dict[str, Any]:
+    """Where a finished job ran and how fast: the provider, the device in words, megapixels of its window per
+    second of the whole run (read, infer, write)."""
+    info = session_info(plan.model.path)
+    window = plan.window
+    return {"provider": info.provider, "device": info.device, "batch_size": plan.batch_size,
+            "megapixels_per_s": round(window.width * window.height / 1e6 / max(seconds, 1e-9), 3)}
 
 
 def plan_outputs(plan: Plan) -> list[Path]:
@@ -197,7 +213,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _batch_size(spec: JobSpec) -> int:
+def _batch_size(spec: JobSpec, model: ModelPackage) -> int | None:
+    """The request's batch size, else the session's choice (sessions.default_batch_size: 4 on the CPU; None on
+    a GPU until the session has measured a tile, which run_plan then asks for)."""
+    if "batch_size" not in spec.options:
+        return default_batch_size(model.path)
     return _int_option(spec, "batch_size", 4, 1, 256, "an integer from 1 to 256")
 
 
@@ -219,7 +239,7 @@ def _single_input_window(spec: JobSpec, model: ModelPackage,
 def plan_segmentation(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> SegmentationRequest:
     input_path, window, model = _single_input_window(spec, model)
     output_path = _output_path(spec, "raster", [input_path], protected, "raster")
-    return SegmentationRequest(model, input_path, output_path, window, _batch_size(spec), job_id, spec.overwrite)
+    return SegmentationRequest(model, input_path, output_path, window, _batch_size(spec, model), job_id, spec.overwrite)
 
 
 def run_segmentation(plan: SegmentationRequest, progress=None, cancelled=None) -> dict[str, str]:
@@ -276,7 +296,7 @@ def plan_change(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> C
         raise BackendError(f"options.simplify_px must be a number of pixels >= 0 and <= 1e6 (0: no simplification), "
                            f"got {_short(simplify)}.")
     return ChangeRequest(model, before_path, after_path, raster_path, polygons_path, window, overlap,
-                         _batch_size(spec), min_area, job_id, spec.overwrite, float(simplify))
+                         _batch_size(spec, model), min_area, job_id, spec.overwrite, float(simplify))
 
 
 # A scene job has at most this many cells (cell_size 1 on a 4096² raster would be 16.8 million, hours of work);
@@ -300,7 +320,7 @@ def plan_scenes(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> S
         raise BackendError(f"options.cell_size {cell_size} cuts the {window.width} x {window.height} px window into "
                            f"{cells} cells; a job may have at most {MAX_SCENE_CELLS}. Use cell_size >= {smallest} "
                            "or a smaller extent.")
-    return SceneRequest(model, input_path, vector_path, window, cell_size, _batch_size(spec), job_id, spec.overwrite)
+    return SceneRequest(model, input_path, vector_path, window, cell_size, _batch_size(spec, model), job_id, spec.overwrite)
 
 
 def plan_detection(spec: JobSpec, model: ModelPackage, job_id: str, protected) -> DetectionRequest:
@@ -313,7 +333,7 @@ def plan_detection(spec: JobSpec, model: ModelPackage, job_id: str, protected) -
             or not math.isfinite(threshold)):  # compared first: math.isfinite(10**400) overflows
         raise BackendError(f"options.score_threshold must be a number from 0 to 1 (default: the model's, "
                            f"{default}), got {_short(threshold)}.")
-    return DetectionRequest(model, input_path, vector_path, window, float(threshold), _batch_size(spec), job_id,
+    return DetectionRequest(model, input_path, vector_path, window, float(threshold), _batch_size(spec, model), job_id,
                             spec.overwrite)
 
 
@@ -510,6 +530,10 @@ class JobManager:
 
         try:
             job.outputs = run_plan(job.spec.task, job.plan, progress, job.cancel_requested.is_set)
+            try:
+                job.report = run_report(job.plan, time.time() - job.started)
+            except Exception:  # noqa: BLE001 - the result is written; a missing figure must not fail the job
+                log.exception("job %s: no run report", job.id)
             status, error, message = "succeeded", None, "done"
             job.progress = 100.0
         except JobCancelled:
@@ -522,4 +546,5 @@ class JobManager:
         with self._lock:
             job.status, job.error, job.message, job.finished = status, error, message, time.time()
             job.plan = None  # the plan holds the model and options: nothing a finished job needs
-        log.info("job %s %s in %.1f s%s", job.id, status, job.finished - job.started, f": {error}" if error else "")
+        log.info("job %s %s in %.1f s%s%s", job.id, status, job.finished - job.started, f": {error}" if error else "",
+                 f" on {job.report['device']}, {job.report['megapixels_per_s']} Mpx/s" if job.report else "")

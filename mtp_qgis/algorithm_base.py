@@ -50,6 +50,16 @@ def remove_partials(output_path, job_id):
                 pass
 
 
+def job_summary(job):
+    """Where a finished job ran and how fast, in words ("" when the backend did not say)."""
+    device, speed = job.get("device"), job.get("megapixels_per_s")
+    if not device:
+        return ""
+    if speed is None:
+        return tr("Ran on {device}.").format(device=device)
+    return tr("Ran on {device}, {speed:.1f} Mpx/s.").format(device=device, speed=float(speed))
+
+
 def gsd_warning(layer_name, layer_gsd, model_id, model_gsd):
     """The one warning for an input whose pixel size is far from the model's (shared with the dock)."""
     return tr("'{layer}' has {gsd:.3g} m pixels but {model} was trained at {model_gsd:.3g} m/pixel "
@@ -309,6 +319,12 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 last_message = message
             status = job.get("status")
             if status == "succeeded":
+                summary = job_summary(job)
+                if summary:
+                    feedback.pushInfo(summary)
+                    report = getattr(feedback, "report_job", None)  # the dock's feedback shows it in its status line
+                    if callable(report):
+                        report(summary)
                 return job
             if status == "failed":
                 reason = job.get("error") or tr("no reason given")

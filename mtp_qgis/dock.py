@@ -114,6 +114,11 @@ class DockFeedback(QgsProcessingFeedback):
         self.message.emit(info)
 
     error = pyqtSignal(str)
+    job_done = pyqtSignal(str)
+
+    def report_job(self, summary):
+        """Where the job ran and how fast (algorithm_base.job_summary), for the status line once it is done."""
+        self.job_done.emit(summary)
 
     def reportError(self, error, fatalError=False):  # noqa: N802,N803
         super().reportError(error, fatalError)
@@ -393,6 +398,10 @@ class MtpDockWidget(QDockWidget):
     def _remember_error(self, text):
         self._last_error = text
 
+    @pyqtSlot(str)
+    def _remember_run(self, summary):
+        self._last_run = summary
+
     @pyqtSlot(float)
     def _show_progress(self, value):
         self.progress.setValue(int(value))
@@ -557,7 +566,9 @@ class MtpDockWidget(QDockWidget):
         self._feedback.progressChanged.connect(self._show_progress)
         self._feedback.message.connect(self.set_status)
         self._feedback.error.connect(self._remember_error)
+        self._feedback.job_done.connect(self._remember_run)
         self._last_error = None
+        self._last_run = ""
         input_name = self.layer_combo.currentLayer().name()
         if task == CHANGE:
             input_name = f"{input_name} → {self.after_combo.currentLayer().name()}"
@@ -596,6 +607,7 @@ class MtpDockWidget(QDockWidget):
             folder = os.path.dirname(results["OUTPUT"])
             self.set_status_html(
                 html.escape(tr("Done: {n} layer(s) added.").format(n=len(added))) + " "
+                + (html.escape(self._last_run) + " " if getattr(self, "_last_run", "") else "")
                 + f'<a href="{html.escape(QUrl.fromLocalFile(folder).toString())}">'
                 + html.escape(tr("Open result folder")) + "</a>")
             self.status.setToolTip(", ".join(layer.source() for layer in added))

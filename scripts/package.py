@@ -81,6 +81,7 @@ def build_zip(out: Path) -> Path:
             if wanted(f):
                 zf.write(f, f"{bundle}/{f.relative_to(REPO).as_posix()}")
         zf.write(REPO / "requirements/backend.txt", f"{bundle}/requirements.txt")
+        zf.write(REPO / "requirements/backend-gpu.txt", f"{bundle}/requirements-gpu.txt")  # the installer's GPU pins
     found = problems(tmp)
     if found:
         tmp.unlink()

@@ -585,6 +585,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Ran on {device}, {speed:.1f} Mpx/s.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Ran on {device}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Raster layer</source>
         <translation type="unfinished"></translation>

@@ -1,3 +1,4 @@
+import re
 """The HTTP contract, in-process (FastAPI TestClient): auth, validation before 202, job lifecycle."""
 
 import time
@@ -99,6 +100,9 @@ def test_job_runs_to_success(client, tmp_path):
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"] == 100.0 and done["finished"] >= done["started"] >= done["created"]
     assert done["outputs"] == {"raster": str(tmp_path / "result.tif")}
+    # Where it ran and how fast (the dock's status line shows both).
+    assert done["provider"] == "CPUExecutionProvider" and re.fullmatch(r"CPU \(\d+ cores\)", done["device"])
+    assert done["megapixels_per_s"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["result.tif"]
     assert job["id"] in [j["id"] for j in client.get("/jobs", headers=AUTH).json()["jobs"]]
 
