@@ -356,7 +356,7 @@ def plan_land_cover(spec: JobSpec, model: ModelPackage, job_id: str, protected) 
                 raise BackendError(f"Input {input_path} has no CRS, so areas in m² or hectares cannot be measured; "
                                    "give sizes in pixels ('larger than 50 pixels') or give the raster a CRS.")
     vector_path = _output_path(spec, "vector", [input_path], protected, "gpkg")
-    return ExtractionRequest(model, input_path, vector_path, window, targets, layout, _batch_size(spec), job_id,
+    return ExtractionRequest(model, input_path, vector_path, window, targets, layout, _batch_size(spec, model), job_id,
                              spec.overwrite)
 
 
