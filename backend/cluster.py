@@ -1,0 +1,327 @@
+"""One job over a Dask cluster: the job's tile grid cut into blocks, each block run by the ordinary tile
+pipeline on a worker, the blocks' results staged and assembled into the result only when all are done.
+
+Why the result is bit for bit the single-machine one: a block is a rectangle of the job's own tiles (the
+grid `tiling.tile_starts` lays over the whole processed window, never a grid of its own), cut with
+`tiling.column_stripes` in both directions, and it writes only the pixels whose every covering tile it
+holds. The streaming blender then adds the same tiles' weighted probabilities in the same order for each
+pixel it writes, as the single-machine column stripes already do (tested there and here).
+
+Workers must see the inputs, the models and the output's folder at the same paths (a shared file system);
+the staging folder `.<name>.<job>.blocks` lives beside the output and is removed when the job ends, however
+it ends. Dask recomputes the blocks of a lost worker; a block file appears under its final name only
+once complete (written under a unique partial name, then renamed), so a recomputed block never meets half
+a file. Cancel: a flag file in the staging folder, which every block checks between batches, and the
+futures cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from backend import outputs, raster_io
+from backend.errors import BackendError, JobCancelled
+from backend.segmentation import (CancelCheck, ClassIdWriter, ProgressCallback, SegmentationRequest, TileModel,
+                                  partial_path, remove_partial, run_tiles, with_context)
+from backend.sessions import physical_cores
+from backend.tiling import TileGrid, column_stripes
+
+log = logging.getLogger(__name__)
+
+# Blocks of about this many pixels a side (whole tiles; the tiles on a block seam are inferred by both
+# blocks, e.g. 1 column in 8 for 512 px tiles with 128 px overlap).
+DEFAULT_BLOCK_SIZE = 4096
+CANCEL_FLAG = "CANCEL"
+POLL_S = 0.2  # how often the job thread looks at the blocks' state and the cancel flag
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of the job's tiles: `span` (raster pixels) covered by tiles at `xs` x `ys` (relative to
+    span), writing `target` (raster pixels within the requested window)."""
+
+    index: int
+    span: raster_io.Window
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
+    target: raster_io.Window
+
+
+def plan_blocks(window: raster_io.Window, processed: raster_io.Window, tile: int, overlap: int,
+                block_size: int = DEFAULT_BLOCK_SIZE) -> list[Block]:
+    """The blocks of a job on `processed` (the window with its context) that together write `window`."""
+    if block_size < 1:
+        raise BackendError(f"The block size must be a number of pixels >= 1, got {block_size}.")
+    grid = TileGrid(processed.width, processed.height, tile, overlap)
+    cols = column_stripes(grid.xs, grid.tile_w, processed.width, block_size)
+    rows = column_stripes(grid.ys, grid.tile_h, processed.height, block_size)
+    blocks: list[Block] = []
+    for row in rows:
+        for col in cols:
+            xs, ys = grid.xs[col.first : col.stop], grid.ys[row.first : row.stop]
+            span = raster_io.Window(processed.x + xs[0], processed.y + ys[0],
+                                    xs[-1] + grid.tile_w - xs[0], ys[-1] + grid.tile_h - ys[0])
+            writes = raster_io.Window(processed.x + col.write_from, processed.y + row.write_from,
+                                      col.write_to - col.write_from, row.write_to - row.write_from)
+            target = _intersect(writes, window)
+            if target is None:
+                continue  # context only
+            blocks.append(Block(len(blocks), span, tuple(x - xs[0] for x in xs), tuple(y - ys[0] for y in ys),
+                                target))
+    return blocks
+
+
+def _intersect(a: raster_io.Window, b: raster_io.Window) -> raster_io.Window | None:
+    x0, y0 = max(a.x, b.x), max(a.y, b.y)
+    x1, y1 = min(a.x + a.width, b.x + b.width), min(a.y + a.height, b.y + b.height)
+    return raster_io.Window(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+@dataclass(frozen=True)
+class BlockJob:
+    """What every block task of one job needs (plain data: it travels to the workers)."""
+
+    task: str
+    model_path: str
+    inputs: tuple[str, ...]
+    staging: str
+    batch_size: int
+    intra_op_threads: int | None  # None: the worker machine's physical cores
+
+
+_packages: dict[tuple[str, float], object] = {}
+
+
+def _package(path: str):
+    """The model package, loaded once per worker process (its ONNX Runtime session is cached likewise, by
+    sessions.get_session: one session per worker process and model)."""
+    from backend.model_package import load_package
+
+    key = (path, os.stat(path).st_mtime)
+    if key not in _packages:
+        _packages.clear()
+        _packages[key] = load_package(path)
+    return _packages[key]
+
+
+def _cancel_check(staging: str) -> CancelCheck:
+    flag = os.path.join(staging, CANCEL_FLAG)
+    return lambda: os.path.exists(flag) or not os.path.isdir(staging)
+
+
+def block_file(staging: str | Path, index: int, suffix: str = ".tif") -> Path:
+    return Path(staging) / f"block_{index:06d}{suffix}"
+
+
+def _write_then_rename(staging: str, index: int, suffix: str, write: Callable[[Path], None]) -> str:
+    """write(partial) under a name no other attempt at this block uses, then rename it onto the block's name."""
+    final = block_file(staging, index, suffix)
+    partial = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:12]}.partial{suffix}")
+    try:
+        write(partial)
+        os.replace(partial, final)
+    except BaseException:
+        remove_partial(partial)
+        raise
+    return str(final)
+
+
+def segment_block(job: BlockJob, block: Block) -> str:
+    """Worker side: the block's class ids as a GeoTIFF in the staging folder; returns its path."""
+    model = _package(job.model_path)
+    ds = raster_io.open_raster(job.inputs[0])
+    reader = raster_io.RasterReader(ds, model.input.bands, job.inputs[0])
+    tile_model = TileModel(model, job.intra_op_threads)
+    cancelled = _cancel_check(job.staging)
+
+    def write(path: Path) -> None:
+        out_ds = class_raster(path, ds, block.target, model)
+        try:
+            sink = ClassIdWriter(out_ds.GetRasterBand(1), reader, block.span, block.target)
+            run_tiles(tile_model, reader, block.span, sink, job.batch_size, cancelled=cancelled, skip_nodata=True,
+                      starts=(list(block.xs), list(block.ys)))
+            out_ds.FlushCache()
+        finally:
+            out_ds = None
+
+    return _write_then_rename(job.staging, block.index, ".tif", write)
+
+
+def class_raster(path: Path, ds, window: raster_io.Window, model):
+    """An empty class raster for `window` of ds's grid, as segmentation.write_class_raster makes it."""
+    srs = ds.GetSpatialRef()
+    gt = raster_io.window_geotransform(raster_io.geotransform(ds), window)
+    try:
+        return raster_io.create_class_raster(path, window.width, window.height, gt, srs.ExportToWkt() if srs else None,
+                                             [c.rgb() for c in model.classes], [c.name for c in model.classes])
+    except RuntimeError as exc:
+        raise outputs.creation_error(exc, path) from exc
+
+
+def assemble_class_raster(path: Path, ds, window: raster_io.Window, model,
+                          pieces: list[tuple[raster_io.Window, Path]], cancelled: CancelCheck | None = None) -> None:
+    """The result raster at `path` from the blocks' rasters (each `target` window of the source grid), one
+    block in memory at a time."""
+    from osgeo import gdal
+
+    out_ds = class_raster(path, ds, window, model)
+    try:
+        band = out_ds.GetRasterBand(1)
+        for target, piece in pieces:
+            if cancelled and cancelled():
+                raise JobCancelled()
+            src = gdal.Open(str(piece))
+            band.WriteArray(src.GetRasterBand(1).ReadAsArray(), target.x - window.x, target.y - window.y)
+            src = None
+        out_ds.FlushCache()
+    finally:
+        out_ds = None  # closing writes the last blocks; errors surface here
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+def parse_address(address: str) -> tuple[str, int | None]:
+    """('local', workers) for local / local:N, else ('remote', None) for a scheduler address."""
+    text = address.strip()
+    if text == "local" or text.startswith("local:"):
+        count = text.partition(":")[2]
+        if count and (not count.isdigit() or not 1 <= int(count) <= 256):
+            raise BackendError(f"--cluster {address}: local:N needs N, the number of worker processes, from 1 to 256.")
+        return "local", int(count) if count else None
+    if "://" not in text:
+        raise BackendError(f"--cluster {address} is neither local[:N] nor a scheduler address such as "
+                           "tcp://host:8786.")
+    return "remote", None
+
+
+@contextmanager
+def connect(address: str) -> Iterator[tuple[object, int | None]]:
+    """(dask Client, ONNX Runtime threads per worker) for `address`: local[:N] starts a LocalCluster of N worker
+    processes (default: one per physical core... or 2) with one thread each and closes it afterwards."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise BackendError("Running on a cluster needs Dask: pip install -r requirements/cluster.txt "
+                           f"(dask[distributed]); {exc}.") from exc
+    kind, workers = parse_address(address)
+    if kind == "local":
+        workers = workers or max(1, physical_cores())
+        threads = max(1, physical_cores() // workers)  # the machine's cores shared between the workers
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            yield client, threads
+        return
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise BackendError(f"Cannot reach the Dask scheduler at {address}: {exc}. Start it (dask scheduler) or "
+                           "check the address.") from exc
+    with client:
+        yield client, None
+
+
+def dashboard_link(client) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing): nothing to show
+        return None
+
+
+def staging_folder(output_path: Path, job_id: str) -> Path:
+    return output_path.with_name(f".{output_path.stem}.{job_id}.blocks")
+
+
+def _remove_staging(staging: Path) -> None:
+    """Remove the staging folder; blocks still stopping may add a file meanwhile, so try a few times."""
+    for _ in range(50):
+        shutil.rmtree(staging, ignore_errors=True)
+        if not staging.exists():
+            return
+        time.sleep(0.1)
+    log.warning("could not remove the staging folder %s", staging)
+
+
+def run_blocks(client, fn: Callable, job: BlockJob, blocks: list, progress: ProgressCallback | None,
+               cancelled: CancelCheck | None, share: float = 95.0) -> list[str]:
+    """Run fn(job, block) for every block on the cluster; their results in block order. Progress: the
+    fraction of finished blocks (times `share` percent). On cancel or on a failed block, the flag file stops
+    the running blocks and the rest are cancelled."""
+    futures = client.map(fn, [job] * len(blocks), blocks, pure=False)
+    total, reported = len(futures), -1
+    try:
+        while True:
+            if cancelled and cancelled():
+                raise JobCancelled()
+            states = [f.status for f in futures]
+            failed = next((f for f, s in zip(futures, states) if s in ("error", "cancelled")), None)
+            if failed is not None:
+                failed.result()  # raises the block's exception
+                raise BackendError("A block of the job was cancelled on the cluster.")
+            done = states.count("finished")
+            if done != reported:
+                reported = done
+                if progress:
+                    progress(share * done / total, f"block {done}/{total}")
+            if done == total:
+                return [f.result() for f in futures]
+            time.sleep(POLL_S)
+    except BaseException:
+        Path(job.staging, CANCEL_FLAG).touch()
+        client.cancel(futures)
+        raise
+
+
+def segment_on_cluster(request: SegmentationRequest, client, threads: int | None, block_size: int,
+                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> Path:
+    """The single-machine segment_raster's result, computed block by block on the cluster."""
+    model = request.model
+    ds = raster_io.open_raster(request.input_path)
+    window = request.window
+    processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
+    blocks = plan_blocks(window, processed, model.tile_size, model.tile_overlap, block_size)
+    staging = staging_folder(request.output_path, request.job_id)
+    partial = partial_path(request.output_path, request.job_id)
+    job = BlockJob("semantic_segmentation", str(model.path), (str(request.input_path),), str(staging),
+                   request.batch_size, threads)
+    _remove_staging(staging)  # a previous run's leftovers (a killed client) never mix with this run
+    staging.mkdir()
+    try:
+        files = run_blocks(client, segment_block, job, blocks, progress, cancelled)
+        if progress:
+            progress(95.0, "assembling blocks")
+        assemble_class_raster(partial, ds, window, model, [(b.target, Path(f)) for b, f in zip(blocks, files)],
+                              cancelled)
+        outputs.commit(partial, request.output_path, request.overwrite)
+    except BaseException:
+        remove_partial(partial)
+        raise
+    finally:
+        _remove_staging(staging)
+    return request.output_path
+
+
+def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT_BLOCK_SIZE,
+                        progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
+                        on_dashboard: Callable[[str], None] | None = None) -> dict[str, str]:
+    """jobs.run_plan's result for a planned job, computed on the Dask cluster at `address` (local[:N] or a
+    scheduler address)."""
+    runners = {"semantic_segmentation": lambda client, threads: {
+        "raster": str(segment_on_cluster(plan, client, threads, block_size, progress, cancelled))}}
+    if task not in runners:
+        raise BackendError(f"{task} does not run on a cluster yet; run it without --cluster. Cluster tasks: "
+                           f"{', '.join(runners)}.")
+    with connect(address) as (client, threads):
+        link = dashboard_link(client)
+        if link and on_dashboard:
+            on_dashboard(link)
+        return runners[task](client, threads)
