@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
     r.add_argument("--batch-size", type=int, default=4)
     r.add_argument("--overwrite", action="store_true", help="replace output files that exist (regular files only)")
+    r.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="run on a Dask cluster: local[:N] starts N worker processes here, an address uses a running "
+                        "scheduler whose workers see the same paths (same result as without; needs dask[distributed])")
+    r.add_argument("--block-size", type=int, default=None,
+                   help="--cluster: pixels a side of the blocks one worker task computes (default 4096)")
     models_dir_arg(r)
 
     m = sub.add_parser("models", help="list the models found")
@@ -139,8 +144,17 @@ def cmd_run(args) -> int:
     def progress(percent: float, message: str) -> None:
         print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
+    if args.block_size is not None and args.cluster is None:
+        raise BackendError("--block-size applies to --cluster runs only.")
     try:
-        written = run_plan(args.task, plan, progress)
+        if args.cluster is not None:
+            from backend.cluster import DEFAULT_BLOCK_SIZE, run_plan_on_cluster
+
+            written = run_plan_on_cluster(args.task, plan, args.cluster, args.block_size or DEFAULT_BLOCK_SIZE,
+                                          progress, on_dashboard=lambda link: print(f"dashboard: {link}",
+                                                                                    file=sys.stderr))
+        else:
+            written = run_plan(args.task, plan, progress)
     except (BackendError, JobCancelled, KeyboardInterrupt):
         raise
     except Exception as exc:  # an I/O failure (full disk) or a bug: a message, not a traceback

@@ -208,6 +208,9 @@ def parse_address(address: str) -> tuple[str, int | None]:
 def connect(address: str) -> Iterator[tuple[object, int | None]]:
     """(dask Client, ONNX Runtime threads per worker) for `address`: local[:N] starts a LocalCluster of N worker
     processes (default: one per physical core... or 2) with one thread each and closes it afterwards."""
+    if not log.isEnabledFor(logging.INFO):  # Dask logs every worker's start and stop at INFO; -v shows them
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read when distributed is imported,
+        logging.getLogger("distributed").setLevel(logging.WARNING)    # here and in the worker processes
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:

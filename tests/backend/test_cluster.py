@@ -1,0 +1,200 @@
+"""Jobs on a Dask cluster (backend.cluster): the same result as one machine, bit for bit, on real rasters;
+a worker killed mid-job; failure and cancel leave nothing behind.
+
+One LocalCluster of 2 worker processes (one thread each) serves the module; the jobs reach it through its
+scheduler address, as a user's remote cluster would be reached."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from backend import raster_io
+from backend.cluster import plan_blocks, run_plan_on_cluster
+from backend.errors import BackendError, JobCancelled
+from backend.jobs import JobSpec, plan_job, run_plan
+from backend.raster_io import Extent, Window
+from backend.segmentation import TileModel, run_tiles, with_context
+
+from backend_test_data import COGEO, vrt_over_copy
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \
+            distributed.Client(c) as client:
+        yield c.scheduler_address, client
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    """A 2048 x 1024 VRT mosaic of the real aerial COG: two copies side by side, on one grid."""
+    folder = tmp_path_factory.mktemp("mosaic")
+    src = gdal.Open(str(COGEO))
+    gt = src.GetGeoTransform()
+    right = folder / "right.tif"
+    gdal.Translate(str(right), src, outputBounds=[gt[0] + 1024 * gt[1], gt[3], gt[0] + 2048 * gt[1],
+                                                   gt[3] + 1024 * gt[5]]).FlushCache()
+    path = folder / "mosaic.vrt"
+    gdal.BuildVRT(str(path), [str(COGEO), str(right)]).FlushCache()
+    return path
+
+
+def plan(registry, task, model, inputs, out, job_id, extent=None, **options):
+    key = "raster" if task in ("semantic_segmentation", "change_detection") else "vector"
+    spec = JobSpec(task, model, [str(p) for p in inputs], {key: str(out)}, extent, options)
+    return plan_job(spec, registry, job_id=job_id)
+
+
+def raster(path):
+    ds = gdal.Open(str(path))
+    band = ds.GetRasterBand(1)
+    table = band.GetColorTable()
+    return (ds.ReadAsArray(), ds.GetGeoTransform(), ds.GetProjection(), band.GetNoDataValue(),
+            [table.GetColorEntry(i) for i in range(table.GetCount())], ds.GetMetadataItem("CLASS_NAMES"))
+
+
+def assert_same_raster(a, b):
+    (pa, *ma), (pb, *mb) = raster(a), raster(b)
+    assert pa.shape == pb.shape
+    assert np.array_equal(pa, pb), f"{(pa != pb).sum()} pixels differ"
+    assert ma == mb
+
+
+def no_leftovers(folder, keep=()):
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+@pytest.mark.parametrize("window, block_size", [
+    (Window(0, 0, 1024, 1024), 200),      # blocks of one to a few tiles
+    (Window(37, 101, 611, 333), 150),     # a sub-window: context margins, seams off the block grid
+    (Window(900, 5, 30, 40), 64),         # smaller than a tile: one padded block
+])
+def test_blocks_blend_exactly_like_one_pass(registry, window, block_size):
+    # The float probabilities, not only the class ids: each block's tiles are the job's own tiles.
+    package = registry.get("spatial")
+    ds = raster_io.open_raster(COGEO)
+    reader = raster_io.RasterReader(ds, package.input.bands, "cogeo")
+    processed = with_context(window, package.tile_overlap, ds.RasterXSize, ds.RasterYSize)
+    one_pass = np.full((package.num_classes, processed.height, processed.width), np.nan, np.float32)
+
+    def into(out, x_off, y_off, writes=None):
+        def sink(x, y, probs):
+            out[:, y_off + y : y_off + y + probs.shape[1], x_off + x : x_off + x + probs.shape[2]] = probs
+        return sink
+
+    run_tiles(TileModel(package), reader, processed, into(one_pass, 0, 0), batch_size=3)
+    blocks = plan_blocks(window, processed, package.tile_size, package.tile_overlap, block_size)
+    assert len(blocks) > 1 or window.width < package.tile_size
+    by_blocks = np.full_like(one_pass, np.nan)
+    writes = np.zeros(one_pass.shape[1:], np.int32)
+    for block in blocks:
+        got = np.full((package.num_classes, block.span.height, block.span.width), np.nan, np.float32)
+        run_tiles(TileModel(package), reader, block.span, into(got, 0, 0), batch_size=3,
+                  starts=(list(block.xs), list(block.ys)))
+        t = block.target
+        tx, ty = t.x - block.span.x, t.y - block.span.y
+        px, py = t.x - processed.x, t.y - processed.y
+        by_blocks[:, py : py + t.height, px : px + t.width] = got[:, ty : ty + t.height, tx : tx + t.width]
+        writes[py : py + t.height, px : px + t.width] += 1
+    wx, wy = window.x - processed.x, window.y - processed.y
+    inside = (slice(wy, wy + window.height), slice(wx, wx + window.width))
+    assert (writes[inside] == 1).all() and writes.sum() == window.width * window.height
+    assert np.array_equal(by_blocks[(slice(None), *inside)], one_pass[(slice(None), *inside)])
+
+
+def test_segmentation_on_a_cluster_is_bit_identical(registry, cluster, mosaic, tmp_path):
+    address, _ = cluster
+    # The synthetic 3x3-conv model over a sub-extent of the mosaic (across the seam of its two files), then
+    # the bundled segmentation model (real weights, 512 px tiles) over the real COG.
+    gt = gdal.Open(str(mosaic)).GetGeoTransform()
+    extent = Extent(gt[0] + 700 * gt[1], gt[3] + 900 * gt[5], gt[0] + 1500 * gt[1], gt[3] + 64 * gt[5])
+    one = plan(registry, "semantic_segmentation", "spatial", [mosaic], tmp_path / "one.tif", "a", extent)
+    run_plan("semantic_segmentation", one)
+    many = plan(registry, "semantic_segmentation", "spatial", [mosaic], tmp_path / "cluster.tif", "b", extent)
+    seen = []
+    written = run_plan_on_cluster("semantic_segmentation", many, address, block_size=256,
+                                  progress=lambda p, m: seen.append(p))
+    assert written == {"raster": str(tmp_path / "cluster.tif")}
+    assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
+    assert seen == sorted(seen) and seen[-1] >= 95 and len(seen) > 5  # finished blocks, then assembly
+    assert no_leftovers(tmp_path) == ["cluster.tif", "one.tif"]
+
+
+def test_bundled_segmentation_model_on_a_cluster_is_bit_identical(cluster, tmp_path):
+    from backend.registry import ModelRegistry, default_model_dirs
+
+    address, _ = cluster
+    registry = ModelRegistry(default_model_dirs())
+    one = plan(registry, "semantic_segmentation", "mtp_seg_default", [COGEO], tmp_path / "one.tif", "a")
+    run_plan("semantic_segmentation", one)
+    many = plan(registry, "semantic_segmentation", "mtp_seg_default", [COGEO], tmp_path / "cluster.tif", "b")
+    run_plan_on_cluster("semantic_segmentation", many, address, block_size=600)
+    assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
+
+
+def test_a_worker_killed_mid_job_still_gives_the_identical_result(registry, cluster, tmp_path):
+    address, client = cluster
+    # About a hundred small blocks: the kill lands while many are still to do.
+    many = plan(registry, "semantic_segmentation", "spatial", [COGEO], tmp_path / "cluster.tif", "b")
+    pids = client.run(os.getpid)
+    progress, result = [], {}
+
+    def run():
+        try:
+            result["out"] = run_plan_on_cluster("semantic_segmentation", many, address, block_size=128,
+                                                progress=lambda p, m: progress.append(p))
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            result["error"] = exc
+
+    job = threading.Thread(target=run)
+    job.start()
+    deadline = time.time() + 120
+    while not any(5 < p < 50 for p in progress) and time.time() < deadline and job.is_alive():
+        time.sleep(0.05)
+    assert job.is_alive(), f"the job ended before a worker could be killed: {result}"
+    victim = sorted(pids.values())[0]
+    os.kill(victim, signal.SIGKILL)  # the nanny starts a new worker; Dask recomputes the lost worker's blocks
+    job.join(300)
+    assert "error" not in result, result
+    assert max(progress) < 100  # the job's progress stops at 95 before assembly, it reached the end below
+    one = plan(registry, "semantic_segmentation", "spatial", [COGEO], tmp_path / "one.tif", "a")
+    run_plan("semantic_segmentation", one)
+    assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
+    assert victim not in client.run(os.getpid).values()  # the kill did take a worker down
+    assert no_leftovers(tmp_path) == ["cluster.tif", "one.tif"]
+
+
+def test_a_failing_block_leaves_no_output_and_no_staging(registry, cluster, tmp_path):
+    address, _ = cluster
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    vrt, source = vrt_over_copy(COGEO, inputs)
+    out = tmp_path / "out"
+    out.mkdir()
+    many = plan(registry, "semantic_segmentation", "spatial", [vrt], out / "cluster.tif", "b")
+    source.unlink()  # planned fine; every block's reads now fail on the workers
+    with pytest.raises(BackendError) as info:
+        run_plan_on_cluster("semantic_segmentation", many, address, block_size=256)
+    assert "mosaic_source.tif" in str(info.value) or "mosaic.vrt" in str(info.value)
+    assert no_leftovers(out) == []
+
+
+def test_cancel_stops_the_blocks_and_leaves_nothing(registry, cluster, tmp_path):
+    address, client = cluster
+    many = plan(registry, "semantic_segmentation", "slow", [COGEO], tmp_path / "cluster.tif", "b")
+    progress = []
+    with pytest.raises(JobCancelled):
+        run_plan_on_cluster("semantic_segmentation", many, address, block_size=256,
+                            progress=lambda p, m: progress.append(p), cancelled=lambda: len(progress) > 1)
+    assert no_leftovers(tmp_path) == []
+    deadline = time.time() + 30  # the workers stop their running blocks at their next batch
+    while time.time() < deadline and any(client.processing().values()):
+        time.sleep(0.1)
+    assert not any(client.processing().values())
