@@ -27,7 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from backend import outputs, raster_io
+from backend.detection import Detections
 from backend.errors import BackendError, JobCancelled
 from backend.segmentation import (CancelCheck, ClassIdWriter, ProgressCallback, SegmentationRequest, TileModel,
                                   partial_path, remove_partial, run_tiles, with_context)
@@ -97,6 +100,8 @@ class BlockJob:
     staging: str
     batch_size: int
     intra_op_threads: int | None  # None: the worker machine's physical cores
+    window: raster_io.Window | None = None  # the requested window (tasks that rebuild their request)
+    options: tuple[tuple[str, float], ...] = ()  # the task's own settings (a score threshold)
 
 
 _packages: dict[tuple[str, float], object] = {}
@@ -188,6 +193,62 @@ def assemble_class_raster(path: Path, ds, window: raster_io.Window, model,
         out_ds = None  # closing writes the last blocks; errors surface here
 
 
+@dataclass(frozen=True)
+class TileBlock:
+    """Tiles [start, stop) of a job's grid in grid order, for tasks whose tiles do not blend (detection):
+    each tile belongs to exactly one block. Blocks start on a batch boundary and hold whole batches, so every
+    batch is the one the single-machine job infers: ONNX Runtime's output for a tile may depend in its last
+    bits on the batch it came in (it does for the bundled detectors)."""
+
+    index: int
+    start: int
+    stop: int
+
+
+def plan_tile_blocks(grid: TileGrid, block_size: int, batch_size: int) -> list[TileBlock]:
+    """Runs of whole batches of tiles, about block_size x block_size pixels of the grid each."""
+    if block_size < 1:
+        raise BackendError(f"The block size must be a number of pixels >= 1, got {block_size}.")
+    stride = max(1, grid.tile - grid.overlap)
+    per_side = max(1, (block_size - grid.overlap) // stride)
+    per_block = max(1, round(per_side * per_side / batch_size)) * batch_size
+    return [TileBlock(i, start, min(start + per_block, len(grid)))
+            for i, start in enumerate(range(0, len(grid), per_block))]
+
+
+def _detection_request(job: BlockJob):
+    from backend.detection import DetectionRequest
+
+    options = dict(job.options)
+    return DetectionRequest(_package(job.model_path), Path(job.inputs[0]), Path(job.staging), job.window,
+                            options["score_threshold"], job.batch_size)
+
+
+def detect_block(job: BlockJob, block: TileBlock) -> str:
+    """Worker side: the detections of the block's tiles (each kept in its core of the whole grid, as on one
+    machine) as an .npz in the staging folder, with each detection's tile number in grid order."""
+    from backend.detection import DetectionModel, detect_in_tiles, detection_grid
+
+    request = _detection_request(job)
+    ds = raster_io.open_raster(job.inputs[0])
+    reader = raster_io.RasterReader(ds, request.model.input.bands, job.inputs[0])
+    processed, grid = detection_grid(request, ds)
+    tiles = list(grid)[block.start : block.stop]
+    found = detect_in_tiles(request, reader, DetectionModel(request.model, job.intra_op_threads), processed, grid,
+                            tiles, cancelled=_cancel_check(job.staging))
+    box_dim = 5 if request.model.task == "rotated_detection" else 4
+    merged = Detections.concat([det for _, det in found], box_dim)
+    # Each detection's tile, numbered in grid order: the job puts all blocks' detections back in that order.
+    tile_numbers = np.concatenate([np.full(len(det), t.row * len(grid.xs) + t.col, np.int64) for t, det in found]
+                                  or [np.zeros(0, np.int64)])
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, boxes=merged.boxes, scores=merged.scores, classes=merged.classes, tile=tile_numbers)
+
+    return _write_then_rename(job.staging, block.index, ".npz", write)
+
+
 # ---------------------------------------------------------------------------------------------- the job
 
 def parse_address(address: str) -> tuple[str, int | None]:
@@ -254,6 +315,18 @@ def _remove_staging(staging: Path) -> None:
     log.warning("could not remove the staging folder %s", staging)
 
 
+@contextmanager
+def staged(output_path: Path, job_id: str) -> Iterator[Path]:
+    """A fresh, empty staging folder for the job's blocks, removed when the job ends however it ends."""
+    staging = staging_folder(output_path, job_id)
+    _remove_staging(staging)  # a previous run's leftovers (a killed client) never mix with this run
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        _remove_staging(staging)
+
+
 def run_blocks(client, fn: Callable, job: BlockJob, blocks: list, progress: ProgressCallback | None,
                cancelled: CancelCheck | None, share: float = 95.0) -> list[str]:
     """Run fn(job, block) for every block on the cluster; their results in block order. Progress: the
@@ -292,25 +365,45 @@ def segment_on_cluster(request: SegmentationRequest, client, threads: int | None
     window = request.window
     processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
     blocks = plan_blocks(window, processed, model.tile_size, model.tile_overlap, block_size)
-    staging = staging_folder(request.output_path, request.job_id)
     partial = partial_path(request.output_path, request.job_id)
-    job = BlockJob("semantic_segmentation", str(model.path), (str(request.input_path),), str(staging),
-                   request.batch_size, threads)
-    _remove_staging(staging)  # a previous run's leftovers (a killed client) never mix with this run
-    staging.mkdir()
     try:
-        files = run_blocks(client, segment_block, job, blocks, progress, cancelled)
-        if progress:
-            progress(95.0, "assembling blocks")
-        assemble_class_raster(partial, ds, window, model, [(b.target, Path(f)) for b, f in zip(blocks, files)],
-                              cancelled)
+        with staged(request.output_path, request.job_id) as staging:
+            job = BlockJob("semantic_segmentation", str(model.path), (str(request.input_path),), str(staging),
+                           request.batch_size, threads)
+            files = run_blocks(client, segment_block, job, blocks, progress, cancelled)
+            if progress:
+                progress(95.0, "assembling blocks")
+            assemble_class_raster(partial, ds, window, model, [(b.target, Path(f)) for b, f in zip(blocks, files)],
+                                  cancelled)
         outputs.commit(partial, request.output_path, request.overwrite)
     except BaseException:
         remove_partial(partial)
         raise
-    finally:
-        _remove_staging(staging)
     return request.output_path
+
+
+def detect_on_cluster(request, client, threads: int | None, block_size: int,
+                      progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> Detections:
+    """detection.detect_tiles's result, the tiles inferred block by block on the cluster: the blocks'
+    detections back in grid order, then the same window filter and cross-tile NMS."""
+    from backend.detection import detection_grid, merge_tile_detections
+
+    model = request.model
+    processed, grid = detection_grid(request, raster_io.open_raster(request.input_path))
+    blocks = plan_tile_blocks(grid, block_size, request.batch_size)
+    with staged(request.vector_path, request.job_id) as staging:
+        job = BlockJob(model.task, str(model.path), (str(request.input_path),), str(staging), request.batch_size,
+                       threads, request.window, (("score_threshold", request.score_threshold),))
+        files = run_blocks(client, detect_block, job, blocks, progress, cancelled)
+        parts = []
+        for f in files:
+            with np.load(f) as z:
+                parts.append((Detections(z["boxes"], z["scores"], z["classes"]), z["tile"]))
+    box_dim = 5 if model.task == "rotated_detection" else 4
+    merged = Detections.concat([d for d, _ in parts], box_dim)
+    tiles = np.concatenate([t for _, t in parts]) if parts else np.zeros(0, np.int64)
+    merged = merged.take(np.argsort(tiles, kind="stable"))  # blocks are whole tiles: this is the grid order
+    return merge_tile_detections(request, processed, [merged], box_dim, progress)
 
 
 def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT_BLOCK_SIZE,
@@ -318,8 +411,15 @@ def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT
                         on_dashboard: Callable[[str], None] | None = None) -> dict[str, str]:
     """jobs.run_plan's result for a planned job, computed on the Dask cluster at `address` (local[:N] or a
     scheduler address)."""
+    from backend.detection import detect_objects
+
+    def detect(client, threads):
+        return detect_objects(plan, progress, cancelled, detect=lambda request, progress, cancelled: detect_on_cluster(
+            request, client, threads, block_size, progress, cancelled))
+
     runners = {"semantic_segmentation": lambda client, threads: {
-        "raster": str(segment_on_cluster(plan, client, threads, block_size, progress, cancelled))}}
+        "raster": str(segment_on_cluster(plan, client, threads, block_size, progress, cancelled))},
+        "detection": detect, "rotated_detection": detect}
     if task not in runners:
         raise BackendError(f"{task} does not run on a cluster yet; run it without --cluster. Cluster tasks: "
                            f"{', '.join(runners)}.")
