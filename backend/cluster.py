@@ -8,7 +8,7 @@ holds. The streaming blender then adds the same tiles' weighted probabilities in
 pixel it writes, as the single-machine column stripes already do (tested there and here).
 
 Workers must see the inputs, the models and the output's folder at the same paths (a shared file system);
-the staging folder `.<name>.<job>.blocks` lives beside the output and is removed when the job ends, however
+the staging folder `.<name>.<job>.partial.blocks` lives beside the output and is removed when the job ends, however
 it ends. Dask recomputes the blocks of a lost worker; a block file appears under its final name only
 once complete (written under a unique partial name, then renamed), so a recomputed block never meets half
 a file. Cancel: a flag file in the staging folder, which every block checks between batches, and the
@@ -23,7 +23,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -141,16 +141,28 @@ def _write_then_rename(staging: str, index: int, suffix: str, write: Callable[[P
     return str(final)
 
 
-def segment_block(job: BlockJob, block: Block) -> str:
-    """Worker side: the block's class ids as a GeoTIFF in the staging folder; returns its path."""
+def _class_source(job: BlockJob):
+    """(dataset of the result grid, reader, tile model) of a class-raster task, in a worker."""
     model = _package(job.model_path)
+    if job.task == "change_detection":
+        from backend.change import ChangeRequest, ChangeTileModel, open_pair
+
+        pair = ChangeRequest(model, Path(job.inputs[0]), Path(job.inputs[1]), Path(job.staging), None, job.window,
+                             job.window)
+        ds, reader = open_pair(pair)
+        return ds, reader, ChangeTileModel(model, job.intra_op_threads)
     ds = raster_io.open_raster(job.inputs[0])
-    reader = raster_io.RasterReader(ds, model.input.bands, job.inputs[0])
-    tile_model = TileModel(model, job.intra_op_threads)
+    return ds, raster_io.RasterReader(ds, model.input.bands, job.inputs[0]), TileModel(model, job.intra_op_threads)
+
+
+def class_block(job: BlockJob, block: Block) -> str:
+    """Worker side: the block's class ids (segmentation, change) as a GeoTIFF in the staging folder; returns
+    its path."""
+    ds, reader, tile_model = _class_source(job)
     cancelled = _cancel_check(job.staging)
 
     def write(path: Path) -> None:
-        out_ds = class_raster(path, ds, block.target, model)
+        out_ds = class_raster(path, ds, block.target, tile_model.model)
         try:
             sink = ClassIdWriter(out_ds.GetRasterBand(1), reader, block.span, block.target)
             run_tiles(tile_model, reader, block.span, sink, job.batch_size, cancelled=cancelled, skip_nodata=True,
@@ -301,8 +313,9 @@ def dashboard_link(client) -> str | None:
         return None
 
 
-def staging_folder(output_path: Path, job_id: str) -> Path:
-    return output_path.with_name(f".{output_path.stem}.{job_id}.blocks")
+def staging_folder(partial: Path) -> Path:
+    """Beside the job's partial result and named like it (`.<name>.<job>.partial.blocks`): hidden, per job."""
+    return partial.with_suffix(".blocks")
 
 
 def _remove_staging(staging: Path) -> None:
@@ -316,9 +329,10 @@ def _remove_staging(staging: Path) -> None:
 
 
 @contextmanager
-def staged(output_path: Path, job_id: str) -> Iterator[Path]:
-    """A fresh, empty staging folder for the job's blocks, removed when the job ends however it ends."""
-    staging = staging_folder(output_path, job_id)
+def staged(partial: Path) -> Iterator[Path]:
+    """A fresh, empty staging folder for the blocks of the job writing `partial`, removed when the job ends
+    however it ends."""
+    staging = staging_folder(partial)
     _remove_staging(staging)  # a previous run's leftovers (a killed client) never mix with this run
     staging.mkdir()
     try:
@@ -357,6 +371,22 @@ def run_blocks(client, fn: Callable, job: BlockJob, blocks: list, progress: Prog
         raise
 
 
+def class_raster_on_cluster(client, job: BlockJob, ds, window: raster_io.Window, processed: raster_io.Window,
+                            path: Path, block_size: int, progress: ProgressCallback | None = None,
+                            cancelled: CancelCheck | None = None) -> None:
+    """segmentation.write_class_raster's file at `path` (job.task's class ids of `window`, tiles over
+    `processed`), computed block by block on the cluster and assembled here."""
+    model = _package(job.model_path)
+    blocks = plan_blocks(window, processed, model.tile_size, model.tile_overlap, block_size)
+    with staged(path) as staging:
+        job = replace(job, staging=str(staging))
+        files = run_blocks(client, class_block, job, blocks, progress, cancelled)
+        if progress:
+            progress(95.0, "assembling blocks")
+        assemble_class_raster(path, ds, window, model, [(b.target, Path(f)) for b, f in zip(blocks, files)],
+                              cancelled)
+
+
 def segment_on_cluster(request: SegmentationRequest, client, threads: int | None, block_size: int,
                        progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> Path:
     """The single-machine segment_raster's result, computed block by block on the cluster."""
@@ -364,22 +394,32 @@ def segment_on_cluster(request: SegmentationRequest, client, threads: int | None
     ds = raster_io.open_raster(request.input_path)
     window = request.window
     processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
-    blocks = plan_blocks(window, processed, model.tile_size, model.tile_overlap, block_size)
     partial = partial_path(request.output_path, request.job_id)
+    job = BlockJob("semantic_segmentation", str(model.path), (str(request.input_path),), "", request.batch_size,
+                   threads)
     try:
-        with staged(request.output_path, request.job_id) as staging:
-            job = BlockJob("semantic_segmentation", str(model.path), (str(request.input_path),), str(staging),
-                           request.batch_size, threads)
-            files = run_blocks(client, segment_block, job, blocks, progress, cancelled)
-            if progress:
-                progress(95.0, "assembling blocks")
-            assemble_class_raster(partial, ds, window, model, [(b.target, Path(f)) for b, f in zip(blocks, files)],
-                                  cancelled)
+        class_raster_on_cluster(client, job, ds, window, processed, partial, block_size, progress, cancelled)
         outputs.commit(partial, request.output_path, request.overwrite)
     except BaseException:
         remove_partial(partial)
         raise
     return request.output_path
+
+
+def changes_on_cluster(request, client, threads: int | None, block_size: int,
+                       progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> dict[str, str]:
+    """change.detect_changes with its 0/1 raster computed on the cluster; the polygons are traced here."""
+    from backend.change import detect_changes
+
+    model = request.model
+    job = BlockJob("change_detection", str(model.path), (str(request.before_path), str(request.after_path)), "",
+                   request.batch_size, threads, request.window)
+    before = raster_io.open_raster(request.before_path)
+
+    def write_raster(window, processed, path, progress, cancelled):
+        class_raster_on_cluster(client, job, before, window, processed, path, block_size, progress, cancelled)
+
+    return detect_changes(request, progress, cancelled, write_raster=write_raster)
 
 
 def detect_on_cluster(request, client, threads: int | None, block_size: int,
@@ -391,7 +431,7 @@ def detect_on_cluster(request, client, threads: int | None, block_size: int,
     model = request.model
     processed, grid = detection_grid(request, raster_io.open_raster(request.input_path))
     blocks = plan_tile_blocks(grid, block_size, request.batch_size)
-    with staged(request.vector_path, request.job_id) as staging:
+    with staged(partial_path(request.vector_path, request.job_id)) as staging:
         job = BlockJob(model.task, str(model.path), (str(request.input_path),), str(staging), request.batch_size,
                        threads, request.window, (("score_threshold", request.score_threshold),))
         files = run_blocks(client, detect_block, job, blocks, progress, cancelled)
@@ -419,6 +459,8 @@ def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT
 
     runners = {"semantic_segmentation": lambda client, threads: {
         "raster": str(segment_on_cluster(plan, client, threads, block_size, progress, cancelled))},
+        "change_detection": lambda client, threads: changes_on_cluster(plan, client, threads, block_size, progress,
+                                                                       cancelled),
         "detection": detect, "rotated_detection": detect}
     if task not in runners:
         raise BackendError(f"{task} does not run on a cluster yet; run it without --cluster. Cluster tasks: "

@@ -20,7 +20,7 @@ from backend.jobs import JobSpec, plan_job, run_plan
 from backend.raster_io import Extent, Window
 from backend.segmentation import TileModel, run_tiles, with_context
 
-from backend_test_data import COGEO, DOTA_PNG, vrt_over_copy
+from backend_test_data import COGEO, DOTA_PNG, NAIP, NAIP_2020, vrt_over_copy
 
 distributed = pytest.importorskip("distributed")
 
@@ -46,9 +46,9 @@ def mosaic(tmp_path_factory):
     return path
 
 
-def plan(registry, task, model, inputs, out, job_id, extent=None, **options):
+def plan(registry, task, model, inputs, out, job_id, extent=None, more_outputs=None, **options):
     key = "raster" if task in ("semantic_segmentation", "change_detection") else "vector"
-    spec = JobSpec(task, model, [str(p) for p in inputs], {key: str(out)}, extent, options)
+    spec = JobSpec(task, model, [str(p) for p in inputs], {key: str(out), **(more_outputs or {})}, extent, options)
     return plan_job(spec, registry, job_id=job_id)
 
 
@@ -162,6 +162,27 @@ def test_bundled_detectors_on_a_cluster_give_the_same_features(cluster, tmp_path
     assert len(one) > 100
     assert cluster_result == one
     assert no_leftovers(tmp_path) == ["cluster.gpkg", "one.gpkg"]
+
+
+def test_bundled_change_model_on_a_cluster_gives_the_same_raster_and_polygons(cluster, tmp_path):
+    # The real NAIP pair (2009, 2020; the later one 1 m off the grid, so it is warped on every worker).
+    from backend.registry import ModelRegistry, default_model_dirs
+
+    address, _ = cluster
+    registry = ModelRegistry(default_model_dirs())
+    for name, job_id in (("one", "a"), ("cluster", "b")):
+        job = plan(registry, "change_detection", "mtp_change_default", [NAIP, NAIP_2020], tmp_path / f"{name}.tif",
+                   job_id, more_outputs={"polygons": str(tmp_path / f"{name}.gpkg")}, min_area_px=4)
+        if name == "one":
+            run_plan("change_detection", job)
+        else:
+            assert run_plan_on_cluster("change_detection", job, address, block_size=300) == {
+                "raster": str(tmp_path / "cluster.tif"), "polygons": str(tmp_path / "cluster.gpkg")}
+    assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
+    one = features(tmp_path / "one.gpkg")
+    assert len(one) > 10
+    assert features(tmp_path / "cluster.gpkg") == one
+    assert no_leftovers(tmp_path) == ["cluster.gpkg", "cluster.tif", "one.gpkg", "one.tif"]
 
 
 def test_a_worker_killed_mid_job_still_gives_the_identical_result(registry, cluster, tmp_path):
