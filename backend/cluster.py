@@ -261,6 +261,124 @@ def detect_block(job: BlockJob, block: TileBlock) -> str:
     return _write_then_rename(job.staging, block.index, ".npz", write)
 
 
+@dataclass(frozen=True)
+class CellBlock:
+    """Cell rows [row0, row1) x columns [col0, col1) of a scene job, covering `window` (raster pixels)."""
+
+    index: int
+    row0: int
+    row1: int
+    col0: int
+    col1: int
+    window: raster_io.Window
+
+
+def plan_cell_blocks(window: raster_io.Window, cell_size: int, block_size: int) -> list[CellBlock]:
+    """Rectangles of whole cells, about block_size pixels a side. A block's window starts on a cell corner and
+    ends on one or on the job window's edge, so its cells are exactly the job's cells there."""
+    from backend.scenes import cell_starts
+
+    if block_size < 1:
+        raise BackendError(f"The block size must be a number of pixels >= 1, got {block_size}.")
+    rows, cols = cell_starts(window.height, cell_size), cell_starts(window.width, cell_size)
+    k = max(1, block_size // cell_size)
+    blocks = []
+    for r0 in range(0, len(rows), k):
+        r1 = min(r0 + k, len(rows))
+        for c0 in range(0, len(cols), k):
+            c1 = min(c0 + k, len(cols))
+            x, y = cols[c0][0], rows[r0][0]
+            part = raster_io.Window(window.x + x, window.y + y, sum(w for _, w in cols[c0:c1]),
+                                    sum(h for _, h in rows[r0:r1]))
+            blocks.append(CellBlock(len(blocks), r0, r1, c0, c1, part))
+    return blocks
+
+
+def scene_block(job: BlockJob, block: CellBlock) -> str:
+    """Worker side: the block's cells classified by scenes.classify_scenes (its own partial file and rename)
+    into a GeoPackage in the staging folder; rows and columns there count from the block's corner."""
+    from backend.scenes import SceneRequest, classify_scenes
+
+    path = block_file(job.staging, block.index, ".gpkg")
+    request = SceneRequest(_package(job.model_path), Path(job.inputs[0]), path, block.window,
+                           int(dict(job.options)["cell_size"]), job.batch_size, uuid.uuid4().hex[:12], overwrite=True)
+    classify_scenes(request, cancelled=_cancel_check(job.staging))
+    return str(path)
+
+
+def merge_scene_blocks(path: Path, request, blocks: list[CellBlock], files: list[str],
+                       cancelled: CancelCheck | None = None) -> None:
+    """The scene grid GeoPackage at `path` from the blocks' GeoPackages: features in the single-machine job's
+    order (row by row, column by column), row and col counted from the window's corner. One band of block
+    rows is held at a time."""
+    from osgeo import ogr
+
+    from backend.gpkg import create_layer
+    from backend.scenes import COMMIT_EVERY, LAYER_NAME, SCENE_FIELDS, probability_field_names
+
+    model = request.model
+    src = raster_io.open_raster(request.input_path)
+    p_fields = probability_field_names([c.name for c in model.classes])
+    out, layer = create_layer(path, LAYER_NAME, raster_io.raster_srs(src),
+                              SCENE_FIELDS + [(n, ogr.OFTReal) for n in p_fields])
+    try:
+        defn = layer.GetLayerDefn()
+        row_field, col_field = defn.GetFieldIndex("row"), defn.GetFieldIndex("col")
+        bands: dict[int, list[tuple[CellBlock, str]]] = {}
+        for block, f in zip(blocks, files):
+            bands.setdefault(block.row0, []).append((block, f))
+        written = 0
+        out.StartTransaction()
+        for row0 in sorted(bands):
+            if cancelled and cancelled():
+                raise JobCancelled()
+            features = []
+            for block, f in bands[row0]:
+                ds = ogr.Open(f)
+                for feature in ds.GetLayer(0):
+                    copy = ogr.Feature(defn)
+                    copy.SetFrom(feature)
+                    copy.SetField(row_field, feature.GetField(row_field) + block.row0)
+                    copy.SetField(col_field, feature.GetField(col_field) + block.col0)
+                    features.append((copy.GetField(row_field), copy.GetField(col_field), copy))
+                ds = None
+            features.sort(key=lambda item: item[:2])
+            for _, _, feature in features:
+                feature.SetFID(-1)
+                layer.CreateFeature(feature)
+                written += 1
+                if written % COMMIT_EVERY == 0:
+                    out.CommitTransaction()
+                    out.StartTransaction()
+        out.CommitTransaction()
+    finally:
+        layer = None
+        out = None  # closing writes the file; errors surface here
+
+
+def scenes_on_cluster(request, client, threads: int | None, block_size: int,
+                      progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None) -> dict[str, str]:
+    """scenes.classify_scenes's GeoPackage, its cells classified block by block on the cluster."""
+    from backend.gpkg import remove_gpkg
+
+    model = request.model
+    blocks = plan_cell_blocks(request.window, request.cell_size, block_size)
+    partial = partial_path(request.vector_path, request.job_id)
+    try:
+        with staged(partial) as staging:
+            job = BlockJob("scene_classification", str(model.path), (str(request.input_path),), str(staging),
+                           request.batch_size, threads, request.window, (("cell_size", request.cell_size),))
+            files = run_blocks(client, scene_block, job, blocks, progress, cancelled)
+            if progress:
+                progress(95.0, "merging blocks")
+            merge_scene_blocks(partial, request, blocks, files, cancelled)
+        outputs.commit(partial, request.vector_path, request.overwrite)
+    except BaseException:
+        remove_gpkg(partial)
+        raise
+    return request.outputs
+
+
 # ---------------------------------------------------------------------------------------------- the job
 
 def parse_address(address: str) -> tuple[str, int | None]:
@@ -461,6 +579,8 @@ def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT
         "raster": str(segment_on_cluster(plan, client, threads, block_size, progress, cancelled))},
         "change_detection": lambda client, threads: changes_on_cluster(plan, client, threads, block_size, progress,
                                                                        cancelled),
+        "scene_classification": lambda client, threads: scenes_on_cluster(plan, client, threads, block_size,
+                                                                          progress, cancelled),
         "detection": detect, "rotated_detection": detect}
     if task not in runners:
         raise BackendError(f"{task} does not run on a cluster yet; run it without --cluster. Cluster tasks: "

@@ -20,7 +20,7 @@ from backend.jobs import JobSpec, plan_job, run_plan
 from backend.raster_io import Extent, Window
 from backend.segmentation import TileModel, run_tiles, with_context
 
-from backend_test_data import COGEO, DOTA_PNG, NAIP, NAIP_2020, vrt_over_copy
+from backend_test_data import COGEO, DOTA_PNG, NAIP, NAIP_2020, RGB_BYTE, vrt_over_copy
 
 distributed = pytest.importorskip("distributed")
 
@@ -144,7 +144,7 @@ def features(path):
     ds = ogr.Open(str(path))
     layer = ds.GetLayer(0)
     names = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
-    return [(f.GetGeometryRef().ExportToWkb(), [f.GetField(n) for n in names]) for f in layer]
+    return [(f.GetFID(), f.GetGeometryRef().ExportToWkb(), [f.GetField(n) for n in names]) for f in layer]
 
 
 @pytest.mark.parametrize("task, model", [("detection", "mtp_det_default"),
@@ -183,6 +183,23 @@ def test_bundled_change_model_on_a_cluster_gives_the_same_raster_and_polygons(cl
     assert len(one) > 10
     assert features(tmp_path / "cluster.gpkg") == one
     assert no_leftovers(tmp_path) == ["cluster.gpkg", "cluster.tif", "one.gpkg", "one.tif"]
+
+
+def test_bundled_scene_model_on_a_cluster_gives_the_same_grid(cluster, tmp_path):
+    # The real Landsat composite with its nodata collar (cells without data keep NULL classes), clipped last
+    # row and column of cells, blocks of 3 x 3 cells.
+    from backend.registry import ModelRegistry, default_model_dirs
+
+    address, _ = cluster
+    registry = ModelRegistry(default_model_dirs())
+    task, model = "scene_classification", "mtp_scene_default"
+    run_plan(task, plan(registry, task, model, [RGB_BYTE], tmp_path / "one.gpkg", "a", cell_size=100))
+    many = plan(registry, task, model, [RGB_BYTE], tmp_path / "cluster.gpkg", "b", cell_size=100)
+    run_plan_on_cluster(task, many, address, block_size=300)
+    one = features(tmp_path / "one.gpkg")
+    assert len(one) == 64 and 0 < sum(f[2][2] is None for f in one) < 64  # class_id NULL on nodata cells
+    assert features(tmp_path / "cluster.gpkg") == one
+    assert no_leftovers(tmp_path) == ["cluster.gpkg", "one.gpkg"]
 
 
 def test_a_worker_killed_mid_job_still_gives_the_identical_result(registry, cluster, tmp_path):
