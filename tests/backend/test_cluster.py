@@ -1,5 +1,6 @@
 """Jobs on a Dask cluster (backend.cluster): the same result as one machine, bit for bit, on real rasters;
-a worker killed mid-job; failure and cancel leave nothing behind.
+a worker killed mid-job; failure and cancel leave nothing behind. Batches over many rasters (backend.batch):
+the index, failures recorded, an interrupted batch resumed.
 
 One LocalCluster of 2 worker processes (one thread each) serves the module; the jobs reach it through its
 scheduler address, as a user's remote cluster would be reached."""
@@ -261,3 +262,80 @@ def test_cancel_stops_the_blocks_and_leaves_nothing(registry, cluster, tmp_path)
     while time.time() < deadline and any(client.processing().values()):
         time.sleep(0.1)
     assert not any(client.processing().values())
+
+
+@pytest.fixture(scope="module")
+def quadrants(tmp_path_factory):
+    """The real aerial COG cut into four 512 x 512 GeoTIFFs (a folder of rasters, as a batch meets them)."""
+    folder = tmp_path_factory.mktemp("quadrants")
+    for n, (x, y) in enumerate(((0, 0), (512, 0), (0, 512), (512, 512))):
+        gdal.Translate(str(folder / f"q{n}.tif"), str(COGEO), srcWin=[x, y, 512, 512]).FlushCache()
+    return folder
+
+
+def index_rows(path):
+    ds = ogr.Open(str(path))
+    rows = []
+    for f in ds.GetLayer("rasters"):
+        geom = f.GetGeometryRef()
+        rows.append({"input": os.path.basename(f.GetField("input")), "status": f.GetField("status"),
+                     "output": f.GetField("output"), "error": f.GetField("error"), "reused": f.GetField("reused"),
+                     "footprint": None if geom is None else geom.GetEnvelope()})
+    return rows
+
+
+def test_batch_here_records_failures_in_the_index_and_matches_single_jobs(models_dir, quadrants, tmp_path):
+    from backend.cli import main
+
+    listing = tmp_path / "rasters.txt"
+    broken = tmp_path / "broken.tif"
+    broken.write_text("not a raster")
+    listing.write_text(f"# two quadrants and a broken file\n{quadrants / 'q0.tif'}\n{quadrants / 'q3.tif'}\nbroken.tif\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["batch", "--model", "spatial", "--models-dir", str(models_dir), "--input", str(listing),
+                 "--out-dir", str(out)]) == 1  # one raster failed
+    rows = index_rows(out / "index.gpkg")
+    assert [(r["input"], r["status"]) for r in rows] == [("q0.tif", "succeeded"), ("q3.tif", "succeeded"),
+                                                         ("broken.tif", "failed")]
+    assert "broken.tif" in rows[2]["error"] and rows[2]["output"] is None and rows[2]["footprint"] is None
+    lon0, lon1, lat0, lat1 = rows[0]["footprint"]  # EPSG:4326 outline of the Korean COG's quadrant
+    assert 128.6 < lon0 < lon1 < 128.7 and 37.6 < lat0 < lat1 < 37.7
+    assert sorted(p.name for p in out.iterdir()) == ["index.gpkg", "q0.tif", "q3.tif"]
+    from backend.registry import ModelRegistry
+
+    single = plan(ModelRegistry([models_dir]), "semantic_segmentation", "spatial", [quadrants / "q3.tif"],
+                  tmp_path / "single.tif", "s")
+    run_plan("semantic_segmentation", single)
+    assert_same_raster(tmp_path / "single.tif", out / "q3.tif")
+
+
+def test_an_interrupted_batch_on_a_cluster_resumes_without_redoing_finished_rasters(registry, cluster, quadrants,
+                                                                                     tmp_path):
+    from backend.batch import run_batch
+
+    _, client = cluster
+    out = tmp_path / "out"
+    out.mkdir()
+    index = out / "index.gpkg"
+    seen = []
+    # Stopped once the first raster is done; batches of one tile, so that the others see the cancel mid-raster.
+    with pytest.raises(JobCancelled):
+        run_batch("semantic_segmentation", "spatial", [str(quadrants)], out, index, registry, {"batch_size": 1},
+                  client=client, progress=lambda p, m: seen.append(p), cancelled=lambda: any(p > 0 for p in seen))
+    first = {r["input"]: r["status"] for r in index_rows(index)}
+    done = sorted(k for k, v in first.items() if v == "succeeded")
+    assert 1 <= len(done) < 4 and set(first.values()) == {"succeeded", "cancelled"}
+    assert sorted(p.name for p in out.iterdir()) == ["index.gpkg"] + [n for n in done]  # no partial files
+    stamps = {n: (out / n).stat().st_mtime_ns for n in done}
+    result = run_batch("semantic_segmentation", "spatial", [str(quadrants)], out, index, registry, {"batch_size": 1},
+                       client=client)
+    assert result.count("succeeded") == 4
+    rows = index_rows(index)
+    assert sorted(r["input"] for r in rows if r["reused"]) == done
+    assert {n: (out / n).stat().st_mtime_ns for n in done} == stamps  # not recomputed
+    assert sorted(p.name for p in out.iterdir()) == ["index.gpkg", "q0.tif", "q1.tif", "q2.tif", "q3.tif"]
+    redone = next(n for n in ("q0.tif", "q1.tif", "q2.tif", "q3.tif") if n not in done)
+    single = plan(registry, "semantic_segmentation", "spatial", [quadrants / redone], tmp_path / "single.tif", "s")
+    run_plan("semantic_segmentation", single)
+    assert_same_raster(tmp_path / "single.tif", out / redone)
