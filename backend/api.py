@@ -97,8 +97,10 @@ class JobRequest(BaseModel):
                                                     "simplify_px (default 0, 0); scene_classification: cell_size "
                                                     "(source pixels, default the model's scene.cell_size or "
                                                     "tile_size); detection, rotated_detection: "
-                                                    "score_threshold (0-1, default the model's). Other keys are "
-                                                    "refused.")
+                                                    "score_threshold (0-1, default the model's); every task: "
+                                                    "cluster (true: the backend's --cluster, or local[:N] or a "
+                                                    "Dask scheduler address) and block_size (64-65536 px, default "
+                                                    "4096) to run on a Dask cluster. Other keys are refused.")
     overwrite: bool = Field(False, description="replace output files that exist (regular files only; never an "
                                                "input, the token or a model); without it an existing output is "
                                                "refused with 409")
@@ -116,6 +118,7 @@ class JobModel(BaseModel):
     created: float
     started: Optional[float]
     finished: Optional[float]
+    dashboard: Optional[str] = None  # the Dask dashboard of a job that runs on a cluster (options.cluster)
 
 
 class JobList(BaseModel):

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE)
     s.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN_FILE)
     s.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    s.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="the Dask cluster of jobs sent with options.cluster true")
     models_dir_arg(s)
 
     r = sub.add_parser("run", help="run one job in this process (no HTTP)",
@@ -281,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from backend.server import serve
 
-            return serve(args.host, args.port, args.state_file, args.token_file, model_registry(args), args.parent_pid)
+            if args.cluster is not None:
+                from backend.cluster import parse_address
+
+                parse_address(args.cluster)
+            return serve(args.host, args.port, args.state_file, args.token_file, model_registry(args), args.parent_pid,
+                         args.cluster)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "models":

@@ -387,12 +387,40 @@ def parse_address(address: str) -> tuple[str, int | None]:
     if text == "local" or text.startswith("local:"):
         count = text.partition(":")[2]
         if count and (not count.isdigit() or not 1 <= int(count) <= 256):
-            raise BackendError(f"--cluster {address}: local:N needs N, the number of worker processes, from 1 to 256.")
+            raise BackendError(f"Cluster {address}: local:N needs N, the number of worker processes, from 1 to 256.")
         return "local", int(count) if count else None
     if "://" not in text:
-        raise BackendError(f"--cluster {address} is neither local[:N] nor a scheduler address such as "
+        raise BackendError(f"Cluster {address} is neither local[:N] nor a Dask scheduler address such as "
                            "tcp://host:8786.")
     return "remote", None
+
+
+MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 64, 65536
+
+
+def job_cluster(options: dict, default: str | None) -> tuple[str | None, int]:
+    """(address or None, block size) from a job request's options: `cluster` a scheduler address, local[:N],
+    or true for the backend's own (serve --cluster); `block_size` pixels. Raises BackendError (400)."""
+    value = options.get("cluster")
+    block_size = options.get("block_size", DEFAULT_BLOCK_SIZE)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or \
+            not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+        raise BackendError(f"options.block_size must be an integer number of pixels from {MIN_BLOCK_SIZE} to "
+                           f"{MAX_BLOCK_SIZE} (default {DEFAULT_BLOCK_SIZE}), got {str(block_size)[:80]}.")
+    if value is None or value is False:
+        if "block_size" in options:
+            raise BackendError("options.block_size applies to jobs with options.cluster only.")
+        return None, block_size
+    if value is True:
+        if default is None:
+            raise BackendError("options.cluster is true but this backend has no cluster; start it with "
+                               "--cluster ADDRESS (the plugin's cluster setting), or give the address itself.")
+        return default, block_size
+    if not isinstance(value, str) or len(value) > 300:
+        raise BackendError("options.cluster must be true, local[:N] or a Dask scheduler address such as "
+                           f"tcp://host:8786, got {str(value)[:80]}.")
+    parse_address(value)
+    return value, block_size
 
 
 @contextmanager

@@ -339,3 +339,45 @@ def test_an_interrupted_batch_on_a_cluster_resumes_without_redoing_finished_rast
     single = plan(registry, "semantic_segmentation", "spatial", [quadrants / redone], tmp_path / "single.tif", "s")
     run_plan("semantic_segmentation", single)
     assert_same_raster(tmp_path / "single.tif", out / redone)
+
+
+def test_job_api_runs_a_job_on_the_backends_cluster_and_shows_its_dashboard(registry, cluster, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from backend.api import create_app
+    from backend.jobs import JobManager
+
+    address, _ = cluster
+    token = "t" * 32
+    auth = {"Authorization": f"Bearer {token}"}
+    app = create_app(registry, token, JobManager(registry, default_cluster=address))
+
+    def body(out, **options):
+        return {"task": "semantic_segmentation", "model": "spatial", "inputs": [str(COGEO)],
+                "outputs": {"raster": str(out)}, "options": options}
+
+    with TestClient(app) as client:
+        for options, words in (({"block_size": 256}, "options.cluster only"),
+                               ({"cluster": "nowhere"}, "neither local[:N] nor a Dask scheduler address"),
+                               ({"cluster": True, "block_size": 10}, "from 64 to 65536")):
+            answer = client.post("/jobs", json=body(tmp_path / "x.tif", **options), headers=auth)
+            assert answer.status_code == 400 and words in answer.json()["detail"], answer.json()
+        job = client.post("/jobs", json=body(tmp_path / "cluster.tif", cluster=True, block_size=256), headers=auth).json()
+        deadline = time.time() + 120
+        while job["status"] in ("queued", "running") and time.time() < deadline:
+            time.sleep(0.2)
+            job = client.get(f"/jobs/{job['id']}", headers=auth).json()
+        assert job["status"] == "succeeded", job
+        assert job["dashboard"].startswith("http")
+        single = client.post("/jobs", json=body(tmp_path / "one.tif"), headers=auth).json()
+        while single["status"] in ("queued", "running"):
+            time.sleep(0.1)
+            single = client.get(f"/jobs/{single['id']}", headers=auth).json()
+        assert single["status"] == "succeeded" and single["dashboard"] is None
+    app.state.jobs.shutdown()
+    no_cluster = create_app(registry, token)
+    with TestClient(no_cluster) as client:
+        answer = client.post("/jobs", json=body(tmp_path / "y.tif", cluster=True), headers=auth)
+        assert answer.status_code == 400 and "--cluster" in answer.json()["detail"]
+    no_cluster.state.jobs.shutdown()
+    assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
