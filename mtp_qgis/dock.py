@@ -109,6 +109,7 @@ class DockFeedback(QgsProcessingFeedback):
         self.message.emit(info)
 
     error = pyqtSignal(str)
+    dashboard = pyqtSignal(str)  # the Dask dashboard of a job that runs on a cluster
 
     def reportError(self, error, fatalError=False):  # noqa: N802,N803
         super().reportError(error, fatalError)
@@ -123,6 +124,7 @@ class MtpDockWidget(QDockWidget):
         self._all_models = []  # every model the backend listed, any task
         self._models = {}      # those of the chosen task, by id
         self._task = None
+        self._dashboard = None  # the Dask dashboard of the running job, shown after the status line
         self._models_task = None
         self._context = None
         self._feedback = None
@@ -354,8 +356,16 @@ class MtpDockWidget(QDockWidget):
     def set_status(self, text):
         """A status line in plain text (failure reasons are cut short; the whole reason is the tooltip)."""
         short = text if len(text) <= STATUS_LIMIT else text[:STATUS_LIMIT].rstrip() + "…"
-        self.status.setText(html.escape(short, quote=False))
+        link = self._dashboard
+        self.status.setText(html.escape(short, quote=False) + (
+            f' <a href="{html.escape(link)}">{html.escape(tr("Dask dashboard"))}</a>' if link else ""))
         self.status.setToolTip(text if short != text else "")
+
+    @pyqtSlot(str)
+    def _show_dashboard(self, link):
+        """Kept after the status line of a job that runs on a Dask cluster, until the job ends."""
+        self._dashboard = link
+        self.set_status(tr("Running on the Dask cluster."))
 
     def set_status_html(self, markup):
         self.status.setText(markup)
@@ -526,6 +536,8 @@ class MtpDockWidget(QDockWidget):
         self._feedback.progressChanged.connect(self._show_progress)
         self._feedback.message.connect(self.set_status)
         self._feedback.error.connect(self._remember_error)
+        self._feedback.dashboard.connect(self._show_dashboard)
+        self._dashboard = None
         self._last_error = None
         input_name = self.layer_combo.currentLayer().name()
         if task == CHANGE:
@@ -547,6 +559,7 @@ class MtpDockWidget(QDockWidget):
     def _finished(self, successful, results):
         cancelled = self._feedback is not None and self._feedback.isCanceled()
         self._task = None
+        self._dashboard = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         task = self._running[0] if self._running else self.current_task()
