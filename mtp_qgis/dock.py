@@ -30,6 +30,7 @@ from qgis.PyQt.QtWidgets import (
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -72,6 +73,7 @@ ALGORITHM_ID = TASKS[SEGMENTATION][0]
 STATUS_LIMIT = 300  # characters of a failure reason shown in the dock; the whole reason is its tooltip
 
 OUTPUT_DIR_SETTING = "mtp_qgis/dock_output_dir"
+CLUSTER_SETTING = "mtp_qgis/cluster_address"  # read by settings.cluster_address()
 
 
 def result_path_for(layer_name, folder="", kind="segmentation", suffix=".tif"):
@@ -241,6 +243,14 @@ class MtpDockWidget(QDockWidget):
         self.output_dir.setToolTip(tr("Folder for the results and their .qml styles; remembered."))
         self.output_dir.fileChanged.connect(lambda path: QgsSettings().setValue(OUTPUT_DIR_SETTING, path))
         self._row(run_tab, form, tr("Save results in"), self.output_dir)
+        self.cluster = QLineEdit(QgsSettings().value(CLUSTER_SETTING, "", type=str), run_tab)
+        self.cluster.setPlaceholderText(tr("none: the backend's machine"))
+        self.cluster.setToolTip(tr("A Dask scheduler address (tcp://host:8786), or local:N for N worker processes "
+                                   "on this machine: jobs run there in blocks, with the same result. The workers "
+                                   "must see the input and output paths. Remembered."))
+        self.cluster.editingFinished.connect(
+            lambda: QgsSettings().setValue(CLUSTER_SETTING, self.cluster.text().strip()))
+        self._row(run_tab, form, tr("Cluster"), self.cluster)
         width = max(label.sizeHint().width() for label in self._row_labels)
         for label in self._row_labels:  # one column of labels, as in a form
             label.setMinimumWidth(width)

@@ -27,7 +27,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "setup: creating $VENV (pinned packages in requirements/)"
   [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check \
-      -r requirements/backend.txt -r requirements/training.txt -r requirements/dev.txt 2>&1 \
+      -r requirements/backend.txt -r requirements/cluster.txt -r requirements/training.txt -r requirements/dev.txt 2>&1 \
       | grep -v "is ignored: it is neither a file nor a directory" || true
   "$VENV/bin/python" -c "import torch, onnxruntime, osgeo.gdal, qgis.core, fastapi" \
       || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }

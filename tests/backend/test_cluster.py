@@ -23,7 +23,7 @@ from backend.segmentation import TileModel, run_tiles, with_context
 
 from backend_test_data import COGEO, DOTA_PNG, NAIP, NAIP_2020, RGB_BYTE, vrt_over_copy
 
-distributed = pytest.importorskip("distributed")
+import distributed  # noqa: E402 - requirements/cluster.txt (scripts/setup.sh installs it)
 
 
 @pytest.fixture(scope="module")
