@@ -597,24 +597,31 @@ def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT
                         on_dashboard: Callable[[str], None] | None = None) -> dict[str, str]:
     """jobs.run_plan's result for a planned job, computed on the Dask cluster at `address` (local[:N] or a
     scheduler address)."""
-    from backend.detection import detect_objects
-
-    def detect(client, threads):
-        return detect_objects(plan, progress, cancelled, detect=lambda request, progress, cancelled: detect_on_cluster(
-            request, client, threads, block_size, progress, cancelled))
-
-    runners = {"semantic_segmentation": lambda client, threads: {
-        "raster": str(segment_on_cluster(plan, client, threads, block_size, progress, cancelled))},
-        "change_detection": lambda client, threads: changes_on_cluster(plan, client, threads, block_size, progress,
-                                                                       cancelled),
-        "scene_classification": lambda client, threads: scenes_on_cluster(plan, client, threads, block_size,
-                                                                          progress, cancelled),
-        "detection": detect, "rotated_detection": detect}
-    if task not in runners:
-        raise BackendError(f"{task} does not run on a cluster yet; run it without --cluster. Cluster tasks: "
-                           f"{', '.join(runners)}.")
     with connect(address) as (client, threads):
         link = dashboard_link(client)
         if link and on_dashboard:
             on_dashboard(link)
-        return runners[task](client, threads)
+        return run_plan_with_client(task, plan, client, threads, block_size, progress, cancelled)
+
+
+def run_plan_with_client(task: str, plan, client, threads: int | None, block_size: int = DEFAULT_BLOCK_SIZE,
+                         progress: ProgressCallback | None = None,
+                         cancelled: CancelCheck | None = None) -> dict[str, str]:
+    """run_plan_on_cluster with a connected dask Client; threads: ONNX Runtime threads per worker (None: the
+    worker machine's cores)."""
+    from backend.detection import detect_objects
+
+    def detect():
+        return detect_objects(plan, progress, cancelled, detect=lambda request, progress, cancelled: detect_on_cluster(
+            request, client, threads, block_size, progress, cancelled))
+
+    runners = {
+        "semantic_segmentation": lambda: {
+            "raster": str(segment_on_cluster(plan, client, threads, block_size, progress, cancelled))},
+        "change_detection": lambda: changes_on_cluster(plan, client, threads, block_size, progress, cancelled),
+        "scene_classification": lambda: scenes_on_cluster(plan, client, threads, block_size, progress, cancelled),
+        "detection": detect, "rotated_detection": detect}
+    if task not in runners:
+        raise BackendError(f"{task} does not run on a cluster; run it without --cluster. Cluster tasks: "
+                           f"{', '.join(runners)}.")
+    return runners[task]()
