@@ -87,6 +87,7 @@ def main() -> int:
     print(f"{len(blocks)} blocks of {args.block_size} px: {100 * seam_share:.0f} % more tiles than one pass")
     rows = []
     reference = None
+    load_before = os.getloadavg()[0]
     for config in ["here"] + [f"local:{n}" for n in args.workers]:
         result = run(config, vrt, WORKDIR / f"cluster_{config.replace(':', '')}.tif", args.block_size,
                      args.batch_size)
@@ -105,12 +106,15 @@ def main() -> int:
         if not same:
             print("error: the cluster result differs from the one-machine result", file=sys.stderr)
             return 1
+    load = (load_before, os.getloadavg()[0])
+    print(f"load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after")
     if args.out:
-        write_table(args.out, rows, args, len(blocks), seam_share)
+        write_table(args.out, rows, args, len(blocks), seam_share, load)
     return 0
 
 
-def write_table(out: Path, rows: list[dict], args, n_blocks: int, seam_share: float) -> None:
+def write_table(out: Path, rows: list[dict], args, n_blocks: int, seam_share: float,
+                load: tuple[float, float]) -> None:
     import csv
     import platform
 
@@ -131,7 +135,9 @@ def write_table(out: Path, rows: list[dict], args, n_blocks: int, seam_share: fl
         f"overlap), {args.size}² VRT mosaic of the real sample, batch {args.batch_size}; cluster blocks of "
         f"{args.block_size} px ({n_blocks} blocks, {100 * seam_share:.0f} % more tiles than one pass: the "
         f"tiles on each block seam are inferred by both blocks). Written by `benchmarks/bench_cluster.py` "
-        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); shared machine, one run each.", "",
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); one run each, on a shared machine: load average "
+        f"{load[0]:.1f} before and {load[1]:.1f} after the runs, on {cpu['cores']} cores (other programs took "
+        "their share).", "",
         "| configuration | seconds | Mpx/s | worker peak RSS MB | bit-identical |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['config']} | {r['seconds']} | {r['mpx_per_s']} | {r['worker_peak_rss_mb']} | "
