@@ -315,7 +315,7 @@ def detection_grid(request: DetectionRequest, ds) -> tuple[raster_io.Window, Til
 
 
 def detect_in_tiles(request: DetectionRequest, reader: raster_io.RasterReader, tile_model: "DetectionModel",
-                    processed: raster_io.Window, grid: TileGrid, tiles_to_do: list[TileSpec],
+                    processed: raster_io.Window, grid: TileGrid, tiles_to_do: "TileGrid | list[TileSpec]",
                     progress: ProgressCallback | None = None,
                     cancelled: CancelCheck | None = None) -> list[tuple[TileSpec, Detections]]:
     """`tiles_to_do` (tiles of `grid`, in grid order) read, inferred (one batch behind, on a worker thread) and
@@ -419,7 +419,7 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
     reader = raster_io.RasterReader(ds, request.model.input.bands, str(request.input_path))
     tile_model = DetectionModel(request.model)
     processed, grid = detection_grid(request, ds)
-    found = detect_in_tiles(request, reader, tile_model, processed, grid, list(grid), progress, cancelled)
+    found = detect_in_tiles(request, reader, tile_model, processed, grid, grid, progress, cancelled)
     return merge_tile_detections(request, processed, [det for _, det in found], tile_model.box_dim, progress)
 
 

@@ -312,33 +312,42 @@ def test_batch_here_records_failures_in_the_index_and_matches_single_jobs(models
 
 def test_an_interrupted_batch_on_a_cluster_resumes_without_redoing_finished_rasters(registry, cluster, quadrants,
                                                                                      tmp_path):
+    import shutil
+
     from backend.batch import run_batch
 
     _, client = cluster
+    # A small raster first, then three 4x bigger ones (copies of the real COG); batches of one tile, so that
+    # the running ones see the cancel that comes once the first raster is done.
+    rasters = [quadrants / "q0.tif"]
+    for n in (1, 2, 3):
+        rasters.append(tmp_path / f"big{n}.tif")
+        shutil.copy(COGEO, rasters[-1])
+    listing = tmp_path / "rasters.txt"
+    listing.write_text("\n".join(str(r) for r in rasters))
     out = tmp_path / "out"
     out.mkdir()
     index = out / "index.gpkg"
     seen = []
-    # Stopped once the first raster is done; batches of one tile, so that the others see the cancel mid-raster.
     with pytest.raises(JobCancelled):
-        run_batch("semantic_segmentation", "spatial", [str(quadrants)], out, index, registry, {"batch_size": 1},
+        run_batch("semantic_segmentation", "spatial", [str(listing)], out, index, registry, {"batch_size": 1},
                   client=client, progress=lambda p, m: seen.append(p), cancelled=lambda: any(p > 0 for p in seen))
     first = {r["input"]: r["status"] for r in index_rows(index)}
     done = sorted(k for k, v in first.items() if v == "succeeded")
-    assert 1 <= len(done) < 4 and set(first.values()) == {"succeeded", "cancelled"}
-    assert sorted(p.name for p in out.iterdir()) == ["index.gpkg"] + [n for n in done]  # no partial files
+    assert 1 <= len(done) < 4 and set(first.values()) == {"succeeded", "cancelled"}, first
+    assert sorted(p.name for p in out.iterdir()) == sorted(["index.gpkg"] + done)  # no partial files
     stamps = {n: (out / n).stat().st_mtime_ns for n in done}
-    result = run_batch("semantic_segmentation", "spatial", [str(quadrants)], out, index, registry, {"batch_size": 1},
+    result = run_batch("semantic_segmentation", "spatial", [str(listing)], out, index, registry, {"batch_size": 1},
                        client=client)
     assert result.count("succeeded") == 4
     rows = index_rows(index)
     assert sorted(r["input"] for r in rows if r["reused"]) == done
     assert {n: (out / n).stat().st_mtime_ns for n in done} == stamps  # not recomputed
-    assert sorted(p.name for p in out.iterdir()) == ["index.gpkg", "q0.tif", "q1.tif", "q2.tif", "q3.tif"]
-    redone = next(n for n in ("q0.tif", "q1.tif", "q2.tif", "q3.tif") if n not in done)
-    single = plan(registry, "semantic_segmentation", "spatial", [quadrants / redone], tmp_path / "single.tif", "s")
+    assert sorted(p.name for p in out.iterdir()) == ["big1.tif", "big2.tif", "big3.tif", "index.gpkg", "q0.tif"]
+    redone = next(r for r in rasters if r.name not in done)
+    single = plan(registry, "semantic_segmentation", "spatial", [redone], tmp_path / "single.tif", "s")
     run_plan("semantic_segmentation", single)
-    assert_same_raster(tmp_path / "single.tif", out / redone)
+    assert_same_raster(tmp_path / "single.tif", out / redone.name)
 
 
 def test_job_api_runs_a_job_on_the_backends_cluster_and_shows_its_dashboard(registry, cluster, tmp_path):
