@@ -97,10 +97,13 @@ def job_spec(task: str, model: str, raster: Path, output: Path, options: dict[st
     return JobSpec(task, model, [str(raster)], {key: str(output)}, None, dict(options), overwrite)
 
 
-def run_raster(spec: JobSpec, model_dirs: list[str], job_id: str, cancel_flag: str | None = None) -> float:
-    """One raster's job, in this process (a cluster worker calls it too); returns its seconds."""
+def run_raster(spec: JobSpec, model_dirs: list[str], job_id: str, cancel_flag: str | None = None,
+               cancelled: CancelCheck | None = None) -> float:
+    """One raster's job, in this process (a cluster worker calls it too, with the batch's cancel flag file);
+    returns its seconds."""
     start = time.time()
-    cancelled = (lambda: os.path.exists(cancel_flag)) if cancel_flag else None
+    if cancel_flag:
+        cancelled = lambda: os.path.exists(cancel_flag)  # noqa: E731
     plan = plan_job(spec, ModelRegistry([Path(d) for d in model_dirs]), job_id)
     try:
         run_plan(spec.task, plan, None, cancelled)
@@ -131,6 +134,11 @@ def run_batch(task: str, model: str, sources: list[str], out_dir: Path, index_pa
     rasters = batch_inputs(sources)
     result = BatchResult(Path(index_path).absolute(),
                          [RasterResult(r, output_for(r, out_dir, task)) for r in rasters])
+    clash = next((r for r in result.rasters if r.output == result.index or r.output == r.input), None)
+    if clash is not None:
+        raise BackendError(f"The output of {clash.input} would be {clash.output}, which is "
+                           f"{'the index' if clash.output == result.index else 'the input itself'}; choose another "
+                           "--out-dir or --index.")
     model_dirs = [str(package.path.parent)]
     todo = []
     for r in result.rasters:
@@ -153,7 +161,7 @@ def run_batch(task: str, model: str, sources: list[str], out_dir: Path, index_pa
                     raise JobCancelled()
                 try:
                     r.seconds = run_raster(job_spec(task, model, r.input, r.output, options, overwrite), model_dirs,
-                                           f"batch{n}", None)
+                                           f"batch{n}", cancelled=cancelled)
                     r.status = "succeeded"
                 except BackendError as exc:
                     r.status, r.error = "failed", exc.message

@@ -390,3 +390,19 @@ def test_job_api_runs_a_job_on_the_backends_cluster_and_shows_its_dashboard(regi
         assert answer.status_code == 400 and "--cluster" in answer.json()["detail"]
     no_cluster.state.jobs.shutdown()
     assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
+
+
+def test_cli_refuses_cluster_options_it_cannot_use(models_dir, tmp_path, capsys):
+    from backend.cli import main
+
+    base = ["run", "--model", "spatial", "--models-dir", str(models_dir), "--input", str(COGEO)]
+    assert main(base + ["--out", str(tmp_path / "a.tif"), "--block-size", "512"]) == 2
+    assert "--block-size applies to --cluster runs only" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b.tif"), "--cluster", "scheduler:8786"]) == 2
+    assert "neither local[:N] nor a Dask scheduler address" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "c.tif"), "--cluster", "local:0"]) == 2
+    assert "from 1 to 256" in capsys.readouterr().err
+    batch = ["batch", "--model", "spatial", "--models-dir", str(models_dir), "--input", str(COGEO)]
+    assert main(batch + ["--out-dir", str(tmp_path), "--index", str(tmp_path / "cogeo.tif")]) == 2
+    assert "which is the index" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
