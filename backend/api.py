@@ -56,6 +56,9 @@ class ModelInfo(BaseModel):
     tile_overlap: int
     gsd_m: Optional[float]
     bands: list[int]
+    band_roles: list[str] = Field(default_factory=list, description="bands by role (blue, green, red, nir, ...) "
+                                                                     "for models that run on any sensor having them")
+    indices: list[str] = Field(default_factory=list, description="spectral index channels the model takes (ndvi, ...)")
     path: str
 
 
@@ -77,30 +80,37 @@ class JobRequest(BaseModel):
     options {batch_size}; change_detection inputs [before, after], outputs {raster, polygons?},
     options {batch_size, min_area_px}; scene_classification inputs [raster], outputs {vector},
     options {batch_size, cell_size}; detection and rotated_detection inputs [raster], outputs {vector},
-    options {batch_size, score_threshold}."""
+    options {batch_size, score_threshold}; land_cover_extraction inputs [raster], outputs {vector}, options
+    {instruction, sensor, batch_size}; spectral_indices (no model) inputs [raster], outputs {raster}, options
+    {indices, sensor}. Every task with a model takes options.sensor."""
 
     # A plain string, not an enum: an unsupported task gets the backend's 400 message naming the
     # supported ones, like every other request check.
     task: str = Field("semantic_segmentation", description=f"one of: {', '.join(SUPPORTED_TASKS)}",
                       examples=list(SUPPORTED_TASKS))
-    model: str = Field(max_length=255, description="model id (GET /models); its task must be `task`")
+    model: str = Field("", max_length=255, description="model id (GET /models); its task must be `task`; empty "
+                                                        "for spectral_indices, which runs no model")
     inputs: list[PathText] = Field(min_length=1, max_length=2,
                                    description="absolute raster paths: [raster], or [before, after] for "
                                                "change_detection; local files only")
     extent: Optional[ExtentModel] = None
     outputs: dict[KeyText, PathText] = Field(
-        max_length=4, description="result key -> absolute path: raster (.tif/.tiff) for segmentation; raster and "
-                                  "optional polygons (.gpkg) for change_detection; vector (.gpkg) for "
-                                  "scene_classification, detection and rotated_detection")
+        max_length=4, description="result key -> absolute path: raster (.tif/.tiff) for segmentation and "
+                                  "spectral_indices; raster and optional polygons (.gpkg) for change_detection; vector "
+                                  "(.gpkg) for scene_classification, detection, rotated_detection and "
+                                  "land_cover_extraction")
     options: dict[KeyText, Any] = Field(default_factory=dict, max_length=8,
                                         description="batch_size (1-256, default 4); change_detection: min_area_px, "
                                                     "simplify_px (default 0, 0); scene_classification: cell_size "
                                                     "(source pixels, default the model's scene.cell_size or "
                                                     "tile_size); detection, rotated_detection: "
-                                                    "score_threshold (0-1, default the model's); every task: "
-                                                    "cluster (true: the backend's --cluster, or local[:N] or a "
-                                                    "Dask scheduler address) and block_size (64-65536 px, default "
-                                                    "4096) to run on a Dask cluster. Other keys are refused.")
+                                                    "score_threshold (0-1, default the model's); "
+                                                    "land_cover_extraction: instruction (text); spectral_indices: "
+                                                    "indices (names, default all the bands allow); every task: sensor "
+                                                    "(auto or a preset name), cluster (true: the backend's "
+                                                    "--cluster, or local[:N] or a Dask scheduler address) and "
+                                                    "block_size (64-65536 px, default 4096) to run on a Dask "
+                                                    "cluster. Other keys are refused.")
     overwrite: bool = Field(False, description="replace output files that exist (regular files only; never an "
                                                "input, the token or a model); without it an existing output is "
                                                "refused with 409")
@@ -118,6 +128,11 @@ class JobModel(BaseModel):
     created: float
     started: Optional[float]
     finished: Optional[float]
+    device: Optional[str] = Field(None, description="where a succeeded job ran, e.g. 'CUDA: NVIDIA H200' or "
+                                                    "'CPU (8 cores)'")
+    provider: Optional[str] = Field(None, description="the ONNX Runtime provider that ran the model")
+    megapixels_per_s: Optional[float] = Field(None, description="megapixels of the job's window per second of the "
+                                                                "whole run (read, infer, write)")
     dashboard: Optional[str] = None  # the Dask dashboard of a job that runs on a cluster (options.cluster)
 
 

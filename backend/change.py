@@ -243,21 +243,6 @@ class ChangeTileModel(TileModel):
 
 # ---------------------------------------------------------------------------------------------- polygons
 
-def _change_mask_vrt(raster_path: Path, width: int, height: int) -> gdal.Dataset:
-    """A virtual band that is 1 on change pixels and 0 elsewhere (no change and nodata 255): the mask that
-    makes Polygonize trace change regions only."""
-    xml = (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
-           '<VRTRasterBand dataType="Byte" band="1"><ComplexSource>'
-           f'<SourceFilename relativeToVRT="0">{_xml_escape(str(raster_path))}</SourceFilename>'
-           '<SourceBand>1</SourceBand><LUT>0:0,1:1,2:0,255:0</LUT>'
-           '</ComplexSource></VRTRasterBand></VRTDataset>')
-    return gdal.Open(xml)
-
-
-def _xml_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-
-
 def polygonize_changes(raster_path: Path, gpkg_path: Path, min_area_px: int,
                        progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
                        simplify_px: float = 0.0) -> None:
@@ -274,7 +259,7 @@ def polygonize_changes(raster_path: Path, gpkg_path: Path, min_area_px: int,
     pixel_area = abs(gt[1] * gt[5] - gt[2] * gt[4])
     tolerance = simplify_px * math.sqrt(pixel_area)
     srs = raster_io.raster_srs(src)
-    mask_ds = _change_mask_vrt(raster_path, src.RasterXSize, src.RasterYSize)
+    mask_ds = raster_io.class_mask_vrt(raster_path, src.RasterXSize, src.RasterYSize, [CHANGE_CLASS])
     scratch_path = gpkg_path.with_name(f"{gpkg_path.stem}-regions{gpkg_path.suffix}")
     driver = ogr.GetDriverByName("GPKG")
     out = scratch = None

@@ -1,4 +1,4 @@
-"""Command line: serve, run, models, import-model."""
+"""Command line: serve, run, models, import-model, doctor."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def _absolute(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from backend.jobs import SUPPORTED_TASKS
     from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
 
     parser = argparse.ArgumentParser(prog="python -m backend", description="mtp_qgis inference backend")
@@ -63,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "[--polygons changes.gpkg] [--min-area-px N] [--simplify-px T]; "
                                    "scene_classification: --input IN.tif --out scenes.gpkg [--cell-size N]; "
                                    "detection, rotated_detection: --input IN.tif --out detections.gpkg "
-                                   "[--score-threshold S]")
-    r.add_argument("--task", default="semantic_segmentation",
-                   choices=["semantic_segmentation", "change_detection", "scene_classification", "detection",
-                            "rotated_detection"])
-    r.add_argument("--model", required=True)
+                                   "[--score-threshold S]; land_cover_extraction: --input IN.tif --out land_cover.gpkg "
+                                   "--instruction 'extract water bodies' [--sensor S]; spectral_indices (no --model): "
+                                   "--input IN.tif --out indices.tif [--indices ndvi ndwi] [--sensor S]")
+    r.add_argument("--task", default="semantic_segmentation", choices=list(SUPPORTED_TASKS))
+    r.add_argument("--model", default="", help="model id (not for spectral_indices)")
     r.add_argument("--input", required=True, type=str, action="append",
                    help="input raster; give it twice (before, then after) for change_detection")
     r.add_argument("--output", "--out", dest="output", required=True, type=str,
@@ -80,9 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene_classification: cell side in source pixels (default: the model's tile size)")
     r.add_argument("--score-threshold", type=float, default=None,
                    help="detection: keep objects scoring at least this, 0-1 (default: the model's)")
+    r.add_argument("--instruction", default=None,
+                   help="land_cover_extraction: what to extract, e.g. 'water bodies larger than half a hectare'")
+    r.add_argument("--indices", nargs="+", default=None, help="spectral_indices: ndvi ndwi mndwi ndbi bsi "
+                                                              "(default: all the raster's bands allow)")
+    r.add_argument("--sensor", default=None, help="sensor of the raster for models that read bands by role and for "
+                                                  "spectral indices: auto (default), sentinel2_l1c, sentinel2_l2a, "
+                                                  "landsat8_9, naip, planetscope_4, planetscope_8")
     r.add_argument("--extent", type=_extent, default=None, help="xmin,ymin,xmax,ymax")
     r.add_argument("--extent-crs", default="", help="CRS of --extent (default: the raster's)")
-    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per batch (default: 4 on the CPU, what fits the free memory on a GPU)")
     r.add_argument("--overwrite", action="store_true", help="replace output files that exist (regular files only)")
     r.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
                    help="run on a Dask cluster: local[:N] starts N worker processes here, an address uses a running "
@@ -119,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("metadata", type=Path, help="YAML with the fields of docs/contract.md §1")
     i.add_argument("--out", required=True, type=Path)
     i.add_argument("--id", default=None, help="model id (file stem); default: the ONNX file's stem")
+
+    d = sub.add_parser("doctor", help="ONNX Runtime build and providers, GPUs, CUDA/cuDNN/TensorRT libraries, and "
+                                      "a short timing of a bundled model on each provider")
+    d.add_argument("--seconds", type=float, default=3.0, help="timing per provider (0: no timing)")
+    d.add_argument("--model", type=Path, default=None, help="the .onnx to time (default: the bundled segmentation model)")
+    d.add_argument("--json", action="store_true")
     return parser
 
 
@@ -131,22 +146,34 @@ def model_registry(args):
 def cmd_run(args) -> int:
     import dataclasses
 
-    from backend.jobs import JobSpec, failure_message, plan_job, run_plan
+    import time
+
+    from backend.jobs import JobSpec, failure_message, plan_job, run_plan, run_report
     from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
 
     for flag, value, task in (("--polygons", args.polygons, "change_detection"),
                               ("--min-area-px", args.min_area_px, "change_detection"),
                               ("--simplify-px", args.simplify_px, "change_detection"),
-                              ("--cell-size", args.cell_size, "scene_classification")):
+                              ("--cell-size", args.cell_size, "scene_classification"),
+                              ("--instruction", args.instruction, "land_cover_extraction"),
+                              ("--indices", args.indices, "spectral_indices")):
         if value is not None and args.task != task:
             raise BackendError(f"{flag} applies to --task {task} only, not {args.task}.")
+    if args.task == "spectral_indices" and args.model:
+        raise BackendError("--task spectral_indices runs no model; leave out --model.")
+    if args.task != "spectral_indices" and not args.model:
+        raise BackendError(f"--task {args.task} needs --model (python -m backend models lists them).")
     detection = ("detection", "rotated_detection")
     if args.score_threshold is not None and args.task not in detection:
         raise BackendError(f"--score-threshold applies to --task detection or rotated_detection only, not {args.task}.")
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
-    key = "vector" if args.task in ("scene_classification", *detection) else "raster"
+    key = "vector" if args.task in ("scene_classification", "land_cover_extraction", *detection) else "raster"
     outputs = {key: _absolute(args.output)}
-    options = {"batch_size": args.batch_size}
+    # batch size: the backend chooses (free GPU memory / CPU default) unless given; index maps have none
+    options = {} if args.task == "spectral_indices" or args.batch_size is None else {"batch_size": args.batch_size}
+    for name in ("instruction", "indices", "sensor"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     if args.polygons is not None:
         outputs["polygons"] = _absolute(args.polygons)
     if args.min_area_px is not None:
@@ -167,6 +194,7 @@ def cmd_run(args) -> int:
 
     if args.block_size is not None and args.cluster is None:
         raise BackendError("--block-size applies to --cluster runs only.")
+    started = time.time()
     try:
         if args.cluster is not None:
             from backend.cluster import DEFAULT_BLOCK_SIZE, run_plan_on_cluster
@@ -176,6 +204,9 @@ def cmd_run(args) -> int:
                                                                                     file=sys.stderr))
         else:
             written = run_plan(args.task, plan, progress)
+            report = run_report(plan, time.time() - started)
+            print(f"\nran on {report['device']} ({report['provider']}, batch {report['batch_size']}): "
+                  f"{report['megapixels_per_s']} Mpx/s", end="", file=sys.stderr)
     except (BackendError, JobCancelled, KeyboardInterrupt):
         raise
     except Exception as exc:  # an I/O failure (full disk) or a bug: a message, not a traceback
@@ -275,6 +306,16 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from backend.doctor import format_report, report
+
+    if args.model is not None and not args.model.is_file():
+        raise BackendError(f"--model {args.model} is not a file; give a .onnx model package.")
+    result = report(args.seconds, args.model)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -297,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_batch(args)
         if args.command == "import-model":
             return cmd_import(args)
+        if args.command == "doctor":
+            return cmd_doctor(args)
     except BackendError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -359,7 +359,8 @@ def detect_in_tiles(request: DetectionRequest, reader: raster_io.RasterReader, t
             else:
                 raw = reader.read(x, y, tile.width, tile.height)
                 if batch is None:  # fresh per batch: ORT may still be reading the previous one
-                    batch = np.empty((request.batch_size, raw.shape[0], model.tile_size, model.tile_size),
+                    batch = np.empty((request.batch_size, tile_model.prepared_channels(raw.shape[0]), model.tile_size,
+                                      model.tile_size),
                                      np.float32)
                 tile_model.prepare_into(raw, batch[n])  # no np.stack copy
                 tiles.append((tile, n, invalid))

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from backend.errors import ModelPackageError
+from backend.spectral import INDICES, ROLES
 
 METADATA_KEY = "mtp_qgis"
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -32,9 +34,12 @@ KNOWN_TASKS = (
     "rotated_detection",
     "instance_segmentation",
     "scene_classification",
+    "land_cover_extraction",
 )
+# Tasks whose graph is a segmentation graph (N x K x T x T logits).
+PIXEL_TASKS = ("semantic_segmentation", "land_cover_extraction")
 REQUIRED_KEYS = ("format_version", "task", "name", "classes", "input", "tile_size", "tile_overlap")
-REQUIRED_INPUT_KEYS = ("bands", "scale", "mean", "std")
+REQUIRED_INPUT_KEYS = ("scale", "mean", "std")  # and `bands` (numbers) or `band_roles` (docs/contract.md §1)
 # The `metrics` key each task's packages report first, and how it is named to an analyst.
 HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"))
 # Raster data types a model may declare in `input.dtype` (numpy names of the GDAL types).
@@ -73,20 +78,47 @@ class ClassInfo:
 
 @dataclass(frozen=True)
 class InputSpec:
-    bands: list[int]
+    bands: list[int]  # 1-based band numbers; for a model that names its bands by role, those of one job's raster
     band_names: list[str]
     scale: float
     mean: list[float]
     std: list[float]
     dtypes: tuple[str, ...] = ()  # raster data types accepted (`input.dtype`); empty: any
     value_range: tuple[float, float] | None = None  # raw values the model was trained on (`input.value_range`)
+    band_roles: tuple[str, ...] = ()  # `input.band_roles`: bands by role, resolved per raster (backend.spectral)
+    indices: tuple[str, ...] = ()  # `input.indices`: spectral index channels appended after the bands
+    # Per band, reflectance = raw * gain + offset before `scale` (set for a job's raster when bands go by role).
+    gains: tuple[float, ...] = ()
+    offsets: tuple[float, ...] = ()
+
+    @property
+    def by_role(self) -> bool:
+        return bool(self.band_roles)
+
+    @property
+    def channels(self) -> int:
+        """Graph input channels: the bands, then one per index."""
+        return len(self.band_roles or self.bands) + len(self.indices)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The role of each band read: `band_roles`, or `band_names` for a model that reads bands by number."""
+        return self.band_roles or tuple(self.band_names)
 
     def expected_range(self) -> tuple[float, float] | None:
         """The raw value range input pixels must lie in: the declared one, else 0-255 for a model that
-        divides by 255 (8-bit imagery), else unknown (not checked)."""
+        divides by 255 (8-bit imagery), else unknown (not checked). Bands by role are checked as reflectance."""
         if self.value_range is not None:
             return self.value_range
-        return (0.0, EIGHT_BIT_SCALE) if self.scale == EIGHT_BIT_SCALE else None
+        return (0.0, EIGHT_BIT_SCALE) if self.scale == EIGHT_BIT_SCALE and not self.by_role else None
+
+    def raw_fill(self) -> np.ndarray:
+        """Per band, the raw value that normalises to 0 (the training mean): what invalid pixels are given."""
+        n = len(self.bands)
+        value = np.asarray(self.mean[:n], np.float64) * self.scale
+        if self.gains:
+            value = (value - np.asarray(self.offsets)) / np.asarray(self.gains)
+        return value.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -149,7 +181,9 @@ class ModelPackage:
             "tile_size": self.tile_size,
             "tile_overlap": self.tile_overlap,
             "gsd_m": self.gsd_m,
-            "bands": list(self.input.bands),
+            "bands": [] if self.input.by_role else list(self.input.bands),
+            "band_roles": list(self.input.band_roles),
+            "indices": list(self.input.indices),
             "path": str(self.path),
         }
 
@@ -331,18 +365,29 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
         else:
             problems += [f"missing key 'input.{k}'" for k in REQUIRED_INPUT_KEYS if k not in inp]
             bands = inp.get("bands")
-            if "bands" in inp and (
+            if "bands" in inp and "band_roles" in inp:
+                problems.append("'input' has both 'bands' (numbers) and 'band_roles'; give one")
+            elif "bands" not in inp and "band_roles" not in inp:
+                problems.append("missing key 'input.bands' (or 'input.band_roles')")
+            elif "bands" in inp and (
                 not isinstance(bands, list) or not bands or not all(isinstance(b, int) and b >= 1 for b in bands)
             ):
                 problems.append("'input.bands' must be a non-empty list of 1-based band numbers")
-            elif isinstance(bands, list):
+            elif "band_roles" in inp and not _roles_ok(inp["band_roles"]):
+                problems.append(f"'input.band_roles' must be a non-empty list of distinct roles among "
+                                f"{', '.join(ROLES)}")
+            else:
+                problems += _index_problems(inp)
+                channels = len(inp.get("bands") or inp.get("band_roles"))
+                channels += len(inp.get("indices") or []) if isinstance(inp.get("indices"), list) else 0
                 for key in ("mean", "std"):
                     vals = inp.get(key)
                     if key in inp and not (isinstance(vals, list) and all(_finite(v) for v in vals)):
                         problems.append(f"'input.{key}' must be a list of numbers, one per band")
                         continue
-                    if isinstance(vals, list) and len(vals) != len(bands):
-                        problems.append(f"'input.{key}' has {len(vals)} values for {len(bands)} bands")
+                    if isinstance(vals, list) and len(vals) != channels:
+                        what = "bands" if not inp.get("indices") else "channels (bands, then indices)"
+                        problems.append(f"'input.{key}' has {len(vals)} values for {channels} {what}")
                     if key == "std" and isinstance(vals, list) and any(float(v) == 0 for v in vals):
                         problems.append("'input.std' contains 0")
             if "scale" in inp and not (_finite(inp["scale"]) and inp["scale"] > 0):
@@ -380,6 +425,32 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _roles_ok(roles: Any) -> bool:
+    return (isinstance(roles, list) and bool(roles) and all(isinstance(r, str) and r in ROLES for r in roles)
+            and len(set(roles)) == len(roles))
+
+
+def _index_problems(inp: dict[str, Any]) -> list[str]:
+    """`input.indices`: known index names, each reading only roles among the model's bands."""
+    if "indices" not in inp:
+        return []
+    indices = inp["indices"]
+    if not (isinstance(indices, list) and all(isinstance(i, str) for i in indices) and len(set(indices)) == len(indices)):
+        return ["'input.indices' must be a list of distinct index names"]
+    unknown = [i for i in indices if i not in INDICES]
+    if unknown:
+        return [f"'input.indices' names {', '.join(map(repr, unknown))}; known: {', '.join(INDICES)}"]
+    roles = inp.get("band_roles") or inp.get("band_names") or []
+    problems = []
+    for name in indices:
+        missing = [r for r in INDICES[name].roles if r not in roles]
+        if missing:
+            source = "input.band_roles" if "band_roles" in inp else "input.band_names"
+            problems.append(f"index '{name}' reads {', '.join(INDICES[name].roles)}, but {source} has no "
+                            f"{', '.join(missing)}")
+    return problems
 
 
 def _input_value_problems(inp: dict[str, Any]) -> list[str]:
@@ -445,14 +516,17 @@ def package_from_metadata(path: Path, meta: Any, source: str, proto: onnx.ModelP
         description=_shortened(str(meta.get("description", ""))),
         classes=classes,
         input=InputSpec(
-            bands=list(inp["bands"]),
-            band_names=list(inp.get("band_names", [f"band {b}" for b in inp["bands"]])),
+            bands=list(inp.get("bands") or []),
+            band_names=list(inp.get("band_names") or inp.get("band_roles")
+                            or [f"band {b}" for b in inp["bands"]]),
             scale=float(inp["scale"]),
             mean=[float(v) for v in inp["mean"]],
             std=[float(v) for v in inp["std"]],
             dtypes=tuple(inp["dtype"] if isinstance(inp.get("dtype"), list) else [inp["dtype"]])
             if "dtype" in inp else (),
             value_range=(float(inp["value_range"][0]), float(inp["value_range"][1])) if "value_range" in inp else None,
+            band_roles=tuple(inp.get("band_roles") or ()),
+            indices=tuple(inp.get("indices") or ()),
         ),
         tile_size=int(meta["tile_size"]),
         tile_overlap=int(meta["tile_overlap"]),
@@ -473,6 +547,7 @@ def _shortened(text: str) -> str:
 # Per task (docs/contract.md §3): how many graph inputs, the rank of output 0 and a description of both.
 GRAPH_RULES = {
     "semantic_segmentation": (1, 4, "input N x C x T x T -> output N x K x T x T"),
+    "land_cover_extraction": (1, 4, "input N x C x T x T -> output N x K x T x T"),
     "change_detection": (2, 4, "inputs before, after each N x C x T x T -> output N x 2 x T x T"),
     "scene_classification": (1, 2, "input N x C x T x T -> output N x K"),
     "detection": (1, 3, "input N x C x T x T -> outputs boxes N x P x 4 (x1, y1, x2, y2), scores N x P x K"),
@@ -496,8 +571,11 @@ def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
         if len(shape) != 4:
             problems.append(f"{name} has rank {len(shape)}, expected 4 (N, C, H, W)")
             continue
-        if isinstance(shape[1], int) and shape[1] != len(package.input.bands):
-            problems.append(f"{name} has {shape[1]} channels but metadata lists {len(package.input.bands)} bands")
+        channels = package.input.channels
+        if isinstance(shape[1], int) and shape[1] != channels:
+            what = f"{channels} bands" if not package.input.indices else \
+                f"{channels} channels ({channels - len(package.input.indices)} bands, {len(package.input.indices)} indices)"
+            problems.append(f"{name} has {shape[1]} channels but metadata lists {what}")
         for axis, dim in zip("HW", shape[2:]):
             if isinstance(dim, int) and dim != package.tile_size:
                 problems.append(f"{name} {axis} is {dim} but tile_size is {package.tile_size}")

@@ -299,6 +299,23 @@ class RasterReader:
         return invalid
 
 
+def create_window_raster(path: Path, ds: gdal.Dataset, window: Window, bands: int, data_type: int,
+                         options: list[str]) -> gdal.Dataset:
+    """A GeoTIFF covering `window` of `ds` on its pixel grid and CRS (a result or a job's scratch raster)."""
+    from backend import outputs
+
+    try:
+        out = gdal.GetDriverByName("GTiff").Create(str(path), window.width, window.height, bands, data_type,
+                                                   options=options)
+    except RuntimeError as exc:
+        raise outputs.creation_error(exc, path) from exc
+    out.SetGeoTransform(window_geotransform(geotransform(ds), window))
+    srs = ds.GetSpatialRef()
+    if srs is not None:
+        out.SetProjection(srs.ExportToWkt())
+    return out
+
+
 def create_class_raster(path: Path, width: int, height: int, gt: tuple[float, ...],
                         srs_wkt: str | None, colors: list[tuple[int, int, int]],
                         class_names: list[str]) -> gdal.Dataset:
@@ -323,6 +340,24 @@ def create_class_raster(path: Path, width: int, height: int, gt: tuple[float, ..
     # which would not follow the partial file's rename.
     ds.SetMetadataItem("CLASS_NAMES", json.dumps(class_names))
     return ds
+
+
+def class_mask_vrt(raster_path: Path, width: int, height: int, classes) -> gdal.Dataset:
+    """A virtual band that is 1 where band 1 of a uint8 class raster holds one of `classes`, else 0 (other
+    classes and nodata 255): the mask that makes Polygonize trace those classes only. Every value is listed in
+    the lookup table, which GDAL would otherwise interpolate between entries."""
+    wanted = set(classes)
+    lut = ",".join(f"{v}:{int(v in wanted)}" for v in range(256))
+    xml = (f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
+           '<VRTRasterBand dataType="Byte" band="1"><ComplexSource>'
+           f'<SourceFilename relativeToVRT="0">{_xml_escape(str(raster_path))}</SourceFilename>'
+           f'<SourceBand>1</SourceBand><LUT>{lut}</LUT>'
+           '</ComplexSource></VRTRasterBand></VRTDataset>')
+    return gdal.Open(xml)
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 # Pixel values are checked against a model on at most this many windows of this side, spread over the job's
@@ -357,7 +392,7 @@ def check_pixel_values(ds: gdal.Dataset, name: str, bands: list[int], dtypes: tu
             info = np.iinfo(np.dtype(dtype))
             if low <= info.min and info.max <= high:
                 continue  # every value of the type is in range: nothing to read
-        found = _sampled_min_max(band, window)
+        found = sampled_min_max(band, window)
         if found is None:
             continue  # no valid pixel sampled: the job writes nodata there
         vmin, vmax = found
@@ -372,7 +407,7 @@ def check_pixel_values(ds: gdal.Dataset, name: str, bands: list[int], dtypes: tu
                 "(docs/contract.md §1).")
 
 
-def _sampled_min_max(band: gdal.Band, window: Window) -> tuple[float, float] | None:
+def sampled_min_max(band: gdal.Band, window: Window) -> tuple[float, float] | None:
     side, grid = VALUE_SAMPLE_SIDE, VALUE_SAMPLE_GRID
     if window.width * window.height <= (side * grid) ** 2:
         boxes = [(window.x, window.y, window.width, window.height)]

@@ -150,8 +150,7 @@ class CellReader:
 def open_cells(request: SceneRequest) -> CellReader:
     """The cell reader of a job; invalid pixels are filled with the model's mean (0 once normalised)."""
     spec = request.model.input
-    return CellReader(request.input_path, spec.bands, request.cell_size, request.model.tile_size,
-                      np.asarray(spec.mean) * spec.scale)
+    return CellReader(request.input_path, spec.bands, request.cell_size, request.model.tile_size, spec.raw_fill())
 
 
 def cell_polygon(gt: tuple[float, ...], x0: int, y0: int, x1: int, y1: int) -> ogr.Geometry:
@@ -254,7 +253,8 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
                 if not reader.all_nodata(window.x + x0, y, w, h):
                     raw = reader.read(window.x + x0, y, w, h)
                     if batch is None:
-                        batch = np.empty((request.batch_size, raw.shape[0], model.tile_size, model.tile_size),
+                        batch = np.empty((request.batch_size, scene_model.prepared_channels(raw.shape[0]),
+                                          model.tile_size, model.tile_size),
                                          np.float32)
                     scene_model.prepare_into(raw, batch[n_tensors])
                     slot = n_tensors

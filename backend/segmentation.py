@@ -95,11 +95,31 @@ class TileModel:
         self.scale = np.float32(spec.scale)
         self.mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
         self.std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+        # Spectral priors (docs/contract.md §1): raw values -> reflectance with the raster's sensor scaling, then
+        # index channels appended after the bands, all normalised alike.
+        self.gains = np.asarray(spec.gains, np.float32)[:, None, None] if spec.gains else None
+        self.offsets = np.asarray(spec.offsets, np.float32)[:, None, None] if spec.gains else None
+        self.indices = tuple(spec.indices)
+        self.roles = spec.roles
+
+    def prepared_channels(self, raw_channels: int) -> int:
+        """Channels of prepare(raw) for raw tiles of `raw_channels` bands (several dates for change detection)."""
+        bands = len(self.model.input.bands)
+        return raw_channels + len(self.indices) * (raw_channels // bands)
+
+    def with_priors(self, raw: np.ndarray) -> np.ndarray:
+        """(C, h, w) raw bands -> (C + I, h, w) before normalisation: the bands (reflectance when the sensor's
+        scaling is known) divided by `input.scale`, then the indices computed from them."""
+        x = (raw if self.gains is None else raw * self.gains + self.offsets) / self.scale
+        if not self.indices:
+            return x
+        from backend.spectral import compute_indices
+        return np.concatenate([x, compute_indices(dict(zip(self.roles, x)), self.indices)])
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """(C, h, w) raw values -> (C, T, T) normalised, mirrored into the padding when smaller. Invalid
         pixels (NaN from the reader, or any non-finite value) become 0, the mean of the model's training data."""
-        x = neutralise_invalid((raw / self.scale - self.mean) / self.std)
+        x = neutralise_invalid((self.with_priors(raw) - self.mean) / self.std)
         t = self.model.tile_size
         pad_h, pad_w = t - x.shape[1], t - x.shape[2]
         if pad_h or pad_w:
@@ -110,7 +130,7 @@ class TileModel:
         """prepare(raw) written into `out` (a tile's slot of the batch array), which saves prepare's
         temporaries and np.stack's copy: the same float32 operations in the same order, so the same values."""
         if (type(self).prepare is not TileModel.prepare or raw.dtype != np.float32
-                or raw.shape[1:] != out.shape[1:]):
+                or raw.shape[1:] != out.shape[1:] or self.gains is not None or self.indices):
             out[...] = self.prepare(raw)  # a subclass's own prepare, or a padded tile
             return
         np.divide(raw, self.scale, out=out)
@@ -358,7 +378,8 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
                 else:
                     raw = reader.read(x, y, tile.width, tile.height)
                     if batch is None:  # fresh per batch: ORT may still be reading the previous one
-                        batch = np.empty((batch_size, raw.shape[0], model.tile_size, model.tile_size), np.float32)
+                        batch = np.empty((batch_size, tile_model.prepared_channels(raw.shape[0]), model.tile_size,
+                                          model.tile_size), np.float32)
                     tile_model.prepare_into(raw, batch[n])
                     tiles.append((tile, n))
                     n += 1

@@ -39,20 +39,29 @@ SMALL = {"semseg": {"channels": 32, "pool_scales": [1, 2, 4]},
 SMALL["rotdet"] = SMALL["insseg"]
 
 
+def write_sample(folder: Path, size: int) -> dict:
+    """The tiny SAMRS-format sample at `size` px (needs ../shared/data: DOTA P0706 and LoveDA tiles)."""
+    from training.mtp.sample import write_tiny_samrs
+    return write_tiny_samrs(folder, images_per_subset=2, crop=size, scale=1.0, empty_images=0)
+
+
 def run_one(name: str, size: int, iters: int, warmup: int, device: str, grad_ckpt: bool, amp: str,
-            small: bool = False) -> dict:
+            small: bool = False, sample: Path | None = None) -> dict:
+    """One encoder's training steps. `sample`: a folder write_sample made (a machine without ../shared/data
+    gets it carried); by default a fresh one in a temporary folder."""
     import torch
 
-    from training.engine import build_optimizer
+    from training.engine import autocast_context, build_optimizer, to_device
     from training.mtp.config import mtp_config_from_dict
     from training.mtp.data import MultiTaskBatcher
-    from training.mtp.loop import _autocast, _to_device, build_datasets
+    from training.mtp.loop import build_datasets
     from training.mtp.model import build_mtp_model
-    from training.mtp.sample import write_tiny_samrs
     from training.mtp.samrs import SUBSETS
 
-    sample = Path(tempfile.mkdtemp(prefix="bench_samrs_"))
-    roots = write_tiny_samrs(sample, images_per_subset=2, crop=size, scale=1.0, empty_images=0)
+    if sample is None:
+        roots = write_sample(Path(tempfile.mkdtemp(prefix="bench_samrs_")), size)
+    else:
+        roots = {s: Path(sample) / s for s in SUBSETS}
     encoder = {**ENCODERS[name]}
     if encoder["kind"] != "timm":
         encoder["grad_checkpointing"] = grad_ckpt
@@ -72,11 +81,11 @@ def run_one(name: str, size: int, iters: int, warmup: int, device: str, grad_ckp
     times = []
     for it in range(warmup + iters):
         images, targets = batcher.batch(it)
-        images, targets = images.to(dev), _to_device(targets, dev)
+        images, targets = images.to(dev), to_device(targets, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with _autocast(cfg, dev):
+        with autocast_context(cfg.train.amp, dev):
             out = model(images, targets)
         loss = out["ss"] + out["is"] + out["rd"]
         optimizer.zero_grad(set_to_none=True)

@@ -50,6 +50,16 @@ def remove_partials(output_path, job_id):
                 pass
 
 
+def job_summary(job):
+    """Where a finished job ran and how fast, in words ("" when the backend did not say)."""
+    device, speed = job.get("device"), job.get("megapixels_per_s")
+    if not device:
+        return ""
+    if speed is None:
+        return tr("Ran on {device}.").format(device=device)
+    return tr("Ran on {device}, {speed:.1f} Mpx/s.").format(device=device, speed=float(speed))
+
+
 def gsd_warning(layer_name, layer_gsd, model_id, model_gsd):
     """The one warning for an input whose pixel size is far from the model's (shared with the dock)."""
     return tr("'{layer}' has {gsd:.3g} m pixels but {model} was trained at {model_gsd:.3g} m/pixel "
@@ -83,6 +93,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
 
     TASK = ""            # backend task name, e.g. "semantic_segmentation"
     DEFAULT_MODEL = ""
+    NEEDS_MODEL = True   # False: the task runs no model (spectral_indices), the request's model is empty
 
     def label(self):
         """What the analyst reads in messages, e.g. "Segmentation"."""
@@ -128,10 +139,12 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterExtent(self.EXTENT, tr("Extent (leave empty for the whole raster)"), optional=True)
         )
 
-    def add_model_parameter(self):
+    def add_model_parameter(self, resample=True):
         """MODEL, and RESAMPLE: whether inputs whose pixel size differs from the model's by more than 2x are
-        resampled to the model's ground sample distance first."""
+        resampled to the model's ground sample distance first (not for algorithms that read bands themselves)."""
         self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Model id"), defaultValue=self.DEFAULT_MODEL))
+        if not resample:
+            return
         self.addParameter(QgsProcessingParameterBoolean(
             self.RESAMPLE, tr("Resample inputs to the model's resolution when it differs by more than 2x"),
             defaultValue=False, optional=True))
@@ -159,6 +172,8 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         return output
 
     def model_id(self, parameters, context):
+        if not self.NEEDS_MODEL:
+            return ""
         return (self.parameterAsString(parameters, self.MODEL, context) or self.DEFAULT_MODEL).strip()
 
     # --- backend and model --------------------------------------------------------------------------
@@ -168,6 +183,9 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
         submitted; its message (which names both tasks) reaches the analyst unchanged."""
         try:
             client = BACKEND.client()
+            if not self.NEEDS_MODEL:
+                feedback.pushInfo(tr("Backend {backend}").format(backend=BACKEND.describe(client.url)))
+                return client, {}
             model = client.model(model_id)
         except BackendError as exc:
             raise QgsProcessingException(str(exc)) from exc
@@ -311,6 +329,12 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 last_message = message
             status = job.get("status")
             if status == "succeeded":
+                summary = job_summary(job)
+                if summary:
+                    feedback.pushInfo(summary)
+                    report = getattr(feedback, "report_job", None)  # the dock's feedback shows it in its status line
+                    if callable(report):
+                        report(summary)
                 return job
             if status == "failed":
                 reason = job.get("error") or tr("no reason given")

@@ -2,7 +2,12 @@
 
 The plugin's "Install backend" button runs this as a background task; from a shell it is
 
-    python3 backend_installer.py [--env DIR] [--requirements FILE] [--python BASE_PYTHON]
+    python3 backend_installer.py [--env DIR] [--requirements FILE] [--python BASE_PYTHON] [--device auto|cpu|cuda]
+
+ONNX Runtime's build follows the machine: the GPU build (onnxruntime-gpu, with CUDA and cuDNN from NVIDIA's pip
+wheels, so no system CUDA is needed) when an NVIDIA driver new enough for it answers `nvidia-smi`, the CPU build
+otherwise; `--device` or $MTP_QGIS_DEVICE (cpu | cuda | auto) overrides, and the log says which and why.
+`--choose-device` only prints that choice (scripts/setup.sh asks it for .venv).
 
 Steps: find a base Python that has GDAL's bindings (the system's on Linux, the one shipped with QGIS on
 Windows and macOS), make a virtual environment from it with `--system-site-packages` (GDAL stays
@@ -153,23 +158,100 @@ def find_base_python(explicit: Optional[Path] = None) -> tuple[Path, dict]:
                        f"{', '.join(tried) or 'none'}); {hint}.")
 
 
+# --- CPU or GPU build of ONNX Runtime ----------------------------------------------------------------------
+
+DEVICE_VARIABLE = "MTP_QGIS_DEVICE"
+DEVICES = ("auto", "cpu", "cuda")
+# onnxruntime-gpu 1.31.1 is built with CUDA 13, which needs NVIDIA's driver 580 or newer.
+MIN_DRIVER = 580
+GPU_QUERY = ["--query-gpu=name,driver_version", "--format=csv,noheader"]
+
+
+def nvidia_driver(timeout: float = 20.0) -> tuple[list[tuple[str, str]], str]:
+    """[(GPU name, driver version)] as `nvidia-smi` reports them, and why the list is empty when it is."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], "no NVIDIA driver found (nvidia-smi is not on PATH)"
+    try:
+        done = subprocess.run([exe, *GPU_QUERY], capture_output=True, text=True, timeout=timeout, **_no_window())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [], f"nvidia-smi did not answer ({exc})"
+    if done.returncode != 0:
+        return [], f"nvidia-smi failed (exit code {done.returncode}: {(done.stderr or done.stdout).strip()[:160]})"
+    gpus = [tuple(part.strip() for part in line.split(",", 1)) for line in done.stdout.strip().splitlines() if "," in line]
+    return gpus, "" if gpus else "nvidia-smi lists no GPU"
+
+
+def choose_device(requested: Optional[str] = None) -> tuple[bool, str]:
+    """(install the GPU build?, why): `requested` (--device), else $MTP_QGIS_DEVICE, else auto: the GPU build
+    when nvidia-smi shows a driver new enough for it."""
+    value = (requested or os.environ.get(DEVICE_VARIABLE) or "auto").strip().lower()
+    source = "--device" if requested else (DEVICE_VARIABLE if os.environ.get(DEVICE_VARIABLE) else "")
+    if value not in DEVICES:
+        raise InstallError(f"{source or 'device'} {value!r} is not one of {', '.join(DEVICES)}.")
+    if platform.system() == "Darwin":
+        if value == "cuda":
+            raise InstallError(f"{source} cuda: ONNX Runtime has no CUDA build for macOS; use cpu or auto.")
+        return False, "CPU build of ONNX Runtime: macOS has no CUDA"
+    if value == "cpu":
+        return False, f"CPU build of ONNX Runtime: {source}=cpu asks for it"
+    if value == "cuda":
+        return True, (f"GPU build of ONNX Runtime (onnxruntime-gpu, CUDA 13 and cuDNN 9 from pip wheels): "
+                      f"{source}=cuda asks for it")
+    gpus, why_not = nvidia_driver()
+    if not gpus:
+        return False, f"CPU build of ONNX Runtime: {why_not}; set {DEVICE_VARIABLE}=cuda to install the GPU build anyway"
+    name, driver = gpus[0]
+    try:
+        major = int(driver.split(".")[0])
+    except ValueError:
+        major = 0
+    if major < MIN_DRIVER:
+        return False, (f"CPU build of ONNX Runtime: {name} has driver {driver}, older than the {MIN_DRIVER} that "
+                       f"CUDA 13 needs; update the driver (then reinstall) or set {DEVICE_VARIABLE}=cuda")
+    return True, (f"GPU build of ONNX Runtime (onnxruntime-gpu, CUDA 13 and cuDNN 9 from pip wheels): {name} with "
+                  f"driver {driver} found by nvidia-smi")
+
+
+def gpu_requirements(requirements: Path) -> Path:
+    """The GPU build's pins beside the CPU requirements: requirements/backend-gpu.txt in the checkout,
+    backend_bundle/requirements-gpu.txt in the plugin zip."""
+    requirements = Path(requirements)
+    for candidate in (requirements.with_name(f"{requirements.stem}-gpu{requirements.suffix}"),
+                      requirements.with_name(f"requirements-gpu{requirements.suffix}")):
+        if candidate.is_file():
+            return candidate
+    raise InstallError(f"No GPU requirements file was found beside {requirements}; reinstall the plugin, or install "
+                       "the CPU build (--device cpu).")
+
+
+def _lines(path: Path) -> list[str]:
+    stripped = (raw.split("#", 1)[0].strip() for raw in Path(path).read_text(encoding="utf-8").splitlines())
+    return [line for line in stripped if line]
+
+
+def _name(line: str) -> str:
+    return line.split("=")[0].split("<")[0].split(">")[0].split("[")[0].strip().lower()
+
+
 def onnxruntime_package(requirement: str, gpu: bool = False) -> str:
-    """The ONNX Runtime requirement to install: the CPU build (as pinned), or the GPU build of the same
-    version when `gpu` is asked for. The hook a GPU choice in the dock will use."""
-    if not gpu:
-        return requirement
-    return requirement.replace("onnxruntime", "onnxruntime-gpu", 1)
+    """The ONNX Runtime requirement: the CPU build as pinned, or the GPU build of the same version."""
+    return requirement.replace("onnxruntime", "onnxruntime-gpu", 1) if gpu else requirement
 
 
 def requirement_lines(requirements: Path, gpu: bool = False) -> list[str]:
-    lines = []
-    for raw in Path(requirements).read_text(encoding="utf-8").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name = line.split("=")[0].split("<")[0].split(">")[0].strip().lower()
-        lines.append(onnxruntime_package(line, gpu) if name == "onnxruntime" else line)
-    return lines
+    """The packages to install: the pinned CPU requirements, or with `gpu` the same with ONNX Runtime's line
+    replaced by the GPU build's pins (onnxruntime-gpu and NVIDIA's CUDA/cuDNN wheels, gpu_requirements)."""
+    lines = _lines(requirements)
+    if not gpu:
+        return lines
+    extra = _lines(gpu_requirements(requirements))
+    cpu_pin = next((line for line in lines if _name(line) == "onnxruntime"), None)
+    gpu_pin = next((line for line in extra if _name(line) == "onnxruntime-gpu"), None)
+    if cpu_pin and gpu_pin and onnxruntime_package(cpu_pin, True) != gpu_pin:
+        raise InstallError(f"{gpu_requirements(requirements)} pins {gpu_pin} but {requirements} pins {cpu_pin}; "
+                           "they must be the same version.")
+    return [line for line in lines if _name(line) != "onnxruntime"] + extra
 
 
 def _no_window() -> dict:
@@ -185,12 +267,14 @@ class Installer:
     """One install run. `progress(percent, message)` reports, `cancelled()` is polled, `log` gets everything."""
 
     def __init__(self, env_dir: Optional[Path] = None, requirements: Optional[Path] = None,
-                 base_python: Optional[Path] = None, gpu: bool = False, log=None,
-                 progress: Optional[Progress] = None, cancelled: Optional[Callable[[], bool]] = None):
+                 base_python: Optional[Path] = None, gpu: Optional[bool] = None, log=None,
+                 progress: Optional[Progress] = None, cancelled: Optional[Callable[[], bool]] = None,
+                 device: Optional[str] = None):
         self.env_dir = Path(env_dir or default_env_dir())
         self.requirements = Path(requirements) if requirements else None
         self.base_python = base_python
-        self.gpu = gpu
+        self.gpu = gpu  # None: choose_device(device) decides when the install runs
+        self.device = device
         self.log = log or sys.stdout
         self.progress = progress or (lambda percent, message: None)
         self.cancelled = cancelled or (lambda: False)
@@ -228,7 +312,15 @@ class Installer:
         self._call([str(base), "-m", "venv", "--system-site-packages", str(self.env_dir)], 8, 15,
                    "making the virtual environment")
         python = env_python(self.env_dir)
+        if self.gpu is None:
+            self.gpu, why = choose_device(self.device)
+        else:
+            why = f"{'GPU' if self.gpu else 'CPU'} build of ONNX Runtime, as asked"
+        self.say(14, f"ONNX Runtime: {why}")
         packages = requirement_lines(requirements, self.gpu)
+        # The two builds install the same `onnxruntime` module: remove the other one (from an earlier install).
+        self._call([str(python), "-m", "pip", "uninstall", "--yes", "--quiet", "--disable-pip-version-check",
+                    "onnxruntime" if self.gpu else "onnxruntime-gpu"], 14, 15, "removing the other ONNX Runtime build")
         self.say(15, f"Installing {len(packages)} packages: {', '.join(packages)}")
         self._call([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
                     "--progress-bar", "off", *packages], 15, 90, "installing the backend's packages",
@@ -284,10 +376,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help=f"where to make it (default {default_env_dir()}, where the plugin looks)")
     parser.add_argument("--requirements", type=Path, default=None, help="pinned requirements (default: the backend's)")
     parser.add_argument("--python", type=Path, default=None, help="base Python with GDAL's bindings")
-    parser.add_argument("--gpu", action="store_true", help="install ONNX Runtime's GPU build (onnxruntime-gpu)")
+    parser.add_argument("--device", choices=DEVICES, default=None,
+                        help=f"ONNX Runtime's build: cuda (GPU), cpu, or auto (default, or ${DEVICE_VARIABLE}): the GPU "
+                             "build when nvidia-smi shows an NVIDIA driver new enough for it")
+    parser.add_argument("--gpu", action="store_true", help="the same as --device cuda")
+    parser.add_argument("--choose-device", action="store_true",
+                        help="only print the choice, 'cpu' or 'cuda', a tab and the reason (scripts/setup.sh)")
     args = parser.parse_args(argv)
+    device = "cuda" if args.gpu else args.device
     try:
-        python = Installer(args.env, args.requirements, args.python, args.gpu).run()
+        if args.choose_device:
+            gpu, why = choose_device(device)
+            print(f"{'cuda' if gpu else 'cpu'}\t{why}")
+            return 0
+        python = Installer(args.env, args.requirements, args.python, device=device).run()
     except KeyboardInterrupt:
         print("cancelled; nothing was kept", file=sys.stderr)
         return 130

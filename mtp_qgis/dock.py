@@ -1,6 +1,6 @@
 """Dock widget: the analyst picks a task (segmentation, change detection, scene classification, object
-detection with horizontal or rotated boxes), the dock collects that algorithm's parameters and runs the
-same Processing algorithm as a QGIS task."""
+detection with horizontal or rotated boxes, land-cover extraction from an instruction), the dock collects that
+algorithm's parameters and runs the same Processing algorithm as a QGIS task."""
 import html
 import os
 import re
@@ -46,10 +46,12 @@ from .backend_panel import BackendPanel, log_link
 from .backend_process import BACKEND
 from .client import BackendNotInstalled
 from .i18n import tr
+from .land_cover import DEFAULT_INSTRUCTION, SENSORS, sensor_labels
 from .models_panel import ModelsPanel, task_name
 from .settings import (
     DEFAULT_CHANGE_MODEL_ID,
     DEFAULT_DETECTION_MODEL_ID,
+    DEFAULT_LAND_COVER_MODEL_ID,
     DEFAULT_MODEL_ID,
     DEFAULT_ROTATED_DETECTION_MODEL_ID,
     DEFAULT_SCENE_MODEL_ID,
@@ -58,6 +60,7 @@ from .settings import (
 SEGMENTATION, CHANGE, SCENES = "semantic_segmentation", "change_detection", "scene_classification"
 DETECTION, ROTATED = "detection", "rotated_detection"
 DETECTION_TASKS = (DETECTION, ROTATED)
+LAND_COVER = "land_cover_extraction"
 # task → (Processing algorithm, model id used until the backend lists its models); labels: task_name()
 TASKS = {
     SEGMENTATION: ("mtp:segment", DEFAULT_MODEL_ID),
@@ -65,10 +68,11 @@ TASKS = {
     SCENES: ("mtp:classify_scenes", DEFAULT_SCENE_MODEL_ID),
     DETECTION: ("mtp:detect", DEFAULT_DETECTION_MODEL_ID),
     ROTATED: ("mtp:detect_rotated", DEFAULT_ROTATED_DETECTION_MODEL_ID),
+    LAND_COVER: ("mtp:extract_land_cover", DEFAULT_LAND_COVER_MODEL_ID),
 }
 # task → the word in the result file name
 RESULT_KINDS = {SEGMENTATION: "segmentation", CHANGE: "change", SCENES: "scenes", DETECTION: "detections",
-                ROTATED: "rotated_detections"}
+                ROTATED: "rotated_detections", LAND_COVER: "land_cover"}
 ALGORITHM_ID = TASKS[SEGMENTATION][0]
 STATUS_LIMIT = 300  # characters of a failure reason shown in the dock; the whole reason is its tooltip
 
@@ -112,6 +116,11 @@ class DockFeedback(QgsProcessingFeedback):
 
     error = pyqtSignal(str)
     dashboard = pyqtSignal(str)  # the Dask dashboard of a job that runs on a cluster
+    job_done = pyqtSignal(str)
+
+    def report_job(self, summary):
+        """Where the job ran and how fast (algorithm_base.job_summary), for the status line once it is done."""
+        self.job_done.emit(summary)
 
     def reportError(self, error, fatalError=False):  # noqa: N802,N803
         super().reportError(error, fatalError)
@@ -196,6 +205,23 @@ class MtpDockWidget(QDockWidget):
                                           "result is then on that grid"))
         form.addWidget(self.gsd_warning)
         form.addWidget(self.resample_check)
+        self.instruction_label = QLabel(tr("Instruction"), run_tab)
+        self.instruction = QLineEdit(run_tab)
+        self.instruction.setText(DEFAULT_INSTRUCTION)
+        self.instruction.setPlaceholderText(tr("e.g. extract water bodies larger than half a hectare"))
+        self.instruction.setToolTip(tr(
+            "What to extract, in words: water (lakes, ponds, rivers), vegetation (trees, grass, crops), built-up "
+            "(buildings, roads) or bare soil, with sizes (larger than 1 ha, smaller than 500 m2) and index limits "
+            "(NDVI above 0.6); several joined with 'and'. A fixed grammar reads it, not a language model: "
+            "anything else is refused with the list of what it understands."))
+        self.instruction_row = self._row(run_tab, form, self.instruction_label, self.instruction)
+        self.sensor_label = QLabel(tr("Sensor"), run_tab)
+        self.sensor_combo = QComboBox(run_tab)
+        for key, label in zip(SENSORS, sensor_labels()):
+            self.sensor_combo.addItem(label, key)
+        self.sensor_combo.setToolTip(tr("Which band is blue, red, NIR, ...: recognised from the band names or "
+                                        "wavelengths of the raster, or chosen here"))
+        self.sensor_row = self._row(run_tab, form, self.sensor_label, self.sensor_combo)
         self.cell_label = QLabel(tr("Cell size"), run_tab)
         self.cell_size = QSpinBox(run_tab)
         self.cell_size.setRange(0, 100000)
@@ -315,6 +341,8 @@ class MtpDockWidget(QDockWidget):
             widget.setVisible(task == CHANGE and self.polygons_check.isChecked())
         self.cell_row.setVisible(task == SCENES)
         self.threshold_row.setVisible(task in DETECTION_TASKS)
+        self.instruction_row.setVisible(task == LAND_COVER)
+        self.sensor_row.setVisible(task == LAND_COVER)
 
     def _task_changed(self, index):
         self._show_task_widgets()
@@ -359,7 +387,8 @@ class MtpDockWidget(QDockWidget):
         if mismatch:
             self.gsd_warning.setText(gsd_warning(layer.name(), mismatch[0], model["id"], float(model["gsd_m"])))
         self.gsd_warning.setVisible(bool(mismatch))
-        self.resample_check.setVisible(bool(mismatch))
+        # Land cover reads the raster's bands as they are: no rendering at another resolution.
+        self.resample_check.setVisible(bool(mismatch) and self.current_task() != LAND_COVER)
         return mismatch
 
     @pyqtSlot(str)
@@ -387,6 +416,10 @@ class MtpDockWidget(QDockWidget):
     @pyqtSlot(str)
     def _remember_error(self, text):
         self._last_error = text
+
+    @pyqtSlot(str)
+    def _remember_run(self, summary):
+        self._last_run = summary
 
     @pyqtSlot(float)
     def _show_progress(self, value):
@@ -494,7 +527,7 @@ class MtpDockWidget(QDockWidget):
                              tr("Choose a raster layer first."))
         folder = self.output_dir.filePath().strip()
         params = {"MODEL": self.selected_model_id() or default_model}
-        if self.resample_check.isChecked() and self._check_resolution():
+        if self.resample_check.isChecked() and self._check_resolution() and task != LAND_COVER:
             params["RESAMPLE"] = True
         if task == SEGMENTATION:
             params.update(INPUT=layer.id(), OUTPUT=result_path_for(layer.name(), folder))
@@ -518,6 +551,12 @@ class MtpDockWidget(QDockWidget):
                 params["CELL_SIZE"] = self.cell_size.value()
             if task in DETECTION_TASKS and self.threshold_check.isChecked():
                 params["SCORE_THRESHOLD"] = self.threshold.value()
+            if task == LAND_COVER:
+                instruction = self.instruction.text().strip()
+                if not instruction:
+                    raise ValueError(tr("Write an instruction first, e.g. \"extract water bodies\"."))
+                params["INSTRUCTION"] = instruction
+                params["SENSOR"] = max(0, SENSORS.index(self.sensor_combo.currentData() or SENSORS[0]))
         if self.extent_check.isChecked() and self.iface is not None:
             canvas = self.iface.mapCanvas()
             extent = canvas.extent()
@@ -546,9 +585,11 @@ class MtpDockWidget(QDockWidget):
         self._feedback.progressChanged.connect(self._show_progress)
         self._feedback.message.connect(self.set_status)
         self._feedback.error.connect(self._remember_error)
+        self._feedback.job_done.connect(self._remember_run)
         self._feedback.dashboard.connect(self._show_dashboard)
         self._dashboard = None
         self._last_error = None
+        self._last_run = ""
         input_name = self.layer_combo.currentLayer().name()
         if task == CHANGE:
             input_name = f"{input_name} → {self.after_combo.currentLayer().name()}"
@@ -588,6 +629,7 @@ class MtpDockWidget(QDockWidget):
             folder = os.path.dirname(results["OUTPUT"])
             self.set_status_html(
                 html.escape(tr("Done: {n} layer(s) added.").format(n=len(added))) + " "
+                + (html.escape(self._last_run) + " " if getattr(self, "_last_run", "") else "")
                 + f'<a href="{html.escape(QUrl.fromLocalFile(folder).toString())}">'
                 + html.escape(tr("Open result folder")) + "</a>")
             self.status.setToolTip(", ".join(layer.source() for layer in added))
@@ -618,6 +660,8 @@ class MtpDockWidget(QDockWidget):
             styling.apply_scene_style(layer, classes)
         elif task in DETECTION_TASKS and classes:
             styling.apply_detection_style(layer, classes)
+        elif task == LAND_COVER:
+            styling.apply_land_cover_style(layer, classes)
         QgsProject.instance().addMapLayer(layer)
         return layer
 

@@ -26,7 +26,7 @@ INDEX_FIELDS = ("id", "task", "name", "dataset", "metric", "size", "sha256", "ur
 METADATA_KEY = "mtp_qgis"
 DEEPNESS_KEYS = ("model_type", "class_names", "resolution")
 TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
-         "rotated_detection", "instance_segmentation")
+         "rotated_detection", "instance_segmentation", "land_cover_extraction")
 # The figure a card shows first, per task (the first one the metadata has).
 HEADLINE_METRICS = {
     "semantic_segmentation": ("mIoU", "miou"),
@@ -35,6 +35,7 @@ HEADLINE_METRICS = {
     "detection": ("mAP50", "mAP", "map50"),
     "rotated_detection": ("mAP50", "mAP", "map50"),
     "instance_segmentation": ("mAP", "mask_mAP"),
+    "land_cover_extraction": ("mIoU", "miou"),
 }
 PARTIAL_SUFFIX = ".partial"
 
@@ -214,6 +215,8 @@ def card_fields(meta: dict) -> dict:
         "gsd_m": meta.get("gsd_m"),
         "bands": list(inputs.get("bands", [])),
         "band_names": list(inputs.get("band_names", [])),
+        "band_roles": list(inputs.get("band_roles", [])),
+        "indices": list(inputs.get("indices", [])),
         "tile_size": meta.get("tile_size"),
         "dataset": dataset_of(meta),
         "metric": headline_metric(meta),

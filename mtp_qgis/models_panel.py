@@ -39,6 +39,7 @@ def task_name(task):
         "detection": tr("Object detection (boxes)"),
         "rotated_detection": tr("Object detection (rotated boxes)"),
         "instance_segmentation": tr("Instance segmentation"),
+        "land_cover_extraction": tr("Extract land cover"),
     }
     return names.get(task, task or "?")
 
@@ -54,8 +55,12 @@ def card_html(card, model_id, where):
     if card.get("gsd_m"):
         rows.append((tr("Resolution"), tr("{gsd:.3g} m/pixel").format(gsd=float(card["gsd_m"]))))
     bands = card.get("band_names") or card.get("bands") or []
-    if bands:
+    if card.get("band_roles"):
+        rows.append((tr("Bands"), tr("{roles} (any sensor that has them)").format(roles=", ".join(card["band_roles"]))))
+    elif bands:
         rows.append((tr("Bands"), ", ".join(str(b) for b in bands)))
+    if card.get("indices"):
+        rows.append((tr("Spectral indices"), ", ".join(i.upper() for i in card["indices"])))
     metric = card.get("metric")
     if metric:
         rows.append((tr("Metric"), f"{metric['name']} {float(metric['value']):.3f}"))
@@ -187,7 +192,8 @@ class ModelsPanel(QWidget):
                 continue
             card = {"task": model.get("task"), "name": model.get("name"), "description": model.get("description"),
                     "classes": [c.get("name") for c in model.get("classes", [])], "gsd_m": model.get("gsd_m"),
-                    "bands": model.get("bands")}
+                    "bands": model.get("bands"), "band_roles": model.get("band_roles") or [],
+                    "indices": model.get("indices") or []}
             path = model.get("path", "")
             if path and Path(path).is_file():
                 try:

@@ -8,6 +8,7 @@ from .change import ChangeAlgorithm
 from .detect import DetectAlgorithm, DetectRotatedAlgorithm
 from .scenes import ClassifyScenesAlgorithm
 from .i18n import tr
+from .land_cover import ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm
 from .segment import SegmentAlgorithm
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "mtp.svg")
@@ -35,6 +36,8 @@ class MtpProvider(QgsProcessingProvider):
         self.addAlgorithm(ClassifyScenesAlgorithm())
         self.addAlgorithm(DetectAlgorithm())
         self.addAlgorithm(DetectRotatedAlgorithm())
+        self.addAlgorithm(ExtractLandCoverAlgorithm())
+        self.addAlgorithm(SpectralIndicesAlgorithm())
 
     # The backend writes GeoTIFF rasters and GeoPackage vectors only.
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802

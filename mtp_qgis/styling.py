@@ -253,3 +253,23 @@ def style_when_loaded(context, path, classes, apply, layer_type):
     if path and context.willLoadLayerOnCompletion(path):
         details = context.layerToLoadOnCompletionDetails(path)
         details.setPostProcessor(StylePostProcessor.create(classes, apply, layer_type))
+
+
+# --- land-cover extraction ------------------------------------------------------------------------------
+
+LAND_COVER_FILL_ALPHA = 150
+# Hovering a polygon (map tips) and the identify/attribute views show its explanation.
+LAND_COVER_MAP_TIP = '<b>[% "class_name" %]</b> ([% round("score", 2) %])<br>[% "explanation" %]'
+
+
+def apply_land_cover_style(layer, classes):
+    """Polygons categorized by class_name in the model's colours; the explanation is the map tip and the
+    display expression (identify results, attribute form title)."""
+    categories = [QgsRendererCategory(str(c.get("name", c["id"])),
+                                      _cell_symbol(c.get("color") or "#808080", LAND_COVER_FILL_ALPHA),
+                                      str(c.get("name", c["id"])))
+                  for c in classes]
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_name", categories))
+    layer.setMapTipTemplate(LAND_COVER_MAP_TIP)
+    layer.setDisplayExpression('"explanation"')
+    layer.triggerRepaint()

@@ -41,6 +41,7 @@ DEMO_MODELS = {
     "mtp_scene_default": "LoveDA (majority-class chips)",
     "mtp_det_default": "DOTA v1.0 (scene P0706, ships)",
     "mtp_rdet_default": "DOTA v1.0 (scene P0706, ships)",
+    "mtp_landcover_default": "Sentinel-2 L1C (Slovenia, land-use map) + NAIP RGBN (hand-drawn boxes)",
 }
 
 
@@ -80,6 +81,7 @@ def build_zip(out: Path) -> Path:
             if wanted(f):
                 zf.write(f, f"{bundle}/{f.relative_to(REPO).as_posix()}")
         zf.write(REPO / "requirements/backend.txt", f"{bundle}/requirements.txt")
+        zf.write(REPO / "requirements/backend-gpu.txt", f"{bundle}/requirements-gpu.txt")  # the installer's GPU pins
     found = problems(tmp)
     if found:
         tmp.unlink()

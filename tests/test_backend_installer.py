@@ -1,6 +1,9 @@
 """The cross-platform backend installer (mtp_qgis/backend_installer.py) without QGIS: where it puts things on
 each OS, the ONNX Runtime hook, and that a failed or cancelled install leaves no half-made environment.
 (The whole install, from the dock's button to a segmentation, is tests/plugin/test_install_journey.py.)"""
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,7 +36,76 @@ def test_onnxruntime_package_is_the_cpu_build_unless_gpu_is_asked():
     assert pinned == ["onnxruntime==1.31.1"]
     gpu = backend_installer.requirement_lines(REPO / "requirements" / "backend.txt", gpu=True)
     assert [line for line in gpu if line.startswith("onnxruntime")] == ["onnxruntime-gpu==1.31.1"]
-    assert len(gpu) == len(lines) and not any("#" in line for line in lines)
+    # The GPU build's CUDA 13 and cuDNN 9 libraries come pinned, as pip wheels; nothing else changes.
+    assert {"nvidia-cudnn-cu13==9.28.1.4", "nvidia-cublas==13.10.0.20", "nvidia-cuda-runtime==13.5.37"} <= set(gpu)
+    assert [line for line in gpu if not line.startswith(("onnxruntime", "nvidia-"))] == pinned_others(lines)
+    assert not any("#" in line for line in lines + gpu)
+
+
+def pinned_others(lines):
+    return [line for line in lines if not line.startswith("onnxruntime")]
+
+
+def test_gpu_pins_must_match_the_cpu_version(tmp_path):
+    (tmp_path / "backend.txt").write_text("numpy==1.26.4\nonnxruntime==1.31.1\n")
+    (tmp_path / "backend-gpu.txt").write_text("onnxruntime-gpu==1.30.0\nnvidia-cudnn-cu13==9.28.1.4\n")
+    with pytest.raises(backend_installer.InstallError, match="pins onnxruntime-gpu==1.30.0 but .* pins onnxruntime==1.31.1"):
+        backend_installer.requirement_lines(tmp_path / "backend.txt", gpu=True)
+    (tmp_path / "backend-gpu.txt").unlink()
+    with pytest.raises(backend_installer.InstallError, match="No GPU requirements file was found beside"):
+        backend_installer.requirement_lines(tmp_path / "backend.txt", gpu=True)
+
+
+def stub_nvidia_smi(tmp_path, output, code=0):
+    """PATH with an `nvidia-smi` that prints `output` (as --query-gpu=name,driver_version prints it) first."""
+    folder = tmp_path / "stub"
+    folder.mkdir(exist_ok=True)
+    (folder / "nvidia-smi").write_text(f"#!/bin/sh\nprintf '%s\\n' '{output}'\nexit {code}\n")
+    (folder / "nvidia-smi").chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize("smi,device,gpu,why", [
+    (("NVIDIA H200, 580.159.03", 0), None, True, "GPU build of ONNX Runtime .*: NVIDIA H200 with driver 580.159.03 "
+                                                "found by nvidia-smi"),
+    (("NVIDIA GeForce GTX 1080, 535.54.03", 0), None, False, "CPU build .*driver 535.54.03, older than the 580 "
+                                                            "that CUDA 13 needs"),
+    (("NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver", 9), None, False,
+     "CPU build of ONNX Runtime: nvidia-smi failed \\(exit code 9"),
+    (None, None, False, "CPU build of ONNX Runtime: no NVIDIA driver found \\(nvidia-smi is not on PATH\\)"),
+    (("NVIDIA H200, 580.159.03", 0), "cpu", False, "CPU build of ONNX Runtime: MTP_QGIS_DEVICE=cpu asks for it"),
+    (None, "cuda", True, "GPU build of ONNX Runtime .*MTP_QGIS_DEVICE=cuda asks for it"),
+])
+def test_the_installer_chooses_the_build_from_nvidia_smi(tmp_path, monkeypatch, smi, device, gpu, why):
+    monkeypatch.setattr(backend_installer.platform, "system", lambda: "Linux")
+    monkeypatch.setenv("PATH", stub_nvidia_smi(tmp_path, *smi) if smi else str(tmp_path / "no-driver"))
+    if device:
+        monkeypatch.setenv("MTP_QGIS_DEVICE", device)
+    else:
+        monkeypatch.delenv("MTP_QGIS_DEVICE", raising=False)
+    chosen, reason = backend_installer.choose_device()
+    assert chosen is gpu and re.fullmatch(why + ".*", reason), reason
+
+
+def test_device_overrides_and_what_setup_sh_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(backend_installer.platform, "system", lambda: "Darwin")
+    assert backend_installer.choose_device("auto") == (False, "CPU build of ONNX Runtime: macOS has no CUDA")
+    with pytest.raises(backend_installer.InstallError, match="no CUDA build for macOS"):
+        backend_installer.choose_device("cuda")
+    monkeypatch.setattr(backend_installer.platform, "system", lambda: "Linux")
+    with pytest.raises(backend_installer.InstallError, match="MTP_QGIS_DEVICE 'gpu' is not one of auto, cpu, cuda"):
+        monkeypatch.setenv("MTP_QGIS_DEVICE", "gpu")
+        backend_installer.choose_device()
+    # scripts/setup.sh runs the installer with --choose-device and reads "cpu|cuda<TAB>reason".
+    env = dict(os.environ, PATH=stub_nvidia_smi(tmp_path, "NVIDIA H200, 580.159.03"))
+    env.pop("MTP_QGIS_DEVICE", None)
+    script = REPO / "mtp_qgis" / "backend_installer.py"
+    done = subprocess.run(["/usr/bin/python3", str(script), "--choose-device"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("cuda\tGPU build of ONNX Runtime"), done.stderr
+    done = subprocess.run(["/usr/bin/python3", str(script), "--choose-device", "--device", "cpu"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.startswith("cpu\tCPU build of ONNX Runtime: --device=cpu asks for it")
 
 
 def fake_python(tmp_path, body):

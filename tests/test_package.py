@@ -44,6 +44,7 @@ def test_zip_carries_the_backend_but_no_model(plugin_zip):
         names = set(zf.namelist())
     assert "mtp_qgis/backend_bundle/backend/__main__.py" in names
     assert "mtp_qgis/backend_bundle/requirements.txt" in names
+    assert "mtp_qgis/backend_bundle/requirements-gpu.txt" in names  # the installer's GPU pins
     assert "mtp_qgis/backend_installer.py" in names
     assert not [n for n in names if n.endswith(".onnx")]
 

@@ -52,10 +52,16 @@ def cmd_export(args) -> int:
     from training.tasks import checkpoint_task, task_module
     out = repo_path(args.out)
     checkpoint = repo_path(args.checkpoint)
-    metadata = task_module(checkpoint_task(checkpoint)).export_checkpoint(checkpoint, out)
+    if args.precision == "fp16":
+        from training.export import export_fp16
+        metadata = export_fp16(checkpoint, out)
+    else:
+        metadata = task_module(checkpoint_task(checkpoint)).export_checkpoint(checkpoint, out)
     summary = {"model": str(out), "task": metadata["task"], "size_mb": round(out.stat().st_size / 1e6, 2),
                "metrics": {k: v for k, v in metadata["metrics"].items() if not isinstance(v, (list, dict))},
                "parity": metadata["training"]["parity"]}
+    if "precision_check" in metadata:
+        summary["precision"], summary["precision_check"] = metadata["precision"], metadata["precision_check"]
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -112,6 +118,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("export", help="write an ONNX model package (docs/contract.md) with a parity check")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="path of the .onnx file to write")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16: half the size, faster on GPUs; refused when the task's held-out metric moves more "
+                        "than docs/contract.md allows")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-official",

@@ -4,6 +4,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -178,6 +179,151 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Dict:
                                                cfg.export.min_argmax_agreement),
         build_metadata=lambda parity: build_metadata(cfg, state, metrics, parity),
         describe_parity=describe_parity)
+
+
+# --------------------------------------------------------------------------------------------- fp16 packages
+
+# fp16 packages (docs/contract.md §1 "Precision"): the task's own held-out evaluation is run through ONNX Runtime on
+# the fp32 package and on its fp16 conversion; the fp16 package is written only when its headline metric moves
+# by at most this much (absolute, metric in 0..1).
+FP16_ALLOWED_CHANGE = {
+    "semantic_segmentation": ("mIoU", 0.005),
+    "change_detection": ("f1", 0.005),
+    "scene_classification": ("overall_accuracy", 0.005),
+    "detection": ("map50_voc07", 0.01),
+    "rotated_detection": ("map50_voc07", 0.01),
+}
+# Kept in fp32 besides onnxruntime's defaults: the ONNX spec defines IsInf / IsNaN for fp32/fp64 only.
+FP16_KEEP_FP32 = ["IsInf", "IsNaN"]
+
+
+def convert_to_fp16(src: Path, dst: Path) -> None:
+    """An fp16 copy of an fp32 ONNX graph: weights and arithmetic in fp16, inputs and outputs still fp32 (the
+    backend feeds and reads the same arrays), the operators fp16 would break kept in fp32 (casts around them).
+    onnxruntime's own converter, its duplicated casts removed and the nodes put back in producer order."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                     op_block_list=list(DEFAULT_OP_BLOCK_LIST) + FP16_KEEP_FP32)
+    # The converter casts a value once per consumer it blocks, under one name: keep the first of such twins.
+    producers: Dict[str, onnx.NodeProto] = {}
+    kept = []
+    for node in model.graph.node:
+        twin = next((producers[o] for o in node.output if o in producers), None)
+        if twin is not None and (twin.op_type, list(twin.input), list(twin.attribute)) == \
+                (node.op_type, list(node.input), list(node.attribute)):
+            continue
+        producers.update({o: node for o in node.output})
+        kept.append(node)
+    names: Dict[str, int] = {}
+    for node in kept:  # node names must be unique too
+        names[node.name] = names.get(node.name, -1) + 1
+        if names[node.name]:
+            node.name = f"{node.name}_{names[node.name]}"
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    _sort_nodes(model.graph)  # the converter appends the input casts last; ONNX wants producers first
+    onnx.save(model, str(dst))
+
+
+def _sort_nodes(graph) -> None:
+    """Order the graph's nodes so each comes after the producers of its inputs (Kahn's algorithm, stable)."""
+    import heapq
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    waiting = [0] * len(graph.node)
+    users: Dict[int, List[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in set(node.input):
+            if name in producer and producer[name] != i:
+                waiting[i] += 1
+                users.setdefault(producer[name], []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in users.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) == len(graph.node):  # else a cycle: leave it for the checker to name
+        nodes = [graph.node[i] for i in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX graph run by ONNX Runtime (CPU) behind a torch module's call, so a task's own held-out evaluation
+    (which calls model(x) or model(before, after)) measures the package instead of the torch model."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, *inputs):
+        outs = self.session.run(None, {n: x.detach().cpu().numpy() for n, x in zip(self.names, inputs)})
+        tensors = tuple(torch.from_numpy(o) for o in outs)
+        return tensors[0] if len(tensors) == 1 else tensors
+
+
+def task_evaluation(task: str) -> Tuple[Callable, Callable]:
+    """(model_from_checkpoint, evaluate_model) of a task's training code."""
+    import importlib
+
+    from training.tasks import TASK_MODULES
+    if task == "semantic_segmentation":
+        return model_from_checkpoint, evaluate_model
+    engine = importlib.import_module(f"{TASK_MODULES[task]}.engine")
+    return engine.model_from_checkpoint, engine.evaluate_model
+
+
+def fp16_check(task: str, cfg, evaluate: Callable, fp32_path: Path, fp16_path: Path,
+               max_change: Optional[float] = None) -> Dict:
+    """The task's held-out evaluation through ONNX Runtime on both packages; passed when the headline metric
+    moves by at most the allowance (FP16_ALLOWED_CHANGE, or max_change)."""
+    metric, allowed = FP16_ALLOWED_CHANGE[task]
+    allowed = allowed if max_change is None else max_change
+    fp32 = evaluate(OnnxModule(fp32_path), cfg)
+    fp16 = evaluate(OnnxModule(fp16_path), cfg)
+    change = float(fp16[metric]) - float(fp32[metric])
+    return {"metric": metric, "fp32": float(fp32[metric]), "fp16": float(fp16[metric]), "change": change,
+            "allowed_change": allowed, "evaluated_on": fp32.get("evaluated_on", ""),
+            "runtime": f"onnxruntime {ort.__version__} CPU", "passed": bool(abs(change) <= allowed)}
+
+
+def export_fp16(checkpoint: Path, out: Path, max_change: Optional[float] = None) -> Dict:
+    """`python -m training export --precision fp16`: the fp32 package first (with its parity check against
+    torch), then its fp16 conversion, written only if fp16_check passes; returns the metadata written."""
+    import tempfile
+
+    from training.tasks import checkpoint_task, task_module
+    out = onnx_out_path(out)
+    task = checkpoint_task(checkpoint)
+    if task not in FP16_ALLOWED_CHANGE:
+        raise ExportError(f"fp16 packages are made for {', '.join(FP16_ALLOWED_CHANGE)}; {checkpoint} is {task}")
+    load, evaluate = task_evaluation(task)
+    with tempfile.TemporaryDirectory(prefix="mtp_fp16_") as tmp:
+        fp32_path, fp16_path = Path(tmp) / "fp32.onnx", Path(tmp) / "fp16.onnx"
+        metadata32 = task_module(task).export_checkpoint(checkpoint, fp32_path)
+        convert_to_fp16(fp32_path, fp16_path)
+        _, cfg, _ = load(checkpoint)
+
+        def describe(r: Dict) -> str:
+            return (f"fp16 check: held-out {r['metric']} {r['fp32']:.4f} (fp32) -> {r['fp16']:.4f} (fp16), change "
+                    f"{r['change']:+.4f}, allowed +-{r['allowed_change']}")
+
+        def check(path: Path) -> Dict:
+            result = fp16_check(task, cfg, evaluate, fp32_path, path, max_change)
+            if not result["passed"]:
+                raise ExportError(f"fp16 package refused, no model written: {describe(result)}; its metric would move "
+                                  "more than the contract allows (docs/contract.md §1 Precision): export fp32")
+            return result
+
+        return write_package(out, export_graph=lambda path: shutil.copyfile(fp16_path, path), check_parity=check,
+                             build_metadata=lambda result: {**metadata32, "name": f"{metadata32['name']} (fp16)",
+                                                             "precision": "fp16", "precision_check": result},
+                             describe_parity=describe)
 
 
 def read_metadata(path) -> Dict:

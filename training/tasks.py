@@ -23,6 +23,7 @@ TASK_MODULES = {
     "detection": "training.detection",  # horizontal boxes
     "rotated_detection": "training.detection",  # le90 rotated boxes; same module, the config's task decides
     "gersp_pretrain": "training.gersp",  # GeRSP pretraining (encoder.pt for MTP); no evaluate / export
+    "land_cover_extraction": "training.land_cover",
 }
 DEFAULT_TASK = "semantic_segmentation"
 

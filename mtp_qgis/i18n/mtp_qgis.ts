@@ -14,6 +14,11 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../land_cover.py"/>
+        <source>'{layer}' is not a raster file GDAL reads (provider {provider}); spectral bands cannot be taken from a rendered image. Save it as a GeoTIFF with its bands first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>(polygons)</source>
         <translation type="unfinished"></translation>
@@ -71,6 +76,11 @@
     <message>
         <location filename="../dock.py"/>
         <source>Backend installed; starting it...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Backend {backend}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -198,6 +208,16 @@ Output: GeoTIFF of class ids (255 = nodata) on the source's pixel grid, with a .
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../land_cover.py"/>
+        <source>Computes spectral indices of a multispectral raster, one float32 band each, in the local MTP backend (no model).
+
+NDVI = (nir - red) / (nir + red); NDWI = (green - nir) / (green + nir); MNDWI = (green - swir1) / (green + swir1); NDBI = (swir1 - nir) / (swir1 + nir); BSI = ((swir1 + red) - (nir + blue)) / ((swir1 + red) + (nir + blue)), all from reflectance (the sensor's scaling).
+Indices: leave empty for every index the raster's bands allow; an index whose bands the raster lacks is refused, naming the missing band.
+Sensor: recognised from the band names or wavelengths GDAL reads, or chosen here.
+Output: GeoTIFF, one band per index named after it, NaN where the input is nodata or the index undefined.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Contacting the backend...</source>
         <translation type="unfinished"></translation>
@@ -279,6 +299,27 @@ Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, sco
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../models_panel.py"/>
+        <source>Extract land cover</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Extract land cover (instruction)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Extracts the land covers an instruction names, as polygons, from a multispectral raster with a land-cover model run by the local MTP backend, and explains each polygon with its spectral indices.
+
+Input: a raster file with blue, green, red and near-infrared bands (Sentinel-2, Landsat 8/9, NAIP, PlanetScope); with SWIR bands MNDWI, NDBI and BSI are measured too.
+Instruction: words such as "extract water bodies larger than half a hectare", "vegetation with NDVI above 0.6", "buildings and roads". Targets: water (water bodies, lakes, ponds, rivers), vegetation (trees, forest, grass, crops), built-up (buildings, roads, urban areas) and bare soil; sizes in m2, ha, km2, acres or pixels; limits on NDVI, NDWI, MNDWI, NDBI, BSI and the score. It is read by a fixed grammar, not a language model: anything else is refused with the list of what it understands, and nothing is written.
+Sensor: recognised from the band names or wavelengths GDAL reads; choose it when the raster does not say (a raster nobody can recognise is refused).
+Model: id of a land-cover model (default {default}).
+Output: GeoPackage layer land_cover, one polygon per region, with class_name, an explanation such as "NDWI 0.42 (high) and NIR reflectance 0.03 (low): open water" (also the map tip), target, score, area_m2, area_px and the mean of each index (empty where the raster lacks its bands).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../detect.py"/>
         <source>Fields: class_id (integer), class_name (the model's class), score (0–1), angle (degrees in [0, 180): direction of the long side, clockwise from grid north / up), width (short side) and length (long side) in CRS units (metres for a metric CRS, pixels without CRS).</source>
         <translation type="unfinished"></translation>
@@ -324,10 +365,25 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../land_cover.py"/>
+        <source>Index stack</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Indices (empty: all the bands allow)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../detect.py"/>
         <location filename="../scenes.py"/>
         <location filename="../segment.py"/>
         <source>Input raster</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Input raster (multispectral)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -376,6 +432,17 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <location filename="../land_cover.py"/>
+        <source>Instruction</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Instruction: {text}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>Job {id} submitted</source>
         <translation type="unfinished"></translation>
@@ -383,6 +450,26 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Keep objects whose score (0–1) is at least this; lower finds more, with more false alarms</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Land cover</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Land-cover extraction</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Land-cover polygons</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Landsat 8/9 OLI surface reflectance (7 bands)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -397,7 +484,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../plugin.py"/>
-        <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes)</source>
+        <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes), extract land cover</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -452,6 +539,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../land_cover.py"/>
+        <source>NAIP RGBN (4 bands)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../backend_process.py"/>
         <source>No MTP backend is running and none is bundled with the plugin (looked for backend/ next to {plugin} and in {bundle}). Start one with `python -m backend serve` and set the URL in the MTP settings (or $MTP_QGIS_BACKEND_URL).</source>
         <translation type="unfinished"></translation>
@@ -498,8 +590,28 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../land_cover.py"/>
+        <source>PlanetScope 4-band</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>PlanetScope 8-band</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../models_panel.py"/>
         <source>Provenance</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Ran on {device}, {speed:.1f} Mpx/s.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Ran on {device}.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -515,6 +627,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Ready.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Recognise from the raster</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -631,6 +748,26 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <source>Sensor</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Sensor (which band is blue, red, NIR, ...)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Sentinel-2 L1C (13 bands)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Sentinel-2 L2A (12 bands)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../backend_panel.py"/>
         <source>Show log</source>
         <translation type="unfinished"></translation>
@@ -661,6 +798,17 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../land_cover.py"/>
+        <location filename="../models_panel.py"/>
+        <source>Spectral indices</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Spectral indices (index stack)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../models_panel.py"/>
         <source>State</source>
         <translation type="unfinished"></translation>
@@ -669,6 +817,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <location filename="../detect.py"/>
         <location filename="../scenes.py"/>
         <source>Style with the class colours and labels written to {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Style with the class colours and the explanation as map tip written to {path}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -763,8 +916,18 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../land_cover.py"/>
+        <source>The index stack</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../backend_panel.py"/>
         <source>The installer stopped unexpectedly ({error}).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>The land-cover polygons</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -818,8 +981,28 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <source>What to extract, in words: water (lakes, ponds, rivers), vegetation (trees, grass, crops), built-up (buildings, roads) or bare soil, with sizes (larger than 1 ha, smaller than 500 m2) and index limits (NDVI above 0.6); several joined with 'and'. A fixed grammar reads it, not a language model: anything else is refused with the list of what it understands.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../models_panel.py"/>
         <source>Where</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Which band is blue, red, NIR, ...: recognised from the band names or wavelengths of the raster, or chosen here</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Write an instruction first, e.g. "extract water bodies".</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../land_cover.py"/>
+        <source>Write an instruction, e.g. "extract water bodies".</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -835,6 +1018,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../algorithm_base.py"/>
         <source>coarser</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>e.g. extract water bodies larger than half a hectare</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -970,6 +1158,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>{n} {task} model(s) available.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../models_panel.py"/>
+        <source>{roles} (any sensor that has them)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -1,3 +1,4 @@
+import re
 """The HTTP contract, in-process (FastAPI TestClient): auth, validation before 202, job lifecycle."""
 
 import time
@@ -55,7 +56,9 @@ def test_models_lists_model_info(client):
     models = {m["id"]: m for m in r.json()["models"]}
     assert set(models) == {"pointwise", "spatial", "nir4", "slow"}
     assert set(models["pointwise"]) == {"id", "name", "task", "dataset", "encoder", "metric", "description",
-                                        "classes", "tile_size", "tile_overlap", "gsd_m", "bands", "path"}
+                                        "classes", "tile_size", "tile_overlap", "gsd_m", "bands", "band_roles",
+                                        "indices", "path"}
+    assert (models["pointwise"]["band_roles"], models["pointwise"]["indices"]) == ([], [])  # bands by number
     # The synthetic test packages say nothing of their data or figures: empty strings, not made-up values.
     assert (models["pointwise"]["dataset"], models["pointwise"]["metric"]) == ("", "")
 
@@ -97,6 +100,9 @@ def test_job_runs_to_success(client, tmp_path):
     assert done["status"] == "succeeded", done["error"]
     assert done["progress"] == 100.0 and done["finished"] >= done["started"] >= done["created"]
     assert done["outputs"] == {"raster": str(tmp_path / "result.tif")}
+    # Where it ran and how fast (the dock's status line shows both).
+    assert done["provider"] == "CPUExecutionProvider" and re.fullmatch(r"CPU \(\d+ cores\)", done["device"])
+    assert done["megapixels_per_s"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["result.tif"]
     assert job["id"] in [j["id"] for j in client.get("/jobs", headers=AUTH).json()["jobs"]]
 

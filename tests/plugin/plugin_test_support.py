@@ -96,7 +96,8 @@ CHANGE_THRESHOLD = 0.4  # of the synthetic change model, in normalised units (st
 
 
 def write_task_models(folder):
-    """The change-detection and scene-classification test packages (backend/synthetic_models.py)."""
+    """The change-detection and scene-classification test packages (backend/synthetic_models.py), and the bundled
+    land-cover model."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from backend.synthetic_models import default_metadata, write_change_package, write_classification_package
@@ -111,6 +112,8 @@ def write_task_models(folder):
     meta["classes"] = SCENE_CLASSES
     write_classification_package(folder / "mtp_scene_default.onnx", num_bands=3, num_classes=3, tile_size=64,
                                  metadata=meta)
+    # The bundled multispectral land-cover model itself (2 MB, fast): its bands go by role (blue, green, red, nir).
+    shutil.copy(REPO / "resources" / "models" / "mtp_landcover_default.onnx", folder / "mtp_landcover_default.onnx")
 
 
 def expected_change(before, after):

@@ -176,8 +176,7 @@ def read_spec(cfg: Dict[str, Any], path: Path, dataset: Optional[str] = None) ->
     if head.get("type") != FAMILY_HEADS[family]:
         raise ConfigError(f"{path}: {mtype} with a {head.get('type')!r} head is not supported; the MTP configs "
                           f"use {FAMILY_HEADS[family]}")
-    if model.get("auxiliary_head"):
-        pass  # training-only; its weights are dropped and reported at load time
+    # an auxiliary_head (training only) needs no check: its weights are dropped and reported at load time
     if family == "mmpretrain-linear":
         neck = model.get("neck") or {}
         if neck.get("type") != "GlobalAveragePooling":

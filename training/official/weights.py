@@ -13,7 +13,6 @@ otherwise `CheckpointMismatch` says which file, what it holds and what the confi
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -213,6 +212,4 @@ def _summary(keys: List[str], n: int = 4) -> str:
 def save_like_mmengine(path: Path, state: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
     """Write a checkpoint with the layout of an mmengine runner checkpoint (tests and benchmarks make
     official-format files from the project's models with this; the reference environment writes real ones)."""
-    buffer = io.BytesIO()
-    torch.save({"meta": meta, "state_dict": state}, buffer)
-    Path(path).write_bytes(buffer.getvalue())
+    torch.save({"meta": meta, "state_dict": state}, Path(path))

@@ -59,6 +59,8 @@ def wait_for_result():
     try:
         added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - state["before"]]
         seen["status"] = dock.status.text()
+        if os.environ.get("MTP_TEST_SCREENSHOT"):  # to look at the dock as the analyst sees it
+            qgis.utils.iface.mainWindow().grab().save(os.environ["MTP_TEST_SCREENSHOT"])
         seen["added"] = [(lyr.name(), lyr.renderer().type(), [c.label for c in lyr.renderer().classes()])
                          for lyr in added]
         from mtp_qgis.backend_process import BACKEND
