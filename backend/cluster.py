@@ -97,6 +97,7 @@ class BlockJob:
     intra_op_threads: int | None  # None: the worker machine's physical cores
     window: raster_io.Window | None = None  # the requested window (tasks that rebuild their request)
     options: tuple[tuple[str, float], ...] = ()  # the task's own settings (a score threshold)
+    model: object = None  # the plan's ModelPackage: bands by role already resolved for this raster (a few KB)
 
 
 _packages: dict[tuple[str, float], object] = {}
@@ -113,6 +114,11 @@ def _package(path: str):
             del _packages[stale]
         _packages[key] = load_package(path)
     return _packages[key]
+
+
+def _model(job: BlockJob):
+    """The job's model package: the plan's own (its bands resolved for the raster), else loaded from the file."""
+    return job.model if job.model is not None else _package(job.model_path)
 
 
 def _cancel_check(staging: str) -> CancelCheck:
@@ -139,7 +145,7 @@ def _write_then_rename(staging: str, index: int, suffix: str, write: Callable[[P
 
 def _class_source(job: BlockJob):
     """(dataset of the result grid, reader, tile model) of a class-raster task, in a worker."""
-    model = _package(job.model_path)
+    model = _model(job)
     if job.task == "change_detection":
         from backend.change import ChangeRequest, ChangeTileModel, open_pair
 
@@ -228,7 +234,7 @@ def _detection_request(job: BlockJob):
     from backend.detection import DetectionRequest
 
     options = dict(job.options)
-    return DetectionRequest(_package(job.model_path), Path(job.inputs[0]), Path(job.staging), job.window,
+    return DetectionRequest(_model(job), Path(job.inputs[0]), Path(job.staging), job.window,
                             options["score_threshold"], job.batch_size)
 
 
@@ -297,7 +303,7 @@ def scene_block(job: BlockJob, block: CellBlock) -> str:
     from backend.scenes import SceneRequest, classify_scenes
 
     path = block_file(job.staging, block.index, ".gpkg")
-    request = SceneRequest(_package(job.model_path), Path(job.inputs[0]), path, block.window,
+    request = SceneRequest(_model(job), Path(job.inputs[0]), path, block.window,
                            int(dict(job.options)["cell_size"]), job.batch_size, uuid.uuid4().hex[:12], overwrite=True)
     classify_scenes(request, cancelled=_cancel_check(job.staging))
     return str(path)
@@ -364,7 +370,8 @@ def scenes_on_cluster(request, client, threads: int | None, block_size: int,
     try:
         with staged(partial) as staging:
             job = BlockJob("scene_classification", str(model.path), (str(request.input_path),), str(staging),
-                           request.batch_size, threads, request.window, (("cell_size", request.cell_size),))
+                           request.batch_size, threads, request.window, (("cell_size", request.cell_size),),
+                           model)
             files = run_blocks(client, scene_block, job, blocks, progress, cancelled)
             if progress:
                 progress(95.0, "merging blocks")
@@ -519,7 +526,7 @@ def class_raster_on_cluster(client, job: BlockJob, ds, window: raster_io.Window,
                             cancelled: CancelCheck | None = None) -> None:
     """segmentation.write_class_raster's file at `path` (job.task's class ids of `window`, tiles over
     `processed`), computed block by block on the cluster and assembled here."""
-    model = _package(job.model_path)
+    model = _model(job)
     blocks = plan_blocks(window, processed, model.tile_size, model.tile_overlap, block_size)
     with staged(path) as staging:
         job = replace(job, staging=str(staging))
@@ -539,7 +546,7 @@ def segment_on_cluster(request: SegmentationRequest, client, threads: int | None
     processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
     partial = partial_path(request.output_path, request.job_id)
     job = BlockJob("semantic_segmentation", str(model.path), (str(request.input_path),), "", request.batch_size,
-                   threads)
+                   threads, model=model)
     try:
         class_raster_on_cluster(client, job, ds, window, processed, partial, block_size, progress, cancelled)
         outputs.commit(partial, request.output_path, request.overwrite)
@@ -556,7 +563,7 @@ def changes_on_cluster(request, client, threads: int | None, block_size: int,
 
     model = request.model
     job = BlockJob("change_detection", str(model.path), (str(request.before_path), str(request.after_path)), "",
-                   request.batch_size, threads, request.window)
+                   request.batch_size, threads, request.window, model=model)
     before = raster_io.open_raster(request.before_path)
 
     def write_raster(window, processed, path, progress, cancelled):
@@ -576,7 +583,7 @@ def detect_on_cluster(request, client, threads: int | None, block_size: int,
     blocks = plan_tile_blocks(grid, block_size, request.batch_size)
     with staged(partial_path(request.vector_path, request.job_id)) as staging:
         job = BlockJob(model.task, str(model.path), (str(request.input_path),), str(staging), request.batch_size,
-                       threads, request.window, (("score_threshold", request.score_threshold),))
+                       threads, request.window, (("score_threshold", request.score_threshold),), model)
         files = run_blocks(client, detect_block, job, blocks, progress, cancelled)
         parts = []
         for f in files:
