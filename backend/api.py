@@ -107,7 +107,10 @@ class JobRequest(BaseModel):
                                                     "score_threshold (0-1, default the model's); "
                                                     "land_cover_extraction: instruction (text); spectral_indices: "
                                                     "indices (names, default all the bands allow); every task: sensor "
-                                                    "(auto or a preset name). Other keys are refused.")
+                                                    "(auto or a preset name), cluster (true: the backend's "
+                                                    "--cluster, or local[:N] or a Dask scheduler address) and "
+                                                    "block_size (64-65536 px, default 4096) to run on a Dask "
+                                                    "cluster. Other keys are refused.")
     overwrite: bool = Field(False, description="replace output files that exist (regular files only; never an "
                                                "input, the token or a model); without it an existing output is "
                                                "refused with 409")
@@ -130,6 +133,7 @@ class JobModel(BaseModel):
     provider: Optional[str] = Field(None, description="the ONNX Runtime provider that ran the model")
     megapixels_per_s: Optional[float] = Field(None, description="megapixels of the job's window per second of the "
                                                                 "whole run (read, infer, write)")
+    dashboard: Optional[str] = None  # the Dask dashboard of a job that runs on a cluster (options.cluster)
 
 
 class JobList(BaseModel):

@@ -222,8 +222,8 @@ def open_pair(request: ChangeRequest) -> tuple[gdal.Dataset, PairReader]:
 class ChangeTileModel(TileModel):
     """Tiles are the two dates stacked channel-wise; each half is normalised alike and fed to its input."""
 
-    def __init__(self, model: ModelPackage):
-        super().__init__(model)
+    def __init__(self, model: ModelPackage, intra_op_threads: int | None = None):
+        super().__init__(model, intra_op_threads)
         inputs = self.session.get_inputs()
         if len(inputs) != 2:
             raise BackendError(f"Model {model.id} has {len(inputs)} graph input(s); a change model has 2 "
@@ -319,11 +319,12 @@ def polygonize_changes(raster_path: Path, gpkg_path: Path, min_area_px: int,
 # ---------------------------------------------------------------------------------------------- job
 
 def detect_changes(request: ChangeRequest, progress: ProgressCallback | None = None,
-                   cancelled: CancelCheck | None = None) -> dict[str, str]:
-    """Write the change raster (and polygons) to partial files; rename them together when both are complete."""
+                   cancelled: CancelCheck | None = None, write_raster=None) -> dict[str, str]:
+    """Write the change raster (and polygons) to partial files; rename them together when both are complete.
+    write_raster(window, processed, path, progress, cancelled): what computes the 0/1 raster instead of
+    segmentation.write_class_raster in this process (backend.cluster passes its own)."""
     model = request.model
     before, reader = open_pair(request)
-    tile_model = ChangeTileModel(model)
     window = request.window
     raster_partial = partial_path(request.raster_path, request.job_id)
     polygons_partial = partial_path(request.polygons_path, request.job_id) if request.polygons_path else None
@@ -342,8 +343,11 @@ def detect_changes(request: ChangeRequest, progress: ProgressCallback | None = N
         m = model.tile_overlap
         grown = raster_io.Window(window.x - m, window.y - m, window.width + 2 * m, window.height + 2 * m)
         processed = intersect(grown, request.overlap) or window
-        write_class_raster(tile_model, reader, before, window, processed, raster_partial, request.batch_size,
-                           raster_progress, cancelled)
+        if write_raster is None:
+            write_class_raster(ChangeTileModel(model), reader, before, window, processed, raster_partial,
+                               request.batch_size, raster_progress, cancelled)
+        else:
+            write_raster(window, processed, raster_partial, raster_progress, cancelled)
         if polygons_partial is not None:
             polygonize_changes(raster_partial, polygons_partial, request.min_area_px, polygon_progress, cancelled,
                                request.simplify_px)

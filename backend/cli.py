@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE)
     s.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN_FILE)
     s.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    s.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="the Dask cluster of jobs sent with options.cluster true")
     models_dir_arg(s)
 
     r = sub.add_parser("run", help="run one job in this process (no HTTP)",
@@ -91,7 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=None,
                    help="tiles per batch (default: 4 on the CPU, what fits the free memory on a GPU)")
     r.add_argument("--overwrite", action="store_true", help="replace output files that exist (regular files only)")
+    r.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="run on a Dask cluster: local[:N] starts N worker processes here, an address uses a running "
+                        "scheduler whose workers see the same paths (same result as without; needs dask[distributed])")
+    r.add_argument("--block-size", type=int, default=None,
+                   help="--cluster: pixels a side of the blocks one worker task computes (default 4096)")
     models_dir_arg(r)
+
+    b = sub.add_parser("batch", help="one model over many rasters, with a results index (resumable)",
+                       description="Runs --task with --model over every raster of the inputs (folders, .txt lists "
+                                   "of paths, VRTs for their source files, raster files) into --out-dir, one output "
+                                   "per raster named after it, and writes the index GeoPackage. A rerun skips the "
+                                   "rasters whose output exists.")
+    b.add_argument("--task", default="semantic_segmentation",
+                   choices=["semantic_segmentation", "scene_classification", "detection", "rotated_detection"])
+    b.add_argument("--model", required=True)
+    b.add_argument("--input", required=True, action="append", help="folder, list .txt, VRT or raster; repeatable")
+    b.add_argument("--out-dir", required=True, type=Path)
+    b.add_argument("--index", type=Path, default=None, help="index GeoPackage (default: OUT_DIR/index.gpkg)")
+    b.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+                   help="one Dask task per raster on this cluster (default: one after the other here)")
+    b.add_argument("--cell-size", type=int, default=None, help="scene_classification: cell side in pixels")
+    b.add_argument("--score-threshold", type=float, default=None, help="detection: minimum score, 0-1")
+    b.add_argument("--batch-size", type=int, default=4)
+    b.add_argument("--overwrite", action="store_true", help="recompute rasters whose output exists")
+    models_dir_arg(b)
 
     m = sub.add_parser("models", help="list the models found")
     m.add_argument("--json", action="store_true")
@@ -166,12 +192,21 @@ def cmd_run(args) -> int:
     def progress(percent: float, message: str) -> None:
         print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
+    if args.block_size is not None and args.cluster is None:
+        raise BackendError("--block-size applies to --cluster runs only.")
     started = time.time()
     try:
-        written = run_plan(args.task, plan, progress)
-        report = run_report(plan, time.time() - started)
-        print(f"\nran on {report['device']} ({report['provider']}, batch {report['batch_size']}): "
-              f"{report['megapixels_per_s']} Mpx/s", end="", file=sys.stderr)
+        if args.cluster is not None:
+            from backend.cluster import DEFAULT_BLOCK_SIZE, run_plan_on_cluster
+
+            written = run_plan_on_cluster(args.task, plan, args.cluster, args.block_size or DEFAULT_BLOCK_SIZE,
+                                          progress, on_dashboard=lambda link: print(f"dashboard: {link}",
+                                                                                    file=sys.stderr))
+        else:
+            written = run_plan(args.task, plan, progress)
+            report = run_report(plan, time.time() - started)
+            print(f"\nran on {report['device']} ({report['provider']}, batch {report['batch_size']}): "
+                  f"{report['megapixels_per_s']} Mpx/s", end="", file=sys.stderr)
     except (BackendError, JobCancelled, KeyboardInterrupt):
         raise
     except Exception as exc:  # an I/O failure (full disk) or a bug: a message, not a traceback
@@ -181,6 +216,45 @@ def cmd_run(args) -> int:
     for path in written.values():
         print(path)
     return 0
+
+
+def cmd_batch(args) -> int:
+    from backend.batch import run_batch
+
+    options = {"batch_size": args.batch_size}
+    if args.cell_size is not None:
+        options["cell_size"] = args.cell_size
+    if args.score_threshold is not None:
+        options["score_threshold"] = args.score_threshold
+    index = args.index or args.out_dir / "index.gpkg"
+
+    def progress(percent: float, message: str) -> None:
+        print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
+
+    def run(client=None):
+        return run_batch(args.task, args.model, args.input, args.out_dir, index, model_registry(args), options,
+                         args.overwrite, client, progress)
+
+    try:
+        if args.cluster is None:
+            result = run()
+        else:
+            from backend.cluster import connect, dashboard_link
+
+            with connect(args.cluster) as (client, _threads):
+                link = dashboard_link(client)
+                if link:
+                    print(f"dashboard: {link}", file=sys.stderr)
+                result = run(client)
+    finally:
+        print(file=sys.stderr)
+    reused = sum(r.reused for r in result.rasters)
+    print(f"{result.count('succeeded')} succeeded ({reused} from an earlier run), {result.count('failed')} failed; "
+          f"index: {result.index}")
+    for r in result.rasters:
+        if r.status == "failed":
+            print(f"failed: {r.input}: {r.error}", file=sys.stderr)
+    return 1 if result.count("failed") else 0
 
 
 def cmd_models(args) -> int:
@@ -250,11 +324,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from backend.server import serve
 
-            return serve(args.host, args.port, args.state_file, args.token_file, model_registry(args), args.parent_pid)
+            if args.cluster is not None:
+                from backend.cluster import parse_address
+
+                parse_address(args.cluster)
+            return serve(args.host, args.port, args.state_file, args.token_file, model_registry(args), args.parent_pid,
+                         args.cluster)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "models":
             return cmd_models(args)
+        if args.command == "batch":
+            return cmd_batch(args)
         if args.command == "import-model":
             return cmd_import(args)
         if args.command == "doctor":

@@ -24,7 +24,7 @@ from backend.gpkg import create_layer, remove_gpkg
 from backend.model_package import ModelPackage
 from backend.segmentation import (CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path,
                                   with_context)
-from backend.tiling import TileGrid
+from backend.tiling import TileGrid, TileSpec
 
 log = logging.getLogger(__name__)
 ogr.UseExceptions()
@@ -284,8 +284,8 @@ def in_core(det: Detections, xs: tuple[float, float], ys: tuple[float, float]) -
 class DetectionModel(TileModel):
     """N x C x T x T tiles -> (boxes N x P x 4|5, scores N x P x K), shape-checked."""
 
-    def __init__(self, model: ModelPackage):
-        super().__init__(model)
+    def __init__(self, model: ModelPackage, intra_op_threads: int | None = None):
+        super().__init__(model, intra_op_threads)
         self.box_dim = 5 if model.task == "rotated_detection" else 4
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -306,23 +306,27 @@ class DetectionModel(TileModel):
 
 # ---------------------------------------------------------------------------------------------- job
 
-def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = None,
-                 cancelled: CancelCheck | None = None) -> Detections:
-    """Every tile read, inferred (one batch behind, on a worker thread) and reduced to the detections of its
-    core; then those centred in the window, merged across tiles. Boxes in window pixels, best first."""
-    model, window = request.model, request.window
+def detection_grid(request: DetectionRequest, ds) -> tuple[raster_io.Window, TileGrid]:
+    """The processed window and its tiles. Tiles cover the window grown by the overlap (within the raster), so
+    that an object cut by the window's edge is seen whole; it is kept when its centre is in the window."""
+    model = request.model
+    processed = with_context(request.window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
+    return processed, TileGrid(processed.width, processed.height, model.tile_size, model.tile_overlap)
+
+
+def detect_in_tiles(request: DetectionRequest, reader: raster_io.RasterReader, tile_model: "DetectionModel",
+                    processed: raster_io.Window, grid: TileGrid, tiles_to_do: "TileGrid | list[TileSpec]",
+                    progress: ProgressCallback | None = None,
+                    cancelled: CancelCheck | None = None) -> list[tuple[TileSpec, Detections]]:
+    """`tiles_to_do` (tiles of `grid`, in grid order) read, inferred (one batch behind, on a worker thread) and
+    reduced to the detections of each tile's core in the whole grid; boxes in `processed` pixels. Only
+    tiles with detections are listed, in the order given."""
+    model = request.model
     defaults = model.detection
-    ds = raster_io.open_raster(request.input_path)
-    reader = raster_io.RasterReader(ds, model.input.bands, str(request.input_path))
-    tile_model = DetectionModel(model)
-    # Tiles cover the window grown by the overlap (within the raster), so that an object cut by the window's
-    # edge is seen whole; it is kept when its centre is in the window.
-    processed = with_context(window, model.tile_overlap, ds.RasterXSize, ds.RasterYSize)
-    grid = TileGrid(processed.width, processed.height, model.tile_size, model.tile_overlap)
     col_cores = core_bounds(grid.xs, grid.tile_w, processed.width)
     row_cores = core_bounds(grid.ys, grid.tile_h, processed.height)
-    total = len(grid)
-    found: list[Detections] = []
+    total = len(tiles_to_do)
+    found: list[tuple[TileSpec, Detections]] = []
     done = 0
 
     def collect(tiles, out) -> None:
@@ -336,7 +340,7 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
                 det = det.shifted(tile.x, tile.y)
                 det = det.take(np.flatnonzero(in_core(det, col_cores[tile.col], row_cores[tile.row])))
                 if len(det):
-                    found.append(det)
+                    found.append((tile, det))
         done += len(tiles)
         if progress:
             progress(TILES_SHARE * done / total, f"tile {done}/{total}")
@@ -345,7 +349,7 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
         """([(tile, index in the batch or None when skipped, its invalid-pixel mask or None)], batch array,
         tiles in it)."""
         tiles, batch, n = [], None, 0
-        for tile in grid:
+        for tile in tiles_to_do:
             x, y = processed.x + tile.x, processed.y + tile.y
             invalid = reader.nodata_mask(x, y, tile.width, tile.height)
             if invalid is not None and not invalid.any():
@@ -390,7 +394,15 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
         worker.close()
     if cancelled and cancelled():
         raise JobCancelled()
-    merged = Detections.concat(found, tile_model.box_dim)
+    return found
+
+
+def merge_tile_detections(request: DetectionRequest, processed: raster_io.Window, found: list[Detections],
+                          box_dim: int, progress: ProgressCallback | None = None) -> Detections:
+    """The tiles' detections (grid order, `processed` pixels) -> those centred in the window, merged across
+    tiles; boxes in window pixels, best first."""
+    window = request.window
+    merged = Detections.concat(found, box_dim)
     if progress:
         progress(TILES_SHARE, f"merging {len(merged)} detections across tiles")
     # Centres outside the window go before the merge: they must not suppress anything inside it.
@@ -398,7 +410,18 @@ def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = 
     c = merged.centres()
     inside = (c[:, 0] >= 0) & (c[:, 0] < window.width) & (c[:, 1] >= 0) & (c[:, 1] < window.height)
     merged = merged.take(np.flatnonzero(inside))
-    return merged.take(merge_nms(merged, defaults["nms_iou"]))
+    return merged.take(merge_nms(merged, request.model.detection["nms_iou"]))
+
+
+def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = None,
+                 cancelled: CancelCheck | None = None) -> Detections:
+    """Every tile's detections, merged across tiles. Boxes in window pixels, best first."""
+    ds = raster_io.open_raster(request.input_path)
+    reader = raster_io.RasterReader(ds, request.model.input.bands, str(request.input_path))
+    tile_model = DetectionModel(request.model)
+    processed, grid = detection_grid(request, ds)
+    found = detect_in_tiles(request, reader, tile_model, processed, grid, grid, progress, cancelled)
+    return merge_tile_detections(request, processed, [det for _, det in found], tile_model.box_dim, progress)
 
 
 def map_corners(det: Detections, gt: tuple[float, ...], window: raster_io.Window) -> np.ndarray:
@@ -456,13 +479,14 @@ def write_detections(path: Path, det: Detections, model: ModelPackage, gt: tuple
 
 
 def detect_objects(request: DetectionRequest, progress: ProgressCallback | None = None,
-                   cancelled: CancelCheck | None = None) -> dict[str, str]:
-    """Write the detections to a partial GeoPackage and rename it onto vector_path when complete."""
+                   cancelled: CancelCheck | None = None, detect=None) -> dict[str, str]:
+    """Write the detections to a partial GeoPackage and rename it onto vector_path when complete.
+    detect: what finds them, detect_tiles's signature (backend.cluster passes its own)."""
     src = raster_io.open_raster(request.input_path)
     gt, srs = raster_io.geotransform(src), raster_io.raster_srs(src)
     partial = partial_path(request.vector_path, request.job_id)
     try:
-        det = detect_tiles(request, progress, cancelled)
+        det = (detect or detect_tiles)(request, progress, cancelled)
         if progress:
             progress(TILES_SHARE, f"writing {len(det)} detections")
         write_detections(partial, det, request.model, gt, srs, request.window, cancelled)

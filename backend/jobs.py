@@ -66,6 +66,9 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     output_paths: tuple[Path, ...] = ()  # resolved, to refuse a second job writing the same file
     report: dict[str, Any] = field(default_factory=dict)  # run_report of a job that succeeded
+    cluster: str | None = None  # the Dask scheduler address (or local[:N]) the job runs on; None: here
+    block_size: int = 0  # pixels a side of its cluster blocks
+    dashboard: str | None = None  # the cluster's dashboard, once connected
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class Job:
             "created": self.created, "started": self.started, "finished": self.finished,
             "device": self.report.get("device"), "provider": self.report.get("provider"),
             "megapixels_per_s": self.report.get("megapixels_per_s"),
+            "dashboard": self.dashboard,
         }
 
 
@@ -185,6 +189,10 @@ def _output_path(spec: JobSpec, key: str, inputs: list[Path], protected: dict[Pa
     return outputs.check_output(spec.outputs[key], key, kind, spec.overwrite, guarded)
 
 
+# Options of every task that say where it runs, checked by cluster.job_cluster (JobManager.submit).
+CLUSTER_OPTIONS = ("cluster", "block_size")
+
+
 def _check_keys(spec: JobSpec, rules: "TaskRules") -> None:
     """Output and option keys the task does not know are refused, for every task alike."""
     for key in rules.required_outputs:
@@ -197,8 +205,11 @@ def _check_keys(spec: JobSpec, rules: "TaskRules") -> None:
                            f"it writes {', '.join(known)}.")
     unknown = sorted(set(spec.options) - set(rules.options))
     if unknown:
+        if set(unknown) <= set(CLUSTER_OPTIONS):
+            raise BackendError(f"options {', '.join(unknown)} choose a cluster; they are taken by the job API "
+                               "(POST /jobs), or --cluster / --block-size on the command line.")
         raise BackendError(f"options {', '.join(unknown)[:300]} are not options of {spec.task}; "
-                           f"it takes {', '.join(rules.options)}.")
+                           f"it takes {', '.join(rules.options)}, and {', '.join(CLUSTER_OPTIONS)} in the job API.")
 
 
 def _int_option(spec: JobSpec, key: str, default: int, low: int, high: int, what: str) -> int:
@@ -443,7 +454,10 @@ class JobManager:
     KEEP_FINISHED_S = 3600.0
     MAX_FINISHED = 1000
 
-    def __init__(self, registry: ModelRegistry, protected: dict[Path, str] | None = None):
+    def __init__(self, registry: ModelRegistry, protected: dict[Path, str] | None = None,
+                 default_cluster: str | None = None):
+        """default_cluster: where jobs with options.cluster true run (serve --cluster)."""
+        self.default_cluster = default_cluster
         self.registry = registry
         self.protected = dict(protected or {})
         self._jobs: dict[str, Job] = {}
@@ -459,9 +473,15 @@ class JobManager:
             waiting = sum(j.status == "queued" for j in self._jobs.values())
         if waiting >= self.MAX_WAITING:
             raise TooManyJobsError(f"{waiting} jobs are already waiting; wait for some to finish or cancel them.")
-        plan = plan_job(spec, self.registry, job_id, self.protected)
+        from backend.cluster import job_cluster
+
+        address, block_size = job_cluster(spec.options, self.default_cluster)  # refused here, before planning
+        task_spec = spec if address is None and "block_size" not in spec.options else JobSpec(
+            spec.task, spec.model, spec.inputs, spec.outputs, spec.extent,
+            {k: v for k, v in spec.options.items() if k not in CLUSTER_OPTIONS}, spec.overwrite)
+        plan = plan_job(task_spec, self.registry, job_id, self.protected)
         paths = tuple(p.resolve() for p in plan_outputs(plan))
-        job = Job(job_id, spec, plan, output_paths=paths)
+        job = Job(job_id, spec, plan, output_paths=paths, cluster=address, block_size=block_size)
         with self._lock:
             for other in self._jobs.values():
                 if other.status in TERMINAL:
@@ -528,12 +548,21 @@ class JobManager:
         def progress(percent: float, message: str) -> None:
             job.progress, job.message = percent, message
 
+        def on_dashboard(link: str) -> None:
+            job.dashboard = link
+
         try:
-            job.outputs = run_plan(job.spec.task, job.plan, progress, job.cancel_requested.is_set)
-            try:
-                job.report = run_report(job.plan, time.time() - job.started)
-            except Exception:  # noqa: BLE001 - the result is written; a missing figure must not fail the job
-                log.exception("job %s: no run report", job.id)
+            if job.cluster is not None:
+                from backend.cluster import run_plan_on_cluster
+
+                job.outputs = run_plan_on_cluster(job.spec.task, job.plan, job.cluster, job.block_size, progress,
+                                                  job.cancel_requested.is_set, on_dashboard)
+            else:
+                job.outputs = run_plan(job.spec.task, job.plan, progress, job.cancel_requested.is_set)
+                try:
+                    job.report = run_report(job.plan, time.time() - job.started)
+                except Exception:  # noqa: BLE001 - the result is written; a missing figure must not fail the job
+                    log.exception("job %s: no run report", job.id)
             status, error, message = "succeeded", None, "done"
             job.progress = 100.0
         except JobCancelled:

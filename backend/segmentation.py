@@ -82,9 +82,11 @@ def partial_path(output_path: Path, job_id: str) -> Path:
 class TileModel:
     """Normalises raw tiles, pads them to the model's tile size and returns probabilities."""
 
-    def __init__(self, model: ModelPackage):
+    def __init__(self, model: ModelPackage, intra_op_threads: int | None = None):
+        """intra_op_threads: ONNX Runtime's threads (default: the physical cores; a cluster worker sharing a
+        machine with others takes its share)."""
         self.model = model
-        self.session = get_session(model.path)
+        self.session = get_session(model.path, intra_op_threads)
         self.input_name = self.session.get_inputs()[0].name
         spec = model.input
         # GPU providers (TensorRT above all) re-plan for every new input shape: keep the batch size fixed.
@@ -319,7 +321,8 @@ class InferenceThread:
 def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: raster_io.Window,
               sink, batch_size: int, progress: ProgressCallback | None = None,
               cancelled: CancelCheck | None = None, stripe_width: int = MAX_STRIPE_WIDTH,
-              skip_nodata: bool = False, pipelined: bool = True) -> None:
+              skip_nodata: bool = False, pipelined: bool = True,
+              starts: tuple[list[int], list[int]] | None = None) -> None:
     """Read, infer and blend every tile of the window; finished blocks go to sink.
 
     skip_nodata: tiles whose every pixel is nodata (reader.nodata_mask all True) are not inferred; they
@@ -327,16 +330,19 @@ def run_tiles(tile_model: TileModel, reader: raster_io.RasterReader, window: ras
     nodata there, like ClassIdWriter, gives the same result as without skipping).
     pipelined: inference runs on a worker thread overlapping reading, blending and writing (same result
     as the sequential path, which pipelined=False keeps for comparison).
+    starts: explicit (column, row) tile starts relative to the window, for a window that is a block of a
+    bigger job's grid (backend.cluster); default: tiles spread over the window (tiling.tile_starts).
     """
     model = tile_model.model
-    full = TileGrid(window.width, window.height, model.tile_size, model.tile_overlap)
+    xs, ys = starts if starts is not None else (None, None)
+    full = TileGrid(window.width, window.height, model.tile_size, model.tile_overlap, xs=xs, ys=ys)
     stripes = column_stripes(full.xs, full.tile_w, window.width, stripe_width)
     total = sum((s.stop - s.first) * len(full.ys) for s in stripes)
     done = 0
 
     def stripe_grid(stripe) -> TileGrid:  # the stripe's tiles, in coordinates relative to its first tile
         xs = [x - full.xs[stripe.first] for x in full.xs[stripe.first : stripe.stop]]
-        return TileGrid(xs[-1] + full.tile_w, window.height, model.tile_size, model.tile_overlap, xs=xs)
+        return TileGrid(xs[-1] + full.tile_w, window.height, model.tile_size, model.tile_overlap, xs=xs, ys=full.ys)
 
     grids = [stripe_grid(stripe) for stripe in stripes]
     carry = np.empty(max((model.num_classes + 1) * g.max_down_carry() * g.width for g in grids), np.float32)

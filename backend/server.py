@@ -98,7 +98,8 @@ def check_loopback(host: str) -> None:
 
 
 def serve(host: str, port: int, state_file: Path, token_file: Path, registry: ModelRegistry,
-          parent_pid: int | None) -> int:
+          parent_pid: int | None, cluster: str | None = None) -> int:
+    """cluster: the Dask cluster of jobs that ask for one with options.cluster true (None: they are refused)."""
     check_loopback(host)
     token = load_or_create_token(token_file)
 
@@ -114,7 +115,8 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
                            "backend) uses that port; choose another with --port, or --port 0 for any free one.") from exc
     real_port = sock.getsockname()[1]
     # Outputs may never replace the token or the state file (nor inputs and models, checked per job).
-    jobs = JobManager(registry, protected={token_file: "the backend's token file", state_file: "the backend's state file"})
+    jobs = JobManager(registry, protected={token_file: "the backend's token file", state_file: "the backend's state file"},
+                      default_cluster=cluster)
     app = create_app(registry, token, jobs, port=real_port)
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{url_host}:{real_port}"

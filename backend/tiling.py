@@ -57,11 +57,13 @@ class TileSpec:
 class TileGrid:
     """All tiles over a width x height window, in the order the blender needs them."""
 
-    def __init__(self, width: int, height: int, tile: int, overlap: int, xs: list[int] | None = None):
-        """xs: explicit column starts (a stripe of a wider grid); default: spread over the width."""
+    def __init__(self, width: int, height: int, tile: int, overlap: int, xs: list[int] | None = None,
+                 ys: list[int] | None = None):
+        """xs, ys: explicit column / row starts (a stripe or a cluster block of a bigger grid); default: spread
+        over the width / height."""
         self.width, self.height, self.tile, self.overlap = width, height, tile, overlap
         self.xs = tile_starts(width, tile, overlap) if xs is None else list(xs)
-        self.ys = tile_starts(height, tile, overlap)
+        self.ys = tile_starts(height, tile, overlap) if ys is None else list(ys)
         self.tile_w = min(tile, width)
         self.tile_h = min(tile, height)
 

@@ -22,7 +22,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from . import rendering
+from . import rendering, settings
 from .backend_process import BACKEND
 from .client import BackendError, BackendUnreachable
 from .i18n import tr
@@ -270,6 +270,10 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             # Processing's semantics: the destination the user chose is replaced (its file dialog asked). The
             # backend still never replaces anything but a regular file that is not an input, model or token.
             request = dict(request, task=self.TASK, model=model_id, overwrite=True)
+            cluster = settings.cluster_address()
+            if cluster:  # the backend sends the job's blocks to this Dask cluster
+                request["options"] = dict(request.get("options") or {}, cluster=cluster)
+                feedback.pushInfo(tr("Running on the Dask cluster {address}").format(address=cluster))
             output_files = list(request["outputs"].values())
             try:
                 job = client.submit(request)
@@ -290,6 +294,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
     def wait_for_job(self, client, job, outputs, feedback):
         job_id = job["id"]
         last_message = None
+        dashboard = None
         lost = 0
         while True:
             if feedback.isCanceled():
@@ -313,6 +318,11 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             except BackendError as exc:
                 raise QgsProcessingException(str(exc)) from exc
             feedback.setProgress(float(job.get("progress") or 0.0))
+            if job.get("dashboard") and job["dashboard"] != dashboard:
+                dashboard = job["dashboard"]
+                feedback.pushInfo(tr("Dask dashboard: {link}").format(link=dashboard))
+                if hasattr(feedback, "dashboard"):  # the dock shows it as a link
+                    feedback.dashboard.emit(dashboard)
             message = job.get("message")
             if message and message != last_message:
                 feedback.pushInfo(message)

@@ -77,6 +77,7 @@ ALGORITHM_ID = TASKS[SEGMENTATION][0]
 STATUS_LIMIT = 300  # characters of a failure reason shown in the dock; the whole reason is its tooltip
 
 OUTPUT_DIR_SETTING = "mtp_qgis/dock_output_dir"
+CLUSTER_SETTING = "mtp_qgis/cluster_address"  # read by settings.cluster_address()
 
 
 def result_path_for(layer_name, folder="", kind="segmentation", suffix=".tif"):
@@ -114,6 +115,7 @@ class DockFeedback(QgsProcessingFeedback):
         self.message.emit(info)
 
     error = pyqtSignal(str)
+    dashboard = pyqtSignal(str)  # the Dask dashboard of a job that runs on a cluster
     job_done = pyqtSignal(str)
 
     def report_job(self, summary):
@@ -133,6 +135,7 @@ class MtpDockWidget(QDockWidget):
         self._all_models = []  # every model the backend listed, any task
         self._models = {}      # those of the chosen task, by id
         self._task = None
+        self._dashboard = None  # the Dask dashboard of the running job, shown after the status line
         self._models_task = None
         self._context = None
         self._feedback = None
@@ -266,6 +269,14 @@ class MtpDockWidget(QDockWidget):
         self.output_dir.setToolTip(tr("Folder for the results and their .qml styles; remembered."))
         self.output_dir.fileChanged.connect(lambda path: QgsSettings().setValue(OUTPUT_DIR_SETTING, path))
         self._row(run_tab, form, tr("Save results in"), self.output_dir)
+        self.cluster = QLineEdit(QgsSettings().value(CLUSTER_SETTING, "", type=str), run_tab)
+        self.cluster.setPlaceholderText(tr("none: the backend's machine"))
+        self.cluster.setToolTip(tr("A Dask scheduler address (tcp://host:8786), or local:N for N worker processes "
+                                   "on this machine: jobs run there in blocks, with the same result. The workers "
+                                   "must see the input and output paths. Remembered."))
+        self.cluster.editingFinished.connect(
+            lambda: QgsSettings().setValue(CLUSTER_SETTING, self.cluster.text().strip()))
+        self._row(run_tab, form, tr("Cluster"), self.cluster)
         width = max(label.sizeHint().width() for label in self._row_labels)
         for label in self._row_labels:  # one column of labels, as in a form
             label.setMinimumWidth(width)
@@ -384,8 +395,16 @@ class MtpDockWidget(QDockWidget):
     def set_status(self, text):
         """A status line in plain text (failure reasons are cut short; the whole reason is the tooltip)."""
         short = text if len(text) <= STATUS_LIMIT else text[:STATUS_LIMIT].rstrip() + "…"
-        self.status.setText(html.escape(short, quote=False))
+        link = self._dashboard
+        self.status.setText(html.escape(short, quote=False) + (
+            f' <a href="{html.escape(link)}">{html.escape(tr("Dask dashboard"))}</a>' if link else ""))
         self.status.setToolTip(text if short != text else "")
+
+    @pyqtSlot(str)
+    def _show_dashboard(self, link):
+        """Kept after the status line of a job that runs on a Dask cluster, until the job ends."""
+        self._dashboard = link
+        self.set_status(tr("Running on the Dask cluster."))
 
     def set_status_html(self, markup):
         self.status.setText(markup)
@@ -567,6 +586,8 @@ class MtpDockWidget(QDockWidget):
         self._feedback.message.connect(self.set_status)
         self._feedback.error.connect(self._remember_error)
         self._feedback.job_done.connect(self._remember_run)
+        self._feedback.dashboard.connect(self._show_dashboard)
+        self._dashboard = None
         self._last_error = None
         self._last_run = ""
         input_name = self.layer_combo.currentLayer().name()
@@ -589,6 +610,7 @@ class MtpDockWidget(QDockWidget):
     def _finished(self, successful, results):
         cancelled = self._feedback is not None and self._feedback.isCanceled()
         self._task = None
+        self._dashboard = None
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         task = self._running[0] if self._running else self.current_task()

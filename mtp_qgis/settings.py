@@ -49,6 +49,12 @@ def user_models_dir():
     return Path(configured_dir) if configured_dir else backend_installer.data_dir() / "models"
 
 
+def cluster_address():
+    """A Dask scheduler address (tcp://host:8786) or local[:N]: jobs then run there, in blocks, with the same
+    result (the backend does the Dask part; '' = on the backend's own machine)."""
+    return configured("cluster_address", "MTP_QGIS_CLUSTER")
+
+
 def model_index_url():
     """The published model index the model manager lists (docs: scripts/package.py writes one)."""
     return configured("model_index_url", "MTP_QGIS_MODEL_INDEX_URL") or DEFAULT_MODEL_INDEX_URL

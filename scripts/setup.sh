@@ -47,7 +47,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$VENV/bin/pip" uninstall -y -q onnxruntime-gpu 2>/dev/null || true
   fi
   "$VENV/bin/pip" install -q --disable-pip-version-check \
-      -r "$backend" -r requirements/training.txt -r requirements/dev.txt 2>&1 \
+      -r "$backend" -r requirements/cluster.txt -r requirements/training.txt -r requirements/dev.txt 2>&1 \
       | grep -v "is ignored: it is neither a file nor a directory" || true
   "$VENV/bin/python" -c "import torch, onnxruntime, osgeo.gdal, qgis.core, fastapi" \
       || { echo "setup: the virtual environment is incomplete" >&2; exit 1; }

@@ -29,6 +29,11 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <source>A Dask scheduler address (tcp://host:8786), or local:N for N worker processes on this machine: jobs run there in blocks, with the same result. The workers must see the input and output paths. Remembered.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../models_panel.py"/>
         <source>Add a model package</source>
         <translation type="unfinished"></translation>
@@ -198,6 +203,11 @@ Output: GeoTIFF of class ids (255 = nodata) on the source's pixel grid, with a .
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <source>Cluster</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../land_cover.py"/>
         <source>Computes spectral indices of a multispectral raster, one float32 band each, in the local MTP backend (no model).
 
@@ -231,6 +241,16 @@ Extent: optional, in any CRS; the grid covers it clipped to the raster (snapped 
 Model: id of a scene-classification model the backend knows (default {default}).
 Cell size: side of a cell in pixels of the input raster (of the rendered image for a web layer); leave empty (or 0) for the model's tile size. Each cell is resampled to the model's tile size before it is classified.
 Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, score (probability of the chosen class) and one p_&lt;class&gt; probability per class; cells without data have no class. Styled by class with labels; a .qml style is written beside it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Dask dashboard</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Dask dashboard: {link}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -661,6 +681,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../algorithm_base.py"/>
+        <source>Running on the Dask cluster {address}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>Running on the Dask cluster.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Running {model} on {layer}...</source>
         <translation type="unfinished"></translation>
@@ -1038,6 +1068,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../client.py"/>
         <source>none</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
+        <source>none: the backend's machine</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -293,3 +293,33 @@ def test_backend_dying_mid_job_is_reported_and_partials_removed(out_dir, models_
         stop_process(process)
     assert partials_at_kill, "the backend had not started writing; the test proves nothing"
     assert [p.name for p in out_dir.iterdir()] == []
+
+
+def test_cluster_setting_runs_the_job_on_a_dask_cluster_with_the_same_result(out_dir, monkeypatch):
+    # The setting (here its environment variable) sends the job to a Dask cluster: the backend starts a local
+    # one of 2 worker processes; the log shows the dashboard, the result is the one-machine result, and
+    # QGIS's Python never imports Dask.
+    import sys
+
+    import numpy as np
+
+    class Recorder(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def pushInfo(self, info):  # noqa: N802
+            super().pushInfo(info)
+            self.lines.append(info)
+
+    here = out_dir / "here.tif"
+    run_segment({"INPUT": str(COGEO), "OUTPUT": str(here)})
+    monkeypatch.setenv("MTP_QGIS_CLUSTER", "local:2")
+    feedback = Recorder()
+    there = out_dir / "cluster.tif"
+    run_segment({"INPUT": str(COGEO), "OUTPUT": str(there)}, feedback)
+    assert any("Running on the Dask cluster local:2" in line for line in feedback.lines), feedback.lines
+    assert any(line.startswith("Dask dashboard: http") for line in feedback.lines), feedback.lines
+    a, b = gdal.Open(str(here)), gdal.Open(str(there))
+    assert np.array_equal(a.ReadAsArray(), b.ReadAsArray())
+    assert "distributed" not in sys.modules and "dask" not in sys.modules
