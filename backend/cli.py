@@ -194,6 +194,10 @@ def cmd_run(args) -> int:
 
     if args.block_size is not None and args.cluster is None:
         raise BackendError("--block-size applies to --cluster runs only.")
+    if args.cluster is not None:
+        from backend.cluster import refuse_unless_cluster_task
+
+        refuse_unless_cluster_task(args.task)  # before a cluster is started or reached
     started = time.time()
     try:
         if args.cluster is not None:

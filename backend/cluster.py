@@ -402,6 +402,18 @@ def parse_address(address: str) -> tuple[str, int | None]:
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 64, 65536
 
 
+# The tasks whose blocks this module runs (run_plan_with_client); others are refused when submitted.
+CLUSTER_TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
+                 "rotated_detection")
+
+
+def refuse_unless_cluster_task(task: str) -> None:
+    """BackendError (400) before anything is planned when a cluster job asks for a task blocks cannot run."""
+    if task not in CLUSTER_TASKS:
+        raise BackendError(f"{task} does not run on a cluster; run it without --cluster. Cluster tasks: "
+                           f"{', '.join(CLUSTER_TASKS)}.")
+
+
 def job_cluster(options: dict, default: str | None) -> tuple[str | None, int]:
     """(address or None, block size) from a job request's options: `cluster` a scheduler address, local[:N],
     or true for the backend's own (serve --cluster); `block_size` pixels. Raises BackendError (400)."""
@@ -625,7 +637,5 @@ def run_plan_with_client(task: str, plan, client, threads: int | None, block_siz
         "change_detection": lambda: changes_on_cluster(plan, client, threads, block_size, progress, cancelled),
         "scene_classification": lambda: scenes_on_cluster(plan, client, threads, block_size, progress, cancelled),
         "detection": detect, "rotated_detection": detect}
-    if task not in runners:
-        raise BackendError(f"{task} does not run on a cluster; run it without --cluster. Cluster tasks: "
-                           f"{', '.join(runners)}.")
+    refuse_unless_cluster_task(task)
     return runners[task]()

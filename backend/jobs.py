@@ -473,9 +473,11 @@ class JobManager:
             waiting = sum(j.status == "queued" for j in self._jobs.values())
         if waiting >= self.MAX_WAITING:
             raise TooManyJobsError(f"{waiting} jobs are already waiting; wait for some to finish or cancel them.")
-        from backend.cluster import job_cluster
+        from backend.cluster import job_cluster, refuse_unless_cluster_task
 
         address, block_size = job_cluster(spec.options, self.default_cluster)  # refused here, before planning
+        if address is not None:
+            refuse_unless_cluster_task(spec.task)
         task_spec = spec if address is None and "block_size" not in spec.options else JobSpec(
             spec.task, spec.model, spec.inputs, spec.outputs, spec.extent,
             {k: v for k, v in spec.options.items() if k not in CLUSTER_OPTIONS}, spec.overwrite)

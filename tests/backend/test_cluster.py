@@ -21,9 +21,11 @@ from backend.jobs import JobSpec, plan_job, run_plan
 from backend.raster_io import Extent, Window
 from backend.segmentation import TileModel, run_tiles, with_context
 
-from backend_test_data import COGEO, DOTA_PNG, NAIP, NAIP_2020, RGB_BYTE, vrt_over_copy
+from backend_test_data import COGEO, DOTA_PNG, REPO, NAIP, NAIP_2020, RGB_BYTE, vrt_over_copy
 
 import distributed  # noqa: E402 - requirements/cluster.txt (scripts/setup.sh installs it)
+
+SENTINEL2 = REPO / "resources/samples/sentinel2_l1c_slovenia.tif"
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +373,10 @@ def test_job_api_runs_a_job_on_the_backends_cluster_and_shows_its_dashboard(regi
                                ({"cluster": True, "block_size": 10}, "from 64 to 65536")):
             answer = client.post("/jobs", json=body(tmp_path / "x.tif", **options), headers=auth)
             assert answer.status_code == 400 and words in answer.json()["detail"], answer.json()
+        indices = {"task": "spectral_indices", "inputs": [str(SENTINEL2)], "outputs": {"raster": str(tmp_path / "i.tif")},
+                   "options": {"cluster": True}}
+        answer = client.post("/jobs", json=indices, headers=auth)
+        assert answer.status_code == 400 and "does not run on a cluster" in answer.json()["detail"], answer.json()
         job = client.post("/jobs", json=body(tmp_path / "cluster.tif", cluster=True, block_size=256), headers=auth).json()
         deadline = time.time() + 120
         while job["status"] in ("queued", "running") and time.time() < deadline:
@@ -402,6 +408,9 @@ def test_cli_refuses_cluster_options_it_cannot_use(models_dir, tmp_path, capsys)
     assert "neither local[:N] nor a Dask scheduler address" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "c.tif"), "--cluster", "local:0"]) == 2
     assert "from 1 to 256" in capsys.readouterr().err
+    assert main(["run", "--task", "spectral_indices", "--input", str(SENTINEL2), "--out", str(tmp_path / "d.tif"),
+                 "--cluster", "local:1"]) == 2
+    assert "spectral_indices does not run on a cluster" in capsys.readouterr().err
     batch = ["batch", "--model", "spatial", "--models-dir", str(models_dir), "--input", str(COGEO)]
     assert main(batch + ["--out-dir", str(tmp_path), "--index", str(tmp_path / "cogeo.tif")]) == 2
     assert "which is the index" in capsys.readouterr().err
