@@ -16,6 +16,7 @@ from backend import outputs, raster_io
 from backend.change import ChangeRequest, detect_changes, intersect, overlap_window, warp_problem
 from backend.detection import DetectionRequest, detect_objects
 from backend.errors import BackendError, ConflictError, JobCancelled, TooManyJobsError
+from backend.finetune import FinetuneRequest, plan_finetune, run_finetune
 from backend.model_package import ModelPackage
 from backend.registry import ModelRegistry
 from backend.scenes import SceneRequest, classify_scenes
@@ -23,10 +24,10 @@ from backend.segmentation import SegmentationRequest, segment_raster
 
 log = logging.getLogger(__name__)
 SUPPORTED_TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
-                   "rotated_detection")
+                   "rotated_detection", "finetune")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
-Plan = Union[SegmentationRequest, ChangeRequest, SceneRequest, DetectionRequest]
+Plan = Union[SegmentationRequest, ChangeRequest, SceneRequest, DetectionRequest, FinetuneRequest]
 
 
 @dataclass
@@ -74,12 +75,15 @@ def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str,
     if spec.task not in SUPPORTED_TASKS:
         raise BackendError(f"Task '{spec.task}' is not supported yet; supported: {', '.join(SUPPORTED_TASKS)}.")
     model = registry.get(spec.model)
-    if model.task != spec.task:
-        raise BackendError(f"Model '{spec.model}' does {model.task}, not {spec.task}; pick a {spec.task} model.")
     rules = TASK_RULES[spec.task]
+    model_task = rules.model_task or spec.task
+    if model.task != model_task:
+        raise BackendError(f"Model '{spec.model}' does {model.task}, not {model_task}; pick a {model_task} model.")
     _check_keys(spec, rules)
     guarded = dict(protected or {})
     guarded.update({p: "a model package" for p in registry.model_files()})
+    if spec.task == "finetune":  # writes a new package: needs the registry's folders and ids
+        return plan_finetune(spec, model, job_id, guarded, registry.model_dirs, registry.model_ids())
     return rules.planner(spec, model, job_id, guarded)
 
 
@@ -277,6 +281,7 @@ class TaskRules:
     optional_outputs: tuple[str, ...]
     output_hints: dict[str, str]
     options: tuple[str, ...]
+    model_task: str | None = None  # the task of the request's model when it is not `task` (finetune)
 
 
 _DETECTION_RULES = dict(planner=plan_detection, runner=detect_objects, required_outputs=("vector",),
@@ -292,6 +297,10 @@ TASK_RULES = {
                                       {"vector": "the scene grid GeoPackage path"}, ("batch_size", "cell_size")),
     "detection": TaskRules(**_DETECTION_RULES),
     "rotated_detection": TaskRules(**_DETECTION_RULES),
+    # inputs [raster, labels vector]; the model is the base package; the new package goes into options.models_dir
+    "finetune": TaskRules(plan_finetune, run_finetune, (), ("report",), {"report": "the report .html path"},
+                          ("class_field", "model_id", "models_dir", "validation", "iterations", "time_budget_s",
+                           "batch_size"), model_task="semantic_segmentation"),
 }
 
 
