@@ -77,7 +77,9 @@ class JobRequest(BaseModel):
     options {batch_size}; change_detection inputs [before, after], outputs {raster, polygons?},
     options {batch_size, min_area_px}; scene_classification inputs [raster], outputs {vector},
     options {batch_size, cell_size}; detection and rotated_detection inputs [raster], outputs {vector},
-    options {batch_size, score_threshold}."""
+    options {batch_size, score_threshold}; finetune (model = the base package) inputs [raster, labels vector],
+    outputs {report?}, options {class_field, model_id, models_dir, validation, iterations, time_budget_s,
+    batch_size}."""
 
     # A plain string, not an enum: an unsupported task gets the backend's 400 message naming the
     # supported ones, like every other request check.

@@ -105,7 +105,10 @@ def _vector_layer(path_text: str, what: str):
     if not path.is_file():
         raise BackendError(f"{what} {path} does not exist; save the layer to a file (GeoPackage, GeoJSON, "
                            "Shapefile) first.")
-    ds = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_READONLY)
+    try:
+        ds = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_READONLY)
+    except RuntimeError as exc:
+        raise BackendError(f"{what} {path} is not a vector file GDAL can read: {exc}") from None
     if ds is None or ds.GetLayerCount() == 0:
         raise BackendError(f"{what} {path} is not a vector file GDAL can read.")
     if ds.GetLayerCount() > 1:
@@ -144,7 +147,11 @@ def read_polygons(ds, what: str, raster_srs, class_field: str | None):
                                "class).")
         geom = geom.Clone()
         if transform is not None:
-            geom.Transform(transform)
+            try:
+                geom.Transform(transform)
+            except RuntimeError as exc:
+                raise BackendError(f"{what}: a polygon cannot be transformed into the raster's CRS ({exc}); check "
+                                   "the layer's CRS.") from None
         value = None
         if class_field is not None:
             if not feature.IsFieldSetAndNotNull(class_field):

@@ -9,6 +9,7 @@ import uuid
 
 from qgis.core import (
     QgsProcessingException,
+    QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterField,
@@ -108,6 +109,8 @@ class FinetuneAlgorithm(BackendAlgorithm):
         self.addOutput(QgsProcessingOutputString("MODEL_PATH", tr("New model package")))
         self.addOutput(QgsProcessingOutputNumber("HELD_OUT_MIOU", tr("Held-out mIoU of the new model")))
         self.addOutput(QgsProcessingOutputNumber("BASE_MIOU", tr("Held-out mIoU of the base model")))
+        # An HTML output: the Processing results viewer lists it.
+        self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", tr("Finetuning report")))
 
     def prepare(self, parameters, context):
         raster = self.raster_layer(parameters, self.INPUT, context)
@@ -172,4 +175,5 @@ class FinetuneAlgorithm(BackendAlgorithm):
                                                       base=figures.get("base_mIoU", float("nan")),
                                                       constant=figures.get("best_constant_mIoU", float("nan"))))
         if outputs.get(self.REPORT):
+            outputs["REPORT_HTML"] = outputs[self.REPORT]
             feedback.pushInfo(tr("Report: {path}").format(path=outputs[self.REPORT]))

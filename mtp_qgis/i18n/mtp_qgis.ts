@@ -9,6 +9,11 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>'{id}' is not a usable model id: use letters, digits, _ . - (it becomes a file name).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>'{layer}' has {gsd:.3g} m pixels but {model} was trained at {model_gsd:.3g} m/pixel ({times:.1f}x {way}): results will likely be poor. Resample to the model's resolution (option RESAMPLE / the dock's check box), or use a model made for this resolution.</source>
         <translation type="unfinished"></translation>
@@ -76,6 +81,11 @@
     <message>
         <location filename="../models_panel.py"/>
         <source>Bands</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Base model id</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -172,6 +182,16 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>Choose the field of '{layer}' that holds each polygon's class.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Class field</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../models_panel.py"/>
         <source>Classes</source>
         <translation type="unfinished"></translation>
@@ -195,6 +215,11 @@ Output: GeoTIFF of class ids (255 = nodata) on the source's pixel grid, with a .
     <message>
         <location filename="../dock.py"/>
         <source>Could not list models: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Could not save '{layer}' for the backend: {error}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -294,8 +319,38 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>Finetune a segmentation model on your labels</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Finetuning</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Folder for the results and their .qml styles; remembered.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held out: {split}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out mIoU of the base model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out mIoU of the new model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out mIoU: new model {new:.3f}, base model {base:.3f}, best constant class {constant:.3f}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -305,6 +360,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../detect.py"/>
+        <location filename="../finetune.py"/>
         <location filename="../scenes.py"/>
         <location filename="../segment.py"/>
         <source>Input raster</source>
@@ -363,6 +419,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Keep objects whose score (0–1) is at least this; lower finds more, with more false alarms</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Labels (polygons)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -429,6 +490,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>New model id</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>New model package</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -514,6 +585,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>Report</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Report: {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>Resample inputs to the model's resolution when it differs by more than 2x</source>
         <translation type="unfinished"></translation>
@@ -590,6 +671,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
         <location filename="../models_panel.py"/>
         <location filename="../segment.py"/>
         <source>Segmentation</source>
@@ -758,6 +840,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>The report must be an .html file, not '{path}'.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>The result {path} could not be opened.</source>
         <translation type="unfinished"></translation>
@@ -778,6 +865,34 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>Time budget in minutes (0: none)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Training '{id}' from {base}; it will be written to {folder}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Training iterations</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Trains a segmentation model on your own polygons, starting from a model package, and adds it to your models (the dock and 'Semantic segmentation' list it at once).
+
+Input raster: the imagery the labels were drawn on; training data is cut from it at the base model's ground sample distance.
+Labels: polygons, each with its class in the class field (text or number). Pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one.
+Base model: a segmentation package written by the project's training (e.g. {default}).
+Validation area: optional polygons; labels inside them are held out to score the model. Without it the tool holds out a strip along one side of the labelled area (the log and report say which).
+Iterations / time budget: training stops at whichever comes first.
+Model id: the new model's id (a file name in your models folder).
+Report: HTML page with the loss curve and held-out figures of the new model, the base model and the best constant class.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Unchecked: the model's own threshold</source>
         <translation type="unfinished"></translation>
@@ -785,6 +900,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Use current map extent</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Validation area (optional)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -143,7 +143,8 @@ def start_backend(models_dir, state_file, log_path, extra_env=None):
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [BACKEND_PYTHON, "-m", "backend", "serve", "--port", "0", "--state-file", str(state_file),
-             "--token-file", str(state_file.parent / "token"), "--models-dir", str(models_dir)],
+             "--token-file", str(state_file.parent / "token"), "--models-dir",
+             *[str(d) for d in (models_dir if isinstance(models_dir, (list, tuple)) else [models_dir])]],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 60
