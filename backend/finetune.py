@@ -423,7 +423,7 @@ def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[s
                 "description": f"Finetuned on labels from {plan.labels_path.name} ({plan.class_field}) over "
                                f"{plan.input_path.name}; {plan.gsd_note}.",
                 "split": plan.split, "report": str(report_tmp),
-                "num_threads": int(os.environ.get("MTP_QGIS_TRAINING_THREADS", "0") or 0)}
+                "num_threads": int(os.environ.get("MTP_QGIS_TRAINING_THREADS", "0") or 0), "parent_pid": os.getpid()}
         (work / "finetune.json").write_text(json.dumps(spec, indent=2))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))

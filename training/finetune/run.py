@@ -10,7 +10,8 @@ that provenance) and an HTML report. Progress goes to the log as `progress <perc
 
 SPEC.json: {"base_package", "data_dir", "classes": [{"name", "color"}], "iterations", "batch_size",
 "time_budget_s" (null: none), "out" (.onnx), "name", "description", "split" (how the held-out area was
-chosen), "report" (.html)}.
+chosen), "report" (.html), "num_threads" (0: torch's default), "parent_pid" (optional: exit when that process,
+the backend, is gone)}.
 """
 import copy
 import json
@@ -179,9 +180,22 @@ class TimeBudget:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def exit_with_parent(parent_pid: int) -> None:
+    """The backend starts this process in a session of its own (so a cancel can end its whole group); if the
+    backend dies, nothing would stop it: end it then."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(2)
+        log.error("the backend (pid %d) that started this finetuning is gone; stopping", parent_pid)
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def finetune(spec_path) -> Dict:
     spec_path = Path(spec_path)
     spec = read_spec(spec_path)
+    if spec.get("parent_pid"):
+        exit_with_parent(int(spec["parent_pid"]))
     work_dir = spec_path.parent / "run"
     work_dir.mkdir(parents=True, exist_ok=True)
     out = onnx_out_path(spec["out"])
