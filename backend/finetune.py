@@ -321,7 +321,7 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
         inside = _rasterize(validation, [1] * len(validation), gt, width, height, raster_srs) == 1
         train = np.where(inside, 255, labels).astype(np.uint8)
         val = np.where(inside, labels, 255).astype(np.uint8)
-        split = f"the labels inside the validation area {val_path.name}"
+        split = f"the labels inside the validation area ({len(validation)} polygon(s))"
     else:
         train, val, split = _strip_split(labels)
     n_train, n_val = int((train != 255).sum()), int((val != 255).sum())
