@@ -29,6 +29,7 @@ from osgeo import gdal, ogr, osr
 from backend import outputs, raster_io
 from backend.errors import BackendError, ConflictError, JobCancelled
 from backend.model_package import ModelPackage
+from backend.segmentation import with_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIN_LABELLED_PX = 2000      # labelled pixels (at the model's GSD) needed at all
@@ -303,6 +304,9 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
         raise BackendError(f"The labels in {labels_path} lie outside the raster {input_path}: their extent "
                            f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) does not overlap it. Check that both "
                            "are in the right place (CRS).") from None
+    # Grown by the model's tile overlap as segmentation grows an extent: the scene the held-out score is measured
+    # on then looks like what `mtp:segment` over the labelled area sees.
+    window = with_context(window, base.tile_overlap, ds.RasterXSize, ds.RasterYSize)
     factor, gsd_note = _gsd(ds, base)
     width, height = max(1, round(window.width * factor)), max(1, round(window.height * factor))
     if width * height > MAX_SCENE_PX:

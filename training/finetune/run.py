@@ -41,7 +41,7 @@ from training.models import build_segmentor
 
 log = logging.getLogger("training")
 SCENE = "scene.png"
-CONTEXT_PX = 64  # image around the labelled box that crops and tiles may see (never labels)
+CONTEXT_PX = 64  # image around the labelled box that training crops may see (never labels)
 
 
 def progress(percent: float, message: str) -> None:
@@ -70,7 +70,7 @@ def labelled_box(label: np.ndarray, margin: int) -> List[int]:
             min(width, int(cols.max()) + 1 + margin), min(height, int(rows.max()) + 1 + margin)]
 
 
-def finetune_config(base: Config, spec: Dict, train_box: List[int], val_box: List[int]) -> Config:
+def finetune_config(base: Config, spec: Dict, train_box: List[int]) -> Config:
     cfg = copy.deepcopy(base)
     k = len(spec["classes"])
     cfg.model.num_classes = k
@@ -80,8 +80,10 @@ def finetune_config(base: Config, spec: Dict, train_box: List[int], val_box: Lis
     cfg.data.classes = [ClassInfo(c["name"], c["color"]) for c in spec["classes"]]
     cfg.data.train = [SourceConfig(dataset="analyst", root=root, tiles=[SCENE], class_map=identity,
                                    regions=[train_box], label_dir="ann_train")]
+    # Held-out labels are scored on the whole scene, as `mtp:segment` over the labelled area sees them: a cut
+    # around them alone would change what the decoder's global pooling averages.
     cfg.data.val = [SourceConfig(dataset="analyst", root=root, tiles=[SCENE], class_map=identity,
-                                 regions=[val_box], label_dir="ann_val")]
+                                 label_dir="ann_val")]
     cfg.data.color_jitter = 0.1
     iters = int(spec["iterations"])
     cfg.train.iters = iters
@@ -162,8 +164,12 @@ class TimeBudget:
         self.timer = None
         self.fired = False
 
+    def _outside_loop(self, signum, frame):
+        if not self.fired:  # the analyst's own Ctrl-C
+            raise KeyboardInterrupt
+
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, lambda *_: None)
+        self.previous = signal.signal(signal.SIGINT, self._outside_loop)
         if self.seconds:
             self.timer = threading.Timer(float(self.seconds), self._fire)
             self.timer.daemon = True
@@ -212,7 +218,7 @@ def finetune(spec_path) -> Dict:
     base_path = Path(spec["base_package"])
     base_cfg = base_config(base_path, package_metadata(base_path))
     base = model_from_package(base_path, scene_tiles(image, base_cfg, 2))
-    cfg = finetune_config(base.cfg, spec, labelled_box(train_label, CONTEXT_PX), labelled_box(val_label, CONTEXT_PX))
+    cfg = finetune_config(base.cfg, spec, labelled_box(train_label, CONTEXT_PX))
     val_tiles = [t for s in cfg.data.val for t in load_source(s)]
 
     progress(4, "scoring the base model on the held-out labels")
