@@ -92,7 +92,7 @@ def finetune_config(base: Config, spec: Dict, train_box: List[int]) -> Config:
     cfg.train.lr = float(spec.get("lr") or 3e-4)
     cfg.train.num_threads = int(spec.get("num_threads") or 0)  # 0: torch's default (every core)
     cfg.train.warmup_iters = min(20, max(1, iters // 10))
-    cfg.train.log_interval = max(1, iters // 100)
+    cfg.train.log_interval = max(1, min(10, iters // 100))  # the job shows the loss at least every 10 iterations
     cfg.train.checkpoint_interval = max(iters, 1)
     cfg.train.class_weighting = "inverse_sqrt_frequency"
     cfg.train.layer_decay = 1.0
