@@ -39,7 +39,7 @@ def save_polygons(layer, path, context, field=None):
     if field:
         options.attributes = [layer.fields().indexFromName(field)]
     error = QgsVectorFileWriter.writeAsVectorFormatV2(layer, path, context.transformContext(), options)
-    if error[0] != QgsVectorFileWriter.NoError:
+    if error[0] != QgsVectorFileWriter.WriterError.NoError:
         raise QgsProcessingException(tr("Could not save '{layer}' for the backend: {error}").format(
             layer=layer.name(), error=error[1]))
 
@@ -92,15 +92,15 @@ class FinetuneAlgorithm(BackendAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Input raster")))
         self.addParameter(QgsProcessingParameterVectorLayer(
-            self.LABELS, tr("Labels (polygons)"), [QgsProcessing.TypeVectorPolygon]))
+            self.LABELS, tr("Labels (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.CLASS_FIELD, tr("Class field"), parentLayerParameterName=self.LABELS))
         self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Base model id"), defaultValue=self.DEFAULT_MODEL))
         self.addParameter(QgsProcessingParameterVectorLayer(
-            self.VALIDATION, tr("Validation area (optional)"), [QgsProcessing.TypeVectorPolygon], optional=True))
+            self.VALIDATION, tr("Validation area (optional)"), [QgsProcessing.SourceType.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.ITERATIONS, tr("Training iterations"), QgsProcessingParameterNumber.Integer, 300, False, 1, 1000000))
+            self.ITERATIONS, tr("Training iterations"), QgsProcessingParameterNumber.Type.Integer, 300, False, 1, 1000000))
         self.addParameter(QgsProcessingParameterNumber(
-            self.TIME_BUDGET, tr("Time budget in minutes (0: none)"), QgsProcessingParameterNumber.Integer, 0,
+            self.TIME_BUDGET, tr("Time budget in minutes (0: none)"), QgsProcessingParameterNumber.Type.Integer, 0,
             True, 0, 100000))
         self.addParameter(QgsProcessingParameterString(self.OUTPUT_MODEL, tr("New model id")))
         self.addParameter(QgsProcessingParameterFileDestination(

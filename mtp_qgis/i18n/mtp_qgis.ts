@@ -4,6 +4,11 @@
 <context>
     <name>mtp_qgis</name>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source> min</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source> px</source>
         <translation type="unfinished"></translation>
@@ -84,6 +89,11 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Base model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../finetune.py"/>
         <source>Base model id</source>
         <translation type="unfinished"></translation>
@@ -106,8 +116,14 @@
     <message>
         <location filename="../backend_panel.py"/>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <location filename="../models_panel.py"/>
         <source>Cancel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Cancelled; no model was written.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -122,6 +138,7 @@
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>Cancelling...</source>
         <translation type="unfinished"></translation>
     </message>
@@ -167,6 +184,11 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Choose a raster layer and a polygon layer of labels.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Choose a raster layer first.</source>
         <translation type="unfinished"></translation>
@@ -187,7 +209,13 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Choose the field that holds each polygon's class.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../finetune.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>Class field</source>
         <translation type="unfinished"></translation>
     </message>
@@ -274,6 +302,11 @@ Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, sco
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Draw polygons with a class field, then finetune.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Encoder: {encoder}</source>
         <translation type="unfinished"></translation>
@@ -319,6 +352,12 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
+        <source>Finetune</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../finetune.py"/>
         <source>Finetune a segmentation model on your labels</source>
         <translation type="unfinished"></translation>
@@ -329,8 +368,28 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Finetuning failed: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Finetuning report</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Finetuning {base} into {model}...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Folder for the results and their .qml styles; remembered.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Give the new model an id: letters, digits, _ . - (it becomes a file name).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -412,6 +471,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Iterations</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>Job {id} submitted</source>
         <translation type="unfinished"></translation>
@@ -423,7 +487,13 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>Labels (polygons)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Labels inside these polygons are held out to score the model; empty: the tool holds out a strip of the labelled area</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -488,12 +558,18 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Model {id} added: held-out mIoU {new:.3f} (base model {base:.3f}).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Models</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
         <location filename="../finetune.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>New model id</source>
         <translation type="unfinished"></translation>
     </message>
@@ -549,12 +625,18 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Open the report</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../models_panel.py"/>
         <source>Provenance</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>Raster layer</source>
         <translation type="unfinished"></translation>
     </message>
@@ -746,6 +828,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>The MTP Processing provider is not loaded; re-enable the plugin.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -865,6 +948,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Time budget</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../finetune.py"/>
         <source>Time budget in minutes (0: none)</source>
         <translation type="unfinished"></translation>
@@ -903,6 +991,11 @@ Report: HTML page with the loss curve and held-out figures of the new model, the
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Validation area</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../finetune.py"/>
         <source>Validation area (optional)</source>
         <translation type="unfinished"></translation>
@@ -925,6 +1018,11 @@ Report: HTML page with the loss curve and held-out figures of the new model, the
     <message>
         <location filename="../algorithm_base.py"/>
         <source>coarser</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>e.g. my_region_landcover</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -963,6 +1061,11 @@ Report: HTML page with the loss curve and held-out figures of the new model, the
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>no limit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>no reason given</source>
         <translation type="unfinished"></translation>
@@ -979,6 +1082,7 @@ Report: HTML page with the loss curve and held-out figures of the new model, the
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>see the log messages panel (Processing tab)</source>
         <translation type="unfinished"></translation>
     </message>
