@@ -82,7 +82,9 @@ class JobRequest(BaseModel):
     options {batch_size, cell_size}; detection and rotated_detection inputs [raster], outputs {vector},
     options {batch_size, score_threshold}; land_cover_extraction inputs [raster], outputs {vector}, options
     {instruction, sensor, batch_size}; spectral_indices (no model) inputs [raster], outputs {raster}, options
-    {indices, sensor}. Every task with a model takes options.sensor."""
+    {indices, sensor}; finetune (model = the base package) inputs [raster, labels vector], outputs {report?},
+    options {class_field, model_id, models_dir, validation, iterations, time_budget_s, batch_size}. Every task
+    with a model takes options.sensor."""
 
     # A plain string, not an enum: an unsupported task gets the backend's 400 message naming the
     # supported ones, like every other request check.

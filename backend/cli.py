@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "[--score-threshold S]; land_cover_extraction: --input IN.tif --out land_cover.gpkg "
                                    "--instruction 'extract water bodies' [--sensor S]; spectral_indices (no --model): "
                                    "--input IN.tif --out indices.tif [--indices ndvi ndwi] [--sensor S]")
-    r.add_argument("--task", default="semantic_segmentation", choices=list(SUPPORTED_TASKS))
+    r.add_argument("--task", default="semantic_segmentation",  # finetune is a job of the HTTP API (mtp:finetune)
+                   choices=[task for task in SUPPORTED_TASKS if task != "finetune"])
     r.add_argument("--model", default="", help="model id (not for spectral_indices)")
     r.add_argument("--input", required=True, type=str, action="append",
                    help="input raster; give it twice (before, then after) for change_detection")

@@ -17,6 +17,7 @@ from backend import outputs, raster_io, spectral
 from backend.change import ChangeRequest, detect_changes, intersect, overlap_window, warp_problem
 from backend.detection import DetectionRequest, detect_objects
 from backend.errors import BackendError, ConflictError, JobCancelled, TooManyJobsError
+from backend.finetune import FinetuneRequest, plan_finetune, run_finetune
 from backend.index_stack import IndexStackRequest, write_index_stack
 from backend.instructions import bind_to_model, parse_instruction
 from backend.land_cover import ExtractionRequest, extract_land_cover
@@ -28,13 +29,13 @@ from backend.sessions import default_batch_size, session_info
 
 log = logging.getLogger(__name__)
 SUPPORTED_TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
-                   "rotated_detection", "land_cover_extraction", "spectral_indices")
+                   "rotated_detection", "land_cover_extraction", "spectral_indices", "finetune")
 # Tasks that run no model (their requests leave `model` empty).
 MODEL_FREE_TASKS = ("spectral_indices",)
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 Plan = Union[SegmentationRequest, ChangeRequest, SceneRequest, DetectionRequest, ExtractionRequest,
-             IndexStackRequest]
+             IndexStackRequest, FinetuneRequest]
 
 
 @dataclass
@@ -95,11 +96,14 @@ def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str,
         model = None
     else:
         model = registry.get(spec.model)
-        if model.task != spec.task:
-            raise BackendError(f"Model '{spec.model}' does {model.task}, not {spec.task}; pick a {spec.task} model.")
+        model_task = rules.model_task or spec.task  # finetune takes a semantic_segmentation base package
+        if model.task != model_task:
+            raise BackendError(f"Model '{spec.model}' does {model.task}, not {model_task}; pick a {model_task} model.")
     _check_keys(spec, rules)
     guarded = dict(protected or {})
     guarded.update({p: "a model package" for p in registry.model_files()})
+    if spec.task == "finetune":  # writes a new package: needs the registry's folders and ids
+        return plan_finetune(spec, model, job_id, guarded, registry.model_dirs, registry.model_ids())
     return rules.planner(spec, model, job_id, guarded)
 
 
@@ -113,7 +117,9 @@ def run_plan(task: str, plan: Plan, progress=None, cancelled=None) -> dict[str, 
 
 def run_report(plan: Plan, seconds: float) -> dict[str, Any]:
     """Where a finished job ran and how fast: the provider, the device in words, megapixels of its window per
-    second of the whole run (read, infer, write)."""
+    second of the whole run (read, infer, write). A finetune job has none: its figures are its held-out scores."""
+    if isinstance(plan, FinetuneRequest):
+        return {}
     info = session_info(plan.model.path)
     window = plan.window
     return {"provider": info.provider, "device": info.device, "batch_size": plan.batch_size,
@@ -413,10 +419,11 @@ class TaskRules:
     optional_outputs: tuple[str, ...]
     output_hints: dict[str, str]
     options: tuple[str, ...]
+    model_task: str | None = None  # the task of the request's model when it is not `task` (finetune)
 
 
 # `sensor` (docs/contract.md §1 "Bands by role"): which sensor the raster comes from, for models that read bands
-# by role; every task takes it.
+# by role; every inference task takes it (finetune reads 8-bit RGB: the training reader's input).
 _DETECTION_RULES = dict(planner=plan_detection, runner=detect_objects, required_outputs=("vector",),
                         optional_outputs=(), output_hints={"vector": "the detections GeoPackage path"},
                         options=("batch_size", "score_threshold", "sensor"))
@@ -436,6 +443,10 @@ TASK_RULES = {
                                        ("instruction", "sensor", "batch_size")),
     "spectral_indices": TaskRules(plan_index_stack, write_index_stack, ("raster",), (),
                                   {"raster": "the index stack GeoTIFF path"}, ("indices", "sensor")),
+    # inputs [raster, labels vector]; the model is the base package; the new package goes into options.models_dir
+    "finetune": TaskRules(plan_finetune, run_finetune, (), ("report",), {"report": "the report .html path"},
+                          ("class_field", "model_id", "models_dir", "validation", "iterations", "time_budget_s",
+                           "batch_size"), model_task="semantic_segmentation"),
 }
 
 

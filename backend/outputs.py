@@ -24,7 +24,7 @@ LOW_DISK_BYTES = 1024 * 1024  # below this, a write failure without a clear reas
 # `.<stem>.<job id>.partial<ext>` adds this much at most to an output's name (job ids are 12 characters).
 PARTIAL_EXTRA = len("..") + 12 + len(".partial")
 # The extensions each kind of output may have (lower case).
-EXTENSIONS = {"raster": (".tif", ".tiff"), "gpkg": (".gpkg",)}
+EXTENSIONS = {"raster": (".tif", ".tiff"), "gpkg": (".gpkg",), "html": (".html", ".htm")}
 
 
 def checked_path(text: str, what: str) -> Path:

@@ -44,6 +44,10 @@ class ModelRegistry:
         """Every .onnx file the registry would look at (valid or not): no job output may replace one."""
         return list(self._files().values())
 
+    def model_ids(self) -> set[str]:
+        """Every id a package file takes (valid or not): a new model must not reuse one."""
+        return set(self._files())
+
     def _load(self, path: Path) -> ModelPackage | ModelPackageError:
         mtime = path.stat().st_mtime
         with self._lock:

@@ -45,6 +45,7 @@ from .algorithm_base import GSD_TOLERANCE, gsd_warning
 from .backend_panel import BackendPanel, log_link
 from .backend_process import BACKEND
 from .client import BackendNotInstalled
+from .finetune_panel import FinetunePanel
 from .i18n import tr
 from .land_cover import DEFAULT_INSTRUCTION, SENSORS, sensor_labels
 from .models_panel import ModelsPanel, task_name
@@ -308,6 +309,8 @@ class MtpDockWidget(QDockWidget):
         self.tabs = QTabWidget(body)
         self.tabs.addTab(run_tab, tr("Run"))
         self.tabs.addTab(self.models_panel, tr("Models"))
+        self.finetune_panel = FinetunePanel(body)
+        self.tabs.addTab(self.finetune_panel, tr("Finetune"))
         layout = QVBoxLayout(body)
         layout.addWidget(self.backend_panel)
         layout.addWidget(self.tabs)
@@ -323,6 +326,7 @@ class MtpDockWidget(QDockWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.backend_panel.installed.connect(self._backend_installed)
         self.models_panel.changed.connect(self.refresh_models)
+        self.finetune_panel.model_added.connect(self.refresh_models)  # the new model is listed at once
         self.tabs.currentChanged.connect(self._tab_changed)
         self._show_task_widgets()
 
@@ -669,6 +673,7 @@ class MtpDockWidget(QDockWidget):
         """Called on unload: stop a running job so nothing keeps writing after the plugin is gone."""
         self._closing = True
         self.models_panel.shutdown()
+        self.finetune_panel.shutdown()
         self.backend_panel.cancel()
         if self._feedback is not None:
             self._feedback.cancel()

@@ -6,6 +6,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .change import ChangeAlgorithm
 from .detect import DetectAlgorithm, DetectRotatedAlgorithm
+from .finetune import FinetuneAlgorithm
 from .scenes import ClassifyScenesAlgorithm
 from .i18n import tr
 from .land_cover import ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm
@@ -38,6 +39,7 @@ class MtpProvider(QgsProcessingProvider):
         self.addAlgorithm(DetectRotatedAlgorithm())
         self.addAlgorithm(ExtractLandCoverAlgorithm())
         self.addAlgorithm(SpectralIndicesAlgorithm())
+        self.addAlgorithm(FinetuneAlgorithm())
 
     # The backend writes GeoTIFF rasters and GeoPackage vectors only.
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802

@@ -15,14 +15,16 @@ def test_every_program_knows_the_same_tasks():
     from mtp_qgis.provider import MtpProvider
     from training.tasks import TASK_MODULES
 
-    model_tasks = set(SUPPORTED_TASKS) - set(MODEL_FREE_TASKS)  # served tasks that run a model package
+    # served tasks that run a model package (finetune makes one from a segmentation package)
+    model_tasks = set(SUPPORTED_TASKS) - set(MODEL_FREE_TASKS) - {"finetune"}
+    assert TASK_RULES["finetune"].model_task in model_tasks
     assert set(TASK_RULES) == set(SUPPORTED_TASKS)
     assert model_tasks <= set(KNOWN_TASKS) and model_tasks == set(GRAPH_RULES)
     assert set(KNOWN_TASKS) - model_tasks == {"instance_segmentation"}  # declared, not served yet
     # training makes a package for every served task; GeRSP pretraining makes an encoder, no package
     assert set(TASK_MODULES) - {"gersp_pretrain"} == model_tasks
     run = next(a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions if a.dest == "task")
-    assert set(run.choices) == set(SUPPORTED_TASKS)
+    assert set(run.choices) == set(SUPPORTED_TASKS) - {"finetune"}  # finetune is a job of the HTTP API only
     assert set(model_store.TASKS) == set(KNOWN_TASKS) and set(model_store.HEADLINE_METRICS) == set(KNOWN_TASKS)
     assert all(task_name(t) != t for t in KNOWN_TASKS)  # every task has a name for the analyst
     assert set(DOCK_TASKS) == model_tasks
@@ -36,8 +38,9 @@ def test_every_program_knows_the_same_tasks():
 def _algorithm_classes():
     from mtp_qgis.change import ChangeAlgorithm
     from mtp_qgis.detect import DetectAlgorithm, DetectRotatedAlgorithm
+    from mtp_qgis.finetune import FinetuneAlgorithm
     from mtp_qgis.land_cover import ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm
     from mtp_qgis.scenes import ClassifyScenesAlgorithm
     from mtp_qgis.segment import SegmentAlgorithm
     return [SegmentAlgorithm, ChangeAlgorithm, ClassifyScenesAlgorithm, DetectAlgorithm, DetectRotatedAlgorithm,
-            ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm]
+            ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm, FinetuneAlgorithm]

@@ -1,4 +1,4 @@
-"""python -m training {train,evaluate,export,import-official,dota-submission} ... (see --help of each)."""
+"""python -m training {train,evaluate,export,finetune,import-official,dota-submission} ... (see --help of each)."""
 import argparse
 import json
 import logging
@@ -84,6 +84,16 @@ def cmd_import_official(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from training.finetune.run import finetune
+    result = finetune(args.spec)
+    provenance = result["report"]["provenance"]
+    print(json.dumps({"model": result["package"], "finetuned_mIoU": provenance["finetuned_mIoU"],
+                      "base_mIoU": provenance["base_mIoU"], "best_constant_mIoU": provenance["best_constant_mIoU"]},
+                     indent=2))
+    return 0
+
+
 def cmd_dota_submission(args) -> int:
     from training.detection.dota_submission import detect_images, image_files, write_task1_submission
     results, classes = detect_images(args.checkpoint, image_files(args.images))
@@ -134,6 +144,11 @@ def main(argv=None) -> int:
                    "resisc45, levir_cd, whu_cd, cdd, oscd_rgb, dior, dior_r, fair1m2, dota_v1, dota_v2, xview)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package of that id")
     p.set_defaults(func=cmd_import_official)
+
+    p = sub.add_parser("finetune", help="finetune a segmentation package on labels cut from an analyst's raster "
+                                        "(the backend's finetune job writes the spec; see training/finetune/run.py)")
+    p.add_argument("--spec", required=True, help="finetune.json: base package, data folder, classes, iterations, out")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("dota-submission",
                        help="DOTA-v1.0/v2.0 Task 1 result files (Task1_<class>.txt) of a rotated-box checkpoint")

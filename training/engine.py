@@ -299,8 +299,10 @@ def train_loop(cfg, work_dir, *, read_config: Callable, load_training_data: Call
     return final
 
 
-def train(cfg: Optional[Config], work_dir, **options) -> Dict:
-    """Train a segmentation model; `options` are those of train_loop (iters, resume, stop_after, ...)."""
+def train(cfg: Optional[Config], work_dir, build_model: Optional[Callable] = None, **options) -> Dict:
+    """Train a segmentation model; `options` are those of train_loop (iters, resume, stop_after, ...).
+    build_model(cfg, load_encoder_weights) -> model replaces the default (a Segmentor built from the config,
+    its encoder from encoder.checkpoint), e.g. to start from a model package's weights (training.finetune)."""
     def load_training_data(cfg: Config):
         sampler = make_sampler(cfg)
         class_weights = loss_class_weights(sampler, cfg)
@@ -318,7 +320,7 @@ def train(cfg: Optional[Config], work_dir, **options) -> Dict:
 
     # The segmentor always builds its encoder from encoder.checkpoint; a resume then overwrites it.
     return train_loop(cfg, work_dir, read_config=config_from_dict, load_training_data=load_training_data,
-                      build_model=lambda cfg, load_encoder_weights: build_segmentor(cfg.model),
+                      build_model=build_model or (lambda cfg, load_encoder_weights: build_segmentor(cfg.model)),
                       evaluate=lambda model, cfg: evaluate_model(model, cfg) if cfg.data.val else None,
                       describe_metrics=describe_metrics, **options)
 

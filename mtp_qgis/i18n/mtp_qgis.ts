@@ -4,8 +4,18 @@
 <context>
     <name>mtp_qgis</name>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source> min</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source> px</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>'{id}' is not a usable model id: use letters, digits, _ . - (it becomes a file name).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -94,6 +104,16 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Base model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Base model id</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../change.py"/>
         <source>Before (earlier raster)</source>
         <translation type="unfinished"></translation>
@@ -111,8 +131,14 @@
     <message>
         <location filename="../backend_panel.py"/>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <location filename="../models_panel.py"/>
         <source>Cancel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Cancelled; no model was written.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -127,6 +153,7 @@
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>Cancelling...</source>
         <translation type="unfinished"></translation>
     </message>
@@ -172,6 +199,11 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Choose a raster layer and a polygon layer of labels.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Choose a raster layer first.</source>
         <translation type="unfinished"></translation>
@@ -184,6 +216,22 @@
     <message>
         <location filename="../dock.py"/>
         <source>Choose the before layer first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Choose the field of '{layer}' that holds each polygon's class.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Choose the field that holds each polygon's class.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <location filename="../finetune_panel.py"/>
+        <source>Class field</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -225,6 +273,11 @@ Output: GeoTIFF, one band per index named after it, NaN where the input is nodat
     <message>
         <location filename="../dock.py"/>
         <source>Could not list models: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Could not save '{layer}' for the backend: {error}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -286,6 +339,11 @@ Scene grid: GeoPackage of cell polygons with row, col, class_id, class_name, sco
     <message>
         <location filename="../models_panel.py"/>
         <source>Downloading {id}…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Draw polygons with a class field, then finetune.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -356,7 +414,63 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
+        <source>Finetune</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Finetune a segmentation model on your labels</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Finetuning</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Finetuning failed: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Finetuning report</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Finetuning {base} into {model}...</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../dock.py"/>
         <source>Folder for the results and their .qml styles; remembered.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Give the new model an id: letters, digits, _ . - (it becomes a file name).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held out: {split}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out mIoU of the base model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out mIoU of the new model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out mIoU: new model {new:.3f}, base model {base:.3f}, best constant class {constant:.3f}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -376,6 +490,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../detect.py"/>
+        <location filename="../finetune.py"/>
         <location filename="../scenes.py"/>
         <location filename="../segment.py"/>
         <source>Input raster</source>
@@ -443,6 +558,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Iterations</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>Job {id} submitted</source>
         <translation type="unfinished"></translation>
@@ -450,6 +570,17 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Keep objects whose score (0–1) is at least this; lower finds more, with more false alarms</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <location filename="../finetune_panel.py"/>
+        <source>Labels (polygons)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Labels inside these polygons are held out to score the model; empty: the tool holds out a strip of the labelled area</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -534,6 +665,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Model {id} added: held-out mIoU {new:.3f} (base model {base:.3f}).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Models</source>
         <translation type="unfinished"></translation>
@@ -541,6 +677,17 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../land_cover.py"/>
         <source>NAIP RGBN (4 bands)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <location filename="../finetune_panel.py"/>
+        <source>New model id</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>New model package</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -590,6 +737,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Open the report</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../land_cover.py"/>
         <source>PlanetScope 4-band</source>
         <translation type="unfinished"></translation>
@@ -616,6 +768,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>Raster layer</source>
         <translation type="unfinished"></translation>
     </message>
@@ -648,6 +801,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Render the input at the model's ground sample distance first; the result is then on that grid</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Report</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Report: {path}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -737,6 +900,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
         <location filename="../models_panel.py"/>
         <location filename="../segment.py"/>
         <source>Segmentation</source>
@@ -847,6 +1011,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>The MTP Processing provider is not loaded; re-enable the plugin.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -951,6 +1116,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>The report must be an .html file, not '{path}'.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>The result {path} could not be opened.</source>
         <translation type="unfinished"></translation>
@@ -971,6 +1141,39 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Time budget</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Time budget in minutes (0: none)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Training '{id}' from {base}; it will be written to {folder}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Training iterations</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Trains a segmentation model on your own polygons, starting from a model package, and adds it to your models (the dock and 'Semantic segmentation' list it at once).
+
+Input raster: the imagery the labels were drawn on; training data is cut from it at the base model's ground sample distance.
+Labels: polygons, each with its class in the class field (text or number). Pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one.
+Base model: a segmentation package written by the project's training (e.g. {default}).
+Validation area: optional polygons; labels inside them are held out to score the model. Without it the tool holds out a strip along one side of the labelled area (the log and report say which).
+Iterations / time budget: training stops at whichever comes first.
+Model id: the new model's id (a file name in your models folder).
+Report: HTML page with the loss curve and held-out figures of the new model, the base model and the best constant class.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Unchecked: the model's own threshold</source>
         <translation type="unfinished"></translation>
@@ -978,6 +1181,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../dock.py"/>
         <source>Use current map extent</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Validation area</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Validation area (optional)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1026,6 +1239,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>e.g. my_region_landcover</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>finer</source>
         <translation type="unfinished"></translation>
@@ -1061,6 +1279,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>no limit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../algorithm_base.py"/>
         <source>no reason given</source>
         <translation type="unfinished"></translation>
@@ -1082,6 +1305,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../dock.py"/>
+        <location filename="../finetune_panel.py"/>
         <source>see the log messages panel (Processing tab)</source>
         <translation type="unfinished"></translation>
     </message>

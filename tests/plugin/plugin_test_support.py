@@ -146,7 +146,8 @@ def start_backend(models_dir, state_file, log_path, extra_env=None):
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [BACKEND_PYTHON, "-m", "backend", "serve", "--port", "0", "--state-file", str(state_file),
-             "--token-file", str(state_file.parent / "token"), "--models-dir", str(models_dir)],
+             "--token-file", str(state_file.parent / "token"), "--models-dir",
+             *[str(d) for d in (models_dir if isinstance(models_dir, (list, tuple)) else [models_dir])]],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 60
@@ -403,3 +404,53 @@ def serve_folder(folder):
     finally:
         server.shutdown()
         server.server_close()
+
+
+LOVEDA_NAMES = {1: "background", 2: "building", 3: "road", 4: "water", 5: "barren", 6: "forest", 7: "agriculture"}
+
+
+def loveda_label_polygons(tile: str, path, box=None) -> Path:
+    """The LoveDA ground truth of `tile` as polygons with a text field `class` (the analyst's labels), in the
+    coordinates QGIS gives the PNG (no CRS: x = column, y = -row). `box` = [x0, y0, x1, y1] in pixels keeps
+    only that part. No-data (raw 0) is left unlabelled."""
+    import numpy as np
+    from osgeo import gdal, ogr
+
+    raw = gdal.Open(str(DATA / "loveda" / "ann_dir" / tile)).ReadAsArray()
+    keep = raw != 0
+    if box is not None:
+        inside = np.zeros_like(keep)
+        inside[box[1]:box[3], box[0]:box[2]] = True
+        keep &= inside
+    mem = gdal.GetDriverByName("MEM").Create("", raw.shape[1], raw.shape[0], 2, gdal.GDT_Byte)
+    mem.SetGeoTransform((0, 1, 0, 0, 0, -1))
+    mem.GetRasterBand(1).WriteArray(raw)
+    mem.GetRasterBand(2).WriteArray(keep.astype(np.uint8))
+    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = out.CreateLayer("labels", geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+    gdal.Polygonize(mem.GetRasterBand(1), mem.GetRasterBand(2), layer, 0)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    layer.ResetReading()
+    out.StartTransaction()
+    for feature in layer:
+        feature.SetField("class", LOVEDA_NAMES[feature.GetField("code")])
+        layer.SetFeature(feature)
+    out.CommitTransaction()
+    out = None
+    return Path(path)
+
+
+def rectangle_polygons(path, box) -> Path:
+    """One polygon covering pixel box [x0, y0, x1, y1] of a PNG as QGIS places it (y = -row)."""
+    from osgeo import ogr
+
+    x0, y0, x1, y1 = box
+    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = out.CreateLayer("area", geom_type=ogr.wkbPolygon)
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(
+        f"POLYGON (({x0} {-y0}, {x1} {-y0}, {x1} {-y1}, {x0} {-y1}, {x0} {-y0}))"))
+    layer.CreateFeature(feature)
+    out = None
+    return Path(path)

@@ -1,0 +1,485 @@
+"""The finetune job: an analyst's labelled polygons + raster -> a segmentation package in a models folder.
+
+The backend never imports torch. It checks the request (before anything is queued), cuts the training
+data from the raster at the base model's GSD (GDAL), and runs `python -m training finetune` in the
+training environment as a supervised child process: its log lines become the job's progress, a cancel
+kills it, and the package it writes is moved into the models folder only when it is complete.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+from backend import outputs, raster_io
+from backend.errors import BackendError, ConflictError, JobCancelled
+from backend.model_package import ModelPackage
+from backend.segmentation import with_context
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIN_LABELLED_PX = 2000      # labelled pixels (at the model's GSD) needed at all
+MIN_HELD_OUT_PX = 500       # ... in the held-out part
+MIN_TRAIN_PX = 1000         # ... in the training part
+MAX_SCENE_PX = 6000 * 6000  # the labelled area, cut at the model's GSD, must fit in memory for training
+SPLIT_GAP_PX = 16           # unlabelled band between training and automatically held-out labels
+HELD_OUT_SHARE = 0.2        # share of the labelled pixels an automatic split holds out
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# A hard-coded palette for classes the base model does not know by name (QGIS-like distinct colours).
+PALETTE = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf", "#999999",
+           "#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494"]
+ITER_LINE = re.compile(r"iter (\d+)/(\d+) loss ([0-9.eE+-]+|nan|inf)")
+PROGRESS_LINE = re.compile(r"progress ([0-9.]+) (.*)$")
+
+
+@dataclass
+class FinetuneRequest:
+    base: ModelPackage
+    input_path: Path
+    labels_path: Path
+    class_field: str
+    classes: list[dict]             # [{"name", "color"}], id = position
+    model_id: str
+    target: Path                    # <models folder>/<model_id>.onnx
+    report_path: Path | None
+    iterations: int
+    time_budget_s: int | None
+    batch_size: int
+    window: raster_io.Window        # the labelled area on the raster
+    size: tuple[int, int]           # (width, height) of the cut at the model's GSD
+    train_label: np.ndarray         # class ids, 255 = unlabelled
+    val_label: np.ndarray
+    split: str                      # how the held-out labels were chosen, in words
+    gsd_note: str
+    job_id: str
+    overwrite: bool
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        written = {"model": str(self.target)}
+        if self.report_path is not None:
+            written["report"] = str(self.report_path)
+        return written
+
+
+def training_python() -> str:
+    """The training environment's Python: $MTP_QGIS_TRAINING_PYTHON, else this one when torch is installed."""
+    configured = os.environ.get("MTP_QGIS_TRAINING_PYTHON", "").strip()
+    if configured:
+        if not os.access(configured, os.X_OK):
+            raise BackendError(f"MTP_QGIS_TRAINING_PYTHON is {configured}, which is not an executable Python.")
+        return configured
+    if importlib.util.find_spec("torch") is None:
+        raise BackendError("Finetuning needs the training environment (PyTorch), which this backend's Python "
+                           f"({sys.executable}) does not have: install requirements/training.txt into it, or set "
+                           "MTP_QGIS_TRAINING_PYTHON to a Python that has them.")
+    return sys.executable
+
+
+def _option(spec, key: str, default, check, what: str):
+    value = spec.options.get(key, default)
+    if not check(value):
+        raise BackendError(f"options.{key} must be {what}, got {str(value)[:80]!r}.")
+    return value
+
+
+def _is_int(v, low, high) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _vector_layer(path_text: str, what: str):
+    path = outputs.checked_path(path_text, what)
+    if not path.is_file():
+        raise BackendError(f"{what} {path} does not exist; save the layer to a file (GeoPackage, GeoJSON, "
+                           "Shapefile) first.")
+    try:
+        ds = gdal.OpenEx(str(path), gdal.OF_VECTOR | gdal.OF_READONLY)
+    except RuntimeError as exc:
+        raise BackendError(f"{what} {path} is not a vector file GDAL can read: {exc}") from None
+    if ds is None or ds.GetLayerCount() == 0:
+        raise BackendError(f"{what} {path} is not a vector file GDAL can read.")
+    if ds.GetLayerCount() > 1:
+        raise BackendError(f"{what} {path} holds {ds.GetLayerCount()} layers; give a file with one layer.")
+    return path, ds
+
+
+def _to_raster_srs(layer, raster_srs, what: str):
+    """A transformation of the layer's coordinates into the raster's CRS (None: use them as they are)."""
+    layer_srs = layer.GetSpatialRef()
+    if layer_srs is None or raster_srs is None:
+        return None
+    layer_srs = layer_srs.Clone()
+    layer_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    if layer_srs.IsSame(raster_srs):
+        return None
+    return osr.CoordinateTransformation(layer_srs, raster_srs)
+
+
+def read_polygons(ds, what: str, raster_srs, class_field: str | None):
+    """[(geometry in the raster's CRS, class value or None)] of the polygons of a vector file."""
+    layer = ds.GetLayer(0)
+    if class_field is not None:
+        fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
+        if class_field not in fields:
+            raise BackendError(f"{what} has no field '{class_field}'; its fields are: {', '.join(fields) or 'none'}. "
+                               "Choose the field that holds the class of each polygon.")
+    transform = _to_raster_srs(layer, raster_srs, what)
+    found = []
+    for feature in layer:
+        geom = feature.GetGeometryRef()
+        if geom is None or geom.IsEmpty():
+            continue
+        if ogr.GT_Flatten(geom.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
+            raise BackendError(f"{what} holds a {geom.GetGeometryName().lower()}; label with polygons (areas of one "
+                               "class).")
+        geom = geom.Clone()
+        if transform is not None:
+            try:
+                geom.Transform(transform)
+            except RuntimeError as exc:
+                raise BackendError(f"{what}: a polygon cannot be transformed into the raster's CRS ({exc}); check "
+                                   "the layer's CRS.") from None
+        value = None
+        if class_field is not None:
+            if not feature.IsFieldSetAndNotNull(class_field):
+                continue  # a polygon without class labels nothing
+            value = str(feature.GetField(class_field)).strip()
+        found.append((geom, value))
+    return found
+
+
+def _bounds(geoms) -> tuple[float, float, float, float]:
+    envs = [g.GetEnvelope() for g in geoms]  # (minx, maxx, miny, maxy)
+    return (min(e[0] for e in envs), min(e[2] for e in envs), max(e[1] for e in envs), max(e[3] for e in envs))
+
+
+def _rasterize(features, values, gt, width: int, height: int, srs) -> np.ndarray:
+    """Burn values[i] for features[i] (later ones on top) on a width x height grid; 255 elsewhere."""
+    target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+    target.SetGeoTransform(gt)
+    if srs is not None:
+        target.SetSpatialRef(srs)
+    target.GetRasterBand(1).Fill(255)
+    mem = ogr.GetDriverByName("Memory").CreateDataSource("labels")
+    layer = mem.CreateLayer("labels", srs=srs, geom_type=ogr.wkbMultiPolygon)
+    layer.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
+    for geom, value in zip(features, values):
+        f = ogr.Feature(layer.GetLayerDefn())
+        f.SetGeometry(geom)
+        f.SetField("value", int(value))
+        layer.CreateFeature(f)
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # a raster without CRS: GDAL warns that none is there
+    try:
+        gdal.RasterizeLayer(target, [1], layer, options=["ATTRIBUTE=value"])
+    finally:
+        gdal.PopErrorHandler()
+    return target.GetRasterBand(1).ReadAsArray()
+
+
+def _gsd(ds, base: ModelPackage) -> tuple[float, str]:
+    """Scale from raster pixels to model pixels, and a sentence about it."""
+    srs = raster_io.raster_srs(ds)
+    gt = raster_io.geotransform(ds)
+    pixel = math.hypot(gt[1], gt[4])
+    if base.gsd_m is None:
+        return 1.0, "the base model states no GSD: the raster's pixels are used as they are"
+    if srs is None or not srs.IsProjected():
+        kind = "has no CRS" if srs is None else "is in geographic coordinates"
+        return 1.0, f"the raster {kind}: its pixels are taken to be the base model's {base.gsd_m} m"
+    metres = pixel * srs.GetLinearUnits()
+    factor = metres / base.gsd_m
+    if abs(factor - 1) < 0.05:
+        return 1.0, f"the raster's {metres:.3g} m pixels match the base model's {base.gsd_m} m"
+    return factor, f"resampled from {metres:.3g} m to the base model's {base.gsd_m} m"
+
+
+def _strip_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """Hold out a strip along one side of the labelled area with about HELD_OUT_SHARE of the labelled pixels,
+    the side whose strip and remainder share the most classes; SPLIT_GAP_PX px between them stay unlabelled."""
+    labelled = labels != 255
+    best = None
+    for axis, sides in ((1, ("left", "right")), (0, ("top", "bottom"))):
+        per_line = labelled.sum(axis=1 - axis)
+        cum = np.cumsum(per_line)
+        total = cum[-1]
+        for side in sides:
+            if side in ("left", "top"):
+                cut = int(np.searchsorted(cum, HELD_OUT_SHARE * total)) + 1
+                held = np.zeros_like(labelled)
+                gap = np.zeros_like(labelled)
+                if axis == 1:
+                    held[:, :cut], gap[:, cut:cut + SPLIT_GAP_PX] = True, True
+                else:
+                    held[:cut], gap[cut:cut + SPLIT_GAP_PX] = True, True
+            else:
+                cut = int(np.searchsorted(cum, (1 - HELD_OUT_SHARE) * total))
+                held = np.zeros_like(labelled)
+                gap = np.zeros_like(labelled)
+                if axis == 1:
+                    held[:, cut:], gap[:, max(0, cut - SPLIT_GAP_PX):cut] = True, True
+                else:
+                    held[cut:], gap[max(0, cut - SPLIT_GAP_PX):cut] = True, True
+            val = np.where(held, labels, 255).astype(np.uint8)
+            train = np.where(held | gap, 255, labels).astype(np.uint8)
+            val_classes = set(np.unique(val[val != 255]).tolist())
+            train_classes = set(np.unique(train[train != 255]).tolist())
+            score = (len(val_classes & train_classes), -abs((val != 255).sum() / max(1, total) - HELD_OUT_SHARE))
+            if best is None or score > best[0]:
+                share = (val != 255).sum() / max(1, total)
+                text = (f"the {side} {'columns' if axis == 1 else 'rows'} of the labelled area holding "
+                        f"{share:.0%} of the labelled pixels (chosen by the tool; {SPLIT_GAP_PX} px left out "
+                        "between training and held-out labels)")
+                best = (score, train, val, text)
+    return best[1], best[2], best[3]
+
+
+def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: list[Path],
+                  known_ids: set[str]) -> FinetuneRequest:
+    training_python()
+    if not (REPO_ROOT / "training" / "__main__.py").is_file():
+        raise BackendError(f"The training code is not installed beside this backend ({REPO_ROOT / 'training'} is "
+                           "missing); finetuning runs from a source checkout of mtp_qgis.")
+    if not isinstance((base.raw.get("training") or {}).get("config"), dict):
+        raise BackendError(f"Base model '{base.id}' cannot be finetuned: it carries no training config (only packages "
+                           "written by `python -m training export`, such as the bundled ones, can be loaded for "
+                           "training). Choose another base model.")
+    if len(spec.inputs) != 2:
+        raise BackendError(f"finetune takes 2 inputs, the raster and the labels vector file; got {len(spec.inputs)}.")
+    class_field = _option(spec, "class_field", None, lambda v: isinstance(v, str) and 0 < len(v) <= 255,
+                          "the name of the labels' class field")
+    model_id = _option(spec, "model_id", None, lambda v: isinstance(v, str) and bool(MODEL_ID.match(v)),
+                       "a model id: letters, digits, _ . - (at most 100, not starting with . or -)")
+    if model_id in known_ids:
+        raise ConflictError(f"A model '{model_id}' exists already; choose another model id (or remove that model).")
+    folder_text = _option(spec, "models_dir", None, lambda v: isinstance(v, str) and len(v) > 0,
+                          "the models folder to write the package into")
+    folder = outputs.checked_path(folder_text, "options.models_dir")
+    searched = {d.resolve() for d in model_dirs if d.is_dir()}
+    if folder.resolve() not in searched:
+        raise BackendError(f"options.models_dir {folder} is not one of this backend's models folders "
+                           f"({', '.join(str(d) for d in model_dirs)}), so the model would not be listed; choose one.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BackendError(f"Models folder {folder} is not writable.")
+    iterations = _option(spec, "iterations", 300, lambda v: _is_int(v, 1, 1_000_000), "an integer from 1 to 1000000")
+    budget = _option(spec, "time_budget_s", None, lambda v: v is None or _is_int(v, 10, 7 * 86400),
+                     "a number of seconds from 10 to 604800 (or absent: no limit)")
+    batch_size = _option(spec, "batch_size", 8, lambda v: _is_int(v, 1, 256), "an integer from 1 to 256")
+
+    input_path, ds = raster_io_input(spec.inputs[0], base)
+    raster_srs = raster_io.raster_srs(ds)
+    labels_path, labels_ds = _vector_layer(spec.inputs[1], "Labels")
+    features = read_polygons(labels_ds, f"Labels {labels_path}", raster_srs, class_field)
+    if not features:
+        raise BackendError(f"Labels {labels_path} hold no polygon with a value in '{class_field}'; draw some first.")
+    names = sorted({v for _, v in features})
+    if len(names) < 2:
+        raise BackendError(f"The class field '{class_field}' of {labels_path} has one class only ({names[0]!r}); a "
+                           "model needs at least two: label the other things too (e.g. a 'background' class).")
+    validation = None
+    if spec.options.get("validation"):
+        val_text = _option(spec, "validation", None, lambda v: isinstance(v, str), "a vector file path")
+        val_path, val_ds = _vector_layer(val_text, "Validation area")
+        validation = [g for g, _ in read_polygons(val_ds, f"Validation area {val_path}", raster_srs, None)]
+        if not validation:
+            raise BackendError(f"Validation area {val_path} holds no polygon.")
+
+    xmin, ymin, xmax, ymax = _bounds([g for g, _ in features] + (validation or []))
+    try:
+        window = raster_io.extent_to_window(ds, raster_io.Extent(xmin, ymin, xmax, ymax), str(input_path))
+    except BackendError:
+        raise BackendError(f"The labels in {labels_path} lie outside the raster {input_path}: their extent "
+                           f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) does not overlap it. Check that both "
+                           "are in the right place (CRS).") from None
+    # Grown by the model's tile overlap as segmentation grows an extent: the scene the held-out score is measured
+    # on then looks like what `mtp:segment` over the labelled area sees.
+    window = with_context(window, base.tile_overlap, ds.RasterXSize, ds.RasterYSize)
+    factor, gsd_note = _gsd(ds, base)
+    width, height = max(1, round(window.width * factor)), max(1, round(window.height * factor))
+    if width * height > MAX_SCENE_PX:
+        raise BackendError(f"The labelled area is {width} x {height} px at the model's GSD; at most "
+                           f"{MAX_SCENE_PX} px can be trained on here. Label a smaller area.")
+    gt = raster_io.window_geotransform(raster_io.geotransform(ds), window)
+    gt = (gt[0], gt[1] / factor, gt[2] / factor, gt[3], gt[4] / factor, gt[5] / factor)
+    labels = _rasterize([g for g, _ in features], [names.index(v) for _, v in features], gt, width, height,
+                        raster_srs)
+    labelled = int((labels != 255).sum())
+    if labelled < MIN_LABELLED_PX:
+        raise BackendError(f"The labels in {labels_path} cover {labelled} px of the raster at the model's GSD; at least "
+                           f"{MIN_LABELLED_PX} are needed for training and a held-out check. Draw more or larger "
+                           "polygons.")
+    if validation:
+        inside = _rasterize(validation, [1] * len(validation), gt, width, height, raster_srs) == 1
+        train = np.where(inside, 255, labels).astype(np.uint8)
+        val = np.where(inside, labels, 255).astype(np.uint8)
+        split = f"the labels inside the validation area ({len(validation)} polygon(s))"
+    else:
+        train, val, split = _strip_split(labels)
+    n_train, n_val = int((train != 255).sum()), int((val != 255).sum())
+    if n_val < MIN_HELD_OUT_PX or n_train < MIN_TRAIN_PX:
+        raise BackendError(f"Too few labelled pixels in {labels_path} for a held-out check: {n_train} for training and {n_val} held "
+                           f"out ({split}); at least {MIN_TRAIN_PX} and {MIN_HELD_OUT_PX} are needed. Draw more "
+                           "labels" + (" inside and outside the validation area." if validation else "."))
+    if len(np.unique(train[train != 255])) < 2:
+        raise BackendError(f"The training labels (outside the held-out part: {split}) hold one class only; label "
+                           "at least two classes outside it.")
+    base_colors = {c.name.strip().lower(): c.color for c in base.classes}
+    classes = [{"name": n, "color": base_colors.get(n.lower(), PALETTE[i % len(PALETTE)])} for i, n in enumerate(names)]
+    target = folder / f"{model_id}.onnx"
+    report = None
+    if "report" in spec.outputs:
+        report = outputs.check_output(spec.outputs["report"], "report", "html", spec.overwrite,
+                                      {**protected, input_path: "the input raster", labels_path: "the labels"})
+    return FinetuneRequest(base, input_path, labels_path, class_field, classes, model_id, target, report,
+                           iterations, budget, batch_size, window, (width, height), train, val, split, gsd_note,
+                           job_id, spec.overwrite)
+
+
+def raster_io_input(text: str, base: ModelPackage):
+    """The input raster, checked as the segmentation job checks it (bands, local file)."""
+    path = outputs.checked_path(text, "Input raster")
+    ds = raster_io.open_raster(path)
+    needed = max(base.input.bands)
+    if ds.RasterCount < needed:
+        raise BackendError(f"Input {path} has {ds.RasterCount} band(s) but model '{base.id}' reads bands "
+                           f"{base.input.bands}; choose a raster with at least {needed} bands.")
+    raster_io.check_pixel_values(ds, str(path), base.input.bands, base.input.dtypes, base.input.expected_range(),
+                                 base.id, raster_io.full_window(ds))
+    return path, ds
+
+
+def _write_png(path: Path, bands: list[np.ndarray]) -> None:
+    mem = gdal.GetDriverByName("MEM").Create("", bands[0].shape[1], bands[0].shape[0], len(bands), gdal.GDT_Byte)
+    for i, band in enumerate(bands, 1):
+        mem.GetRasterBand(i).WriteArray(band)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gdal.GetDriverByName("PNG").CreateCopy(str(path), mem) is None:
+        raise BackendError(f"Could not write the training image {path}: {gdal.GetLastErrorMsg()}")
+
+
+def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
+    """img_dir/scene.png (the model's bands at its GSD, 8 bit), ann_train/ and ann_val/scene.png."""
+    ds = raster_io.open_raster(plan.input_path)
+    w = plan.window
+    width, height = plan.size
+    cut = gdal.Translate("", ds, format="MEM", srcWin=[w.x, w.y, w.width, w.height], width=width, height=height,
+                         bandList=list(plan.base.input.bands), resampleAlg="bilinear")
+    bands, invalid = [], np.zeros((height, width), bool)
+    for i in range(1, cut.RasterCount + 1):
+        band = cut.GetRasterBand(i)
+        values = band.ReadAsArray().astype(np.float64)
+        nodata = band.GetNoDataValue()
+        if nodata is not None:
+            invalid |= values == nodata
+        invalid |= ~np.isfinite(values)
+        bands.append(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8))
+    _write_png(data_dir / "img_dir" / "scene.png", bands[:3] if len(bands) >= 3 else bands * 3)
+    # Pixels without data teach nothing: their labels are dropped.
+    _write_png(data_dir / "ann_train" / "scene.png", [np.where(invalid, 255, plan.train_label).astype(np.uint8)])
+    _write_png(data_dir / "ann_val" / "scene.png", [np.where(invalid, 255, plan.val_label).astype(np.uint8)])
+
+
+def _reader(stream, lines: "queue.Queue[str | None]") -> None:
+    for raw in iter(stream.readline, b""):
+        lines.put(raw.decode("utf-8", "replace").rstrip())
+    lines.put(None)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End the training process group: SIGTERM, then SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[str, str]:
+    progress = progress or (lambda p, m: None)
+    cancelled = cancelled or (lambda: False)
+    work = Path(tempfile.mkdtemp(prefix=f"mtp_finetune_{plan.job_id}_"))
+    partials: list[Path] = []
+    try:
+        progress(0.5, "cutting the training data from the raster")
+        cut_training_data(plan, work / "data")
+        report_tmp = work / "report.html"
+        spec = {"base_package": str(plan.base.path), "data_dir": str(work / "data"), "classes": plan.classes,
+                "iterations": plan.iterations, "batch_size": plan.batch_size, "time_budget_s": plan.time_budget_s,
+                "out": str(work / "model" / f"{plan.model_id}.onnx"), "name": plan.model_id,
+                "description": f"Finetuned on labels from {plan.labels_path.name} ({plan.class_field}) over "
+                               f"{plan.input_path.name}; {plan.gsd_note}.",
+                "split": plan.split, "report": str(report_tmp),
+                "num_threads": int(os.environ.get("MTP_QGIS_TRAINING_THREADS", "0") or 0), "parent_pid": os.getpid()}
+        (work / "finetune.json").write_text(json.dumps(spec, indent=2))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+        process = subprocess.Popen([training_python(), "-m", "training", "finetune", "--spec", str(work / "finetune.json")],
+                                   cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=_reader, args=(process.stdout, lines), daemon=True).start()
+        tail: list[str] = []
+        ended = False
+        while not ended:
+            if cancelled():
+                _stop(process)
+                raise JobCancelled()
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                ended = True
+                continue
+            tail = (tail + [line])[-40:]
+            it = ITER_LINE.search(line)
+            step = PROGRESS_LINE.search(line)
+            if it:
+                done, total = int(it.group(1)), int(it.group(2))
+                progress(10 + 78 * done / total, f"training: iteration {done}/{total}, loss {float(it.group(3)):.3f}")
+            elif step:
+                progress(float(step.group(1)), step.group(2))
+        code = process.wait()
+        if code != 0:
+            errors = [l for l in tail if l.startswith("error:")]
+            detail = errors[-1][len("error:"):].strip() if errors else " | ".join(tail[-5:])
+            raise BackendError(f"Finetuning failed (training process exit code {code}): {detail}")
+        # Partial names do not end in .onnx, so no registry lists a package before it is complete.
+        partial = plan.target.with_name(f".{plan.model_id}.{plan.job_id}.partial")
+        partials.append(partial)
+        shutil.copyfile(work / "model" / f"{plan.model_id}.onnx", partial)
+        report_partial = None
+        if plan.report_path is not None:
+            report_partial = plan.report_path.with_name(f".{plan.report_path.stem}.{plan.job_id}.partial.html")
+            partials.append(report_partial)
+            shutil.copyfile(report_tmp, report_partial)
+        outputs.commit(partial, plan.target, overwrite=False)  # never replaces a model
+        if report_partial is not None:
+            try:
+                outputs.commit(report_partial, plan.report_path, plan.overwrite)
+            except BaseException:
+                plan.target.unlink(missing_ok=True)
+                raise
+        return plan.outputs
+    finally:
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)

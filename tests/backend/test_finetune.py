@@ -1,0 +1,173 @@
+"""The finetune job's checks before queueing, its held-out split, and cancel (the training runs for real in
+tests/plugin/test_finetune.py through qgis_process)."""
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import ogr
+
+from backend.errors import BackendError, ConflictError
+from backend.jobs import JobManager, JobSpec, plan_job
+from backend.registry import ModelRegistry
+from backend.synthetic_models import write_package
+from backend_test_data import DATA
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "plugin"))  # the LoveDA labels helper the qgis_process test uses too
+from plugin_test_support import loveda_label_polygons  # noqa: E402
+BUNDLED = REPO / "resources" / "models"
+TILE_1 = DATA / "loveda" / "img_dir" / "1.png"  # 1024 x 1024 RGB, no CRS: QGIS places it at x 0..1024, y -1024..0
+
+
+def polygons(path: Path, boxes, classes=None) -> Path:
+    """A GeoPackage of pixel boxes [x0, y0, x1, y1] of the PNG (y = -row), field `class`."""
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("labels", geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(
+            f"POLYGON (({x0} {-y0}, {x1} {-y0}, {x1} {-y1}, {x0} {-y1}, {x0} {-y0}))"))
+        if classes is not None:
+            feature.SetField("class", classes[i])
+        layer.CreateFeature(feature)
+    ds = None
+    return path
+
+
+@pytest.fixture()
+def user_models(tmp_path) -> Path:
+    folder = tmp_path / "user_models"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture()
+def registry(user_models) -> ModelRegistry:
+    return ModelRegistry([user_models, BUNDLED])
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory) -> Path:
+    return loveda_label_polygons("1.png", tmp_path_factory.mktemp("labels") / "loveda_1.gpkg")
+
+
+def spec(labels_path, user_models, model="mtp_seg_default", **options) -> JobSpec:
+    opts = {"class_field": "class", "model_id": "my_model", "models_dir": str(user_models), "iterations": 5}
+    opts.update(options)
+    return JobSpec("finetune", model, [str(TILE_1), str(labels_path)], {}, options=opts)
+
+
+def test_validation_area_splits_the_labels(registry, user_models, labels, tmp_path):
+    val = polygons(tmp_path / "val.gpkg", [[512, 512, 1024, 1024]])
+    plan = plan_job(spec(labels, user_models, validation=str(val)), registry, "j1")
+    assert [c["name"] for c in plan.classes] == ["agriculture", "background", "building", "forest", "road", "water"]
+    assert plan.classes[2]["color"] == "#ff0000"  # the base model's colour for a class it knows
+    assert plan.size == (1024, 1024) and "no CRS" in plan.gsd_note
+    train, held = plan.train_label != 255, plan.val_label != 255
+    assert not (train & held).any()
+    assert held[:512].sum() == 0 and held[:, :512].sum() == 0 and held[512:, 512:].all()
+    assert train[512:, 512:].sum() == 0 and train.sum() == 1024 * 1024 - 512 * 512
+
+
+def test_without_validation_the_tool_holds_out_a_strip(registry, user_models, labels):
+    plan = plan_job(spec(labels, user_models), registry, "j2")
+    train, held = plan.train_label != 255, plan.val_label != 255
+    assert not (train & held).any()
+    assert 0.15 < held.sum() / (train.sum() + held.sum()) < 0.3
+    assert "chosen by the tool" in plan.split
+    # Spatially disjoint: a band of at least 16 px separates the two along the split axis.
+    cols_held, cols_train = np.nonzero(held.any(0))[0], np.nonzero(train.any(0))[0]
+    rows_held, rows_train = np.nonzero(held.any(1))[0], np.nonzero(train.any(1))[0]
+    gaps = [cols_train.min() - cols_held.max(), cols_held.min() - cols_train.max(),
+            rows_train.min() - rows_held.max(), rows_held.min() - rows_train.max()]
+    assert max(gaps) > 16
+    assert len(np.unique(plan.val_label[held])) >= 3
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("outside", "lie outside the raster"),
+    ("one_class", "has one class only"),
+    ("few_pixels", "at least 2000 are needed"),
+    ("no_training_left", "for a held-out check: 0 for training"),
+    ("no_field", "has no field 'class'"),
+])
+def test_bad_labels_are_refused_before_queueing(case, expected, registry, user_models, tmp_path):
+    options = {}
+    if case == "outside":
+        path = polygons(tmp_path / "l.gpkg", [[2000, 2000, 2100, 2100], [2200, 2000, 2300, 2100]], ["a", "b"])
+    elif case == "one_class":
+        path = polygons(tmp_path / "l.gpkg", [[0, 0, 100, 100], [200, 200, 300, 300]], ["building", "building"])
+    elif case == "few_pixels":
+        path = polygons(tmp_path / "l.gpkg", [[0, 0, 20, 20], [100, 100, 120, 120]], ["a", "b"])
+    elif case == "no_training_left":
+        path = polygons(tmp_path / "l.gpkg", [[0, 0, 100, 100], [200, 200, 300, 300]], ["a", "b"])
+        options["validation"] = str(polygons(tmp_path / "v.gpkg", [[0, 0, 400, 400]]))
+    else:
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(tmp_path / "l.gpkg"))
+        ds.CreateLayer("labels", geom_type=ogr.wkbPolygon).CreateField(ogr.FieldDefn("kind", ogr.OFTString))
+        ds = None
+        path = tmp_path / "l.gpkg"
+    with pytest.raises(BackendError, match=expected) as err:
+        plan_job(spec(path, user_models, **options), registry, "j3")
+    assert str(path) in err.value.message
+
+
+def test_base_models_that_cannot_be_finetuned_are_refused(registry, user_models, labels, tmp_path):
+    with pytest.raises(BackendError, match="does scene_classification, not semantic_segmentation"):
+        plan_job(spec(labels, user_models, model="mtp_scene_default"), registry, "j4")
+    # A package without a training config (a third-party ONNX file, here a synthetic one) has no torch model.
+    write_package(user_models / "foreign.onnx")
+    with pytest.raises(BackendError, match="carries no training config"):
+        plan_job(spec(labels, user_models, model="foreign"), registry, "j5")
+
+
+def test_model_id_and_folder_are_checked(registry, user_models, labels, tmp_path):
+    with pytest.raises(ConflictError, match="exists already"):
+        plan_job(spec(labels, user_models, model_id="mtp_seg_default"), registry, "j6")
+    with pytest.raises(BackendError, match="not one of this backend's models folders"):
+        plan_job(spec(labels, user_models, models_dir=str(tmp_path)), registry, "j7")
+    with pytest.raises(BackendError, match="options.model_id must be"):
+        plan_job(spec(labels, user_models, model_id="../evil"), registry, "j8")
+
+
+def test_cancel_stops_training_and_leaves_nothing(registry, user_models, labels, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTP_QGIS_TRAINING_THREADS", "1")
+    before = set(Path(tempfile.gettempdir()).glob("mtp_finetune_*"))
+    manager = JobManager(registry)
+    job = manager.submit(spec(labels, user_models, iterations=100000))
+    deadline = time.monotonic() + 240
+    while "training: iteration" not in job.message and job.status in ("queued", "running"):
+        assert time.monotonic() < deadline, f"training did not start: {job.message} {job.error}"
+        time.sleep(0.2)
+    assert job.status == "running", job.error
+    manager.cancel(job.id)
+    deadline = time.monotonic() + 60
+    while job.status == "running":
+        assert time.monotonic() < deadline, "the training process was not stopped"
+        time.sleep(0.2)
+    assert job.status == "cancelled"
+    assert list(user_models.iterdir()) == []
+    assert "my_model" not in {m.id for m in registry.list()}
+    assert set(Path(tempfile.gettempdir()).glob("mtp_finetune_*")) == before
+    assert not any("training finetune" in " ".join(p.cmdline()) and str(job.id) in " ".join(p.cmdline())
+                   for p in _processes())
+    manager.shutdown()
+
+
+def _processes():
+    """Live processes' command lines (no psutil here): /proc."""
+    class P:
+        def __init__(self, pid):
+            self.pid = pid
+
+        def cmdline(self):
+            try:
+                return Path(f"/proc/{self.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                return []
+    return [P(int(p)) for p in os.listdir("/proc") if p.isdigit()]

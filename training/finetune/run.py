@@ -1,0 +1,282 @@
+"""`python -m training finetune --spec SPEC.json`: finetune a segmentation package on an analyst's labels.
+
+The backend (or anyone) prepares a data folder cut from the analyst's raster at the base model's GSD:
+`img_dir/scene.png` (the model's bands, 8 bit), `ann_train/scene.png` and `ann_val/scene.png` (class ids
+0..K-1, 255 = unlabelled; the two label images never label the same pixel). This module then:
+base package -> torch (training.finetune.from_package, checked against ONNX Runtime) -> the base model's
+score on the held-out labels -> training with the shared loop (unlabelled pixels ignored) -> held-out
+score of the finetuned model and of the best constant class -> ONNX package (parity-checked, metadata with
+that provenance) and an HTML report. Progress goes to the log as `progress <percent> <message>` lines.
+
+SPEC.json: {"base_package", "data_dir", "classes": [{"name", "color"}], "iterations", "batch_size",
+"time_budget_s" (null: none), "out" (.onnx), "name", "description", "split" (how the held-out area was
+chosen), "report" (.html), "num_threads" (0: torch's default), "parent_pid" (optional: exit when that process,
+the backend, is gone)}.
+"""
+import copy
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.config import ClassInfo, Config, SourceConfig
+from training.data import load_source, normalize
+from training.data.sources import IGNORE, LabelledTile
+from training.engine import evaluate_tiles, make_sampler, train
+from training.export import build_metadata, check_parity, describe_parity, export_onnx, onnx_out_path, write_package
+from training.finetune.from_package import (PackageLoadError, base_config, model_from_package, package_metadata,
+                                            recalibrate_batchnorm)
+from training.finetune.report import loss_history, write_report
+from training.inference import predict_logits, window_starts
+from training.metrics import iou_per_class
+from training.models import build_segmentor
+
+log = logging.getLogger("training")
+SCENE = "scene.png"
+CONTEXT_PX = 64  # image around the labelled box that training crops may see (never labels)
+
+
+def progress(percent: float, message: str) -> None:
+    """One line the backend turns into the job's progress."""
+    log.info("progress %.1f %s", percent, message)
+
+
+def read_spec(path: Path) -> Dict:
+    spec = json.loads(Path(path).read_text())
+    required = ("base_package", "data_dir", "classes", "iterations", "out")
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise ValueError(f"finetune spec {path} lacks {missing}")
+    if len(spec["classes"]) < 2:
+        raise ValueError(f"finetune spec {path}: at least 2 classes are needed, got {len(spec['classes'])}")
+    return spec
+
+
+def labelled_box(label: np.ndarray, margin: int) -> List[int]:
+    """[x0, y0, x1, y1] around the labelled pixels plus `margin` px of context, inside the image."""
+    rows, cols = np.nonzero(label != IGNORE)
+    if rows.size == 0:
+        raise ValueError("a label image has no labelled pixel")
+    height, width = label.shape
+    return [max(0, int(cols.min()) - margin), max(0, int(rows.min()) - margin),
+            min(width, int(cols.max()) + 1 + margin), min(height, int(rows.max()) + 1 + margin)]
+
+
+def finetune_config(base: Config, spec: Dict, train_box: List[int]) -> Config:
+    cfg = copy.deepcopy(base)
+    k = len(spec["classes"])
+    cfg.model.num_classes = k
+    cfg.model.encoder.checkpoint = None  # every weight comes from the package
+    identity = {i: i for i in range(k)}
+    root = str(Path(spec["data_dir"]).resolve())
+    cfg.data.classes = [ClassInfo(c["name"], c["color"]) for c in spec["classes"]]
+    cfg.data.train = [SourceConfig(dataset="analyst", root=root, tiles=[SCENE], class_map=identity,
+                                   regions=[train_box], label_dir="ann_train")]
+    # Held-out labels are scored on the whole scene, as `mtp:segment` over the labelled area sees them: a cut
+    # around them alone would change what the decoder's global pooling averages.
+    cfg.data.val = [SourceConfig(dataset="analyst", root=root, tiles=[SCENE], class_map=identity,
+                                 label_dir="ann_val")]
+    cfg.data.color_jitter = 0.1
+    iters = int(spec["iterations"])
+    cfg.train.iters = iters
+    cfg.train.batch_size = int(spec.get("batch_size") or 8)
+    # The weights are trained already: a gentler rate than from scratch keeps what the base model knows.
+    cfg.train.lr = float(spec.get("lr") or 3e-4)
+    cfg.train.num_threads = int(spec.get("num_threads") or 0)  # 0: torch's default (every core)
+    cfg.train.warmup_iters = min(20, max(1, iters // 10))
+    cfg.train.log_interval = max(1, min(10, iters // 100))  # the job shows the loss at least every 10 iterations
+    cfg.train.checkpoint_interval = max(iters, 1)
+    cfg.train.class_weighting = "inverse_sqrt_frequency"
+    cfg.train.layer_decay = 1.0
+    cfg.export.name = spec.get("name") or Path(spec["out"]).stem
+    cfg.export.description = spec.get("description") or ""
+    return cfg
+
+
+def scene_tiles(image: np.ndarray, cfg: Config, count: int = 4) -> torch.Tensor:
+    """Up to `count` normalised tile_size windows of the scene (zero-padded when it is smaller)."""
+    size = cfg.eval.tile_size
+    x = normalize(image, cfg.data.scale, cfg.data.mean, cfg.data.std)
+    _, height, width = x.shape
+    x = torch.nn.functional.pad(x, (0, max(0, size - width), 0, max(0, size - height)))
+    starts = [(t, l) for t in window_starts(x.shape[1], size, size) for l in window_starts(x.shape[2], size, size)]
+    picks = [starts[i] for i in np.linspace(0, len(starts) - 1, min(count, len(starts))).round().astype(int)]
+    return torch.stack([x[:, t:t + size, l:l + size] for t, l in picks])
+
+
+def base_model_scores(model: torch.nn.Module, base_cfg: Config, cfg: Config, tiles: List[LabelledTile]) -> Dict:
+    """The base model's held-out mIoU over the analyst's classes: its classes are matched by name, and a
+    pixel it gives a class the analyst does not use counts as wrong."""
+    k = cfg.model.num_classes
+    names = [c.name.strip().lower() for c in cfg.data.classes]
+    base_names = [c.name.strip().lower() for c in base_cfg.data.classes]
+    lut = np.array([names.index(n) if n in names else k for n in base_names])
+    cm = np.zeros((k + 1, k + 1), dtype=np.int64)
+    for tile in tiles:
+        logits = predict_logits(model, tile.image, base_cfg.model.num_classes, base_cfg.eval.tile_size,
+                                base_cfg.eval.tile_overlap, base_cfg.data.scale, base_cfg.data.mean,
+                                base_cfg.data.std, base_cfg.eval.batch_size)
+        pred = lut[logits.argmax(0).numpy()]
+        keep = tile.label != IGNORE
+        cm += np.bincount((k + 1) * tile.label[keep].astype(np.int64) + pred[keep],
+                          minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+    iou = iou_per_class(cm)[:k]
+    matched = [c.name for c in cfg.data.classes if c.name.strip().lower() in base_names]
+    return {"mIoU": float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else 0.0,
+            "overall_accuracy": float(np.trace(cm[:k, :k]) / max(1, cm[:k].sum())),
+            "per_class_iou": {c.name: (None if np.isnan(v) else float(v)) for c, v in zip(cfg.data.classes, iou)},
+            "matched_classes": matched}
+
+
+def new_model(base_model: torch.nn.Module, base_cfg: Config, cfg: Config) -> torch.nn.Module:
+    """The analyst's model: every base weight but the classifier; classifier rows of classes the base
+    model knows by name are copied, the others start fresh."""
+    model = build_segmentor(cfg.model)
+    base_state = base_model.state_dict()
+    state = model.state_dict()
+    base_names = [c.name.strip().lower() for c in base_cfg.data.classes]
+    for key, value in base_state.items():
+        if key in state and state[key].shape == value.shape and not key.startswith("decoder.classifier."):
+            state[key] = value.clone()
+    for i, info in enumerate(cfg.data.classes):
+        j = base_names.index(info.name.strip().lower()) if info.name.strip().lower() in base_names else None
+        if j is not None:
+            state["decoder.classifier.weight"][i] = base_state["decoder.classifier.weight"][j]
+            state["decoder.classifier.bias"][i] = base_state["decoder.classifier.bias"][j]
+    model.load_state_dict(state)
+    return model
+
+
+class TimeBudget:
+    """After `seconds`, ask the training loop to stop as Ctrl-C does (it ends the iteration and saves);
+    outside the loop the request is ignored."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.timer = None
+        self.fired = False
+
+    def _outside_loop(self, signum, frame):
+        if not self.fired:  # the analyst's own Ctrl-C
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._outside_loop)
+        if self.seconds:
+            self.timer = threading.Timer(float(self.seconds), self._fire)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def _fire(self):
+        self.fired = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def __exit__(self, *exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """The backend starts this process in a session of its own (so a cancel can end its whole group); if the
+    backend dies, nothing would stop it: end it then."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(2)
+        log.error("the backend (pid %d) that started this finetuning is gone; stopping", parent_pid)
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def finetune(spec_path) -> Dict:
+    spec_path = Path(spec_path)
+    spec = read_spec(spec_path)
+    if spec.get("parent_pid"):
+        exit_with_parent(int(spec["parent_pid"]))
+    work_dir = spec_path.parent / "run"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out = onnx_out_path(spec["out"])
+    data = Path(spec["data_dir"])
+    started = time.time()
+    progress(1, "reading the labelled data")
+    image = np.array(Image.open(data / "img_dir" / SCENE).convert("RGB"))
+    train_label = np.array(Image.open(data / "ann_train" / SCENE))
+    val_label = np.array(Image.open(data / "ann_val" / SCENE))
+    if np.any((train_label != IGNORE) & (val_label != IGNORE)):
+        raise ValueError(f"{data}: training and held-out labels share pixels")
+
+    progress(2, "loading the base model for training")
+    base_path = Path(spec["base_package"])
+    base_cfg = base_config(base_path, package_metadata(base_path))
+    base = model_from_package(base_path, scene_tiles(image, base_cfg, 2))
+    cfg = finetune_config(base.cfg, spec, labelled_box(train_label, CONTEXT_PX))
+    val_tiles = [t for s in cfg.data.val for t in load_source(s)]
+
+    progress(4, "scoring the base model on the held-out labels")
+    base_scores = base_model_scores(base.model, base.cfg, cfg, val_tiles)
+    progress(8, f"base model held-out mIoU {base_scores['mIoU']:.3f}")
+
+    model = new_model(base.model, base.cfg, cfg)
+    sampler = make_sampler(cfg)
+    recalibrate_batchnorm(model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
+                          base.unfolded)
+    with TimeBudget(spec.get("time_budget_s")) as budget:
+        state = train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model,
+                      evaluate_at_end=False, show_progress=False)
+    stopped_early = int(state["iteration"]) < cfg.train.iters
+    progress(88, "scoring the finetuned model on the held-out labels")
+    model.eval()
+    metrics = evaluate_tiles(model.cpu(), cfg, val_tiles)
+    metrics["evaluated_on"] = f"held-out labels ({spec.get('split') or 'analyst area'})"
+    comparison = {"finetuned_mIoU": metrics["mIoU"], "base_mIoU": base_scores["mIoU"],
+                  "best_constant_mIoU": metrics["baseline_best_constant"]["mIoU"],
+                  "best_constant_class": metrics["baseline_best_constant"]["class"]}
+    log.info("held-out mIoU: finetuned %.4f, base %s %.4f, best constant class %.4f", metrics["mIoU"],
+             base_path.stem, base_scores["mIoU"], comparison["best_constant_mIoU"])
+
+    progress(92, "exporting the model package")
+    provenance = {"base_model": base_path.stem, "base_model_name": base.meta.get("name", ""),
+                  "base_parity": base.parity, "split": spec.get("split", ""),
+                  "labelled_pixels": {"train": int((train_label != IGNORE).sum()),
+                                      "held_out": int((val_label != IGNORE).sum())},
+                  "iterations_done": int(state["iteration"]), "iterations_planned": cfg.train.iters,
+                  "stopped_by_time_budget": bool(stopped_early and budget.fired),
+                  "base_held_out": base_scores, **comparison}
+
+    def metadata(parity: Dict) -> Dict:
+        meta = build_metadata(cfg, state, metrics, parity)
+        meta["description"] = (
+            f"{cfg.export.description} Finetuned from {base_path.stem} on the analyst's labels: held-out mIoU "
+            f"{metrics['mIoU']:.3f} (base model {base_scores['mIoU']:.3f}, best constant class "
+            f"{comparison['best_constant_mIoU']:.3f}).").strip()
+        meta["metrics"]["base_model_mIoU"] = base_scores["mIoU"]
+        meta["finetune"] = provenance
+        meta["encoder"] = base.meta.get("encoder") or cfg.model.encoder.name
+        return meta
+
+    tiles = scene_tiles(image, cfg)
+    written = write_package(out, export_graph=lambda p: export_onnx(model, p, cfg.eval.tile_size,
+                                                                   cfg.model.encoder.in_chans, cfg.export.opset),
+                            check_parity=lambda p: check_parity(model, p, [tiles], cfg.export.atol,
+                                                                cfg.export.min_argmax_agreement),
+                            build_metadata=metadata, describe_parity=describe_parity)
+    report = {"model": out.stem, "name": cfg.export.name, "classes": [c.name for c in cfg.data.classes],
+              "loss": loss_history(work_dir / "train.log"), "metrics": metrics, "base": base_scores,
+              "provenance": provenance, "elapsed_s": round(time.time() - started, 1)}
+    (spec_path.parent / "report.json").write_text(json.dumps(report, indent=2))
+    if spec.get("report"):
+        write_report(Path(spec["report"]), report)
+    progress(100, f"done: held-out mIoU {metrics['mIoU']:.3f} (base {base_scores['mIoU']:.3f})")
+    return {"package": str(out), "metadata": written, "report": report}
+
+
+__all__ = ["finetune", "PackageLoadError"]
