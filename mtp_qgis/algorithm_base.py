@@ -94,6 +94,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
     TASK = ""            # backend task name, e.g. "semantic_segmentation"
     DEFAULT_MODEL = ""
     NEEDS_MODEL = True   # False: the task runs no model (spectral_indices), the request's model is empty
+    RUNS_ON_CLUSTER = True  # False: the backend runs the task only on its own machine (the cluster setting is ignored)
 
     def label(self):
         """What the analyst reads in messages, e.g. "Segmentation"."""
@@ -270,7 +271,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
             # Processing's semantics: the destination the user chose is replaced (its file dialog asked). The
             # backend still never replaces anything but a regular file that is not an input, model or token.
             request = dict(request, task=self.TASK, model=model_id, overwrite=True)
-            cluster = settings.cluster_address()
+            cluster = settings.cluster_address() if self.RUNS_ON_CLUSTER else ""
             if cluster:  # the backend sends the job's blocks to this Dask cluster
                 request["options"] = dict(request.get("options") or {}, cluster=cluster)
                 feedback.pushInfo(tr("Running on the Dask cluster {address}").format(address=cluster))

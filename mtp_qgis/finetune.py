@@ -56,6 +56,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
     REPORT = "REPORT"
     TASK = TASK
     DEFAULT_MODEL = DEFAULT_MODEL_ID
+    RUNS_ON_CLUSTER = False  # training runs where the backend is
 
     def label(self):
         return tr("Finetuning")

@@ -35,6 +35,7 @@ class SpectralAlgorithm(BackendAlgorithm):
 
     INPUT = "INPUT"
     SENSOR = "SENSOR"
+    RUNS_ON_CLUSTER = False  # the backend's cluster blocks cover the five inference tasks, not these
 
     def group(self):
         return tr("Land cover")

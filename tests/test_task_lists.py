@@ -31,6 +31,8 @@ def test_every_program_knows_the_same_tasks():
     provider = MtpProvider()
     algorithms = [cls() for cls in _algorithm_classes()]
     assert {a.TASK for a in algorithms} == set(SUPPORTED_TASKS)
+    from backend.cluster import CLUSTER_TASKS  # the plugin sends its cluster setting only where blocks can run
+    assert {a.TASK for a in algorithms if a.RUNS_ON_CLUSTER} == set(CLUSTER_TASKS)
     assert {a.name() for a in algorithms} >= {algorithm.split(":")[1] for algorithm, _ in DOCK_TASKS.values()}
     assert provider.id() == "mtp"
 
