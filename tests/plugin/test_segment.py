@@ -299,6 +299,7 @@ def test_cluster_setting_runs_the_job_on_a_dask_cluster_with_the_same_result(out
     # The setting (here its environment variable) sends the job to a Dask cluster: the backend starts a local
     # one of 2 worker processes; the log shows the dashboard, the result is the one-machine result, and
     # QGIS's Python never imports Dask.
+    import ast
     import sys
 
     import numpy as np
@@ -313,6 +314,7 @@ def test_cluster_setting_runs_the_job_on_a_dask_cluster_with_the_same_result(out
             self.lines.append(info)
 
     here = out_dir / "here.tif"
+    modules_before = set(sys.modules)  # the suite's own cluster tests may have imported Dask already
     run_segment({"INPUT": str(COGEO), "OUTPUT": str(here)})
     monkeypatch.setenv("MTP_QGIS_CLUSTER", "local:2")
     feedback = Recorder()
@@ -322,4 +324,11 @@ def test_cluster_setting_runs_the_job_on_a_dask_cluster_with_the_same_result(out
     assert any(line.startswith("Dask dashboard: http") for line in feedback.lines), feedback.lines
     a, b = gdal.Open(str(here)), gdal.Open(str(there))
     assert np.array_equal(a.ReadAsArray(), b.ReadAsArray())
-    assert "distributed" not in sys.modules and "dask" not in sys.modules
+    dask_loaded = {m for m in set(sys.modules) - modules_before if m.split(".")[0] in ("dask", "distributed")}
+    assert not dask_loaded
+    plugin = Path(__file__).resolve().parents[2] / "mtp_qgis"
+    for source in plugin.rglob("*.py"):  # and no plugin module imports it
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("dask", "distributed") for n in names), source
