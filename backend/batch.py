@@ -26,7 +26,7 @@ from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer, remove_gpkg
 from backend.jobs import JobSpec, failure_message, plan_job, run_plan
 from backend.registry import ModelRegistry
-from backend.segmentation import CancelCheck, ProgressCallback, partial_path
+from backend.tile_pipeline import CancelCheck, ProgressCallback, partial_path
 
 log = logging.getLogger(__name__)
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png", ".jpg", ".jpeg"}

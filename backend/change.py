@@ -1,7 +1,7 @@
 """Change detection of a before/after pair into a 0/1 GeoTIFF on the before raster's grid, and polygons.
 
 The after raster is read through a virtual warp onto the before grid (nothing copied to disk), the two
-dates are stacked channel-wise so `segmentation.run_tiles` tiles and blends them like one raster, and a
+dates are stacked channel-wise so `tile_pipeline.run_tiles` tiles and blends them like one raster, and a
 TileModel subclass feeds the halves to the graph's two inputs.
 """
 
@@ -19,8 +19,8 @@ from backend import outputs, raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer
 from backend.model_package import ModelPackage
-from backend.segmentation import (CancelCheck, ProgressCallback, TileModel, partial_path, remove_partial,
-                                  write_class_raster)
+from backend.segmentation import write_class_raster
+from backend.tile_pipeline import CancelCheck, ProgressCallback, TileModel, partial_path, remove_partial
 
 log = logging.getLogger(__name__)
 ogr.UseExceptions()

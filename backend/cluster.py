@@ -33,9 +33,10 @@ from backend import outputs, raster_io
 from backend.change import intersect
 from backend.detection import Detections
 from backend.errors import BackendError, JobCancelled
-from backend.segmentation import (CancelCheck, ClassIdWriter, ProgressCallback, SegmentationRequest, TileModel,
-                                  partial_path, remove_partial, run_tiles, with_context)
+from backend.segmentation import ClassIdWriter, SegmentationRequest
 from backend.sessions import physical_cores
+from backend.tile_pipeline import (CancelCheck, ProgressCallback, TileModel, partial_path, remove_partial, run_tiles,
+                                   with_context)
 from backend.tiling import TileGrid, TileSpec, column_stripes
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from backend import outputs, raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer, remove_gpkg
 from backend.model_package import ModelPackage
-from backend.segmentation import (CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path,
-                                  with_context)
+from backend.tile_pipeline import (CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path,
+                                   with_context)
 from backend.tiling import TileGrid, TileSpec
 
 log = logging.getLogger(__name__)

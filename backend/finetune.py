@@ -29,7 +29,7 @@ from osgeo import gdal, ogr, osr
 from backend import outputs, raster_io
 from backend.errors import BackendError, ConflictError, JobCancelled
 from backend.model_package import ModelPackage
-from backend.segmentation import with_context
+from backend.tile_pipeline import with_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIN_LABELLED_PX = 2000      # labelled pixels (at the model's GSD) needed at all

@@ -15,8 +15,8 @@ from osgeo import gdal
 
 from backend import outputs, raster_io
 from backend.errors import JobCancelled
-from backend.segmentation import CancelCheck, ProgressCallback, partial_path, remove_partial
 from backend.spectral import INDICES, BandLayout, compute_indices, index_roles
+from backend.tile_pipeline import CancelCheck, ProgressCallback, partial_path, remove_partial
 
 BLOCK = 512  # pixels per side of a block read and written at once
 

@@ -26,9 +26,10 @@ from backend.gpkg import create_layer, remove_gpkg
 from backend.index_stack import BLOCK, reflectance_by_role
 from backend.instructions import REFLECTANCE_QUANTITIES, Target, cover_of_class, explain
 from backend.model_package import ModelPackage
-from backend.segmentation import (CancelCheck, ClassIdWriter, ProgressCallback, TileModel, partial_path,
-                                  remove_partial, run_tiles, with_context)
+from backend.segmentation import ClassIdWriter
 from backend.spectral import INDICES, BandLayout, compute_indices, index_roles
+from backend.tile_pipeline import (CancelCheck, ProgressCallback, TileModel, partial_path, remove_partial, run_tiles,
+                                   with_context)
 
 log = logging.getLogger(__name__)
 ogr.UseExceptions()

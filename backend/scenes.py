@@ -18,7 +18,7 @@ from backend import outputs, raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer
 from backend.model_package import ModelPackage
-from backend.segmentation import CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path, softmax
+from backend.tile_pipeline import CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path, softmax
 
 log = logging.getLogger(__name__)
 ogr.UseExceptions()

@@ -254,7 +254,7 @@ def bare_inputs(key: str, plan, tile_model) -> list[dict]:
     from backend import raster_io
     from backend.change import open_pair
     from backend.scenes import cell_starts, open_cells
-    from backend.segmentation import with_context
+    from backend.tile_pipeline import with_context
     from backend.tiling import TileGrid
 
     model, b = plan.model, plan.batch_size
@@ -294,7 +294,7 @@ def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, wor
     from backend.jobs import JobSpec, plan_job, run_plan
     from backend.registry import ModelRegistry
     from backend.scenes import SceneModel
-    from backend.segmentation import TileModel
+    from backend.tile_pipeline import TileModel
     from backend.sessions import session_settings
 
     task, model_id = MODELS[key]

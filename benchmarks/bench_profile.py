@@ -77,18 +77,18 @@ def main() -> int:
 
     from osgeo import gdal
 
-    from backend import detection, raster_io, segmentation, tiling
+    from backend import detection, raster_io, segmentation, tile_pipeline, tiling
     from backend.jobs import JobSpec, plan_job, run_plan
     from backend.registry import ModelRegistry
 
     tif = write_geotiff(args.cache / f"mosaic_{args.size}.tif", args.size)
     timed(raster_io.RasterReader, "read", "read (GDAL)")
-    timed(segmentation.TileModel, "prepare", "normalise + pad")
-    if hasattr(segmentation.TileModel, "prepare_into"):
-        timed(segmentation.TileModel, "prepare_into", "normalise into the batch")
+    timed(tile_pipeline.TileModel, "prepare", "normalise + pad")
+    if hasattr(tile_pipeline.TileModel, "prepare_into"):
+        timed(tile_pipeline.TileModel, "prepare_into", "normalise into the batch")
     if args.task == "semantic_segmentation":
-        timed(segmentation.TileModel, "infer", "ORT session.run")
-        timed(segmentation.TileModel, "to_scores", "exp + sum (scores)")
+        timed(tile_pipeline.TileModel, "infer", "ORT session.run")
+        timed(tile_pipeline.TileModel, "to_scores", "exp + sum (scores)")
         timed(tiling.StreamingBlender, "add", "blend (incl. sink)")
         timed(segmentation.ClassIdWriter, "__call__", "sink: argmax + write (incl.)")
         timed(segmentation, "argmax_classes", "argmax")

@@ -154,7 +154,7 @@ def child_run(args) -> int:
     from backend.jobs import plan_job, run_plan
     from backend.registry import ModelRegistry
     from backend.scenes import SceneModel
-    from backend.segmentation import TileModel
+    from backend.tile_pipeline import TileModel
 
     inputs = [str(args.input)] + ([str(args.after)] if args.after else [])
     spec = job_spec(args.task, args.model, inputs, args.child, args.batch_size)
@@ -192,7 +192,7 @@ def predicted_carry_mb(task: str, width: int, height: int, tile: int, overlap: i
     if task == "scene_classification" or task in DETECTION_TASKS:
         return 0.0
     sys.path.insert(0, str(REPO))
-    from backend.segmentation import MAX_STRIPE_WIDTH
+    from backend.tile_pipeline import MAX_STRIPE_WIDTH
     from backend.tiling import TileGrid
 
     grid = TileGrid(width, height, tile, overlap)

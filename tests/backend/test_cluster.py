@@ -19,7 +19,7 @@ from backend.cluster import plan_blocks, run_plan_on_cluster
 from backend.errors import BackendError, JobCancelled
 from backend.jobs import JobSpec, plan_job, run_plan
 from backend.raster_io import Extent, Window
-from backend.segmentation import TileModel, run_tiles, with_context
+from backend.tile_pipeline import TileModel, run_tiles, with_context
 
 from backend_test_data import COGEO, DOTA_PNG, REPO, NAIP, NAIP_2020, RGB_BYTE, vrt_over_copy
 

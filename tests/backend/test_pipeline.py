@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from backend import raster_io, segmentation
+from backend import raster_io, segmentation, tile_pipeline
 from backend.errors import BackendError, JobCancelled
 from backend.jobs import JobSpec, plan_job
 from backend.raster_io import Window
-from backend.segmentation import TileModel, argmax_classes, run_tiles, segment_raster, softmax
+from backend.segmentation import argmax_classes, segment_raster
 from backend.sessions import physical_cores
+from backend.tile_pipeline import TileModel, run_tiles, softmax
 
 from backend_test_data import COGEO, RGB_BYTE
 
@@ -225,7 +226,7 @@ def test_pipeline_shortens_the_switch_interval_only_while_it_runs(registry, monk
 
     monkeypatch.setattr(TileModel, "infer", spying)
     blend(registry.get("spatial"), COGEO, Window(0, 0, 600, 600), True)
-    assert seen and max(seen) <= segmentation.PIPELINE_SWITCH_INTERVAL
+    assert seen and max(seen) <= tile_pipeline.PIPELINE_SWITCH_INTERVAL
     assert sys.getswitchinterval() == before
 
 

@@ -8,7 +8,8 @@ from osgeo import gdal, osr
 from backend import raster_io
 from backend.jobs import JobSpec, plan_job
 from backend.raster_io import Extent, Window
-from backend.segmentation import SegmentationRequest, TileModel, run_tiles, segment_raster, softmax
+from backend.segmentation import SegmentationRequest, segment_raster
+from backend.tile_pipeline import TileModel, run_tiles, softmax
 from backend.synthetic_models import build_model
 
 from backend_test_data import COGEO, LOVEDA_PNG, RGB_BYTE, TILE

@@ -297,7 +297,7 @@ def test_index_channels_of_a_model_with_numbered_bands(tmp_path):
     by the scale, the index is not (a ratio needs no scale), then each channel is normalised."""
     from backend.model_package import load_package
     from backend.raster_io import RasterReader
-    from backend.segmentation import TileModel
+    from backend.tile_pipeline import TileModel
     from backend.synthetic_models import default_metadata, write_package
 
     meta = default_metadata(4, 2, 64, 16)

@@ -64,7 +64,7 @@ def test_training_indices_equal_the_backends(tmp_path):
     from backend.jobs import model_for_raster
     from backend.model_package import load_package
     from backend.raster_io import RasterReader
-    from backend.segmentation import TileModel
+    from backend.tile_pipeline import TileModel
     from backend.spectral import recognise
 
     spec = importlib.util.spec_from_file_location("s2", REPO_ROOT / "scripts" / "sentinel2_sample.py")

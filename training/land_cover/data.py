@@ -118,7 +118,7 @@ def channel_statistics(scenes: List[Scene], roles, indices) -> tuple:
 
 def normalised(scene: Scene, data_cfg) -> np.ndarray:
     """C x H x W float32: (channels - mean) / std, non-finite values (invalid pixels, undefined indices) 0, as the
-    backend feeds them (backend.segmentation.neutralise_invalid)."""
+    backend feeds them (backend.tile_pipeline.neutralise_invalid)."""
     x = scene.channels(data_cfg.band_roles, data_cfg.indices)
     mean = np.asarray(data_cfg.mean, np.float32)[:, None, None]
     std = np.asarray(data_cfg.std, np.float32)[:, None, None]
