@@ -17,10 +17,11 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from backend import __version__
 from backend.errors import BackendError
-from backend.jobs import SUPPORTED_TASKS, Job, JobManager, JobSpec
+from backend.jobs import Job, JobManager, JobSpec
 from backend.outputs import PATH_MAX
 from backend.raster_io import Extent
 from backend.registry import ModelRegistry
+from backend.tasks import SUPPORTED_TASKS
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 256 * 1024  # a job request is a few hundred bytes; a WKT extent CRS a few kilobytes

@@ -26,11 +26,11 @@ from backend.errors import BackendError, JobCancelled
 from backend.gpkg import create_layer, remove_gpkg
 from backend.jobs import JobSpec, failure_message, plan_job, run_plan
 from backend.registry import ModelRegistry
+from backend.tasks import BATCH_TASKS, TASKS
 from backend.tile_pipeline import CancelCheck, ProgressCallback, partial_path
 
 log = logging.getLogger(__name__)
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png", ".jpg", ".jpeg"}
-BATCH_TASKS = ("semantic_segmentation", "scene_classification", "detection", "rotated_detection")
 INDEX_LAYER = "rasters"
 STOP_WAIT_S = 120  # how long a cancelled batch waits for its running jobs to stop
 
@@ -88,13 +88,17 @@ class BatchResult:
         return sum(r.status == status for r in self.rasters)
 
 
+def output_key(task: str) -> str:
+    """The one output of a batch task: raster (a GeoTIFF) or vector (a GeoPackage)."""
+    return TASKS[task].required_outputs[0]
+
+
 def output_for(raster: Path, out_dir: Path, task: str) -> Path:
-    return out_dir / (raster.stem + (".tif" if task == "semantic_segmentation" else ".gpkg"))
+    return out_dir / (raster.stem + (".tif" if output_key(task) == "raster" else ".gpkg"))
 
 
 def job_spec(task: str, model: str, raster: Path, output: Path, options: dict[str, Any], overwrite: bool) -> JobSpec:
-    key = "raster" if task == "semantic_segmentation" else "vector"
-    return JobSpec(task, model, [str(raster)], {key: str(output)}, None, dict(options), overwrite)
+    return JobSpec(task, model, [str(raster)], {output_key(task): str(output)}, None, dict(options), overwrite)
 
 
 def run_raster(spec: JobSpec, model_dirs: list[str], job_id: str, cancel_flag: str | None = None,

@@ -33,8 +33,8 @@ def _absolute(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from backend.jobs import SUPPORTED_TASKS
     from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
+    from backend.tasks import BATCH_TASKS, CLI_TASKS
 
     parser = argparse.ArgumentParser(prog="python -m backend", description="mtp_qgis inference backend")
     parser.add_argument("--version", action="version", version=__version__)
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--instruction 'extract water bodies' [--sensor S]; spectral_indices (no --model): "
                                    "--input IN.tif --out indices.tif [--indices ndvi ndwi] [--sensor S]")
     r.add_argument("--task", default="semantic_segmentation",  # finetune is a job of the HTTP API (mtp:finetune)
-                   choices=[task for task in SUPPORTED_TASKS if task != "finetune"])
+                   choices=list(CLI_TASKS))
     r.add_argument("--model", default="", help="model id (not for spectral_indices)")
     r.add_argument("--input", required=True, type=str, action="append",
                    help="input raster; give it twice (before, then after) for change_detection")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per raster named after it, and writes the index GeoPackage. A rerun skips the "
                                    "rasters whose output exists.")
     b.add_argument("--task", default="semantic_segmentation",
-                   choices=["semantic_segmentation", "scene_classification", "detection", "rotated_detection"])
+                   choices=list(BATCH_TASKS))
     b.add_argument("--model", required=True)
     b.add_argument("--input", required=True, action="append", help="folder, list .txt, VRT or raster; repeatable")
     b.add_argument("--out-dir", required=True, type=Path)
@@ -151,6 +151,7 @@ def cmd_run(args) -> int:
 
     from backend.jobs import JobSpec, failure_message, plan_job, run_plan, run_report
     from backend.server import DEFAULT_STATE_FILE, DEFAULT_TOKEN_FILE
+    from backend.tasks import TASKS
 
     for flag, value, task in (("--polygons", args.polygons, "change_detection"),
                               ("--min-area-px", args.min_area_px, "change_detection"),
@@ -160,18 +161,17 @@ def cmd_run(args) -> int:
                               ("--indices", args.indices, "spectral_indices")):
         if value is not None and args.task != task:
             raise BackendError(f"{flag} applies to --task {task} only, not {args.task}.")
-    if args.task == "spectral_indices" and args.model:
-        raise BackendError("--task spectral_indices runs no model; leave out --model.")
-    if args.task != "spectral_indices" and not args.model:
+    needs_model = TASKS[args.task].needs_model
+    if not needs_model and args.model:
+        raise BackendError(f"--task {args.task} runs no model; leave out --model.")
+    if needs_model and not args.model:
         raise BackendError(f"--task {args.task} needs --model (python -m backend models lists them).")
-    detection = ("detection", "rotated_detection")
-    if args.score_threshold is not None and args.task not in detection:
+    if args.score_threshold is not None and "score_threshold" not in TASKS[args.task].options:
         raise BackendError(f"--score-threshold applies to --task detection or rotated_detection only, not {args.task}.")
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
-    key = "vector" if args.task in ("scene_classification", "land_cover_extraction", *detection) else "raster"
-    outputs = {key: _absolute(args.output)}
+    outputs = {TASKS[args.task].required_outputs[0]: _absolute(args.output)}
     # batch size: the backend chooses (free GPU memory / CPU default) unless given; index maps have none
-    options = {} if args.task == "spectral_indices" or args.batch_size is None else {"batch_size": args.batch_size}
+    options = {} if not needs_model or args.batch_size is None else {"batch_size": args.batch_size}
     for name in ("instruction", "indices", "sensor"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

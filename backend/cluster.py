@@ -35,6 +35,7 @@ from backend.detection import Detections
 from backend.errors import BackendError, JobCancelled
 from backend.segmentation import ClassIdWriter, SegmentationRequest
 from backend.sessions import physical_cores
+from backend.tasks import CLUSTER_TASKS  # the tasks whose blocks run_plan_with_client runs
 from backend.tile_pipeline import (CancelCheck, ProgressCallback, TileModel, partial_path, remove_partial, run_tiles,
                                    with_context)
 from backend.tiling import TileGrid, TileSpec, column_stripes
@@ -403,9 +404,6 @@ def parse_address(address: str) -> tuple[str, int | None]:
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 64, 65536
 
 
-# The tasks whose blocks this module runs (run_plan_with_client); others are refused when submitted.
-CLUSTER_TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
-                 "rotated_detection")
 
 
 def refuse_unless_cluster_task(task: str) -> None:

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -25,19 +25,11 @@ import onnx
 from backend.errors import ModelPackageError
 from backend.spectral import INDICES, ROLES
 
+if TYPE_CHECKING:
+    from backend.tasks import GraphRule
+
 METADATA_KEY = "mtp_qgis"
 SUPPORTED_FORMAT_VERSIONS = (1,)
-KNOWN_TASKS = (
-    "semantic_segmentation",
-    "change_detection",
-    "detection",
-    "rotated_detection",
-    "instance_segmentation",
-    "scene_classification",
-    "land_cover_extraction",
-)
-# Tasks whose graph is a segmentation graph (N x K x T x T logits).
-PIXEL_TASKS = ("semantic_segmentation", "land_cover_extraction")
 REQUIRED_KEYS = ("format_version", "task", "name", "classes", "input", "tile_size", "tile_overlap")
 REQUIRED_INPUT_KEYS = ("scale", "mean", "std")  # and `bands` (numbers) or `band_roles` (docs/contract.md §1)
 # The `metrics` key each task's packages report first, and how it is named to an analyst.
@@ -50,8 +42,7 @@ EIGHT_BIT_SCALE = 255.0
 # the description is sent with every GET /models.
 MAX_METADATA_BYTES = 1024 * 1024
 MAX_DESCRIPTION_CHARS = 4000
-# Detection tasks: the box kind of `output.box`, and the keys of `detection` (docs/contract.md §3).
-DETECTION_BOXES = {"detection": "hbox", "rotated_detection": "rbox_le90"}
+# The keys of a detection package's `detection` (docs/contract.md §3).
 DETECTION_KEYS = ("score_threshold", "nms_iou", "max_per_tile")
 DEEPNESS_REQUIRED_KEYS = ("model_type", "class_names", "resolution")
 IMPORT_HINT = (
@@ -341,8 +332,8 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
     problems = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in meta]
     if meta.get("format_version", 1) not in SUPPORTED_FORMAT_VERSIONS:
         problems.append(f"format_version {meta.get('format_version')!r} is not one of {SUPPORTED_FORMAT_VERSIONS}")
-    if "task" in meta and meta["task"] not in KNOWN_TASKS:
-        problems.append(f"task {meta['task']!r} is not one of {', '.join(KNOWN_TASKS)}")
+    if "task" in meta and meta["task"] not in known_tasks():
+        problems.append(f"task {meta['task']!r} is not one of {', '.join(known_tasks())}")
     classes = meta.get("classes")
     if "classes" in meta:
         if not isinstance(classes, list) or not classes:
@@ -411,7 +402,7 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
     if meta.get("gsd_m") is not None and not (_finite(meta["gsd_m"]) and meta["gsd_m"] > 0):
         problems.append("'gsd_m' must be a positive number of metres per pixel (or null)")
     output = meta.get("output", {"type": "logits"})
-    if meta.get("task") in DETECTION_BOXES:
+    if detection_box(meta.get("task")):
         problems += _detection_problems(meta["task"], output, meta.get("detection"), "detection" in meta)
     elif not isinstance(output, dict) or output.get("type", "logits") not in ("logits", "probabilities"):
         problems.append("'output.type' must be 'logits' or 'probabilities'")
@@ -472,7 +463,7 @@ def _input_value_problems(inp: dict[str, Any]) -> list[str]:
 def _detection_problems(task: str, output: Any, detection: Any, present: bool) -> list[str]:
     """docs/contract.md §3 "Object detection": output {type detections, box} and the detection defaults."""
     problems = []
-    box = DETECTION_BOXES[task]
+    box = detection_box(task)
     if not isinstance(output, dict) or output.get("type") != "detections":
         problems.append(f"'output.type' must be 'detections' for a {task} model")
     elif output.get("box") != box:
@@ -539,29 +530,39 @@ def package_from_metadata(path: Path, meta: Any, source: str, proto: onnx.ModelP
     return package
 
 
+def task_graphs() -> dict[str, GraphRule]:
+    """The graph of each task's packages, from the backend's task table (backend/tasks.py). Imported when a
+    package is checked, not with this module: the table's task modules import this one."""
+    from backend.tasks import GRAPH_RULES
+
+    return GRAPH_RULES
+
+
+def known_tasks() -> tuple[str, ...]:
+    """The tasks a package may declare (docs/contract.md §1): the task table's, and those declared but not served."""
+    from backend.tasks import PACKAGE_TASKS
+
+    return PACKAGE_TASKS
+
+
+def detection_box(task: str | None) -> str | None:
+    """The box kind `output.box` must name for a detection task; None for the other tasks."""
+    rule = task_graphs().get(task) if isinstance(task, str) else None
+    return rule.box if rule is not None else None
+
+
 def _shortened(text: str) -> str:
     """A description cut to MAX_DESCRIPTION_CHARS: it travels with every GET /models."""
     return text if len(text) <= MAX_DESCRIPTION_CHARS else text[: MAX_DESCRIPTION_CHARS - 1] + "…"
-
-
-# Per task (docs/contract.md §3): how many graph inputs, the rank of output 0 and a description of both.
-GRAPH_RULES = {
-    "semantic_segmentation": (1, 4, "input N x C x T x T -> output N x K x T x T"),
-    "land_cover_extraction": (1, 4, "input N x C x T x T -> output N x K x T x T"),
-    "change_detection": (2, 4, "inputs before, after each N x C x T x T -> output N x 2 x T x T"),
-    "scene_classification": (1, 2, "input N x C x T x T -> output N x K"),
-    "detection": (1, 3, "input N x C x T x T -> outputs boxes N x P x 4 (x1, y1, x2, y2), scores N x P x K"),
-    "rotated_detection": (1, 3, "input N x C x T x T -> outputs boxes N x P x 5 (cx, cy, w, h, angle), "
-                                "scores N x P x K"),
-}
 
 
 def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
     """The graph's static dimensions must agree with the metadata and with the task's graph shape."""
     inputs, outputs = graph_shapes(proto)
     problems = []
-    n_inputs, out_rank, layout = GRAPH_RULES.get(package.task, (1, None, ""))
-    if package.task in GRAPH_RULES and len(inputs) != n_inputs:
+    rule = task_graphs().get(package.task)
+    n_inputs, out_rank, layout = (rule.inputs, rule.output_rank, rule.layout) if rule else (1, None, "")
+    if rule is not None and len(inputs) != n_inputs:
         # A graph with another number of inputs cannot run this task's jobs at all.
         problems.append(f"the graph has {len(inputs)} input(s) but a {package.task} model has {n_inputs}")
     names = ["input 0"] if n_inputs == 1 else ["input 0 (before)", "input 1 (after)"]
@@ -580,7 +581,7 @@ def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
             if isinstance(dim, int) and dim != package.tile_size:
                 problems.append(f"{name} {axis} is {dim} but tile_size is {package.tile_size}")
     out = outputs[0] if outputs else None
-    if package.task in DETECTION_BOXES:
+    if detection_box(package.task):
         problems += _detection_graph_problems(package, outputs, [o.name for o in proto.graph.output])
     elif out_rank is not None and out is not None:
         if len(out) != out_rank:

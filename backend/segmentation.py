@@ -129,3 +129,9 @@ def segment_raster(request: SegmentationRequest, progress: ProgressCallback | No
         remove_partial(partial)
         raise
     return request.output_path
+
+
+def run_segmentation(plan: SegmentationRequest, progress: ProgressCallback | None = None,
+                     cancelled: CancelCheck | None = None) -> dict[str, str]:
+    segment_raster(plan, progress, cancelled)
+    return {"raster": str(plan.output_path)}

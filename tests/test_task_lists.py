@@ -7,8 +7,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 def test_every_program_knows_the_same_tasks():
     from backend.cli import build_parser
-    from backend.jobs import MODEL_FREE_TASKS, SUPPORTED_TASKS, TASK_RULES
-    from backend.model_package import GRAPH_RULES, KNOWN_TASKS
+    from backend.model_package import known_tasks, task_graphs
+    from backend.tasks import MODEL_FREE_TASKS, SUPPORTED_TASKS, TASKS
     from mtp_qgis import model_store
     from mtp_qgis.dock import TASKS as DOCK_TASKS
     from mtp_qgis.models_panel import task_name
@@ -17,9 +17,9 @@ def test_every_program_knows_the_same_tasks():
 
     # served tasks that run a model package (finetune makes one from a segmentation package)
     model_tasks = set(SUPPORTED_TASKS) - set(MODEL_FREE_TASKS) - {"finetune"}
-    assert TASK_RULES["finetune"].model_task in model_tasks
-    assert set(TASK_RULES) == set(SUPPORTED_TASKS)
-    assert model_tasks <= set(KNOWN_TASKS) and model_tasks == set(GRAPH_RULES)
+    KNOWN_TASKS = known_tasks()
+    assert TASKS["finetune"].model_task in model_tasks
+    assert model_tasks <= set(KNOWN_TASKS) and model_tasks == set(task_graphs())
     assert set(KNOWN_TASKS) - model_tasks == {"instance_segmentation"}  # declared, not served yet
     # training makes a package for every served task; GeRSP pretraining makes an encoder, no package
     assert set(TASK_MODULES) - {"gersp_pretrain"} == model_tasks
@@ -31,7 +31,7 @@ def test_every_program_knows_the_same_tasks():
     provider = MtpProvider()
     algorithms = [cls() for cls in _algorithm_classes()]
     assert {a.TASK for a in algorithms} == set(SUPPORTED_TASKS)
-    from backend.cluster import CLUSTER_TASKS  # the plugin sends its cluster setting only where blocks can run
+    from backend.tasks import CLUSTER_TASKS  # the plugin sends its cluster setting only where blocks can run
     assert {a.TASK for a in algorithms if a.RUNS_ON_CLUSTER} == set(CLUSTER_TASKS)
     assert {a.name() for a in algorithms} >= {algorithm.split(":")[1] for algorithm, _ in DOCK_TASKS.values()}
     assert provider.id() == "mtp"

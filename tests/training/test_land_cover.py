@@ -61,7 +61,7 @@ def test_scenes_and_splits():
 def test_training_indices_equal_the_backends(tmp_path):
     """The channels training feeds the network equal those the backend computes for the package (reflectance by
     role, then NDVI and NDWI) on the Sentinel-2 GeoTIFF: both read the same scene."""
-    from backend.jobs import model_for_raster
+    from backend.plans import model_for_raster
     from backend.model_package import load_package
     from backend.raster_io import RasterReader
     from backend.tile_pipeline import TileModel
