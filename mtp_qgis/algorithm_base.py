@@ -95,6 +95,7 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
     DEFAULT_MODEL = ""
     NEEDS_MODEL = True   # False: the task runs no model (spectral_indices), the request's model is empty
     RUNS_ON_CLUSTER = True  # False: the backend runs the task only on its own machine (the cluster setting is ignored)
+    DOCK_RESULT = ""     # the word in the dock's result file names; "": no entry in the dock's Run tab
 
     def label(self):
         """What the analyst reads in messages, e.g. "Segmentation"."""

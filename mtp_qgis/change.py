@@ -15,9 +15,9 @@ from qgis.core import (
 from . import rendering, styling
 from .algorithm_base import RASTER_SUFFIXES, VECTOR_SUFFIXES, BackendAlgorithm
 from .i18n import tr
-from .settings import DEFAULT_CHANGE_MODEL_ID
 
 TASK = "change_detection"
+DEFAULT_CHANGE_MODEL_ID = "mtp_change_default"
 # Change regions smaller than this many pixels at the model's resolution are specks, not changes.
 DEFAULT_MIN_AREA_MODEL_PIXELS = 9
 
@@ -40,6 +40,7 @@ class ChangeAlgorithm(BackendAlgorithm):
     SIMPLIFY = "SIMPLIFY"
     TASK = TASK
     DEFAULT_MODEL = DEFAULT_CHANGE_MODEL_ID
+    DOCK_RESULT = "change"
 
     def label(self):
         return tr("Change detection")

@@ -15,9 +15,9 @@ from qgis.core import (
 from . import styling
 from .algorithm_base import VECTOR_SUFFIXES, BackendAlgorithm
 from .i18n import tr
-from .settings import DEFAULT_DETECTION_MODEL_ID, DEFAULT_ROTATED_DETECTION_MODEL_ID
 
 DETECTION, ROTATED_DETECTION = "detection", "rotated_detection"
+DEFAULT_DETECTION_MODEL_ID, DEFAULT_ROTATED_DETECTION_MODEL_ID = "mtp_det_default", "mtp_rdet_default"
 LAYER_NAME = "detections"  # the GeoPackage layer the backend writes (docs/contract.md §3)
 
 
@@ -129,6 +129,7 @@ class _DetectionAlgorithm(BackendAlgorithm):
 class DetectAlgorithm(_DetectionAlgorithm):
     TASK = DETECTION
     DEFAULT_MODEL = DEFAULT_DETECTION_MODEL_ID
+    DOCK_RESULT = "detections"
 
     def label(self):
         return tr("Object detection")
@@ -150,6 +151,7 @@ class DetectAlgorithm(_DetectionAlgorithm):
 class DetectRotatedAlgorithm(_DetectionAlgorithm):
     TASK = ROTATED_DETECTION
     DEFAULT_MODEL = DEFAULT_ROTATED_DETECTION_MODEL_ID
+    DOCK_RESULT = "rotated_detections"
 
     def label(self):
         return tr("Rotated object detection")

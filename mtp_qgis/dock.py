@@ -31,7 +31,6 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QSpinBox,
@@ -42,6 +41,7 @@ from qgis.PyQt.QtWidgets import (
 
 from . import rendering, styling
 from .algorithm_base import GSD_TOLERANCE, gsd_warning
+from .algorithms import algorithm_id, dock_algorithms
 from .backend_panel import BackendPanel, log_link
 from .backend_process import BACKEND
 from .client import BackendNotInstalled
@@ -49,31 +49,18 @@ from .finetune_panel import FinetunePanel
 from .i18n import tr
 from .land_cover import DEFAULT_INSTRUCTION, SENSORS, sensor_labels
 from .models_panel import ModelsPanel, task_name
-from .settings import (
-    DEFAULT_CHANGE_MODEL_ID,
-    DEFAULT_DETECTION_MODEL_ID,
-    DEFAULT_LAND_COVER_MODEL_ID,
-    DEFAULT_MODEL_ID,
-    DEFAULT_ROTATED_DETECTION_MODEL_ID,
-    DEFAULT_SCENE_MODEL_ID,
-)
+from .run_row import add_run_row
+from .settings import DEFAULT_MODEL_ID
 
 SEGMENTATION, CHANGE, SCENES = "semantic_segmentation", "change_detection", "scene_classification"
 DETECTION, ROTATED = "detection", "rotated_detection"
 DETECTION_TASKS = (DETECTION, ROTATED)
 LAND_COVER = "land_cover_extraction"
-# task → (Processing algorithm, model id used until the backend lists its models); labels: task_name()
-TASKS = {
-    SEGMENTATION: ("mtp:segment", DEFAULT_MODEL_ID),
-    CHANGE: ("mtp:change", DEFAULT_CHANGE_MODEL_ID),
-    SCENES: ("mtp:classify_scenes", DEFAULT_SCENE_MODEL_ID),
-    DETECTION: ("mtp:detect", DEFAULT_DETECTION_MODEL_ID),
-    ROTATED: ("mtp:detect_rotated", DEFAULT_ROTATED_DETECTION_MODEL_ID),
-    LAND_COVER: ("mtp:extract_land_cover", DEFAULT_LAND_COVER_MODEL_ID),
-}
+# The Run tab's tasks, from the algorithms (algorithms.py): task → (Processing algorithm, model id used until the
+# backend lists its models); labels: task_name()
+TASKS = {task: (algorithm_id(cls), cls.DEFAULT_MODEL) for task, cls in dock_algorithms().items()}
 # task → the word in the result file name
-RESULT_KINDS = {SEGMENTATION: "segmentation", CHANGE: "change", SCENES: "scenes", DETECTION: "detections",
-                ROTATED: "rotated_detections", LAND_COVER: "land_cover"}
+RESULT_KINDS = {task: cls.DOCK_RESULT for task, cls in dock_algorithms().items()}
 ALGORITHM_ID = TASKS[SEGMENTATION][0]
 STATUS_LIMIT = 300  # characters of a failure reason shown in the dock; the whole reason is its tooltip
 
@@ -282,27 +269,10 @@ class MtpDockWidget(QDockWidget):
         for label in self._row_labels:  # one column of labels, as in a form
             label.setMinimumWidth(width)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton(tr("Run"), run_tab)
-        self.cancel_button = QPushButton(tr("Cancel"), run_tab)
-        self.cancel_button.setEnabled(False)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar(run_tab)
-        self.progress.setRange(0, 100)
-        self.status = QLabel(tr("Ready."), run_tab)
-        self.status.setWordWrap(True)
-        # Never wider than the dock: a long path must not widen it.
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.status.setTextFormat(Qt.TextFormat.RichText)
-        self.status.linkActivated.connect(self.open_link)
-
         run_layout = QVBoxLayout(run_tab)
         run_layout.addLayout(form)
-        run_layout.addLayout(buttons)
-        run_layout.addWidget(self.progress)
-        run_layout.addWidget(self.status)
-        run_layout.addStretch(1)
+        self.run_button, self.cancel_button, self.progress, self.status = add_run_row(
+            run_tab, run_layout, tr("Run"), tr("Ready."), self.open_link)
 
         self.backend_panel = BackendPanel(body)
         self.models_panel = ModelsPanel(body)

@@ -12,16 +12,11 @@ from qgis.core import (
     QgsProject,
 )
 from qgis.gui import QgsFieldComboBox, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal, pyqtSlot
+from qgis.PyQt.QtCore import QUrl, pyqtSignal, pyqtSlot
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -29,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
 
 from . import model_store
 from .i18n import tr
+from .run_row import add_run_row
 from .settings import DEFAULT_MODEL_ID
 
 ALGORITHM_ID = "mtp:finetune"
@@ -74,25 +70,11 @@ class FinetunePanel(QWidget):
         self.model_id = QLineEdit(self)
         self.model_id.setPlaceholderText(tr("e.g. my_region_landcover"))
         form.addRow(tr("New model id"), self.model_id)
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton(tr("Finetune"), self)
-        self.cancel_button = QPushButton(tr("Cancel"), self)
-        self.cancel_button.setEnabled(False)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar(self)
-        self.progress.setRange(0, 100)
-        self.status = QLabel(tr("Draw polygons with a class field, then finetune."), self)
-        self.status.setWordWrap(True)
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.status.setTextFormat(Qt.TextFormat.RichText)
-        self.status.linkActivated.connect(lambda link: QDesktopServices.openUrl(QUrl(link)))
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        self.run_button, self.cancel_button, self.progress, self.status = add_run_row(
+            self, layout, tr("Finetune"), tr("Draw polygons with a class field, then finetune."),
+            lambda link: QDesktopServices.openUrl(QUrl(link)))
         self.labels_combo.layerChanged.connect(self.field_combo.setLayer)
         self.field_combo.setLayer(self.labels_combo.currentLayer())
         self.run_button.clicked.connect(self.run)

@@ -16,8 +16,8 @@ from qgis.core import (
 from . import rendering, styling
 from .algorithm_base import RASTER_SUFFIXES, VECTOR_SUFFIXES, BackendAlgorithm, extent_dict
 from .i18n import tr
-from .settings import DEFAULT_LAND_COVER_MODEL_ID
 
+DEFAULT_LAND_COVER_MODEL_ID = "mtp_landcover_default"
 # The backend's sensor presets (backend/spectral.py SENSORS), "auto" first: recognised from the raster.
 SENSORS = ("auto", "sentinel2_l1c", "sentinel2_l2a", "landsat8_9", "naip", "planetscope_4", "planetscope_8")
 INDICES = ("ndvi", "ndwi", "mndwi", "ndbi", "bsi")
@@ -71,6 +71,7 @@ class ExtractLandCoverAlgorithm(SpectralAlgorithm):
     INSTRUCTION = "INSTRUCTION"
     TASK = "land_cover_extraction"
     DEFAULT_MODEL = DEFAULT_LAND_COVER_MODEL_ID
+    DOCK_RESULT = "land_cover"
 
     def label(self):
         return tr("Land-cover extraction")

@@ -25,9 +25,8 @@ INDEX_FORMAT_VERSION = 1
 INDEX_FIELDS = ("id", "task", "name", "dataset", "metric", "size", "sha256", "url")
 METADATA_KEY = "mtp_qgis"
 DEEPNESS_KEYS = ("model_type", "class_names", "resolution")
-TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection",
-         "rotated_detection", "instance_segmentation", "land_cover_extraction")
-# The figure a card shows first, per task (the first one the metadata has).
+# The figure a card shows first, per package task (the first one the metadata has); its keys are the tasks a
+# package may declare (docs/contract.md §1).
 HEADLINE_METRICS = {
     "semantic_segmentation": ("mIoU", "miou"),
     "change_detection": ("f1", "F1", "iou"),
@@ -37,6 +36,7 @@ HEADLINE_METRICS = {
     "instance_segmentation": ("mAP", "mask_mAP"),
     "land_cover_extraction": ("mIoU", "miou"),
 }
+TASKS = tuple(HEADLINE_METRICS)
 PARTIAL_SUFFIX = ".partial"
 
 

@@ -4,13 +4,8 @@ from pathlib import Path
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .change import ChangeAlgorithm
-from .detect import DetectAlgorithm, DetectRotatedAlgorithm
-from .finetune import FinetuneAlgorithm
-from .scenes import ClassifyScenesAlgorithm
+from .algorithms import ALGORITHMS
 from .i18n import tr
-from .land_cover import ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm
-from .segment import SegmentAlgorithm
 
 ICON_PATH = str(Path(__file__).resolve().parent / "icons" / "mtp.svg")
 
@@ -32,14 +27,8 @@ class MtpProvider(QgsProcessingProvider):
         return ICON_PATH
 
     def loadAlgorithms(self):  # noqa: N802
-        self.addAlgorithm(SegmentAlgorithm())
-        self.addAlgorithm(ChangeAlgorithm())
-        self.addAlgorithm(ClassifyScenesAlgorithm())
-        self.addAlgorithm(DetectAlgorithm())
-        self.addAlgorithm(DetectRotatedAlgorithm())
-        self.addAlgorithm(ExtractLandCoverAlgorithm())
-        self.addAlgorithm(SpectralIndicesAlgorithm())
-        self.addAlgorithm(FinetuneAlgorithm())
+        for algorithm_class in ALGORITHMS:
+            self.addAlgorithm(algorithm_class())
 
     # The backend writes GeoTIFF rasters and GeoPackage vectors only.
     def supportedOutputRasterLayerExtensions(self):  # noqa: N802

@@ -10,9 +10,9 @@ from qgis.core import (
 from . import styling
 from .algorithm_base import VECTOR_SUFFIXES, BackendAlgorithm
 from .i18n import tr
-from .settings import DEFAULT_SCENE_MODEL_ID
 
 TASK = "scene_classification"
+DEFAULT_SCENE_MODEL_ID = "mtp_scene_default"
 
 
 class ClassifyScenesAlgorithm(BackendAlgorithm):
@@ -20,6 +20,7 @@ class ClassifyScenesAlgorithm(BackendAlgorithm):
     CELL_SIZE = "CELL_SIZE"
     TASK = TASK
     DEFAULT_MODEL = DEFAULT_SCENE_MODEL_ID
+    DOCK_RESULT = "scenes"
 
     def label(self):
         return tr("Scene classification")

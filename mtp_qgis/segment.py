@@ -13,6 +13,7 @@ class SegmentAlgorithm(BackendAlgorithm):
     INPUT = "INPUT"
     TASK = TASK
     DEFAULT_MODEL = DEFAULT_MODEL_ID
+    DOCK_RESULT = "segmentation"
 
     def label(self):
         return tr("Segmentation")

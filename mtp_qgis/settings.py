@@ -11,12 +11,9 @@ from qgis.core import QgsSettings
 from . import backend_installer
 
 SETTINGS_GROUP = "mtp_qgis"
+# The default segmentation model (the dock's first choice, finetune's base); each algorithm names its own
+# task's default (DEFAULT_MODEL).
 DEFAULT_MODEL_ID = "mtp_seg_default"
-DEFAULT_CHANGE_MODEL_ID = "mtp_change_default"
-DEFAULT_SCENE_MODEL_ID = "mtp_scene_default"
-DEFAULT_DETECTION_MODEL_ID = "mtp_det_default"
-DEFAULT_ROTATED_DETECTION_MODEL_ID = "mtp_rdet_default"
-DEFAULT_LAND_COVER_MODEL_ID = "mtp_landcover_default"
 # Where the project publishes `make package`'s dist/models (the index and the models beside it).
 DEFAULT_MODEL_INDEX_URL = "https://github.com/mtp-qgis/mtp_qgis/releases/latest/download/index.json"
 
