@@ -7,7 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from backend import outputs, raster_io, spectral
 from backend.change import ChangeRequest, intersect, overlap_window, warp_problem
@@ -25,8 +25,8 @@ from backend.sessions import default_batch_size
 if TYPE_CHECKING:
     from backend.registry import ModelRegistry
 
-Plan = Union[SegmentationRequest, ChangeRequest, SceneRequest, DetectionRequest, ExtractionRequest,
-             IndexStackRequest, FinetuneRequest]
+Plan = (SegmentationRequest | ChangeRequest | SceneRequest | DetectionRequest | ExtractionRequest | IndexStackRequest
+        | FinetuneRequest)
 
 
 @dataclass

@@ -294,8 +294,8 @@ def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, wor
     from backend.jobs import JobSpec, plan_job, run_plan
     from backend.registry import ModelRegistry
     from backend.scenes import SceneModel
-    from backend.tile_pipeline import TileModel
     from backend.sessions import session_settings
+    from backend.tile_pipeline import TileModel
 
     task, model_id = MODELS[key]
     registry = ModelRegistry(model_dirs)

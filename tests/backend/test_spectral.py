@@ -297,8 +297,8 @@ def test_index_channels_of_a_model_with_numbered_bands(tmp_path):
     by the scale, the index is not (a ratio needs no scale), then each channel is normalised."""
     from backend.model_package import load_package
     from backend.raster_io import RasterReader
-    from backend.tile_pipeline import TileModel
     from backend.synthetic_models import default_metadata, write_package
+    from backend.tile_pipeline import TileModel
 
     meta = default_metadata(4, 2, 64, 16)
     meta["input"] = {"bands": [1, 2, 3, 4], "band_names": ["red", "green", "blue", "nir"], "indices": ["ndvi"],

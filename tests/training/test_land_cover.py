@@ -61,11 +61,11 @@ def test_scenes_and_splits():
 def test_training_indices_equal_the_backends(tmp_path):
     """The channels training feeds the network equal those the backend computes for the package (reflectance by
     role, then NDVI and NDWI) on the Sentinel-2 GeoTIFF: both read the same scene."""
-    from backend.plans import model_for_raster
     from backend.model_package import load_package
+    from backend.plans import model_for_raster
     from backend.raster_io import RasterReader
-    from backend.tile_pipeline import TileModel
     from backend.spectral import recognise
+    from backend.tile_pipeline import TileModel
 
     spec = importlib.util.spec_from_file_location("s2", REPO_ROOT / "scripts" / "sentinel2_sample.py")
     module = importlib.util.module_from_spec(spec)
