@@ -130,9 +130,8 @@
     </message>
     <message>
         <location filename="../backend_panel.py"/>
-        <location filename="../dock.py"/>
-        <location filename="../finetune_panel.py"/>
         <location filename="../models_panel.py"/>
+        <location filename="../run_row.py"/>
         <source>Cancel</source>
         <translation type="unfinished"></translation>
     </message>
