@@ -131,7 +131,7 @@ class JobModel(BaseModel):
     started: Optional[float]
     finished: Optional[float]
     device: Optional[str] = Field(None, description="where a succeeded job ran, e.g. 'CUDA: NVIDIA H200' or "
-                                                    "'CPU (8 cores)'")
+                                                    "'CPU (8 cores)', or '2 Dask workers: CPU (1 core)' for a cluster job")
     provider: Optional[str] = Field(None, description="the ONNX Runtime provider that ran the model")
     megapixels_per_s: Optional[float] = Field(None, description="megapixels of the job's window per second of the "
                                                                 "whole run (read, infer, write)")

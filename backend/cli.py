@@ -204,12 +204,16 @@ def cmd_run(args) -> int:
         if args.cluster is not None:
             from backend.cluster import DEFAULT_BLOCK_SIZE, run_plan_on_cluster
 
+            reports: list[dict] = []
             written = run_plan_on_cluster(args.task, plan, args.cluster, args.block_size or DEFAULT_BLOCK_SIZE,
                                           progress, on_dashboard=lambda link: print(f"dashboard: {link}",
-                                                                                    file=sys.stderr))
+                                                                                    file=sys.stderr),
+                                          on_report=reports.append)
+            report = reports[0] if reports else None
         else:
             written = run_plan(args.task, plan, progress)
             report = run_report(plan, time.time() - started)
+        if report:
             print(f"\nran on {report['device']} ({report['provider']}, batch {report['batch_size']}): "
                   f"{report['megapixels_per_s']} Mpx/s", end="", file=sys.stderr)
     except (BackendError, JobCancelled, KeyboardInterrupt):

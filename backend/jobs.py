@@ -569,7 +569,8 @@ class JobManager:
                 from backend.cluster import run_plan_on_cluster
 
                 job.outputs = run_plan_on_cluster(job.spec.task, job.plan, job.cluster, job.block_size, progress,
-                                                  job.cancel_requested.is_set, on_dashboard)
+                                                  job.cancel_requested.is_set, on_dashboard,
+                                                  on_report=lambda report: setattr(job, "report", report))
             else:
                 job.outputs = run_plan(job.spec.task, job.plan, progress, job.cancel_requested.is_set)
                 try:

@@ -321,7 +321,7 @@ def describe(session: ort.InferenceSession, threads: int) -> tuple[str, str]:
         gpus, _ = nvidia_gpus()
         name = gpus[0].name if gpus else "NVIDIA GPU"
         return provider, f"{'TensorRT' if provider == TENSORRT else 'CUDA'}: {name}"
-    return provider, f"CPU ({threads} cores)"
+    return provider, f"CPU ({threads} core{'' if threads == 1 else 's'})"
 
 
 def probe_batch_size(session: Session, free_mib: Callable[[], int | None]) -> int:
@@ -363,6 +363,14 @@ def get_session(model_path: Path, intra_op_threads: int | None = None) -> Sessio
 def session_info(model_path: Path, intra_op_threads: int | None = None) -> SessionInfo:
     """What the (cached) session of a model runs on, and the batch size a job uses when it gives none."""
     return _cached(model_path, intra_op_threads).info
+
+
+def cached_session_info(model_path: Path) -> SessionInfo | None:
+    """What this process's session of a model runs on, if it has made one; creates nothing (a cluster worker
+    that ran no block of the model answers None)."""
+    with _lock:
+        cached = _sessions.get(Path(model_path).resolve())
+    return cached.info if cached is not None else None
 
 
 def _cached(model_path: Path, intra_op_threads: int | None) -> _Cached:
