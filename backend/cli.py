@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE)
     s.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN_FILE)
     s.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    s.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
+                   help="with --parent-pid: once the parent is gone, keep serving until no request came and no job "
+                        "ran for SECONDS (the next qgis_process call then reuses this backend); 0 = exit at once")
+    s.add_argument("--config-key", default=None, help="an opaque text written into the state file (the plugin "
+                                                     "reuses a backend only when it started it with the same key)")
     s.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
                    help="the Dask cluster of jobs sent with options.cluster true")
     models_dir_arg(s)
@@ -337,8 +342,10 @@ def main(argv: list[str] | None = None) -> int:
                 from backend.cluster import parse_address
 
                 parse_address(args.cluster)
+            if args.linger < 0 or (args.linger and not args.parent_pid):
+                raise BackendError("--linger needs --parent-pid and a number of seconds >= 0.")
             return serve(args.host, args.port, args.state_file, args.token_file, model_registry(args), args.parent_pid,
-                         args.cluster)
+                         args.cluster, linger_s=args.linger, config_key=args.config_key)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "models":

@@ -27,6 +27,25 @@ DEFAULT_TOKEN_FILE = Path.home() / ".config" / "mtp_qgis" / "token"
 DEFAULT_STATE_FILE = Path.home() / ".cache" / "mtp_qgis" / "backend.json"
 
 
+class ActivityClock:
+    """ASGI wrapper that notes when the last HTTP request arrived (for --linger)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._last = time.monotonic()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self._last
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            self.touch()
+        await self.app(scope, receive, send)
+
+
 def load_or_create_token(token_file: Path) -> str:
     """$MTP_QGIS_TOKEN, else the token file, created with mode 0600 on first start."""
     env = os.environ.get("MTP_QGIS_TOKEN", "").strip()
@@ -98,8 +117,11 @@ def check_loopback(host: str) -> None:
 
 
 def serve(host: str, port: int, state_file: Path, token_file: Path, registry: ModelRegistry,
-          parent_pid: int | None, cluster: str | None = None) -> int:
-    """cluster: the Dask cluster of jobs that ask for one with options.cluster true (None: they are refused)."""
+          parent_pid: int | None, cluster: str | None = None, linger_s: float = 0.0,
+          config_key: str | None = None) -> int:
+    """cluster: the Dask cluster of jobs that ask for one with options.cluster true (None: they are refused).
+    linger_s: once the parent is gone, serve on until no request came and no job was queued or running for that
+    long (0: stop at once). config_key: written into the state file for the client that reuses backends."""
     check_loopback(host)
     token = load_or_create_token(token_file)
 
@@ -121,13 +143,17 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{url_host}:{real_port}"
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    clock = ActivityClock(app)
+    server = uvicorn.Server(uvicorn.Config(clock, log_level="warning", lifespan="off"))
 
     def publish_when_listening() -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if server.started:
-            write_json_atomically(state_file, {"url": url, "pid": os.getpid(), "version": __version__})
+            state = {"url": url, "pid": os.getpid(), "version": __version__}
+            if config_key is not None:
+                state["config_key"] = config_key
+            write_json_atomically(state_file, state)
             log.info("listening on %s", url)
 
     def follow_parent() -> None:
@@ -136,10 +162,21 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
             # Re-parenting catches a dead parent whose pid is still a zombie or was reused.
             reparented = started_by_parent and os.getppid() != parent_pid
             if reparented or not process_alive(parent_pid):
-                log.info("parent process %s is gone; shutting down", parent_pid)
-                server.should_exit = True
-                return
+                break
             time.sleep(1.0)
+        if server.should_exit:  # stopped for another reason (SIGTERM)
+            return
+        if linger_s > 0:
+            log.info("parent process %s is gone; serving until idle for %.0f s", parent_pid, linger_s)
+            clock.touch()
+            while not server.should_exit:
+                if any(job.status in ("queued", "running") for job in jobs.list()):
+                    clock.touch()
+                elif clock.idle_s() >= linger_s:
+                    break
+                time.sleep(min(1.0, linger_s / 4))
+        log.info("parent process %s is gone; shutting down", parent_pid)
+        server.should_exit = True
 
     threading.Thread(target=publish_when_listening, daemon=True).start()
     if parent_pid:
