@@ -140,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=3.0, help="timing per provider (0: no timing)")
     d.add_argument("--model", type=Path, default=None, help="the .onnx to time (default: the bundled segmentation model)")
     d.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("calibrate", help="measure which CPU session options run each model fastest on this machine",
+                       description="Times ONNX Runtime's candidate CPU options (spinning, work split, threads) on "
+                                   "each model, alternating them, and keeps the fastest for the backend's sessions "
+                                   "(a small file per model in ~/.cache/mtp_qgis/calibration). The backend also "
+                                   "does this by itself when idle, for the models it has used.")
+    c.add_argument("--model", nargs="+", default=None, help="model ids (default: every model found)")
+    c.add_argument("--seconds", type=float, default=20.0, help="measuring time per model (at least 2 rounds)")
+    c.add_argument("--batch-size", type=int, default=4)
+    models_dir_arg(c)
     return parser
 
 
@@ -320,6 +330,29 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from backend.calibration import calibrate
+    from backend.sessions import GPU_PROVIDERS, available_providers
+
+    if available_providers()[0] in GPU_PROVIDERS:
+        raise BackendError("Calibration chooses CPU options; this backend runs models on the GPU "
+                           "(MTP_QGIS_DEVICE=cpu calibrates the CPU fallback).")
+    if args.seconds <= 0 or args.batch_size < 1:
+        raise BackendError("--seconds must be > 0 and --batch-size >= 1.")
+    registry = model_registry(args)
+    models = [registry.get(m) for m in args.model] if args.model else registry.list()
+    for model in models:
+        print(f"{model.id}: ", end="", flush=True)
+        record = calibrate(model.path, model.tile_size, args.batch_size, args.seconds)
+        fastest = min(m["batch_s"] for m in record["measured"])
+        print(f"{record['rounds']} rounds, batch {args.batch_size}")
+        for m in record["measured"]:
+            chosen = " <- chosen" if m["options"] == record["chosen"] else ""
+            print(f"  {m['describe']:<50} {m['batch_s']:.4f} s/batch  ({fastest / m['batch_s']:.2f} of the "
+                  f"fastest){chosen}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from backend.doctor import format_report, report
 
@@ -356,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_import(args)
         if args.command == "doctor":
             return cmd_doctor(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
     except BackendError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -27,6 +27,37 @@ DEFAULT_TOKEN_FILE = Path.home() / ".config" / "mtp_qgis" / "token"
 DEFAULT_STATE_FILE = Path.home() / ".cache" / "mtp_qgis" / "backend.json"
 
 
+# Seconds without requests or jobs before the backend measures the CPU options of the models it has used
+# (backend.calibration); a job that arrives meanwhile stops the measuring at once.
+IDLE_BEFORE_CALIBRATION_S = 10.0
+_calibration_tried: set[Path] = set()
+
+
+def jobs_busy(jobs: JobManager) -> bool:
+    return any(job.status in ("queued", "running") for job in jobs.list())
+
+
+def calibrate_used_models(registry: ModelRegistry, busy, seconds: float = 10.0) -> None:
+    """Calibrate, once per process, each model this backend ran on the CPU that has no valid calibration
+    for this machine (new model, new machine, new ONNX Runtime)."""
+    from backend import calibration, sessions
+
+    for path in sessions.cpu_session_models():
+        if path in _calibration_tried or calibration.load(path) is not None:
+            continue
+        model = next((m for m in registry.list() if m.path.resolve() == path), None)
+        if model is None:
+            continue
+        _calibration_tried.add(path)
+        try:
+            calibration.calibrate(path, model.tile_size, sessions.CPU_BATCH, seconds=seconds, busy=busy)
+        except calibration.Busy:
+            _calibration_tried.discard(path)  # a job came: measure another time
+            return
+        except Exception:  # noqa: BLE001 - a failed measurement leaves the defaults; the job path is unaffected
+            log.exception("calibration of %s failed; its sessions keep the default options", path.name)
+
+
 class ActivityClock:
     """ASGI wrapper that notes when the last HTTP request arrived (for --linger)."""
 
@@ -170,7 +201,7 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
             log.info("parent process %s is gone; serving until idle for %.0f s", parent_pid, linger_s)
             clock.touch()
             while not server.should_exit:
-                if any(job.status in ("queued", "running") for job in jobs.list()):
+                if jobs_busy(jobs):
                     clock.touch()
                 elif clock.idle_s() >= linger_s:
                     break
@@ -178,7 +209,15 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
         log.info("parent process %s is gone; shutting down", parent_pid)
         server.should_exit = True
 
+    def calibrate_when_idle() -> None:
+        while not server.should_exit:
+            time.sleep(IDLE_BEFORE_CALIBRATION_S / 2)
+            if not jobs_busy(jobs) and clock.idle_s() >= IDLE_BEFORE_CALIBRATION_S:
+                calibrate_used_models(registry, lambda: jobs_busy(jobs) or server.should_exit)
+
     threading.Thread(target=publish_when_listening, daemon=True).start()
+    if os.environ.get("MTP_QGIS_CALIBRATE", "1") != "0":
+        threading.Thread(target=calibrate_when_idle, daemon=True).start()
     if parent_pid:
         threading.Thread(target=follow_parent, daemon=True).start()
     # uvicorn re-raises SIGTERM after its graceful shutdown; a no-op handler lets our cleanup below run.
