@@ -24,6 +24,8 @@ from backend.registry import ModelRegistry
 from backend.tasks import SUPPORTED_TASKS
 
 log = logging.getLogger(__name__)
+# Long-polls hold one of the server's worker threads each: short enough that many clients cannot starve it.
+MAX_WAIT_S = 10.0
 MAX_BODY_BYTES = 256 * 1024  # a job request is a few hundred bytes; a WKT extent CRS a few kilobytes
 MAX_JSON_DEPTH = 32
 PathText = Annotated[str, StringConstraints(max_length=PATH_MAX)]
@@ -132,7 +134,7 @@ class JobModel(BaseModel):
     started: Optional[float]
     finished: Optional[float]
     device: Optional[str] = Field(None, description="where a succeeded job ran, e.g. 'CUDA: NVIDIA H200' or "
-                                                    "'CPU (8 cores)'")
+                                                    "'CPU (8 cores)', or '2 Dask workers: CPU (1 core)' for a cluster job")
     provider: Optional[str] = Field(None, description="the ONNX Runtime provider that ran the model")
     megapixels_per_s: Optional[float] = Field(None, description="megapixels of the job's window per second of the "
                                                                 "whole run (read, infer, write)")
@@ -343,7 +345,16 @@ def create_app(registry: ModelRegistry, token: str, jobs: JobManager | None = No
         return {"jobs": [j.to_dict() for j in jobs.list()]}
 
     @app.get("/jobs/{job_id}", response_model=JobModel, dependencies=auth, responses=responses(401, 404))
-    def get_job(job_id: str) -> dict:
+    def get_job(job_id: str,
+                wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
+                                    description="long-poll: answer once the job's status is no longer `status`, at "
+                                                "the latest after this many seconds"),
+                status: Optional[str] = Query(None, max_length=20, description="the status the client last saw")
+                ) -> dict:
+        if wait > 0 and status is not None:
+            job = jobs.wait_for_status(job_id, status, wait)
+            if job is not None:
+                return job.to_dict()
         return job_or_404(job_id).to_dict()
 
     @app.post("/jobs/{job_id}/cancel", response_model=JobModel, dependencies=auth, responses=responses(401, 404))

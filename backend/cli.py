@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE)
     s.add_argument("--token-file", type=Path, default=DEFAULT_TOKEN_FILE)
     s.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    s.add_argument("--linger", type=float, default=0.0, metavar="SECONDS",
+                   help="with --parent-pid: once the parent is gone, keep serving until no request came and no job "
+                        "ran for SECONDS (the next qgis_process call then reuses this backend); 0 = exit at once")
+    s.add_argument("--config-key", default=None, help="an opaque text written into the state file (the plugin "
+                                                     "reuses a backend only when it started it with the same key)")
     s.add_argument("--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
                    help="the Dask cluster of jobs sent with options.cluster true")
     models_dir_arg(s)
@@ -135,7 +140,41 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=3.0, help="timing per provider (0: no timing)")
     d.add_argument("--model", type=Path, default=None, help="the .onnx to time (default: the bundled segmentation model)")
     d.add_argument("--json", action="store_true")
+
+    f = sub.add_parser("finetune", help="train a new segmentation package on labelled polygons (mtp:finetune's job)",
+                       description="Cuts the labelled area from the raster at the base model's GSD, trains the base "
+                                   "package on the polygons (unlabelled pixels ignored), scores the result against "
+                                   "the base model and the best constant on held-out labels, and writes the new "
+                                   "package into a models folder. Needs the training environment (PyTorch).")
+    f.add_argument("--model", required=True, help="the base package (a semantic_segmentation model)")
+    f.add_argument("--input", required=True, type=Path, help="the raster")
+    f.add_argument("--labels", required=True, type=Path, help="a vector file of polygons")
+    f.add_argument("--class-field", required=True, help="the labels' field holding each polygon's class")
+    f.add_argument("--model-id", required=True, help="the new package's id")
+    f.add_argument("--into", type=Path, default=None,
+                   help="the models folder to write it into (default: the user models folder, "
+                        "~/.local/share/mtp_qgis/models, which the backend and the plugin always list)")
+    f.add_argument("--validation", type=Path, default=None, help="polygons whose labels are held out")
+    f.add_argument("--iterations", type=int, default=300)
+    f.add_argument("--time-budget", type=int, default=None, metavar="SECONDS")
+    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--report", type=Path, default=None, help="an HTML report to write")
+    models_dir_arg(f)
+
+    c = sub.add_parser("calibrate", help="measure which CPU session options run each model fastest on this machine",
+                       description="Times ONNX Runtime's candidate CPU options (spinning, work split, threads) on "
+                                   "each model, alternating them, and keeps the fastest for the backend's sessions "
+                                   "(a small file per model in ~/.cache/mtp_qgis/calibration). The backend also "
+                                   "does this by itself when idle, for the models it has used.")
+    c.add_argument("--model", nargs="+", default=None, help="model ids (default: every model found)")
+    c.add_argument("--seconds", type=float, default=20.0, help="measuring time per model (at least 2 rounds)")
+    c.add_argument("--batch-size", type=int, default=4)
+    models_dir_arg(c)
     return parser
+
+
+def print_progress(percent: float, message: str) -> None:
+    print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
 
 def model_registry(args):
@@ -190,8 +229,7 @@ def cmd_run(args) -> int:
     plan = plan_job(spec, model_registry(args), job_id="cli",
                     protected={DEFAULT_TOKEN_FILE: "the backend's token file", DEFAULT_STATE_FILE: "the backend's state file"})
 
-    def progress(percent: float, message: str) -> None:
-        print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
+    progress = print_progress
 
     if args.block_size is not None and args.cluster is None:
         raise BackendError("--block-size applies to --cluster runs only.")
@@ -204,12 +242,16 @@ def cmd_run(args) -> int:
         if args.cluster is not None:
             from backend.cluster import DEFAULT_BLOCK_SIZE, run_plan_on_cluster
 
+            reports: list[dict] = []
             written = run_plan_on_cluster(args.task, plan, args.cluster, args.block_size or DEFAULT_BLOCK_SIZE,
                                           progress, on_dashboard=lambda link: print(f"dashboard: {link}",
-                                                                                    file=sys.stderr))
+                                                                                    file=sys.stderr),
+                                          on_report=reports.append)
+            report = reports[0] if reports else None
         else:
             written = run_plan(args.task, plan, progress)
             report = run_report(plan, time.time() - started)
+        if report:
             print(f"\nran on {report['device']} ({report['provider']}, batch {report['batch_size']}): "
                   f"{report['megapixels_per_s']} Mpx/s", end="", file=sys.stderr)
     except (BackendError, JobCancelled, KeyboardInterrupt):
@@ -233,8 +275,7 @@ def cmd_batch(args) -> int:
         options["score_threshold"] = args.score_threshold
     index = args.index or args.out_dir / "index.gpkg"
 
-    def progress(percent: float, message: str) -> None:
-        print(f"\r{percent:5.1f}% {message}", end="", file=sys.stderr, flush=True)
+    progress = print_progress
 
     def run(client=None):
         return run_batch(args.task, args.model, args.input, args.out_dir, index, model_registry(args), options,
@@ -311,6 +352,61 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    import uuid
+
+    from backend.jobs import JobSpec, plan_job, run_plan
+    from backend.registry import default_model_dirs
+
+    registry = model_registry(args)
+    if args.into is None:
+        folder = default_model_dirs()[1]  # the user models folder: every backend and the plugin list it
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = args.into
+    if folder.resolve() not in {d.resolve() for d in registry.model_dirs if d.is_dir()}:
+        registry.model_dirs.insert(0, folder)  # the job writes only into folders it searches
+    options = {"class_field": args.class_field, "model_id": args.model_id, "models_dir": _absolute(str(folder)),
+               "iterations": args.iterations, "batch_size": args.batch_size}
+    if args.time_budget is not None:
+        options["time_budget_s"] = args.time_budget
+    if args.validation is not None:
+        options["validation"] = _absolute(str(args.validation))
+    spec = JobSpec("finetune", args.model, [_absolute(str(args.input)), _absolute(str(args.labels))],
+                   {"report": _absolute(str(args.report))} if args.report else {}, None, options)
+    plan = plan_job(spec, registry, job_id=uuid.uuid4().hex[:12])
+    try:
+        written = run_plan("finetune", plan, print_progress)
+    finally:
+        print(file=sys.stderr)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from backend.calibration import calibrate
+    from backend.sessions import GPU_PROVIDERS, available_providers
+
+    if available_providers()[0] in GPU_PROVIDERS:
+        raise BackendError("Calibration chooses CPU options; this backend runs models on the GPU "
+                           "(MTP_QGIS_DEVICE=cpu calibrates the CPU fallback).")
+    if args.seconds <= 0 or args.batch_size < 1:
+        raise BackendError("--seconds must be > 0 and --batch-size >= 1.")
+    registry = model_registry(args)
+    models = [registry.get(m) for m in args.model] if args.model else registry.list()
+    for model in models:
+        print(f"{model.id}: ", end="", flush=True)
+        record = calibrate(model.path, model.tile_size, args.batch_size, args.seconds)
+        fastest = min(m["batch_s"] for m in record["measured"])
+        print(f"{record['rounds']} rounds, batch {args.batch_size}")
+        for m in record["measured"]:
+            chosen = " <- chosen" if m["options"] == record["chosen"] else ""
+            print(f"  {m['describe']:<50} {m['batch_s']:.4f} s/batch  ({fastest / m['batch_s']:.2f} of the "
+                  f"fastest){chosen}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from backend.doctor import format_report, report
 
@@ -333,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
                 from backend.cluster import parse_address
 
                 parse_address(args.cluster)
+            if args.linger < 0 or (args.linger and not args.parent_pid):
+                raise BackendError("--linger needs --parent-pid and a number of seconds >= 0.")
             return serve(args.host, args.port, args.state_file, args.token_file, model_registry(args), args.parent_pid,
-                         args.cluster)
+                         args.cluster, linger_s=args.linger, config_key=args.config_key)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "models":
@@ -345,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_import(args)
         if args.command == "doctor":
             return cmd_doctor(args)
+        if args.command == "finetune":
+            return cmd_finetune(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
     except BackendError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

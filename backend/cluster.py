@@ -25,7 +25,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -306,7 +306,8 @@ def scene_block(job: BlockJob, block: CellBlock) -> str:
 
     path = block_file(job.staging, block.index, ".gpkg")
     request = SceneRequest(_model(job), Path(job.inputs[0]), path, block.window,
-                           int(dict(job.options)["cell_size"]), job.batch_size, uuid.uuid4().hex[:12], overwrite=True)
+                           int(dict(job.options)["cell_size"]), job.batch_size, uuid.uuid4().hex[:12], overwrite=True,
+                           intra_op_threads=job.intra_op_threads)
     classify_scenes(request, cancelled=_cancel_check(job.staging))
     return str(path)
 
@@ -609,14 +610,43 @@ def detect_on_cluster(request, client, threads: int | None, block_size: int,
 
 def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT_BLOCK_SIZE,
                         progress: ProgressCallback | None = None, cancelled: CancelCheck | None = None,
-                        on_dashboard: Callable[[str], None] | None = None) -> dict[str, str]:
+                        on_dashboard: Callable[[str], None] | None = None,
+                        on_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, str]:
     """jobs.run_plan's result for a planned job, computed on the Dask cluster at `address` (local[:N] or a
-    scheduler address)."""
+    scheduler address). on_report gets cluster_report's figures once the result is written."""
+    started = time.time()
     with connect(address) as (client, threads):
         link = dashboard_link(client)
         if link and on_dashboard:
             on_dashboard(link)
-        return run_plan_with_client(task, plan, client, threads, block_size, progress, cancelled)
+        written = run_plan_with_client(task, plan, client, threads, block_size, progress, cancelled)
+        if on_report:
+            try:
+                on_report(cluster_report(client, plan, time.time() - started))
+            except Exception:  # noqa: BLE001 - the result is written; a missing figure must not fail the job
+                log.exception("no run report from the cluster")
+        return written
+
+
+def _worker_session_info(model_path: str) -> tuple[str, str] | None:
+    """Worker side: (provider, device) of this worker's session of the model, None if it ran no block of it."""
+    from backend.sessions import cached_session_info
+
+    info = cached_session_info(Path(model_path))
+    return (info.provider, info.device) if info is not None else None
+
+
+def cluster_report(client, plan, seconds: float) -> dict[str, Any]:
+    """jobs.run_report's figures for a cluster job: the providers and devices of the workers that ran its
+    blocks, and megapixels of the job's window per second of the whole job (blocks, merge, write)."""
+    found = [v for v in client.run(_worker_session_info, str(plan.model.path)).values() if v is not None]
+    providers = sorted({provider for provider, _ in found})
+    devices = sorted({device for _, device in found})
+    window = plan.window
+    return {"provider": "/".join(providers) or None,
+            "device": f"{len(found)} Dask worker{'' if len(found) == 1 else 's'}: {', '.join(devices) or '?'}",
+            "batch_size": plan.batch_size, "workers": len(found),
+            "megapixels_per_s": round(window.width * window.height / 1e6 / max(seconds, 1e-9), 3)}
 
 
 def run_plan_with_client(task: str, plan, client, threads: int | None, block_size: int = DEFAULT_BLOCK_SIZE,

@@ -158,6 +158,7 @@ class JobManager:
         self.protected = dict(protected or {})
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._status_changed = threading.Condition(self._lock)  # notified whenever a job's status changes
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="job-worker", daemon=True)
         self._worker.start()
@@ -220,6 +221,7 @@ class JobManager:
             job.cancel_requested.set()
             if job.status == "queued":  # never started: nothing to clean up
                 job.status, job.message, job.finished = "cancelled", "cancelled before start", time.time()
+                self._status_changed.notify_all()
                 job.plan = None
         return job
 
@@ -240,7 +242,19 @@ class JobManager:
                 if job.status != "queued":
                     continue
                 job.status, job.started, job.message = "running", time.time(), "starting"
+                self._status_changed.notify_all()
             self._run(job)
+
+    def wait_for_status(self, job_id: str, status: str, timeout: float) -> Job | None:
+        """The job once its status is no longer `status`, else after `timeout` seconds as it is then (a long-poll:
+        the end of a job reaches the client at once, its progress at the pace the client asks); None for an
+        unknown job."""
+        job = self.get(job_id)
+        if job is None:
+            return None
+        with self._status_changed:
+            self._status_changed.wait_for(lambda: job.status != status, timeout)
+        return job
 
     def _run(self, job: Job) -> None:
         def progress(percent: float, message: str) -> None:
@@ -254,7 +268,8 @@ class JobManager:
                 from backend.cluster import run_plan_on_cluster
 
                 job.outputs = run_plan_on_cluster(job.spec.task, job.plan, job.cluster, job.block_size, progress,
-                                                  job.cancel_requested.is_set, on_dashboard)
+                                                  job.cancel_requested.is_set, on_dashboard,
+                                                  on_report=lambda report: setattr(job, "report", report))
             else:
                 job.outputs = run_plan(job.spec.task, job.plan, progress, job.cancel_requested.is_set)
                 try:
@@ -273,5 +288,6 @@ class JobManager:
         with self._lock:
             job.status, job.error, job.message, job.finished = status, error, message, time.time()
             job.plan = None  # the plan holds the model and options: nothing a finished job needs
+            self._status_changed.notify_all()
         log.info("job %s %s in %.1f s%s%s", job.id, status, job.finished - job.started, f": {error}" if error else "",
                  f" on {job.report['device']}, {job.report['megapixels_per_s']} Mpx/s" if job.report else "")

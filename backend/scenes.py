@@ -41,6 +41,7 @@ class SceneRequest:
     batch_size: int = 4
     job_id: str = "run"
     overwrite: bool = False  # replace an existing output (outputs.commit)
+    intra_op_threads: int | None = None  # ONNX Runtime's threads; None: the physical cores (a cluster worker: its share)
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -175,7 +176,7 @@ def classify_scenes(request: SceneRequest, progress: ProgressCallback | None = N
     srs = raster_io.raster_srs(src)
     window = request.window
     reader = open_cells(request)
-    scene_model = SceneModel(model)
+    scene_model = SceneModel(model, request.intra_op_threads)
     class_names = [c.name for c in model.classes]
     rows = cell_starts(window.height, request.cell_size)
     cols = cell_starts(window.width, request.cell_size)

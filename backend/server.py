@@ -27,6 +27,56 @@ DEFAULT_TOKEN_FILE = Path.home() / ".config" / "mtp_qgis" / "token"
 DEFAULT_STATE_FILE = Path.home() / ".cache" / "mtp_qgis" / "backend.json"
 
 
+# Seconds without requests or jobs before the backend measures the CPU options of the models it has used
+# (backend.calibration); a job that arrives meanwhile stops the measuring at once.
+IDLE_BEFORE_CALIBRATION_S = 10.0
+_calibration_tried: set[Path] = set()
+
+
+def jobs_busy(jobs: JobManager) -> bool:
+    return any(job.status in ("queued", "running") for job in jobs.list())
+
+
+def calibrate_used_models(registry: ModelRegistry, busy, seconds: float = 10.0) -> None:
+    """Calibrate, once per process, each model this backend ran on the CPU that has no valid calibration
+    for this machine (new model, new machine, new ONNX Runtime)."""
+    from backend import calibration, sessions
+
+    for path in sessions.cpu_session_models():
+        if path in _calibration_tried or calibration.load(path) is not None:
+            continue
+        model = next((m for m in registry.list() if m.path.resolve() == path), None)
+        if model is None:
+            continue
+        _calibration_tried.add(path)
+        try:
+            calibration.calibrate(path, model.tile_size, sessions.CPU_BATCH, seconds=seconds, busy=busy)
+        except calibration.Busy:
+            _calibration_tried.discard(path)  # a job came: measure another time
+            return
+        except Exception:  # noqa: BLE001 - a failed measurement leaves the defaults; the job path is unaffected
+            log.exception("calibration of %s failed; its sessions keep the default options", path.name)
+
+
+class ActivityClock:
+    """ASGI wrapper that notes when the last HTTP request arrived (for --linger)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._last = time.monotonic()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self._last
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            self.touch()
+        await self.app(scope, receive, send)
+
+
 def load_or_create_token(token_file: Path) -> str:
     """$MTP_QGIS_TOKEN, else the token file, created with mode 0600 on first start."""
     env = os.environ.get("MTP_QGIS_TOKEN", "").strip()
@@ -98,8 +148,11 @@ def check_loopback(host: str) -> None:
 
 
 def serve(host: str, port: int, state_file: Path, token_file: Path, registry: ModelRegistry,
-          parent_pid: int | None, cluster: str | None = None) -> int:
-    """cluster: the Dask cluster of jobs that ask for one with options.cluster true (None: they are refused)."""
+          parent_pid: int | None, cluster: str | None = None, linger_s: float = 0.0,
+          config_key: str | None = None) -> int:
+    """cluster: the Dask cluster of jobs that ask for one with options.cluster true (None: they are refused).
+    linger_s: once the parent is gone, serve on until no request came and no job was queued or running for that
+    long (0: stop at once). config_key: written into the state file for the client that reuses backends."""
     check_loopback(host)
     token = load_or_create_token(token_file)
 
@@ -121,13 +174,17 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
     url_host = f"[{host}]" if family == socket.AF_INET6 else host
     url = f"http://{url_host}:{real_port}"
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    clock = ActivityClock(app)
+    server = uvicorn.Server(uvicorn.Config(clock, log_level="warning", lifespan="off"))
 
     def publish_when_listening() -> None:
         while not server.started and not server.should_exit:
             time.sleep(0.05)
         if server.started:
-            write_json_atomically(state_file, {"url": url, "pid": os.getpid(), "version": __version__})
+            state = {"url": url, "pid": os.getpid(), "version": __version__}
+            if config_key is not None:
+                state["config_key"] = config_key
+            write_json_atomically(state_file, state)
             log.info("listening on %s", url)
 
     def follow_parent() -> None:
@@ -136,12 +193,31 @@ def serve(host: str, port: int, state_file: Path, token_file: Path, registry: Mo
             # Re-parenting catches a dead parent whose pid is still a zombie or was reused.
             reparented = started_by_parent and os.getppid() != parent_pid
             if reparented or not process_alive(parent_pid):
-                log.info("parent process %s is gone; shutting down", parent_pid)
-                server.should_exit = True
-                return
+                break
             time.sleep(1.0)
+        if server.should_exit:  # stopped for another reason (SIGTERM)
+            return
+        if linger_s > 0:
+            log.info("parent process %s is gone; serving until idle for %.0f s", parent_pid, linger_s)
+            clock.touch()
+            while not server.should_exit:
+                if jobs_busy(jobs):
+                    clock.touch()
+                elif clock.idle_s() >= linger_s:
+                    break
+                time.sleep(min(1.0, linger_s / 4))
+        log.info("parent process %s is gone; shutting down", parent_pid)
+        server.should_exit = True
+
+    def calibrate_when_idle() -> None:
+        while not server.should_exit:
+            time.sleep(IDLE_BEFORE_CALIBRATION_S / 2)
+            if not jobs_busy(jobs) and clock.idle_s() >= IDLE_BEFORE_CALIBRATION_S:
+                calibrate_used_models(registry, lambda: jobs_busy(jobs) or server.should_exit)
 
     threading.Thread(target=publish_when_listening, daemon=True).start()
+    if os.environ.get("MTP_QGIS_CALIBRATE", "1") != "0":
+        threading.Thread(target=calibrate_when_idle, daemon=True).start()
     if parent_pid:
         threading.Thread(target=follow_parent, daemon=True).start()
     # uvicorn re-raises SIGTERM after its graceful shutdown; a no-op handler lets our cleanup below run.

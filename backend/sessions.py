@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from backend import calibration
+from backend.calibration import CpuOptions
 from backend.errors import BackendError, ModelPackageError
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,9 @@ ALLOW_SPINNING = os.environ.get("MTP_QGIS_ORT_SPINNING", "0") == "1"
 DYNAMIC_BLOCK_BASE = 4
 
 
-def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+def _session_options(intra_op_threads: int, cpu: CpuOptions | None = None) -> ort.SessionOptions:
+    """cpu: spinning and work split (backend.calibration's choice for the model; None: the project's default)."""
+    cpu = cpu or CpuOptions(ALLOW_SPINNING, DYNAMIC_BLOCK_BASE)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_threads
@@ -174,16 +178,24 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # The CPU arena costs ~100 MB of resident memory (constant) but is ~40 % faster than plain allocations.
     options.enable_cpu_mem_arena = True
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ALLOW_SPINNING else "0")
-    options.add_session_config_entry("session.dynamic_block_base", str(DYNAMIC_BLOCK_BASE))
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if cpu.spinning else "0")
+    if cpu.dynamic_block_base:
+        options.add_session_config_entry("session.dynamic_block_base", str(cpu.dynamic_block_base))
     return options
 
 
-def session_settings(intra_op_threads: int | None = None) -> str:
+def cpu_session(model_path: Path, threads: int, cpu: CpuOptions) -> ort.InferenceSession:
+    """A CPU-only session with the given options (calibration times these)."""
+    return ort.InferenceSession(str(model_path), sess_options=_session_options(threads, cpu), providers=[CPU])
+
+
+def session_settings(intra_op_threads: int | None = None, cpu: CpuOptions | None = None) -> str:
     """The session options in words (for benchmarks and logs)."""
-    threads = intra_op_threads or physical_cores()
+    cpu = cpu or CpuOptions(ALLOW_SPINNING, DYNAMIC_BLOCK_BASE)
+    threads = cpu.threads or intra_op_threads or physical_cores()
+    block = f"dynamic block base {cpu.dynamic_block_base}" if cpu.dynamic_block_base else "static work split"
     return (f"intra-op threads {threads}, inter-op 1, sequential, graph optimisation ALL, CPU arena on, "
-            f"spinning {'on' if ALLOW_SPINNING else 'off'}, dynamic block base {DYNAMIC_BLOCK_BASE}")
+            f"spinning {'on' if cpu.spinning else 'off'}, {block}")
 
 
 # --------------------------------------------------------------------------------------- GPUs (nvidia-smi)
@@ -271,6 +283,7 @@ class SessionInfo:
     device: str                         # in words: "CUDA: NVIDIA H200" or "CPU (2 cores)"
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (provider not used, why)
     batch_size: int = CPU_BATCH         # tiles per batch when a job does not say
+    settings: str = ""                  # the session options in words (session_settings)
 
 
 @dataclass
@@ -285,7 +298,8 @@ SessionFactory = Callable[..., Session]
 
 
 def create_session(model_path: Path, providers: Sequence[str], threads: int,
-                   factory: SessionFactory = Session) -> tuple[Session, list[tuple[str, str]]]:
+                   factory: SessionFactory = Session,
+                   cpu: CpuOptions | None = None) -> tuple[Session, list[tuple[str, str]]]:
     """A session with the first provider that works, trying the list from its head. A provider that raises,
     or that ONNX Runtime leaves out of the session (it does so quietly when the provider's libraries do not
     load), is recorded with the reason and logged. Raises ModelPackageError when none works."""
@@ -295,7 +309,7 @@ def create_session(model_path: Path, providers: Sequence[str], threads: int,
         if TENSORRT in wanted:
             (TRT_CACHE_DIR / model_digest(model_path)).mkdir(parents=True, exist_ok=True)
         try:
-            session = factory(str(model_path), sess_options=_session_options(threads), providers=wanted,
+            session = factory(str(model_path), sess_options=_session_options(threads, cpu), providers=wanted,
                               provider_options=[provider_options(p, model_path) for p in wanted])
         except Exception as exc:  # noqa: BLE001 - any provider failure falls through to the next one
             reason = " ".join(str(exc).split())[:300]
@@ -321,7 +335,7 @@ def describe(session: ort.InferenceSession, threads: int) -> tuple[str, str]:
         gpus, _ = nvidia_gpus()
         name = gpus[0].name if gpus else "NVIDIA GPU"
         return provider, f"{'TensorRT' if provider == TENSORRT else 'CUDA'}: {name}"
-    return provider, f"CPU ({threads} cores)"
+    return provider, f"CPU ({threads} core{'' if threads == 1 else 's'})"
 
 
 def probe_batch_size(session: Session, free_mib: Callable[[], int | None]) -> int:
@@ -365,11 +379,28 @@ def session_info(model_path: Path, intra_op_threads: int | None = None) -> Sessi
     return _cached(model_path, intra_op_threads).info
 
 
+def cpu_session_models() -> list[Path]:
+    """The models this process holds a CPU session of."""
+    with _lock:
+        return [path for path, cached in _sessions.items() if cached.info.provider not in GPU_PROVIDERS]
+
+
+def cached_session_info(model_path: Path) -> SessionInfo | None:
+    """What this process's session of a model runs on, if it has made one; creates nothing (a cluster worker
+    that ran no block of the model answers None)."""
+    with _lock:
+        cached = _sessions.get(Path(model_path).resolve())
+    return cached.info if cached is not None else None
+
+
 def _cached(model_path: Path, intra_op_threads: int | None) -> _Cached:
-    threads = intra_op_threads or physical_cores()
     model_path = Path(model_path).resolve()
     providers = available_providers()
-    key = (model_path.stat().st_mtime, threads, tuple(providers))
+    # On the CPU, the options measured for this model on this machine (backend.calibration), if any; a
+    # calibrated thread count applies where the caller leaves the threads to us (not a cluster worker's share).
+    cpu = calibration.load(model_path) if providers[0] not in GPU_PROVIDERS else None
+    threads = intra_op_threads or (cpu.threads if cpu else None) or physical_cores()
+    key = (model_path.stat().st_mtime, threads, tuple(providers), cpu)
     with _lock:
         cached = _sessions.get(model_path)
         if cached is not None and cached.key == key:
@@ -377,7 +408,7 @@ def _cached(model_path: Path, intra_op_threads: int | None) -> _Cached:
         gpu = providers[0] in GPU_PROVIDERS
         session, fallbacks = create_session(
             model_path, providers, threads,
-            factory=lambda *a, **k: Session(*a, bind_device="cuda" if gpu else None, **k))
+            factory=lambda *a, **k: Session(*a, bind_device="cuda" if gpu else None, **k), cpu=cpu)
         provider, device = describe(session, threads)
         if provider not in GPU_PROVIDERS:
             session.bind_device = None
@@ -385,7 +416,8 @@ def _cached(model_path: Path, intra_op_threads: int | None) -> _Cached:
                 raise BackendError(f"{DEVICE_VARIABLE}=cuda, but no GPU provider could run {model_path.name}: "
                                    + "; ".join(f"{p}: {r}" for p, r in fallbacks))
         batch = probe_batch_size(session, free_gpu_mib) if provider in GPU_PROVIDERS else CPU_BATCH
-        info = SessionInfo(provider, device, fallbacks, batch)
+        info = SessionInfo(provider, device, fallbacks, batch,
+                           session_settings(threads, cpu) + (" (calibrated)" if cpu else ""))
         _sessions[model_path] = _Cached(key, session, info)
         log.info("session for %s runs on %s (%s), batch %d%s", model_path.name, device, provider, batch,
                  "".join(f"; {p} not used: {r}" for p, r in fallbacks))

@@ -288,7 +288,7 @@ def run_bare(session, feeds: list[dict]) -> float:
 
 
 def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, work: Path, batch: int,
-            repeats: int) -> dict:
+            repeats: int, calibrate_s: float = 15.0) -> dict:
     from backend.change import ChangeTileModel
     from backend.detection import DetectionModel
     from backend.jobs import JobSpec, plan_job, run_plan
@@ -308,18 +308,33 @@ def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, wor
     inputs = [str(tif)] + ([str(after)] if task == "change_detection" else [])
     spec = JobSpec(task, model_id, inputs, outputs, None, {"batch_size": batch})
     cls = {"change": ChangeTileModel, "scene": SceneModel, "det": DetectionModel, "rdet": DetectionModel}.get(key, TileModel)
+    # The backend's sessions take the CPU options calibration chooses for this model on this machine; the bare
+    # side runs the fastest options calibration measured (they differ when the default was kept, within the
+    # noise margin), so the ratio is against the fastest bare configuration found, not the backend's own.
+    from backend import calibration
+    from backend.sessions import GPU_PROVIDERS, available_providers, cpu_session, physical_cores
+
+    fastest = None
+    if calibrate_s > 0 and available_providers()[0] not in GPU_PROVIDERS:
+        record = calibration.calibrate(model.path, model.tile_size, batch, seconds=calibrate_s)
+        fastest = calibration.CpuOptions(**min(record["measured"], key=lambda m: m["batch_s"])["options"])
+        print("  calibration: " + "; ".join(f"{m['describe']} {m['batch_s']:.3f} s" for m in record["measured"]),
+              flush=True)
     t0 = time.perf_counter()
     tile_model = cls(model)  # creates (and caches) the session the jobs use
     session_s = time.perf_counter() - t0
     session = tile_model.session
+    backend_settings = sessions_settings(model.path)
+    bare_session = cpu_session(model.path, fastest.threads or physical_cores(), fastest) if fastest else session
     plan = plan_job(spec, registry, job_id="bench")
     feeds = bare_inputs(key, plan, tile_model)
     tiles = sum(next(iter(f.values())).shape[0] for f in feeds)
     for f in feeds[:2]:  # warm-up: arena growth, first-run allocations
         session.run(None, f)
+        bare_session.run(None, f)
     bare, e2e = [], []
     for r in range(repeats):
-        bare.append(run_bare(session, feeds))
+        bare.append(run_bare(bare_session, feeds))
         plan = plan_job(spec, registry, job_id=f"bench{r}")
         job_tiles = {}
 
@@ -333,7 +348,7 @@ def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, wor
             Path(p).unlink(missing_ok=True)
         print(f"  repeat {r + 1}: bare {bare[-1]:.2f} s, end-to-end {e2e[-1]:.2f} s ({job_tiles.get('last', '')})",
               flush=True)
-    bare.append(run_bare(session, feeds))
+    bare.append(run_bare(bare_session, feeds))
     # Each end-to-end run against the mean of the bare runs just before and after it: on a shared machine the
     # load drifts, and the fastest-of ratio can pair a quiet bare run with a busy end-to-end one (or the reverse).
     paired = sorted((bare[r] + bare[r + 1]) / 2 / e2e[r] for r in range(repeats))
@@ -346,7 +361,14 @@ def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, wor
             "repeats": repeats, "ratio_median": float(np.median(paired)), "ratio_min": paired[0], "ratio_max": paired[-1], "e2e_mpx_s": mpx / e_s, "bare_mpx_s": mpx / b_s,
             "gflop_per_tile": flops / 1e9, "achieved_gflops": flops * tiles / b_s / 1e9,
             "session_s": session_s, "providers": ",".join(p.replace("ExecutionProvider", "") for p in session.get_providers()),
-            "settings": session_settings()}
+            "settings": backend_settings,
+            "bare_settings": session_settings(None, fastest) if fastest else backend_settings}
+
+
+def sessions_settings(model_path: Path) -> str:
+    from backend.sessions import session_info
+
+    return session_info(model_path).settings
 
 
 def paired_text(row: dict) -> str:
@@ -383,6 +405,8 @@ def main() -> int:
     parser.add_argument("--vit-size", type=int, default=1024, help="raster side for the ViT-B model")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--calibrate-seconds", type=float, default=15.0,
+                        help="per model: measure the CPU session options first (0: the backend's current ones)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overhead",
                         help="writes OUT.md and OUT.csv")
     parser.add_argument("--render", action="store_true", help="measure nothing: rewrite OUT.md (and OUT.csv) "
@@ -427,7 +451,7 @@ def main() -> int:
                 dirs = [args.cache / "vit"]
                 export_vit_b(dirs[0] / f"{MODELS[key][1]}.onnx", 512)
             print(f"{key}: {MODELS[key][1]} on {size}x{size}", flush=True)
-            row = measure(key, dirs, tif, after, work, args.batch_size, args.repeats)
+            row = measure(key, dirs, tif, after, work, args.batch_size, args.repeats, args.calibrate_seconds)
             print(f"  ratio {row['ratio']:.3f}  end-to-end {row['e2e_mpx_s']:.2f} Mpx/s  bare {row['bare_mpx_s']:.2f} Mpx/s"
                   f"  {row['achieved_gflops']:.0f} GFLOP/s ({100 * row['achieved_gflops'] / cpu['peak_gflops']:.0f} % of peak)",
                   flush=True)
@@ -437,7 +461,7 @@ def main() -> int:
     fields = ["model", "task", "raster", "tile", "batch", "tiles", "repeats", "bare_s", "e2e_s", "ratio", "ratio_median",
               "ratio_min", "ratio_max", "e2e_mpx_s",
               "bare_mpx_s", "gflop_per_tile", "achieved_gflops", "peak_gflops", "pct_of_peak", "providers",
-              "settings", "measured"]
+              "settings", "bare_settings", "measured"]
     for row in rows:
         row["peak_gflops"] = cpu["peak_gflops"]
         row["pct_of_peak"] = 100 * row["achieved_gflops"] / cpu["peak_gflops"]
@@ -478,7 +502,12 @@ def main() -> int:
         "before and after it, median and range over the repeats; on this shared machine (other jobs come and go) "
         "they show how far one figure can move. End-to-end is the job path: open, read, tile, normalise, infer, softmax, blend, argmax, "
         "write the GeoTIFF (GeoPackage for scenes; change also warps nothing: the pair is co-registered). "
-        "Bare is `session.run` on the same batches already normalised in memory, same session.",
+        "Bare is `session.run` on the same batches already normalised in memory, in a session with the fastest CPU "
+        "options `python -m backend calibrate` measured for the model just before (spinning, work split, threads; "
+        "per row below); the job uses the options the backend chose from that calibration (the project's default "
+        "unless another was more than 3 % faster).",
+        *[f"  - {r['model']}: job {r.get('settings', '?')}; bare {r.get('bare_settings') or r.get('settings', '?')}"
+          for r in rows],
         "- Rasters: tiled (256 px blocks) deflate GeoTIFFs written from a mosaic of the real sample "
         "`aerial_geotiff/cogeo.tif`; they have no nodata, so no tile is skipped and both sides infer the same tiles "
         "(the job infers the seam columns of 8192 px stripes twice; none at these widths).",

@@ -54,23 +54,30 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def build_mosaic_vrt(sample: Path, width: int, height: int, out: Path, shift_px: float = 0.0) -> Path:
     """A width x height VRT tiling `sample` edge to edge (georeferenced, on the sample's pixel grid, or on
-    that grid moved by shift_px pixels right and down)."""
+    that grid moved by shift_px pixels right and down; a sample without georeferencing gives a mosaic without
+    it). The sample's nodata value is the mosaic's."""
     from osgeo import gdal
 
     gdal.UseExceptions()
     src = gdal.Open(str(sample))
     sw, sh, bands = src.RasterXSize, src.RasterYSize, src.RasterCount
-    gt = list(src.GetGeoTransform())
-    gt[0] += shift_px * gt[1]
-    gt[3] += shift_px * gt[5]
+    gt = list(src.GetGeoTransform(can_return_null=True) or [])
+    if gt:
+        gt[0] += shift_px * gt[1]
+        gt[3] += shift_px * gt[5]
     dtype = gdal.GetDataTypeName(src.GetRasterBand(1).DataType)
+    nodata = src.GetRasterBand(1).GetNoDataValue()
     srs = src.GetProjection()
     src = None
-    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">',
-             f"<SRS>{srs.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')}</SRS>",
-             f"<GeoTransform>{', '.join(repr(v) for v in gt)}</GeoTransform>"]
+    parts = [f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">']
+    if srs:
+        parts.append(f"<SRS>{srs.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')}</SRS>")
+    if gt:
+        parts.append(f"<GeoTransform>{', '.join(repr(v) for v in gt)}</GeoTransform>")
     for b in range(1, bands + 1):
         parts.append(f'<VRTRasterBand dataType="{dtype}" band="{b}">')
+        if nodata is not None:
+            parts.append(f"<NoDataValue>{nodata!r}</NoDataValue>")
         for y in range(0, height, sh):
             for x in range(0, width, sw):
                 w, h = min(sw, width - x), min(sh, height - y)

@@ -303,7 +303,10 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 self.cancel_job(client, job_id, outputs, feedback)
                 raise QgsProcessingException(tr("{task} cancelled; no output was written.").format(task=self.label()))
             try:
-                job = client.job(job_id)
+                # A long-poll: the backend answers when the job's status changes (it ends) or after
+                # POLL_INTERVAL_S with its progress; no sleep between requests, no delay at the end.
+                started = time.monotonic()
+                job = client.job(job_id, wait=POLL_INTERVAL_S, status=job.get("status"))
                 lost = 0
             except BackendUnreachable as exc:
                 lost += 1
@@ -346,7 +349,8 @@ class BackendAlgorithm(QgsProcessingAlgorithm):
                 raise QgsProcessingException(
                     tr("The {task} job was cancelled in the backend; no output was written.").format(
                         task=self.label().lower()))
-            time.sleep(POLL_INTERVAL_S)
+            # A backend without long-poll answers at once: keep the old pace against it.
+            time.sleep(max(0.0, POLL_INTERVAL_S - (time.monotonic() - started)))
 
     def cancel_job(self, client, job_id, outputs, feedback):
         feedback.pushInfo(tr("Cancelling job {id}...").format(id=job_id))

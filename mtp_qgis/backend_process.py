@@ -3,6 +3,7 @@
 Order: configured URL (setting/env) → live backend named in the state file → start our own.
 """
 import atexit
+import hashlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication
 
 from . import backend_installer, settings
@@ -18,6 +20,9 @@ from .i18n import tr
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 START_TIMEOUT_S = 90.0
+# Variables besides MTP_QGIS_* that change what a backend does (threads, GPUs, where Python finds modules).
+BACKEND_ENVIRONMENT = ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "LD_LIBRARY_PATH", "GDAL_DATA",
+                       "PROJ_LIB")
 
 
 def backend_source_root():
@@ -122,7 +127,9 @@ class BackendManager:
         if self._url and self._process is not None and self._process.poll() is None and _is_alive(self._url):
             return self._url
         state = _read_state(settings.state_file())
-        if state and state.get("url") and _is_alive(state["url"]):
+        # A backend another QGIS (or an earlier qgis_process call) started, if it is the one we would start.
+        if state and state.get("url") and state.get("config_key", "") in ("", self._config_key()) \
+                and _is_alive(state["url"]):
             self._url, self.pid = state["url"], state.get("pid")
             return self._url
         self._url = self._start()
@@ -134,6 +141,20 @@ class BackendManager:
         if self.started_from and self._process is not None and self.pid == self._process.pid:
             return f"{url} (pid {self.pid}, started by this QGIS from {self.started_from})"
         return f"{url} (pid {self.pid})" if self.pid else url
+
+    def _serve_arguments(self, source_root, python):
+        """What a backend this plugin starts is made of (besides its parent): the key of the state file."""
+        models = list(filter(None, [settings.models_dir(), str(settings.user_models_dir())]))
+        # The backend inherits the environment: a reused one must have been started with the same settings.
+        environment = {k: v for k, v in os.environ.items()
+                       if k.startswith("MTP_QGIS_") and k != "MTP_QGIS_TOKEN" or k in BACKEND_ENVIRONMENT}
+        return {"python": python, "source": str(source_root), "models": models, "plugin": _plugin_version(),
+                "environment": environment}
+
+    def _config_key(self):
+        source_root = backend_source_root()
+        python = backend_python_executable(source_root) if source_root is not None else None
+        return _key(self._serve_arguments(source_root, python))
 
     def _start(self):
         source_root = backend_source_root()
@@ -156,15 +177,19 @@ class BackendManager:
                 tr("No backend environment is installed: click \"Install backend\" in the MTP dock, or run "
                    "`python3 {installer}`, or set the backend Python (setting mtp_qgis/backend_python or "
                    "$MTP_QGIS_BACKEND_PYTHON).").format(installer=PLUGIN_DIR / "backend_installer.py"))
+        arguments = self._serve_arguments(source_root, python)
         command = [
             python, "-m", "backend", "serve",
             "--port", "0",
             "--state-file", str(state_path),
             "--parent-pid", str(os.getpid()),
+            "--config-key", _key(arguments),
         ]
+        if lingers():
+            command += ["--linger", str(settings.backend_linger_s())]
         # Searched before the bundled models, which stay available: the configured folder, then the user
         # models folder the model manager installs into.
-        command += ["--extra-models-dir", *filter(None, [settings.models_dir(), str(settings.user_models_dir())])]
+        command += ["--extra-models-dir", *arguments["models"]]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), env.get("PYTHONPATH", "")]))
         with open(self._log_path, "wb") as log:
@@ -228,6 +253,28 @@ class BackendManager:
 BACKEND = BackendManager()
 
 
+def lingers():
+    """Under qgis_process (one process per algorithm call) the backend outlives the call while idle, so that the
+    next call finds it warm; in the desktop it stops with QGIS."""
+    return QgsApplication.platform() == "qgis_process" and settings.backend_linger_s() > 0
+
+
+def _key(arguments):
+    return hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plugin_version():
+    for line in (PLUGIN_DIR / "metadata.txt").read_text(encoding="utf-8").splitlines():
+        if line.startswith("version="):
+            return line.partition("=")[2].strip()
+    return ""
+
+
+def stop_unless_lingering():
+    if not lingers():
+        BACKEND.stop()
+
+
 _quit_hook_connected = False
 
 
@@ -236,10 +283,10 @@ def _stop_when_qgis_quits():
     global _quit_hook_connected
     app = QCoreApplication.instance()
     if app is not None and not _quit_hook_connected:
-        app.aboutToQuit.connect(BACKEND.stop)
+        app.aboutToQuit.connect(stop_unless_lingering)
         _quit_hook_connected = True
 
 
 # Where no Qt event loop ends (qgis_process), interpreter exit or the backend's own --parent-pid
-# watch (it polls once a second) ends it.
-atexit.register(BACKEND.stop)
+# watch (it polls once a second) ends it; under qgis_process it lingers (--linger) for the next call.
+atexit.register(stop_unless_lingering)

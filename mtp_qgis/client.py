@@ -93,7 +93,7 @@ class MtpClient:
                 "took the port of a backend that stopped, a backend started with another token, or an older "
                 "backend: stop it, or unset the configured backend URL so that the plugin starts its own.")
 
-    def _request(self, method, path, json_body=None, authenticated=True, verify_only=False):
+    def _request(self, method, path, json_body=None, authenticated=True, verify_only=False, timeout=None):
         headers = {}
         try:
             # One short-lived session per call: nothing stays open between polls, and
@@ -106,7 +106,7 @@ class MtpClient:
                         return None
                     headers["Authorization"] = f"Bearer {self.token}"
                 response = session.request(
-                    method, self.url + path, json=json_body, headers=headers, timeout=self.timeout
+                    method, self.url + path, json=json_body, headers=headers, timeout=timeout or self.timeout
                 )
         except requests.exceptions.RequestException as exc:
             raise BackendUnreachable(
@@ -146,7 +146,12 @@ class MtpClient:
     def submit(self, job_request):
         return self._request("POST", "/jobs", json_body=job_request)
 
-    def job(self, job_id):
+    def job(self, job_id, wait=0.0, status=None):
+        """The job; with `wait` seconds and the status last seen, the backend answers as soon as the status
+        changes (the job ends), else after `wait` seconds with the job's progress then."""
+        if wait and status:
+            return self._request("GET", f"/jobs/{job_id}?wait={wait:g}&status={status}",
+                                 timeout=self.timeout + wait)
         return self._request("GET", f"/jobs/{job_id}")
 
     def jobs(self):

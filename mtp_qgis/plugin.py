@@ -7,7 +7,7 @@ try:
 except ImportError:
     from qgis.PyQt.QtWidgets import QAction  # Qt5 builds (QGIS 3.22)
 
-from .backend_process import BACKEND
+from .backend_process import stop_unless_lingering
 from .i18n import install_translator, tr
 from .provider import ICON_PATH, MtpProvider
 
@@ -64,4 +64,4 @@ class MtpPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        BACKEND.stop()
+        stop_unless_lingering()  # under qgis_process the backend waits, warm, for the next call

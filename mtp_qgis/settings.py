@@ -18,6 +18,9 @@ DEFAULT_MODEL_ID = "mtp_seg_default"
 DEFAULT_MODEL_INDEX_URL = "https://github.com/mtp-qgis/mtp_qgis/releases/latest/download/index.json"
 
 
+DEFAULT_BACKEND_LINGER_S = 120.0
+
+
 def configured(setting_key, env_name):
     """Value of env `env_name`, else QgsSettings `mtp_qgis/<setting_key>`, else ''."""
     value = os.environ.get(env_name, "").strip()
@@ -50,6 +53,16 @@ def cluster_address():
     """A Dask scheduler address (tcp://host:8786) or local[:N]: jobs then run there, in blocks, with the same
     result (the backend does the Dask part; '' = on the backend's own machine)."""
     return configured("cluster_address", "MTP_QGIS_CLUSTER")
+
+
+def backend_linger_s():
+    """Seconds a backend started under qgis_process outlives it while idle, so that the next qgis_process call
+    reuses it warm (0: it stops with qgis_process). The desktop's backend always stops with QGIS."""
+    value = configured("backend_linger_s", "MTP_QGIS_BACKEND_LINGER_S")
+    try:
+        return max(0.0, float(value)) if value else DEFAULT_BACKEND_LINGER_S
+    except ValueError:
+        return DEFAULT_BACKEND_LINGER_S
 
 
 def model_index_url():

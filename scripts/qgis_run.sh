@@ -17,12 +17,21 @@ mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 # Debian's /usr/bin/qgis_process wrapper adds --noversioncheck, which qgis_process 3.22 rejects.
 qgis_process=$(command -v qgis_process.bin || command -v qgis_process)
 
-# qgis_process loads a plugin only once it is enabled in the profile ("already enabled" exits 1).
-"$qgis_process" plugins enable mtp_qgis >/dev/null 2>&1 || true
-if ! grep -q "^\* mtp_qgis" <<<"$("$qgis_process" plugins 2>/dev/null)"; then
-    echo "qgis_process did not load the mtp_qgis plugin from $QGIS_PLUGINPATH" >&2; exit 1
+# qgis_process loads a plugin only once it is enabled in the profile ("already enabled" exits 1). Every
+# qgis_process start costs seconds, so the profile is read rather than asking QGIS on each call.
+ini="$HOME/.local/share/QGIS/QGIS3/profiles/default/QGIS/QGIS3.ini"
+if ! grep -qs '^mtp_qgis=true' "$ini"; then
+    "$qgis_process" plugins enable mtp_qgis >/dev/null 2>&1 || true
 fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 set +e
-"$qgis_process" run "$algorithm" -- "$@" 2>&1 | grep -v -e "^QStandardPaths" -e "setapi() is deprecated"
+"$qgis_process" run "$algorithm" -- "$@" 2>&1 | tee "$log" | grep -v -e "^QStandardPaths" -e "setapi() is deprecated"
 status=${PIPESTATUS[0]}
+if grep -q "^Algorithm $algorithm not found" "$log"; then  # qgis_process 3.22 exits 0 here
+    if ! grep -q "^\* mtp_qgis" <<<"$("$qgis_process" plugins 2>/dev/null)"; then
+        echo "qgis_process did not load the mtp_qgis plugin from $QGIS_PLUGINPATH" >&2
+    fi
+    exit 1
+fi
 exit "$status"

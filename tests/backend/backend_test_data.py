@@ -96,7 +96,8 @@ def api_client(registry, token: str):
     app.state.jobs.shutdown()
 
 
-def start_server(tmp_path: Path, models_dir: Path, parent_pid: int | None = None, env_token: str | None = None):
+def start_server(tmp_path: Path, models_dir: Path, parent_pid: int | None = None, env_token: str | None = None,
+                 more: list[str] | None = None):
     """`python -m backend serve` on a free port with its state and token files under tmp_path; returns once
     the state file says it listens: (process, state file, token file)."""
     state, token_file = tmp_path / "state" / "backend.json", tmp_path / "config" / "token"
@@ -104,6 +105,7 @@ def start_server(tmp_path: Path, models_dir: Path, parent_pid: int | None = None
            "--state-file", str(state), "--token-file", str(token_file), "--models-dir", str(models_dir)]
     if parent_pid:
         cmd += ["--parent-pid", str(parent_pid)]
+    cmd += more or []
     env = {k: v for k, v in os.environ.items() if k != "MTP_QGIS_TOKEN"}
     if env_token:
         env["MTP_QGIS_TOKEN"] = env_token

@@ -142,3 +142,24 @@ def test_job_that_fails_mid_way_reports_why_and_leaves_nothing(client, tmp_path)
     assert job["status"] == "failed" and job["outputs"] is None
     assert "mosaic.vrt" in job["error"] and "failed" in job["error"]
     assert list(out_dir.iterdir()) == []
+
+
+def test_a_long_poll_answers_when_the_status_changes_and_else_after_its_wait(client, tmp_path):
+    # The plugin asks "tell me when it is no longer running, or in S seconds": the end of a job reaches it at
+    # once, with no polling delay, and its progress at the pace it chose.
+    slow = job_body(tmp_path, model="slow", outputs={"raster": str(tmp_path / "slow.tif")}, options={"batch_size": 1})
+    job = client.post("/jobs", headers=AUTH, json=slow).json()
+    running = wait_for(client, job["id"], statuses=("running",))
+    start = time.monotonic()
+    same = client.get(f"/jobs/{job['id']}?wait=0.5&status=running", headers=AUTH).json()
+    assert same["status"] == "running" and time.monotonic() - start >= 0.45  # waited: nothing changed
+    assert same["progress"] >= running["progress"]
+    client.post(f"/jobs/{job['id']}/cancel", headers=AUTH)
+    start = time.monotonic()
+    ended = client.get(f"/jobs/{job['id']}?wait=10&status=running", headers=AUTH).json()
+    assert ended["status"] == "cancelled" and time.monotonic() - start < 9  # answered at the change
+    start = time.monotonic()
+    again = client.get(f"/jobs/{job['id']}?wait=10&status=running", headers=AUTH).json()
+    assert again["status"] == "cancelled" and time.monotonic() - start < 9  # already different: at once
+    assert client.get(f"/jobs/{job['id']}?wait=11&status=running", headers=AUTH).status_code == 422
+    assert client.get("/jobs/nothing?wait=1&status=running", headers=AUTH).status_code == 404

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import requests
 from osgeo import gdal, ogr
 
 from backend import raster_io
@@ -193,12 +194,22 @@ def test_bundled_scene_model_on_a_cluster_gives_the_same_grid(cluster, tmp_path)
     # row and column of cells, blocks of 3 x 3 cells.
     from backend.registry import ModelRegistry, default_model_dirs
 
-    address, _ = cluster
+    from backend.cluster import cluster_report, run_plan_with_client
+    from backend.sessions import physical_cores
+
+    _, client = cluster
     registry = ModelRegistry(default_model_dirs())
     task, model = "scene_classification", "mtp_scene_default"
     run_plan(task, plan(registry, task, model, [RGB_BYTE], tmp_path / "one.gpkg", "a", cell_size=100))
     many = plan(registry, task, model, [RGB_BYTE], tmp_path / "cluster.gpkg", "b", cell_size=100)
-    run_plan_on_cluster(task, many, address, block_size=300)
+    # Workers sharing a machine take their share of its cores (local:N): the blocks' sessions use the
+    # threads the job gives, not the machine's cores; the job's report says so.
+    threads = 3 if physical_cores() != 3 else 2
+    run_plan_with_client(task, many, client, threads, block_size=300)
+    report = cluster_report(client, many, seconds=2.0)
+    assert report["device"].endswith(f": CPU ({threads} cores)"), report
+    assert report["provider"] == "CPUExecutionProvider" and 1 <= report["workers"] <= 2
+    assert report["megapixels_per_s"] == round(many.window.width * many.window.height / 1e6 / 2.0, 3)
     one = features(tmp_path / "one.gpkg")
     assert len(one) == 64 and 0 < sum(f[2][2] is None for f in one) < 64  # class_id NULL on nodata cells
     assert features(tmp_path / "cluster.gpkg") == one
@@ -384,6 +395,10 @@ def test_job_api_runs_a_job_on_the_backends_cluster_and_shows_its_dashboard(regi
             job = client.get(f"/jobs/{job['id']}", headers=auth).json()
         assert job["status"] == "succeeded", job
         assert job["dashboard"].startswith("http")
+        assert "Dask worker" in job["device"] and job["provider"] == "CPUExecutionProvider", job
+        assert job["megapixels_per_s"] > 0
+        page = requests.get(job["dashboard"], timeout=10)  # the dashboard is served (bokeh is installed)
+        assert page.status_code == 200 and "Dask" in page.text
         single = client.post("/jobs", json=body(tmp_path / "one.tif"), headers=auth).json()
         while single["status"] in ("queued", "running"):
             time.sleep(0.1)

@@ -1,6 +1,7 @@
 """The finetune job's checks before queueing, its held-out split, and cancel (the training runs for real in
 tests/plugin/test_finetune.py through qgis_process)."""
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -171,3 +172,25 @@ def _processes():
             except OSError:
                 return []
     return [P(int(p)) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def test_cli_refuses_bad_labels_before_training(user_models, tmp_path, capsys):
+    from backend.cli import main
+
+    one_class = polygons(tmp_path / "one.gpkg", [(0, 0, 200, 200), (300, 300, 500, 500)], ["water", "water"])
+    code = main(["finetune", "--model", "mtp_seg_default", "--input", str(TILE_1), "--labels", str(one_class),
+                 "--class-field", "class", "--model-id", "mine", "--into", str(user_models)])
+    assert code == 2 and "has one class only" in capsys.readouterr().err
+    assert list(user_models.iterdir()) == []
+
+
+def test_cli_writes_into_the_folder_it_is_given_and_checks_the_id_there(labels, user_models, capsys):
+    # --into is searched like a models folder (the package would be listed), so an id taken there is refused
+    # before any training, as the job API refuses it (409).
+    from backend.cli import main
+
+    shutil.copyfile(BUNDLED / "mtp_seg_default.onnx", user_models / "mine.onnx")
+    code = main(["finetune", "--model", "mtp_seg_default", "--input", str(TILE_1), "--labels", str(labels),
+                 "--class-field", "class", "--model-id", "mine", "--into", str(user_models), "--iterations", "3"])
+    assert code == 2 and "A model 'mine' exists already" in capsys.readouterr().err
+    assert sorted(p.name for p in user_models.iterdir()) == ["mine.onnx"]

@@ -99,3 +99,34 @@ def test_non_loopback_host_is_refused(tmp_path, models_dir):
                            "--models-dir", str(models_dir)], cwd=REPO, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "not a loopback address" in done.stderr
     assert not (tmp_path / "s.json").exists()
+
+
+def test_a_lingering_server_outlives_its_parent_until_idle(tmp_path, models_dir):
+    # qgis_process starts the backend with --linger: the next call finds it warm through the state file.
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    proc, state, token_file = start_server(tmp_path, models_dir, parent_pid=parent.pid,
+                                           more=["--linger", "3", "--config-key", "k1"])
+    try:
+        published = json.loads(state.read_text())
+        assert published["config_key"] == "k1" and published["pid"] == proc.pid
+        parent.kill()
+        parent.wait()
+        auth = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        started = time.monotonic()
+        while time.monotonic() - started < 5:  # requests keep it alive past its 3 s of linger
+            assert requests.get(published["url"] + "/models", headers=auth, timeout=5).status_code == 200
+            time.sleep(0.5)
+        assert proc.poll() is None
+        proc.wait(15)  # then idle: it goes, and takes its state file with it
+        assert time.monotonic() - started >= 5 + 2
+        assert not state.exists()
+    finally:
+        parent.kill()
+        stop(proc)
+
+
+def test_linger_needs_a_parent(tmp_path, models_dir):
+    done = subprocess.run([sys.executable, "-m", "backend", "serve", "--linger", "5", "--state-file",
+                           str(tmp_path / "s.json"), "--token-file", str(tmp_path / "t"), "--models-dir",
+                           str(models_dir)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--linger needs --parent-pid" in done.stderr

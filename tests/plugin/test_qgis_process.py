@@ -98,7 +98,7 @@ def test_batch_loop(env, out_dir):
 
 def test_qgis_process_starts_its_own_backend_when_none_is_configured(qgis_process_env, models_dir, out_dir, sandbox):
     env = dict(qgis_process_env, MTP_QGIS_MODELS_DIR=str(models_dir),
-               MTP_QGIS_STATE_FILE=str(sandbox / "state" / "qgis_process_own.json"))
+               MTP_QGIS_STATE_FILE=str(sandbox / "state" / "qgis_process_own.json"), MTP_QGIS_BACKEND_LINGER_S="0")
     env.pop("MTP_QGIS_BACKEND_URL", None)
     out = out_dir / "own.tif"
     done, _ = run_qgis_process(env, "run", "mtp:segment", "--", f"INPUT={LOVEDA_PNG}", f"OUTPUT={out}")
@@ -119,3 +119,27 @@ def backend_alive(pid):
             return stat.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+def test_consecutive_qgis_process_calls_reuse_one_warm_backend(qgis_process_env, models_dir, out_dir, sandbox):
+    # A shell loop of qgis_process calls: the backend the first call starts lingers, idle, for the next one
+    # (15 s here: a qgis_process start takes seconds on a loaded machine);
+    # a call that would start it differently (another models folder) starts its own; idle, both go.
+    env = dict(qgis_process_env, MTP_QGIS_MODELS_DIR=str(models_dir), MTP_QGIS_BACKEND_LINGER_S="15",
+               MTP_QGIS_STATE_FILE=str(sandbox / "state" / "qgis_process_warm.json"))
+    env.pop("MTP_QGIS_BACKEND_URL", None)
+    pids = []
+    for i, extra in enumerate((models_dir, models_dir, out_dir)):
+        done, _ = run_qgis_process(dict(env, MTP_QGIS_MODELS_DIR=str(extra)), "run", "mtp:segment", "--",
+                                   f"INPUT={LOVEDA_PNG}", f"OUTPUT={out_dir / f'warm{i}.tif'}")
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        line = re.search(r"Backend http://127.0.0.1:\d+ \(pid (\d+)(, started by this QGIS)?", done.stdout)
+        pids.append((int(line.group(1)), bool(line.group(2))))
+    assert pids[0][1], pids  # the first call started it
+    assert pids[1] == (pids[0][0], False)  # the second call found the first one's backend, warm
+    assert pids[2][1] and pids[2][0] != pids[0][0]  # other models folder: a backend of its own
+    assert backend_alive(pids[0][0])  # qgis_process has exited, the first backend waits for the next call
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline and (backend_alive(pids[0][0]) or backend_alive(pids[2][0])):
+        time.sleep(0.5)
+    assert not backend_alive(pids[0][0]) and not backend_alive(pids[2][0])
