@@ -68,7 +68,7 @@ plugin.unload()
 def bare_seconds(tif: Path) -> float:
     from backend.jobs import JobSpec, plan_job
     from backend.registry import ModelRegistry
-    from backend.segmentation import TileModel
+    from backend.tile_pipeline import TileModel
 
     registry = ModelRegistry(None)
     plan = plan_job(JobSpec("semantic_segmentation", MODEL, [str(tif)], {"raster": "/tmp/unused.tif"}, None,
