@@ -17,6 +17,7 @@ futures cancelled.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -371,11 +372,10 @@ def scenes_on_cluster(request, client, threads: int | None, block_size: int,
     blocks = plan_cell_blocks(request.window, request.cell_size, block_size)
     partial = partial_path(request.vector_path, request.job_id)
     try:
-        with staged(partial) as staging:
-            job = BlockJob("scene_classification", str(model.path), (str(request.input_path),), str(staging),
-                           request.batch_size, threads, request.window, (("cell_size", request.cell_size),),
-                           model)
-            files = run_blocks(client, scene_block, job, blocks, progress, cancelled)
+        job = BlockJob("scene_classification", str(model.path), (str(request.input_path),), "",
+                       request.batch_size, threads, request.window, (("cell_size", request.cell_size),), model)
+        with staged(partial, job, blocks) as job:
+            files = run_blocks(client, scene_block, job, blocks, progress, cancelled, ".gpkg")
             if progress:
                 progress(95.0, "merging blocks")
             merge_scene_blocks(partial, request, blocks, files, cancelled)
@@ -475,9 +475,22 @@ def dashboard_link(client) -> str | None:
         return None
 
 
-def staging_folder(partial: Path) -> Path:
-    """Beside the job's partial result and named like it (`.<name>.<job>.partial.blocks`): hidden, per job."""
-    return partial.with_suffix(".blocks")
+def resume_key(job: BlockJob, blocks: list) -> str:
+    """What decides the blocks' files: the task, the model and input files (path, size, modification time), the
+    batch size, window and options, and the blocks themselves. A rerun of the same job has the same key and
+    finds the block files an interrupted run finished."""
+    def file_id(path: str) -> tuple:
+        stat = os.stat(path)
+        return os.path.realpath(path), stat.st_size, stat.st_mtime_ns
+
+    what = (job.task, file_id(job.model_path), [file_id(p) for p in job.inputs], job.batch_size, job.window,
+            job.options, blocks)
+    return hashlib.sha256(repr(what).encode()).hexdigest()[:16]
+
+
+def staging_folder(partial: Path, key: str) -> Path:
+    """Beside the job's partial result, hidden, named by the blocks' resume key (not by the job id)."""
+    return partial.parent / f".mtp_blocks.{key}"
 
 
 def _remove_staging(staging: Path) -> None:
@@ -491,25 +504,34 @@ def _remove_staging(staging: Path) -> None:
 
 
 @contextmanager
-def staged(partial: Path) -> Iterator[Path]:
-    """A fresh, empty staging folder for the blocks of the job writing `partial`, removed when the job ends
-    however it ends."""
-    staging = staging_folder(partial)
-    _remove_staging(staging)  # a previous run's leftovers (a killed client) never mix with this run
-    staging.mkdir()
+def staged(partial: Path, job: BlockJob, blocks: list) -> Iterator[BlockJob]:
+    """The job with its staging folder for `blocks` (the job writes `partial`), removed when the job ends:
+    done, failed or cancelled. Only a run that could not end (its client killed) leaves it; a rerun of the
+    same job then finds it (same resume key) and run_blocks keeps the blocks that run finished: each block file
+    appears complete or not at all."""
+    staging = staging_folder(partial, resume_key(job, blocks))
+    staging.mkdir(exist_ok=True)
+    (staging / CANCEL_FLAG).unlink(missing_ok=True)  # the interrupted run's cancel, if any
     try:
-        yield staging
+        yield replace(job, staging=str(staging))
     finally:
         _remove_staging(staging)
 
 
 def run_blocks(client, fn: Callable, job: BlockJob, blocks: list, progress: ProgressCallback | None,
-               cancelled: CancelCheck | None, share: float = 95.0) -> list[str]:
-    """Run fn(job, block) for every block on the cluster; their results in block order. Progress: the
-    fraction of finished blocks (times `share` percent). On cancel or on a failed block, the flag file stops
-    the running blocks and the rest are cancelled."""
-    futures = client.map(fn, [job] * len(blocks), blocks, pure=False)
-    total, reported = len(futures), -1
+               cancelled: CancelCheck | None, suffix: str, share: float = 95.0) -> list[str]:
+    """Run fn(job, block) for every block whose file (block_file(staging, index, suffix)) an interrupted run did
+    not finish; the block files in block order. Progress: the fraction of finished blocks (times `share`
+    percent). On cancel or on a failed block, the flag file stops the running blocks and the rest are
+    cancelled."""
+    kept = {b.index: str(block_file(job.staging, b.index, suffix)) for b in blocks
+            if block_file(job.staging, b.index, suffix).is_file()}
+    todo = [b for b in blocks if b.index not in kept]
+    if kept:
+        log.info("%d of %d blocks kept from an interrupted run of this job", len(kept), len(blocks))
+    futures = client.map(fn, [job] * len(todo), todo, pure=False)
+    note = f" ({len(kept)} kept from an interrupted run)" if kept else ""
+    total, reported = len(blocks), -1
     try:
         while True:
             if cancelled and cancelled():
@@ -519,13 +541,14 @@ def run_blocks(client, fn: Callable, job: BlockJob, blocks: list, progress: Prog
             if failed is not None:
                 failed.result()  # raises the block's exception
                 raise BackendError("A block of the job was cancelled on the cluster.")
-            done = states.count("finished")
+            done = len(kept) + states.count("finished")
             if done != reported:
                 reported = done
                 if progress:
-                    progress(share * done / total, f"block {done}/{total}")
+                    progress(share * done / total, f"block {done}/{total}{note}")
             if done == total:
-                return [f.result() for f in futures]
+                ran = dict(zip((b.index for b in todo), (f.result() for f in futures)))
+                return [kept.get(b.index) or ran[b.index] for b in blocks]
             time.sleep(POLL_S)
     except BaseException:
         Path(job.staging, CANCEL_FLAG).touch()
@@ -540,9 +563,8 @@ def class_raster_on_cluster(client, job: BlockJob, ds, window: raster_io.Window,
     `processed`), computed block by block on the cluster and assembled here."""
     model = _model(job)
     blocks = plan_blocks(window, processed, model.tile_size, model.tile_overlap, block_size)
-    with staged(path) as staging:
-        job = replace(job, staging=str(staging))
-        files = run_blocks(client, class_block, job, blocks, progress, cancelled)
+    with staged(path, job, blocks) as job:
+        files = run_blocks(client, class_block, job, blocks, progress, cancelled, ".tif")
         if progress:
             progress(95.0, "assembling blocks")
         assemble_class_raster(path, ds, window, model, [(b.target, Path(f)) for b, f in zip(blocks, files)],
@@ -593,10 +615,10 @@ def detect_on_cluster(request, client, threads: int | None, block_size: int,
     model = request.model
     processed, grid = detection_grid(request, raster_io.open_raster(request.input_path))
     blocks = plan_tile_blocks(grid, block_size, request.batch_size)
-    with staged(partial_path(request.vector_path, request.job_id)) as staging:
-        job = BlockJob(model.task, str(model.path), (str(request.input_path),), str(staging), request.batch_size,
-                       threads, request.window, (("score_threshold", request.score_threshold),), model)
-        files = run_blocks(client, detect_block, job, blocks, progress, cancelled)
+    job = BlockJob(model.task, str(model.path), (str(request.input_path),), "", request.batch_size,
+                   threads, request.window, (("score_threshold", request.score_threshold),), model)
+    with staged(partial_path(request.vector_path, request.job_id), job, blocks) as job:
+        files = run_blocks(client, detect_block, job, blocks, progress, cancelled, ".npz")
         parts = []
         for f in files:
             with np.load(f) as z:

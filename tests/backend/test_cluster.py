@@ -6,7 +6,10 @@ One LocalCluster of 2 worker processes (one thread each) serves the module; the 
 scheduler address, as a user's remote cluster would be reached."""
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -246,6 +249,44 @@ def test_a_worker_killed_mid_job_still_gives_the_identical_result(registry, clus
     assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
     assert victim not in client.run(os.getpid).values()  # the kill did take a worker down
     assert no_leftovers(tmp_path) == ["cluster.tif", "one.tif"]
+
+
+def test_a_job_whose_client_died_resumes_from_the_blocks_it_finished(registry, cluster, mosaic, models_dir,
+                                                                     tmp_path):
+    # The process that submitted the job is killed mid-way (nothing can clean up): its finished block files
+    # stay in the staging folder, and a rerun of the same job (another job id) computes only the others.
+    address, _ = cluster
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "from backend.cluster import run_plan_on_cluster\n"
+        "from backend.jobs import JobSpec, plan_job\n"
+        "from backend.registry import ModelRegistry\n"
+        f"spec = JobSpec('semantic_segmentation', 'spatial', [{str(mosaic)!r}], {{'raster': {str(out / 'r.tif')!r}}})\n"
+        f"plan = plan_job(spec, ModelRegistry([__import__('pathlib').Path({str(models_dir)!r})]), job_id='dies')\n"
+        f"run_plan_on_cluster('semantic_segmentation', plan, {address!r}, block_size=128)\n")
+    child = subprocess.Popen([sys.executable, "-c", script, str(REPO), str(REPO / "tests" / "backend")])
+    deadline = time.monotonic() + 120
+    while not any(len(list(s.glob("block_*.tif"))) >= 3 for s in out.glob(".mtp_blocks.*")):
+        assert child.poll() is None and time.monotonic() < deadline, "the first run ended before it was killed"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    (staging,) = out.glob(".mtp_blocks.*")
+    finished = len(list(staging.glob("block_*.tif")))
+    messages = []
+    rerun = plan(registry, "semantic_segmentation", "spatial", [mosaic], out / "r.tif", "again")
+    run_plan_on_cluster("semantic_segmentation", rerun, address, block_size=128,
+                        progress=lambda p, m: messages.append(m))
+    counts = [re.search(r"block (\d+)/(\d+) \((\d+) kept from an interrupted run\)", m) for m in messages]
+    last = [c for c in counts if c][-1]
+    done, total, kept = (int(g) for g in last.groups())
+    assert done == total and 3 <= finished <= kept < total  # only the blocks the killed run had not finished
+    run_plan("semantic_segmentation", plan(registry, "semantic_segmentation", "spatial", [mosaic],
+                                           tmp_path / "one.tif", "one"))
+    assert_same_raster(tmp_path / "one.tif", out / "r.tif")
+    assert no_leftovers(out, keep=["r.tif"]) == []
 
 
 def test_a_failing_block_leaves_no_output_and_no_staging(registry, cluster, tmp_path):
