@@ -13,11 +13,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from mtp_common.tiling import tile_starts
 from training.config import Config, config_to_dict
 from training.data import load_source, normalize
 from training.engine import evaluate_model
 from training.evaluate import model_from_checkpoint
-from training.inference import window_starts
 
 log = logging.getLogger("training")
 METADATA_KEY = "mtp_qgis"
@@ -28,16 +28,16 @@ class ExportError(RuntimeError):
 
 
 def parity_tiles(cfg: Config, max_tiles: int = 6) -> torch.Tensor:
-    """Real tiles for the parity check: the sliding windows of the held-out (then training) images."""
-    size, stride = cfg.eval.tile_size, cfg.eval.tile_size - cfg.eval.tile_overlap
+    """Real tiles for the parity check: the tiles the backend would cut of the held-out (then training) images."""
+    size, overlap = cfg.eval.tile_size, cfg.eval.tile_overlap
     tiles: List[torch.Tensor] = []
     for source in list(cfg.data.val) + list(cfg.data.train):
         for tile in load_source(source):
             height, width = tile.label.shape
             if height < size or width < size:
                 continue
-            for top in window_starts(height, size, stride):
-                for left in window_starts(width, size, stride):
+            for top in tile_starts(height, size, overlap):
+                for left in tile_starts(width, size, overlap):
                     crop = tile.image[top:top + size, left:left + size]
                     tiles.append(normalize(crop, cfg.data.scale, cfg.data.mean, cfg.data.std))
                     if len(tiles) == max_tiles:
