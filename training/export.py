@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from mtp_common import package_schema
 from mtp_common.tiling import tile_starts
 from training.config import Config, config_to_dict
 from training.data import load_source, normalize
@@ -137,8 +138,8 @@ def write_package(out: Path, export_graph: Callable[[Path], None], check_parity:
                   build_metadata: Callable[[Dict], Dict], describe_parity: Callable[[Dict], str]) -> Dict:
     """The steps every task's export shares: export_graph(path) writes the ONNX graph to a temporary
     .partial file; check_parity(path) must pass; build_metadata(parity) goes into the METADATA_KEY
-    property; after onnx.checker the file is renamed onto `out`, so a failed export leaves no file
-    behind (and never replaces a good one). Returns the metadata written."""
+    property once it fits mtp_common.package_schema; after onnx.checker the file is renamed onto `out`, so a
+    failed export leaves no file behind (and never replaces a good one). Returns the metadata written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
@@ -147,7 +148,10 @@ def write_package(out: Path, export_graph: Callable[[Path], None], check_parity:
         if not parity["passed"]:
             raise ExportError(f"parity check failed, no model written: {parity}")
         proto = onnx.load(str(tmp))
-        metadata = build_metadata(parity)
+        try:  # what the backend will read: the shared schema's keys and value types (docs/package_metadata.schema.json)
+            metadata = package_schema.checked(build_metadata(parity))
+        except ValueError as exc:
+            raise ExportError(f"no model written: {exc}") from exc
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
