@@ -20,7 +20,7 @@ S2_SAMPLE := resources/samples/sentinel2_l1c_slovenia.tif
 SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
 
-.PHONY: setup test check-qt6 demo tiny-chain default-model change-model scene-model det-model rdet-model landcover-model default-models sample-data package bench reference-env reference reference-detection clean
+.PHONY: setup test schema check-qt6 demo tiny-chain default-model change-model scene-model det-model rdet-model landcover-model default-models sample-data package bench reference-env reference reference-detection clean
 
 setup:
 	@bash scripts/setup.sh
@@ -85,6 +85,11 @@ sample-data: setup
 	install -m 644 $(DATA)/aerial_geotiff/cogeo.tif $(SAMPLE)
 	@# A real Sentinel-2 L1C scene (13 named bands, uint16 DN, EPSG:32633, 93 KB) from sentinel2_eolearn.
 	$(PY) scripts/sentinel2_sample.py $(S2_SAMPLE)
+
+## docs/package_metadata.schema.json: the JSON Schema of a model package's metadata, generated from
+## mtp_common/package_schema.py (tests/test_package_schema.py fails while the committed file is out of date).
+schema: setup
+	$(PY) -m mtp_common.package_schema --write
 
 ## dist/: the plugin zip (passes plugins.qgis.org's rules), plugins.xml (a custom plugin repository) and
 ## models/index.json with the models beside it. BASE_URL: where dist/ will be served (default: file://).

@@ -12,7 +12,6 @@ import ast
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,19 +22,15 @@ import numpy as np
 import onnx
 
 from backend.errors import ModelPackageError
+from mtp_common import package_schema
 from backend.spectral import INDICES, ROLES
 
 if TYPE_CHECKING:
     from backend.tasks import GraphRule
 
 METADATA_KEY = "mtp_qgis"
-SUPPORTED_FORMAT_VERSIONS = (1,)
-REQUIRED_KEYS = ("format_version", "task", "name", "classes", "input", "tile_size", "tile_overlap")
-REQUIRED_INPUT_KEYS = ("scale", "mean", "std")  # and `bands` (numbers) or `band_roles` (docs/contract.md §1)
 # The `metrics` key each task's packages report first, and how it is named to an analyst.
 HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"))
-# Raster data types a model may declare in `input.dtype` (numpy names of the GDAL types).
-KNOWN_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 # A model that divides by 255 was trained on 8-bit imagery unless it says otherwise (`input.value_range`).
 EIGHT_BIT_SCALE = 255.0
 # Bounds on what one package may carry: its metadata is parsed on every scan of the models folder, and
@@ -54,7 +49,6 @@ DEFAULT_PALETTE = (
     "#a0a0a0", "#e31a1c", "#1f78b4", "#33a02c", "#ff7f00", "#6a3d9a", "#b15928", "#fb9a99",
     "#a6cee3", "#b2df8a", "#fdbf6f", "#cab2d6", "#ffff99", "#000000", "#ffffff", "#8dd3c7",
 )
-_COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 @dataclass(frozen=True)
@@ -326,84 +320,26 @@ def graph_io_shapes(model: onnx.ModelProto) -> tuple[list[int | str | None], lis
 
 
 def validate_metadata(meta: Any, where: str) -> list[str]:
-    """All problems with a metadata object, as readable phrases (empty list = valid)."""
+    """All problems with a metadata object, as readable phrases (empty list = valid): the keys and value types
+    of the shared schema (mtp_common.package_schema, docs/package_metadata.schema.json), then what needs the
+    backend's tables or several keys at once."""
+    problems = package_schema.problems(meta)
     if not isinstance(meta, dict):
-        return [f"metadata must be a JSON object, got {type(meta).__name__}"]
-    problems = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in meta]
-    if meta.get("format_version", 1) not in SUPPORTED_FORMAT_VERSIONS:
-        problems.append(f"format_version {meta.get('format_version')!r} is not one of {SUPPORTED_FORMAT_VERSIONS}")
-    if "task" in meta and meta["task"] not in known_tasks():
-        problems.append(f"task {meta['task']!r} is not one of {', '.join(known_tasks())}")
+        return problems
     classes = meta.get("classes")
-    if "classes" in meta:
-        if not isinstance(classes, list) or not classes:
-            problems.append("'classes' must be a non-empty list")
-        else:
-            for i, c in enumerate(classes):
-                if not isinstance(c, dict) or "name" not in c:
-                    problems.append(f"classes[{i}] must be an object with at least 'name'")
-                    continue
-                if c.get("id", i) != i:
-                    problems.append(f"classes[{i}] has id {c.get('id')!r}; ids must be 0..N-1 in order")
-                if "color" in c and not _COLOR_RE.match(str(c["color"])):
-                    problems.append(f"classes[{i}].color {c['color']!r} is not '#rrggbb'")
-            if len(classes) > 255:
-                problems.append(f"{len(classes)} classes do not fit uint8 results (max 255; 255 is nodata)")
+    if isinstance(classes, list):
+        for i, c in enumerate(classes):
+            if isinstance(c, dict) and c.get("id", i) != i:
+                problems.append(f"classes[{i}] has id {c.get('id')!r}; ids must be 0..N-1 in order")
     inp = meta.get("input")
-    if "input" in meta:
-        if not isinstance(inp, dict):
-            problems.append("'input' must be an object")
-        else:
-            problems += [f"missing key 'input.{k}'" for k in REQUIRED_INPUT_KEYS if k not in inp]
-            bands = inp.get("bands")
-            if "bands" in inp and "band_roles" in inp:
-                problems.append("'input' has both 'bands' (numbers) and 'band_roles'; give one")
-            elif "bands" not in inp and "band_roles" not in inp:
-                problems.append("missing key 'input.bands' (or 'input.band_roles')")
-            elif "bands" in inp and (
-                not isinstance(bands, list) or not bands or not all(isinstance(b, int) and b >= 1 for b in bands)
-            ):
-                problems.append("'input.bands' must be a non-empty list of 1-based band numbers")
-            elif "band_roles" in inp and not _roles_ok(inp["band_roles"]):
-                problems.append(f"'input.band_roles' must be a non-empty list of distinct roles among "
-                                f"{', '.join(ROLES)}")
-            else:
-                problems += _index_problems(inp)
-                channels = len(inp.get("bands") or inp.get("band_roles"))
-                channels += len(inp.get("indices") or []) if isinstance(inp.get("indices"), list) else 0
-                for key in ("mean", "std"):
-                    vals = inp.get(key)
-                    if key in inp and not (isinstance(vals, list) and all(_finite(v) for v in vals)):
-                        problems.append(f"'input.{key}' must be a list of numbers, one per band")
-                        continue
-                    if isinstance(vals, list) and len(vals) != channels:
-                        what = "bands" if not inp.get("indices") else "channels (bands, then indices)"
-                        problems.append(f"'input.{key}' has {len(vals)} values for {channels} {what}")
-                    if key == "std" and isinstance(vals, list) and any(float(v) == 0 for v in vals):
-                        problems.append("'input.std' contains 0")
-            if "scale" in inp and not (_finite(inp["scale"]) and inp["scale"] > 0):
-                problems.append("'input.scale' must be a positive number")
-            problems += _input_value_problems(inp)
-    tile = meta.get("tile_size")
-    if "tile_size" in meta and not (isinstance(tile, int) and tile >= 1):
-        problems.append("'tile_size' must be a positive integer")
-    overlap = meta.get("tile_overlap")
-    if "tile_overlap" in meta:
-        if not (isinstance(overlap, int) and overlap >= 0):
-            problems.append("'tile_overlap' must be a non-negative integer")
-        elif isinstance(tile, int) and overlap >= tile:
-            problems.append(f"'tile_overlap' {overlap} must be less than tile_size {tile}")
-    scene = meta.get("scene")
-    if scene is not None:
-        size = scene.get("cell_size") if isinstance(scene, dict) else None
-        if not isinstance(scene, dict) or (size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                                                                 or size < 1)):
-            problems.append("'scene' must be an object whose 'cell_size' is a whole number of pixels >= 1")
-    if meta.get("gsd_m") is not None and not (_finite(meta["gsd_m"]) and meta["gsd_m"] > 0):
-        problems.append("'gsd_m' must be a positive number of metres per pixel (or null)")
+    if isinstance(inp, dict) and not any(p.startswith(("'input.", "missing key 'input.")) for p in problems):
+        problems += _input_problems(inp)
+    tile, overlap = meta.get("tile_size"), meta.get("tile_overlap")
+    if isinstance(tile, int) and isinstance(overlap, int) and overlap >= tile:
+        problems.append(f"'tile_overlap' {overlap} must be less than tile_size {tile}")
     output = meta.get("output", {"type": "logits"})
     if detection_box(meta.get("task")):
-        problems += _detection_problems(meta["task"], output, meta.get("detection"), "detection" in meta)
+        problems += _detection_problems(meta["task"], output, "detection" in meta)
     elif not isinstance(output, dict) or output.get("type", "logits") not in ("logits", "probabilities"):
         problems.append("'output.type' must be 'logits' or 'probabilities'")
     else:
@@ -411,11 +347,29 @@ def validate_metadata(meta: Any, where: str) -> list[str]:
         expected = "NC" if meta.get("task") == "scene_classification" else "NCHW"
         if output.get("layout", expected) != expected:
             problems.append(f"'output.layout' must be '{expected}' for a {meta.get('task')} model")
+    return list(dict.fromkeys(problems))  # one phrase once
+
+
+def _input_problems(inp: dict[str, Any]) -> list[str]:
+    """`input` (whose value types fit the schema): bands by number or by role, indices, one mean/std per channel."""
+    if "bands" in inp and "band_roles" in inp:
+        return ["'input' has both 'bands' (numbers) and 'band_roles'; give one"]
+    if "bands" not in inp and "band_roles" not in inp:
+        return ["missing key 'input.bands' (or 'input.band_roles')"]
+    if "band_roles" in inp and not _roles_ok(inp["band_roles"]):
+        return [f"'input.band_roles' must be a non-empty list of distinct roles among {', '.join(ROLES)}"]
+    problems = _index_problems(inp)
+    channels = len(inp.get("bands") or inp.get("band_roles")) + len(inp.get("indices") or [])
+    for key in ("mean", "std"):
+        if len(inp[key]) != channels:
+            what = "bands" if not inp.get("indices") else "channels (bands, then indices)"
+            problems.append(f"'input.{key}' has {len(inp[key])} values for {channels} {what}")
+    if any(float(v) == 0 for v in inp["std"]):
+        problems.append("'input.std' contains 0")
+    value_range = inp.get("value_range")
+    if value_range is not None and not value_range[0] < value_range[1]:
+        problems.append(f"'input.value_range' must be [low, high] with low < high, got {value_range!r}")
     return problems
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _roles_ok(roles: Any) -> bool:
@@ -427,8 +381,8 @@ def _index_problems(inp: dict[str, Any]) -> list[str]:
     """`input.indices`: known index names, each reading only roles among the model's bands."""
     if "indices" not in inp:
         return []
-    indices = inp["indices"]
-    if not (isinstance(indices, list) and all(isinstance(i, str) for i in indices) and len(set(indices)) == len(indices)):
+    indices = inp["indices"] or []
+    if len(set(indices)) != len(indices):
         return ["'input.indices' must be a list of distinct index names"]
     unknown = [i for i in indices if i not in INDICES]
     if unknown:
@@ -444,24 +398,9 @@ def _index_problems(inp: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _input_value_problems(inp: dict[str, Any]) -> list[str]:
-    """`input.dtype` (a data type name or a list of them) and `input.value_range` ([low, high] raw values)."""
-    problems = []
-    if "dtype" in inp:
-        dtypes = inp["dtype"] if isinstance(inp["dtype"], list) else [inp["dtype"]]
-        if not dtypes or not all(d in KNOWN_DTYPES for d in dtypes):
-            problems.append(f"'input.dtype' must be one of {', '.join(KNOWN_DTYPES)} or a list of them, "
-                            f"got {inp['dtype']!r}")
-    if "value_range" in inp:
-        value_range = inp["value_range"]
-        if not (isinstance(value_range, list) and len(value_range) == 2 and all(_finite(v) for v in value_range)
-                and value_range[0] < value_range[1]):
-            problems.append(f"'input.value_range' must be [low, high] with low < high, got {value_range!r}")
-    return problems
-
-
-def _detection_problems(task: str, output: Any, detection: Any, present: bool) -> list[str]:
-    """docs/contract.md §3 "Object detection": output {type detections, box} and the detection defaults."""
+def _detection_problems(task: str, output: Any, present: bool) -> list[str]:
+    """docs/contract.md §3 "Object detection": output {type detections, box} and a `detection` object (its
+    values are the schema's to check)."""
     problems = []
     box = detection_box(task)
     if not isinstance(output, dict) or output.get("type") != "detections":
@@ -469,24 +408,7 @@ def _detection_problems(task: str, output: Any, detection: Any, present: bool) -
     elif output.get("box") != box:
         problems.append(f"'output.box' must be '{box}' for a {task} model, got {output.get('box')!r}")
     if not present:
-        return problems + [f"missing key 'detection' (an object with {', '.join(DETECTION_KEYS)})"]
-    if not isinstance(detection, dict):
-        return problems + ["'detection' must be an object"]
-    problems += [f"missing key 'detection.{k}'" for k in DETECTION_KEYS if k not in detection]
-
-    def number(key: str) -> float | None:
-        value = detection.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else None
-
-    if "score_threshold" in detection and not (number("score_threshold") is not None
-                                               and 0 <= number("score_threshold") <= 1):
-        problems.append("'detection.score_threshold' must be a number in [0, 1]")
-    if "nms_iou" in detection and not (number("nms_iou") is not None and 0 < number("nms_iou") <= 1):
-        problems.append("'detection.nms_iou' must be a number in (0, 1]")
-    top = detection.get("max_per_tile")
-    if "max_per_tile" in detection and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
-        problems.append("'detection.max_per_tile' must be an integer >= 1")
+        problems.append(f"missing key 'detection' (an object with {', '.join(DETECTION_KEYS)})")
     return problems
 
 

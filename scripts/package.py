@@ -10,8 +10,9 @@
     DIR/models/index.json          the model index the dock's Models tab reads, and the model files beside it
 
 The zip holds one folder, `mtp_qgis/`: the plugin with its metadata.txt and LICENSE, and
-`mtp_qgis/backend_bundle/` with the backend's source and requirements (the plugin starts the backend from
-there). No model is inside: models are published beside the index and downloaded by the model manager.
+`mtp_qgis/backend_bundle/` with the backend's source, the `mtp_common` package it imports and its requirements
+(the plugin starts the backend from there). No model is inside: models are published beside the index and
+downloaded by the model manager.
 `--base-url` is where DIR will be served (default: DIR's own file:// URL, which QGIS can use as it is).
 """
 from __future__ import annotations
@@ -77,7 +78,8 @@ def build_zip(out: Path) -> Path:
         zf.write(REPO / "metadata.txt", f"{PLUGIN}/metadata.txt")
         zf.write(REPO / "LICENSE", f"{PLUGIN}/LICENSE")
         bundle = f"{PLUGIN}/backend_bundle"
-        for f in sorted((REPO / "backend").rglob("*")):
+        # The backend imports mtp_common (code it shares with training): both go beside each other.
+        for f in sorted([*(REPO / "backend").rglob("*"), *(REPO / "mtp_common").rglob("*")]):
             if wanted(f):
                 zf.write(f, f"{bundle}/{f.relative_to(REPO).as_posix()}")
         zf.write(REPO / "requirements/backend.txt", f"{bundle}/requirements.txt")

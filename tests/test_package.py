@@ -43,6 +43,8 @@ def test_zip_carries_the_backend_but_no_model(plugin_zip):
     with zipfile.ZipFile(plugin_zip) as zf:
         names = set(zf.namelist())
     assert "mtp_qgis/backend_bundle/backend/__main__.py" in names
+    assert "mtp_qgis/backend_bundle/mtp_common/tiling.py" in names  # the backend imports it
+    assert not [n for n in names if n.startswith("mtp_qgis/mtp_common")]  # the plugin does not
     assert "mtp_qgis/backend_bundle/requirements.txt" in names
     assert "mtp_qgis/backend_bundle/requirements-gpu.txt" in names  # the installer's GPU pins
     assert "mtp_qgis/backend_installer.py" in names

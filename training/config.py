@@ -1,11 +1,27 @@
-"""Plain YAML -> dataclasses. Relative paths in a config are relative to the repository root."""
+"""Training configs: YAML -> typed config classes (pydantic dataclasses). Relative paths in a config are
+relative to the repository root.
+
+Every config class is a `config_dataclass`: pydantic checks each value against its annotation while the
+config is read, refuses keys the class does not declare, and `parse_config` turns pydantic's findings into
+one message per problem naming the key path and the expected type (`read_yaml_config` adds the file).
+They stay dataclasses (`dataclasses.asdict` stores a config in its checkpoint, `dataclasses.replace` edits
+one) and can be built in code as before (`EncoderConfig(name="...")`, also checked).
+
+Numbers written as `2e-3`: PyYAML follows YAML 1.1, whose float pattern needs a dot, so it reads `2e-3` as
+the string "2e-3". `yaml_load` adds YAML 1.2's float pattern to its loader, so such values are floats
+wherever they appear (also in free-form sections such as a detector's `model:`); a float field also takes a
+number written as a string (pydantic's lax mode), a float field given a word is an error naming the key."""
 import dataclasses
+import difflib
+import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +31,115 @@ def repo_path(path: str) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
-@dataclass
+def config_dataclass(cls=None, **kwargs):
+    """@config_dataclass: a dataclass whose values pydantic checks against the annotations; unknown keys
+    are errors. Same keyword arguments as dataclasses.dataclass (kw_only, frozen, ...)."""
+    return _pydantic_dataclass(cls, config=ConfigDict(extra="forbid"), **kwargs)
+
+
+class _Yaml12FloatLoader(yaml.SafeLoader):
+    """SafeLoader that also resolves YAML 1.2 floats without a dot (`2e-3`, `1E5`) as floats."""
+
+
+_Yaml12FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def yaml_load(text: str) -> Any:
+    """yaml.safe_load, except that `2e-3`-style numbers are floats (see the module docstring)."""
+    return yaml.load(text, Loader=_Yaml12FloatLoader)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is None or tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is None:
+        return {"float": "number", "int": "integer", "str": "string", "bool": "boolean (true/false)"}.get(
+            getattr(tp, "__name__", ""), getattr(tp, "__name__", str(tp)))
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return f"a mapping of {_type_name(args[0])} to {_type_name(args[1])}" if args else "a mapping"
+    return str(tp)
+
+
+def _field_type(tp: Any, key: Any) -> Any:
+    """The annotation one step down `tp` along a pydantic error location (None if unknown)."""
+    while typing.get_origin(tp) is typing.Union:  # Optional[X] -> X
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) != 1:
+            return None
+        tp = inner[0]
+    if dataclasses.is_dataclass(tp):
+        return typing.get_type_hints(tp).get(key) if isinstance(key, str) else None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and isinstance(key, int) and args:
+        return args[0]
+    if origin is dict and args:
+        return args[0] if key == "[key]" else args[1]
+    return None
+
+
+def _walk(tp: Any, loc: Sequence[Any]):
+    """(annotation of the parent, annotation at loc) along an error location."""
+    parent = None
+    for key in loc:
+        parent, tp = tp, _field_type(tp, key)
+        if tp is None:
+            return parent, None
+    return parent, tp
+
+
+def _key_path(prefix: str, loc: Sequence[Any]) -> str:
+    text = prefix
+    for key in loc:
+        if isinstance(key, int):
+            text += f"[{key}]"
+        elif key == "[key]":
+            text += " (a key)"
+        else:
+            text += f".{key}" if text else str(key)
+    return text
+
+
+def _describe(tp: Any, prefix: str, error: Dict[str, Any]) -> str:
+    loc, kind = tuple(error["loc"]), error["type"]
+    where = _key_path(prefix, loc) or "the config"
+    parent, expected = _walk(tp, loc)
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        keys = [f.name for f in dataclasses.fields(parent)] if dataclasses.is_dataclass(parent) else []
+        close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; known keys: {', '.join(keys)}" if keys else "")
+        return f"{where}: unknown key{hint}"
+    if kind == "missing":
+        return f"{where}: required key missing" + (f" (expected {_type_name(expected)})" if expected else "")
+    if kind in ("value_error", "assertion_error"):  # raised by a class's own check (__post_init__)
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        return f"{where}: {message}" if loc else message
+    wanted = f"expected {_type_name(expected)}, " if expected is not None else ""
+    return f"{where}: {error['msg']} ({wanted}got {error['input']!r})"
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key path (and the file, when read from one)."""
+
+
+def parse_config(tp: Any, raw: Any, prefix: str = ""):
+    """`raw` (YAML data) as the config class `tp`, every value checked; a ConfigError lists each problem by
+    key path (`prefix` is put before the paths: the section `raw` came from)."""
+    try:
+        return TypeAdapter(tp).validate_python(raw)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe(tp, prefix, e) for e in exc.errors())) from None
+
+
+@config_dataclass
 class EncoderConfig:
     kind: str = "timm"
     name: str = "mobilenetv3_small_100"
@@ -36,27 +160,27 @@ class EncoderConfig:
     checkpoint_trusted: bool = False  # allow full unpickling (official MTP files store optimizer state)
 
 
-@dataclass
+@config_dataclass
 class DecoderConfig:
     channels: int = 64
     pool_scales: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
     dropout: float = 0.1
 
 
-@dataclass
+@config_dataclass
 class ModelConfig:
     num_classes: int = 7
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
 
-@dataclass
+@config_dataclass
 class ClassInfo:
     name: str
     color: str
 
 
-@dataclass
+@config_dataclass
 class SourceConfig:
     """One labelled dataset folder. `class_map` maps the folder's raw label values to class ids of
     the model's class set (unlisted values become ignore_index)."""
@@ -76,24 +200,43 @@ class SourceConfig:
     label_dir: str = "ann_dir"
 
 
-@dataclass
-class DataConfig:
+@config_dataclass(kw_only=True)
+class Normalisation:
+    """How pixel values become model input, per channel: (value / scale - mean) / std. Shared by every
+    task's data section (and written into the exported package's `input`)."""
+    scale: float = 255.0
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@config_dataclass(kw_only=True)
+class InputBands(Normalisation):
+    """Normalisation plus the raster bands (1-based) the model reads and their names."""
+    bands: List[int] = field(default_factory=lambda: [1, 2, 3])
+    band_names: List[str] = field(default_factory=lambda: ["red", "green", "blue"])
+
+    def check_channels(self, in_chans: int) -> None:
+        """data.bands, band_names, mean and std each give one value per channel of the model's input."""
+        counts = {"data.bands": len(self.bands), "data.band_names": len(self.band_names),
+                  "data.mean": len(self.mean), "data.std": len(self.std), "model.encoder.in_chans": in_chans}
+        if len(set(counts.values())) != 1:
+            raise ValueError("data.bands, band_names, mean, std and model.encoder.in_chans must agree on the number "
+                             f"of channels ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+
+
+@config_dataclass
+class DataConfig(InputBands):
     classes: List[ClassInfo]
     train: List[SourceConfig]
     val: List[SourceConfig]
     ignore_index: int = 255
-    scale: float = 255.0
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    bands: List[int] = field(default_factory=lambda: [1, 2, 3])
-    band_names: List[str] = field(default_factory=lambda: ["red", "green", "blue"])
     crop_size: int = 256
     gsd_m: float = 0.3
     # Random brightness/contrast change of up to this fraction per crop (0 = off).
     color_jitter: float = 0.0
 
 
-@dataclass
+@config_dataclass
 class TrainLoopConfig:
     """What training.engine's loop, schedule and optimiser read: the train section of every task."""
     iters: int = 1000
@@ -117,20 +260,20 @@ class TrainLoopConfig:
     amp: str = "none"     # none | bf16 (CPU or CUDA) | fp16 (CUDA, with a GradScaler); `--amp` overrides it
 
 
-@dataclass
+@config_dataclass
 class TrainConfig(TrainLoopConfig):
     # "none", "inverse_sqrt_frequency" or "inverse_frequency": up-weights rare classes in the loss (counted on training tiles)
     class_weighting: str = "none"
 
 
-@dataclass
+@config_dataclass
 class EvalConfig:
     tile_size: int = 512
     tile_overlap: int = 128
     batch_size: int = 2
 
 
-@dataclass
+@config_dataclass
 class ExportConfig:
     name: str = "MTP segmentation (default)"
     description: str = ""
@@ -139,7 +282,7 @@ class ExportConfig:
     min_argmax_agreement: float = 0.999
 
 
-@dataclass
+@config_dataclass
 class Config:
     model: ModelConfig
     data: DataConfig
@@ -149,30 +292,8 @@ class Config:
     task: str = "semantic_segmentation"
 
 
-def _build(tp, raw: Any):
-    """Turn nested YAML data into the type `tp` (dataclasses, lists, optionals), refusing unknown keys."""
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a mapping for {tp.__name__}, got {raw!r}")
-        hints = typing.get_type_hints(tp)
-        unknown = set(raw) - set(hints)
-        if unknown:
-            raise ValueError(f"unknown keys for {tp.__name__}: {sorted(unknown)}")
-        return tp(**{key: _build(hints[key], value) for key, value in raw.items()})
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_type,) = typing.get_args(tp)
-        return [_build(item_type, item) for item in raw]
-    if origin is typing.Union:  # Optional[X]
-        if raw is None:
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        return _build(inner, raw)
-    return raw
-
-
 def config_from_dict(raw: Dict[str, Any]) -> Config:
-    cfg = _build(Config, raw)
+    cfg = parse_config(Config, raw)
     if cfg.task != "semantic_segmentation":
         raise ValueError(f"this is the semantic_segmentation config reader; task {cfg.task!r} has its own")
     if len(cfg.data.classes) != cfg.model.num_classes:
@@ -188,7 +309,7 @@ def read_yaml_config(path, from_dict):
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     try:
-        return from_dict(yaml.safe_load(path.read_text()))
+        return from_dict(yaml_load(path.read_text()))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from training.config import Config, config_from_dict, config_to_dict
 from training.data import CropSampler, LabelledTile, load_source
-from training.inference import predict_logits
+from training.inference import predict_probabilities
 from training.metrics import best_constant_baseline, confusion_matrix, summarize
 from training.models import build_segmentor
 from training.models.encoders.layer_decay import layer_decay_param_groups
@@ -330,9 +330,9 @@ def evaluate_tiles(model: torch.nn.Module, cfg: Config, tiles: List[LabelledTile
     n = cfg.model.num_classes
     cm = np.zeros((n, n), dtype=np.int64)
     for tile in tiles:
-        logits = predict_logits(model, tile.image, n, cfg.eval.tile_size, cfg.eval.tile_overlap,
-                                cfg.data.scale, cfg.data.mean, cfg.data.std, cfg.eval.batch_size)
-        cm += confusion_matrix(tile.label, logits.argmax(0).numpy(), n, cfg.data.ignore_index)
+        probs = predict_probabilities(model, tile.image, n, cfg.eval.tile_size, cfg.eval.tile_overlap,
+                                      cfg.data.scale, cfg.data.mean, cfg.data.std, cfg.eval.batch_size)
+        cm += confusion_matrix(tile.label, probs.argmax(0).numpy(), n, cfg.data.ignore_index)
     result = summarize(cm, names)
     baseline = best_constant_baseline(cm)
     result["baseline_best_constant"] = {"class": names[baseline["class_id"]], "mIoU": baseline["mIoU"]}

@@ -13,11 +13,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from mtp_common import package_schema
+from mtp_common.tiling import tile_starts
 from training.config import Config, config_to_dict
 from training.data import load_source, normalize
 from training.engine import evaluate_model
 from training.evaluate import model_from_checkpoint
-from training.inference import window_starts
 
 log = logging.getLogger("training")
 METADATA_KEY = "mtp_qgis"
@@ -28,16 +29,16 @@ class ExportError(RuntimeError):
 
 
 def parity_tiles(cfg: Config, max_tiles: int = 6) -> torch.Tensor:
-    """Real tiles for the parity check: the sliding windows of the held-out (then training) images."""
-    size, stride = cfg.eval.tile_size, cfg.eval.tile_size - cfg.eval.tile_overlap
+    """Real tiles for the parity check: the tiles the backend would cut of the held-out (then training) images."""
+    size, overlap = cfg.eval.tile_size, cfg.eval.tile_overlap
     tiles: List[torch.Tensor] = []
     for source in list(cfg.data.val) + list(cfg.data.train):
         for tile in load_source(source):
             height, width = tile.label.shape
             if height < size or width < size:
                 continue
-            for top in window_starts(height, size, stride):
-                for left in window_starts(width, size, stride):
+            for top in tile_starts(height, size, overlap):
+                for left in tile_starts(width, size, overlap):
                     crop = tile.image[top:top + size, left:left + size]
                     tiles.append(normalize(crop, cfg.data.scale, cfg.data.mean, cfg.data.std))
                     if len(tiles) == max_tiles:
@@ -137,8 +138,8 @@ def write_package(out: Path, export_graph: Callable[[Path], None], check_parity:
                   build_metadata: Callable[[Dict], Dict], describe_parity: Callable[[Dict], str]) -> Dict:
     """The steps every task's export shares: export_graph(path) writes the ONNX graph to a temporary
     .partial file; check_parity(path) must pass; build_metadata(parity) goes into the METADATA_KEY
-    property; after onnx.checker the file is renamed onto `out`, so a failed export leaves no file
-    behind (and never replaces a good one). Returns the metadata written."""
+    property once it fits mtp_common.package_schema; after onnx.checker the file is renamed onto `out`, so a
+    failed export leaves no file behind (and never replaces a good one). Returns the metadata written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
@@ -147,7 +148,10 @@ def write_package(out: Path, export_graph: Callable[[Path], None], check_parity:
         if not parity["passed"]:
             raise ExportError(f"parity check failed, no model written: {parity}")
         proto = onnx.load(str(tmp))
-        metadata = build_metadata(parity)
+        try:  # what the backend will read: the shared schema's keys and value types (docs/package_metadata.schema.json)
+            metadata = package_schema.checked(build_metadata(parity))
+        except ValueError as exc:
+            raise ExportError(f"no model written: {exc}") from exc
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)

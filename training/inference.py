@@ -1,45 +1,40 @@
-"""Sliding-window inference over a whole image, the way the backend tiles rasters."""
-from typing import List, Sequence
+"""Sliding-window inference over a whole image, tiled and blended as the backend does it (mtp_common.tiling):
+tiles of tile_size spread evenly with at least tile_overlap between neighbours, the last flush with the
+edge; an image smaller than a tile is mirrored into one; overlapping tiles' class probabilities are averaged
+with the backend's ramp weights (a tile's centre counts more than its border)."""
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from mtp_common.tiling import StreamingBlender, TileGrid, pad_tile
 from training.data.transforms import normalize
 
 
-def window_starts(length: int, tile: int, stride: int) -> List[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)  # last window flush with the edge
-    return starts
-
-
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, image: np.ndarray, num_classes: int, tile_size: int,
-                   overlap: int, scale: float, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int = 2) -> torch.Tensor:
-    """image: H x W x 3 uint8 -> num_classes x H x W logits, overlaps averaged."""
+def predict_probabilities(model: torch.nn.Module, image: np.ndarray, num_classes: int, tile_size: int,
+                          overlap: int, scale: float, mean: Sequence[float], std: Sequence[float],
+                          batch_size: int = 2) -> torch.Tensor:
+    """image: H x W x C raw values -> num_classes x H x W class probabilities (softmax of the model's logits,
+    blended over the tiles' overlaps)."""
     if overlap >= tile_size:
         raise ValueError(f"tile_overlap {overlap} must be smaller than tile_size {tile_size}")
     model.eval()
-    x = normalize(image, scale, mean, std)
+    x = normalize(image, scale, mean, std).numpy()
     _, height, width = x.shape
-    # Small images are zero-padded (zero = the mean colour after normalisation) up to one tile.
-    pad_h, pad_w = max(0, tile_size - height), max(0, tile_size - width)
-    if pad_h or pad_w:
-        x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h))
-    full_h, full_w = x.shape[-2:]
-    stride = tile_size - overlap
-    windows = [(top, left) for top in window_starts(full_h, tile_size, stride)
-               for left in window_starts(full_w, tile_size, stride)]
-    logits = torch.zeros(num_classes, full_h, full_w)
-    counts = torch.zeros(1, full_h, full_w)
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i:i + batch_size]
-        batch = torch.stack([x[:, t:t + tile_size, l:l + tile_size] for t, l in chunk])
-        out = model(batch)
-        for (t, l), tile_logits in zip(chunk, out):
-            logits[:, t:t + tile_size, l:l + tile_size] += tile_logits
-            counts[:, t:t + tile_size, l:l + tile_size] += 1
-    return (logits / counts)[:, :height, :width]
+    probabilities = np.empty((num_classes, height, width), np.float32)
+
+    def keep(left: int, top: int, block: np.ndarray) -> None:
+        probabilities[:, top:top + block.shape[1], left:left + block.shape[2]] = block
+
+    grid = TileGrid(width, height, tile_size, overlap)
+    blender = StreamingBlender(grid, num_classes, keep)
+    tiles = list(grid)
+    for i in range(0, len(tiles), batch_size):
+        chunk = tiles[i:i + batch_size]
+        batch = torch.from_numpy(np.stack([pad_tile(x[:, t.y:t.y + t.height, t.x:t.x + t.width], tile_size)
+                                           for t in chunk]))
+        probs = torch.softmax(model(batch).float(), dim=1).numpy()
+        for t, tile_probs in zip(chunk, probs):
+            blender.add(t, tile_probs[:, :t.height, :t.width])
+    return torch.from_numpy(probabilities)

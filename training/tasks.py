@@ -12,9 +12,8 @@ import importlib
 from pathlib import Path
 
 import torch
-import yaml
 
-from training.config import repo_path
+from training.config import repo_path, yaml_load
 
 TASK_MODULES = {
     "semantic_segmentation": "training.segmentation_task",
@@ -61,7 +60,7 @@ def config_task(path) -> str:
     path = repo_path(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = yaml_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path} is not a YAML mapping")
     return raw.get("task", DEFAULT_TASK)

@@ -1,9 +1,10 @@
-"""Tile layout and the streaming blender, on synthetic probability fields (pure numpy, fast)."""
+"""Tile layout, tile cores and the streaming blender (mtp_common.tiling, through the backend's import path), on
+synthetic probability fields (pure numpy, fast)."""
 
 import numpy as np
 import pytest
 
-from backend.tiling import StreamingBlender, TileGrid, column_stripes, ramp_weights, tile_starts
+from backend.tiling import StreamingBlender, TileGrid, column_stripes, core_bounds, pad_tile, ramp_weights, tile_starts
 
 
 @pytest.mark.parametrize("length", [1, 7, 63, 64, 65, 100, 127, 128, 129, 200, 257, 1000])
@@ -20,6 +21,27 @@ def test_tiles_cover_the_axis_exactly_with_at_least_the_overlap(length, tile, ov
     assert covered.all()
     seams = [a + size - b for a, b in zip(starts, starts[1:])]
     assert all(overlap <= s < size for s in seams)
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(384, 256, 128), (1000, 64, 16), (257, 128, 40), (50, 64, 16)])
+def test_tile_cores_split_each_overlap_in_half_and_partition_the_axis(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    cores = core_bounds(starts, min(tile, length), length)
+    assert cores[0][0] == 0.0 and cores[-1][1] == float(length)
+    assert all(a[1] == b[0] for a, b in zip(cores, cores[1:]))  # no gap, no overlap
+    assert all(s <= lo < hi <= s + min(tile, length) for s, (lo, hi) in zip(starts, cores))
+    if length == 384:
+        assert cores == [(0.0, 192.0), (192.0, 384.0)]
+
+
+def test_short_window_is_mirrored_into_a_whole_tile():
+    part = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
+    padded = pad_tile(part, 4)
+    assert padded.shape == (2, 4, 4)
+    np.testing.assert_array_equal(padded[:, :3, :2], part)
+    np.testing.assert_array_equal(padded[:, 3, :2], part[:, 2])  # row 3 mirrors row 2
+    np.testing.assert_array_equal(padded[:, :3, 2:], part[:, :, ::-1])
+    assert pad_tile(padded, 4) is padded
 
 
 def test_ramp_is_positive_symmetric_and_flat_in_the_middle():

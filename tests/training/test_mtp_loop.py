@@ -141,7 +141,7 @@ def test_config_errors_are_clear(tiny):
         mtp_config_from_dict({**raw, "model": {**raw["model"], "tasks": ["ss", "det"]}})
     with pytest.raises(ValueError, match="must not set 'num_classes'"):
         mtp_config_from_dict({**raw, "model": {**raw["model"], "rotdet": {"num_classes": 3}}})
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="train.lrr: unknown key; did you mean 'lr'"):
         mtp_config_from_dict({**raw, "train": {**raw["train"], "lrr": 1}})
     with pytest.raises(ValueError, match="train.amp"):
         mtp_config_from_dict({**raw, "train": {**raw["train"], "amp": "fp8"}})

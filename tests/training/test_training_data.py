@@ -97,7 +97,7 @@ def test_config_refuses_unknown_keys_and_inconsistent_classes():
     good = {"model": {"num_classes": 1}, "data": {"classes": [{"name": "a", "color": "#000000"}],
                                                   "train": [], "val": []}}
     assert config_from_dict(good).model.encoder.name == "mobilenetv3_small_100"
-    with pytest.raises(ValueError, match="unknown keys for TrainConfig"):
+    with pytest.raises(ValueError, match="train.itres: unknown key; did you mean 'iters'"):
         config_from_dict({**good, "train": {"itres": 5}})
     with pytest.raises(ValueError, match="num_classes"):
         config_from_dict({**good, "model": {"num_classes": 2}})

@@ -21,8 +21,7 @@ from training.detection.config import config_from_dict, load_config
 from training.detection.data import (DetectionSampler, load_regions, transform_annotations, transform_image,
                                      transform_points)
 from training.detection.datasets import crop_annotations
-from training.detection.engine import (box_centres, model_from_checkpoint, normalize_window, tile_cores, tile_starts,
-                                       tiled_detect, train, window_tiles)
+from training.detection.engine import box_centres, model_from_checkpoint, normalize_window, tiled_detect, train, window_tiles
 from training.detection.ops import rotated_box_iou_aligned
 from training_test_support import assert_failed_parity_leaves_no_file, assert_resumed_run_equals_whole_run
 
@@ -183,13 +182,6 @@ def test_sampler_batches_depend_only_on_seed_and_iteration(tiny_raw):
 
 
 # --- tiled inference -------------------------------------------------------------------------------
-
-def test_tile_layout_is_the_backends():
-    from backend.tiling import tile_starts as backend_tile_starts
-    for length in (100, 256, 257, 384, 500, 1182, 4000):
-        assert tile_starts(length, 256, 64) == backend_tile_starts(length, 256, 64)
-    assert tile_cores([0, 128], 256, 384) == [(0.0, 192.0), (192.0, 384.0)]
-
 
 def make_fake_run(objects, box_type):
     """A 'model' whose tiles know where they are: raw red = x % 256, green = x // 256, so each tile's

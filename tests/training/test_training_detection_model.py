@@ -50,7 +50,7 @@ def test_spec_dict_round_trip_and_defaults():
     spec = spec_from_dict(yaml_like)
     assert isinstance(spec.encoder, EncoderConfig) and spec.encoder.name == "mobilenetv3_small_100"
     assert spec.roi_stds == [0.1, 0.1, 0.2, 0.2]
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="model.bogus: unknown key"):
         spec_from_dict({"box_type": "hbox", "bogus": 1})
     with pytest.raises(ValueError, match="box_type"):
         spec_from_dict({"box_type": "obb"})

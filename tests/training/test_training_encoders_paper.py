@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.config import EncoderConfig, ModelConfig, DecoderConfig, _build
+from training.config import EncoderConfig, ModelConfig, DecoderConfig, parse_config
 from training.models import build_segmentor
 from training.models.encoders import (CheckpointMismatch, Encoder, InternImageEncoder, ViTRVSAEncoder,
                                       build_encoder, layer_decay_param_groups, load_encoder_checkpoint)
@@ -287,10 +287,10 @@ def test_build_encoder_loads_configured_checkpoint_and_config_stays_compatible(t
     torch.manual_seed(0)
     src = randomize(ViTRVSAEncoder("tiny", img_size=64))
     torch.save({"state_dict": {"encoder." + k: v for k, v in _official_vit_state(src).items()}}, tmp_path / "m.pth")
-    cfg = _build(EncoderConfig, {"kind": "vit_rvsa", "size": "tiny", "img_size": 64,
-                                 "checkpoint": str(tmp_path / "m.pth"), "grad_checkpointing": True})
+    cfg = parse_config(EncoderConfig, {"kind": "vit_rvsa", "size": "tiny", "img_size": 64,
+                                       "checkpoint": str(tmp_path / "m.pth"), "grad_checkpointing": True})
     _assert_same_weights(src, build_encoder(cfg))
-    old = _build(EncoderConfig, {"name": "test_efficientnet", "in_chans": 3, "out_indices": [1, 2, 3, 4]})
+    old = parse_config(EncoderConfig, {"name": "test_efficientnet", "in_chans": 3, "out_indices": [1, 2, 3, 4]})
     assert old.kind == "timm" and old.size is None and old.band_map is None
     with pytest.raises(ValueError, match="vit_rvsa"):
         build_encoder({"kind": "vit_rsva"})

@@ -1,13 +1,13 @@
-"""Change-detection config: plain YAML -> dataclasses, unknown keys refused (training.config._build).
+"""Change-detection config: YAML -> typed config classes (training.config: unknown keys and wrong types refused).
 The encoder, decoder, schedule, evaluation and export sections are the segmentation ones."""
 import dataclasses
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Dict, List
 
 
-from training.config import (ClassInfo, DecoderConfig, EncoderConfig, EvalConfig, ExportConfig, TrainConfig,
-                             _build, read_yaml_config, repo_path)
+from training.config import (ClassInfo, DecoderConfig, EncoderConfig, EvalConfig, ExportConfig, InputBands, TrainConfig,
+                             config_dataclass, parse_config, read_yaml_config)
 
 TASK = "change_detection"
 FUSIONS = ("concat_diff", "diff", "concat")
@@ -16,7 +16,7 @@ OSCD_BANDS = {"rgb": 3, "all13": 13}  # training.change_detection.oscd.BAND_SETS
 LOSSES = ("ce", "ce_dice")
 
 
-@dataclass
+@config_dataclass
 class ChangeModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -25,8 +25,8 @@ class ChangeModelConfig:
     fusion: str = "concat_diff"
 
 
-@dataclass
-class ChangeDataConfig:
+@config_dataclass
+class ChangeDataConfig(InputBands):
     """LEVIR-CD layout: root/A (before), root/B (after), root/label (0/255 change masks), same file names;
     CDD: OUT/ instead of label/. Names may carry a split folder (`train/x.png`); `<split>/*` = all its pairs.
     format oscd: OSCD's published folders (change_detection/oscd.py); train/val list split files
@@ -36,11 +36,6 @@ class ChangeDataConfig:
     val: List[str]  # pair file names held out for evaluation (never trained on)
     classes: List[ClassInfo] = field(default_factory=lambda: [ClassInfo("no change", "#000000"),
                                                               ClassInfo("change", "#ff0000")])
-    scale: float = 255.0
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    bands: List[int] = field(default_factory=lambda: [1, 2, 3])
-    band_names: List[str] = field(default_factory=lambda: ["red", "green", "blue"])
     crop_size: int = 256
     gsd_m: float = 0.5
     # Brightness/contrast change of up to this fraction, drawn independently for each date (0 = off).
@@ -52,13 +47,13 @@ class ChangeDataConfig:
     oscd_upsample: float = 1.0  # OSCD only: resample factor of every city (official recipe: ~2.33, 10 m -> 4.3 m)
 
 
-@dataclass
+@config_dataclass
 class ChangeTrainConfig(TrainConfig):
     loss: str = "ce"  # "ce" or "ce_dice" (cross-entropy + soft dice on the change class)
     dice_weight: float = 1.0
 
 
-@dataclass
+@config_dataclass
 class ChangeConfig:
     model: ChangeModelConfig
     data: ChangeDataConfig
@@ -73,13 +68,7 @@ def config_from_dict(raw: Dict[str, Any]) -> ChangeConfig:
         raise ValueError(f"a change-detection config must be a YAML mapping, got {raw!r}")
     if raw.get("task") != TASK:
         raise ValueError(f"this is the change_detection config reader; the config says task {raw.get('task')!r}")
-    for section in ("model", "data"):
-        if section not in raw:
-            raise ValueError(f"change-detection config lacks the {section!r} section")
-    try:
-        cfg = _build(ChangeConfig, raw)
-    except TypeError as exc:  # a dataclass built without one of its required keys
-        raise ValueError(f"incomplete change-detection config: {exc}") from exc
+    cfg = parse_config(ChangeConfig, raw)
     validate(cfg)
     return cfg
 
@@ -104,11 +93,7 @@ def validate(cfg: ChangeConfig) -> None:
     if leaked:
         raise ValueError(f"pairs {leaked} are in both data.train and data.val; held-out pairs must never be trained on")
     validate_format(cfg)
-    channels = len(cfg.data.bands)
-    if not (len(cfg.data.mean) == len(cfg.data.std) == len(cfg.data.band_names) == channels
-            == cfg.model.encoder.in_chans):
-        raise ValueError(f"data.bands, band_names, mean, std and model.encoder.in_chans must agree on the number "
-                         f"of channels (bands {channels}, in_chans {cfg.model.encoder.in_chans})")
+    cfg.data.check_channels(cfg.model.encoder.in_chans)
     if cfg.eval.tile_overlap >= cfg.eval.tile_size:
         raise ValueError(f"eval.tile_overlap {cfg.eval.tile_overlap} must be smaller than eval.tile_size "
                          f"{cfg.eval.tile_size}")

@@ -14,7 +14,7 @@ from training.change_detection.data import ChangePair, PairSampler, load_data_pa
 from training.change_detection.metrics import change_confusion, change_metrics, pixel_difference_change
 from training.change_detection.model import SiameseChangeDetector, StackedPairModel, build_change_model
 from training.engine import train_loop
-from training.inference import predict_logits
+from training.inference import predict_probabilities
 
 log = logging.getLogger("training")
 IGNORE = 255  # padding of crops larger than a pair (training.data.transforms.random_crop)
@@ -74,12 +74,13 @@ def train(cfg: Optional[ChangeConfig], work_dir, **options) -> Dict:
 
 
 @torch.no_grad()
-def predict_change_logits(model: SiameseChangeDetector, pair: ChangePair, cfg: ChangeConfig) -> torch.Tensor:
-    """2 x H x W logits for a whole pair, tiled as the backend tiles rasters (tile size/overlap)."""
+def predict_change_probabilities(model: SiameseChangeDetector, pair: ChangePair, cfg: ChangeConfig) -> torch.Tensor:
+    """2 x H x W probabilities for a whole pair, tiled and blended as the backend does (tile size/overlap)."""
     stacked = np.concatenate([pair.before, pair.after], axis=2)
     channels = pair.before.shape[2]
-    return predict_logits(StackedPairModel(model, channels), stacked, 2, cfg.eval.tile_size, cfg.eval.tile_overlap,
-                          cfg.data.scale, list(cfg.data.mean) * 2, list(cfg.data.std) * 2, cfg.eval.batch_size)
+    return predict_probabilities(StackedPairModel(model, channels), stacked, 2, cfg.eval.tile_size,
+                                 cfg.eval.tile_overlap, cfg.data.scale, list(cfg.data.mean) * 2, list(cfg.data.std) * 2,
+                                 cfg.eval.batch_size)
 
 
 def _as_8bit(image: np.ndarray, cfg: ChangeConfig) -> np.ndarray:
@@ -97,7 +98,7 @@ def evaluate_pairs(model: SiameseChangeDetector, cfg: ChangeConfig, pairs: List[
     model_cm, difference_cm, unchanged_cm = (np.zeros((2, 2), dtype=np.int64) for _ in range(3))
     per_pair = {}
     for pair in pairs:
-        predicted = predict_change_logits(model, pair, cfg).argmax(0).numpy()
+        predicted = predict_change_probabilities(model, pair, cfg).argmax(0).numpy()
         cm = change_confusion(pair.label, predicted)
         model_cm += cm
         before, after = _as_8bit(pair.before, cfg), _as_8bit(pair.after, cfg)

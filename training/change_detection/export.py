@@ -6,27 +6,27 @@ from typing import Dict, Tuple
 
 import torch
 
+from mtp_common.tiling import tile_starts
 from training.change_detection.config import ChangeConfig
 from training.change_detection.data import load_data_pairs
 from training.change_detection.engine import evaluate_model, model_from_checkpoint
 from training.data.transforms import normalize
 from training.export import (ExportError, check_parity, classes_and_input, describe_parity, onnx_out_path,
                              training_provenance, write_package)
-from training.inference import window_starts
 
 INPUT_NAMES = ["before", "after"]
 
 
 def parity_pairs(cfg: ChangeConfig, max_tiles: int = 5) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Real tile pairs for the parity check: sliding windows of the held-out (then training) pairs."""
-    size, stride = cfg.eval.tile_size, cfg.eval.tile_size - cfg.eval.tile_overlap
+    """Real tile pairs for the parity check: the tiles the backend would cut of the held-out (then training) pairs."""
+    size, overlap = cfg.eval.tile_size, cfg.eval.tile_overlap
     befores, afters = [], []
     for pair in load_data_pairs(cfg.data, "val") + load_data_pairs(cfg.data, "train"):
         height, width = pair.label.shape
         if height < size or width < size:
             continue
-        for top in window_starts(height, size, stride):
-            for left in window_starts(width, size, stride):
+        for top in tile_starts(height, size, overlap):
+            for left in tile_starts(width, size, overlap):
                 window = (slice(top, top + size), slice(left, left + size))
                 befores.append(normalize(pair.before[window], cfg.data.scale, cfg.data.mean, cfg.data.std))
                 afters.append(normalize(pair.after[window], cfg.data.scale, cfg.data.mean, cfg.data.std))

@@ -46,7 +46,7 @@ class SiameseChangeDetector(nn.Module):
 
 class StackedPairModel(nn.Module):
     """Takes one 2C-channel image (before then after channels) so that single-image tools, like the
-    sliding-window `training.inference.predict_logits`, can run a change detector."""
+    sliding-window `training.inference.predict_probabilities`, can run a change detector."""
 
     def __init__(self, model: SiameseChangeDetector, channels: int):
         super().__init__()

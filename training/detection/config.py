@@ -1,5 +1,5 @@
 """Detection config: plain YAML with `task: detection` (horizontal boxes) or `task: rotated_detection`
-(le90 rotated boxes) -> dataclasses. Unknown keys are errors (`training.config._build`).
+(le90 rotated boxes) -> typed config classes. Unknown keys and wrong types are errors (`training.config.parse_config`).
 
 The `model` section is handed to `training.detection.model.spec_from_dict` with `box_type` and
 `num_classes` filled in from the task and the class list, so the detector's own defaults apply.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 
-from training.config import ClassInfo, TrainLoopConfig, _build, read_yaml_config, repo_path
+from training.config import ClassInfo, InputBands, TrainLoopConfig, config_dataclass, parse_config, read_yaml_config, repo_path
 
 # task -> box type of the detector and of the evaluation
 TASK_BOX_TYPES = {"detection": "hbox", "rotated_detection": "rbox"}
@@ -60,8 +60,8 @@ def format_classes(fmt: str) -> Tuple[str, ...]:
     return getattr(datasets, FORMATS[fmt].classes)
 
 
-@dataclass
-class DetDataConfig:
+@config_dataclass
+class DetDataConfig(InputBands):
     # Names must be class names of the format's dataset (DOTA v1, DIOR, FAIR1M-2.0, xView); they become
     # ids 0..K-1 in this order. Other classes in the labels are left out (neither objects nor background:
     # their boxes are simply not trained on).
@@ -89,16 +89,11 @@ class DetDataConfig:
     crop_size: int = 256  # training crops
     min_visible: float = 0.7  # a training object cut by a crop border is kept if this share is inside
     gsd_m: float = 0.2556
-    scale: float = 255.0
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    bands: List[int] = field(default_factory=lambda: [1, 2, 3])
-    band_names: List[str] = field(default_factory=lambda: ["red", "green", "blue"])
     color_jitter: float = 0.1
     flip_rotate: bool = True  # the 8 flips / 90° rotations, with exact box transforms
 
 
-@dataclass
+@config_dataclass
 class DetTrainConfig(TrainLoopConfig):
     batch_size: int = 4
     schedule: str = "cosine"
@@ -107,7 +102,7 @@ class DetTrainConfig(TrainLoopConfig):
     num_threads: int = 1
 
 
-@dataclass
+@config_dataclass
 class DetEvalConfig:
     """Tiled inference as the backend runs it (docs/contract.md §3); score_threshold, nms_iou and
     max_per_tile are also the defaults written into the package's `detection` metadata."""
@@ -122,7 +117,7 @@ class DetEvalConfig:
     batch_size: int = 2
 
 
-@dataclass
+@config_dataclass
 class DetExportConfig:
     name: str = "MTP detection"
     description: str = ""
@@ -132,7 +127,7 @@ class DetExportConfig:
     max_parity_tiles: int = 4
 
 
-@dataclass
+@config_dataclass
 class DetConfig:
     model: Dict[str, Any]
     data: DetDataConfig
@@ -316,13 +311,7 @@ def validate(cfg: DetConfig, check_files: bool = True) -> DetConfig:
 def config_from_dict(raw: Dict[str, Any], check_files: bool = True) -> DetConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"a config must be a YAML mapping, got {raw!r}")
-    try:
-        cfg = _build(DetConfig, raw)
-    except TypeError as exc:  # a required key is missing: the dataclass constructor names it
-        raise ValueError(f"incomplete config: {exc}") from exc
-    if not isinstance(cfg.model, dict):
-        raise ValueError(f"model must be a mapping, got {cfg.model!r}")
-    return validate(cfg, check_files)
+    return validate(parse_config(DetConfig, raw), check_files)
 
 
 def load_config(path) -> DetConfig:

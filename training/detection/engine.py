@@ -1,13 +1,13 @@
 """Detection training (training.engine.train_loop with DOTA crops and the detector's losses),
 tiled inference as the backend runs it, and held-out evaluation (VOC07 / VOC12 AP50)."""
 import logging
-import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from mtp_common.tiling import core_bounds, pad_tile, tile_starts
 from training.checkpoint import load_checkpoint, load_model_weights
 from training.detection.config import DetConfig, config_from_dict, detector_spec_dict
 from training.engine import train_loop
@@ -31,27 +31,7 @@ def model_from_checkpoint(path) -> tuple:
     return model, cfg, state
 
 
-# --- tiled inference (docs/contract.md §3, "Tiling and merging") ---------------------------------
-
-def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
-    """The backend's tile layout (backend/tiling.py): first tile at 0, last flush with the end, the
-    others spread evenly so every overlap is >= `overlap`; one tile at 0 when the length is shorter."""
-    if length <= tile:
-        return [0]
-    count = math.ceil((length - tile) / (tile - overlap)) + 1
-    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
-
-
-def tile_cores(starts: Sequence[int], tile: int, length: int) -> List[Tuple[float, float]]:
-    """Half-open [lo, hi) core of each tile along one axis: its span minus half of each overlap it
-    shares with a neighbour, out to the window edge (0, length) where it has none."""
-    cores = []
-    for i, start in enumerate(starts):
-        lo = 0.0 if i == 0 else (starts[i - 1] + tile + start) / 2
-        hi = float(length) if i == len(starts) - 1 else (start + tile + starts[i + 1]) / 2
-        cores.append((lo, hi))
-    return cores
-
+# --- tiled inference (docs/contract.md §3, "Tiling and merging"; grid and cores: mtp_common.tiling) ---
 
 def box_centres(boxes: Tensor) -> Tensor:
     if boxes.shape[-1] == 5:
@@ -99,12 +79,8 @@ def window_tiles(x: np.ndarray, tile: int, overlap: int):
     offsets, tiles = [], []
     for ty in ys:
         for tx in xs:
-            part = x[:, ty:ty + tile, tx:tx + tile]
-            pad_h, pad_w = tile - part.shape[1], tile - part.shape[2]
-            if pad_h or pad_w:
-                part = np.pad(part, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
             offsets.append((tx, ty))
-            tiles.append(part)
+            tiles.append(pad_tile(x[:, ty:ty + tile, tx:tx + tile], tile))
     return xs, ys, offsets, tiles
 
 
@@ -119,8 +95,8 @@ def tiled_detect(run: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray]], ima
     x = normalize_window(image, scale, mean, std)
     _, height, width = x.shape
     xs, ys, offsets, tiles = window_tiles(x, tile_size, tile_overlap)
-    core_x = dict(zip(xs, tile_cores(xs, tile_size, width)))
-    core_y = dict(zip(ys, tile_cores(ys, tile_size, height)))
+    core_x = dict(zip(xs, core_bounds(xs, tile_size, width)))
+    core_y = dict(zip(ys, core_bounds(ys, tile_size, height)))
     kept_b, kept_s, kept_l = [], [], []
     for start in range(0, len(tiles), batch_size):
         boxes, scores = run(np.stack(tiles[start:start + batch_size]))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.config import EncoderConfig, _build
+from training.config import EncoderConfig, config_dataclass, parse_config
 from training.models.encoders import build_encoder
 
 from .anchors import anchor_shapes, grid_anchors, max_iou_assign, random_sample
@@ -38,7 +38,7 @@ BOX_TYPES = ("hbox", "rbox")
 ARCHITECTURES = ("two_stage", "retinanet")
 
 
-@dataclass
+@config_dataclass
 class DetectorSpec:
     """Architecture and training-target settings; maps 1:1 onto a YAML ``model:`` section.
 
@@ -116,8 +116,6 @@ class DetectorSpec:
         if retina and self.box_type != "hbox":
             raise ValueError("architecture retinanet detects horizontal boxes only (task: detection); "
                              "rotated boxes (box_type rbox, task rotated_detection) need architecture two_stage")
-        if isinstance(self.encoder, dict):
-            self.encoder = _build(EncoderConfig, self.encoder)
         if self.fpn_levels is None:
             self.fpn_levels = [1, 2, 3] if retina else [0, 1, 2, 3]
         if self.extra_levels is None:
@@ -152,9 +150,10 @@ class DetectorSpec:
                 raise ValueError("retina_stds needs 4 values (dx, dy, dw, dh)")
 
 
-def spec_from_dict(d: Dict) -> DetectorSpec:
-    """A YAML ``model:`` mapping -> DetectorSpec (unknown keys refused; ``encoder`` nested)."""
-    return _build(DetectorSpec, dict(d))
+def spec_from_dict(d: Dict, section: str = "model") -> DetectorSpec:
+    """A YAML ``model:`` mapping -> DetectorSpec (unknown keys and wrong types refused, named under `section`;
+    ``encoder`` nested)."""
+    return parse_config(DetectorSpec, dict(d), section)
 
 
 def spec_to_dict(spec: DetectorSpec) -> Dict:

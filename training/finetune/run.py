@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mtp_common.tiling import tile_starts
 from training.config import ClassInfo, Config, SourceConfig
 from training.data import load_source, normalize
 from training.data.sources import IGNORE, LabelledTile
@@ -35,7 +36,7 @@ from training.export import build_metadata, check_parity, describe_parity, expor
 from training.finetune.from_package import (PackageLoadError, base_config, model_from_package, package_metadata,
                                             recalibrate_batchnorm)
 from training.finetune.report import loss_history, write_report
-from training.inference import predict_logits, window_starts
+from training.inference import predict_probabilities
 from training.metrics import iou_per_class
 from training.models import build_segmentor
 
@@ -107,7 +108,7 @@ def scene_tiles(image: np.ndarray, cfg: Config, count: int = 4) -> torch.Tensor:
     x = normalize(image, cfg.data.scale, cfg.data.mean, cfg.data.std)
     _, height, width = x.shape
     x = torch.nn.functional.pad(x, (0, max(0, size - width), 0, max(0, size - height)))
-    starts = [(t, l) for t in window_starts(x.shape[1], size, size) for l in window_starts(x.shape[2], size, size)]
+    starts = [(t, l) for t in tile_starts(x.shape[1], size, 0) for l in tile_starts(x.shape[2], size, 0)]
     picks = [starts[i] for i in np.linspace(0, len(starts) - 1, min(count, len(starts))).round().astype(int)]
     return torch.stack([x[:, t:t + size, l:l + size] for t, l in picks])
 
@@ -121,10 +122,10 @@ def base_model_scores(model: torch.nn.Module, base_cfg: Config, cfg: Config, til
     lut = np.array([names.index(n) if n in names else k for n in base_names])
     cm = np.zeros((k + 1, k + 1), dtype=np.int64)
     for tile in tiles:
-        logits = predict_logits(model, tile.image, base_cfg.model.num_classes, base_cfg.eval.tile_size,
-                                base_cfg.eval.tile_overlap, base_cfg.data.scale, base_cfg.data.mean,
-                                base_cfg.data.std, base_cfg.eval.batch_size)
-        pred = lut[logits.argmax(0).numpy()]
+        probs = predict_probabilities(model, tile.image, base_cfg.model.num_classes, base_cfg.eval.tile_size,
+                                      base_cfg.eval.tile_overlap, base_cfg.data.scale, base_cfg.data.mean,
+                                      base_cfg.data.std, base_cfg.eval.batch_size)
+        pred = lut[probs.argmax(0).numpy()]
         keep = tile.label != IGNORE
         cm += np.bincount((k + 1) * tile.label[keep].astype(np.int64) + pred[keep],
                           minlength=(k + 1) ** 2).reshape(k + 1, k + 1)

@@ -1,11 +1,12 @@
-"""GeRSP config (`task: gersp_pretrain`): plain YAML -> dataclasses, unknown keys are errors."""
-from dataclasses import asdict, dataclass, field
+"""GeRSP config (`task: gersp_pretrain`): YAML -> typed config classes (training.config: unknown keys and wrong
+types are errors)."""
+from dataclasses import asdict, field
 from typing import Any, Dict, List, Optional
 
-from training.config import EncoderConfig, TrainLoopConfig, _build, read_yaml_config
+from training.config import EncoderConfig, Normalisation, TrainLoopConfig, config_dataclass, parse_config, read_yaml_config
 
 
-@dataclass
+@config_dataclass
 class GeRSPModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)   # any kind build_encoder knows
     proj_hidden: int = 2048        # projector MLP: pooled features -> hidden -> feat_dim (official: 2048)
@@ -17,8 +18,8 @@ class GeRSPModelConfig:
     shuffle_bn: bool = True        # MoCo's batch shuffle across ranks for the teacher's BatchNorm
 
 
-@dataclass
-class GeRSPDataConfig:
+@config_dataclass
+class GeRSPDataConfig(Normalisation):
     # Unlabelled remote-sensing images: folders searched recursively for .png/.jpg/.jpeg/.tif/.tiff
     # (GeoTIFFs are read with GDAL, first three bands), or single files.
     rs_images: List[str]
@@ -28,19 +29,16 @@ class GeRSPDataConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])     # RandomResizedCrop area range
     batch_rs: int = 32             # unlabelled images per rank and iteration (two views each)
     batch_natural: int = 32        # labelled natural images per rank and iteration (one view)
-    scale: float = 255.0
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     grayscale_p: float = 0.2
     color_jitter: List[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.4])  # brightness, contrast, saturation, hue
 
 
-@dataclass
+@config_dataclass
 class GeRSPTrainConfig(TrainLoopConfig):
     save_encoder: bool = True      # write encoder.pt (student encoder, MTP's *_encoder.pth layout) at the end
 
 
-@dataclass
+@config_dataclass
 class GeRSPConfig:
     model: GeRSPModelConfig
     data: GeRSPDataConfig
@@ -49,7 +47,7 @@ class GeRSPConfig:
 
 
 def config_from_dict(raw: Dict[str, Any]) -> GeRSPConfig:
-    cfg = _build(GeRSPConfig, raw)
+    cfg = parse_config(GeRSPConfig, raw)
     if cfg.task != "gersp_pretrain":
         raise ValueError(f"this is the GeRSP config reader; task {cfg.task!r} has its own")
     if not cfg.data.rs_images:

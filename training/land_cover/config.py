@@ -1,23 +1,24 @@
-"""Land-cover config: plain YAML with `task: land_cover_extraction` -> dataclasses (strict reader of
-training.config: unknown keys are errors)."""
+"""Land-cover config: YAML with `task: land_cover_extraction` -> typed config classes (strict reader of
+training.config: unknown keys and wrong types are errors)."""
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Dict, List
 
-from training.config import (ClassInfo, DecoderConfig, EncoderConfig, TrainLoopConfig, _build, read_yaml_config)
+from training.config import (ClassInfo, DecoderConfig, EncoderConfig, TrainLoopConfig, config_dataclass, parse_config,
+                             read_yaml_config)
 from training.land_cover.indices import INDICES, ROLES
 
 TASK = "land_cover_extraction"
 
 
-@dataclass
+@config_dataclass
 class LandCoverModelConfig:
     num_classes: int = 4
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
 
-@dataclass
+@config_dataclass
 class SceneSource:
     """A multispectral raster with labels. kind `sentinel2_eolearn`: a scene of REFERENCE_SCENES.npy with the
     TestEOPatch LULC map; kind `naip_boxes`: a NAIP RGBN GeoTIFF with hand-drawn boxes (a JSON file)."""
@@ -29,7 +30,7 @@ class SceneSource:
     region: List[int] = field(default_factory=list)
 
 
-@dataclass
+@config_dataclass
 class LandCoverDataConfig:
     classes: List[ClassInfo]
     train: List[SceneSource]
@@ -44,7 +45,7 @@ class LandCoverDataConfig:
     class_balance_power: float = 0.5  # loss weight ~ frequency^-power over the training labels
 
 
-@dataclass
+@config_dataclass
 class LandCoverTrainConfig(TrainLoopConfig):
     batch_size: int = 16
     schedule: str = "cosine"
@@ -52,14 +53,14 @@ class LandCoverTrainConfig(TrainLoopConfig):
     checkpoint_interval: int = 200
 
 
-@dataclass
+@config_dataclass
 class LandCoverEvalConfig:
     tile_size: int = 64  # the training crop size: see training/configs/landcover_default.yaml
     tile_overlap: int = 16
     batch_size: int = 8
 
 
-@dataclass
+@config_dataclass
 class LandCoverExportConfig:
     name: str = "MTP land cover (multispectral)"
     description: str = ""
@@ -68,7 +69,7 @@ class LandCoverExportConfig:
     min_argmax_agreement: float = 0.999
 
 
-@dataclass
+@config_dataclass
 class LandCoverConfig:
     model: LandCoverModelConfig
     data: LandCoverDataConfig
@@ -79,7 +80,7 @@ class LandCoverConfig:
 
 
 def config_from_dict(raw: Dict[str, Any]) -> LandCoverConfig:
-    cfg = _build(LandCoverConfig, raw)
+    cfg = parse_config(LandCoverConfig, raw)
     if cfg.task != TASK:
         raise ValueError(f"this is the {TASK} config reader, not one for task {cfg.task!r}")
     data = cfg.data

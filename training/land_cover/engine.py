@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from training.checkpoint import load_checkpoint, load_model_weights
 from training.engine import train_loop
-from training.inference import predict_logits
+from training.inference import predict_probabilities
 from training.land_cover.config import LandCoverConfig, config_from_dict
 from training.land_cover.data import IGNORE, CropSampler, Scene, channel_statistics, load_scenes, normalised
 from training.metrics import confusion_matrix, summarize
@@ -55,9 +55,9 @@ def scene_predictions(model: torch.nn.Module, cfg: LandCoverConfig, scene: Scene
     """H x W class ids of a whole scene, tiled as the backend tiles (eval.tile_size / tile_overlap)."""
     x = normalised(scene, cfg.data).transpose(1, 2, 0)  # H x W x C, already normalised
     channels = x.shape[2]
-    logits = predict_logits(model, x, cfg.model.num_classes, cfg.eval.tile_size, cfg.eval.tile_overlap, 1.0,
-                            [0.0] * channels, [1.0] * channels, cfg.eval.batch_size)
-    return logits.argmax(0).numpy().astype(np.uint8)
+    probs = predict_probabilities(model, x, cfg.model.num_classes, cfg.eval.tile_size, cfg.eval.tile_overlap, 1.0,
+                                  [0.0] * channels, [1.0] * channels, cfg.eval.batch_size)
+    return probs.argmax(0).numpy().astype(np.uint8)
 
 
 def held_out_metrics(predict, cfg: LandCoverConfig, scenes: Optional[List[Scene]] = None) -> Dict:

@@ -1,16 +1,18 @@
-"""MTP pretraining config: plain YAML -> dataclasses (unknown keys are errors, as elsewhere in training/)."""
-from dataclasses import asdict, dataclass, field
+"""MTP pretraining config: YAML -> typed config classes (unknown keys and wrong types are errors, as elsewhere
+in training/)."""
+from dataclasses import asdict, field
 from typing import Any, Dict, List, Optional
 
 
 from training.mtp.optim import GROUP_MODES as PARAM_GROUP_MODES
 from training.mtp.photometric import MODES as PHOTOMETRIC_MODES
-from training.config import DecoderConfig, EncoderConfig, TrainLoopConfig, _build, read_yaml_config
+from training.config import (DecoderConfig, EncoderConfig, Normalisation, TrainLoopConfig, config_dataclass,
+                             parse_config, read_yaml_config)
 
 TASKS = ("ss", "is", "rd")   # semantic segmentation, instance segmentation, rotated detection (MTP's names)
 
 
-@dataclass
+@config_dataclass
 class SubsetSource:
     subset: str                     # sota | sior | fast
     root: str
@@ -20,7 +22,7 @@ class SubsetSource:
     val_ann_file: Optional[str] = None
 
 
-@dataclass
+@config_dataclass
 class MaskHeadConfig:
     roi_size: int = 14              # RoI Align output; the head predicts 2x that (Mask R-CNN: 14 -> 28)
     channels: int = 64
@@ -28,7 +30,7 @@ class MaskHeadConfig:
     samples_per_image: int = 64     # positive RoIs per image the mask loss sees (a random subset of the sampler's)
 
 
-@dataclass
+@config_dataclass
 class MTPModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     tasks: List[str] = field(default_factory=lambda: list(TASKS))
@@ -46,14 +48,11 @@ class MTPModelConfig:
     semantic_loss_average: str = "all_pixels"
 
 
-@dataclass
-class MTPDataConfig:
+@config_dataclass
+class MTPDataConfig(Normalisation):
     subsets: List[SubsetSource]
     image_size: int = 512           # square training crops (MTP: 512 for ViT, 512 / 384 for InternImage)
     batch_per_subset: int = 1       # per rank and subset: each iteration sees batch_per_subset x subsets images
-    scale: float = 255.0
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     flip: bool = True               # random horizontal / vertical flips
     resize_range: List[float] = field(default_factory=lambda: [1.0, 1.0])  # MTP: [0.5, 2.0]
     # fit_crop (official MTP_RandomResize, keep_ratio): the image is fitted into image_size x U(resize_range);
@@ -64,7 +63,7 @@ class MTPDataConfig:
     photometric: str = "official"
 
 
-@dataclass
+@config_dataclass
 class MTPTrainConfig(TrainLoopConfig):
     loss_weights: Dict[str, float] = field(default_factory=lambda: {"ss": 1.0, "is": 1.0, "rd": 1.0})
     clip_grad: float = 5.0          # MTP clips the global grad norm at 5; 0 = off
@@ -83,7 +82,7 @@ class MTPTrainConfig(TrainLoopConfig):
     val_batch_size: int = 2
 
 
-@dataclass
+@config_dataclass
 class MTPConfig:
     model: MTPModelConfig
     data: MTPDataConfig
@@ -92,7 +91,7 @@ class MTPConfig:
 
 
 def mtp_config_from_dict(raw: Dict[str, Any]) -> MTPConfig:
-    cfg = _build(MTPConfig, raw)
+    cfg = parse_config(MTPConfig, raw)
     if cfg.task != "mtp_pretrain":
         raise ValueError(f"this is the MTP pretraining config reader; task {cfg.task!r} has its own")
     bad = [t for t in cfg.model.tasks if t not in TASKS]

@@ -1,21 +1,21 @@
-"""Scene-classification config: plain YAML with `task: scene_classification` -> dataclasses.
+"""Scene-classification config: YAML with `task: scene_classification` -> typed config classes.
 
 Reuses the segmentation config's building blocks (encoder, classes, labelled sources) and its
-strict reader (`training.config._build`: unknown keys are errors)."""
+strict reader (`training.config.parse_config`: unknown keys and wrong types are errors)."""
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 
-from training.config import (ClassInfo, EncoderConfig, SourceConfig, TrainLoopConfig, _build, read_yaml_config,
-                             repo_path)
+from training.config import (ClassInfo, EncoderConfig, InputBands, SourceConfig, TrainLoopConfig, config_dataclass,
+                             parse_config, read_yaml_config, repo_path)
 
 TASK = "scene_classification"
 POOLINGS = ("last", "concat")
 
 
-@dataclass
+@config_dataclass
 class HeadConfig:
     # "last": global average pool of the deepest feature map; "concat": of every map the encoder
     # returns (encoder.out_indices), concatenated, so fine texture and coarse layout both count.
@@ -23,25 +23,20 @@ class HeadConfig:
     dropout: float = 0.2
 
 
-@dataclass
+@config_dataclass
 class SceneModelConfig:
     num_classes: int = 7
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
 
 
-@dataclass
-class SceneDataConfig:
+@config_dataclass
+class SceneDataConfig(InputBands):
     classes: List[ClassInfo]
     train: List[SourceConfig]
     val: List[SourceConfig]
     chip_size: int = 128  # pixels at gsd_m; also the exported tile_size
     gsd_m: float = 0.3
-    scale: float = 255.0
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    bands: List[int] = field(default_factory=lambda: [1, 2, 3])
-    band_names: List[str] = field(default_factory=lambda: ["red", "green", "blue"])
     # A chip is kept only if at least this share of its pixels is labelled (not no-data) ...
     min_labelled_share: float = 0.5
     # ... and its majority class holds at least this share of the labelled pixels (a mixed chip has
@@ -56,7 +51,7 @@ class SceneDataConfig:
     color_jitter: float = 0.0
 
 
-@dataclass
+@config_dataclass
 class SceneTrainConfig(TrainLoopConfig):
     # The scene task keeps its own defaults for these four shared fields.
     batch_size: int = 32
@@ -66,12 +61,12 @@ class SceneTrainConfig(TrainLoopConfig):
     label_smoothing: float = 0.0
 
 
-@dataclass
+@config_dataclass
 class SceneEvalConfig:
     batch_size: int = 16
 
 
-@dataclass
+@config_dataclass
 class SceneExportConfig:
     name: str = "MTP scene classification"
     description: str = ""
@@ -81,7 +76,7 @@ class SceneExportConfig:
     max_parity_chips: int = 48
 
 
-@dataclass
+@config_dataclass
 class SceneConfig:
     model: SceneModelConfig
     data: SceneDataConfig
@@ -162,7 +157,7 @@ def check_encoder_checkpoint_unseen(cfg: SceneConfig) -> None:
     except CheckpointError:
         return  # a plain weights file: no provenance to check
     raw_train = (state["config"].get("data") or {}).get("train") or []
-    pretrain_sources = [_build(SourceConfig, s) for s in raw_train]
+    pretrain_sources = parse_config(List[SourceConfig], raw_train, f"{path}: data.train")
     clashes = overlapping_regions(pretrain_sources, cfg.data.val)
     if clashes:
         raise ValueError(f"encoder checkpoint {path} was trained on pixels this config holds out "
@@ -179,10 +174,7 @@ def validate(cfg: SceneConfig) -> SceneConfig:
         raise ValueError(f"model.head.pool must be one of {POOLINGS}, not {model.head.pool!r}")
     if not 0.0 <= model.head.dropout < 1.0:
         raise ValueError(f"model.head.dropout must be in [0, 1), not {model.head.dropout}")
-    if not (len(data.bands) == len(data.band_names) == len(data.mean) == len(data.std) == model.encoder.in_chans):
-        raise ValueError(f"data.bands/band_names/mean/std and model.encoder.in_chans must agree in length "
-                         f"({len(data.bands)}, {len(data.band_names)}, {len(data.mean)}, {len(data.std)}, "
-                         f"{model.encoder.in_chans})")
+    data.check_channels(model.encoder.in_chans)
     if data.chip_size < 32:
         raise ValueError(f"data.chip_size must be at least 32 px (the encoder's stride), not {data.chip_size}")
     if data.train_stride < 1:
@@ -205,11 +197,7 @@ def validate(cfg: SceneConfig) -> SceneConfig:
 def config_from_dict(raw: Dict[str, Any]) -> SceneConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"a config must be a YAML mapping, got {raw!r}")
-    try:
-        cfg = _build(SceneConfig, raw)
-    except TypeError as exc:  # a required key is missing: the dataclass constructor names it
-        raise ValueError(f"incomplete config: {exc}") from exc
-    return validate(cfg)
+    return validate(parse_config(SceneConfig, raw))
 
 
 def load_config(path) -> SceneConfig:
