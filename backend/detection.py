@@ -24,7 +24,7 @@ from backend.gpkg import create_layer, remove_gpkg
 from backend.model_package import ModelPackage
 from backend.tile_pipeline import (CancelCheck, InferenceThread, ProgressCallback, TileModel, partial_path,
                                    with_context)
-from backend.tiling import TileGrid, TileSpec
+from backend.tiling import TileGrid, TileSpec, core_bounds
 
 log = logging.getLogger(__name__)
 ogr.UseExceptions()
@@ -265,13 +265,6 @@ def centred_on(det: Detections, invalid: np.ndarray) -> np.ndarray:
     hit = np.zeros(len(det), bool)
     hit[inside] = invalid[c[inside, 1], c[inside, 0]]
     return hit
-
-
-def core_bounds(starts: list[int], tile: int, length: int) -> list[tuple[float, float]]:
-    """[lo, hi) per tile along one axis: seams split each overlap in half, the outer tiles reach the
-    window's edges. Every position in [0, length) belongs to exactly one tile."""
-    seams = [(starts[i] + tile + starts[i + 1]) / 2 for i in range(len(starts) - 1)]
-    return list(zip([0.0] + seams, seams + [float(length)]))
 
 
 def in_core(det: Detections, xs: tuple[float, float], ys: tuple[float, float]) -> np.ndarray:

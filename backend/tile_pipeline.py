@@ -16,7 +16,7 @@ from backend import raster_io
 from backend.errors import BackendError, JobCancelled
 from backend.model_package import ModelPackage
 from backend.sessions import get_session
-from backend.tiling import StreamingBlender, TileGrid, TileSpec, column_stripes
+from backend.tiling import StreamingBlender, TileGrid, TileSpec, column_stripes, pad_tile
 
 ProgressCallback = Callable[[float, str], None]  # (percent 0-100, message)
 CancelCheck = Callable[[], bool]
@@ -87,11 +87,7 @@ class TileModel:
         """(C, h, w) raw values -> (C, T, T) normalised, mirrored into the padding when smaller. Invalid
         pixels (NaN from the reader, or any non-finite value) become 0, the mean of the model's training data."""
         x = neutralise_invalid((self.with_priors(raw) - self.mean) / self.std)
-        t = self.model.tile_size
-        pad_h, pad_w = t - x.shape[1], t - x.shape[2]
-        if pad_h or pad_w:
-            x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
-        return x.astype(np.float32, copy=False)
+        return pad_tile(x, self.model.tile_size).astype(np.float32, copy=False)
 
     def prepare_into(self, raw: np.ndarray, out: np.ndarray) -> None:
         """prepare(raw) written into `out` (a tile's slot of the batch array), which saves prepare's
