@@ -170,8 +170,8 @@ def test_fixed_batch_providers_get_padded_batches_and_the_same_answer(task_regis
     batches = []
 
     class FixedBatch(scenes_module.SceneModel):
-        def __init__(self, model):
-            super().__init__(model)
+        def __init__(self, model, intra_op_threads=None):
+            super().__init__(model, intra_op_threads)
             self.fixed_batch = True
 
         def probabilities(self, batch):
