@@ -286,14 +286,7 @@ def fp16_check(task: str, cfg, evaluate: Callable, fp32_path: Path, fp16_path: P
                max_change: Optional[float] = None) -> Dict:
     """The task's held-out evaluation through ONNX Runtime on both packages; passed when the headline metric
     moves by at most the allowance (FP16_ALLOWED_CHANGE, or max_change)."""
-    metric, allowed = FP16_ALLOWED_CHANGE[task]
-    allowed = allowed if max_change is None else max_change
-    fp32 = evaluate(OnnxModule(fp32_path), cfg)
-    fp16 = evaluate(OnnxModule(fp16_path), cfg)
-    change = float(fp16[metric]) - float(fp32[metric])
-    return {"metric": metric, "fp32": float(fp32[metric]), "fp16": float(fp16[metric]), "change": change,
-            "allowed_change": allowed, "evaluated_on": fp32.get("evaluated_on", ""),
-            "runtime": f"onnxruntime {ort.__version__} CPU", "passed": bool(abs(change) <= allowed)}
+    return precision_check(task, "fp16", cfg, evaluate, fp32_path, fp16_path, FP16_ALLOWED_CHANGE, max_change)
 
 
 def export_fp16(checkpoint: Path, out: Path, max_change: Optional[float] = None) -> Dict:
@@ -328,6 +321,174 @@ def export_fp16(checkpoint: Path, out: Path, max_change: Optional[float] = None)
                              build_metadata=lambda result: {**metadata32, "name": f"{metadata32['name']} (fp16)",
                                                              "precision": "fp16", "precision_check": result},
                              describe_parity=describe)
+
+
+# --------------------------------------------------------------------------------------------- int8 packages
+
+# int8 packages (docs/contract.md §1 "Precision"): static quantization (QDQ; weights int8 per output channel,
+# activations uint8 with ranges measured on tiles of the model's own training data), written only when the task's
+# held-out headline metric drops by at most this much (absolute): one point of mIoU / F1 / overall accuracy.
+INT8_ALLOWED_CHANGE = {
+    "semantic_segmentation": ("mIoU", 0.01),
+    "change_detection": ("f1", 0.01),
+    "scene_classification": ("overall_accuracy", 0.01),
+}
+INT8_CALIBRATION_TILES = 32
+
+
+class _Recorded(Exception):
+    """Enough calibration inputs: stop the evaluation that produced them."""
+
+
+class RecordingModule(torch.nn.Module):
+    """Runs the fp32 graph behind a torch module's call and keeps the inputs it is given, so a task's own
+    evaluation code, pointed at its training data, yields calibration batches exactly as the package sees
+    them (normalised, at the tile size, one input per date for change detection)."""
+
+    def __init__(self, path: Path, limit: int):
+        super().__init__()
+        self.inner = OnnxModule(path)
+        self.limit = limit
+        self.batches: List[Dict[str, np.ndarray]] = []
+        self.tiles = 0
+
+    def forward(self, *inputs):
+        self.batches.append({n: x.detach().cpu().numpy().astype(np.float32) for n, x in zip(self.inner.names, inputs)})
+        self.tiles += int(inputs[0].shape[0])
+        if self.tiles >= self.limit:
+            raise _Recorded()
+        return self.inner(*inputs)
+
+
+def calibration_batches(cfg, evaluate: Callable, fp32_path: Path, limit: int = INT8_CALIBRATION_TILES) -> List[Dict]:
+    """Up to `limit` input tiles from the training split (the task's evaluation run on cfg.data.train)."""
+    import dataclasses
+
+    train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=cfg.data.train))
+    recorder = RecordingModule(fp32_path, limit)
+    try:
+        evaluate(recorder, train_cfg)
+    except _Recorded:
+        pass
+    if not recorder.batches:
+        raise ExportError("int8 calibration found no training tiles (cfg.data.train is empty)")
+    return recorder.batches
+
+
+def convert_to_int8(src: Path, dst: Path, batches: List[Dict[str, np.ndarray]]) -> None:
+    """A statically quantized copy of an fp32 ONNX graph (QDQ format; inputs and outputs stay fp32)."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter(batches)
+
+        def get_next(self):
+            return next(self.left, None)
+
+    with tempfile.TemporaryDirectory(prefix="mtp_int8_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)  # shapes + folding, as ORT advises
+        quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    model = onnx.load(str(dst))  # the quantizer keeps the graph's metadata only sometimes: put it back
+    props = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(dst))
+
+
+def precision_check(task: str, precision: str, cfg, evaluate: Callable, fp32_path: Path, reduced_path: Path,
+                    allowed_change: Dict[str, Tuple[str, float]], max_change: Optional[float] = None,
+                    loss_only: bool = False) -> Dict:
+    """The task's held-out evaluation through ONNX Runtime on the fp32 and the reduced-precision graph; passed
+    when the headline metric moves by at most the allowance (or max_change); with loss_only, when it drops by
+    at most that (a gain is no reason to refuse)."""
+    metric, allowed = allowed_change[task]
+    allowed = allowed if max_change is None else max_change
+    fp32 = evaluate(OnnxModule(fp32_path), cfg)
+    reduced = evaluate(OnnxModule(reduced_path), cfg)
+    change = float(reduced[metric]) - float(fp32[metric])
+    return {"metric": metric, "fp32": float(fp32[metric]), precision: float(reduced[metric]), "change": change,
+            "allowed_change": allowed, "evaluated_on": fp32.get("evaluated_on", ""),
+            "runtime": f"onnxruntime {ort.__version__} CPU",
+            "passed": bool((-change if loss_only else abs(change)) <= allowed)}
+
+
+def package_training_config(path: Path, meta: Dict):
+    """The training config a package was exported with (metadata training.config), as its task's config."""
+    import importlib
+
+    from training.tasks import TASK_MODULES
+    raw = (meta.get("training") or {}).get("config")
+    if not isinstance(raw, dict):
+        raise ExportError(f"{path.name} carries no training config (metadata training.config): only packages "
+                          "written by `python -m training export` can be quantized here (their training tiles "
+                          "calibrate it and their held-out data check it)")
+    module = "training.config" if meta["task"] == "semantic_segmentation" else f"{TASK_MODULES[meta['task']]}.config"
+    return importlib.import_module(module).config_from_dict(raw)
+
+
+def int8_package(fp32_path: Path, out: Path, max_change: Optional[float] = None) -> Dict:
+    """An int8 package from an fp32 package that carries its training config (`python -m training quantize`,
+    and the last step of `export --precision int8`): calibrated on its training tiles, written only if the
+    held-out check passes; returns the metadata written."""
+    import tempfile
+
+    fp32_path, out = Path(fp32_path), onnx_out_path(out)
+    meta = read_metadata(fp32_path)
+    task = meta.get("task")
+    if task not in INT8_ALLOWED_CHANGE:
+        raise ExportError(f"int8 packages are made for {', '.join(INT8_ALLOWED_CHANGE)}; {fp32_path.name} is {task} "
+                          "(keep fp32, or export fp16)")
+    if meta.get("precision", "fp32") != "fp32":
+        raise ExportError(f"{fp32_path.name} is already {meta['precision']}; quantize its fp32 package")
+    cfg = package_training_config(fp32_path, meta)
+    _, evaluate = task_evaluation(task)
+    with tempfile.TemporaryDirectory(prefix="mtp_int8_") as tmp:
+        int8_path = Path(tmp) / "int8.onnx"
+        batches = calibration_batches(cfg, evaluate, fp32_path)
+        convert_to_int8(fp32_path, int8_path, batches)
+        tiles = sum(next(iter(b.values())).shape[0] for b in batches)
+
+        def describe(r: Dict) -> str:
+            return (f"int8 check: held-out {r['metric']} {r['fp32']:.4f} (fp32) -> {r['int8']:.4f} (int8), change "
+                    f"{r['change']:+.4f}, at most {r['allowed_change']} may be lost; calibrated on {tiles} training "
+                    "tiles")
+
+        def check(path: Path) -> Dict:
+            result = precision_check(task, "int8", cfg, evaluate, fp32_path, path, INT8_ALLOWED_CHANGE, max_change,
+                                     loss_only=True)
+            result["calibration_tiles"] = tiles
+            if not result["passed"]:
+                raise ExportError(f"int8 package refused, no model written: {describe(result)}; its metric would move "
+                                  "more than the contract allows (docs/contract.md §1 Precision): keep fp32")
+            return result
+
+        return write_package(out, export_graph=lambda path: shutil.copyfile(int8_path, path), check_parity=check,
+                             build_metadata=lambda result: {**meta, "name": f"{meta['name']} (int8)",
+                                                             "precision": "int8", "precision_check": result},
+                             describe_parity=describe)
+
+
+def export_int8(checkpoint: Path, out: Path, max_change: Optional[float] = None) -> Dict:
+    """`python -m training export --precision int8`: the fp32 package first (with its parity check against
+    torch), then int8_package of it."""
+    import tempfile
+
+    from training.tasks import checkpoint_task, task_module
+    task = checkpoint_task(checkpoint)
+    if task not in INT8_ALLOWED_CHANGE:
+        raise ExportError(f"int8 packages are made for {', '.join(INT8_ALLOWED_CHANGE)}; {checkpoint} is {task} "
+                          "(export fp32 or fp16)")
+    with tempfile.TemporaryDirectory(prefix="mtp_int8_") as tmp:
+        fp32_path = Path(tmp) / "fp32.onnx"
+        task_module(task).export_checkpoint(checkpoint, fp32_path)
+        return int8_package(fp32_path, out, max_change)
 
 
 def read_metadata(path) -> Dict:
