@@ -184,7 +184,7 @@ def extent_to_window(ds: gdal.Dataset, extent: Extent | None, name: str = "input
                 # Densified edges follow the curvature of the reprojected rectangle.
                 xmin, ymin, xmax, ymax = transform.TransformBounds(xmin, ymin, xmax, ymax, 21)
             except RuntimeError as exc:
-                raise BackendError(f"Extent could not be transformed from {extent.crs} to the CRS of {name}: {exc}")
+                raise BackendError(f"Extent could not be transformed from {extent.crs} to the CRS of {name}: {exc}") from exc
     # (Raster without CRS: the extent is taken as its QGIS pixel coordinates whatever crs says.)
     gt = geotransform(ds)
     inv = gdal.InvGeoTransform(gt)

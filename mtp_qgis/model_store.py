@@ -331,7 +331,7 @@ def finish_download(partial: str | os.PathLike, entry: dict, folder: str | os.Pa
     try:
         size = partial.stat().st_size
     except OSError:
-        raise ModelStoreError(f"The download of {entry['id']} left no file; nothing was installed.")
+        raise ModelStoreError(f"The download of {entry['id']} left no file; nothing was installed.") from None
     if size != int(entry["size"]):
         partial.unlink(missing_ok=True)
         raise ModelStoreError(f"The download of {entry['id']} from {entry['url']} is incomplete ({size} of "

@@ -5,7 +5,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 from osgeo import gdal
 
 REPO = Path(__file__).resolve().parent.parent

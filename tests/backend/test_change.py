@@ -1,7 +1,6 @@
 """Change detection on real image pairs: result grid, warping, nodata, polygons, refusals, cancel/failure."""
 
 import json
-import shutil
 import subprocess
 import sys
 import time

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, ogr
 
 from backend import detection as detection_module
 from backend.detection import (Detections, hbox_iou, merge_nms, rotated_iou, tile_detections, tile_nms)

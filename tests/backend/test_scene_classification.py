@@ -196,7 +196,6 @@ def test_probability_outputs_are_not_softmaxed(tmp_path):
 
     registry = ModelRegistry([models])
     _, ds, layer = run_scenes(registry, tmp_path / "out", COGEO, model="raw", cell_size=512)
-    package = registry.get("raw")
     pixels = gdal.Open(str(COGEO)).ReadAsArray().astype(np.float64)
     f = features_by_cell(layer)[(0, 0)]
     means = (pixels[:, :512, :512].mean(axis=(1, 2)) / 255 - 0.5) / 0.25

@@ -32,7 +32,7 @@ class Impostor:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 seen.append((self.command, self.path, dict(self.headers)))
                 if self.path.startswith("/health") and relay_to:
                     body = requests.get(relay_to + self.path, timeout=5).content
@@ -79,7 +79,7 @@ def test_the_client_sends_the_token_only_to_a_server_that_proves_it_holds_it(rea
     for impostor in (Impostor(), Impostor(relay_to=url)):
         try:
             client = MtpClient(impostor.url, token, "the test's token")
-            for call in (client.models, client.jobs, lambda: client.job("abc"), lambda: client.submit({})):
+            for call in (client.models, client.jobs, lambda c=client: c.job("abc"), lambda c=client: c.submit({})):
                 with pytest.raises(BackendIdentityError, match="could not prove"):
                     call()
             assert impostor.seen and impostor.tokens_seen(token) == []

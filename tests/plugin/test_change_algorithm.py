@@ -144,7 +144,7 @@ def test_qgis_process_naip_pair_gives_change_on_the_2009_grid(qp_env, out_dir):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert result["results"]["OUTPUT"] == str(out)
     assert result["results"]["OUTPUT_POLYGONS"] == str(polygons)
-    (size, gt, wkt), (before_size, before_gt, before_wkt) = grid(out), grid(NAIP_2009)
+    (size, gt, wkt), (before_size, before_gt, _) = grid(out), grid(NAIP_2009)
     assert size == before_size  # the pair's footprints differ by 1 m: ∩ snapped outwards is the whole 2009 grid
     assert gt == pytest.approx(before_gt)
     assert QgsCoordinateReferenceSystem(wkt).authid() == "EPSG:26914"

@@ -195,7 +195,7 @@ def test_xyz_layer_is_rendered_at_the_model_gsd(out_dir, xyz_layer):
     out = out_dir / "xyz.tif"
     feedback = QgsProcessingFeedback()
     messages = []
-    feedback.pushInfo = messages.append  # noqa: E731 (collect what the analyst would read)
+    feedback.pushInfo = messages.append
     run_segment({"INPUT": xyz_layer.id(), "EXTENT": extent, "OUTPUT": str(out)}, feedback=feedback,
                 context=project_context())
     result = QgsRasterLayer(str(out), "r", "gdal")

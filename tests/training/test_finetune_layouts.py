@@ -3,7 +3,6 @@ made from real ../shared/data imagery: NWPU-RESISC45 class folders (DOTA / LoveD
 split folders and GVLM site folders (LEVIR-CD pairs), SpaceNet v1 3-band GeoTIFFs + GeoJSON footprints
 (the aerial COG, warped to EPSG:4326) rasterised to masks, LoveDA's download layout with tiles found in the
 folders. Each is read back and trains 2 iterations through its task."""
-import copy
 import json
 from pathlib import Path
 

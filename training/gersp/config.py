@@ -1,6 +1,6 @@
 """GeRSP config (`task: gersp_pretrain`): plain YAML -> dataclasses, unknown keys are errors."""
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from training.config import EncoderConfig, TrainLoopConfig, _build, read_yaml_config
 
