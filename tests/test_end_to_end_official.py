@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
+from qgis_process_support import qgis_run
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -41,14 +42,6 @@ def installed():
     yield ids
     for model_id in ids.values():
         (USER_MODELS / f"{model_id}.onnx").unlink(missing_ok=True)
-
-
-def qgis_run(algorithm: str, **parameters) -> str:
-    args = [f"{key}={value}" for key, value in parameters.items()]
-    done = subprocess.run(["bash", str(REPO / "scripts/qgis_run.sh"), algorithm, *args],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def test_backend_lists_imported_models_by_name_dataset_encoder_and_metric(installed):

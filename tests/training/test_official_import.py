@@ -36,12 +36,7 @@ with gzip.open(FIXTURES / "architectures.json.gz", "rt") as _f:
     ARCHITECTURES = json.load(_f)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixture(name):

@@ -15,12 +15,7 @@ from training.detection.model import (DetectorSpec, build_detector, fast_nms_sco
 from training_test_support import crop_tensor, dota_ship_crop
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_spec(box_type, num_classes=2, **kw):

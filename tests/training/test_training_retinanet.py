@@ -18,12 +18,7 @@ from training.detection.retinanet import RetinaNet
 from training_test_support import crop_tensor, dota_image, dota_ship_crop
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def retina_spec(num_classes=1, **kw):
