@@ -238,7 +238,8 @@ class RasterReader:
         self.bands = [ds.GetRasterBand(b) for b in bands]
         # Only bands whose mask can say "invalid" need reading; GMF_ALL_VALID masks are all 255. An alpha
         # band or a dataset mask reaches each band as its mask (GMF_ALPHA, GMF_PER_DATASET): read it once.
-        masks, shared_seen = [], False
+        masks: list[gdal.Band] = []
+        shared_seen = False
         for band in self.bands:
             flags = band.GetMaskFlags()
             if flags == gdal.GMF_ALL_VALID:
