@@ -5,12 +5,16 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from osgeo import gdal
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 DEFAULT_MODEL = REPO / "resources/models/mtp_seg_default.onnx"
 SAMPLE = REPO / "resources/samples/aerial_3857.tif"
+
+
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def run_demo(input_path: Path, output: Path, *parameters: str) -> str:

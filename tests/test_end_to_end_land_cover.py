@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from osgeo import gdal, ogr
 from qgis_process_support import run_algorithm
 
@@ -15,6 +16,9 @@ DATA = REPO.parent / "shared" / "data"
 S2_SAMPLE = REPO / "resources/samples/sentinel2_l1c_slovenia.tif"
 NAIP_2020 = DATA / "naip_change/m_4709963_se_14_1_20200831.tif"
 NAIP_SENSOR = 4  # the SENSOR parameter's choices: auto, sentinel2_l1c, sentinel2_l2a, landsat8_9, naip, ...
+
+
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def polygons(path: Path) -> list[dict]:

@@ -16,6 +16,9 @@ NAIP_2009 = DATA / "naip_change/m_4709963_se_14_1_20090818.tif"
 NAIP_2020 = DATA / "naip_change/m_4709963_se_14_1_20200831.tif"
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def metadata(model: Path) -> dict:
     from backend.model_package import load_package  # the backend's reading of the package
     assert model.exists(), f"run `make default-models` to build {model.name}"

@@ -28,6 +28,9 @@ import distributed
 SENTINEL2 = REPO / "resources/samples/sentinel2_l1c_slovenia.tif"
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as c, \

@@ -355,6 +355,7 @@ def test_read_failure_mid_job_names_the_raster_and_leaves_nothing(task_registry,
 
 # ---------------------------------------------------------------------------------------------- CLI and API
 
+@pytest.mark.slow
 def test_cli_runs_a_scene_job(task_models_dir, tmp_path):
     out = tmp_path / "grid.gpkg"
     done = subprocess.run([sys.executable, "-m", "backend", "run", "--models-dir", str(task_models_dir),
