@@ -100,6 +100,7 @@ def test_threshold_baseline_is_fitted_on_training_pixels():
     assert pred.tolist() == [ids["water"], ids["vegetation"], ids["built-up"], ids["bare soil"]]
 
 
+@pytest.mark.slow
 def test_short_run_exports_a_package_the_backend_runs(tmp_path):
     from training.land_cover.engine import train
     from training.land_cover.export import export_checkpoint

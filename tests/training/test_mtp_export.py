@@ -23,6 +23,9 @@ CLASSES = [{"name": n, "color": c} for n, c in [
     ("barren", "#9f81b7"), ("forest", "#00ff00"), ("agriculture", "#ffc380")]]
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.mark.parametrize("encoder", [TIMM, VIT], ids=["timm", "vit_rvsa"])
 def test_mtp_encoder_finetunes_exports_and_runs_in_the_backend(tmp_path, encoder):
     roots = write_tiny_samrs(tmp_path / "samrs")

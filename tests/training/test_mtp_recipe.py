@@ -135,6 +135,7 @@ def test_official_param_groups_internimage_decay_by_layer_and_its_no_decay_names
     assert by_name["encoder.levels.0.blocks.0.dcn.offset.weight"]["weight_decay"] == 0.05   # not `sampling_offsets`
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_also_under_fsdp(tmp_path):
     """Official: convert_sync_batchnorm before wrapping; FSDP used to skip it (BatchNorm saw 3 images per
     rank). Checked on the module structure (SyncBatchNorm has no CPU kernels to run here)."""

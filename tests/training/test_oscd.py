@@ -137,6 +137,7 @@ def test_oscd_layout_reads_back(tmp_path):
     assert load_data_pairs(config_from_dict(oscd_config(nested)).data, "val")[0].label.sum() == va.label.sum()
 
 
+@pytest.mark.slow
 def test_oscd_trains_rgb_and_13_bands(tmp_path):
     from training.change_detection.config import config_from_dict
     from training.change_detection.engine import train
