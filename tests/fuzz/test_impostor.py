@@ -71,6 +71,7 @@ def real_backend(fuzz_models_dir, tmp_path):
     stop(proc)
 
 
+@pytest.mark.slow
 def test_the_client_sends_the_token_only_to_a_server_that_proves_it_holds_it(real_backend):
     from mtp_qgis.client import BackendIdentityError, MtpClient
 
@@ -88,6 +89,7 @@ def test_the_client_sends_the_token_only_to_a_server_that_proves_it_holds_it(rea
     TALLY.notes.append("impostor: a fake backend and a relay to the real one got 8 authenticated calls, no token")
 
 
+@pytest.mark.slow
 def test_the_plugin_starts_its_own_backend_when_a_dead_ones_port_is_taken(real_backend, fuzz_models_dir, tmp_path):
     proc, url, token, state = real_backend
     os.kill(proc.pid, signal.SIGKILL)  # dies without removing its state file
