@@ -33,7 +33,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
-## ruff (rules in pyproject.toml) over the whole repository, then mypy on backend/ and training/.
+## ruff (rules in pyproject.toml) over the whole repository, then mypy on backend/, training/ and the plugin.
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
