@@ -41,15 +41,10 @@ def fixture(name):
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """Every reduced official detector through the importer once (each export takes 20-60 s)."""
-    out = tmp_path_factory.mktemp("official_detectors")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {name: import_official(*fixture(name)[:2], out, model_id=name) for name in EXPORTED}
-    finally:
-        torch.set_num_threads(threads)
+def imported(official_import):
+    """Every reduced official detector through the importer's CLI (tests/conftest.py: once per session, shared
+    with the end-to-end tests; each export takes 20-60 s)."""
+    return {name: official_import(name) for name in EXPORTED}
 
 
 def official_detections(reference, rotated: bool):
@@ -89,7 +84,7 @@ def test_reduced_official_detector_gives_the_official_detections_through_the_bac
     assert parity["passed"], parity
     assert parity["reference"] >= 100 and parity["min_iou"] >= 0.99 and parity["max_score_diff"] <= 1e-4
     # Every official tensor was loaded (the detection backbones apply everything they build).
-    assert result["report"]["dropped"] == {}
+    assert result["report"]["dropped"] == set()
     assert meta["provenance"]["parity"]["passed"] and meta["provenance"]["parity"]["matched_share"] >= 0.99
 
 

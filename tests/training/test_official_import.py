@@ -45,11 +45,10 @@ def fixture(name):
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """Every reduced fixture through the importer once (each export takes 10-30 s): name -> result."""
-    out = tmp_path_factory.mktemp("official_packages")
-    torch.set_num_threads(1)
-    return {name: import_official(*fixture(name)[:2], out, model_id=name) for name in REDUCED}
+def imported(official_import):
+    """Every reduced fixture through the importer's CLI (tests/conftest.py: once per session, shared with the
+    end-to-end tests; each export takes 10-30 s): name -> result."""
+    return {name: official_import(name) for name in REDUCED}
 
 
 def test_fixtures_cover_every_family_and_both_encoders():
@@ -81,7 +80,7 @@ def test_reduced_official_model_converts_to_a_package_with_the_official_outputs(
         # mmpretrain / Open-CD build RVSA_MTP's norm and pyramid but never apply them.
         assert any(k.startswith("backbone.fpn1.") for k in dropped) and "backbone.norm.weight" in dropped
     else:
-        assert dropped == {}
+        assert dropped == set()
 
 
 def test_package_metadata_comes_from_the_config_and_the_dataset(imported):
