@@ -24,6 +24,9 @@ USER_MODELS = REPO / "build" / "demo-home" / ".local" / "share" / "mtp_qgis" / "
 LOVEDA_CLASSES = ["background", "building", "road", "water", "barren", "forest", "agricultural"]
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def install(official_import, names) -> dict:
     """The fixtures imported with the CLI (tests/conftest.py: once per session, shared with the training tests'
     checks of the same packages) and put into the user's models folder: name -> model id."""

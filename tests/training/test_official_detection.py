@@ -62,6 +62,7 @@ def test_fixtures_cover_the_three_detector_families_and_both_encoders():
     assert {s.dataset.key for s in specs} == {"dior", "xview", "dota_v1", "dior_r"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPORTED)
 def test_reduced_official_detector_gives_the_official_detections_through_the_backend(name, imported):
     import onnxruntime as ort
@@ -88,6 +89,7 @@ def test_reduced_official_detector_gives_the_official_detections_through_the_bac
     assert meta["provenance"]["parity"]["passed"] and meta["provenance"]["parity"]["matched_share"] >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCH_ONLY)
 def test_reduced_official_detector_gives_the_official_detections_in_torch(name):
     from training.official.detection_parity import final_detections
@@ -111,6 +113,7 @@ def test_reduced_official_detector_gives_the_official_detections_in_torch(name):
     assert parity["passed"] and parity["reference"] >= 100 and parity["max_score_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_package_metadata_carries_the_official_test_settings_and_classes(imported):
     faster = imported["det_faster_rcnn_vit_rvsa"]["metadata"]
     assert faster["task"] == "detection" and faster["output"] == {"type": "detections", "box": "hbox"}
