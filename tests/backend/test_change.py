@@ -95,6 +95,7 @@ def test_levir_result_equals_numpy_rule_on_the_pair(task_registry, tmp_path, nam
     assert np.array_equal(ids[~tie] == 1, changed[~tie])
 
 
+@pytest.mark.slow
 def test_naip_result_is_on_the_before_grid_and_nodata_outside_the_after_footprint(task_registry, tmp_path):
     _, outputs = run_change(task_registry, tmp_path / "out", NAIP, NAIP_2020, model="change4")
     src, out = gdal.Open(str(NAIP)), gdal.Open(outputs["raster"])

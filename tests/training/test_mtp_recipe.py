@@ -228,6 +228,7 @@ def test_losses_are_normalised_per_subset_and_summed(tiny):
     assert 2.0 < out["rd"].item() / mean["rd"].item() < 4.0
 
 
+@pytest.mark.slow
 def test_validation_on_the_valid_splits_logged_to_tensorboard(tiny, tmp_path):
     """val_interval 1: after each iteration and at the end, per subset semantic mIoU, mask AP and rotated mAP
     on the valid split (2 DOTA crops per subset), in the checkpoint, val.csv and TensorBoard."""
