@@ -20,7 +20,7 @@ S2_SAMPLE := resources/samples/sentinel2_l1c_slovenia.tif
 SEG_CHECKPOINT := runs/seg_default/latest.pt
 SAMPLE := resources/samples/aerial_3857.tif
 
-.PHONY: setup test schema check-qt6 demo tiny-chain default-model change-model scene-model det-model rdet-model landcover-model default-models sample-data package bench reference-env reference reference-detection clean
+.PHONY: setup test test-fast lint schema check-qt6 demo tiny-chain default-model change-model scene-model det-model rdet-model landcover-model default-models sample-data package bench reference-env reference reference-detection clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,15 @@ setup:
 ## The README's test command: the whole suite on real QGIS, the real backend and real data.
 test: setup
 	$(PY) -m pytest
+
+## The edit-test loop: everything but the tests marked `slow` (pytest.ini), in under 3 minutes on 2 cores.
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+## ruff (rules in pyproject.toml) over the whole repository, then mypy on backend/, training/ and the plugin.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 ## The plugin's code against the rules of QGIS's PyQt5 -> PyQt6 migration script (also part of `make test`).
 check-qt6: setup

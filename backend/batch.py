@@ -60,7 +60,7 @@ def batch_inputs(sources: list[str]) -> list[Path]:
     if not unique:
         raise BackendError(f"No rasters found in {', '.join(sources)}; give a folder of rasters ("
                            f"{', '.join(sorted(RASTER_SUFFIXES))}), a .txt list of paths, a VRT or raster files.")
-    stems = {}
+    stems: dict[str, Path] = {}
     for p in unique:
         if p.stem in stems:
             raise BackendError(f"{p} and {stems[p.stem]} would write the same output name ({p.stem}); rename one "

@@ -20,7 +20,7 @@ def _extent(text: str):
     try:
         xmin, ymin, xmax, ymax = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--extent must be xmin,ymin,xmax,ymax numbers, got '{text}'")
+        raise argparse.ArgumentTypeError(f"--extent must be xmin,ymin,xmax,ymax numbers, got '{text}'") from None
     if not all(math.isfinite(v) for v in (xmin, ymin, xmax, ymax)):
         raise argparse.ArgumentTypeError(f"--extent must be finite numbers, got '{text}'")
     return Extent(xmin, ymin, xmax, ymax)

@@ -320,7 +320,7 @@ def extract_land_cover(request: ExtractionRequest, progress: ProgressCallback | 
         remove_gpkg(partial)
         raise
     finally:
-        regions = regions_ds = None
+        del regions, regions_ds  # closes the GDAL datasets before their files are removed
         for path in (classes_path, score_path, ids_path):
             remove_partial(path)
         remove_gpkg(regions_path)

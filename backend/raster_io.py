@@ -184,7 +184,7 @@ def extent_to_window(ds: gdal.Dataset, extent: Extent | None, name: str = "input
                 # Densified edges follow the curvature of the reprojected rectangle.
                 xmin, ymin, xmax, ymax = transform.TransformBounds(xmin, ymin, xmax, ymax, 21)
             except RuntimeError as exc:
-                raise BackendError(f"Extent could not be transformed from {extent.crs} to the CRS of {name}: {exc}")
+                raise BackendError(f"Extent could not be transformed from {extent.crs} to the CRS of {name}: {exc}") from exc
     # (Raster without CRS: the extent is taken as its QGIS pixel coordinates whatever crs says.)
     gt = geotransform(ds)
     inv = gdal.InvGeoTransform(gt)
@@ -238,7 +238,8 @@ class RasterReader:
         self.bands = [ds.GetRasterBand(b) for b in bands]
         # Only bands whose mask can say "invalid" need reading; GMF_ALL_VALID masks are all 255. An alpha
         # band or a dataset mask reaches each band as its mask (GMF_ALPHA, GMF_PER_DATASET): read it once.
-        masks, shared_seen = [], False
+        masks: list[gdal.Band] = []
+        shared_seen = False
         for band in self.bands:
             flags = band.GetMaskFlags()
             if flags == gdal.GMF_ALL_VALID:

@@ -152,7 +152,8 @@ def write_table(out: Path, rows: list[dict], args, n_blocks: int, seam_share: fl
         "Expected scaling: a job is embarrassingly parallel over blocks (no data moves between workers, each "
         "reads its block from the shared storage and writes a block file), so with one worker per GPU (or per "
         "machine) throughput grows with the number of workers until the shared storage or the single assembling "
-        "process is the limit: W GPU workers at g Mpx/s each give about W x g / (1 + seam share). The assembly (one pass over the result, uint8 GeoTIFF) runs "
+        "process is the limit: W GPU workers at g Mpx/s each give about W x g / (1 + seam share). "
+        "The assembly (one pass over the result, uint8 GeoTIFF) runs "
         "at hundreds of Mpx/s and stays small beside inference. Per-worker memory is one block's pipeline "
         "(bounded like the single-machine job), whatever the mosaic's size.",
         ""]

@@ -20,8 +20,8 @@ whose pixels are the mosaic shifted by 256 px (real imagery, different content).
 1x1 conv head to 7 classes + bilinear upsampling) is exported to ONNX in a temporary folder; nothing is
 downloaded. It runs on a smaller raster (--vit-size) since one 512 px tile costs ~200 GFLOP.
 
-FLOPs per tile are counted on the ONNX graph after shape inference (onnxruntime's symbolic shape inference, batch 1): 2 x MACs of Conv, ConvTranspose,
-MatMul and Gemm; element-wise ops, softmax and resizing are left out. Achieved FLOP/s = FLOPs x tiles /
+FLOPs per tile are counted on the ONNX graph after shape inference (onnxruntime's symbolic shape inference, batch 1):
+2 x MACs of Conv, ConvTranspose, MatMul and Gemm; element-wise ops, softmax and resizing are left out. Achieved FLOP/s = FLOPs x tiles /
 bare seconds. CPU peak = cores x clock (cpu MHz of /proc/cpuinfo) x fp32 FLOPs per cycle per core from
 the flags: AVX-512 FMA 64, AVX2 FMA 32, else 8 (Zen 4 runs AVX-512 on 256-bit units, so its real peak is
 half the AVX-512 figure; the table says which assumption it used).
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import sys
@@ -338,7 +337,7 @@ def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, wor
         plan = plan_job(spec, registry, job_id=f"bench{r}")
         job_tiles = {}
 
-        def progress(_pct, message):
+        def progress(_pct, message, job_tiles=job_tiles):
             job_tiles["last"] = message
 
         start = time.perf_counter()
@@ -358,7 +357,8 @@ def measure(key: str, model_dirs: list[Path], tif: Path, after: Path | None, wor
     return {"model": model_id, "task": task, "raster": f"{plan.window.width}x{plan.window.height}",
             "tile": f"{model.tile_size}/{model.tile_overlap}", "batch": batch, "tiles": tiles,
             "bare_s": b_s, "e2e_s": e_s, "ratio": b_s / e_s,
-            "repeats": repeats, "ratio_median": float(np.median(paired)), "ratio_min": paired[0], "ratio_max": paired[-1], "e2e_mpx_s": mpx / e_s, "bare_mpx_s": mpx / b_s,
+            "repeats": repeats, "ratio_median": float(np.median(paired)), "ratio_min": paired[0], "ratio_max": paired[-1],
+            "e2e_mpx_s": mpx / e_s, "bare_mpx_s": mpx / b_s,
             "gflop_per_tile": flops / 1e9, "achieved_gflops": flops * tiles / b_s / 1e9,
             "session_s": session_s, "providers": ",".join(p.replace("ExecutionProvider", "") for p in session.get_providers()),
             "settings": backend_settings,

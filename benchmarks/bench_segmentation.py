@@ -260,7 +260,6 @@ def main() -> int:
         return render(args.out, args.batch_size)
 
     sys.path.insert(0, str(REPO))
-    from backend.raster_io import GDAL_CACHE_BYTES
     from backend.registry import ModelRegistry
     from backend.sessions import available_providers
 
@@ -412,7 +411,8 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
         beyond = (f"; from 8192 px wide on (one stripe's width: carry band and cache at their caps) "
                   f"{min(wide)}..{max(wide)} MB" if len(wide) > 1 else "")
         when = sorted({r.get("measured") or "?" for r in rows})
-        lines.append(f"- {task} (measured {' .. '.join(dict.fromkeys([when[0], when[-1]]))}): model {rows[0]['model']}; peak RSS {min(peaks)}..{max(peaks)} MB from "
+        lines.append(f"- {task} (measured {' .. '.join(dict.fromkeys([when[0], when[-1]]))}): model {rows[0]['model']}; "
+                     f"peak RSS {min(peaks)}..{max(peaks)} MB from "
                      f"{rows[0]['size']} to {rows[-1]['size']}{beyond}: {rows[0].get('verdict', '-')} (spread "
                      f"{rows[0].get('rss_spread_mb', '-')} MB; allowed: GDAL cache cap {GDAL_CACHE_BYTES >> 20} MiB + carry band up to "
                      f"{max(r['carry_mb'] for r in rows)} MB + pipeline batches in flight {rows[0].get('inflight_mb', '-')} MB "

@@ -410,8 +410,8 @@ def ort_throughput(check: Check, packages: list[tuple[str, Path]], flops_per_til
             batch = sessions.probe_batch_size(backend, sessions.free_gpu_mib) if on_gpu else sessions.CPU_BATCH
             feeds = tiles_of(bare, batch)
             pixels = batch * np.prod(next(iter(feeds.values())).shape[-2:])
-            bare_s, runs = time_runs(lambda f: bare.run(None, f), feeds, seconds)
-            backend_s, _ = time_runs(lambda f: backend.run(None, f), feeds, seconds)
+            bare_s, runs = time_runs(lambda f, s=bare: s.run(None, f), feeds, seconds)
+            backend_s, _ = time_runs(lambda f, s=backend: s.run(None, f), feeds, seconds)
             row = {"provider": provider.replace("ExecutionProvider", ""), "model": name, "batch": batch,
                    "bare Mpx/s": round(pixels / bare_s / 1e6, 2), "backend session Mpx/s": round(pixels / backend_s / 1e6, 2),
                    "backend / bare": round(bare_s / backend_s, 3), "runs": runs}
@@ -468,7 +468,7 @@ def torch_inference(check: Check, model, device, tile: int, flops_per_tile: floa
         m = model.to(dtype)
         xx = x.to(dtype)
 
-        def run(_):
+        def run(_, m=m, xx=xx, autocast=autocast):
             with torch.no_grad(), (torch.autocast(device.type, dtype=autocast) if autocast else
                                    contextlib.nullcontext()):
                 m(xx)

@@ -48,7 +48,7 @@ class InstallBackendTask(QgsTask):
             except backend_installer.InstallError as exc:
                 self.error = str(exc)
                 log.write(traceback.format_exc())
-            except Exception as exc:  # anything else: its traceback belongs in the log, not in the dock
+            except Exception as exc:  # noqa: BLE001 - anything else: its traceback belongs in the log, not in the dock
                 self.error = tr("The installer stopped unexpectedly ({error}).").format(error=exc.__class__.__name__)
                 log.write(traceback.format_exc())
         return False

@@ -114,7 +114,8 @@ class ModelDownload(QObject):
         try:
             path = model_store.finish_download(self.partial, self.entry, self.folder)
         except model_store.ModelStoreError as exc:
-            self._finish(lambda: self.failed.emit(str(exc)))
+            message = str(exc)  # `exc` is unbound once the except block ends; the lambda may outlive it
+            self._finish(lambda: self.failed.emit(message))
             return
         self._finish(lambda: self.installed.emit(str(path)))
 

@@ -180,7 +180,9 @@ def provenance_of(meta: dict) -> str:
         return provenance.strip()
     if isinstance(provenance, dict):
         return ", ".join(f"{k}: {v}" for k, v in provenance.items() if isinstance(v, (str, int, float)))
-    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    training = meta.get("training")
+    if not isinstance(training, dict):
+        training = {}
     parts = []
     encoder = meta.get("encoder") or ((training.get("config") or {}).get("model") or {}).get("encoder", {})
     if isinstance(encoder, dict) and encoder.get("name"):
@@ -205,7 +207,9 @@ def dataset_of(meta: dict) -> str:
 
 def card_fields(meta: dict) -> dict:
     """The fields of a model card (and of an index entry) that come from a package's metadata."""
-    inputs = meta.get("input") if isinstance(meta.get("input"), dict) else {}
+    inputs = meta.get("input")
+    if not isinstance(inputs, dict):
+        inputs = {}
     return {
         "task": meta.get("task", ""),
         "name": meta.get("name", ""),
@@ -283,7 +287,7 @@ def installed_models(folder: str | os.PathLike) -> list[dict]:
     folder = Path(folder)
     found = []
     for path in sorted(folder.glob("*.onnx")) if folder.is_dir() else []:
-        item = {"id": path.stem, "path": str(path)}
+        item: dict = {"id": path.stem, "path": str(path)}
         try:
             item["meta"] = package_metadata(path)
         except ModelStoreError as exc:
@@ -331,7 +335,7 @@ def finish_download(partial: str | os.PathLike, entry: dict, folder: str | os.Pa
     try:
         size = partial.stat().st_size
     except OSError:
-        raise ModelStoreError(f"The download of {entry['id']} left no file; nothing was installed.")
+        raise ModelStoreError(f"The download of {entry['id']} left no file; nothing was installed.") from None
     if size != int(entry["size"]):
         partial.unlink(missing_ok=True)
         raise ModelStoreError(f"The download of {entry['id']} from {entry['url']} is incomplete ({size} of "

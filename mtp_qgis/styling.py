@@ -214,7 +214,7 @@ class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
 
     # Processing keeps only a raw pointer to post-processors; hold a Python reference so sip
     # does not delete them before QGIS calls postProcessLayer.
-    _alive = []
+    _alive: list = []
 
     def __init__(self, classes, apply, layer_type):
         super().__init__()

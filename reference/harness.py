@@ -33,7 +33,7 @@ BACKBONE_MODULES = {"mmdet": ["vit_rvsa_mtp", "vit_rvsa_mtp_branches", "intern_i
 
 
 def install_stubs() -> None:
-    import mmcv  # noqa: F401 - the real, pure-Python package
+    import mmcv  # the real, pure-Python package
     from reference import mmcv_ext
     sys.modules.setdefault("mmcv._ext", mmcv_ext.module())
     import mmcv.ops  # noqa: F401 - mmcv's real Python wrappers, on the stand-in kernels
@@ -78,7 +78,7 @@ def load_mmrotate(mmrotate_repo: Path) -> None:
     package.digit_version = digit_version
     package.mmcv_version = digit_version(mmcv.__version__)
     sys.modules["mmrotate"] = package
-    import mmrotate.models  # noqa: F401 - registers OrientedRPNHead, coders, RotatedSingleRoIExtractor, ...
+    import mmrotate.models  # registers OrientedRPNHead, coders, RotatedSingleRoIExtractor, ...
     import mmrotate.structures  # noqa: F401
 
 
@@ -100,7 +100,7 @@ def register_official(framework: str, mtp_repo: Path, opencd_repo: Path | None =
     elif framework == "mmpretrain":
         import mmpretrain.models  # noqa: F401
     elif framework == "mmdet":
-        import mmdet.models  # noqa: F401
+        import mmdet.models
     elif framework == "mmrotate":
         if mmrotate_repo is None:
             raise SystemExit("rotated detection needs --mmrotate-repo (open-mmlab/mmrotate, branch 1.x)")

@@ -371,8 +371,8 @@ def write_reduced_detection(mtp_repo: Path, mmrotate_repo: Path, out: Path, name
         dets = official_detections(model, tiles)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        Config_ = type(cfg)
-        Config_(import_fields(cfg)).dump(str(folder / "config.py"))
+        config_class = type(cfg)
+        config_class(import_fields(cfg)).dump(str(folder / "config.py"))
         save_like_runner(model, folder / "checkpoint.pth", name)
         arrays = {"inputs": tiles,
                   "det_boxes": np.concatenate([d[0] for d in dets]).astype(np.float32),

@@ -123,6 +123,7 @@ def test_a_python_without_gdal_is_refused_with_advice(tmp_path):
     assert not env.exists()
 
 
+@pytest.mark.slow
 def test_cancel_and_failure_leave_no_environment(tmp_path):
     env = tmp_path / "env"
     with pytest.raises(backend_installer.InstallCancelled):

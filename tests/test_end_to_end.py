@@ -14,6 +14,9 @@ DEFAULT_MODEL = REPO / "resources/models/mtp_seg_default.onnx"
 SAMPLE = REPO / "resources/samples/aerial_3857.tif"
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def run_demo(input_path: Path, output: Path, *parameters: str) -> str:
     assert DEFAULT_MODEL.exists(), "run `make default-model` to build the bundled model"
     done = subprocess.run(["bash", str(REPO / "scripts/demo.sh"), str(input_path), str(output), *parameters],

@@ -4,11 +4,12 @@ from this checkout, a backend it starts itself, the bundled mtp_landcover_defaul
 instruction naming nothing known, a raster lacking the bands an index needs, a sensor nobody can recognise), each
 with a clear message and no output."""
 import importlib.util
-import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from osgeo import gdal, ogr
+from qgis_process_support import run_algorithm
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -17,10 +18,7 @@ NAIP_2020 = DATA / "naip_change/m_4709963_se_14_1_20200831.tif"
 NAIP_SENSOR = 4  # the SENSOR parameter's choices: auto, sentinel2_l1c, sentinel2_l2a, landsat8_9, naip, ...
 
 
-def qgis_run(algorithm: str, **parameters) -> subprocess.CompletedProcess:
-    args = [f"{key}={value}" for key, value in parameters.items()]
-    return subprocess.run(["bash", str(REPO / "scripts/qgis_run.sh"), algorithm, *args], capture_output=True,
-                          text=True, timeout=600)
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def polygons(path: Path) -> list[dict]:
@@ -30,7 +28,7 @@ def polygons(path: Path) -> list[dict]:
 
 def test_water_bodies_with_explanations_through_qgis_process(tmp_path):
     out = tmp_path / "water.gpkg"
-    done = qgis_run("mtp:extract_land_cover", INPUT=NAIP_2020, INSTRUCTION="extract water bodies larger than half "
+    done = run_algorithm("mtp:extract_land_cover", INPUT=NAIP_2020, INSTRUCTION="extract water bodies larger than half "
                     "a hectare", SENSOR=NAIP_SENSOR, OUTPUT=out)
     assert done.returncode == 0, done.stdout[-3000:]
     found = polygons(out)
@@ -45,17 +43,17 @@ def test_the_sentinel2_sample(tmp_path):
     """The real Sentinel-2 L1C scene is recognised from its band names (no SENSOR given). It holds no open water: "extract
     water bodies" answers an empty layer; its vegetation comes with all five indices."""
     water = tmp_path / "water.gpkg"
-    done = qgis_run("mtp:extract_land_cover", INPUT=S2_SAMPLE, INSTRUCTION="extract water bodies", OUTPUT=water)
+    done = run_algorithm("mtp:extract_land_cover", INPUT=S2_SAMPLE, INSTRUCTION="extract water bodies", OUTPUT=water)
     assert done.returncode == 0, done.stdout[-3000:]
     assert polygons(water) == []
     veg = tmp_path / "veg.gpkg"
-    done = qgis_run("mtp:extract_land_cover", INPUT=S2_SAMPLE, INSTRUCTION="vegetation and buildings", OUTPUT=veg)
+    done = run_algorithm("mtp:extract_land_cover", INPUT=S2_SAMPLE, INSTRUCTION="vegetation and buildings", OUTPUT=veg)
     assert done.returncode == 0, done.stdout[-3000:]
     found = polygons(veg)
     assert {f["class_name"] for f in found} >= {"vegetation"}
     assert all(None not in (f["ndvi"], f["ndwi"], f["mndwi"], f["ndbi"], f["bsi"]) for f in found)
     stack = tmp_path / "indices.tif"
-    done = qgis_run("mtp:spectral_indices", INPUT=S2_SAMPLE, INDICES="0,4", OUTPUT=stack)
+    done = run_algorithm("mtp:spectral_indices", INPUT=S2_SAMPLE, INDICES="0,4", OUTPUT=stack)
     assert done.returncode == 0, done.stdout[-3000:]
     ds = gdal.Open(str(stack))
     assert [ds.GetRasterBand(i + 1).GetDescription() for i in range(ds.RasterCount)] == ["NDVI", "BSI"]
@@ -77,7 +75,7 @@ def test_refusals_say_why_and_write_nothing(tmp_path):
          ["Cannot tell which sensor", "s2_unnamed.tif", "sentinel2_l1c, sentinel2_l2a, landsat8_9, naip"]),
     ]
     for algorithm, parameters, words in cases:
-        done = qgis_run(algorithm, **parameters)
+        done = run_algorithm(algorithm, **parameters)
         text = " ".join(done.stdout.split())
         assert done.returncode != 0 and all(w in text for w in words), (words, done.stdout[-3000:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]  # no output, no partial file

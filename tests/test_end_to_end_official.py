@@ -7,6 +7,7 @@ returns a styled result with the dataset's class names. Detection: the official 
 `mtp:detect` on the DIOR image, the official Oriented R-CNN (DOTA-v1.0 classes) through `mtp:detect_rotated` on
 the DOTA harbour scene; GeoPackages with class names, scores (and angles)."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,41 +15,39 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
+from qgis_process_support import qgis_run
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
-FIXTURES = REPO / "tests" / "fixtures" / "official"
 # scripts/qgis_run.sh runs QGIS with HOME=build/demo-home: this is the analyst's models folder there.
 USER_MODELS = REPO / "build" / "demo-home" / ".local" / "share" / "mtp_qgis" / "models"
 LOVEDA_CLASSES = ["background", "building", "road", "water", "barren", "forest", "agricultural"]
 
 
-@pytest.fixture(scope="module")
-def installed():
-    """The fixtures imported with the CLI into the user's models folder (removed again afterwards)."""
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
+def install(official_import, names) -> dict:
+    """The fixtures imported with the CLI (tests/conftest.py: once per session, shared with the training tests'
+    checks of the same packages) and put into the user's models folder: name -> model id."""
     USER_MODELS.mkdir(parents=True, exist_ok=True)
     ids = {}
-    for name in ("seg_upernet_vit_rvsa", "scene_linear_vit_rvsa", "change_unet_vit_rvsa"):
-        model_id = f"test_official_{name}"
-        done = subprocess.run([sys.executable, "-m", "training", "import-official",
-                               str(FIXTURES / name / "checkpoint.pth"), "--config", str(FIXTURES / name / "config.py"),
-                               "--out", str(USER_MODELS), "--id", model_id, "--overwrite"],
-                              capture_output=True, text=True, cwd=REPO, timeout=600)
-        assert done.returncode == 0, done.stderr[-2000:]
-        summary = json.loads(done.stdout)
-        assert summary["parity"]["argmax_agreement"] >= 0.999
-        ids[name] = model_id
+    for name in names:
+        package = Path(official_import(name)["path"])
+        shutil.copyfile(package, USER_MODELS / package.name)
+        ids[name] = package.stem
+    return ids
+
+
+@pytest.fixture(scope="module")
+def installed(official_import):
+    """The segmentation, scene and change fixtures in the user's models folder (removed again afterwards)."""
+    ids = install(official_import, ("seg_upernet_vit_rvsa", "scene_linear_vit_rvsa", "change_unet_vit_rvsa"))
+    for name in ids:
+        assert official_import(name)["summary"]["parity"]["argmax_agreement"] >= 0.999
     yield ids
     for model_id in ids.values():
         (USER_MODELS / f"{model_id}.onnx").unlink(missing_ok=True)
-
-
-def qgis_run(algorithm: str, **parameters) -> str:
-    args = [f"{key}={value}" for key, value in parameters.items()]
-    done = subprocess.run(["bash", str(REPO / "scripts/qgis_run.sh"), algorithm, *args],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def test_backend_lists_imported_models_by_name_dataset_encoder_and_metric(installed):
@@ -103,20 +102,12 @@ def test_official_change_model_runs_through_qgis_process_on_a_levir_pair(install
 
 
 @pytest.fixture(scope="module")
-def installed_detectors():
-    """The RetinaNet and Oriented R-CNN fixtures imported with the CLI into the user's models folder."""
-    USER_MODELS.mkdir(parents=True, exist_ok=True)
-    ids = {}
-    for name in ("det_retinanet_vit_rvsa", "rdet_oriented_rcnn_vit_rvsa"):
-        model_id = f"test_official_{name}"
-        done = subprocess.run([sys.executable, "-m", "training", "import-official",
-                               str(FIXTURES / name / "checkpoint.pth"), "--config", str(FIXTURES / name / "config.py"),
-                               "--out", str(USER_MODELS), "--id", model_id, "--overwrite"],
-                              capture_output=True, text=True, cwd=REPO, timeout=900)
-        assert done.returncode == 0, done.stderr[-2000:]
-        summary = json.loads(done.stdout)
+def installed_detectors(official_import):
+    """The RetinaNet and Oriented R-CNN fixtures in the user's models folder (removed again afterwards)."""
+    ids = install(official_import, ("det_retinanet_vit_rvsa", "rdet_oriented_rcnn_vit_rvsa"))
+    for name in ids:
+        summary = official_import(name)["summary"]
         assert summary["parity"]["passed"] and summary["detection"]["score_threshold"] == 0.05
-        ids[name] = model_id
     yield ids
     for model_id in ids.values():
         (USER_MODELS / f"{model_id}.onnx").unlink(missing_ok=True)

@@ -1,12 +1,12 @@
 """Change detection, scene classification and object detection with the bundled default models, through
 qgis_process (scripts/qgis_run.sh: the plugin from this checkout, a backend it starts itself), on real
 imagery the models never trained on. The held-out sets are read from each model's own metadata."""
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
+from qgis_process_support import qgis_run
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -16,12 +16,7 @@ NAIP_2009 = DATA / "naip_change/m_4709963_se_14_1_20090818.tif"
 NAIP_2020 = DATA / "naip_change/m_4709963_se_14_1_20200831.tif"
 
 
-def qgis_run(algorithm: str, **parameters) -> str:
-    args = [f"{key}={value}" for key, value in parameters.items()]
-    done = subprocess.run(["bash", str(REPO / "scripts/qgis_run.sh"), algorithm, *args],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def metadata(model: Path) -> dict:

@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def test_cpu_smoke_run_writes_every_section(tmp_path):

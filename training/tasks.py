@@ -11,7 +11,6 @@ carries its config, so resume/evaluate/export find the task there.
 import importlib
 from pathlib import Path
 
-import torch
 
 from training.config import repo_path, yaml_load
 

@@ -1,6 +1,6 @@
-import re
 """The HTTP contract, in-process (FastAPI TestClient): auth, validation before 202, job lifecycle."""
 
+import re
 import time
 
 import pytest

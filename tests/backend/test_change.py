@@ -1,7 +1,6 @@
 """Change detection on real image pairs: result grid, warping, nodata, polygons, refusals, cancel/failure."""
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -96,6 +95,7 @@ def test_levir_result_equals_numpy_rule_on_the_pair(task_registry, tmp_path, nam
     assert np.array_equal(ids[~tie] == 1, changed[~tie])
 
 
+@pytest.mark.slow
 def test_naip_result_is_on_the_before_grid_and_nodata_outside_the_after_footprint(task_registry, tmp_path):
     _, outputs = run_change(task_registry, tmp_path / "out", NAIP, NAIP_2020, model="change4")
     src, out = gdal.Open(str(NAIP)), gdal.Open(outputs["raster"])
@@ -129,6 +129,7 @@ def test_warped_after_date_equals_numpy_rule_on_gdal_bilinear_warp(task_registry
     assert np.array_equal(ids[valid] == 1, changed[valid])
 
 
+@pytest.mark.slow
 def test_pair_in_different_crs_gives_the_same_answer_up_to_resampling(task_registry, tmp_path):
     mercator = tmp_path / "naip_2020_3857.tif"
     gdal.Warp(str(mercator), str(NAIP_2020), dstSRS="EPSG:3857", resampleAlg="bilinear").FlushCache()
@@ -156,6 +157,7 @@ def test_identical_pair_gives_no_change_and_an_empty_layer_with_the_schema(task_
     assert srs_id(outputs["polygons"], "changes") == -1  # GeoPackage's undefined Cartesian SRS: pixel units
 
 
+@pytest.mark.slow
 def test_tiling_does_not_change_the_result(task_registry, tmp_path):
     results = []
     for i, (model, batch) in enumerate([("change4", 1), ("change4", 7), ("change4_big", 3)]):
@@ -459,6 +461,7 @@ def test_after_raster_that_breaks_mid_job_fails_naming_it(task_registry, tmp_pat
 
 # ---------------------------------------------------------------------------------------------- CLI and API
 
+@pytest.mark.slow
 def test_cli_runs_a_change_job(task_models_dir, tmp_path):
     before, after = levir(LEVIR_PAIRS[0])
     raster, polygons = tmp_path / "result.tif", tmp_path / "p.gpkg"

@@ -4,9 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 from osgeo import gdal
 
 from backend_test_data import COGEO, REPO
+
+
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def backend_cli(*args):

@@ -27,9 +27,12 @@ from backend.tile_pipeline import TileModel, run_tiles, with_context
 
 from backend_test_data import COGEO, DOTA_PNG, REPO, NAIP, NAIP_2020, RGB_BYTE, vrt_over_copy
 
-import distributed  # noqa: E402 - requirements/cluster.txt (scripts/setup.sh installs it)
+import distributed
 
 SENTINEL2 = REPO / "resources/samples/sentinel2_l1c_slovenia.tif"
+
+
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, ogr
 
 from backend import detection as detection_module
 from backend.detection import (Detections, hbox_iou, merge_nms, rotated_iou, tile_detections, tile_nms)
@@ -359,6 +359,7 @@ def test_rotated_iou_hand_cases():
     assert hbox.tolist() == pytest.approx([1 / 3, 0.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotated", [False, True])
 def test_nms_equals_the_brute_force_greedy_rule(rotated):
     rng = np.random.default_rng(3)
@@ -539,6 +540,7 @@ def test_model_returning_wrong_shapes_fails_cleanly(det_registry, tmp_path, monk
 
 # ---------------------------------------------------------------------------------------------- CLI and API
 
+@pytest.mark.slow
 def test_cli_runs_a_detection_job(det_dir, tmp_path):
     raster = burn_objects(COGEO, tmp_path / "b.tif", [(40, 40, HBOX, WHITE), (100, 40, HBOX, DIM_RED)],
                           src_win=(0, 0, 160, 120))

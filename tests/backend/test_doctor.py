@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import onnxruntime as ort
+import pytest
 
 from backend import doctor, sessions
 from backend.synthetic_models import write_package
@@ -23,6 +24,7 @@ def stub_path(tmp_path, line):
     return f"{folder}{os.pathsep}{os.environ['PATH']}"
 
 
+@pytest.mark.slow
 def test_doctor_on_a_cpu_build_with_a_gpu_says_what_to_install(tmp_path):
     env = dict(os.environ, PATH=stub_path(tmp_path, H200), MTP_QGIS_DEVICE="auto")
     done = subprocess.run([sys.executable, "-m", "backend", "doctor", "--seconds", "0.3"], cwd=REPO, env=env,

@@ -136,6 +136,7 @@ def test_model_id_and_folder_are_checked(registry, user_models, labels, tmp_path
         plan_job(spec(labels, user_models, model_id="../evil"), registry, "j8")
 
 
+@pytest.mark.slow
 def test_cancel_stops_training_and_leaves_nothing(registry, user_models, labels, tmp_path, monkeypatch):
     monkeypatch.setenv("MTP_QGIS_TRAINING_THREADS", "1")
     before = set(Path(tempfile.gettempdir()).glob("mtp_finetune_*"))

@@ -117,6 +117,7 @@ def test_model_of_another_task_is_refused_for_segmentation(tmp_path):
         plan_job(spec, ModelRegistry([tmp_path]), "x")
 
 
+@pytest.mark.slow
 def test_import_model_cli_writes_a_package_the_registry_lists(tmp_path):
     onnx.save(build_model(), str(tmp_path / "third_party.onnx"))
     meta_file = tmp_path / "meta.yaml"

@@ -175,7 +175,7 @@ def test_unnormalised_blocks_give_the_same_class_ids(registry):
     for normalised in (True, False):
         out = np.full((window.height, window.width), 255, np.uint8)
 
-        def sink(x, y, probs):
+        def sink(x, y, probs, out=out):
             out[y : y + probs.shape[1], x : x + probs.shape[2]] = argmax_classes(probs)
 
         sink.needs_probabilities = normalised

@@ -196,7 +196,6 @@ def test_probability_outputs_are_not_softmaxed(tmp_path):
 
     registry = ModelRegistry([models])
     _, ds, layer = run_scenes(registry, tmp_path / "out", COGEO, model="raw", cell_size=512)
-    package = registry.get("raw")
     pixels = gdal.Open(str(COGEO)).ReadAsArray().astype(np.float64)
     f = features_by_cell(layer)[(0, 0)]
     means = (pixels[:, :512, :512].mean(axis=(1, 2)) / 255 - 0.5) / 0.25
@@ -356,6 +355,7 @@ def test_read_failure_mid_job_names_the_raster_and_leaves_nothing(task_registry,
 
 # ---------------------------------------------------------------------------------------------- CLI and API
 
+@pytest.mark.slow
 def test_cli_runs_a_scene_job(task_models_dir, tmp_path):
     out = tmp_path / "grid.gpkg"
     done = subprocess.run([sys.executable, "-m", "backend", "run", "--models-dir", str(task_models_dir),

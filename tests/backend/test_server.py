@@ -11,6 +11,9 @@ import requests
 from backend_test_data import COGEO, REPO, start_server, stop
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.fixture
 def server(tmp_path, models_dir):
     proc, state, token_file = start_server(tmp_path, models_dir)

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fuzz_support (pytest runs in importlib mode)
 
-from fuzz_support import TALLY, build_corpus, write_fuzz_models  # noqa: E402
+from fuzz_support import TALLY, build_corpus, write_fuzz_models
 
-from backend.registry import ModelRegistry  # noqa: E402
+from backend.registry import ModelRegistry
 
 
 class CountingServer:
@@ -23,7 +23,7 @@ class CountingServer:
         hits = self.hits = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 hits.append((self.command, self.path))
                 self.send_response(404)
                 self.end_headers()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from qgis.core import QgsApplication  # noqa: E402
+from qgis.core import QgsApplication
 
 app = QgsApplication([], False)
 app.initQgis()

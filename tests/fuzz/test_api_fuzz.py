@@ -32,6 +32,9 @@ PROFILE = os.environ.get("MTP_FUZZ_PROFILE", "ci")
 BARE_EXCEPTION = re.compile(r"^[A-Z][A-Za-z]*(Error|Exception)\b")
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.fixture(scope="module")
 def app_and_files(fuzz_registry, fuzz_models_dir, corpus, tmp_path_factory):
     folder = tmp_path_factory.mktemp("api_fuzz")

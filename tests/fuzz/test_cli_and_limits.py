@@ -20,6 +20,9 @@ from backend.synthetic_models import build_model, default_metadata
 from backend_test_data import REPO, start_server, stop
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def run_cli(capsys, *argv):
     """backend.cli.main as `python -m backend` calls it: (exit code, stderr)."""
     try:

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+import pytest
 import requests
 from osgeo import gdal
 
@@ -18,6 +19,7 @@ JOBS = [("semantic_segmentation", "seg", "raster", ".tif"), ("scene_classificati
         ("change_detection", "change", "raster", ".tif")]
 
 
+@pytest.mark.slow
 def test_twenty_concurrent_jobs_two_to_the_same_output(fuzz_models_dir, corpus, tmp_path):
     proc, state, token_file = start_server(tmp_path, fuzz_models_dir)
     try:

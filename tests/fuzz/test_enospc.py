@@ -15,6 +15,7 @@ from fuzz_support import COGEO, TALLY
 PROBE = Path(__file__).resolve().parent / "enospc_probe.py"
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_reported_as_such_and_leaves_nothing(fuzz_models_dir, corpus, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()

@@ -32,7 +32,7 @@ class Impostor:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 seen.append((self.command, self.path, dict(self.headers)))
                 if self.path.startswith("/health") and relay_to:
                     body = requests.get(relay_to + self.path, timeout=5).content
@@ -71,6 +71,7 @@ def real_backend(fuzz_models_dir, tmp_path):
     stop(proc)
 
 
+@pytest.mark.slow
 def test_the_client_sends_the_token_only_to_a_server_that_proves_it_holds_it(real_backend):
     from mtp_qgis.client import BackendIdentityError, MtpClient
 
@@ -79,7 +80,7 @@ def test_the_client_sends_the_token_only_to_a_server_that_proves_it_holds_it(rea
     for impostor in (Impostor(), Impostor(relay_to=url)):
         try:
             client = MtpClient(impostor.url, token, "the test's token")
-            for call in (client.models, client.jobs, lambda: client.job("abc"), lambda: client.submit({})):
+            for call in (client.models, client.jobs, lambda c=client: c.job("abc"), lambda c=client: c.submit({})):
                 with pytest.raises(BackendIdentityError, match="could not prove"):
                     call()
             assert impostor.seen and impostor.tokens_seen(token) == []
@@ -88,6 +89,7 @@ def test_the_client_sends_the_token_only_to_a_server_that_proves_it_holds_it(rea
     TALLY.notes.append("impostor: a fake backend and a relay to the real one got 8 authenticated calls, no token")
 
 
+@pytest.mark.slow
 def test_the_plugin_starts_its_own_backend_when_a_dead_ones_port_is_taken(real_backend, fuzz_models_dir, tmp_path):
     proc, url, token, state = real_backend
     os.kill(proc.pid, signal.SIGKILL)  # dies without removing its state file

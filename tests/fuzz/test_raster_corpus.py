@@ -81,6 +81,7 @@ def inputs_for(role, raster, corpus):
     return [raster.path, base] if role == "change (as before)" else [base, raster.path]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", list(ROLES))
 @pytest.mark.parametrize("name", CORPUS_NAMES)
 def test_corpus_raster_through_every_task(fuzz_registry, corpus, network_spy, tmp_path, tmp_path_factory, name, role):

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for plugin_test_support (importlib mode)
 
-from plugin_test_support import (  # noqa: E402
+from plugin_test_support import (
     REPO, TOKEN, _backend_available, qgis_process_binary, start_backend, stop_process, write_colour_model,
     write_task_models,
 )

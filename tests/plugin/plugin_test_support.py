@@ -369,7 +369,7 @@ def serve_folder(folder):
         def log_message(self, *args):  # keep the test output quiet
             pass
 
-        def do_GET(self):  # noqa: N802 (http.server API)
+        def do_GET(self):
             server.requests.append(self.path)
             for mode in ("cut", "slow"):
                 if self.path.startswith(f"/{mode}/"):

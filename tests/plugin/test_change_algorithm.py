@@ -137,6 +137,7 @@ def qp_env(qgis_process_env, backend):
     return dict(qgis_process_env, MTP_QGIS_BACKEND_URL=backend["url"])
 
 
+@pytest.mark.slow
 def test_qgis_process_naip_pair_gives_change_on_the_2009_grid(qp_env, out_dir):
     out, polygons = out_dir / "naip_change.tif", out_dir / "naip_changes.gpkg"
     done, result = run_qgis_process(qp_env, "run", "mtp:change", "--", f"BEFORE={NAIP_2009}", f"AFTER={NAIP_2020}",
@@ -144,7 +145,7 @@ def test_qgis_process_naip_pair_gives_change_on_the_2009_grid(qp_env, out_dir):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert result["results"]["OUTPUT"] == str(out)
     assert result["results"]["OUTPUT_POLYGONS"] == str(polygons)
-    (size, gt, wkt), (before_size, before_gt, before_wkt) = grid(out), grid(NAIP_2009)
+    (size, gt, wkt), (before_size, before_gt, _) = grid(out), grid(NAIP_2009)
     assert size == before_size  # the pair's footprints differ by 1 m: ∩ snapped outwards is the whole 2009 grid
     assert gt == pytest.approx(before_gt)
     assert QgsCoordinateReferenceSystem(wkt).authid() == "EPSG:26914"
@@ -171,6 +172,7 @@ def test_qgis_process_naip_pair_gives_change_on_the_2009_grid(qp_env, out_dir):
     assert not list(out_dir.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_model3_chains_change_with_a_native_algorithm(qp_env, out_dir):
     path = out_dir / "change_and_count.model3"
     assert change_and_count_model().toFile(str(path))
@@ -335,6 +337,7 @@ def test_missing_layer_and_wrong_output_formats(out_dir, tmp_path):
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_qgis_process_reports_a_refusal(qp_env, out_dir):
     done, _ = run_qgis_process(qp_env, "run", "mtp:change", "--", f"BEFORE={NAIP_2009}", f"AFTER={COGEO}",
                                f"OUTPUT={out_dir / 'x.tif'}")

@@ -8,6 +8,9 @@ import pytest
 from plugin_test_support import COGEO, REPO
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.mark.parametrize("backend_source", ["configured_url", "started_by_plugin"])
 def test_desktop_app_loads_runs_and_unloads_the_plugin(display, backend, models_dir, backend_source, tmp_path):
     display_name, qgis = display

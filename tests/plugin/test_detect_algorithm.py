@@ -204,6 +204,7 @@ def qp_env(qgis_process_env, backend):
     return dict(qgis_process_env, MTP_QGIS_BACKEND_URL=backend["url"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rotated", [False, True], ids=["hbox", "rbox"])
 @pytest.mark.parametrize("crs", [True, False], ids=["geotiff", "png_without_crs"])
 def test_qgis_process_boxes_land_on_the_objects(qp_env, out_dir, tmp_path, rotated, crs):
@@ -224,6 +225,7 @@ def test_qgis_process_boxes_land_on_the_objects(qp_env, out_dir, tmp_path, rotat
     assert sorted(p.name for p in out_dir.iterdir()) == ["objects.gpkg", "objects.qml"]
 
 
+@pytest.mark.slow
 def test_qgis_process_score_threshold_and_extent(qp_env, out_dir, tmp_path):
     raster, expected = scene(tmp_path, False)
     low = out_dir / "low.gpkg"
@@ -243,6 +245,7 @@ def test_qgis_process_score_threshold_and_extent(qp_env, out_dir, tmp_path):
     assert_detections(half, left, False, True)
 
 
+@pytest.mark.slow
 def test_qgis_process_refuses_a_bad_threshold_and_a_wrong_format(qp_env, out_dir, tmp_path):
     raster, _ = scene(tmp_path, False)
     done, _ = run_qgis_process(qp_env, "run", "mtp:detect", "--", f"INPUT={raster}", "SCORE_THRESHOLD=1.5",
@@ -256,6 +259,7 @@ def test_qgis_process_refuses_a_bad_threshold_and_a_wrong_format(qp_env, out_dir
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_model3_chains_detect_rotated_with_a_native_algorithm(qp_env, out_dir, tmp_path):
     path = out_dir / "detect_and_extract.model3"
     assert detect_and_extract_model().toFile(str(path))

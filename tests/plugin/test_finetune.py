@@ -12,7 +12,7 @@ from osgeo import gdal
 from plugin_test_support import (DATA, REPO, loveda_label_polygons, rectangle_polygons, run_qgis_process,
                                  start_backend, stop_process)
 
-pytestmark = pytest.mark.usefixtures("plugin")
+pytestmark = [pytest.mark.usefixtures("plugin"), pytest.mark.slow]
 TILE = DATA / "loveda" / "img_dir" / "1.png"
 LABELLED = [512, 512, 1024, 1024]  # pixels [x0, y0, x1, y1]; QGIS places the PNG at x 0..1024, y -1024..0
 HELD_OUT = [768, 512, 1024, 1024]

@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from osgeo import gdal
 
 from plugin_test_support import COGEO, PIP_CACHE, REPO, serve_folder
+
+
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def test_fresh_profile_installs_plugin_backend_and_model_then_segments(display, tmp_path):

@@ -7,6 +7,9 @@ import pytest
 from plugin_test_support import BACKEND_PYTHON, LOVEDA_PNG, REPO, run_qgis_process
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.fixture(scope="module")
 def installed_plugins(tmp_path_factory):
     package = REPO / "scripts" / "package.py"

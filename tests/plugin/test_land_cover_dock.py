@@ -6,7 +6,7 @@ from qgis.core import QgsProject, QgsVectorLayer
 
 from plugin_test_support import NAIP_2020, dock_on, run_dock
 
-pytestmark = pytest.mark.usefixtures("plugin")
+pytestmark = [pytest.mark.usefixtures("plugin"), pytest.mark.slow]
 TASK = "land_cover_extraction"
 
 

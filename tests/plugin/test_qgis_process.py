@@ -11,7 +11,7 @@ from plugin_test_support import COGEO, DATA, LOVEDA_PNG, run_qgis_process
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "data" / "segment_and_count.model3"
 
-pytestmark = pytest.mark.usefixtures("plugin")
+pytestmark = [pytest.mark.usefixtures("plugin"), pytest.mark.slow]
 
 
 @pytest.fixture()

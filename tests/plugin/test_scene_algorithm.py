@@ -197,6 +197,7 @@ def qp_env(qgis_process_env, backend):
     return dict(qgis_process_env, MTP_QGIS_BACKEND_URL=backend["url"])
 
 
+@pytest.mark.slow
 def test_qgis_process_grid_covers_the_extent_clipped_to_the_raster(qp_env, out_dir):
     layer = QgsRasterLayer(str(COGEO), "c", "gdal")
     full = layer.extent()
@@ -222,6 +223,7 @@ def test_qgis_process_grid_covers_the_extent_clipped_to_the_raster(qp_env, out_d
     assert not list(out_dir.glob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_qgis_process_reports_a_wrong_output_format(qp_env, out_dir):
     done, _ = run_qgis_process(qp_env, "run", "mtp:classify_scenes", "--", f"INPUT={LEVIR_PNG}",
                                f"OUTPUT={out_dir / 'grid.shp'}")

@@ -195,7 +195,7 @@ def test_xyz_layer_is_rendered_at_the_model_gsd(out_dir, xyz_layer):
     out = out_dir / "xyz.tif"
     feedback = QgsProcessingFeedback()
     messages = []
-    feedback.pushInfo = messages.append  # noqa: E731 (collect what the analyst would read)
+    feedback.pushInfo = messages.append
     run_segment({"INPUT": xyz_layer.id(), "EXTENT": extent, "OUTPUT": str(out)}, feedback=feedback,
                 context=project_context())
     result = QgsRasterLayer(str(out), "r", "gdal")
@@ -295,6 +295,7 @@ def test_backend_dying_mid_job_is_reported_and_partials_removed(out_dir, models_
     assert [p.name for p in out_dir.iterdir()] == []
 
 
+@pytest.mark.slow
 def test_cluster_setting_runs_the_job_on_a_dask_cluster_with_the_same_result(out_dir, monkeypatch):
     # The setting (here its environment variable) sends the job to a Dask cluster: the backend starts a local
     # one of 2 worker processes; the log shows the dashboard, the result is the one-machine result, and

@@ -10,7 +10,7 @@ import pytest
 from plugin_test_support import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-import update_translations  # noqa: E402
+import update_translations
 
 TEMPLATE = REPO / "mtp_qgis" / "i18n" / "mtp_qgis.ts"
 

@@ -34,6 +34,16 @@ TINY = {
 }
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (restored after): small models run no slower, and the other core
+    stays free for whatever shares the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _needs_data():
     if not (LOVEDA / "img_dir/0.png").is_file() or not (POTSDAM / "img_dir" / POTSDAM_TILE).is_file():

@@ -24,6 +24,7 @@ DOTA = REPO.parent / "shared" / "data" / "dota"
 
 @pytest.mark.parametrize("name, classes", [("finetune_dota10_vit_b_rvsa", DOTA_V1_CLASSES),
                                            ("finetune_dota20_vit_b_rvsa", DOTA_V2_CLASSES)])
+@pytest.mark.slow
 def test_dota_recipes_build_their_oriented_rcnn_with_the_dataset_classes(name, classes):
     from training.detection.engine import build_model
     raw = yaml.safe_load((REPO / "training/configs/mtp" / f"{name}.yaml").read_text())
@@ -58,6 +59,7 @@ def test_task1_files_hold_every_class_and_read_back_to_the_same_boxes(tmp_path):
     assert float(iou.min()) > 0.98
 
 
+@pytest.mark.slow
 def test_tile_results_merge_back_to_whole_image_boxes():
     """DOTA's merge: detections of overlapping 1024 px-style tiles (here 512 px, 128 px overlap on the real
     1111 x 1182 scene) become one set on the whole image, each object once (class-aware rotated NMS)."""

@@ -65,6 +65,7 @@ def dior_root(tmp_path: Path, horizontal: bool) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,task", [("dior", "detection"), ("dior_r", "rotated_detection")])
 def test_dior_split_files_read_and_train(tmp_path, fmt, task):
     from training.detection.config import config_from_dict
@@ -159,6 +160,7 @@ def write_xview(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_fair1m_xml_reads_back_and_trains(tmp_path):
     from training.detection.config import config_from_dict
     from training.detection.data import load_regions
@@ -195,6 +197,7 @@ def test_fair1m_malformed_points_name_the_file(tmp_path):
         read_fair1m_xml(path)
 
 
+@pytest.mark.slow
 def test_xview_geojson_reads_back_and_trains(tmp_path):
     from training.detection.config import config_from_dict
     from training.detection.data import load_regions
@@ -278,6 +281,7 @@ def scene_config(root, classes, bands=3, **data):
             "export": {"name": "t", "description": "t", "max_parity_chips": 4}}
 
 
+@pytest.mark.slow
 def test_eurosat_rgb_folders_read_back_and_train(tmp_path):
     from training.scene_classification.chips import load_split
     from training.scene_classification.config import config_from_dict
@@ -370,6 +374,7 @@ def write_cdd(root: Path):
     return names
 
 
+@pytest.mark.slow
 def test_cdd_split_folders_read_back_and_train(tmp_path):
     from training.change_detection.config import config_from_dict
     from training.change_detection.data import load_pairs, read_change_label

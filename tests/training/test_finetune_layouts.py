@@ -3,7 +3,6 @@ made from real ../shared/data imagery: NWPU-RESISC45 class folders (DOTA / LoveD
 split folders and GVLM site folders (LEVIR-CD pairs), SpaceNet v1 3-band GeoTIFFs + GeoJSON footprints
 (the aerial COG, warped to EPSG:4326) rasterised to masks, LoveDA's download layout with tiles found in the
 folders. Each is read back and trains 2 iterations through its task."""
-import copy
 import json
 from pathlib import Path
 
@@ -57,6 +56,7 @@ def write_resisc45(root: Path):
     return sorted(images)
 
 
+@pytest.mark.slow
 def test_resisc45_class_folders_read_back_and_train(tmp_path):
     import yaml
     from training.scene_classification.chips import load_split
@@ -113,6 +113,7 @@ def write_change_layout(root: Path, fmt: str):
     return ["train/*"], ["test/*"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,fmt", [("clcd", "clcd"), ("egy_bcd", "levir"), ("gvlm", "gvlm")])
 def test_change_layouts_read_back_and_train(tmp_path, dataset, fmt):
     import yaml
@@ -217,6 +218,7 @@ def test_spacenet_footprints_rasterise_onto_their_pixels_and_train(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- LoveDA
+@pytest.mark.slow
 def test_loveda_download_layout_with_tiles_found_in_the_folders(tmp_path):
     import yaml
     from training.config import config_from_dict

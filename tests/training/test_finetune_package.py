@@ -24,6 +24,7 @@ def tiles(*corners, size=512):
     return torch.stack([normalize(IMAGE[y:y + size, x:x + size], 255.0, MEAN, STD) for x, y in corners])
 
 
+@pytest.mark.slow
 def test_bundled_package_rebuilds_in_torch_with_onnx_runtimes_output():
     base = model_from_package(BUNDLED, tiles((0, 0), (512, 512)))
     assert base.parity["max_abs_logit_diff"] < 1e-4 and base.parity["argmax_agreement"] == 1.0
@@ -61,6 +62,7 @@ def test_packages_without_training_config_or_faithful_weights_are_refused(tmp_pa
         model_from_package(tmp_path / "other_config.onnx", tiles((0, 0)))
 
 
+@pytest.mark.slow
 def test_finetune_stops_at_its_time_budget_and_still_exports(tmp_path):
     data = tmp_path / "data"
     raw = np.array(Image.open(DATA / "loveda" / "ann_dir" / "1.png"))[512:768, 512:1024]

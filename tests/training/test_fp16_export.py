@@ -18,6 +18,9 @@ MODELS = REPO_ROOT / "resources" / "models"
 SAMPLE = REPO_ROOT / "resources" / "samples" / "aerial_3857.tif"
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def test_fp16_package_is_written_with_its_check_and_served_by_the_backend(tiny_checkpoint, tmp_path, capsys):
     from osgeo import gdal
 

@@ -23,6 +23,9 @@ from training_test_support import assert_resumed_run_equals_whole_run
 VIT = {"kind": "vit_rvsa", "size": "tiny", "img_size": 64}     # LayerNorm: no BatchNorm shortcut in one process
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gersp")

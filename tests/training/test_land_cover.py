@@ -89,6 +89,7 @@ def test_training_indices_equal_the_backends(tmp_path):
         np.testing.assert_allclose(INDICES[name].compute(refl), index_stack(refl, [name])[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_threshold_baseline_is_fitted_on_training_pixels():
     from training.land_cover.engine import THRESHOLD_GRID, fit_thresholds, threshold_rule
     cfg = load_config(CONFIG)
@@ -100,6 +101,7 @@ def test_threshold_baseline_is_fitted_on_training_pixels():
     assert pred.tolist() == [ids["water"], ids["vegetation"], ids["built-up"], ids["bare soil"]]
 
 
+@pytest.mark.slow
 def test_short_run_exports_a_package_the_backend_runs(tmp_path):
     from training.land_cover.engine import train
     from training.land_cover.export import export_checkpoint

@@ -23,12 +23,14 @@ CLASSES = [{"name": n, "color": c} for n, c in [
     ("barren", "#9f81b7"), ("forest", "#00ff00"), ("agriculture", "#ffc380")]]
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 @pytest.mark.parametrize("encoder", [TIMM, VIT], ids=["timm", "vit_rvsa"])
 def test_mtp_encoder_finetunes_exports_and_runs_in_the_backend(tmp_path, encoder):
-    ENCODER = encoder
     roots = write_tiny_samrs(tmp_path / "samrs")
     mtp = mtp_config_from_dict({
-        "model": {"encoder": ENCODER, "semseg": {"channels": 32, "pool_scales": [1, 2, 4]},
+        "model": {"encoder": encoder, "semseg": {"channels": 32, "pool_scales": [1, 2, 4]},
                   "insseg": DETECTOR, "rotdet": DETECTOR, "mask_head": {"channels": 32, "convs": 2}},
         "data": {"subsets": [{"subset": s, "root": str(roots[s])} for s in SUBSETS], "image_size": 128},
         "train": {"iters": 3, "lr": 0.002, "warmup_iters": 1, "num_threads": 1}})
@@ -36,7 +38,7 @@ def test_mtp_encoder_finetunes_exports_and_runs_in_the_backend(tmp_path, encoder
     assert list((tmp_path / "mtp" / "tb").glob("events.out.tfevents.*")), "no TensorBoard log written"
 
     seg = config_from_dict({
-        "model": {"num_classes": 7, "encoder": {**ENCODER, "checkpoint": str(tmp_path / "mtp" / "encoder.pt")},
+        "model": {"num_classes": 7, "encoder": {**encoder, "checkpoint": str(tmp_path / "mtp" / "encoder.pt")},
                   "decoder": {"channels": 16, "pool_scales": [1, 2, 4], "dropout": 0.1}},
         "data": {"classes": CLASSES, "crop_size": 64,
                  "train": [{"dataset": "loveda", "root": "../shared/data/loveda", "tiles": ["0.png", "1.png"]}],

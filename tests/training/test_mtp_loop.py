@@ -21,6 +21,9 @@ DETECTOR = {"fpn_channels": 32, "roi_fc": 64, "rpn_pre_nms_top_k": 300, "rpn_pos
             "roi_batch_size": 128, "rpn_batch_size": 128}
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def tiny_config(roots, **train):
     return {
         "task": "mtp_pretrain",

@@ -135,6 +135,7 @@ def test_official_param_groups_internimage_decay_by_layer_and_its_no_decay_names
     assert by_name["encoder.levels.0.blocks.0.dcn.offset.weight"]["weight_decay"] == 0.05   # not `sampling_offsets`
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_also_under_fsdp(tmp_path):
     """Official: convert_sync_batchnorm before wrapping; FSDP used to skip it (BatchNorm saw 3 images per
     rank). Checked on the module structure (SyncBatchNorm has no CPU kernels to run here)."""
@@ -227,6 +228,7 @@ def test_losses_are_normalised_per_subset_and_summed(tiny):
     assert 2.0 < out["rd"].item() / mean["rd"].item() < 4.0
 
 
+@pytest.mark.slow
 def test_validation_on_the_valid_splits_logged_to_tensorboard(tiny, tmp_path):
     """val_interval 1: after each iteration and at the end, per subset semantic mIoU, mask AP and rotated mAP
     on the valid split (2 DOTA crops per subset), in the checkpoint, val.csv and TensorBoard."""

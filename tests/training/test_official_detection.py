@@ -41,15 +41,10 @@ def fixture(name):
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """Every reduced official detector through the importer once (each export takes 20-60 s)."""
-    out = tmp_path_factory.mktemp("official_detectors")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {name: import_official(*fixture(name)[:2], out, model_id=name) for name in EXPORTED}
-    finally:
-        torch.set_num_threads(threads)
+def imported(official_import):
+    """Every reduced official detector through the importer's CLI (tests/conftest.py: once per session, shared
+    with the end-to-end tests; each export takes 20-60 s)."""
+    return {name: official_import(name) for name in EXPORTED}
 
 
 def official_detections(reference, rotated: bool):
@@ -67,6 +62,7 @@ def test_fixtures_cover_the_three_detector_families_and_both_encoders():
     assert {s.dataset.key for s in specs} == {"dior", "xview", "dota_v1", "dior_r"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPORTED)
 def test_reduced_official_detector_gives_the_official_detections_through_the_backend(name, imported):
     import onnxruntime as ort
@@ -89,10 +85,11 @@ def test_reduced_official_detector_gives_the_official_detections_through_the_bac
     assert parity["passed"], parity
     assert parity["reference"] >= 100 and parity["min_iou"] >= 0.99 and parity["max_score_diff"] <= 1e-4
     # Every official tensor was loaded (the detection backbones apply everything they build).
-    assert result["report"]["dropped"] == {}
+    assert result["report"]["dropped"] == set()
     assert meta["provenance"]["parity"]["passed"] and meta["provenance"]["parity"]["matched_share"] >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCH_ONLY)
 def test_reduced_official_detector_gives_the_official_detections_in_torch(name):
     from training.official.detection_parity import final_detections
@@ -116,6 +113,7 @@ def test_reduced_official_detector_gives_the_official_detections_in_torch(name):
     assert parity["passed"] and parity["reference"] >= 100 and parity["max_score_diff"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_package_metadata_carries_the_official_test_settings_and_classes(imported):
     faster = imported["det_faster_rcnn_vit_rvsa"]["metadata"]
     assert faster["task"] == "detection" and faster["output"] == {"type": "detections", "box": "hbox"}

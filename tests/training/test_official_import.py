@@ -36,12 +36,7 @@ with gzip.open(FIXTURES / "architectures.json.gz", "rt") as _f:
     ARCHITECTURES = json.load(_f)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fixture(name):
@@ -50,11 +45,10 @@ def fixture(name):
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """Every reduced fixture through the importer once (each export takes 10-30 s): name -> result."""
-    out = tmp_path_factory.mktemp("official_packages")
-    torch.set_num_threads(1)
-    return {name: import_official(*fixture(name)[:2], out, model_id=name) for name in REDUCED}
+def imported(official_import):
+    """Every reduced fixture through the importer's CLI (tests/conftest.py: once per session, shared with the
+    end-to-end tests; each export takes 10-30 s): name -> result."""
+    return {name: official_import(name) for name in REDUCED}
 
 
 def test_fixtures_cover_every_family_and_both_encoders():
@@ -63,6 +57,7 @@ def test_fixtures_cover_every_family_and_both_encoders():
     assert len(REDUCED) == 6 and {n.rsplit("_", 1)[-1] for n in REDUCED} >= {"internimage", "rvsa"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REDUCED)
 def test_reduced_official_model_converts_to_a_package_with_the_official_outputs(name, imported):
     checkpoint, config, reference_npz = fixture(name)
@@ -86,9 +81,10 @@ def test_reduced_official_model_converts_to_a_package_with_the_official_outputs(
         # mmpretrain / Open-CD build RVSA_MTP's norm and pyramid but never apply them.
         assert any(k.startswith("backbone.fpn1.") for k in dropped) and "backbone.norm.weight" in dropped
     else:
-        assert dropped == {}
+        assert dropped == set()
 
 
+@pytest.mark.slow
 def test_package_metadata_comes_from_the_config_and_the_dataset(imported):
     meta = imported["seg_upernet_vit_rvsa"]["metadata"]
     assert meta["task"] == "semantic_segmentation" and meta["dataset"] == "LoveDA"
@@ -118,6 +114,7 @@ def _official_keys_after_drops(record, model):
     return kept, {k: v for k, v in record["official_keys"].items() if k not in kept}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", ARCHITECTURES, ids=[r["configs"][0] for r in ARCHITECTURES])
 def test_full_size_official_architectures_have_exactly_our_keys_and_parameters(record):
     fields = record["fields"]
@@ -215,6 +212,7 @@ def test_unsupported_config_family_and_wrong_class_count_are_refused(tmp_path):
     assert (out / "mtp_config.onnx").read_bytes() == b"an existing package"
 
 
+@pytest.mark.slow
 def test_cli_prints_one_error_line_and_exit_code_2(tmp_path):
     checkpoint, config, _ = fixture("seg_upernet_vit_rvsa")
     done = subprocess.run([sys.executable, "-m", "training", "import-official", str(tmp_path / "missing.pth"),

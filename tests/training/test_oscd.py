@@ -104,7 +104,9 @@ def test_oscd_layout_reads_back(tmp_path):
     assert tr.before.shape == (64, 100, 3) and va.after.shape == (37, 100, 3)
     assert tr.before.dtype == np.uint8 and tr.label.dtype == np.uint8
     # Channel c is B04, B03, B02 (npy bands 3, 2, 1) as min(255, DN * 255 / 3000 rounded half up).
-    rgb8 = lambda raw: min(255, (raw * 255 + 1500) // 3000)
+    def rgb8(raw):
+        return min(255, (raw * 255 + 1500) // 3000)
+
     for (y, x) in ((0, 0), (10, 57), (63, 99)):
         for c, band in enumerate((3, 2, 1)):
             raw = int(dn(scenes[2, y, x, band]))
@@ -135,6 +137,7 @@ def test_oscd_layout_reads_back(tmp_path):
     assert load_data_pairs(config_from_dict(oscd_config(nested)).data, "val")[0].label.sum() == va.label.sum()
 
 
+@pytest.mark.slow
 def test_oscd_trains_rgb_and_13_bands(tmp_path):
     from training.change_detection.config import config_from_dict
     from training.change_detection.engine import train
@@ -163,7 +166,9 @@ def test_oscd_errors_name_the_file(tmp_path):
     write_oscd(root)
     raw = oscd_config(root)
     cfg = config_from_dict(raw)
-    with_data = lambda **d: {**raw, "data": {**raw["data"], **d}}
+    def with_data(**d):
+        return {**raw, "data": {**raw["data"], **d}}
+
     # Config: formats, band sets and channel counts must agree; leaks refused (also across split lists).
     with pytest.raises(ValueError, match="data.format must be one of"):
         config_from_dict(with_data(format="onera"))

@@ -1,11 +1,15 @@
 """The whole path at toy size (training/tiny_chain.py, `make tiny-chain`): GeRSP -> MTP -> finetune, each under
 torchrun with 2 CPU processes (gloo), -> ONNX export with parity -> the backend on a real LoveDA tile."""
 import numpy as np
+import pytest
 import torch
 
 from training.checkpoint import load_checkpoint
 from training.export import read_metadata
 from training.tiny_chain import run
+
+
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
 
 
 def test_gersp_mtp_finetune_export_backend_under_torchrun(tmp_path):

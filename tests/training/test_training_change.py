@@ -217,6 +217,7 @@ def test_model_gives_two_class_logits_at_input_size_and_knows_which_date_is_firs
     assert not torch.allclose(out, swapped)  # concat fusion keeps the order of the dates
 
 
+@pytest.mark.slow
 def test_loss_falls_over_a_few_iterations(tiny_raw):
     cfg = config_from_dict(tiny_raw)
     torch.manual_seed(0)
@@ -234,6 +235,7 @@ def test_loss_falls_over_a_few_iterations(tiny_raw):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_training(tiny_raw, tmp_path):
     cfg = config_from_dict(tiny_raw)
     whole = train(cfg, tmp_path / "whole", iters=4, evaluate_at_end=False, show_progress=False)
@@ -300,6 +302,7 @@ def test_missing_data_or_encoder_checkpoint_stops_training_clearly(tiny_raw, tmp
         train(config_from_dict(tiny_raw), tmp_path, iters=1, show_progress=False)
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_in_one_line(tiny_raw, tmp_path, capsys):
     tiny_raw["data"]["colour"] = 1
     path = tmp_path / "bad.yaml"
@@ -310,6 +313,7 @@ def test_cli_reports_config_errors_in_one_line(tiny_raw, tmp_path, capsys):
 
 # --- export -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_writes_two_input_package_with_parity_and_metadata(tiny_run, tmp_path, capsys):
     out = tmp_path / "mtp_change_tiny.onnx"
     # Through the CLI: the task is read from the checkpoint's config.
@@ -346,5 +350,6 @@ def test_export_writes_two_input_package_with_parity_and_metadata(tiny_run, tmp_
         np.testing.assert_allclose(got, model.eval()(before, after).numpy(), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_no_file(tiny_run, tmp_path):
     assert_failed_parity_leaves_no_file(tiny_run / "latest.pt", export_checkpoint, tmp_path)

@@ -51,7 +51,9 @@ def test_small_tiles_are_padded_with_ignore():
 
 def test_sampler_batches_depend_only_on_seed_and_iteration():
     tiles = load_source(SourceConfig(dataset="loveda", root=str(LOVEDA), tiles=["0.png"]))
-    make = lambda seed: CropSampler([tiles], [1.0], 32, 255.0, [0.5] * 3, [0.5] * 3, seed=seed)
+    def make(seed):
+        return CropSampler([tiles], [1.0], 32, 255.0, [0.5] * 3, [0.5] * 3, seed=seed)
+
     a_img, a_lbl = make(0).batch(5, 3)
     b_img, b_lbl = make(0).batch(5, 3)
     c_img, _ = make(0).batch(6, 3)

@@ -243,6 +243,7 @@ def test_short_windows_are_mirror_padded_like_the_backend():
 
 # --- training --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(tiny_raw, tmp_path):
     cfg = config_from_dict(tiny_raw)
     whole = train(cfg, tmp_path / "whole", iters=4, evaluate_at_end=False, show_progress=False)
@@ -253,6 +254,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_raw, tmp_path):
     assert "rpn_cls" in (tmp_path / "whole" / "train.log").read_text()  # the four losses are logged
 
 
+@pytest.mark.slow
 def test_train_command_ends_with_held_out_metrics(rotated_run):
     saved = json.loads((rotated_run / "metrics.json").read_text())
     assert set(saved["ap50_voc07"]) == {"ship"} and 0.0 <= saved["ap50_voc12"]["ship"] <= 1.0
@@ -268,6 +270,7 @@ def test_train_command_ends_with_held_out_metrics(rotated_run):
 
 # --- export ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_writes_a_package_the_backend_accepts_with_matching_outputs(rotated_run, tmp_path, capsys):
     from backend.model_package import load_package
     out = tmp_path / "models" / "tiny_rdet.onnx"
@@ -305,6 +308,7 @@ def test_export_writes_a_package_the_backend_accepts_with_matching_outputs(rotat
     assert np.abs(one - t_scores.numpy()[1:]).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_horizontal_detection_dispatches_and_a_failed_parity_leaves_no_file(tmp_path):
     config = tiny_yaml(tmp_path, "detection")
     assert main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run"), "--iters", "1"]) == 0

@@ -15,12 +15,7 @@ from training.detection.model import (DetectorSpec, build_detector, fast_nms_sco
 from training_test_support import crop_tensor, dota_ship_crop
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_spec(box_type, num_classes=2, **kw):
@@ -155,6 +150,7 @@ def overfit():
     return image, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("box_type", ["hbox", "rbox"])
 def test_short_overfit_on_a_real_crop(overfit, box_type):
     _, result = overfit
@@ -183,6 +179,7 @@ def _match_rows(b_torch, s_torch, b_ort, s_ort, box_type, min_score=0.05):
     return box_gap, score_gap, len(rows), int((s_ort.max(-1) >= min_score).sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("box_type", ["hbox", "rbox"])
 def test_onnx_export_parity_on_real_crops(overfit, box_type, tmp_path):
     import onnxruntime as ort

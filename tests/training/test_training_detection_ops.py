@@ -418,6 +418,7 @@ class _RotatedOps(torch.nn.Module):
             rotated_box_iou(boxes1, boxes2)
 
 
+@pytest.mark.slow
 def test_onnx_export_parity(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")

@@ -19,6 +19,9 @@ from training.mtp.distributed import first_slurm_host, slurm_to_torchrun_env
 from training_test_support import assert_resumed_run_equals_whole_run
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -372,6 +372,7 @@ def test_layer_decay_for_internimage_counts_blocks_over_levels():
 
 
 # ---------------------------------------------------------------- ONNX
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vit_rvsa", "internimage"])
 def test_tiny_encoder_exports_to_onnx_with_parity(tmp_path, kind):
     ort = pytest.importorskip("onnxruntime")
@@ -390,6 +391,7 @@ def test_tiny_encoder_exports_to_onnx_with_parity(tmp_path, kind):
         assert abs(torch.from_numpy(a) - b).max() < 1e-4 * max(1.0, float(b.abs().max()))
 
 
+@pytest.mark.slow
 def test_train_layer_decay_reaches_the_engine_optimizer():
     from types import SimpleNamespace
     from training.config import TrainConfig

@@ -12,6 +12,9 @@ from training.models import build_segmentor
 from training_test_support import assert_resumed_run_equals_whole_run
 
 
+pytestmark = pytest.mark.slow  # the whole file (README.md, Development): not in `make test-fast`
+
+
 def test_a_few_iterations_on_real_crops_make_the_loss_fall(tiny_cfg):
     torch.manual_seed(0)
     model = build_segmentor(tiny_cfg.model).train()

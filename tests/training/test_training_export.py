@@ -17,6 +17,7 @@ CONTRACT_KEYS = {"format_version", "task", "name", "description", "classes", "in
                  "tile_overlap", "gsd_m", "output", "metrics", "training"}
 
 
+@pytest.mark.slow
 def test_export_passes_parity_and_writes_contract_metadata(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "models" / "tiny_seg.onnx"
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
@@ -50,6 +51,7 @@ def test_export_passes_parity_and_writes_contract_metadata(tiny_checkpoint, tmp_
         assert np.abs(model(torch.from_numpy(x)).numpy() - logits).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_no_model_behind(tiny_checkpoint, tmp_path):
     assert_failed_parity_leaves_no_file(tiny_checkpoint, export_checkpoint, tmp_path)
 
@@ -83,6 +85,7 @@ def test_wrong_checkpoint_files_are_refused_with_a_reason(tmp_path, tiny_checkpo
         model_from_checkpoint(mismatched)
 
 
+@pytest.mark.slow
 def test_evaluate_command_on_an_image_label_pair(tiny_checkpoint, capsys, tmp_path):
     from training.config import REPO_ROOT
     potsdam = REPO_ROOT / "../shared/data/potsdam"

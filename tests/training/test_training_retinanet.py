@@ -18,12 +18,7 @@ from training.detection.retinanet import RetinaNet
 from training_test_support import crop_tensor, dota_image, dota_ship_crop
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def retina_spec(num_classes=1, **kw):
@@ -213,6 +208,7 @@ def overfit():
     return image, model.eval(), history, ships, x, seconds
 
 
+@pytest.mark.slow
 def test_short_overfit_on_a_real_crop(overfit):
     _, model, history, ships, x, seconds = overfit
     assert len(ships) >= 20
@@ -262,6 +258,7 @@ def _export(model, path, tile):
     return cfg
 
 
+@pytest.mark.slow
 def test_onnx_export_parity_at_batch_1_and_2(overfit, tmp_path):
     import onnxruntime as ort
     from training.detection.export import check_parity
@@ -284,6 +281,7 @@ def test_onnx_export_parity_at_batch_1_and_2(overfit, tmp_path):
         assert strong.sum() > 5 and np.abs(got_boxes[strong] - boxes.numpy()[strong]).max() < 1e-2
 
 
+@pytest.mark.slow
 def test_group_norm_head_exports(tmp_path):
     import onnxruntime as ort
     torch.manual_seed(0)
@@ -326,6 +324,7 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_export_through_the_detection_task(tmp_path):
     import json
 

@@ -171,6 +171,7 @@ def test_metrics_give_textbook_answers():
 
 # --- training --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_few_iterations_on_real_chips_make_the_loss_fall(tiny_raw):
     cfg = config_from_dict(tiny_raw)
     torch.manual_seed(0)
@@ -188,6 +189,7 @@ def test_a_few_iterations_on_real_chips_make_the_loss_fall(tiny_raw):
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
 
 
+@pytest.mark.slow
 def test_resume_reproduces_an_uninterrupted_run(tiny_raw, tmp_path):
     cfg = config_from_dict(tiny_raw)
     whole = train(cfg, tmp_path / "whole", iters=6, evaluate_at_end=False, show_progress=False)
@@ -200,6 +202,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_raw, tmp_path):
     assert any(not torch.equal(fresh[k], v) for k, v in whole["model"].items() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_train_command_ends_with_held_out_metrics(tiny_run):
     saved = json.loads((tiny_run / "metrics.json").read_text())
     assert saved["chips"] == 16  # 4 x 4 grid of 64 px chips in the 256 px held-out corner
@@ -253,6 +256,7 @@ def test_missing_default_encoder_checkpoint_names_the_make_target(tiny_raw, monk
 
 # --- export ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_round_trips_with_parity_and_contract_metadata(tiny_run, tmp_path, capsys):
     out = tmp_path / "models" / "tiny_scene.onnx"
     assert main(["export", "--checkpoint", str(tiny_run / "latest.pt"), "--out", str(out)]) == 0
@@ -297,6 +301,7 @@ def test_export_round_trips_with_parity_and_contract_metadata(tiny_run, tmp_path
     assert np.array_equal(expected.argmax(1), logits.argmax(1))
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_no_model_behind(tiny_run, tmp_path):
     assert_failed_parity_leaves_no_file(tiny_run / "latest.pt", export_checkpoint, tmp_path)
 
@@ -326,6 +331,7 @@ def test_unknown_keys_and_bad_values_are_refused(tiny_raw):
         load_split(config_from_dict(raw), "val")
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_config_and_missing_data_in_one_line(tiny_raw, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     tiny_raw["model"]["num_classes"] = 6

@@ -87,8 +87,12 @@ def validate(cfg: ChangeConfig) -> None:
         raise ValueError("data.val lists no held-out pairs; evaluation and export need some")
     leaked = sorted(set(cfg.data.train) & set(cfg.data.val))
     # `<split>/*` takes a whole split folder: no pair of that folder may be on the other side.
-    folders = lambda names: {str(Path(n).parent) for n in names}
-    globbed = lambda names: {str(Path(n).parent) for n in names if Path(n).name == "*"}
+    def folders(names):
+        return {str(Path(n).parent) for n in names}
+
+    def globbed(names):
+        return {str(Path(n).parent) for n in names if Path(n).name == "*"}
+
     leaked += sorted((globbed(cfg.data.train) & folders(cfg.data.val)) | (globbed(cfg.data.val) & folders(cfg.data.train)))
     if leaked:
         raise ValueError(f"pairs {leaked} are in both data.train and data.val; held-out pairs must never be trained on")

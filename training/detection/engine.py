@@ -221,7 +221,8 @@ def evaluate_model(model: torch.nn.Module, cfg: DetConfig) -> Dict:
 
 def describe_metrics(m: Dict) -> str:
     return (f"held-out AP50 VOC07 {m['ap50_voc07']} (mAP {m['map50_voc07']:.4f}), VOC12 {m['ap50_voc12']} "
-            f"(mAP {m['map50_voc12']:.4f}); shape-prior grid baseline {m['baseline_shape_prior_grid']}; ground truth {m['num_gt']}, detections {m['num_det']}; "
+            f"(mAP {m['map50_voc12']:.4f}); shape-prior grid baseline {m['baseline_shape_prior_grid']}; "
+            f"ground truth {m['num_gt']}, detections {m['num_det']}; "
             f"at score {m['at_score_threshold']['score_threshold']}: "
             f"{ {k: v for k, v in m['at_score_threshold'].items() if k != 'score_threshold'} }")
 

@@ -212,7 +212,8 @@ def evaluate_matches(matches: _Matches, class_names: Sequence[str],
     """evaluate_detections' scoring of already matched detections (match_detections / merge_matches)."""
     thresholds = [float(t) for t in iou_thresholds]
     ap: Dict[str, Dict[float, float]] = {}
-    num_gt, num_det = {}, {}
+    num_gt: Dict[str, int] = {}
+    num_det: Dict[str, int] = {}
     for cls, name in enumerate(class_names):
         ap[name] = {}
         for t in thresholds:

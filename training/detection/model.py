@@ -14,7 +14,6 @@ elsewhere (a shared multi-task encoder): ``forward_features`` / ``losses_from_fe
 ``return_sampling=True`` the losses also return the sampled positive RoIs and their matched ground truths
 (what Mask R-CNN's mask head trains on).
 """
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 

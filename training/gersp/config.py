@@ -1,7 +1,7 @@
 """GeRSP config (`task: gersp_pretrain`): YAML -> typed config classes (training.config: unknown keys and wrong
 types are errors)."""
 from dataclasses import asdict, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from training.config import EncoderConfig, Normalisation, TrainLoopConfig, config_dataclass, parse_config, read_yaml_config
 

@@ -83,7 +83,7 @@ class GeRSP(nn.Module):
         distributed = self.cfg.shuffle_bn and dist.is_initialized() and dist.get_world_size() > 1
         if not distributed:
             return F.normalize(self.teacher_projector(pooled(self.teacher_encoder, views)), dim=1)
-        world, rank, n = dist.get_world_size(), dist.get_rank(), views.shape[0]
+        rank, n = dist.get_rank(), views.shape[0]
         everything = gather_all(views)
         gen = torch.Generator().manual_seed(int(self.shuffle_step))
         perm = torch.randperm(everything.shape[0], generator=gen).to(views.device)

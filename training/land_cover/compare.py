@@ -77,7 +77,7 @@ def compare(config_path, work_dir, seeds=()) -> Dict:
     sources = list(results["with_indices"]["per_source"])
     short = ["Sentinel-2 (rows 72-100)" if "REFERENCE_SCENES" in s else "NAIP (x 640-933)" for s in sources]
     pixels = {s: sum(map(sum, results["with_indices"]["per_source"][s]["confusion_matrix"])) for s in sources}
-    lines = [f"| method | mIoU | OA | " + " | ".join(f"IoU {c}" for c in classes) + " | "
+    lines = ["| method | mIoU | OA | " + " | ".join(f"IoU {c}" for c in classes) + " | "
              + " | ".join(f"mIoU {s}" for s in short) + " |",
              "|" + "---|" * (3 + len(classes) + len(sources)),
              row(f"network, bands + {' + '.join(i.upper() for i in cfg.data.indices)}", results["with_indices"], classes),

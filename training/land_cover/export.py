@@ -1,7 +1,6 @@
 """Export a land-cover checkpoint to a model package (docs/contract.md §1, §3): task land_cover_extraction,
 bands by role (`input.band_roles`) with spectral-index channels (`input.indices`) that the backend computes,
 accepted only if ONNX Runtime reproduces torch's logits on real held-out tiles."""
-from pathlib import Path
 from typing import Dict
 
 import numpy as np

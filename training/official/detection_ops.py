@@ -18,11 +18,9 @@ in a static graph that exports to ONNX (only the batch is dynamic):
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from training.detection.boxes import rbox_to_hbox
@@ -291,7 +289,7 @@ def official_roi_align(features: Sequence[Tensor], strides: Sequence[int], rois:
         row_w = col(level_w)
         offs = col(base)
 
-        def gather(yi, xi):
+        def gather(yi, xi, offs=offs, row_w=row_w):
             index = (offs + yi.to(torch.int64) * row_w + xi.to(torch.int64)).reshape(-1)
             return flat.index_select(0, index).reshape(k, out_size, out_size, channels)
 

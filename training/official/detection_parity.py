@@ -8,8 +8,8 @@ clipped to the image edge); as many more candidates as were left out may then re
 max_per_tile fills their places. Detections of equal score and class (proposals whose RoI lies wholly outside
 the image sample only zeros and score the same) are ordered arbitrarily by NMS, in the official frameworks
 too (an unstable sort): a reference detection left unmatched is paired with an unmatched candidate of the
-same class and score (within 1e-6) and counted as a tie, not as a difference. Positional comparison of the raw N x P rows would be brittle (two proposals
-of nearly equal objectness may trade places), the final detections are what a user gets.
+same class and score (within 1e-6) and counted as a tie, not as a difference. Positional comparison of the raw N x P rows
+would be brittle (two proposals of nearly equal objectness may trade places), the final detections are what a user gets.
 """
 from __future__ import annotations
 

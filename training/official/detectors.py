@@ -23,7 +23,7 @@ The official post-processing that remains, `score_thr`, class-aware NMS with `nm
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

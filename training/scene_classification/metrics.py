@@ -10,7 +10,7 @@ def _ratio(num: float, den: float) -> Optional[float]:
     return float(num / den) if den > 0 else None
 
 
-def per_class_scores(cm: np.ndarray) -> Dict[str, np.ndarray]:
+def per_class_scores(cm: np.ndarray) -> Dict[str, list]:
     """Precision, recall, F1 and support per class; None where undefined (nothing predicted /
     nothing present). F1 = 2TP / (2TP + FP + FN), defined unless the class is absent from both."""
     cm = np.asarray(cm, dtype=np.int64)

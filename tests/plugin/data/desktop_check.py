@@ -34,7 +34,7 @@ def start():
         dock.layer_combo.setLayer(layer)
         state.update(dock=dock, before=set(QgsProject.instance().mapLayers()), t0=time.monotonic())
         QTimer.singleShot(200, run_when_models_listed)
-    except Exception as exc:  # report, never hang the test
+    except Exception as exc:  # noqa: BLE001 - report, never hang the test
         seen["error"] = repr(exc)
         finish()
 
@@ -73,7 +73,7 @@ def wait_for_result():
         seen["provider_after_unload"] = QgsApplication.processingRegistry().providerById("mtp") is not None
         seen["dock_after_unload"] = (
             qgis.utils.iface.mainWindow().findChild(QDockWidget, "MtpDockWidget") is not None)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - report, never hang the test
         seen["error"] = repr(exc)
     finish()
 
