@@ -124,6 +124,8 @@ bench: setup
 	$(PY) benchmarks/bench_overhead.py --repeats $(BENCH_REPEATS) --out benchmarks/results/overhead
 	$(PY) benchmarks/bench_segmentation.py --sizes $(BENCH_SIZES) --cap $(BENCH_CAPS) --out benchmarks/results/scale
 	$(PY) benchmarks/bench_cluster.py --size 4096 --block-size 2048 --out benchmarks/results/cluster
+	$(PY) benchmarks/bench_int8.py --out benchmarks/results/int8
+	$(PY) benchmarks/bench_start_to_result.py --out benchmarks/results/start_to_result
 	@for name in $(BENCH_OFFICIAL); do \
 	  $(PY) benchmarks/official_package.py $$name --out build/official && \
 	  $(PY) benchmarks/bench_segmentation.py --tasks semantic_segmentation --model mtp_$$(echo $$name | tr -- '-.' '__') \

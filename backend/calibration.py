@@ -22,7 +22,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -63,7 +63,7 @@ def candidates(physical: int, logical: int) -> list[CpuOptions]:
     return found
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
     """What makes a calibration valid on this machine only."""
     from backend.sessions import physical_cores
 

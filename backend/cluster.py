@@ -645,7 +645,7 @@ def run_plan_on_cluster(task: str, plan, address: str, block_size: int = DEFAULT
         if on_report:
             try:
                 on_report(cluster_report(client, plan, time.time() - started))
-            except Exception:  # noqa: BLE001 - the result is written; a missing figure must not fail the job
+            except Exception:  # the result is written; a missing figure must not fail the job
                 log.exception("no run report from the cluster")
         return written
 

@@ -54,7 +54,7 @@ def calibrate_used_models(registry: ModelRegistry, busy, seconds: float = 10.0) 
         except calibration.Busy:
             _calibration_tried.discard(path)  # a job came: measure another time
             return
-        except Exception:  # noqa: BLE001 - a failed measurement leaves the defaults; the job path is unaffected
+        except Exception:  # a failed measurement leaves the defaults; the job path is unaffected
             log.exception("calibration of %s failed; its sessions keep the default options", path.name)
 
 

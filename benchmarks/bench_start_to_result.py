@@ -82,6 +82,17 @@ def bare_seconds(tif: Path) -> float:
     return time.perf_counter() - start
 
 
+def paths(tif: Path, work: Path, run: list[str], env: dict, cold_env: dict) -> dict:
+    """name -> a function that runs the job that way once and returns its seconds."""
+    return {
+        "bare": lambda: bare_seconds(tif),
+        "cli": lambda: timed([PYTHON, "-m", "backend", "run", "--model", MODEL, "--input", str(tif),
+                              "--out", str(work / "cli.tif")], env),
+        "qgis_process cold": lambda: timed(run + [f"OUTPUT={work / 'qp_cold.tif'}"], cold_env),
+        "qgis_process warm": lambda: timed(run + [f"OUTPUT={work / 'qp_warm.tif'}"], env),
+    }
+
+
 def timed(command: list[str], env: dict) -> float:
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
@@ -118,13 +129,7 @@ def main() -> int:
             env = dict(os.environ, MTP_QGIS_STATE_FILE=str(state), MTP_QGIS_CALIBRATE="0")
             cold_env = dict(env, MTP_QGIS_BACKEND_LINGER_S="0")
             run = [*("bash", str(REPO / "scripts/qgis_run.sh"), "mtp:segment", f"INPUT={tif}")]
-            configs = {
-                "bare": lambda: bare_seconds(tif),
-                "cli": lambda: timed([PYTHON, "-m", "backend", "run", "--model", MODEL, "--input", str(tif),
-                                      "--out", str(work / "cli.tif")], env),
-                "qgis_process cold": lambda: timed(run + [f"OUTPUT={work / 'qp_cold.tif'}"], cold_env),
-                "qgis_process warm": lambda: timed(run + [f"OUTPUT={work / 'qp_warm.tif'}"], env),
-            }
+            configs = paths(tif, work, run, env, cold_env)
             best: dict[str, float] = {}
             timed(run + [f"OUTPUT={work / 'qp_first.tif'}"], env)  # the warm configuration's backend, started
             for r in range(args.repeats):

@@ -84,6 +84,6 @@ def test_refusals_say_why_and_write_nothing(tmp_path):
 
 def test_the_wrapper_fails_on_an_unknown_algorithm():
     # qgis_process 3.22 exits 0 when the algorithm does not exist; the wrapper must not pass that on as success.
-    done = qgis_run("mtp:no_such_algorithm", INPUT=S2_SAMPLE)
+    done = run_algorithm("mtp:no_such_algorithm", INPUT=S2_SAMPLE)
     assert done.returncode == 1
     assert "Algorithm mtp:no_such_algorithm not found" in done.stdout + done.stderr

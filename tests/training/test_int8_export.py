@@ -11,6 +11,8 @@ from training.__main__ import main
 from training.config import REPO_ROOT
 from training.export import INT8_ALLOWED_CHANGE, ExportError, export_int8, read_metadata
 
+pytestmark = pytest.mark.slow  # each exports the tiny model and evaluates it twice through ONNX Runtime
+
 SAMPLE = REPO_ROOT / "resources" / "samples" / "aerial_3857.tif"
 
 
