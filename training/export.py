@@ -310,17 +310,26 @@ def export_fp16(checkpoint: Path, out: Path, max_change: Optional[float] = None)
             return (f"fp16 check: held-out {r['metric']} {r['fp32']:.4f} (fp32) -> {r['fp16']:.4f} (fp16), change "
                     f"{r['change']:+.4f}, allowed +-{r['allowed_change']}")
 
-        def check(path: Path) -> Dict:
-            result = fp16_check(task, cfg, evaluate, fp32_path, path, max_change)
-            if not result["passed"]:
-                raise ExportError(f"fp16 package refused, no model written: {describe(result)}; its metric would move "
-                                  "more than the contract allows (docs/contract.md §1 Precision): export fp32")
-            return result
+        return write_reduced_package(out, "fp16", fp16_path, metadata32,
+                                     lambda path: fp16_check(task, cfg, evaluate, fp32_path, path, max_change),
+                                     describe, "export fp32")
 
-        return write_package(out, export_graph=lambda path: shutil.copyfile(fp16_path, path), check_parity=check,
-                             build_metadata=lambda result: {**metadata32, "name": f"{metadata32['name']} (fp16)",
-                                                             "precision": "fp16", "precision_check": result},
-                             describe_parity=describe)
+
+def write_reduced_package(out: Path, precision: str, graph: Path, fp32_metadata: Dict, measure: Callable[[Path], Dict],
+                          describe: Callable[[Dict], str], instead: str) -> Dict:
+    """write_package for an fp16 / int8 graph: its precision check (measure) must pass, else nothing is written
+    and the error says what to do instead; the metadata is the fp32 package's with the precision and its check."""
+    def check(path: Path) -> Dict:
+        result = measure(path)
+        if not result["passed"]:
+            raise ExportError(f"{precision} package refused, no model written: {describe(result)}; its metric would "
+                              f"move more than the contract allows (docs/contract.md §1 Precision): {instead}")
+        return result
+
+    return write_package(out, export_graph=lambda path: shutil.copyfile(graph, path), check_parity=check,
+                         build_metadata=lambda result: {**fp32_metadata, "name": f"{fp32_metadata['name']} ({precision})",
+                                                        "precision": precision, "precision_check": result},
+                         describe_parity=describe)
 
 
 # --------------------------------------------------------------------------------------------- int8 packages
@@ -460,19 +469,12 @@ def int8_package(fp32_path: Path, out: Path, max_change: Optional[float] = None)
                     f"{r['change']:+.4f}, at most {r['allowed_change']} may be lost; calibrated on {tiles} training "
                     "tiles")
 
-        def check(path: Path) -> Dict:
+        def measure(path: Path) -> Dict:
             result = precision_check(task, "int8", cfg, evaluate, fp32_path, path, INT8_ALLOWED_CHANGE, max_change,
                                      loss_only=True)
-            result["calibration_tiles"] = tiles
-            if not result["passed"]:
-                raise ExportError(f"int8 package refused, no model written: {describe(result)}; its metric would move "
-                                  "more than the contract allows (docs/contract.md §1 Precision): keep fp32")
-            return result
+            return {**result, "calibration_tiles": tiles}
 
-        return write_package(out, export_graph=lambda path: shutil.copyfile(int8_path, path), check_parity=check,
-                             build_metadata=lambda result: {**meta, "name": f"{meta['name']} (int8)",
-                                                             "precision": "int8", "precision_check": result},
-                             describe_parity=describe)
+        return write_reduced_package(out, "int8", int8_path, meta, measure, describe, "keep fp32")
 
 
 def export_int8(checkpoint: Path, out: Path, max_change: Optional[float] = None) -> Dict:
