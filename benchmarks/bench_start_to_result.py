@@ -87,7 +87,7 @@ def paths(tif: Path, work: Path, run: list[str], env: dict, cold_env: dict) -> d
     return {
         "bare": lambda: bare_seconds(tif),
         "cli": lambda: timed([PYTHON, "-m", "backend", "run", "--model", MODEL, "--input", str(tif),
-                              "--out", str(work / "cli.tif")], env),
+                              "--out", str(work / "cli.tif"), "--overwrite"], env),
         "qgis_process cold": lambda: timed(run + [f"OUTPUT={work / 'qp_cold.tif'}"], cold_env),
         "qgis_process warm": lambda: timed(run + [f"OUTPUT={work / 'qp_warm.tif'}"], env),
     }
