@@ -15,6 +15,7 @@ folders, and one model file can serve several machines over a shared disk.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -63,8 +64,9 @@ def candidates(physical: int, logical: int) -> list[CpuOptions]:
     return found
 
 
+@functools.cache
 def machine() -> dict[str, Any]:
-    """What makes a calibration valid on this machine only."""
+    """What makes a calibration valid on this machine only (read once per process: every session lookup asks)."""
     from backend.sessions import physical_cores
 
     cpu = platform.processor() or platform.machine()
