@@ -542,10 +542,11 @@ def run_blocks(client, fn: Callable, job: BlockJob, blocks: list, progress: Prog
                 failed.result()  # raises the block's exception
                 raise BackendError("A block of the job was cancelled on the cluster.")
             done = len(kept) + states.count("finished")
-            if done != reported:
-                reported = done
+            # One report per finished block, even when several finish between two polls.
+            while reported < done:
+                reported = len(kept) if reported < 0 else reported + 1
                 if progress:
-                    progress(share * done / total, f"block {done}/{total}{note}")
+                    progress(share * reported / total, f"block {reported}/{total}{note}")
             if done == total:
                 ran = dict(zip((b.index for b in todo), (f.result() for f in futures)))
                 return [kept.get(b.index) or ran[b.index] for b in blocks]

@@ -130,10 +130,14 @@ def test_segmentation_on_a_cluster_is_bit_identical(registry, cluster, mosaic, t
     many = plan(registry, "semantic_segmentation", "spatial", [mosaic], tmp_path / "cluster.tif", "b", extent)
     seen = []
     written = run_plan_on_cluster("semantic_segmentation", many, address, block_size=256,
-                                  progress=lambda p, m: seen.append(p))
+                                  progress=lambda p, m: seen.append((p, m)))
     assert written == {"raster": str(tmp_path / "cluster.tif")}
     assert_same_raster(tmp_path / "one.tif", tmp_path / "cluster.tif")
-    assert seen == sorted(seen) and seen[-1] >= 95 and len(seen) > 5  # finished blocks, then assembly
+    # One report per finished block (however many finish between two polls), then the assembly.
+    total = int(seen[0][1].split("/")[1])
+    assert total > 4
+    assert [m for _, m in seen] == [f"block {k}/{total}" for k in range(total + 1)] + ["assembling blocks"]
+    assert [p for p, _ in seen] == [95.0 * k / total for k in range(total + 1)] + [95.0]
     assert no_leftovers(tmp_path) == ["cluster.tif", "one.tif"]
 
 
