@@ -68,11 +68,14 @@ class InputSpec(_Section):
 
 
 class OutputSpec(_Section):
-    type: Annotated[Literal["logits", "probabilities", "detections"],
-                    Must("'logits', 'probabilities' or 'detections'")] = "logits"
+    type: Annotated[Literal["logits", "probabilities", "detections", "instances"],
+                    Must("'logits', 'probabilities', 'detections' or 'instances'")] = "logits"
     layout: Optional[Literal["NCHW", "NC"]] = Field(None, description="NCHW: pixel tasks; NC: scene classification")
     box: Optional[Literal["hbox", "rbox_le90"]] = Field(None,
-                                                        description="detection: hbox; rotated_detection: rbox_le90")
+                                                        description="detection, instance_segmentation: hbox; "
+                                                                    "rotated_detection: rbox_le90")
+    mask_size: Annotated[Optional[int], Must("a positive integer")] = Field(
+        None, ge=1, description="instance_segmentation: M of the graph's N x P x M x M mask logits")
 
 
 class DetectionDefaults(_Section):
@@ -80,6 +83,8 @@ class DetectionDefaults(_Section):
     score_threshold: Annotated[Number, Must("a number in [0, 1]")] = Field(ge=0, le=1)
     nms_iou: Annotated[Number, Must("a number in (0, 1]")] = Field(gt=0, le=1)
     max_per_tile: Annotated[int, Must("an integer >= 1")] = Field(ge=1)
+    mask_threshold: Annotated[Optional[Number], Must("a number in (0, 1)")] = Field(
+        None, gt=0, lt=1, description="instance_segmentation: a pixel is in the object when sigmoid(logit) >= it")
 
 
 class SceneSpec(_Section):
