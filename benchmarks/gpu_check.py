@@ -192,7 +192,7 @@ def sample_batches(size: int, batch: int, count: int, classes: int, seed: int = 
 def finetune_config(smoke: bool):
     import yaml
 
-    from training.config import config_from_dict
+    from training.segmentation.config import config_from_dict
     raw = yaml.safe_load(FINETUNE_CONFIG.read_text())
     raw["model"]["encoder"]["checkpoint"] = None  # random weights: speed does not depend on them
     raw["train"].update(checkpoint_interval=10**9, log_interval=10**9)

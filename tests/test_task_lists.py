@@ -47,11 +47,16 @@ def test_the_backend_table_serves_the_contracts_tasks():
 
 
 def test_training_makes_a_package_for_every_task_the_contract_serves():
-    from training.tasks import TASK_MODULES
+    from training.tasks import tasks
 
     _, served, _ = contract_tasks()
-    # GeRSP pretraining makes an encoder, no package
-    assert set(TASK_MODULES) - {"gersp_pretrain"} == set(served)
+    table = tasks()
+    assert all(name == task.name for name, task in table.items())
+    assert {name for name, task in table.items() if task.makes_package} == set(served)
+    # GeRSP pretraining makes an encoder, no package: the only task that says so
+    assert [name for name, task in table.items() if not task.makes_package] == ["gersp_pretrain"]
+    # every package task's code is there and whole (imported the first time a task is used)
+    assert all(task.code().package is not None for task in table.values() if task.makes_package)
 
 
 def test_the_plugin_offers_the_contracts_tasks():

@@ -14,33 +14,33 @@ def headline(metrics: dict) -> dict:
 
 
 def cmd_train(args) -> int:
-    from training.tasks import checkpoint_task, config_task, task_module
+    from training.tasks import checkpoint_task, config_task, task_named
     work_dir = repo_path(args.work_dir)
     if args.resume:
         if args.config:
             logging.getLogger("training").info("--resume: using the config stored in the checkpoint")
-        task = checkpoint_task(work_dir / "latest.pt")
+        name = checkpoint_task(work_dir / "latest.pt")
     else:
-        task = config_task(args.config)
+        name = config_task(args.config)
     overrides = {k: v for k, v in (("device", args.device), ("amp", args.amp), ("stop_after", args.stop_after))
                  if v is not None}
-    final = task_module(task).train_config(args.config, work_dir, iters=args.iters, resume=args.resume, **overrides)
+    final = task_named(name).train(args.config, work_dir, iters=args.iters, resume=args.resume, **overrides)
     if "metrics" in final:
         print(json.dumps(headline(final["metrics"]), indent=2))
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from training.tasks import checkpoint_task, task_module
+    from training.tasks import checkpoint_task, task_named
     checkpoint = repo_path(args.checkpoint)
-    task = checkpoint_task(checkpoint)
-    if task == "semantic_segmentation":
-        from training.evaluate import evaluate_checkpoint
+    name = checkpoint_task(checkpoint)
+    if name == "semantic_segmentation":
+        from training.segmentation.evaluate import evaluate_checkpoint
         result = evaluate_checkpoint(checkpoint, args.image, args.label, args.dataset)
     elif args.image or args.label:
-        raise ValueError(f"--image/--label apply to segmentation checkpoints; this one is {task}")
+        raise ValueError(f"--image/--label apply to segmentation checkpoints; this one is {name}")
     else:
-        result = task_module(task).evaluate_checkpoint(checkpoint)
+        result = task_named(name).evaluate(checkpoint)
     text = json.dumps({k: v for k, v in result.items() if k != "confusion_matrix"}, indent=2)
     print(text)
     if args.out:
@@ -49,7 +49,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from training.tasks import checkpoint_task, task_module
+    from training.tasks import checkpoint_task, task_named
     out = repo_path(args.out)
     checkpoint = repo_path(args.checkpoint)
     if args.precision == "fp16":
@@ -59,7 +59,7 @@ def cmd_export(args) -> int:
         from training.export import export_int8
         metadata = export_int8(checkpoint, out)
     else:
-        metadata = task_module(checkpoint_task(checkpoint)).export_checkpoint(checkpoint, out)
+        metadata = task_named(checkpoint_task(checkpoint)).export(checkpoint, out)
     summary = {"model": str(out), "task": metadata["task"], "size_mb": round(out.stat().st_size / 1e6, 2),
                "metrics": {k: v for k, v in metadata["metrics"].items() if not isinstance(v, (list, dict))},
                "parity": metadata["training"]["parity"]}

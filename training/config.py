@@ -17,13 +17,14 @@ import re
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PathLike = Union[str, Path]
 
 
 def repo_path(path: str) -> Path:
@@ -225,18 +226,6 @@ class InputBands(Normalisation):
 
 
 @config_dataclass
-class DataConfig(InputBands):
-    classes: List[ClassInfo]
-    train: List[SourceConfig]
-    val: List[SourceConfig]
-    ignore_index: int = 255
-    crop_size: int = 256
-    gsd_m: float = 0.3
-    # Random brightness/contrast change of up to this fraction per crop (0 = off).
-    color_jitter: float = 0.0
-
-
-@config_dataclass
 class TrainLoopConfig:
     """What training.engine's loop, schedule and optimiser read: the train section of every task."""
     iters: int = 1000
@@ -282,26 +271,6 @@ class ExportConfig:
     min_argmax_agreement: float = 0.999
 
 
-@config_dataclass
-class Config:
-    model: ModelConfig
-    data: DataConfig
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    task: str = "semantic_segmentation"
-
-
-def config_from_dict(raw: Dict[str, Any]) -> Config:
-    cfg = parse_config(Config, raw)
-    if cfg.task != "semantic_segmentation":
-        raise ValueError(f"this is the semantic_segmentation config reader; task {cfg.task!r} has its own")
-    if len(cfg.data.classes) != cfg.model.num_classes:
-        raise ValueError(f"data.classes lists {len(cfg.data.classes)} classes but model.num_classes "
-                         f"is {cfg.model.num_classes}")
-    return cfg
-
-
 def read_yaml_config(path, from_dict):
     """from_dict(the YAML file at `path`, relative to the repository root); every task's load_config. A
     config error names the file."""
@@ -314,9 +283,6 @@ def read_yaml_config(path, from_dict):
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def load_config(path) -> Config:
-    return read_yaml_config(path, config_from_dict)
-
-
-def config_to_dict(cfg: Config) -> Dict[str, Any]:
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    """Any task's config as plain data (what a checkpoint stores)."""
     return dataclasses.asdict(cfg)

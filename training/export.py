@@ -14,11 +14,7 @@ import onnxruntime as ort
 import torch
 
 from mtp_common import package_schema
-from mtp_common.tiling import tile_starts
-from training.config import Config, config_to_dict
-from training.data import load_source, normalize
-from training.engine import evaluate_model
-from training.evaluate import model_from_checkpoint
+from training.config import config_to_dict
 
 log = logging.getLogger("training")
 METADATA_KEY = "mtp_qgis"
@@ -26,26 +22,6 @@ METADATA_KEY = "mtp_qgis"
 
 class ExportError(RuntimeError):
     pass
-
-
-def parity_tiles(cfg: Config, max_tiles: int = 6) -> torch.Tensor:
-    """Real tiles for the parity check: the tiles the backend would cut of the held-out (then training) images."""
-    size, overlap = cfg.eval.tile_size, cfg.eval.tile_overlap
-    tiles: List[torch.Tensor] = []
-    for source in list(cfg.data.val) + list(cfg.data.train):
-        for tile in load_source(source):
-            height, width = tile.label.shape
-            if height < size or width < size:
-                continue
-            for top in tile_starts(height, size, overlap):
-                for left in tile_starts(width, size, overlap):
-                    crop = tile.image[top:top + size, left:left + size]
-                    tiles.append(normalize(crop, cfg.data.scale, cfg.data.mean, cfg.data.std))
-                    if len(tiles) == max_tiles:
-                        return torch.stack(tiles)
-    if not tiles:
-        raise ExportError(f"no image of at least {size}x{size} px in the config's data for the parity check")
-    return torch.stack(tiles)
 
 
 def compare_with_torch(model: torch.nn.Module, onnx_path: Path, inputs: Sequence[torch.Tensor], batch_size: int,
@@ -95,25 +71,6 @@ def training_provenance(cfg, state: Dict, parity: Dict, **extra) -> Dict:
             **extra,
             "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__, "parity": parity, "config": config_to_dict(cfg)}
-
-
-def build_metadata(cfg: Config, state: Dict, metrics: Dict, parity: Dict) -> Dict:
-    data = cfg.data
-    return {
-        "format_version": 1,
-        "task": "semantic_segmentation",
-        "name": cfg.export.name,
-        "description": (cfg.export.description + f" Held-out mIoU {metrics['mIoU']:.3f}.").strip(),
-        **classes_and_input(data),
-        "tile_size": cfg.eval.tile_size,
-        "tile_overlap": cfg.eval.tile_overlap,
-        "gsd_m": data.gsd_m,
-        "output": {"type": "logits", "layout": "NCHW"},
-        "metrics": {"mIoU": metrics["mIoU"], "overall_accuracy": metrics["overall_accuracy"],
-                    "per_class_iou": metrics["per_class_iou"], "evaluated_on": metrics["evaluated_on"],
-                    "baseline_best_constant_mIoU": metrics["baseline_best_constant"]["mIoU"]},
-        "training": training_provenance(cfg, state, parity),
-    }
 
 
 def export_onnx(model: torch.nn.Module, path: Path, tile_size: int, channels: int, opset: int) -> None:
@@ -168,21 +125,6 @@ def write_package(out: Path, export_graph: Callable[[Path], None], check_parity:
 def describe_parity(parity: Dict) -> str:
     """Parity of tiled logits (segmentation, change detection), for the final log line."""
     return f"parity: max |diff| {parity['max_abs_logit_diff']:.2e}, argmax agreement {parity['argmax_agreement']:.5f}"
-
-
-def export_checkpoint(checkpoint: Path, out: Path) -> Dict:
-    """Write `out` (.onnx) from a training checkpoint; returns the metadata written."""
-    out = onnx_out_path(out)
-    model, cfg, state = model_from_checkpoint(checkpoint)
-    metrics = state.get("metrics") or evaluate_model(model, cfg)
-    return write_package(
-        out,
-        export_graph=lambda path: export_onnx(model, path, cfg.eval.tile_size, cfg.model.encoder.in_chans,
-                                              cfg.export.opset),
-        check_parity=lambda path: check_parity(model, path, [parity_tiles(cfg)], cfg.export.atol,
-                                               cfg.export.min_argmax_agreement),
-        build_metadata=lambda parity: build_metadata(cfg, state, metrics, parity),
-        describe_parity=describe_parity)
 
 
 # --------------------------------------------------------------------------------------------- fp16 packages
@@ -271,17 +213,6 @@ class OnnxModule(torch.nn.Module):
         return tensors[0] if len(tensors) == 1 else tensors
 
 
-def task_evaluation(task: str) -> Tuple[Callable, Callable]:
-    """(model_from_checkpoint, evaluate_model) of a task's training code."""
-    import importlib
-
-    from training.tasks import TASK_MODULES
-    if task == "semantic_segmentation":
-        return model_from_checkpoint, evaluate_model
-    engine = importlib.import_module(f"{TASK_MODULES[task]}.engine")
-    return engine.model_from_checkpoint, engine.evaluate_model
-
-
 def fp16_check(task: str, cfg, evaluate: Callable, fp32_path: Path, fp16_path: Path,
                max_change: Optional[float] = None) -> Dict:
     """The task's held-out evaluation through ONNX Runtime on both packages; passed when the headline metric
@@ -294,17 +225,18 @@ def export_fp16(checkpoint: Path, out: Path, max_change: Optional[float] = None)
     torch), then its fp16 conversion, written only if fp16_check passes; returns the metadata written."""
     import tempfile
 
-    from training.tasks import checkpoint_task, task_module
+    from training.tasks import checkpoint_task, task_named
     out = onnx_out_path(out)
     task = checkpoint_task(checkpoint)
     if task not in FP16_ALLOWED_CHANGE:
         raise ExportError(f"fp16 packages are made for {', '.join(FP16_ALLOWED_CHANGE)}; {checkpoint} is {task}")
-    load, evaluate = task_evaluation(task)
+    code = task_named(task).package_code(checkpoint)
+    evaluate = code.evaluate_model
     with tempfile.TemporaryDirectory(prefix="mtp_fp16_") as tmp:
         fp32_path, fp16_path = Path(tmp) / "fp32.onnx", Path(tmp) / "fp16.onnx"
-        metadata32 = task_module(task).export_checkpoint(checkpoint, fp32_path)
+        metadata32 = code.export_checkpoint(checkpoint, fp32_path)
         convert_to_fp16(fp32_path, fp16_path)
-        _, cfg, _ = load(checkpoint)
+        _, cfg, _ = code.model_from_checkpoint(checkpoint)
 
         def describe(r: Dict) -> str:
             return (f"fp16 check: held-out {r['metric']} {r['fp32']:.4f} (fp32) -> {r['fp16']:.4f} (fp16), change "
@@ -430,16 +362,13 @@ def precision_check(task: str, precision: str, cfg, evaluate: Callable, fp32_pat
 
 def package_training_config(path: Path, meta: Dict):
     """The training config a package was exported with (metadata training.config), as its task's config."""
-    import importlib
-
-    from training.tasks import TASK_MODULES
+    from training.tasks import task_named
     raw = (meta.get("training") or {}).get("config")
     if not isinstance(raw, dict):
         raise ExportError(f"{path.name} carries no training config (metadata training.config): only packages "
                           "written by `python -m training export` can be quantized here (their training tiles "
                           "calibrate it and their held-out data check it)")
-    module = "training.config" if meta["task"] == "semantic_segmentation" else f"{TASK_MODULES[meta['task']]}.config"
-    return importlib.import_module(module).config_from_dict(raw)
+    return task_named(meta["task"]).config_from_dict(raw)
 
 
 def int8_package(fp32_path: Path, out: Path, max_change: Optional[float] = None) -> Dict:
@@ -456,8 +385,9 @@ def int8_package(fp32_path: Path, out: Path, max_change: Optional[float] = None)
                           "(keep fp32, or export fp16)")
     if meta.get("precision", "fp32") != "fp32":
         raise ExportError(f"{fp32_path.name} is already {meta['precision']}; quantize its fp32 package")
+    from training.tasks import task_named
     cfg = package_training_config(fp32_path, meta)
-    _, evaluate = task_evaluation(task)
+    evaluate = task_named(task).package_code(fp32_path.name).evaluate_model
     with tempfile.TemporaryDirectory(prefix="mtp_int8_") as tmp:
         int8_path = Path(tmp) / "int8.onnx"
         batches = calibration_batches(cfg, evaluate, fp32_path)
@@ -482,14 +412,14 @@ def export_int8(checkpoint: Path, out: Path, max_change: Optional[float] = None)
     torch), then int8_package of it."""
     import tempfile
 
-    from training.tasks import checkpoint_task, task_module
+    from training.tasks import checkpoint_task, task_named
     task = checkpoint_task(checkpoint)
     if task not in INT8_ALLOWED_CHANGE:
         raise ExportError(f"int8 packages are made for {', '.join(INT8_ALLOWED_CHANGE)}; {checkpoint} is {task} "
                           "(export fp32 or fp16)")
     with tempfile.TemporaryDirectory(prefix="mtp_int8_") as tmp:
         fp32_path = Path(tmp) / "fp32.onnx"
-        task_module(task).export_checkpoint(checkpoint, fp32_path)
+        task_named(task).export(checkpoint, fp32_path)
         return int8_package(fp32_path, out, max_change)
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import REPO_ROOT, config_from_dict
+from training.config import REPO_ROOT
+from training.segmentation.config import config_from_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for training_test_support (importlib mode)
 
@@ -64,7 +65,7 @@ def tiny_cfg(tiny_raw):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny model trained for 2 iterations, with held-out metrics, shared by the export tests."""
-    from training.engine import train
+    from training.segmentation.engine import train
     work_dir = tmp_path_factory.mktemp("tiny_run")
     torch.set_num_threads(2)
     train(config_from_dict(copy.deepcopy(TINY)), work_dir, iters=2, show_progress=False)

@@ -425,7 +425,7 @@ def test_finetune_configs_parse_for_every_seed_dataset(dataset):
         assert cfg.data.format == dataset.replace("cdd", "")
         encoder = cfg.model["encoder"]
     elif task == "semantic_segmentation":
-        from training.config import config_from_dict
+        from training.segmentation.config import config_from_dict
         cfg = config_from_dict(raw)
         encoder = vars(cfg.model.encoder)
         assert all(s.tiles == ["*"] for s in cfg.data.train + cfg.data.val)     # tiles found in the folders

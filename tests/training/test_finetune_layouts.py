@@ -177,10 +177,10 @@ def write_spacenet(root: Path, rects):
 
 
 def test_spacenet_footprints_rasterise_onto_their_pixels_and_train(tmp_path):
-    from training.config import config_from_dict
+    from training.segmentation.config import config_from_dict
     from training.data.sources import load_source
     from training.data.spacenet import SpaceNetError, convert
-    from training.engine import train
+    from training.segmentation.engine import train
     rects = {1: [(10, 20, 50, 40), (100, 100, 130, 150)], 2: [(0, 0, 30, 30)]}
     src = tmp_path / "processedBuildingLabels"
     write_spacenet(src, rects)
@@ -221,9 +221,9 @@ def test_spacenet_footprints_rasterise_onto_their_pixels_and_train(tmp_path):
 @pytest.mark.slow
 def test_loveda_download_layout_with_tiles_found_in_the_folders(tmp_path):
     import yaml
-    from training.config import config_from_dict
+    from training.segmentation.config import config_from_dict
     from training.data.sources import load_source
-    from training.engine import train
+    from training.segmentation.engine import train
     root = tmp_path / "LoveDA"
     placement = {"Train/Urban": ["0.png"], "Train/Rural": ["1.png"], "Val/Urban": ["2.png"], "Val/Rural": ["2.png"]}
     for folder, tiles in placement.items():

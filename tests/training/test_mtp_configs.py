@@ -51,7 +51,7 @@ def test_finetune_configs_parse_with_their_task_reader(path: Path):
         assert encoder["checkpoint"].endswith("encoder.pt")
         return
     if raw["task"] == "semantic_segmentation":
-        from training.config import config_from_dict
+        from training.segmentation.config import config_from_dict
     elif raw["task"] == "change_detection":
         from training.change_detection.config import config_from_dict
     elif raw["task"] == "scene_classification":

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import REPO_ROOT, config_from_dict
-from training.engine import train
-from training.export import export_checkpoint, read_metadata
+from training.config import REPO_ROOT
+from training.export import read_metadata
+from training.segmentation.config import config_from_dict
+from training.segmentation.engine import train
+from training.segmentation.export import export_checkpoint
 from training.models import build_segmentor
 from training.mtp.config import mtp_config_from_dict
 from training.mtp.loop import train_mtp

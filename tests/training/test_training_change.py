@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from training.__main__ import main as training_cli
-from training.change_detection import evaluate_checkpoint
+from training.change_detection import TASK
 from training.change_detection.config import config_from_dict, load_config
 from training.change_detection.data import (ChangePair, PairSampler, labelled_pair_names, load_pairs,
                                             paired_augment, read_pair)
@@ -263,7 +263,7 @@ def test_training_reports_model_and_baselines_on_held_out_pairs(tiny_run):
     assert metrics["baseline_pixel_difference"] == pytest.approx(expected)
     unchanged = metrics["baseline_all_unchanged"]
     assert unchanged["f1"] == 0.0 and unchanged["overall_accuracy"] == pytest.approx(1 - pair.label.mean())
-    assert evaluate_checkpoint(tiny_run / "latest.pt")["f1"] == pytest.approx(metrics["f1"])
+    assert TASK.evaluate(tiny_run / "latest.pt")["f1"] == pytest.approx(metrics["f1"])
 
 
 # --- config -------------------------------------------------------------------------------------

@@ -7,14 +7,14 @@ import pytest
 import yaml
 
 from conftest import TINY
-from training.config import REPO_ROOT, InputBands, load_config, parse_config, yaml_load
 from training.change_detection.config import ChangeDataConfig
-from training.config import DataConfig
+from training.config import REPO_ROOT, InputBands, parse_config, yaml_load
 from training.detection.config import DetDataConfig
 from training.scene_classification.config import SceneDataConfig
+from training.segmentation.config import DataConfig, load_config
 
 # task -> (module, reader) of every config under training/configs
-READERS = {"semantic_segmentation": ("training.config", "config_from_dict"),
+READERS = {"semantic_segmentation": ("training.segmentation.config", "config_from_dict"),
            "change_detection": ("training.change_detection.config", "config_from_dict"),
            "scene_classification": ("training.scene_classification.config", "config_from_dict"),
            "detection": ("training.detection.config", "config_from_dict"),

@@ -74,9 +74,9 @@ def test_color_jitter_changes_pixels_but_not_layout():
 
 
 def test_class_weights_favour_rare_classes():
-    from training.config import config_from_dict
+    from training.segmentation.config import config_from_dict
     from training.data.sources import LabelledTile
-    from training.engine import loss_class_weights
+    from training.segmentation.engine import loss_class_weights
     label = np.zeros((10, 10), dtype=np.uint8)
     label[:1] = 1          # class 1: 10 % of pixels, class 0: 90 %
     label[-1, -1] = IGNORE
@@ -95,7 +95,7 @@ def test_class_weights_favour_rare_classes():
 
 
 def test_config_refuses_unknown_keys_and_inconsistent_classes():
-    from training.config import config_from_dict, load_config
+    from training.segmentation.config import config_from_dict, load_config
     good = {"model": {"num_classes": 1}, "data": {"classes": [{"name": "a", "color": "#000000"}],
                                                   "train": [], "val": []}}
     assert config_from_dict(good).model.encoder.name == "mobilenetv3_small_100"

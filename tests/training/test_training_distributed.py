@@ -13,8 +13,10 @@ import torch
 import yaml
 
 from training.checkpoint import load_checkpoint
-from training.config import REPO_ROOT, config_from_dict
-from training.engine import autocast_context, resolve_device, train
+from training.config import REPO_ROOT
+from training.engine import autocast_context, resolve_device
+from training.segmentation.config import config_from_dict
+from training.segmentation.engine import train
 from training.mtp.distributed import first_slurm_host, slurm_to_torchrun_env
 from training_test_support import assert_resumed_run_equals_whole_run
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
-from training.engine import build_optimizer, lr_factor, make_sampler, train
+from training.engine import build_optimizer, lr_factor
+from training.segmentation.engine import make_sampler, train
 from training.models import build_segmentor
 from training_test_support import assert_resumed_run_equals_whole_run
 

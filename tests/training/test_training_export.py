@@ -9,8 +9,9 @@ import torch
 
 from training.__main__ import main
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.evaluate import model_from_checkpoint
-from training.export import export_checkpoint, read_metadata
+from training.export import read_metadata
+from training.segmentation.evaluate import model_from_checkpoint
+from training.segmentation.export import export_checkpoint
 from training_test_support import assert_failed_parity_leaves_no_file
 
 CONTRACT_KEYS = {"format_version", "task", "name", "description", "classes", "input", "tile_size",

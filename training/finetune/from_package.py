@@ -17,7 +17,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from training.config import Config, config_from_dict
+from training.segmentation.config import Config, config_from_dict
 from training.export import METADATA_KEY, compare_with_torch
 from training.models import build_segmentor
 

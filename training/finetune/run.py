@@ -28,17 +28,19 @@ import torch
 from PIL import Image
 
 from mtp_common.tiling import tile_starts
-from training.config import ClassInfo, Config, SourceConfig
+from training.config import ClassInfo, SourceConfig
 from training.data import load_source, normalize
 from training.data.sources import IGNORE, LabelledTile
-from training.engine import evaluate_tiles, make_sampler, train
-from training.export import build_metadata, check_parity, describe_parity, export_onnx, onnx_out_path, write_package
+from training.export import check_parity, describe_parity, export_onnx, onnx_out_path, write_package
 from training.finetune.from_package import (PackageLoadError, base_config, model_from_package, package_metadata,
                                             recalibrate_batchnorm)
 from training.finetune.report import loss_history, write_report
 from training.inference import predict_probabilities
 from training.metrics import iou_per_class
 from training.models import build_segmentor
+from training.segmentation.config import Config
+from training.segmentation.engine import evaluate_tiles, make_sampler, train
+from training.segmentation.export import build_metadata
 
 log = logging.getLogger("training")
 SCENE = "scene.png"

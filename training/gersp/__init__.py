@@ -5,21 +5,16 @@
 
 Its `encoder.pt` is what `model.encoder.checkpoint` of an MTP pretraining config starts from.
 """
-from training.config import repo_path
+from training.tasks import Task, TaskCode
 
 
-def train_config(path, work_dir, iters=None, resume=False, **overrides):
-    from training.gersp.config import load_config
-    from training.gersp.engine import train
-    cfg = None if resume else load_config(path)
-    return train(cfg, repo_path(str(work_dir)), iters=iters, resume=resume, **overrides)
+def code() -> TaskCode:
+    """The task's modules, imported when the task is first used."""
+    from training.gersp import config, engine
+    return TaskCode(config.load_config, config.config_from_dict, engine.train, package=None)
 
 
-def evaluate_checkpoint(path):
-    raise ValueError(f"{path} is a GeRSP pretraining checkpoint: it has no held-out evaluation; finetune its "
-                     f"encoder.pt (MTP pretraining or a task config's encoder.checkpoint) and evaluate that")
-
-
-def export_checkpoint(checkpoint, out):
-    raise ValueError(f"{checkpoint} is a GeRSP pretraining checkpoint, not a model the backend can run: finetune "
-                     f"its encoder.pt on a task and export that")
+TASK = Task("gersp_pretrain", code,
+            no_package="GeRSP pretraining makes an encoder (encoder.pt), not a model the backend can run, and has no "
+                       "held-out evaluation: finetune its encoder.pt (MTP pretraining or a task config's "
+                       "encoder.checkpoint), then evaluate and export that")

@@ -1,6 +1,14 @@
-"""The land-cover extraction task behind the common interface of training.tasks: a small multispectral
+"""The land-cover extraction task: a small multispectral
 segmentation model (encoder + UperNet) on reflectance bands by role plus spectral-index channels, trained on
 the multispectral samples of ../shared/data, with the index-threshold and no-index baselines."""
-from training.tasks import package_task_functions
+from training.tasks import PackageCode, Task, TaskCode
 
-train_config, evaluate_checkpoint, export_checkpoint = package_task_functions(__name__)
+
+def code() -> TaskCode:
+    """The task's modules, imported when the task is first used."""
+    from training.land_cover import config, engine, export
+    return TaskCode(config.load_config, config.config_from_dict, engine.train,
+                    PackageCode(engine.model_from_checkpoint, engine.evaluate_model, export.export_checkpoint))
+
+
+TASK = Task("land_cover_extraction", code)

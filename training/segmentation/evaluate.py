@@ -1,15 +1,16 @@
 """Evaluate a checkpoint on its held-out tiles or on a given image/label pair."""
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from training.checkpoint import load_checkpoint, load_model_weights
-from training.config import Config, config_from_dict, repo_path
+from training.config import PathLike, repo_path
 from training.data.sources import DEFAULT_CLASS_MAPS, read_tile
-from training.engine import evaluate_model, evaluate_tiles
-from training.models import build_segmentor
+from training.models import Segmentor, build_segmentor
+from training.segmentation.config import Config, config_from_dict
+from training.segmentation.engine import evaluate_model, evaluate_tiles
 
 
-def model_from_checkpoint(path) -> tuple:
+def model_from_checkpoint(path: PathLike) -> Tuple[Segmentor, Config, Dict[str, Any]]:
     """-> (model in eval mode, Config, checkpoint state)."""
     state = load_checkpoint(path)
     cfg: Config = config_from_dict(state["config"])
@@ -19,7 +20,7 @@ def model_from_checkpoint(path) -> tuple:
     return model, cfg, state
 
 
-def evaluate_checkpoint(path, image: Optional[str] = None, label: Optional[str] = None,
+def evaluate_checkpoint(path: PathLike, image: Optional[str] = None, label: Optional[str] = None,
                         dataset: str = "loveda") -> Dict:
     model, cfg, _ = model_from_checkpoint(path)
     if image is None and label is None:
