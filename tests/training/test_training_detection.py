@@ -15,13 +15,13 @@ import yaml
 from training.__main__ import main
 from training.checkpoint import load_checkpoint
 from training.config import REPO_ROOT
-from training.detection import export_checkpoint
 from training.detection.boxes import polygon_to_hbox, polygon_to_rbox, rbox_to_polygon
 from training.detection.config import config_from_dict, load_config
 from training.detection.data import (DetectionSampler, load_regions, transform_annotations, transform_image,
                                      transform_points)
 from training.detection.datasets import crop_annotations
 from training.detection.engine import box_centres, model_from_checkpoint, normalize_window, tiled_detect, train, window_tiles
+from training.detection.export import export_checkpoint
 from training.detection.ops import rotated_box_iou_aligned
 from training_test_support import assert_failed_parity_leaves_no_file, assert_resumed_run_equals_whole_run
 

@@ -329,7 +329,7 @@ def test_train_evaluate_and_export_through_the_detection_task(tmp_path):
     import json
 
     import onnx
-    from training.detection import export_checkpoint
+    from training.detection.export import export_checkpoint
     from training.detection.config import config_from_dict
     from training.detection.engine import train
     dota_image()

@@ -17,10 +17,10 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import REPO_ROOT
 from training.engine import build_optimizer
 from training.export import read_metadata
-from training.scene_classification import export_checkpoint
 from training.scene_classification.chips import ChipStats, cut_chips, load_split, make_sampler
 from training.scene_classification.config import config_from_dict, load_config
 from training.scene_classification.engine import model_from_checkpoint, train
+from training.scene_classification.export import export_checkpoint
 from training.scene_classification.metrics import (confusion_matrix, macro_f1, majority_baseline,
                                                    per_class_scores, summarize_classification)
 from training.scene_classification.model import build_classifier

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.config import PathLike
 from training.data import CropSampler, LabelledTile, load_source
 from training.engine import log, train_loop
 from training.inference import predict_probabilities
@@ -35,7 +36,7 @@ def loss_class_weights(sampler: CropSampler, cfg: Config) -> Optional[torch.Tens
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def train(cfg: Optional[Config], work_dir: Path, build_model: Optional[Callable[[Config, bool], torch.nn.Module]] = None,
+def train(cfg: Optional[Config], work_dir: PathLike, build_model: Optional[Callable[[Config, bool], torch.nn.Module]] = None,
           **options: Any) -> Dict:
     """Train a segmentation model; `options` are those of train_loop (iters, resume, stop_after, ...).
     build_model(cfg, load_encoder_weights) -> model replaces the default (a Segmentor built from the config,
