@@ -94,7 +94,7 @@ def test_ema_teacher_and_queue_as_specified(inputs):
     assert not torch.allclose(model.queue[:, 8:], queue0[:, 8:])
 
 
-def test_resume_is_exact_and_the_encoder_feeds_mtp(inputs, tmp_path):
+def test_resume_is_exact_and_the_encoder_feeds_mtp(inputs, tmp_path, capsys):
     raw = raw_config(inputs, iters=6)
     whole = train(config_from_dict(raw), tmp_path / "whole", show_progress=False)
     train(config_from_dict(raw), tmp_path / "parts", show_progress=False, stop_after=3)
@@ -103,6 +103,15 @@ def test_resume_is_exact_and_the_encoder_feeds_mtp(inputs, tmp_path):
     assert_resumed_run_equals_whole_run(whole, resumed)
     for key in ("queue", "queue_ptr", "teacher_encoder.blocks.0.attn.qkv.weight"):
         assert torch.equal(whole["model"][key], resumed["model"][key]), key
+    # it makes an encoder, no package: evaluate and export are refused, naming the checkpoint and what to do
+    from training.__main__ import main
+    checkpoint = tmp_path / "whole/latest.pt"
+    for command in (["evaluate", "--checkpoint", str(checkpoint)],
+                    ["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "gersp.onnx")]):
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        assert f"error: {checkpoint} is a gersp_pretrain checkpoint: " in error and "finetune its encoder.pt" in error
+    assert not (tmp_path / "gersp.onnx").exists()
     # MTP pretraining starts from the student encoder, tensor for tensor
     from training.mtp.config import mtp_config_from_dict
     from training.mtp.model import build_mtp_model
