@@ -98,8 +98,8 @@ DEFAULT_TASK = "semantic_segmentation"
 
 @lru_cache(maxsize=None)
 def tasks() -> Dict[str, Task]:
-    """The one table of training's tasks, by name: one line per task package (imported here, not at module level,
-    because each package imports this module for `Task`)."""
+    """The one table of training's tasks, by name: one entry per task, its package in the import line (imported
+    here, not at module level, because each package imports this module for `Task`; the packages are light)."""
     from training import change_detection, detection, gersp, land_cover, scene_classification, segmentation
     table = (
         segmentation.TASK,
