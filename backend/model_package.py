@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 METADATA_KEY = "mtp_qgis"
 # The `metrics` key each task's packages report first, and how it is named to an analyst.
-HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"))
+HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"),
+                    ("mask_ap", "mask AP"))
 # A model that divides by 255 was trained on 8-bit imagery unless it says otherwise (`input.value_range`).
 EIGHT_BIT_SCALE = 255.0
 # Bounds on what one package may carry: its metadata is parsed on every scan of the models folder, and
