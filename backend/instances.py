@@ -108,27 +108,29 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def interpolation_weights(start: float, end: float, first: int, count: int, m: int) -> np.ndarray:
     """(count, m) bilinear weights of the M mask cells for pixels first .. first + count - 1 of a box spanning
-    [start, end): the grid covers the box exactly, cell i centred at start + (i + 0.5) (end - start) / m
-    (torchvision's paste_masks_in_image, mmdet's _do_paste_mask); beyond the outer cell centres the outer cell."""
+    [start, end): the grid covers the box exactly, cell i centred at start + (i + 0.5) (end - start) / m, and is 0
+    beyond it (mmdet's _do_paste_mask: grid_sample, align_corners False, zero padding; the training's
+    evaluation pastes the same way). A pixel's centre half a cell or less inside the box's edge thus blends the
+    outer cell with 0."""
     u = (np.arange(first, first + count) + 0.5 - start) / (end - start) * m - 0.5
-    u = np.clip(u, 0.0, m - 1)
-    low = np.minimum(np.floor(u).astype(np.int64), m - 1)
-    high = np.minimum(low + 1, m - 1)
+    low = np.floor(u).astype(np.int64)
     frac = u - low
     weights = np.zeros((count, m))
     rows = np.arange(count)
-    weights[rows, low] += 1.0 - frac
-    weights[rows, high] += frac
+    for cell, weight in ((low, 1.0 - frac), (low + 1, frac)):
+        inside = (cell >= 0) & (cell < m)
+        weights[rows[inside], cell[inside]] += weight[inside]
     return weights
 
 
 def paste_mask(logits: np.ndarray, box: np.ndarray, width: int, height: int, threshold: float,
                invalid: np.ndarray | None) -> PixelMask | None:
-    """A detection's M x M mask logits -> its pixels in a width x height tile: the pixels whose centre lies in
-    the box, where the bilinearly resized sigmoid >= threshold and the pixel is valid. None when empty."""
+    """A detection's M x M mask logits -> its pixels in a width x height tile: the pixels of the box's extent
+    (whole pixels it touches) where the bilinearly resized sigmoid >= threshold and the pixel is valid. None when
+    empty."""
     x1, y1, x2, y2 = (float(v) for v in box)
-    c0, c1 = max(int(np.ceil(x1 - 0.5)), 0), min(int(np.ceil(x2 - 0.5)), width)
-    r0, r1 = max(int(np.ceil(y1 - 0.5)), 0), min(int(np.ceil(y2 - 0.5)), height)
+    c0, c1 = max(int(np.floor(x1)), 0), min(int(np.ceil(x2)), width)
+    r0, r1 = max(int(np.floor(y1)), 0), min(int(np.ceil(y2)), height)
     if c1 <= c0 or r1 <= r0:
         return None
     m = logits.shape[-1]

@@ -198,6 +198,12 @@ def test_paste_follows_the_box_grid_and_the_tile():
     # A 28 x 28 grid over a 14 x 7 px box: pixel (c, r) samples cell u = 2c + 0.5, v = 4r + 1.5.
     w = interpolation_weights(0.0, 14.0, 0, 14, 28)
     assert np.allclose(w.sum(axis=1), 1) and np.allclose(w @ np.arange(28.0), 2 * np.arange(14) + 0.5)
+    # 4 cells over 8 px: the outer pixels' centres lie a quarter cell outside the outer cell centres, which
+    # blend with the 0 beyond the grid (mmdet's zero padding); a pixel beyond the box gets less than half.
+    w = interpolation_weights(0.0, 8.0, -1, 10, 4)
+    assert np.allclose(w[1], [0.75, 0, 0, 0]) and np.allclose(w[8], [0, 0, 0, 0.75])
+    assert np.allclose(w[0], [0.25, 0, 0, 0]) and np.allclose(w[9], [0, 0, 0, 0.25])
+    assert np.allclose(w[2], [0.75, 0.25, 0, 0])
     logits = mask_logits(INSTANCE_MASK, 24)
     pasted = paste_mask(logits, np.array([5.0, 7.0, 17.0, 13.0]), 64, 64, 0.5, None)
     assert (pasted.x, pasted.y) == (5, 7) and np.array_equal(pasted.array, INSTANCE_MASK)
