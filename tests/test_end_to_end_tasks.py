@@ -384,9 +384,9 @@ def rasterized_instances(gpkg: Path, like: Path) -> list:
     return out
 
 
-def coco_mask_ap(truths: list, detections: list) -> tuple:
-    """(mask AP@[.50:.95], mask AP50) of pycocotools' COCOeval over several images, one class.
-    truths: per image [bool mask]; detections: per image [(score, bool mask)]."""
+def coco_mask_ap(truths: list, detections: list, shape: tuple) -> tuple:
+    """(mask AP@[.50:.95], mask AP50) of pycocotools' COCOeval over several images of one shape (height, width),
+    one class. truths: per image [bool mask]; detections: per image [(score, bool mask)]."""
     import contextlib
     import io
 
@@ -401,7 +401,6 @@ def coco_mask_ap(truths: list, detections: list) -> tuple:
 
     images, annotations, results = [], [], []
     for image_id, (truth, found) in enumerate(zip(truths, detections), start=1):
-        shape = truth[0].shape if truth else found[0][1].shape
         images.append({"id": image_id, "height": shape[0], "width": shape[1]})
         for mask in truth:
             rows, cols = np.nonzero(mask)
@@ -437,8 +436,10 @@ def test_default_instance_model_beats_its_baseline_on_held_out_loveda_buildings(
         out = tmp_path / f"{Path(image).stem}_instances.gpkg"
         qgis_run("mtp:segment_instances", INPUT=crop, MODEL=INST_MODEL.stem, SCORE_THRESHOLD=threshold, OUTPUT=out)
         assert (tmp_path / f"{Path(image).stem}_instances.qml").is_file()
-        srs = ogr.Open(str(out)).GetLayerByName("instances").GetSpatialRef()
+        vector = ogr.Open(str(out))  # held: a layer outlives its dataset only until a segfault
+        srs = vector.GetLayerByName("instances").GetSpatialRef()
         assert srs is not None and srs.GetAuthorityCode(None) == "32633"
+        vector = None
         instances = rasterized_instances(out, crop)
         scores = [score for _, score, _ in instances]
         assert scores == sorted(scores, reverse=True) and all(s >= threshold - 1e-6 for s in scores)
@@ -446,7 +447,7 @@ def test_default_instance_model_beats_its_baseline_on_held_out_loveda_buildings(
         truths.append(loveda_truth(image, region, value, min_area))
         found.append([(score, mask) for _, score, mask in instances])
         counts.append(len(instances))
-    mask_ap, mask_ap50 = coco_mask_ap(truths, found)
+    mask_ap, mask_ap50 = coco_mask_ap(truths, found, (region[3] - region[1], region[2] - region[0]))
     metrics = meta["metrics"]
     baseline = metrics["baseline"]
     print(f"mtp:segment_instances on held-out LoveDA {images} {region} (EPSG:32633 GeoTIFFs, 0.3 m) through "
@@ -486,7 +487,7 @@ def test_the_instance_scoring_gives_the_labels_themselves_full_marks(tmp_path):
             layer.CreateFeature(feature)
         del layer, source  # closing writes the GeoPackage
         instances = rasterized_instances(path, crop)
-        scored[shift] = coco_mask_ap([truth], [[(s, m) for _, s, m in instances]])
+        scored[shift] = coco_mask_ap([truth], [[(s, m) for _, s, m in instances]], truth[0].shape)
     assert scored[0] == pytest.approx((1.0, 1.0))
     print(f"{len(truth)} held-out building(s) in {image}; 4 px off: mask AP {scored[4][0]:.3f}, AP50 {scored[4][1]:.3f}")
     assert scored[4][0] < 0.9
