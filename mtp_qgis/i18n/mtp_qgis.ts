@@ -631,7 +631,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../plugin.py"/>
-        <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes), extract land cover</source>
+        <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes), instance segmentation, extract land cover</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
