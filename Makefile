@@ -111,7 +111,7 @@ package: setup
 ## `make bench BENCH_SIZES="1024 2048" BENCH_REPEATS=1`.
 BENCH_REPEATS ?= 5
 BENCH_SIZES ?= 1024 2048 4096 8192 16384 32768
-BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384
+BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384 instance_segmentation=8192
 ## BENCH_OFFICIAL: official MTP architectures (config names) packaged through import-official (random
 ## weights in the official format; see benchmarks/official_package.py) and measured at BENCH_OFFICIAL_SIZES;
 ## empty to skip (a ViT-B+RVSA UperNet takes ~15 min at 4096² on 2 cores).

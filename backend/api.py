@@ -82,7 +82,8 @@ class JobRequest(BaseModel):
     """docs/contract.md §2-3. Per task: semantic_segmentation inputs [raster], outputs {raster},
     options {batch_size}; change_detection inputs [before, after], outputs {raster, polygons?},
     options {batch_size, min_area_px}; scene_classification inputs [raster], outputs {vector},
-    options {batch_size, cell_size}; detection and rotated_detection inputs [raster], outputs {vector},
+    options {batch_size, cell_size}; detection, rotated_detection and instance_segmentation inputs [raster],
+    outputs {vector},
     options {batch_size, score_threshold}; land_cover_extraction inputs [raster], outputs {vector}, options
     {instruction, sensor, batch_size}; spectral_indices (no model) inputs [raster], outputs {raster}, options
     {indices, sensor}; finetune (model = the base package) inputs [raster, labels vector], outputs {report?},
@@ -102,13 +103,13 @@ class JobRequest(BaseModel):
     outputs: dict[KeyText, PathText] = Field(
         max_length=4, description="result key -> absolute path: raster (.tif/.tiff) for segmentation and "
                                   "spectral_indices; raster and optional polygons (.gpkg) for change_detection; vector "
-                                  "(.gpkg) for scene_classification, detection, rotated_detection and "
-                                  "land_cover_extraction")
+                                  "(.gpkg) for scene_classification, detection, rotated_detection, "
+                                  "instance_segmentation and land_cover_extraction")
     options: dict[KeyText, Any] = Field(default_factory=dict, max_length=8,
                                         description="batch_size (1-256, default 4); change_detection: min_area_px, "
                                                     "simplify_px (default 0, 0); scene_classification: cell_size "
                                                     "(source pixels, default the model's scene.cell_size or "
-                                                    "tile_size); detection, rotated_detection: "
+                                                    "tile_size); detection, rotated_detection, instance_segmentation: "
                                                     "score_threshold (0-1, default the model's); "
                                                     "land_cover_extraction: instruction (text); spectral_indices: "
                                                     "indices (names, default all the bands allow); every task: sensor "

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "change_detection: --input BEFORE --input AFTER --out changes.tif "
                                    "[--polygons changes.gpkg] [--min-area-px N] [--simplify-px T]; "
                                    "scene_classification: --input IN.tif --out scenes.gpkg [--cell-size N]; "
-                                   "detection, rotated_detection: --input IN.tif --out detections.gpkg "
+                                   "detection, rotated_detection, instance_segmentation: --input IN.tif --out detections.gpkg "
                                    "[--score-threshold S]; land_cover_extraction: --input IN.tif --out land_cover.gpkg "
                                    "--instruction 'extract water bodies' [--sensor S]; spectral_indices (no --model): "
                                    "--input IN.tif --out indices.tif [--indices ndvi ndwi] [--sensor S]")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cell-size", type=int, default=None,
                    help="scene_classification: cell side in source pixels (default: the model's tile size)")
     r.add_argument("--score-threshold", type=float, default=None,
-                   help="detection: keep objects scoring at least this, 0-1 (default: the model's)")
+                   help="detection, instance_segmentation: keep objects scoring at least this, 0-1 (default: the model's)")
     r.add_argument("--instruction", default=None,
                    help="land_cover_extraction: what to extract, e.g. 'water bodies larger than half a hectare'")
     r.add_argument("--indices", nargs="+", default=None, help="spectral_indices: ndvi ndwi mndwi ndbi bsi "
@@ -206,7 +206,9 @@ def cmd_run(args) -> int:
     if needs_model and not args.model:
         raise BackendError(f"--task {args.task} needs --model (python -m backend models lists them).")
     if args.score_threshold is not None and "score_threshold" not in TASKS[args.task].options:
-        raise BackendError(f"--score-threshold applies to --task detection or rotated_detection only, not {args.task}.")
+        takers = [name for name, spec in TASKS.items() if "score_threshold" in spec.options]
+        raise BackendError(f"--score-threshold applies to --task {', '.join(takers[:-1])} or {takers[-1]} only, "
+                           f"not {args.task}.")
     extent = dataclasses.replace(args.extent, crs=args.extent_crs) if args.extent else None
     outputs = {TASKS[args.task].required_outputs[0]: _absolute(args.output)}
     # batch size: the backend chooses (free GPU memory / CPU default) unless given; index maps have none

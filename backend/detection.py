@@ -11,6 +11,7 @@ seams. Memory: a batch of tiles plus the kept detections (a few numbers each); n
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,10 +203,12 @@ def tile_nms(det: Detections, iou_threshold: float, limit: int) -> np.ndarray:
     return np.asarray(kept, np.int64)
 
 
-def merge_nms(det: Detections, iou_threshold: float) -> np.ndarray:
+def merge_nms(det: Detections, iou_threshold: float,
+              pair_iou: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Greedy class-aware NMS over many detections spread over a large area (indices kept, best first).
     Pairs that can overlap come from an R-tree of the enclosing boxes, so time and memory follow the number
-    of overlapping pairs (a few per detection), not n²."""
+    of overlapping pairs (a few per detection), not n². pair_iou(i, j): the IoU of pairs (default: of their
+    boxes; instance segmentation: of their masks, which lie inside their boxes)."""
     n = len(det)
     order = score_order(det)
     if n < 2:
@@ -219,7 +222,7 @@ def merge_nms(det: Detections, iou_threshold: float) -> np.ndarray:
     same = (i < j) & (det.classes[i] == det.classes[j])
     i, j = i[same], j[same]
     if i.size:
-        hit = PairIoU(det)(i, j) > iou_threshold
+        hit = (pair_iou or PairIoU(det))(i, j) > iou_threshold
         i, j = i[hit], j[hit]
     if not i.size:
         return order
@@ -241,6 +244,13 @@ def tile_detections(boxes: np.ndarray, scores: np.ndarray, threshold: float, iou
                     limit: int) -> Detections:
     """One tile's raw output (P, 4 or 5) boxes and (P, K) scores -> its detections in tile pixels:
     every (candidate, class) pair scoring >= threshold, broken boxes dropped, class-aware NMS, at most limit."""
+    return tile_detection_rows(boxes, scores, threshold, iou_threshold, limit)[0]
+
+
+def tile_detection_rows(boxes: np.ndarray, scores: np.ndarray, threshold: float, iou_threshold: float,
+                        limit: int) -> tuple[Detections, np.ndarray]:
+    """tile_detections and, for each detection, its candidate row of the raw output (instance segmentation
+    takes the row's mask)."""
     candidate, cls = np.nonzero(scores >= threshold)  # NaN scores compare False: dropped
     b = boxes[candidate].astype(np.float64)
     s = scores[candidate, cls].astype(np.float64)
@@ -250,10 +260,11 @@ def tile_detections(boxes: np.ndarray, scores: np.ndarray, threshold: float, iou
         ok &= b[:, 3] >= MIN_SIDE_PX  # h is the short side
     else:
         ok &= (b[:, 2] - b[:, 0] >= MIN_SIDE_PX) & (b[:, 3] - b[:, 1] >= MIN_SIDE_PX)
-    det = Detections(b[ok], s[ok], cls[ok].astype(np.int64))
+    det, rows = Detections(b[ok], s[ok], cls[ok].astype(np.int64)), candidate[ok]
     if len(det) == 0:
-        return det
-    return det.take(tile_nms(det, iou_threshold, limit))
+        return det, rows
+    kept = tile_nms(det, iou_threshold, limit)
+    return det.take(kept), rows[kept]
 
 
 def centred_on(det: Detections, invalid: np.ndarray) -> np.ndarray:
@@ -283,11 +294,15 @@ class DetectionModel(TileModel):
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         outputs = self.session.run(None, self.feeds(batch))
-        k, d, n = self.model.num_classes, self.box_dim, len(batch)
         if len(outputs) < 2:
             raise BackendError(f"Model {self.model.id} returned {len(outputs)} output(s); a {self.model.task} "
                                "model returns boxes and scores.")
-        boxes, scores = outputs[:2]
+        return self.check_boxes(outputs[:2], len(batch))
+
+    def check_boxes(self, outputs: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's boxes and scores for n tiles, their shapes checked."""
+        k, d = self.model.num_classes, self.box_dim
+        boxes, scores = outputs
         if (boxes.ndim != 3 or scores.ndim != 3 or boxes.shape[2] != d or scores.shape[2] != k
                 or boxes.shape[:2] != scores.shape[:2] or boxes.shape[0] != n):
             raise BackendError(
@@ -298,6 +313,9 @@ class DetectionModel(TileModel):
 
 
 # ---------------------------------------------------------------------------------------------- job
+
+# (a batch's graph outputs, index of the tile in it, the tile, its invalid-pixel mask or None) -> detections
+TileReducer = Callable[[list, int, TileSpec, "np.ndarray | None"], Detections]
 
 def detection_grid(request: DetectionRequest, ds) -> tuple[raster_io.Window, TileGrid]:
     """The processed window and its tiles. Tiles cover the window grown by the overlap (within the raster), so
@@ -310,12 +328,21 @@ def detection_grid(request: DetectionRequest, ds) -> tuple[raster_io.Window, Til
 def detect_in_tiles(request: DetectionRequest, reader: raster_io.RasterReader, tile_model: "DetectionModel",
                     processed: raster_io.Window, grid: TileGrid, tiles_to_do: "TileGrid | list[TileSpec]",
                     progress: ProgressCallback | None = None,
-                    cancelled: CancelCheck | None = None) -> list[tuple[TileSpec, Detections]]:
+                    cancelled: CancelCheck | None = None,
+                    reduce_tile: "TileReducer | None" = None) -> list[tuple[TileSpec, Detections]]:
     """`tiles_to_do` (tiles of `grid`, in grid order) read, inferred (one batch behind, on a worker thread) and
     reduced to the detections of each tile's core in the whole grid; boxes in `processed` pixels. Only
-    tiles with detections are listed, in the order given."""
+    tiles with detections are listed, in the order given. reduce_tile(outputs, k, tile, invalid): tile k of a
+    batch's outputs -> its detections in tile pixels (default: tile_detections; instance segmentation's also
+    carry masks, with the same take/shifted/centres)."""
     model = request.model
     defaults = model.detection
+
+    def boxes_only(out, k: int, tile: TileSpec, invalid: np.ndarray | None) -> Detections:
+        return tile_detections(out[0][k], out[1][k], request.score_threshold, defaults["nms_iou"],
+                               defaults["max_per_tile"])
+
+    reduce_tile = reduce_tile or boxes_only
     col_cores = core_bounds(grid.xs, grid.tile_w, processed.width)
     row_cores = core_bounds(grid.ys, grid.tile_h, processed.height)
     total = len(tiles_to_do)
@@ -326,8 +353,7 @@ def detect_in_tiles(request: DetectionRequest, reader: raster_io.RasterReader, t
         nonlocal done
         for tile, k, invalid in tiles:
             if k is not None:
-                det = tile_detections(out[0][k], out[1][k], request.score_threshold, defaults["nms_iou"],
-                                      defaults["max_per_tile"])
+                det = reduce_tile(out, k, tile, invalid)
                 if invalid is not None:  # an object centred on nodata was made up from the filling
                     det = det.take(np.flatnonzero(~centred_on(det, invalid)))
                 det = det.shifted(tile.x, tile.y)
@@ -394,16 +420,20 @@ def merge_tile_detections(request: DetectionRequest, processed: raster_io.Window
                           box_dim: int, progress: ProgressCallback | None = None) -> Detections:
     """The tiles' detections (grid order, `processed` pixels) -> those centred in the window, merged across
     tiles; boxes in window pixels, best first."""
-    window = request.window
     merged = Detections.concat(found, box_dim)
     if progress:
         progress(TILES_SHARE, f"merging {len(merged)} detections across tiles")
-    # Centres outside the window go before the merge: they must not suppress anything inside it.
-    merged = merged.shifted(processed.x - window.x, processed.y - window.y)
-    c = merged.centres()
-    inside = (c[:, 0] >= 0) & (c[:, 0] < window.width) & (c[:, 1] >= 0) & (c[:, 1] < window.height)
-    merged = merged.take(np.flatnonzero(inside))
+    merged = centred_in_window(merged, processed, request.window)
     return merged.take(merge_nms(merged, request.model.detection["nms_iou"]))
+
+
+def centred_in_window(det, processed: raster_io.Window, window: raster_io.Window):
+    """Detections in `processed` pixels -> those centred in the window, in window pixels. Centres outside the
+    window go before the merge: they must not suppress anything inside it."""
+    det = det.shifted(processed.x - window.x, processed.y - window.y)
+    c = det.centres()
+    inside = (c[:, 0] >= 0) & (c[:, 0] < window.width) & (c[:, 1] >= 0) & (c[:, 1] < window.height)
+    return det.take(np.flatnonzero(inside))
 
 
 def detect_tiles(request: DetectionRequest, progress: ProgressCallback | None = None,
@@ -472,22 +502,24 @@ def write_detections(path: Path, det: Detections, model: ModelPackage, gt: tuple
 
 
 def detect_objects(request: DetectionRequest, progress: ProgressCallback | None = None,
-                   cancelled: CancelCheck | None = None, detect=None) -> dict[str, str]:
+                   cancelled: CancelCheck | None = None, detect=None, write=None,
+                   noun: str = "detections") -> dict[str, str]:
     """Write the detections to a partial GeoPackage and rename it onto vector_path when complete.
-    detect: what finds them, detect_tiles's signature (backend.cluster passes its own)."""
+    detect: what finds them, detect_tiles's signature (backend.cluster passes its own); write: what writes
+    them, write_detections's signature (backend.instances passes its own, and its noun)."""
     src = raster_io.open_raster(request.input_path)
     gt, srs = raster_io.geotransform(src), raster_io.raster_srs(src)
     partial = partial_path(request.vector_path, request.job_id)
     try:
         det = (detect or detect_tiles)(request, progress, cancelled)
         if progress:
-            progress(TILES_SHARE, f"writing {len(det)} detections")
-        write_detections(partial, det, request.model, gt, srs, request.window, cancelled)
+            progress(TILES_SHARE, f"writing {len(det)} {noun}")
+        (write or write_detections)(partial, det, request.model, gt, srs, request.window, cancelled)
         outputs.commit(partial, request.vector_path, request.overwrite)
     except BaseException:
         remove_gpkg(partial)
         raise
     if progress:
-        progress(100.0, f"{len(det)} detections")
-    log.info("%s: %d detections in %s", request.job_id, len(det), request.vector_path)
+        progress(100.0, f"{len(det)} {noun}")
+    log.info("%s: %d %s in %s", request.job_id, len(det), noun, request.vector_path)
     return request.outputs

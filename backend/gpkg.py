@@ -1,4 +1,4 @@
-"""GeoPackage result layers (change polygons, scene grids, detections)."""
+"""GeoPackage result layers (change polygons, scene grids, detections, instances)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ ogr.UseExceptions()
 
 
 def create_layer(path: Path, name: str, srs: osr.SpatialReference | None,
-                 fields: list[tuple[str, int]]) -> tuple[ogr.DataSource, ogr.Layer]:
-    """A new GeoPackage at path with one polygon layer. Without a CRS (a raster in QGIS's pixel convention)
+                 fields: list[tuple[str, int]], geometry: int = ogr.wkbPolygon) -> tuple[ogr.DataSource, ogr.Layer]:
+    """A new GeoPackage at path with one polygon layer (geometry: its OGR type). Without a CRS (a raster in QGIS's pixel convention)
     the layer points at the GeoPackage's "undefined Cartesian" SRS (srs_id -1): GDAL would otherwise pick
     "undefined geographic" (0), and QGIS would read pixel coordinates as degrees."""
     driver = ogr.GetDriverByName("GPKG")
     try:
         ds = driver.CreateDataSource(str(path))
-        layer = ds.CreateLayer(name, srs, ogr.wkbPolygon, options=["GEOMETRY_NAME=geom", "FID=fid"])
+        layer = ds.CreateLayer(name, srs, geometry, options=["GEOMETRY_NAME=geom", "FID=fid"])
         for field_name, kind in fields:
             layer.CreateField(ogr.FieldDefn(field_name, kind))
         if srs is None:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 METADATA_KEY = "mtp_qgis"
 # The `metrics` key each task's packages report first, and how it is named to an analyst.
-HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"))
+HEADLINE_METRICS = (("mIoU", "mIoU"), ("f1", "F1"), ("overall_accuracy", "OA"), ("mAP50", "AP50"),
+                    ("mask_ap", "mask AP"))
 # A model that divides by 255 was trained on 8-bit imagery unless it says otherwise (`input.value_range`).
 EIGHT_BIT_SCALE = 255.0
 # Bounds on what one package may carry: its metadata is parsed on every scan of the models folder, and
@@ -403,8 +404,9 @@ def _detection_problems(task: str, output: Any, present: bool) -> list[str]:
     values are the schema's to check)."""
     problems = []
     box = detection_box(task)
-    if not isinstance(output, dict) or output.get("type") != "detections":
-        problems.append(f"'output.type' must be 'detections' for a {task} model")
+    kind = "instances" if task_graphs()[task].masks else "detections"
+    if not isinstance(output, dict) or output.get("type") != kind:
+        problems.append(f"'output.type' must be '{kind}' for a {task} model")
     elif output.get("box") != box:
         problems.append(f"'output.box' must be '{box}' for a {task} model, got {output.get('box')!r}")
     if not present:
@@ -519,13 +521,17 @@ def check_graph_matches(package: ModelPackage, proto: onnx.ModelProto) -> None:
 
 
 def _detection_graph_problems(package: ModelPackage, outputs: list[Shape | None], names: list[str]) -> list[str]:
-    if len(outputs) != 2:
-        return [f"the graph has {len(outputs)} output(s) but a {package.task} model has 2 (boxes, scores)"]
-    if names == ["scores", "boxes"]:  # outputs are taken by position
-        return ["the graph's outputs are in the order scores, boxes; the contract's order is boxes, scores"]
-    boxes, scores = outputs
-    problems = []
-    box_dim = 4 if package.task == "detection" else 5
+    """Detectors: boxes, scores; instance segmentation: boxes, scores, masks N x P x M x M."""
+    expected = ["boxes", "scores", "masks"] if task_graphs()[package.task].masks else ["boxes", "scores"]
+    if len(outputs) != len(expected):
+        return [f"the graph has {len(outputs)} output(s) but a {package.task} model has {len(expected)} "
+                f"({', '.join(expected)})"]
+    if sorted(names) == sorted(expected) and names != expected:  # outputs are taken by position
+        return [f"the graph's outputs are in the order {', '.join(names)}; the contract's order is "
+                f"{', '.join(expected)}"]
+    boxes, scores = outputs[:2]
+    problems = _mask_graph_problems(package, boxes, outputs[2]) if len(expected) == 3 else []
+    box_dim = 5 if detection_box(package.task) == "rbox_le90" else 4
     if boxes is not None:
         if len(boxes) != 3:
             problems.append(f"output 0 (boxes) has rank {len(boxes)}, expected 3")
@@ -539,6 +545,23 @@ def _detection_graph_problems(package: ModelPackage, outputs: list[Shape | None]
     if (boxes is not None and scores is not None and len(boxes) == len(scores) == 3
             and isinstance(boxes[1], int) and isinstance(scores[1], int) and boxes[1] != scores[1]):
         problems.append(f"output 0 (boxes) has {boxes[1]} candidates but output 1 (scores) {scores[1]}")
+    return problems
+
+
+def _mask_graph_problems(package: ModelPackage, boxes: Shape | None, masks: Shape | None) -> list[str]:
+    if masks is None:
+        return []
+    if len(masks) != 4:
+        return [f"output 2 (masks) has rank {len(masks)}, expected 4 (N, P, M, M)"]
+    problems = []
+    if isinstance(masks[2], int) and isinstance(masks[3], int) and masks[2] != masks[3]:
+        problems.append(f"output 2 (masks) is {masks[2]} x {masks[3]} per candidate; masks are square (M x M)")
+    size = (package.raw.get("output") or {}).get("mask_size")
+    if isinstance(size, int) and isinstance(masks[2], int) and masks[2] != size:
+        problems.append(f"output 2 (masks) is {masks[2]} x {masks[3]} but output.mask_size is {size}")
+    if boxes is not None and len(boxes) == 3 and isinstance(boxes[1], int) and isinstance(masks[1], int) \
+            and boxes[1] != masks[1]:
+        problems.append(f"output 0 (boxes) has {boxes[1]} candidates but output 2 (masks) {masks[1]}")
     return problems
 
 

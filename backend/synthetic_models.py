@@ -1,5 +1,5 @@
 """Small ONNX models built with onnx.helper, for tests and benchmarks (segmentation, change, scenes,
-detection).
+detection, instance segmentation).
 
 `pointwise`: 1x1 convolutions only, so each output pixel depends on its own input pixel and tiled,
 blended output must equal the untiled answer. `spatial`: adds 3x3 convolutions (a receptive field),
@@ -374,5 +374,71 @@ def write_detection_package(path: Path, rotated: bool, num_bands: int = 3, tile_
     spec = meta["input"]
     model = build_detection_model(rotated, num_bands, tile_size, scale=spec["scale"], mean=spec["mean"],
                                   std=spec["std"], **model_args)
+    write_metadata(model, meta)
+    return _save(model, path)
+
+
+# ---------------------------------------------------------------------------------------------- instances
+
+# The stand-in's object mask within its 12 x 6 px box (rows top to bottom): an L, the box minus its top-right
+# quarter, so that an outline is not its box.
+INSTANCE_MASK = np.ones((6, 12), bool)
+INSTANCE_MASK[:3, 6:] = False
+
+
+def instance_metadata(num_bands: int, tile_size: int, tile_overlap: int, mask_size: int,
+                      score_threshold: float = 0.5, nms_iou: float = 0.3, max_per_tile: int = 100,
+                      mask_threshold: float = 0.5) -> dict[str, Any]:
+    meta = detection_metadata(False, num_bands, tile_size, tile_overlap, score_threshold, nms_iou, max_per_tile)
+    meta["task"] = "instance_segmentation"
+    meta["output"] = {"type": "instances", "box": "hbox", "mask_size": mask_size}
+    meta["detection"]["mask_threshold"] = mask_threshold
+    meta["metrics"] = {"mask_ap": None}
+    return meta
+
+
+def mask_logits(mask: np.ndarray, mask_size: int, logit: float = 10.0) -> np.ndarray:
+    """(M, M) logits whose bilinear paste onto a box of mask.shape pixels gives back exactly `mask`: each pixel
+    is an (M/h) x (M/w) block of equal cells, +logit inside, -logit outside (M a multiple of h and w)."""
+    h, w = mask.shape
+    if mask_size % h or mask_size % w:
+        raise ValueError(f"mask_size {mask_size} must be a multiple of the box's {w} x {h} pixels")
+    cells = np.kron(mask, np.ones((mask_size // h, mask_size // w), bool))
+    return np.where(cells, logit, -logit).astype(np.float32)
+
+
+def build_instance_model(num_bands: int = 3, tile_size: int = 64, mask: np.ndarray = INSTANCE_MASK,
+                         mask_size: int = 12, **detector_args) -> onnx.ModelProto:
+    """build_detection_model's exact hbox detector of bright mask.shape rectangles, with a third output
+    masks float32[N, P, M, M]: every candidate's logits are mask_logits(mask), so an object found at box B has
+    exactly `mask` placed at B's top-left as its pixels (less nodata and what lies outside the tile)."""
+    h, w = mask.shape
+    model = build_detection_model(False, num_bands, tile_size, box=(w, h), **detector_args)
+    graph = model.graph
+    p = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    graph.initializer.extend([
+        numpy_helper.from_array(mask_logits(mask, mask_size)[None, None], "mask_table"),
+        numpy_helper.from_array(np.array([p, mask_size, mask_size], np.int64), "mask_dims"),
+    ])
+    graph.node.extend([
+        helper.make_node("Concat", ["input_shape", "mask_dims"], ["masks_shape"], axis=0),  # [N, P, M, M]
+        helper.make_node("Expand", ["mask_table", "masks_shape"], ["masks"]),
+    ])
+    graph.output.append(helper.make_tensor_value_info("masks", TensorProto.FLOAT, ["N", p, mask_size, mask_size]))
+    graph.name = "synthetic_instance_segmentation"
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_instance_package(path: Path, num_bands: int = 3, tile_size: int = 64, tile_overlap: int = 16,
+                           metadata: dict[str, Any] | None = None, mask: np.ndarray = INSTANCE_MASK,
+                           mask_size: int = 12, score_threshold: float = 0.5, nms_iou: float = 0.3,
+                           max_per_tile: int = 100, **detector_args) -> Path:
+    """The stand-in of build_instance_model as a package (metadata: instance_metadata)."""
+    meta = metadata or instance_metadata(num_bands, tile_size, tile_overlap, mask_size, score_threshold, nms_iou,
+                                         max_per_tile)
+    spec = meta["input"]
+    model = build_instance_model(num_bands, tile_size, mask, mask_size, scale=spec["scale"], mean=spec["mean"],
+                                 std=spec["std"], **detector_args)
     write_metadata(model, meta)
     return _save(model, path)

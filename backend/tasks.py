@@ -16,6 +16,7 @@ from backend.change import detect_changes
 from backend.detection import detect_objects
 from backend.finetune import run_finetune
 from backend.index_stack import write_index_stack
+from backend.instances import segment_instances
 from backend.land_cover import extract_land_cover
 from backend.plans import (
     JobSpec,
@@ -43,6 +44,7 @@ class GraphRule:
     output_rank: int  # rank of output 0
     layout: str  # the graph in words, for the error that refuses another one
     box: str | None = None  # detection: the box kind `output.box` must name
+    masks: bool = False  # instance segmentation: a third output, mask logits N x P x M x M
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,11 @@ TASK_SPECS: tuple[TaskSpec[Any], ...] = (
     TaskSpec("rotated_detection", plan_detection, detect_objects, _DETECTIONS, _DETECTION_OPTIONS,
              GraphRule(1, 3, "input N x C x T x T -> outputs boxes N x P x 5 (cx, cy, w, h, angle), scores N x P x K",
                        box="rbox_le90"), on_cluster=True, in_batch=True),
+    # Same request and checks as detection (plan_detection); masks outlined into MultiPolygons (backend/instances.py).
+    TaskSpec("instance_segmentation", plan_detection, segment_instances,
+             (OutputKey("vector", "the instances GeoPackage path"),), _DETECTION_OPTIONS,
+             GraphRule(1, 3, "input N x C x T x T -> outputs boxes N x P x 4 (x1, y1, x2, y2), scores N x P x K, "
+                             "masks N x P x M x M (logits)", box="hbox", masks=True)),
     TaskSpec("land_cover_extraction", plan_land_cover, extract_land_cover,
              (OutputKey("vector", "the land-cover polygons GeoPackage path"),), ("instruction", "sensor", "batch_size"),
              _SEGMENTATION_GRAPH),
@@ -135,7 +142,7 @@ CLUSTER_TASKS = tuple(spec.name for spec in TASK_SPECS if spec.on_cluster)
 BATCH_TASKS = tuple(spec.name for spec in TASK_SPECS if spec.in_batch)
 CLI_TASKS = tuple(spec.name for spec in TASK_SPECS if spec.on_cli)
 # Tasks a package may declare though no job runs them yet (docs/contract.md §1).
-DECLARED_TASKS = ("instance_segmentation",)
+DECLARED_TASKS: tuple[str, ...] = ()
 # The graph of every task's packages, by the task a package declares.
 GRAPH_RULES: dict[str, GraphRule] = {spec.name: spec.graph for spec in TASK_SPECS if spec.graph is not None}
 PACKAGE_TASKS: tuple[str, ...] = (*GRAPH_RULES, *DECLARED_TASKS)

@@ -1,5 +1,5 @@
 """Throughput and peak memory of every job task (segmentation, change detection, scene classification,
-detection) from 1k x 1k up to 16k x 16k pixels.
+detection, instance segmentation) from 1k x 1k up to 16k x 16k pixels.
 
 Inputs are VRT mosaics that repeat the real sample ../shared/data/aerial_geotiff/cogeo.tif n x n times,
 so pixels are real imagery at every size. Change detection pairs that mosaic with the same mosaic shifted
@@ -12,9 +12,10 @@ one batch at a time, and GDAL's cache is capped.
 
 The default models (resources/models/mtp_seg_default, mtp_change_default, mtp_scene_default) are used when
 present, else a generated stand-in of similar shape and cost; the output says which. Detection (and rotated
-detection) runs only with its default model (mtp_det_default, mtp_rdet_default) or one given with
---det-model/--rdet-model: a stand-in's speed would say nothing about a real detector (its cost is the network,
-its candidates and its NMS), so without one the task is skipped with a note.
+detection) and instance segmentation run only with their default model (mtp_det_default, mtp_rdet_default,
+mtp_inst_default) or one given with --det-model/--rdet-model/--inst-model: a stand-in's speed would say nothing
+about a real detector (its cost is the network, its candidates, its NMS and, for instances, its masks and their
+outlines), so without one the task is skipped with a note.
 
     .venv/bin/python benchmarks/bench_segmentation.py                 # all tasks, 1k..8k
     .venv/bin/python benchmarks/bench_segmentation.py --tasks change_detection --sizes 512 1024
@@ -38,11 +39,12 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = (REPO.parent / "shared" / "data" / "aerial_geotiff" / "cogeo.tif").resolve()
 WORKDIR = REPO / "benchmarks" / "results" / "tmp"
 FALLBACK_MODEL_ID = "bench_synthetic"
-TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection", "rotated_detection")
-DETECTION_TASKS = ("detection", "rotated_detection")
+TASKS = ("semantic_segmentation", "change_detection", "scene_classification", "detection", "rotated_detection",
+         "instance_segmentation")
+DETECTION_TASKS = ("detection", "rotated_detection", "instance_segmentation")  # per-tile objects, nothing blended
 DEFAULT_MODELS = {"semantic_segmentation": "mtp_seg_default", "change_detection": "mtp_change_default",
                   "scene_classification": "mtp_scene_default", "detection": "mtp_det_default",
-                  "rotated_detection": "mtp_rdet_default"}
+                  "rotated_detection": "mtp_rdet_default", "instance_segmentation": "mtp_inst_default"}
 AFTER_SHIFT_PX = 0.37  # sub-pixel: the after date must be resampled onto the before grid
 
 
@@ -109,7 +111,7 @@ def resolve_model(task: str, model_id: str, models_dirs: list[Path] | None) -> t
         reason = exc.message.splitlines()[0][:120]
     if task in DETECTION_TASKS:
         print(f"\n{task}: skipped: model '{model_id}' unavailable ({reason}); a stand-in detector's speed would "
-              "mean nothing. Give a real one with --det-model/--rdet-model (and --models-dir).")
+              "mean nothing. Give a real one with --det-model/--rdet-model/--inst-model (and --models-dir).")
         return None
     from backend.model_package import write_metadata
     from backend.synthetic_models import (_save, build_conv_change_model, build_conv_classification_model,
@@ -144,7 +146,7 @@ def job_spec(task: str, model_id: str, inputs: list[str], label: str, batch_size
     elif task == "change_detection":
         outputs = {"raster": str(WORKDIR / f"changes_{label}.tif"), "polygons": str(WORKDIR / f"changes_{label}.gpkg")}
     elif task in DETECTION_TASKS:
-        outputs = {"vector": str(WORKDIR / f"detections_{label}.gpkg")}
+        outputs = {"vector": str(WORKDIR / f"{task}_{label}.gpkg")}
     else:
         outputs = {"vector": str(WORKDIR / f"scenes_{label}.gpkg")}
     return JobSpec(task, model_id, inputs, outputs, None, {"batch_size": batch_size})
@@ -158,6 +160,7 @@ def child_run(args) -> int:
 
     from backend.change import ChangeTileModel
     from backend.detection import DetectionModel
+    from backend.instances import InstanceModel
     from backend.jobs import plan_job, run_plan
     from backend.registry import ModelRegistry
     from backend.scenes import SceneModel
@@ -170,7 +173,8 @@ def child_run(args) -> int:
     # over the first two batches), so every size is measured in the same steady state.
     model = plan.model
     model_class = {"change_detection": ChangeTileModel, "scene_classification": SceneModel,
-                   "detection": DetectionModel, "rotated_detection": DetectionModel}.get(args.task, TileModel)
+                   "detection": DetectionModel, "rotated_detection": DetectionModel,
+                   "instance_segmentation": InstanceModel}.get(args.task, TileModel)
     tile_model = model_class(model)
     channels = len(model.input.bands) * (2 if args.task == "change_detection" else 1)
     warm = np.zeros((args.batch_size, channels, model.tile_size, model.tile_size), np.float32)
@@ -184,7 +188,8 @@ def child_run(args) -> int:
     for key in ("polygons", "vector"):
         if key in outputs:
             ds = ogr.Open(outputs[key])  # held: a layer outlives its dataset only until a segfault
-            what = ("polygons" if key == "polygons" else "detections" if args.task in DETECTION_TASKS else "cells")
+            what = ("polygons" if key == "polygons" else "instances" if args.task == "instance_segmentation"
+                    else "detections" if args.task in DETECTION_TASKS else "cells")
             detail = f"{ds.GetLayer(0).GetFeatureCount()} {what}"
             ds = None
     for path in outputs.values():
@@ -240,6 +245,7 @@ def main() -> int:
     parser.add_argument("--scene-model", default=DEFAULT_MODELS["scene_classification"])
     parser.add_argument("--det-model", default=DEFAULT_MODELS["detection"])
     parser.add_argument("--rdet-model", default=DEFAULT_MODELS["rotated_detection"])
+    parser.add_argument("--inst-model", default=DEFAULT_MODELS["instance_segmentation"])
     parser.add_argument("--models-dir", type=Path, nargs="+", default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--cap", nargs="*", default=[], metavar="TASK=N",
@@ -270,7 +276,7 @@ def main() -> int:
     table: list[dict] = []
     requested = {"semantic_segmentation": args.model, "change_detection": args.change_model,
                  "scene_classification": args.scene_model, "detection": args.det_model,
-                 "rotated_detection": args.rdet_model}
+                 "rotated_detection": args.rdet_model, "instance_segmentation": args.inst_model}
     status = 0
     for task in args.tasks:
         resolved = resolve_model(task, requested[task], args.models_dir)
@@ -420,8 +426,9 @@ def write_table(out: Path, table: list[dict], batch_size: int) -> None:
     lines += ["- Inputs are VRT mosaics of the real sample `aerial_geotiff/cogeo.tif` (the change pair: the same "
               "mosaic shifted by 0.37 px, so the after date is warped onto the before grid).",
               "- Sizes a task lacks were capped with `--cap` (`make bench`: change_detection, detection and "
-              "rotated_detection at 16384, to keep the run short; 32768 px would take the detectors about 7 min "
-              "each on 2 cores at their ~2.5 Mpx/s). Change detection seconds include tracing the change polygons "
+              "rotated_detection at 16384, instance_segmentation at 8192, to keep the run short; 32768 px would "
+              "take the detectors about 7 min each on 2 cores at their ~2.5 Mpx/s). Change detection seconds "
+              "include tracing the change polygons "
               "(GDAL Polygonize).",
               *(["- Rows measured before 2026-11-24 09:30 UTC predate the per-tile cuts and the 1 ms GIL switch "
                  "interval of the inference pipeline (`overhead.md`, notes) and were not re-run: their segmentation "

@@ -5,12 +5,13 @@ backend task it sends. A new task is its algorithm class and one line here (docs
 from .change import ChangeAlgorithm
 from .detect import DetectAlgorithm, DetectRotatedAlgorithm
 from .finetune import FinetuneAlgorithm
+from .instances import SegmentInstancesAlgorithm
 from .land_cover import ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm
 from .scenes import ClassifyScenesAlgorithm
 from .segment import SegmentAlgorithm
 
 ALGORITHMS = (SegmentAlgorithm, ChangeAlgorithm, ClassifyScenesAlgorithm, DetectAlgorithm, DetectRotatedAlgorithm,
-              ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm, FinetuneAlgorithm)
+              SegmentInstancesAlgorithm, ExtractLandCoverAlgorithm, SpectralIndicesAlgorithm, FinetuneAlgorithm)
 
 
 def algorithm_id(algorithm_class):

@@ -26,6 +26,7 @@ class _DetectionAlgorithm(BackendAlgorithm):
 
     INPUT = "INPUT"
     SCORE_THRESHOLD = "SCORE_THRESHOLD"
+    LAYER = LAYER_NAME  # the result's GeoPackage layer
     def boxes(self):
         """The kind of box, for the help text."""
         raise NotImplementedError
@@ -68,7 +69,14 @@ class _DetectionAlgorithm(BackendAlgorithm):
             self.SCORE_THRESHOLD, tr("Score threshold 0–1 (empty = the model's own)"),
             QgsProcessingParameterNumber.Type.Double, defaultValue=None, optional=True, minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.OUTPUT, tr("Detections"), QgsProcessing.SourceType.TypeVectorPolygon))
+            self.OUTPUT, self.output_label(), QgsProcessing.SourceType.TypeVectorPolygon))
+
+    def output_label(self):
+        return tr("Detections")
+
+    def output_what(self):
+        """The output, in the errors about its path."""
+        return tr("The detections")
 
     def score_threshold(self, parameters, context):
         """The threshold to send, or None for the model's own."""
@@ -90,7 +98,7 @@ class _DetectionAlgorithm(BackendAlgorithm):
 
     def prepare(self, parameters, context):
         layer = self.raster_layer(parameters, self.INPUT, context)
-        output = self.output_path(parameters, self.OUTPUT, context, VECTOR_SUFFIXES, tr("The detections"))
+        output = self.output_path(parameters, self.OUTPUT, context, VECTOR_SUFFIXES, self.output_what())
         return {"layer": layer, "output": output, "threshold": self.score_threshold(parameters, context)}
 
     def build_job(self, prepared, parameters, context, feedback, model, temporaries):
@@ -110,20 +118,25 @@ class _DetectionAlgorithm(BackendAlgorithm):
             request["extent"] = extent
         return request, {self.OUTPUT: ("vector", prepared["output"])}
 
+    def result_style(self):
+        """(how the result layer is styled: apply(layer, classes), the log line naming the .qml written)."""
+        return styling.apply_detection_style, tr("Style with the class colours and labels written to {path}")
+
     def style_outputs(self, outputs, model, context, feedback):
         classes = model.get("classes", [])
         output = outputs[self.OUTPUT]
-        layer = QgsVectorLayer(f"{output}|layername={LAYER_NAME}", "detections", "ogr")
+        apply, written = self.result_style()
+        layer = QgsVectorLayer(f"{output}|layername={self.LAYER}", self.LAYER, "ogr")
         if layer.isValid():
             request = QgsFeatureRequest().setFlags(QgsFeatureRequest.Flag.NoGeometry)
             request.setSubsetOfAttributes(["class_name"], layer.fields())
             counts = Counter(str(f["class_name"]) for f in layer.getFeatures(request))
             summary = ", ".join(f"{name} {n}" for name, n in counts.most_common())
             feedback.pushInfo(tr("{n} object(s) found").format(n=sum(counts.values())) + (f": {summary}" if summary else ""))
-        qml = styling.write_vector_style_file(output, classes, styling.apply_detection_style)
+        qml = styling.write_vector_style_file(output, classes, apply)
         if qml:
-            feedback.pushInfo(tr("Style with the class colours and labels written to {path}").format(path=qml))
-        styling.style_when_loaded(context, output, classes, styling.apply_detection_style, QgsVectorLayer)
+            feedback.pushInfo(written.format(path=qml))
+        styling.style_when_loaded(context, output, classes, apply, QgsVectorLayer)
 
 
 class DetectAlgorithm(_DetectionAlgorithm):

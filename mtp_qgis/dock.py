@@ -53,8 +53,9 @@ from .run_row import add_run_row
 from .settings import DEFAULT_MODEL_ID
 
 SEGMENTATION, CHANGE, SCENES = "semantic_segmentation", "change_detection", "scene_classification"
-DETECTION, ROTATED = "detection", "rotated_detection"
+DETECTION, ROTATED, INSTANCES = "detection", "rotated_detection", "instance_segmentation"
 DETECTION_TASKS = (DETECTION, ROTATED)
+THRESHOLD_TASKS = (DETECTION, ROTATED, INSTANCES)  # the tasks that take a score threshold
 LAND_COVER = "land_cover_extraction"
 # The Run tab's tasks, from the algorithms (algorithms.py): task → (Processing algorithm, model id used until the
 # backend lists its models); labels: task_name()
@@ -314,7 +315,7 @@ class MtpDockWidget(QDockWidget):
         for widget in (self.min_area_row, self.simplify_row):
             widget.setVisible(task == CHANGE and self.polygons_check.isChecked())
         self.cell_row.setVisible(task == SCENES)
-        self.threshold_row.setVisible(task in DETECTION_TASKS)
+        self.threshold_row.setVisible(task in THRESHOLD_TASKS)
         self.instruction_row.setVisible(task == LAND_COVER)
         self.sensor_row.setVisible(task == LAND_COVER)
 
@@ -523,7 +524,7 @@ class MtpDockWidget(QDockWidget):
                           OUTPUT=result_path_for(layer.name(), folder, RESULT_KINDS[task], ".gpkg"))
             if task == SCENES and self.cell_size.value() > 0:
                 params["CELL_SIZE"] = self.cell_size.value()
-            if task in DETECTION_TASKS and self.threshold_check.isChecked():
+            if task in THRESHOLD_TASKS and self.threshold_check.isChecked():
                 params["SCORE_THRESHOLD"] = self.threshold.value()
             if task == LAND_COVER:
                 instruction = self.instruction.text().strip()
@@ -634,6 +635,8 @@ class MtpDockWidget(QDockWidget):
             styling.apply_scene_style(layer, classes)
         elif task in DETECTION_TASKS and classes:
             styling.apply_detection_style(layer, classes)
+        elif task == INSTANCES and classes:
+            styling.apply_instance_style(layer, classes)
         elif task == LAND_COVER:
             styling.apply_land_cover_style(layer, classes)
         QgsProject.instance().addMapLayer(layer)

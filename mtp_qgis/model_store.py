@@ -33,7 +33,7 @@ HEADLINE_METRICS = {
     "scene_classification": ("overall_accuracy", "OA", "macro_f1"),
     "detection": ("mAP50", "mAP", "map50"),
     "rotated_detection": ("mAP50", "mAP", "map50"),
-    "instance_segmentation": ("mAP", "mask_mAP"),
+    "instance_segmentation": ("mask_ap", "mask_ap50"),
     "land_cover_extraction": ("mIoU", "miou"),
 }
 TASKS = tuple(HEADLINE_METRICS)

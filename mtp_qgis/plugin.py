@@ -17,7 +17,7 @@ MENU_NAME = "&MTP"
 def action_text():
     """The menu entry names every task the dock runs."""
     return tr("MTP models: segmentation, change detection, scene classification, object detection "
-              "(boxes, rotated boxes), extract land cover")
+              "(boxes, rotated boxes), instance segmentation, extract land cover")
 
 
 class MtpPlugin:

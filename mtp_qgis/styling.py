@@ -1,5 +1,5 @@
 """Styles of the results: class-id rasters, change rasters and polygons, scene-classification grids,
-detected objects.
+detected objects, object outlines (instance segmentation).
 
 Each `apply_*` function styles a layer in place; `write_*` saves the style as `<name>.qml` beside the
 file, which QGIS loads as the layer's default style whenever it opens it; the post-processors style
@@ -256,6 +256,24 @@ def style_when_loaded(context, path, classes, apply, layer_type):
 
 
 # --- land-cover extraction ------------------------------------------------------------------------------
+
+# --- instance segmentation ------------------------------------------------------------------------------
+
+INSTANCE_FILL_ALPHA = 110  # of 255: the object's outline and the imagery inside it stay visible
+INSTANCE_MAP_TIP = '<b>[% "class_name" %]</b> ([% round("score", 2) %]), [% round("area", 1) %] map units²'
+
+
+def apply_instance_style(layer, classes):
+    """Object outlines categorized by class_name: the model's colour, semi-transparent fill and a darker
+    outline; no labels (hundreds of buildings would bury the map), class and score as the map tip."""
+    categories = [QgsRendererCategory(str(c.get("name", c["id"])),
+                                      _cell_symbol(c.get("color") or "#808080", INSTANCE_FILL_ALPHA),
+                                      str(c.get("name", c["id"])))
+                  for c in classes]
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class_name", categories))
+    layer.setMapTipTemplate(INSTANCE_MAP_TIP)
+    layer.triggerRepaint()
+
 
 LAND_COVER_FILL_ALPHA = 150
 # Hovering a polygon (map tips) and the identify/attribute views show its explanation.

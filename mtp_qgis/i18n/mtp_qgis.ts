@@ -387,6 +387,17 @@ Output: GeoPackage layer land_cover, one polygon per region, with class_name, an
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../instances.py"/>
+        <source>Finds each object (a building, …) in a raster layer and traces its outline, using an instance-segmentation model run by the local MTP backend: touching buildings stay separate objects, unlike a segmentation's class raster.
+
+Input: any raster layer. GDAL files are read directly; web, virtual or memory layers are first rendered at the model's ground sample distance. The model was trained at one pixel size (its gsd_m, shown in the log): imagery far finer or coarser finds fewer objects.
+Extent: optional, in any CRS; objects whose centre lies inside it are kept, their outlines cut at its edge.
+Model: id of an {task} model the backend knows (default {default}); a model of another task is refused.
+Score threshold: keep objects whose score (the model's probability for the class, 0–1) is at least this; leave empty for the model's own threshold. Lower finds more objects and more false alarms.
+Object outlines: GeoPackage (layer '{layer}') of one (multi)polygon per object in the input's CRS, following the pixel edges (pixel coordinates, y up, for a raster without CRS), sorted by descending score. Fields: class_id (integer), class_name (the model's class), score (0–1), area (CRS units², pixels² without CRS). No object gives an empty layer, not an error. Styled by class (semi-transparent fill, outline); a .qml style is written beside it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../detect.py"/>
         <source>Finds objects (ships, vehicles, planes, …) in a raster layer and outlines each with a {boxes} box, using an object-detection model run by the local MTP backend.
 
@@ -541,8 +552,14 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../instances.py"/>
         <location filename="../models_panel.py"/>
         <source>Instance segmentation</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../instances.py"/>
+        <source>Instance segmentation (object outlines)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -614,7 +631,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../plugin.py"/>
-        <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes), extract land cover</source>
+        <source>MTP models: segmentation, change detection, scene classification, object detection (boxes, rotated boxes), instance segmentation, extract land cover</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -728,6 +745,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <location filename="../detect.py"/>
         <location filename="../models_panel.py"/>
         <source>Object detection (rotated boxes)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../instances.py"/>
+        <source>Object outlines</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -988,6 +1010,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../instances.py"/>
+        <source>Style with the class colours written to {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../segment.py"/>
         <source>Style with the class names written to {path}</source>
         <translation type="unfinished"></translation>
@@ -1107,6 +1134,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../detect.py"/>
         <source>The model was trained at {gsd} m/pixel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../instances.py"/>
+        <source>The object outlines</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

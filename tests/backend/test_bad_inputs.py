@@ -110,6 +110,6 @@ def test_task_mismatch(registry, tmp_path):
     spec = JobSpec("change_detection", "pointwise", [str(COGEO)], {"raster": str(tmp_path / "r.tif")})
     with pytest.raises(BackendError, match="does semantic_segmentation, not change_detection"):
         plan_job(spec, registry, "x")
-    spec = JobSpec("instance_segmentation", "pointwise", [str(COGEO)], {"raster": str(tmp_path / "r.tif")})
-    with pytest.raises(BackendError, match="Task 'instance_segmentation' is not supported yet"):
+    spec = JobSpec("panoptic_segmentation", "pointwise", [str(COGEO)], {"raster": str(tmp_path / "r.tif")})
+    with pytest.raises(BackendError, match="Task 'panoptic_segmentation' is not supported yet"):
         plan_job(spec, registry, "x")

@@ -520,7 +520,7 @@ def test_api_change_job_writes_exactly_the_outputs_it_was_given(client, tmp_path
     ({"model": "seg"}, 400, "does semantic_segmentation, not change_detection"),
     ({"model": "nope"}, 404, "Unknown model 'nope'"),
     ({"outputs": {"raster": "/tmp/x.tif", "polygons": "/tmp/x.geojson"}}, 400, "must be a .gpkg file"),
-    ({"task": "instance_segmentation"}, 400, "not supported yet"),
+    ({"task": "panoptic_segmentation"}, 400, "not supported yet"),
 ])
 def test_api_refuses_bad_change_jobs_before_queueing(client, tmp_path, body, status, fragment):
     before, after = levir(LEVIR_PAIRS[0])

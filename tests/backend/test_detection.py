@@ -558,7 +558,7 @@ def test_cli_runs_a_detection_job(det_dir, tmp_path):
     misplaced = subprocess.run(base + ["--model", "seg", "--input", str(raster), "--out", str(tmp_path / "s.tif"),
                                        "--score-threshold", "0.3"], cwd=REPO, capture_output=True, text=True,
                                timeout=120)
-    assert misplaced.returncode == 2 and "--score-threshold applies to --task detection or rotated_detection" \
+    assert misplaced.returncode == 2 and "--score-threshold applies to --task detection, rotated_detection or instance_segmentation" \
         in misplaced.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tif", "d.gpkg"]
 

@@ -105,9 +105,9 @@ def test_init_gui_with_iface_adds_dock_and_action_and_unload_removes_them(qgis_a
     from mtp_qgis.dock import TASKS
     from mtp_qgis.models_panel import task_name
 
-    assert len(TASKS) == 6
+    assert len(TASKS) == 7
     for words in ("segmentation", "change detection", "scene classification", "object detection (boxes",
-                  "rotated boxes", "extract land cover"):
+                  "rotated boxes", "instance segmentation", "extract land cover"):
         assert words in text, text
     assert all(task_name(task).split(" (")[0].lower() in text for task in TASKS)
     dock = iface.docks[0]
