@@ -22,6 +22,7 @@ TASK_MODULES = {
     "rotated_detection": "training.detection",  # le90 rotated boxes; same module, the config's task decides
     "gersp_pretrain": "training.gersp",  # GeRSP pretraining (encoder.pt for MTP); no evaluate / export
     "land_cover_extraction": "training.land_cover",
+    "instance_segmentation": "training.instance_segmentation",  # Mask R-CNN (hbox detector + mask head)
 }
 DEFAULT_TASK = "semantic_segmentation"
 

@@ -1,0 +1,215 @@
+"""Instance segmentation task (training.instance_segmentation) on the real LoveDA sample: building instances
+from the label rasters, the held-out split, the mask convention (targets and pasting), COCO mask AP, a tiny
+Mask R-CNN whose losses fall, export with parity and the contract's metadata, config errors."""
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from scipy import ndimage
+from torchvision.ops import roi_align
+
+from mtp_common import package_schema
+from training.__main__ import main
+from training.config import REPO_ROOT
+from training.instance_segmentation import export_checkpoint
+from training.instance_segmentation.config import config_from_dict, load_config
+from training.instance_segmentation.data import InstanceSampler, label_instances, load_regions, read_label
+from training.instance_segmentation.engine import build_model
+from training.instance_segmentation.evaluation import coco_instance_ap, paste_mask, region_truth
+from training_test_support import assert_failed_parity_leaves_no_file
+
+LOVEDA = REPO_ROOT / "../shared/data/loveda"
+DEFAULT = "training/configs/inst_default.yaml"
+
+# Tiny but real: timm's test_efficientnet, a slim Mask R-CNN, the default config's LoveDA split.
+TINY_MODEL = {"encoder": {"name": "test_efficientnet", "out_indices": [1, 2, 3, 4]},
+              "fpn_channels": 16, "fpn_levels": [0, 1, 2], "anchor_sizes": [[32.0], [64.0], [128.0]],
+              "rpn_pre_nms_top_k": 200, "rpn_post_nms_top_k_train": 64, "num_candidates": 30,
+              "roi_fc": 32, "roi_batch_size": 32, "rpn_batch_size": 64,
+              "mask_head": {"roi_size": 7, "channels": 16, "convs": 2, "samples_per_image": 8}}
+
+
+@pytest.fixture(autouse=True)
+def _needs_data():
+    if not (LOVEDA / "ann_dir/0.png").is_file():
+        pytest.skip("shared sample data (../shared/data/loveda) not present")
+    torch.set_num_threads(1)
+
+
+def default_raw():
+    return yaml.safe_load((REPO_ROOT / DEFAULT).read_text())
+
+
+def tiny_raw():
+    raw = default_raw()
+    raw["model"] = copy.deepcopy(TINY_MODEL)
+    raw["data"]["crop_size"] = 128
+    raw["train"].update(iters=3, batch_size=2, lr=0.002, warmup_iters=1, log_interval=1, checkpoint_interval=100,
+                        num_threads=1)
+    raw["eval"]["baseline_package"] = None
+    raw["export"].update(max_parity_tiles=2)
+    return raw
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+def test_building_instances_from_the_real_masks_and_the_held_out_split():
+    cfg = load_config(DEFAULT)
+    assert cfg.model["encoder"]["checkpoint"] == "runs/seg_default/latest.pt"
+    seg = yaml.safe_load((REPO_ROOT / "training/configs/seg_default.yaml").read_text())["data"]
+    assert cfg.data.train_regions == seg["train"][0]["regions"] and cfg.data.val_regions == seg["val"][0]["regions"]
+    train, val = load_regions(cfg, "train"), load_regions(cfg, "val")
+    # LoveDA raw 2 = building: 6 components in 0.png, 2 in 1.png, none in 2.png; one lies in a held-out quadrant.
+    assert [len(r) for r in train] == [3, 3, 0, 1, 0, 0] and [len(r) for r in val] == [0, 1, 0]
+    for region in train + val:
+        x0, y0, x1, y1 = region.box
+        label = read_label(LOVEDA / "ann_dir" / region.image_name)[y0:y1, x0:x1]
+        assert (region.instances > 0).sum() == (label == 2).sum()   # every building pixel (no tiny parts here)
+        for i in range(1, len(region) + 1):
+            _, parts = ndimage.label(region.instances == i)
+            assert parts == 1 and (label[region.instances == i] == 2).all()
+            assert (region.instances == i).sum() >= cfg.data.min_area
+    # The sampler draws from the training regions only, and those never touch a held-out pixel.
+    sampler = InstanceSampler(train, cfg)
+    assert [r.box for r in sampler.regions] == [r.box for r in train]
+    for t in train:
+        for v in val:
+            assert t.image_name != v.image_name or min(t.box[2], v.box[2]) <= max(t.box[0], v.box[0]) \
+                or min(t.box[3], v.box[3]) <= max(t.box[1], v.box[1])
+    # Crops around objects: most training crops hold a building, each target mask one instance's pixels.
+    images, targets = sampler.batch(0, 8)
+    assert images.shape == (8, 3, 256, 256) and sum(len(t["labels"]) > 0 for t in targets) >= 3
+    for t in targets:
+        assert t["masks"].shape[0] == len(t["boxes"]) == len(t["labels"])
+        for m, b in zip(t["masks"], t["boxes"]):
+            rows, cols = torch.nonzero(m, as_tuple=True)
+            assert b.tolist() == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+
+
+def test_components_below_min_area_are_not_instances():
+    label = read_label(LOVEDA / "ann_dir/0.png")
+    sizes = np.bincount(ndimage.label(label == 2)[0].ravel())[1:]
+    instances, classes = label_instances(label, [2], min_area=2000)
+    assert len(classes) == (sizes >= 2000).sum() == 4 and set(np.unique(instances)) == {0, 1, 2, 3, 4}
+    assert (instances > 0).sum() == sizes[sizes >= 2000].sum()
+
+
+# --- the mask convention and the evaluator -----------------------------------------------------------
+
+def test_a_target_cut_by_its_box_pastes_back_onto_the_instance():
+    """Targets (RoI Align of the mask over its box, 28 x 28) and pasting (the grid covers the box exactly)
+    agree: a real building's target pasted back reproduces its mask."""
+    cfg = load_config(DEFAULT)
+    region = load_regions(cfg, "train")[0]
+    truth = region_truth(region.instances, region.labels)
+    height, width = region.instances.shape
+    for mask, box in zip(truth["masks"], truth["boxes"]):
+        rois = torch.cat([torch.zeros(1, 1), box[None]], 1)
+        target = roi_align(mask[None, None].float(), rois, 28, 1.0, 2, aligned=True)[0, 0]
+        logits = torch.logit(target.clamp(1e-4, 1 - 1e-4))
+        pasted = paste_mask(logits, box, height, width, 0.5)
+        iou = (pasted & mask).sum() / (pasted | mask).sum()
+        assert iou > 0.9, iou
+
+
+def test_coco_ap_is_one_for_the_ground_truth_and_lower_for_a_shifted_copy():
+    cfg = load_config(DEFAULT)
+    truths = [region_truth(r.instances, r.labels) for r in load_regions(cfg, "train")]
+    perfect = [{**t, "scores": torch.linspace(1, 0.5, len(t["labels"]))} for t in truths]
+    result = coco_instance_ap(perfect, truths, ["building"])
+    assert result["mask_ap"] == pytest.approx(1.0) and result["mask_ap50"] == pytest.approx(1.0)
+    assert result["box_ap50"] == pytest.approx(1.0) and result["mask_ap_per_class"]["building"] == pytest.approx(1.0)
+    assert result["num_gt"] == {"building": 7} == result["num_det"]
+    # Shifted by 6 px: most masks still overlap their building by IoU >= 0.5, few by 0.95.
+    shifted = [{**p, "masks": torch.roll(p["masks"], 6, dims=-1), "boxes": p["boxes"] + torch.tensor([6., 0, 6, 0])}
+               for p in perfect]
+    worse = coco_instance_ap(shifted, truths, ["building"])
+    assert 0.0 < worse["mask_ap"] < 0.9 and worse["mask_ap"] < worse["mask_ap50"] <= 1.0
+    none = coco_instance_ap([{**p, "masks": p["masks"][:0], "boxes": p["boxes"][:0], "labels": p["labels"][:0],
+                              "scores": p["scores"][:0]} for p in perfect], truths, ["building"])
+    assert none["mask_ap"] == 0.0 and none["box_ap50"] == 0.0
+
+
+# --- model and training ----------------------------------------------------------------------------
+
+def test_a_tiny_mask_rcnn_learns_every_loss_on_real_crops():
+    cfg = config_from_dict(tiny_raw())
+    sampler = InstanceSampler(load_regions(cfg, "train"), cfg)
+    images, targets = sampler.batch(1, 4)
+    assert sum(len(t["labels"]) for t in targets) > 0
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(25):
+        losses = model.losses(images, targets)
+        history.append({k: float(v.detach()) for k, v in losses.items()})
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert set(history[0]) == {"rpn_cls", "rpn_reg", "roi_cls", "roi_reg", "mask"}
+    for key in ("rpn_cls", "roi_cls", "mask"):
+        assert history[-1][key] < 0.7 * history[0][key], (key, history[0][key], history[-1][key])
+    model.eval()
+    with torch.no_grad():
+        boxes, scores, masks = model(images[:2])
+    assert boxes.shape == (2, 30, 4) and scores.shape == (2, 30, 1) and masks.shape == (2, 30, 14, 14)
+
+
+def test_bad_configs_are_refused_with_their_key_path():
+    raw = tiny_raw()
+    raw["data"]["min_aera"] = 5
+    with pytest.raises(ValueError, match=r"data.min_aera: unknown key; did you mean 'min_area'\?"):
+        config_from_dict(raw)
+    raw = tiny_raw()
+    raw["model"]["mask_head"]["chanels"] = 8
+    with pytest.raises(ValueError, match=r"model.mask_head.chanels: unknown key"):
+        config_from_dict(raw)
+    raw = tiny_raw()
+    raw["data"]["classes"] = [{"name": "building", "color": "#ff0000"}]
+    with pytest.raises(ValueError, match=r"data.classes\[0\].value: the raw label value"):
+        config_from_dict(raw)
+    raw = tiny_raw()
+    raw["data"]["val_regions"] = [[400, 400, 1024, 1024]]
+    with pytest.raises(ValueError, match="held-out regions overlap training regions"):
+        config_from_dict(raw)
+    raw = tiny_raw()
+    raw["task"] = "detection"
+    with pytest.raises(ValueError, match="instance_segmentation config reader"):
+        config_from_dict(raw)
+
+
+# --- the command line and export ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_and_export_write_the_contracts_package(tmp_path, capsys):
+    config = tmp_path / "inst.yaml"
+    raw = tiny_raw()
+    raw["train"]["iters"] = 30
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["num_gt"] == {"building": 1} and 0.0 <= metrics["mask_ap"] <= metrics["mask_ap50"] <= 1.0
+    capsys.readouterr()
+    out = tmp_path / "models" / "tiny_inst.onnx"
+    assert main(["export", "--checkpoint", str(tmp_path / "run/latest.pt"), "--out", str(out)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["tiny_inst.onnx"]
+    proto = onnx.load(str(out))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["mtp_qgis"])
+    package_schema.checked(meta)   # what the backend validates
+    assert meta["task"] == "instance_segmentation"
+    assert meta["output"] == {"type": "instances", "box": "hbox", "mask_size": 14}
+    assert meta["detection"] == {"score_threshold": 0.3, "nms_iou": 0.5, "max_per_tile": 100, "mask_threshold": 0.5}
+    assert {k: meta["metrics"][k] for k in ("mask_ap", "mask_ap50", "box_ap50")} == \
+        {k: metrics[k] for k in ("mask_ap", "mask_ap50", "box_ap50")}
+    assert meta["training"]["parity"]["passed"] is True and meta["training"]["iterations"] == 30
+    graph = proto.graph
+    assert [o.name for o in graph.output] == ["boxes", "scores", "masks"]
+    dims = [[d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in graph.output]
+    assert isinstance(dims[0][0], str) and dims[0][1:] == [30, 4] and dims[1][1:] == [30, 1]
+    assert dims[2][1:] == [30, 14, 14]
+    assert_failed_parity_leaves_no_file(tmp_path / "run/latest.pt", export_checkpoint, tmp_path)
