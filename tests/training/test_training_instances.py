@@ -82,7 +82,8 @@ def test_building_instances_from_the_real_masks_and_the_held_out_split():
                 or min(t.box[3], v.box[3]) <= max(t.box[1], v.box[1])
     # Crops around objects: most training crops hold a building, each target mask one instance's pixels.
     images, targets = sampler.batch(0, 8)
-    assert images.shape == (8, 3, 256, 256) and sum(len(t["labels"]) > 0 for t in targets) >= 3
+    size = cfg.data.crop_size
+    assert images.shape == (8, 3, size, size) and sum(len(t["labels"]) > 0 for t in targets) >= 3
     for t in targets:
         assert t["masks"].shape[0] == len(t["boxes"]) == len(t["labels"])
         for m, b in zip(t["masks"], t["boxes"]):
