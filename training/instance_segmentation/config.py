@@ -4,14 +4,17 @@ and wrong types are errors, named with their key path, as every task's).
 `model` is the horizontal-box detector's section (training.detection.model.DetectorSpec; box_type and
 num_classes come from the task and data.classes) plus `mask_head` (training.detection.masks.MaskHeadConfig).
 
-`data` reads instances from a semantic label raster (LoveDA coding by default): every class names the raw
-label value of its pixels, and each connected component (4-connectivity) of a class's pixels inside a region
-is one instance; components smaller than `min_area` px are ignored. Training crops come from `train_regions`,
+`data` reads instances from one of two label formats (`label_format`):
+- `raster`: a semantic label raster (LoveDA coding by default): every class names the raw label value of its
+  pixels, and each connected component (4-connectivity) of a class's pixels inside a region is one instance;
+- `dota`: DOTA `labelTxt/<image stem>.txt` quadrilaterals, each filled polygon of a listed class (by DOTA name)
+  one instance (DOTA's oriented boxes as outlines; iSAID's pixel masks of the same images are not here).
+Instances smaller than `min_area` px inside a region are ignored. Training crops come from `train_regions`,
 the held-out evaluation covers `val_regions` of the same listed images; the two must not share pixels.
 """
 import dataclasses
 from dataclasses import field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from training.config import (ClassInfo, InputBands, config_dataclass, parse_config, read_yaml_config,
                              repo_path)
@@ -23,7 +26,7 @@ TASK = "instance_segmentation"
 
 @config_dataclass
 class InstClassInfo(ClassInfo):
-    value: int = -1  # the raw label value of this class's pixels in the label images
+    value: int = -1  # label_format raster: the raw label value of this class's pixels in the label images
 
 
 @config_dataclass
@@ -35,6 +38,7 @@ class InstDataConfig(InputBands):
     val_regions: List[List[int]]
     image_dir: str = "img_dir"
     label_dir: str = "ann_dir"
+    label_format: Literal["raster", "dota"] = "raster"   # the label images, or DOTA labelTxt quadrilaterals
     min_area: int = 20              # connected components with fewer pixels are not instances (label noise)
     crop_size: int = 256
     min_visible: float = 0.5        # a training instance cut by the crop keeps this share of its pixels, or is dropped
@@ -73,6 +77,13 @@ class InstConfig:
         return [c.name for c in self.data.classes]
 
 
+def label_path(data: InstDataConfig, image_name: str):
+    """The label file of an image: the label raster of the same name, or DOTA's <stem>.txt."""
+    from pathlib import Path
+    name = Path(image_name).stem + ".txt" if data.label_format == "dota" else image_name
+    return repo_path(data.root) / data.label_dir / name
+
+
 def split_model_section(cfg: InstConfig, load_encoder_weights: bool = True):
     """(detector spec dict as spec_from_dict takes it, MaskHeadConfig). Without encoder weights (resume,
     evaluate, export: every weight comes from our checkpoint) the encoder's pretraining file is not needed."""
@@ -94,11 +105,17 @@ def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
     data = cfg.data
     if not data.classes:
         raise ValueError("data.classes must list at least one class")
-    for i, c in enumerate(data.classes):
-        if not 0 <= c.value <= 255:
-            raise ValueError(f"data.classes[{i}].value: the raw label value (0..255) of {c.name!r} is required")
-    if len({c.value for c in data.classes}) != len(data.classes):
-        raise ValueError("data.classes: two classes share a label value")
+    if data.label_format == "raster":
+        for i, c in enumerate(data.classes):
+            if not 0 <= c.value <= 255:
+                raise ValueError(f"data.classes[{i}].value: the raw label value (0..255) of {c.name!r} is required")
+        if len({c.value for c in data.classes}) != len(data.classes):
+            raise ValueError("data.classes: two classes share a label value")
+    else:
+        from training.detection.datasets import DOTA_V1_CLASSES
+        unknown = [c.name for c in data.classes if c.name not in DOTA_V1_CLASSES]
+        if unknown:
+            raise ValueError(f"data.classes: {unknown} are not DOTA v1 classes ({', '.join(DOTA_V1_CLASSES)})")
     for key in ("box_type", "num_classes"):
         if key in cfg.model:
             raise ValueError(f"model.{key} is set by the config (task and data.classes); leave it out")
@@ -138,10 +155,10 @@ def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
         return cfg
     root = repo_path(data.root)
     for name in data.images:
-        for folder in (data.image_dir, data.label_dir):
-            path = root / folder / name
+        for path in (root / data.image_dir / name, label_path(data, name)):
             if not path.is_file():
-                raise FileNotFoundError(f"data file {path} does not exist (data.root / {folder} / {name})")
+                raise FileNotFoundError(f"data file {path} does not exist (data.root, data.image_dir / data.label_dir "
+                                        f"of image {name})")
         width, height = image_size(root / data.image_dir / name)
         for split in ("train_regions", "val_regions"):
             for box in getattr(data, split):

@@ -1,12 +1,13 @@
-"""Instance data from semantic label rasters: each connected component of a class's pixels inside a region is
-one instance (LoveDA buildings: raw value 2). Regions are labelled on their own, so an object cut by a region
+"""Instance data: from semantic label rasters, each connected component of a class's pixels inside a region is
+one instance (LoveDA buildings: raw value 2); from DOTA labelTxt files, each filled quadrilateral of a listed
+class (DOTA ships: the outlines the annotators drew). Regions are labelled on their own, so an object cut by a region
 border becomes the part inside it and held-out pixels never reach a training crop.
 
 A region keeps its instances as one label map (0 = none, i = instance i) plus one class per instance, so
 crops, flips and rotations move pixels and instances together exactly; boxes are the masks' extents.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 from training.config import repo_path
 from training.data.transforms import normalize, random_color_jitter
 from training.detection.data import read_image, transform_image
-from training.instance_segmentation.config import InstConfig
+from training.instance_segmentation.config import InstConfig, label_path
 
 
 @dataclass
@@ -67,6 +68,45 @@ def label_instances(label: np.ndarray, class_values: Sequence[int], min_area: in
     return out, np.asarray(classes, np.int64)
 
 
+def polygon_instances(polygons: np.ndarray, labels: np.ndarray, height: int, width: int
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """Polygons (N, K, 2) in pixel coordinates (x right, y down, pixel corners) -> (instance map H x W int32,
+    0 none, i = polygon i - 1 filled; classes (N,)). A pixel belongs to a polygon when PIL's fill covers it;
+    where polygons overlap the later one wins (as in the file)."""
+    from PIL import ImageDraw
+    canvas = Image.new("I", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, polygon in enumerate(polygons):
+        # PIL fills around pixel centres at integer coordinates: shift corners by half a pixel.
+        draw.polygon([(float(x) - 0.5, float(y) - 0.5) for x, y in polygon], fill=i + 1)
+    return np.asarray(canvas, dtype=np.int32), np.asarray(labels, np.int64)
+
+
+def region_instances(instances: np.ndarray, classes: np.ndarray, min_area: int) -> Tuple[np.ndarray, np.ndarray]:
+    """An instance map cut to a region -> the same map renumbered 1..M over the instances that keep at least
+    min_area px inside it, with their classes."""
+    ids, counts = np.unique(instances[instances > 0], return_counts=True)
+    keep = ids[counts >= min_area]
+    lookup = np.zeros(int(instances.max(initial=0)) + 1, np.int32)
+    lookup[keep] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    return lookup[instances], classes[keep - 1]
+
+
+def image_instances(cfg: InstConfig, name: str, height: int, width: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """DOTA format: the whole image's instance map and classes; raster format: (the label raster, None)."""
+    data = cfg.data
+    path = label_path(data, name)
+    if data.label_format == "raster":
+        label = read_label(path)
+        if label.shape != (height, width):
+            raise ValueError(f"{path}: label {label.shape} and image {(height, width)} differ in size")
+        return label, None
+    from training.detection.data import class_subset
+    from training.detection.datasets import DOTA_V1_CLASSES, read_dota_labels
+    ann = class_subset(read_dota_labels(path, DOTA_V1_CLASSES), cfg.class_names)
+    return polygon_instances(ann.polygons.numpy(), ann.labels.numpy(), height, width)
+
+
 def load_regions(cfg: InstConfig, split: str) -> List[InstanceRegion]:
     data = cfg.data
     root = repo_path(data.root)
@@ -75,12 +115,13 @@ def load_regions(cfg: InstConfig, split: str) -> List[InstanceRegion]:
     regions = []
     for name in data.images:
         image = read_image(root / data.image_dir / name)
-        label = read_label(root / data.label_dir / name)
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"{root / data.label_dir / name}: label {label.shape} and image {image.shape[:2]} differ in size")
+        label, polygon_classes = image_instances(cfg, name, *image.shape[:2])
         for box in boxes:
             x0, y0, x1, y1 = (int(v) for v in box)
-            instances, classes = label_instances(label[y0:y1, x0:x1], values, data.min_area)
+            if polygon_classes is None:
+                instances, classes = label_instances(label[y0:y1, x0:x1], values, data.min_area)
+            else:
+                instances, classes = region_instances(label[y0:y1, x0:x1], polygon_classes, data.min_area)
             regions.append(InstanceRegion(name, (x0, y0, x1, y1), image[y0:y1, x0:x1], instances, classes))
     if split == "train" and not any(len(r) for r in regions):
         raise ValueError(f"no instance of {cfg.class_names} (of at least {data.min_area} px) in the training regions "

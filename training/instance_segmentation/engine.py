@@ -1,6 +1,7 @@
 """Instance segmentation training (training.engine.train_loop with instance crops and Mask R-CNN's five
 losses) and held-out evaluation: tiled inference as the backend runs it, COCO mask / box AP, and the
-baseline of the bundled segmentation package (its class pixels -> connected components) on the same pixels."""
+baseline of a bundled package on the same pixels: a segmentation package's class pixels -> connected components,
+or a horizontal-box detector's boxes filled as outlines (what `mtp:detect` gives an analyst)."""
 import logging
 from typing import Dict, List, Optional
 
@@ -75,6 +76,31 @@ def segmentation_baseline(cfg: InstConfig, package, regions) -> Optional[Dict]:
     return out
 
 
+def detector_baseline(cfg: InstConfig, package, regions) -> Optional[Dict]:
+    """A horizontal-box detector package run with ONNX Runtime over each held-out region, tiled, thresholded,
+    NMS'd and kept by the same rules as the instance model (its own tile size, overlap and NMS IoU); each
+    detection's mask is its whole box. None when the package lacks a class."""
+    from training.export import OnnxModule, read_metadata
+    from training.instance_segmentation.evaluation import tiled_instances
+    meta = read_metadata(package)
+    names = [c["name"] for c in meta["classes"]]
+    if [n for n in cfg.class_names if n not in names] or meta.get("output", {}).get("box") != "hbox":
+        log.warning("baseline %s is not a horizontal-box detector of %s: no baseline", package, cfg.class_names)
+        return None
+    module, inp, det = OnnxModule(package), meta["input"], meta["detection"]
+    columns = [names.index(n) for n in cfg.class_names]
+
+    def run(batch: np.ndarray):
+        boxes, scores = (o.numpy() for o in module(torch.from_numpy(np.ascontiguousarray(batch))))
+        # The box filled: a grid of high logits pasted by the model's own rule (28 x 28 as the mask head's, so
+        # only the corners' outer half cells fall below the threshold, as they would for the model).
+        whole_box = np.full(boxes.shape[:2] + (28, 28), 20.0, np.float32)
+        return boxes, scores[..., columns], whole_box
+    return [tiled_instances(run, region.image, meta["tile_size"], meta["tile_overlap"], inp["scale"], inp["mean"],
+                            inp["std"], cfg.eval.ap_score_threshold, det["nms_iou"], det["max_per_tile"], 0.5,
+                            cfg.eval.batch_size) for region in regions]
+
+
 def evaluate_model(model: torch.nn.Module, cfg: InstConfig) -> Dict:
     """Tiled instance segmentation over every held-out region, then COCO mask AP@[.50:.95], mask AP50, box AP50
     against the region's instances; the segmentation baseline on the same pixels when eval.baseline_package is set."""
@@ -93,11 +119,16 @@ def evaluate_model(model: torch.nn.Module, cfg: InstConfig) -> Dict:
         if not package.is_file():
             log.warning("baseline package %s does not exist: no baseline", package)
         else:
-            dets = segmentation_baseline(cfg, package, regions)
+            from training.export import read_metadata
+            if read_metadata(package)["task"] == "semantic_segmentation":
+                dets = segmentation_baseline(cfg, package, regions)
+                how = "class pixels -> connected components, score = mean class probability"
+            else:
+                dets = detector_baseline(cfg, package, regions)
+                how = "each detected box filled as the object's outline"
             if dets is not None:
                 b = coco_instance_ap(dets, truths, cfg.class_names)
-                result["baseline"] = {"name": f"{package.name}: class pixels -> connected components, score = mean "
-                                              f"class probability", "mask_ap": b["mask_ap"],
+                result["baseline"] = {"name": f"{package.name}: {how}", "mask_ap": b["mask_ap"],
                                       "mask_ap50": b["mask_ap50"], "box_ap50": b["box_ap50"]}
     return result
 
@@ -144,4 +175,4 @@ def train(cfg: Optional[InstConfig], work_dir, **options) -> Dict:
                       **options)
 
 
-__all__: List[str] = ["build_model", "model_from_checkpoint", "evaluate_model", "train", "segmentation_baseline"]
+__all__: List[str] = ["build_model", "model_from_checkpoint", "evaluate_model", "train", "segmentation_baseline", "detector_baseline"]

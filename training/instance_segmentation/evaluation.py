@@ -20,6 +20,8 @@ from mtp_common.tiling import core_bounds
 from training.detection.engine import normalize_window, tile_detection_rows, window_tiles
 from training.detection.evaluation import mask_iou
 
+# COCO's default of 100 detections per image would cap recall in a region holding more objects (157 held-out ships).
+MAX_DETECTIONS = 1000
 Runner = Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -107,7 +109,8 @@ def _xywh(box) -> List[float]:
 
 
 def _coco_ap(gt_images, gt_anns, dets, categories, iou_type: str) -> Tuple[float, float, Dict[int, Optional[float]]]:
-    """(AP@[.50:.95], AP50, {category id: AP}) of pycocotools' COCOeval (area all, 100 detections per image)."""
+    """(AP@[.50:.95], AP50, {category id: AP}) of pycocotools' COCOeval (area all, at most MAX_DETECTIONS per
+    image)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     if not gt_anns:
@@ -120,6 +123,7 @@ def _coco_ap(gt_images, gt_anns, dets, categories, iou_type: str) -> Tuple[float
         gt.createIndex()
         dt = gt.loadRes(dets)
         ev = COCOeval(gt, dt, iou_type)
+        ev.params.maxDets = [1, 10, MAX_DETECTIONS]
         ev.evaluate()
         ev.accumulate()
     precision = ev.eval["precision"][:, :, :, 0, -1]   # T x R x K (area all, maxDets 100)
