@@ -71,15 +71,24 @@ def label_instances(label: np.ndarray, class_values: Sequence[int], min_area: in
 def polygon_instances(polygons: np.ndarray, labels: np.ndarray, height: int, width: int
                       ) -> Tuple[np.ndarray, np.ndarray]:
     """Polygons (N, K, 2) in pixel coordinates (x right, y down, pixel corners) -> (instance map H x W int32,
-    0 none, i = polygon i - 1 filled; classes (N,)). A pixel belongs to a polygon when PIL's fill covers it;
-    where polygons overlap the later one wins (as in the file)."""
-    from PIL import ImageDraw
-    canvas = Image.new("I", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for i, polygon in enumerate(polygons):
-        # PIL fills around pixel centres at integer coordinates: shift corners by half a pixel.
-        draw.polygon([(float(x) - 0.5, float(y) - 0.5) for x, y in polygon], fill=i + 1)
-    return np.asarray(canvas, dtype=np.int32), np.asarray(labels, np.int64)
+    0 none, i = polygon i - 1; classes (N,)). A pixel belongs to a polygon when its centre lies inside (even-odd
+    rule, the rule GDAL's rasterizer uses); where polygons overlap the later one wins (as in the file)."""
+    out = np.zeros((height, width), np.int32)
+    for i, polygon in enumerate(np.asarray(polygons, np.float64)):
+        x0, y0 = np.maximum(np.floor(polygon.min(0)).astype(int), 0)
+        x1, y1 = np.minimum(np.ceil(polygon.max(0)).astype(int), (width, height))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        px, py = np.meshgrid(np.arange(x0, x1) + 0.5, np.arange(y0, y1) + 0.5)
+        inside = np.zeros(px.shape, bool)
+        for (ax, ay), (bx, by) in zip(polygon, np.roll(polygon, -1, axis=0)):
+            if ay == by:
+                continue
+            crosses = (ay > py) != (by > py)
+            x_at = ax + (py - ay) * (bx - ax) / (by - ay)
+            inside ^= crosses & (px < x_at)
+        out[y0:y1, x0:x1][inside] = i + 1
+    return out, np.asarray(labels, np.int64)
 
 
 def region_instances(instances: np.ndarray, classes: np.ndarray, min_area: int) -> Tuple[np.ndarray, np.ndarray]:
