@@ -100,7 +100,8 @@ DEFAULT_TASK = "semantic_segmentation"
 def tasks() -> Dict[str, Task]:
     """The one table of training's tasks, by name: one entry per task, its package in the import line (imported
     here, not at module level, because each package imports this module for `Task`; the packages are light)."""
-    from training import change_detection, detection, gersp, land_cover, scene_classification, segmentation
+    from training import (change_detection, detection, gersp, instance_segmentation, land_cover,
+                          scene_classification, segmentation)
     table = (
         segmentation.TASK,
         change_detection.TASK,
@@ -109,6 +110,7 @@ def tasks() -> Dict[str, Task]:
         detection.ROTATED_DETECTION,  # le90 rotated boxes; same package, the config's task decides
         gersp.TASK,  # GeRSP pretraining (encoder.pt for MTP); no evaluate / export
         land_cover.TASK,
+        instance_segmentation.TASK,  # Mask R-CNN (the hbox detector + mask head)
     )
     return {task.name: task for task in table}
 

@@ -207,6 +207,7 @@ def test_roi_classifier_sees_only_its_images_subset():
 def test_mask_head_trains_on_the_samplers_positive_rois(tiny, monkeypatch):
     """Mask R-CNN: the mask head sees exactly the detector's sampled positives (capped), with targets cut
     from each RoI's matched instance; at inference every final box gets a mask."""
+    import training.detection.masks as mask_module
     import training.mtp.model as mtp_model
     cfg = mtp_config_from_dict(tiny_config(tiny))
     cfg.model.tasks = ["is"]
@@ -218,7 +219,7 @@ def test_mask_head_trains_on_the_samplers_positive_rois(tiny, monkeypatch):
     images, targets = MultiTaskBatcher(datasets, [0, 18, 38], cfg.data, seed=0).batch(0)
     det = model.inssegdecoder
     seen = {}
-    real_losses, real_align = det.losses_from_features, mtp_model.multilevel_roi_align
+    real_losses, real_align = det.losses_from_features, mask_module.multilevel_roi_align
 
     def spy_losses(*a, **k):
         out = real_losses(*a, **k)
@@ -229,15 +230,15 @@ def test_mask_head_trains_on_the_samplers_positive_rois(tiny, monkeypatch):
         seen["mask_rois"] = rois.detach().clone()
         return real_align(features, strides, rois, *a, **k)
 
-    real_roi_align = mtp_model.roi_align
+    real_roi_align = mask_module.roi_align
 
     def spy_roi_align(masks, boxes, *a, **k):
         seen.setdefault("target_masks", []).append(masks.detach().clone())
         return real_roi_align(masks, boxes, *a, **k)
 
     monkeypatch.setattr(det, "losses_from_features", spy_losses)
-    monkeypatch.setattr(mtp_model, "multilevel_roi_align", spy_align)
-    monkeypatch.setattr(mtp_model, "roi_align", spy_roi_align)
+    monkeypatch.setattr(mask_module, "multilevel_roi_align", spy_align)
+    monkeypatch.setattr(mask_module, "roi_align", spy_roi_align)
     out = model(images, targets)
     assert torch.isfinite(out["is_mask"]) and out["is_mask"] > 0
     sampling = seen["sampling"]

@@ -52,6 +52,12 @@ def tile_detections(boxes: Tensor, scores: Tensor, score_threshold: float, nms_i
     """One tile's graph output (P x D boxes, P x K scores) -> its detections (boxes, scores, labels):
     every (candidate, class) pair >= threshold, finite boxes with sides >= 1 px, class-aware NMS,
     at most max_per_tile."""
+    return tile_detection_rows(boxes, scores, score_threshold, nms_iou, max_per_tile)[:3]
+
+
+def tile_detection_rows(boxes: Tensor, scores: Tensor, score_threshold: float, nms_iou: float,
+                        max_per_tile: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """tile_detections plus each detection's candidate row (to pick its other outputs, e.g. its mask)."""
     cand, cls = (scores >= score_threshold).nonzero(as_tuple=True)
     b, s = boxes[cand].to(torch.float32), scores[cand, cls].to(torch.float32)
     if b.shape[-1] == 5:
@@ -59,9 +65,9 @@ def tile_detections(boxes: Tensor, scores: Tensor, score_threshold: float, nms_i
     else:
         sides_ok = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
     ok = torch.isfinite(b).all(-1) & torch.isfinite(s) & sides_ok
-    b, s, cls = b[ok], s[ok], cls[ok]
+    b, s, cls, cand = b[ok], s[ok], cls[ok], cand[ok]
     keep = class_aware_nms(b, s, cls, nms_iou)[:max_per_tile]
-    return b[keep], s[keep], cls[keep]
+    return b[keep], s[keep], cls[keep], cand[keep]
 
 
 def normalize_window(image: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional
 
 from training.mtp.optim import GROUP_MODES as PARAM_GROUP_MODES
 from training.mtp.photometric import MODES as PHOTOMETRIC_MODES
+from training.detection.masks import MaskHeadConfig  # the mask head settings, shared with instance_segmentation
 from training.config import (DecoderConfig, EncoderConfig, Normalisation, TrainLoopConfig, config_dataclass,
                              parse_config, read_yaml_config)
 
@@ -20,14 +21,6 @@ class SubsetSource:
     ann_file: Optional[str] = None  # overrides the split's COCO file
     val_split: str = "valid"        # the split pretraining validation reads (train.val_interval)
     val_ann_file: Optional[str] = None
-
-
-@config_dataclass
-class MaskHeadConfig:
-    roi_size: int = 14              # RoI Align output; the head predicts 2x that (Mask R-CNN: 14 -> 28)
-    channels: int = 64
-    convs: int = 4
-    samples_per_image: int = 64     # positive RoIs per image the mask loss sees (a random subset of the sampler's)
 
 
 @config_dataclass

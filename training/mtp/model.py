@@ -31,13 +31,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
-from training.detection.heads import multilevel_roi_align
+from training.detection.masks import MaskHead, best_class_mask_logits, mask_loss
 from training.detection.model import Detector, Sampling, spec_from_dict
 from training.models.decoders.uperhead import UperHead
 from training.models.encoders import build_encoder
-from training.mtp.config import MaskHeadConfig, MTPModelConfig
+from training.mtp.config import MTPModelConfig
 from training.mtp.samrs import SEMANTIC_IGNORE, SUBSETS
 
 def shared_encoder_detector(spec_dict: Dict, box_type: str, num_classes: int, in_channels: Sequence[int],
@@ -45,23 +44,6 @@ def shared_encoder_detector(spec_dict: Dict, box_type: str, num_classes: int, in
     """A Detector without an encoder, fed the shared encoder's maps (`in_channels`/`strides` per map)."""
     spec = spec_from_dict({**spec_dict, "box_type": box_type, "num_classes": num_classes})
     return Detector(spec, in_channels=in_channels, strides=strides)
-
-
-class MaskHead(nn.Module):
-    """Mask R-CNN's mask branch: convs on RoI features, 2x deconv, per-class mask logits."""
-
-    def __init__(self, in_channels: int, num_classes: int, cfg: MaskHeadConfig):
-        super().__init__()
-        layers, ch = [], in_channels
-        for _ in range(cfg.convs):
-            layers += [nn.Conv2d(ch, cfg.channels, 3, padding=1), nn.ReLU(inplace=True)]
-            ch = cfg.channels
-        self.convs = nn.Sequential(*layers)
-        self.upsample = nn.ConvTranspose2d(ch, cfg.channels, 2, stride=2)
-        self.logits = nn.Conv2d(cfg.channels, num_classes, 1)
-
-    def forward(self, roi_features: Tensor) -> Tensor:
-        return self.logits(F.relu(self.upsample(self.convs(roi_features))))
 
 
 class MTPModel(nn.Module):
@@ -130,49 +112,10 @@ class MTPModel(nn.Module):
             total = total + per_pixel[idx].sum() / max(count, 1)
         return total
 
-    def mask_rois(self, sampling: Sampling):
-        """The mask head's training RoIs: the detector's sampled positives, at most
-        `mask_head.samples_per_image` per image (the sampler's order is already random).
-        -> (rois (R, 5) = batch index + hbox, matched target index (R,), class (R,))."""
-        cap = self.mask_cfg.samples_per_image
-        rois, gt_index, labels = [], [], []
-        for i, (boxes, gt, lab) in enumerate(zip(sampling.pos_rois, sampling.pos_gt_index, sampling.pos_labels)):
-            boxes, gt, lab = boxes[:cap], gt[:cap], lab[:cap]
-            rois.append(torch.cat([boxes.new_full((len(boxes), 1), float(i)), boxes], dim=1))
-            gt_index.append(gt)
-            labels.append(lab)
-        return torch.cat(rois), torch.cat(gt_index), torch.cat(labels)
-
-    def _mask_logits(self, fpn: List[Tensor], rois: Tensor) -> Tensor:
-        """rois (R, 5) batch index + hbox -> (R, K, 2·roi_size, 2·roi_size) mask logits."""
-        det = self.inssegdecoder
-        x1, y1, x2, y2 = rois[:, 1:].unbind(-1)
-        rrois = torch.stack([rois[:, 0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(x1)], 1)
-        feats = multilevel_roi_align(fpn[:det.roi_levels], det.strides[:det.roi_levels], rrois, self.mask_cfg.roi_size,
-                                     det.spec.roi_sampling_ratio, det.spec.roi_finest_scale)
-        return det.mask_head(feats)
-
     def mask_loss(self, sampling: Sampling, targets) -> Tensor:
         det = self.inssegdecoder
-        rois, gt_index, labels = self.mask_rois(sampling)
-        if len(rois) == 0:  # no positives in the batch: a zero that still touches the head's parameters
-            return sum(p.sum() for p in det.mask_head.parameters()) * 0.0
-        size = 2 * self.mask_cfg.roi_size
-        device = rois.device
-        masks = []
-        for i, t in enumerate(targets):
-            mine = rois[:, 0] == i
-            if not mine.any():
-                continue
-            # Mask R-CNN's targets: the matched instance's mask cut out by its RoI, resampled, thresholded.
-            m = t["masks"][gt_index[mine].cpu()].to(device, torch.float32)[:, None]
-            idx = torch.arange(len(m), device=device, dtype=torch.float32)[:, None]
-            cut = roi_align(m, torch.cat([idx, rois[mine, 1:].float()], dim=1), size, 1.0, 2, aligned=True)
-            masks.append((cut[:, 0] >= 0.5).to(torch.float32))
-        # Images are visited in batch order and rois are grouped by image, so masks line up with rois.
-        logits = self._mask_logits(sampling.features, rois)
-        picked = logits[torch.arange(len(labels), device=device), labels]
-        return F.binary_cross_entropy_with_logits(picked.float(), torch.cat(masks))
+        return mask_loss(det, det.mask_head, sampling, [t["masks"] for t in targets], self.mask_cfg.roi_size,
+                         self.mask_cfg.samples_per_image)
 
     def loss_groups(self, targets: List[Dict]) -> List[List[int]]:
         """Which images share one loss normalisation: each subset's (official: every subset's decoders run
@@ -242,13 +185,10 @@ class MTPModel(nn.Module):
             det = self.inssegdecoder
             fpn = det.neck(features)
             boxes, scores = det._detect(fpn, size, allowed, torch.promote_types(fpn[0].dtype, torch.float32))
-            n, p = boxes.shape[:2]
             labels = scores.argmax(-1)
-            batch = torch.arange(n, device=boxes.device, dtype=boxes.dtype)[:, None, None].expand(n, p, 1)
-            logits = self._mask_logits(fpn, torch.cat([batch, boxes], -1).reshape(n * p, 5))
-            picked = logits[torch.arange(n * p, device=boxes.device), labels.reshape(-1)]
+            masks = best_class_mask_logits(det, det.mask_head, fpn, boxes, scores, self.mask_cfg.roi_size)
             out.update(boxes=boxes, scores=scores, labels=labels,
-                       masks=picked.float().sigmoid().reshape(n, p, *picked.shape[-2:]))
+                       masks=masks.float().sigmoid())
         if "rd" in self.tasks:
             out["rboxes"], out["rscores"] = self.rotdetdecoder.forward_features(features, size, allowed)
         return out
