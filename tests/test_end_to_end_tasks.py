@@ -348,13 +348,16 @@ def inst_held_out(meta: dict):
 
 def burn(geometry, grid) -> np.ndarray:
     """A geometry in the grid raster's CRS -> bool mask of the pixels whose centre it covers."""
+    from osgeo import osr
+
     scratch = ogr.GetDriverByName("Memory").CreateDataSource("")
-    one = scratch.CreateLayer("one", None, ogr.wkbMultiPolygon)
+    one = scratch.CreateLayer("one", osr.SpatialReference(wkt=grid.GetProjection()), ogr.wkbMultiPolygon)
     feature = ogr.Feature(one.GetLayerDefn())
     feature.SetGeometry(geometry)
     one.CreateFeature(feature)
     target = gdal.GetDriverByName("MEM").Create("", grid.RasterXSize, grid.RasterYSize, 1, gdal.GDT_Byte)
     target.SetGeoTransform(grid.GetGeoTransform())
+    target.SetProjection(grid.GetProjection())
     gdal.RasterizeLayer(target, [1], one, burn_values=[1])
     return target.ReadAsArray().astype(bool)
 

@@ -1,5 +1,6 @@
-"""Instance segmentation task (training.instance_segmentation) on the real LoveDA sample: building instances
-from the label rasters, the held-out split, the mask convention (targets and pasting), COCO mask AP, a tiny
+"""Instance segmentation task (training.instance_segmentation) on real samples: DOTA ship instances from the
+labelled quadrilaterals (the default recipe) and LoveDA building instances from the label rasters, the held-out
+split, the mask convention (targets and pasting), COCO mask AP, a tiny
 Mask R-CNN whose losses fall, export with parity and the contract's metadata, config errors."""
 import copy
 import json

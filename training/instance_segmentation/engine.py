@@ -110,7 +110,8 @@ def evaluate_model(model: torch.nn.Module, cfg: InstConfig) -> Dict:
     truths = [region_truth(r.instances, r.labels) for r in regions]
     detections = [predict_region(model, cfg, r.image, cfg.eval.ap_score_threshold) for r in regions]
     result = coco_instance_ap(detections, truths, cfg.class_names)
-    result["evaluated_on"] = (f"{describe_regions(cfg, 'val')} (held out; connected components >= "
+    kind = ("labelled quadrilaterals" if cfg.data.label_format == "dota" else "connected components")
+    result["evaluated_on"] = (f"{describe_regions(cfg, 'val')} (held out; {kind} >= "
                               f"{cfg.data.min_area} px; tiles of {cfg.eval.tile_size} px, overlap "
                               f"{cfg.eval.tile_overlap}, as the backend tiles)")
     result["ap_score_threshold"] = cfg.eval.ap_score_threshold
