@@ -42,6 +42,7 @@ DEMO_MODELS = {
     "mtp_scene_default": "LoveDA (majority-class chips)",
     "mtp_det_default": "DOTA v1.0 (scene P0706, ships)",
     "mtp_rdet_default": "DOTA v1.0 (scene P0706, ships)",
+    "mtp_inst_default": "DOTA v1.0 (scene P0706, ship quadrilaterals as outlines)",
     "mtp_landcover_default": "Sentinel-2 L1C (Slovenia, land-use map) + NAIP RGBN (hand-drawn boxes)",
 }
 
