@@ -87,7 +87,7 @@ def mask_loss(detector, head: MaskHead, sampling, instance_masks: Sequence[Tenso
     """BCE of the matched class's mask logits on the sampled positive RoIs against ``mask_targets``."""
     rois, gt_index, labels = sampled_mask_rois(sampling, samples_per_image)
     if len(rois) == 0:  # no positives in the batch: a zero that still touches the head's parameters
-        return sum(p.sum() for p in head.parameters()) * 0.0
+        return torch.stack([p.sum() for p in head.parameters()]).sum() * 0.0
     targets = mask_targets(instance_masks, rois, gt_index, 2 * roi_size)
     logits = mask_logits(detector, head, sampling.features, rois, roi_size)
     picked = logits[torch.arange(len(labels), device=rois.device), labels]

@@ -54,7 +54,7 @@ def describe_regions(cfg: InstConfig, split: str) -> str:
     return f"{','.join(cfg.data.images)} regions {[list(b) for b in boxes]}"
 
 
-def segmentation_baseline(cfg: InstConfig, package, regions) -> Optional[Dict]:
+def segmentation_baseline(cfg: InstConfig, package, regions) -> Optional[List[Dict[str, torch.Tensor]]]:
     """The bundled segmentation package run with ONNX Runtime over each held-out region (tiled and blended as
     the backend does, its own tile size), its pixels of each instance class (matched by name) -> connected
     components as instances, scored by their mean class probability. None when the package lacks a class."""
@@ -76,7 +76,7 @@ def segmentation_baseline(cfg: InstConfig, package, regions) -> Optional[Dict]:
     return out
 
 
-def detector_baseline(cfg: InstConfig, package, regions) -> Optional[Dict]:
+def detector_baseline(cfg: InstConfig, package, regions) -> Optional[List[Dict[str, torch.Tensor]]]:
     """A horizontal-box detector package run with ONNX Runtime over each held-out region, tiled, thresholded,
     NMS'd and kept by the same rules as the instance model (its own tile size, overlap and NMS IoU); each
     detection's mask is its whole box. None when the package lacks a class."""

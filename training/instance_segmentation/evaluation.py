@@ -143,7 +143,10 @@ def coco_instance_ap(detections: Sequence[Dict[str, Tensor]], truths: Sequence[D
     """COCO mask AP@[.50:.95], mask AP50, box AP50, per-class mask AP. detections / truths: one dict per region
     with masks (D, H, W) bool, boxes (D, 4) x1 y1 x2 y2, labels (D,), scores (detections only)."""
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
-    images, gt_anns, seg_dets, box_dets = [], [], [], []
+    images: List[Dict] = []
+    gt_anns: List[Dict] = []
+    seg_dets: List[Dict] = []
+    box_dets: List[Dict] = []
     for image_id, (det, gt) in enumerate(zip(detections, truths), start=1):
         height, width = gt["masks"].shape[-2:]
         images.append({"id": image_id, "height": int(height), "width": int(width)})
