@@ -16,7 +16,7 @@ from torchvision.ops import roi_align
 from mtp_common import package_schema
 from training.__main__ import main
 from training.config import REPO_ROOT
-from training.instance_segmentation import export_checkpoint
+from training.instance_segmentation.export import export_checkpoint
 from training.instance_segmentation.config import config_from_dict, load_config
 from training.instance_segmentation.data import InstanceSampler, label_instances, load_regions, read_label
 from training.instance_segmentation.engine import build_model
