@@ -1,6 +1,6 @@
 """Instance segmentation task (training.instance_segmentation) on real samples: DOTA ship instances from the
-labelled quadrilaterals (the default recipe) and LoveDA building instances from the label rasters, the held-out
-split, the mask convention (targets and pasting), COCO mask AP, a tiny
+labelled quadrilaterals (the default recipe), LoveDA building instances from the label rasters and SAMRS instance
+masks (the tiny sample of training.mtp.sample), the held-out split, the mask convention (targets and pasting), COCO mask AP, a tiny
 Mask R-CNN whose losses fall, export with parity and the contract's metadata, config errors."""
 import copy
 import json
@@ -20,6 +20,8 @@ from training.instance_segmentation.export import export_checkpoint
 from training.instance_segmentation.config import config_from_dict, load_config
 from training.instance_segmentation.data import InstanceSampler, label_instances, load_regions, read_label
 from training.instance_segmentation.engine import build_model
+from training.mtp.sample import write_tiny_samrs
+from training.mtp.samrs import SUBSETS, decode_segmentation
 from training.instance_segmentation.evaluation import coco_instance_ap, paste_mask, region_truth
 from training_test_support import assert_failed_parity_leaves_no_file
 
@@ -66,6 +68,16 @@ def tiny_raw(loveda: bool = False):
                         num_threads=1)
     raw["eval"]["baseline_package"] = None
     raw["export"].update(max_parity_tiles=2)
+    return raw
+
+
+def samrs_raw(root, subset: str = "sota", classes=("ship",), min_area: int = 20):
+    """The tiny config on a SAMRS subset of write_tiny_samrs(root): its train split trains, valid is held out."""
+    raw = tiny_raw()
+    keep = {k: raw["data"][k] for k in ("scale", "mean", "std", "bands", "band_names")}
+    raw["data"] = {"classes": [{"name": n, "color": "#ff0000"} for n in classes], "root": str(root / subset),
+                   "label_format": "samrs", "samrs_subset": subset, "min_area": min_area, "crop_size": 128, **keep}
+    raw["eval"].update(tile_size=128, tile_overlap=32)
     return raw
 
 
@@ -136,6 +148,59 @@ def test_building_instances_from_the_real_masks_and_the_held_out_split():
         for m, b in zip(t["masks"], t["boxes"]):
             rows, cols = torch.nonzero(m, as_tuple=True)
             assert b.tolist() == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+
+
+def test_samrs_instances_are_the_coco_files_masks_of_the_listed_classes(tmp_path):
+    write_tiny_samrs(tmp_path)
+    # Classes in another order than the subset's: labels follow data.classes; min_area drops some small ships.
+    cfg = config_from_dict(samrs_raw(tmp_path, classes=("harbor", "ship"), min_area=60))
+    layout = SUBSETS["sota"]
+    for split, ann_split in (("train", "train"), ("val", "valid")):
+        regions = load_regions(cfg, split)
+        coco = json.loads((tmp_path / "sota" / layout.ann_files[ann_split]).read_text())
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        assert [r.image_name for r in regions] == [i["file_name"] for i in coco["images"]]
+        for region, info in zip(regions, coco["images"]):
+            h, w = info["height"], info["width"]
+            assert region.box == (0, 0, w, h) and region.image.shape == (h, w, 3)
+            # The file's instances painted in order (the later wins), those of >= min_area px visible kept.
+            painted, classes = np.zeros((h, w), np.int32), []
+            for ann in coco["annotations"]:
+                if ann["image_id"] == info["id"] and names[ann["category_id"]] in cfg.class_names:
+                    classes.append(cfg.class_names.index(names[ann["category_id"]]))
+                    painted[decode_segmentation(ann["segmentation"], h, w, "test")] = len(classes)
+            sizes = np.bincount(painted.ravel(), minlength=len(classes) + 1)[1:]
+            kept = np.flatnonzero(sizes >= cfg.data.min_area)
+            assert region.labels.tolist() == [classes[k] for k in kept]
+            for i, k in enumerate(kept, start=1):
+                assert ((region.instances == i) == (painted == k + 1)).all()
+            assert region.instances.max(initial=0) == len(kept)
+    train = load_regions(cfg, "train")
+    # The harbour crop's one harbour; small ships below 60 px dropped; the LoveDA tile has no instance.
+    assert sum((r.labels == 0).sum() for r in train) == 1 and len(train[-1]) == 0
+    assert 0 < sum(len(r) for r in train) < 62 + 53 + 50 + 45
+    images, targets = InstanceSampler(train, cfg).batch(0, 4)
+    assert images.shape == (4, 3, 128, 128) and sum(len(t["labels"]) for t in targets) > 0
+
+
+def test_samrs_configs_are_refused_with_their_key_path(tmp_path):
+    raw = samrs_raw(tmp_path)
+    raw["data"]["samrs_subset"] = "isaid"
+    with pytest.raises(ValueError, match=r"data.samrs_subset must be one of sota, sior, fast"):
+        config_from_dict(raw, check_files=False)
+    raw = samrs_raw(tmp_path, subset="fast")   # FAST names ships other-ship
+    with pytest.raises(ValueError, match=r"data.classes: \['ship'\] are not SAMRS fast classes \(A220, .*other-ship"):
+        config_from_dict(raw, check_files=False)
+    raw = samrs_raw(tmp_path)
+    raw["data"].update(images=["a.png"], val_regions=[[0, 0, 64, 64]])
+    with pytest.raises(ValueError, match=r"data.images, data.val_regions: not used by label_format samrs"):
+        config_from_dict(raw, check_files=False)
+    raw = loveda_raw()
+    raw["data"]["samrs_subset"] = "sota"
+    with pytest.raises(ValueError, match=r"data.samrs_subset is for label_format samrs only"):
+        config_from_dict(raw)
+    with pytest.raises(FileNotFoundError, match=r"sota_rbb_train_ins_segmentation.json does not exist \(data.root"):
+        config_from_dict(samrs_raw(tmp_path))
 
 
 def test_components_below_min_area_are_not_instances():
@@ -234,6 +299,16 @@ def test_bad_configs_are_refused_with_their_key_path():
     raw["task"] = "detection"
     with pytest.raises(ValueError, match="instance_segmentation config reader"):
         config_from_dict(raw)
+
+
+def test_train_on_a_samrs_subset_runs_and_evaluates(tmp_path):
+    write_tiny_samrs(tmp_path / "samrs")
+    config = tmp_path / "inst.yaml"
+    config.write_text(yaml.safe_dump(samrs_raw(tmp_path / "samrs", subset="sior")))   # polygons, JPEG images
+    assert main(["train", "--config", str(config), "--work-dir", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["num_gt"] == {"ship": 31 + 26} and 0.0 <= metrics["mask_ap"] <= 1.0
+    assert "SAMRS sior valid split" in metrics["evaluated_on"]
 
 
 # --- the command line and export ---------------------------------------------------------------------

@@ -8,9 +8,14 @@ num_classes come from the task and data.classes) plus `mask_head` (training.dete
 - `raster`: a semantic label raster (LoveDA coding by default): every class names the raw label value of its
   pixels, and each connected component (4-connectivity) of a class's pixels inside a region is one instance;
 - `dota`: DOTA `labelTxt/<image stem>.txt` quadrilaterals, each filled polygon of a listed class (by DOTA name)
-  one instance (DOTA's oriented boxes as outlines; iSAID's pixel masks of the same images are not here).
-Instances smaller than `min_area` px inside a region are ignored. Training crops come from `train_regions`,
-the held-out evaluation covers `val_regions` of the same listed images; the two must not share pixels.
+  one instance (DOTA's oriented boxes as outlines; iSAID's pixel masks of the same images are not here);
+- `samrs`: a SAMRS subset (`samrs_subset`: sota, sior, fast; `root` = the subset's folder, training.mtp.samrs):
+  its COCO instance masks of the listed classes (by the subset's class names; other classes ignored; where masks
+  overlap the later instance wins). Training images are the subset's `train` split, the held-out ones its
+  `valid` split, each image one whole region: `images`, `train_regions` and `val_regions` are refused.
+Instances smaller than `min_area` px inside a region are ignored. For raster and dota, training crops come from
+`train_regions`, the held-out evaluation covers `val_regions` of the same listed images; the two must not share
+pixels.
 """
 import dataclasses
 from dataclasses import field
@@ -32,13 +37,15 @@ class InstClassInfo(ClassInfo):
 @config_dataclass
 class InstDataConfig(InputBands):
     classes: List[InstClassInfo]
-    root: str                       # dataset folder: image_dir/<name>, label_dir/<name>
-    images: List[str]
-    train_regions: List[List[int]]  # [x0, y0, x1, y1] of every listed image
-    val_regions: List[List[int]]
+    root: str                       # dataset folder: image_dir/<name>, label_dir/<name> (samrs: the subset's root)
+    images: Optional[List[str]] = None                # raster / dota only (samrs: the splits' images)
+    train_regions: Optional[List[List[int]]] = None   # [x0, y0, x1, y1] of every listed image
+    val_regions: Optional[List[List[int]]] = None
     image_dir: str = "img_dir"
     label_dir: str = "ann_dir"
-    label_format: Literal["raster", "dota"] = "raster"   # the label images, or DOTA labelTxt quadrilaterals
+    # the label images, DOTA labelTxt quadrilaterals, or a SAMRS subset's COCO instance masks
+    label_format: Literal["raster", "dota", "samrs"] = "raster"
+    samrs_subset: Optional[str] = None   # label_format samrs: sota, sior or fast (training.mtp.samrs.SUBSETS)
     min_area: int = 20              # connected components with fewer pixels are not instances (label noise)
     crop_size: int = 256
     min_visible: float = 0.5        # a training instance cut by the crop keeps this share of its pixels, or is dropped
@@ -95,6 +102,10 @@ def split_model_section(cfg: InstConfig, load_encoder_weights: bool = True):
     return spec, mask
 
 
+# SAMRS split of each of the task's splits (training.mtp.samrs.SUBSETS[...].ann_files)
+SAMRS_SPLITS = {"train": "train", "val": "valid"}
+
+
 def _intersect(a, b) -> bool:
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
@@ -111,11 +122,15 @@ def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
                 raise ValueError(f"data.classes[{i}].value: the raw label value (0..255) of {c.name!r} is required")
         if len({c.value for c in data.classes}) != len(data.classes):
             raise ValueError("data.classes: two classes share a label value")
-    else:
+    elif data.label_format == "dota":
         from training.detection.datasets import DOTA_V1_CLASSES
         unknown = [c.name for c in data.classes if c.name not in DOTA_V1_CLASSES]
         if unknown:
             raise ValueError(f"data.classes: {unknown} are not DOTA v1 classes ({', '.join(DOTA_V1_CLASSES)})")
+    else:
+        _validate_samrs(data)
+    if data.label_format != "samrs" and data.samrs_subset is not None:
+        raise ValueError(f"data.samrs_subset is for label_format samrs only (label_format is {data.label_format})")
     for key in ("box_type", "num_classes"):
         if key in cfg.model:
             raise ValueError(f"model.{key} is set by the config (task and data.classes); leave it out")
@@ -146,6 +161,15 @@ def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
     from training.detection.model import spec_from_dict
     spec, _ = split_model_section(cfg, load_encoder_weights=False)
     spec_from_dict(spec)
+    if data.label_format == "samrs":
+        if check_files:
+            from training.mtp.samrs import SUBSETS
+            for split in SAMRS_SPLITS.values():
+                path = repo_path(data.root) / SUBSETS[str(data.samrs_subset)].ann_files[split]
+                if not path.is_file():
+                    raise FileNotFoundError(f"data file {path} does not exist (data.root: the SAMRS "
+                                            f"{data.samrs_subset} root; its {split} split's instances)")
+        return cfg
     if not data.images or not data.train_regions or not data.val_regions:
         raise ValueError("data.images, data.train_regions and data.val_regions must each list at least one entry")
     clashes = [f"train {t} vs held-out {v}" for t in data.train_regions for v in data.val_regions if _intersect(t, v)]
@@ -166,6 +190,21 @@ def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
                     raise ValueError(f"data.{split}: {box} is not an [x0, y0, x1, y1] box inside {name} "
                                      f"({width} x {height} px)")
     return cfg
+
+
+def _validate_samrs(data: InstDataConfig) -> None:
+    from training.mtp.samrs import SUBSETS
+    if data.samrs_subset not in SUBSETS:
+        raise ValueError(f"data.samrs_subset must be one of {', '.join(SUBSETS)} for label_format samrs, "
+                         f"not {data.samrs_subset!r}")
+    given = [f"data.{k}" for k in ("images", "train_regions", "val_regions") if getattr(data, k) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)}: not used by label_format samrs (training images are the subset's "
+                         f"train split, held-out ones its valid split, each image one whole region); leave them out")
+    known = SUBSETS[str(data.samrs_subset)].classes
+    unknown = [c.name for c in data.classes if c.name not in known]
+    if unknown:
+        raise ValueError(f"data.classes: {unknown} are not SAMRS {data.samrs_subset} classes ({', '.join(known)})")
 
 
 def config_from_dict(raw: Dict[str, Any], check_files: bool = True) -> InstConfig:

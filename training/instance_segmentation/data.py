@@ -1,7 +1,9 @@
 """Instance data: from semantic label rasters, each connected component of a class's pixels inside a region is
 one instance (LoveDA buildings: raw value 2); from DOTA labelTxt files, each filled quadrilateral of a listed
-class (DOTA ships: the outlines the annotators drew). Regions are labelled on their own, so an object cut by a region
-border becomes the part inside it and held-out pixels never reach a training crop.
+class (DOTA ships: the outlines the annotators drew); from a SAMRS subset, each COCO instance mask of a listed
+class, every image one whole region (train split for training, valid split held out). Regions are labelled on
+their own, so an object cut by a region border becomes the part inside it and held-out pixels never reach a
+training crop.
 
 A region keeps its instances as one label map (0 = none, i = instance i) plus one class per instance, so
 crops, flips and rotations move pixels and instances together exactly; boxes are the masks' extents.
@@ -18,7 +20,7 @@ from torch import Tensor
 from training.config import repo_path
 from training.data.transforms import normalize, random_color_jitter
 from training.detection.data import read_image, transform_image
-from training.instance_segmentation.config import InstConfig, label_path
+from training.instance_segmentation.config import SAMRS_SPLITS, InstConfig, label_path
 
 
 @dataclass
@@ -116,13 +118,43 @@ def image_instances(cfg: InstConfig, name: str, height: int, width: int) -> Tupl
     return polygon_instances(ann.polygons.numpy(), ann.labels.numpy(), height, width)
 
 
+def samrs_regions(cfg: InstConfig, split: str) -> List[InstanceRegion]:
+    """Every image of the SAMRS subset's split (train: `train`, val: `valid`) as one region: its instances of
+    the listed classes (by name; others ignored) painted in file order (the later wins where masks overlap),
+    those keeping fewer than min_area px left out."""
+    from training.mtp.samrs import SAMRSDataset
+    data = cfg.data
+    dataset = SAMRSDataset(repo_path(data.root), str(data.samrs_subset), SAMRS_SPLITS[split])
+    ours = {dataset.classes.index(name): k for k, name in enumerate(cfg.class_names)}
+    regions = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        height, width = sample.image.shape[:2]
+        instances = np.zeros((height, width), np.int32)
+        classes: List[int] = []
+        for i, label in enumerate(sample.labels.tolist()):
+            if label in ours:
+                classes.append(ours[label])
+                instances[sample.mask(i)] = len(classes)
+        instances, labels = region_instances(instances, np.asarray(classes, np.int64), data.min_area)
+        regions.append(InstanceRegion(dataset.images[index]["file_name"], (0, 0, width, height), sample.image,
+                                      instances, labels))
+    return regions
+
+
 def load_regions(cfg: InstConfig, split: str) -> List[InstanceRegion]:
     data = cfg.data
+    if data.label_format == "samrs":
+        regions = samrs_regions(cfg, split)
+        if split == "train" and not any(len(r) for r in regions):
+            raise ValueError(f"no instance of {cfg.class_names} (of at least {data.min_area} px) in the SAMRS "
+                             f"{data.samrs_subset} train split under {repo_path(data.root)}")
+        return regions
     root = repo_path(data.root)
     values = [c.value for c in data.classes]
-    boxes = data.train_regions if split == "train" else data.val_regions
+    boxes = (data.train_regions if split == "train" else data.val_regions) or []
     regions = []
-    for name in data.images:
+    for name in data.images or []:
         image = read_image(root / data.image_dir / name)
         label, polygon_classes = image_instances(cfg, name, *image.shape[:2])
         for box in boxes:

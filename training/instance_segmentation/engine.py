@@ -50,8 +50,12 @@ def predict_region(model: torch.nn.Module, cfg: InstConfig, image: np.ndarray, s
 
 
 def describe_regions(cfg: InstConfig, split: str) -> str:
-    boxes = cfg.data.train_regions if split == "train" else cfg.data.val_regions
-    return f"{','.join(cfg.data.images)} regions {[list(b) for b in boxes]}"
+    data = cfg.data
+    if data.label_format == "samrs":
+        from training.instance_segmentation.config import SAMRS_SPLITS
+        return f"SAMRS {data.samrs_subset} {SAMRS_SPLITS[split]} split (whole images) of {data.root}"
+    boxes = (data.train_regions if split == "train" else data.val_regions) or []
+    return f"{','.join(data.images or [])} regions {[list(b) for b in boxes]}"
 
 
 def segmentation_baseline(cfg: InstConfig, package, regions) -> Optional[List[Dict[str, torch.Tensor]]]:
@@ -110,7 +114,8 @@ def evaluate_model(model: torch.nn.Module, cfg: InstConfig) -> Dict:
     truths = [region_truth(r.instances, r.labels) for r in regions]
     detections = [predict_region(model, cfg, r.image, cfg.eval.ap_score_threshold) for r in regions]
     result = coco_instance_ap(detections, truths, cfg.class_names)
-    kind = ("labelled quadrilaterals" if cfg.data.label_format == "dota" else "connected components")
+    kind = {"dota": "labelled quadrilaterals", "samrs": "SAMRS instance masks"}.get(cfg.data.label_format,
+                                                                                      "connected components")
     result["evaluated_on"] = (f"{describe_regions(cfg, 'val')} (held out; {kind} >= "
                               f"{cfg.data.min_area} px; tiles of {cfg.eval.tile_size} px, overlap "
                               f"{cfg.eval.tile_overlap}, as the backend tiles)")
