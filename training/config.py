@@ -271,6 +271,16 @@ class ExportConfig:
     min_argmax_agreement: float = 0.999
 
 
+def regions_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two [x0, y0, x1, y1] pixel regions share any area (touching edges do not)."""
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def held_out_clashes(train_regions: Sequence[Sequence[float]], val_regions: Sequence[Sequence[float]]) -> List[str]:
+    """'train R vs held-out V' for each training region that shares pixels with a held-out one."""
+    return [f"train {t} vs held-out {v}" for t in train_regions for v in val_regions if regions_overlap(t, v)]
+
+
 def read_yaml_config(path, from_dict):
     """from_dict(the YAML file at `path`, relative to the repository root); every task's load_config. A
     config error names the file."""

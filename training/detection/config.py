@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 
-from training.config import ClassInfo, InputBands, TrainLoopConfig, config_dataclass, parse_config, read_yaml_config, repo_path
+from training.config import (ClassInfo, InputBands, TrainLoopConfig, config_dataclass, held_out_clashes, parse_config,
+                             read_yaml_config, repo_path)
 
 # task -> box type of the detector and of the evaluation
 TASK_BOX_TYPES = {"detection": "hbox", "rotated_detection": "rbox"}
@@ -202,10 +203,6 @@ def image_size(path: Path) -> Tuple[int, int]:
         return image.width, image.height
 
 
-def _intersect(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
-
-
 def detector_spec_dict(cfg: DetConfig, load_encoder_weights: bool = True) -> Dict[str, Any]:
     """The model section as spec_from_dict takes it. Without encoder weights (resume, evaluate,
     export: every weight comes from our checkpoint) the encoder's pretraining file is not needed."""
@@ -302,7 +299,7 @@ def validate(cfg: DetConfig, check_files: bool = True) -> DetConfig:
                 if len(box) != 4 or not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
                     raise ValueError(f"data.{split}: {box} is not an [x0, y0, x1, y1] box inside {name} "
                                      f"({width} x {height} px)")
-    clashes = [f"train {t} vs held-out {v}" for t in data.train_regions for v in data.val_regions if _intersect(t, v)]
+    clashes = held_out_clashes(data.train_regions, data.val_regions)
     if clashes:
         raise ValueError(f"held-out regions overlap training regions: {'; '.join(clashes)}")
     return cfg

@@ -21,8 +21,8 @@ import dataclasses
 from dataclasses import field
 from typing import Any, Dict, List, Literal, Optional
 
-from training.config import (ClassInfo, InputBands, config_dataclass, parse_config, read_yaml_config,
-                             repo_path)
+from training.config import (ClassInfo, InputBands, config_dataclass, held_out_clashes, parse_config,
+                             read_yaml_config, repo_path)
 from training.detection.config import DetEvalConfig, DetExportConfig, DetTrainConfig, image_size
 from training.detection.masks import MaskHeadConfig
 
@@ -106,10 +106,6 @@ def split_model_section(cfg: InstConfig, load_encoder_weights: bool = True):
 SAMRS_SPLITS = {"train": "train", "val": "valid"}
 
 
-def _intersect(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
-
-
 def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
     if cfg.task != TASK:
         raise ValueError(f"this is the {TASK} config reader; task {cfg.task!r} has its own")
@@ -172,7 +168,7 @@ def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
         return cfg
     if not data.images or not data.train_regions or not data.val_regions:
         raise ValueError("data.images, data.train_regions and data.val_regions must each list at least one entry")
-    clashes = [f"train {t} vs held-out {v}" for t in data.train_regions for v in data.val_regions if _intersect(t, v)]
+    clashes = held_out_clashes(data.train_regions, data.val_regions)
     if clashes:
         raise ValueError(f"held-out regions overlap training regions: {'; '.join(clashes)}")
     if not check_files:

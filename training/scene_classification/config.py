@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Tuple
 
 
 from training.config import (ClassInfo, EncoderConfig, InputBands, SourceConfig, TrainLoopConfig, config_dataclass,
-                             parse_config, read_yaml_config, repo_path)
+                             parse_config, read_yaml_config, regions_overlap, repo_path)
 
 TASK = "scene_classification"
 POOLINGS = ("last", "concat")
@@ -98,10 +98,6 @@ def source_boxes(source: SourceConfig, tile_name: str) -> List[Tuple[int, int, i
         return [(0, 0, image.width, image.height)]
 
 
-def _intersect(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
-
-
 def _eurosat_overlap(t: SourceConfig, v: SourceConfig) -> List[str]:
     """Images listed on both sides (checked when the lists can be read; missing data is reported later)."""
     from training.scene_classification.eurosat import list_images
@@ -140,7 +136,7 @@ def overlapping_regions(train: List[SourceConfig], val: List[SourceConfig]) -> L
                     continue  # reported as missing data when the chips are read
                 for tb in source_boxes(t, name):
                     for vb in source_boxes(v, name):
-                        if _intersect(tb, vb):
+                        if regions_overlap(tb, vb):
                             clashes.append(f"{Path(v.root).name}/{name}: train {list(tb)} vs held-out {list(vb)}")
     return clashes
 
