@@ -146,7 +146,9 @@ assert torch.equal(queues[0], queues[1]), "ranks hold different queues"
 assert int(model.queue_ptr) == 8, int(model.queue_ptr)
 # the queue's first 8 columns are both ranks' keys in rank order: rank r's 4 at columns 4r..4r+3
 assert torch.allclose(model.queue[:, 4 * rank:4 * rank + 4].t(), captured[0], atol=1e-6)
-print("OK", rank)
+print("OK", rank, flush=True)
+dist.barrier()                                   # both ranks done before the group goes: gloo's threads are joined
+dist.destroy_process_group()                     # (left to interpreter exit, one rank aborted in CI)
 """
 
 
