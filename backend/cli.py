@@ -141,12 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", type=Path, default=None, help="the .onnx to time (default: the bundled segmentation model)")
     d.add_argument("--json", action="store_true")
 
-    f = sub.add_parser("finetune", help="train a new segmentation package on labelled polygons (mtp:finetune's job)",
+    f = sub.add_parser("finetune", help="train a new segmentation or detection package on labelled polygons "
+                                        "(mtp:finetune's job)",
                        description="Cuts the labelled area from the raster at the base model's GSD, trains the base "
-                                   "package on the polygons (unlabelled pixels ignored), scores the result against "
-                                   "the base model and the best constant on held-out labels, and writes the new "
+                                   "package on the polygons (segmentation: areas, unlabelled pixels ignored; "
+                                   "detection: one polygon per object, every object drawn), scores the result "
+                                   "against the base model and a baseline on held-out labels, and writes the new "
                                    "package into a models folder. Needs the training environment (PyTorch).")
-    f.add_argument("--model", required=True, help="the base package (a semantic_segmentation model)")
+    f.add_argument("--model", required=True, help="the base package (a semantic_segmentation, detection or "
+                                                  "rotated_detection model)")
     f.add_argument("--input", required=True, type=Path, help="the raster")
     f.add_argument("--labels", required=True, type=Path, help="a vector file of polygons")
     f.add_argument("--class-field", required=True, help="the labels' field holding each polygon's class")
@@ -157,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--validation", type=Path, default=None, help="polygons whose labels are held out")
     f.add_argument("--iterations", type=int, default=300)
     f.add_argument("--time-budget", type=int, default=None, metavar="SECONDS")
-    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--batch-size", type=int, default=None,
+                   help="crops per iteration (default: 8 for segmentation, the base recipe's for detection)")
     f.add_argument("--report", type=Path, default=None, help="an HTML report to write")
     models_dir_arg(f)
 
@@ -369,7 +373,9 @@ def cmd_finetune(args) -> int:
     if folder.resolve() not in {d.resolve() for d in registry.model_dirs if d.is_dir()}:
         registry.model_dirs.insert(0, folder)  # the job writes only into folders it searches
     options = {"class_field": args.class_field, "model_id": args.model_id, "models_dir": _absolute(str(folder)),
-               "iterations": args.iterations, "batch_size": args.batch_size}
+               "iterations": args.iterations}
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
     if args.time_budget is not None:
         options["time_budget_s"] = args.time_budget
     if args.validation is not None:

@@ -1,4 +1,7 @@
-"""The finetune job: an analyst's labelled polygons + raster -> a segmentation package in a models folder.
+"""The finetune job: an analyst's labelled polygons + raster -> a segmentation or detection package in a models
+folder. Segmentation labels are areas of one class (pixels under no polygon are ignored); detection labels are
+one polygon per object (its minimum rotated rectangle, or its bounds for horizontal boxes), and every object
+of the labelled area must be drawn: image between them is background.
 
 The backend never imports torch. It checks the request (before anything is queued), cuts the training
 data from the raster at the base model's GSD (GDAL), and runs `python -m training finetune` in the
@@ -8,6 +11,7 @@ kills it, and the package it writes is moved into the models folder only when it
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -37,13 +41,19 @@ MIN_HELD_OUT_PX = 500       # ... in the held-out part
 MIN_TRAIN_PX = 1000         # ... in the training part
 MAX_SCENE_PX = 6000 * 6000  # the labelled area, cut at the model's GSD, must fit in memory for training
 SPLIT_GAP_PX = 16           # unlabelled band between training and automatically held-out labels
-HELD_OUT_SHARE = 0.2        # share of the labelled pixels an automatic split holds out
+HELD_OUT_SHARE = 0.2        # share of the labelled pixels (objects) an automatic split holds out
+DETECTION_TASKS = ("detection", "rotated_detection")
+MIN_TRAIN_OBJECTS = 10      # detection: objects needed for training ...
+MIN_HELD_OUT_OBJECTS = 5    # ... and for a held-out AP
+DETECTION_MARGIN_PX = 8     # model pixels of image around the outermost labelled objects
+RESUME_DIR = ".finetune"    # in the models folder: runs that can be resumed (resume_folder)
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # A hard-coded palette for classes the base model does not know by name (QGIS-like distinct colours).
 PALETTE = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf", "#999999",
            "#66c2a5", "#fc8d62", "#8da0cb", "#e78ac3", "#a6d854", "#ffd92f", "#e5c494"]
 ITER_LINE = re.compile(r"iter (\d+)/(\d+) loss ([0-9.eE+-]+|nan|inf)")
 PROGRESS_LINE = re.compile(r"progress ([0-9.]+) (.*)$")
+RESUMED_LINE = re.compile(r"resuming from .* at iteration (\d+)")
 
 
 @dataclass
@@ -61,12 +71,21 @@ class FinetuneRequest:
     batch_size: int
     window: raster_io.Window        # the labelled area on the raster
     size: tuple[int, int]           # (width, height) of the cut at the model's GSD
-    train_label: np.ndarray         # class ids, 255 = unlabelled
-    val_label: np.ndarray
+    train_label: np.ndarray | None  # segmentation: class ids, 255 = unlabelled
+    val_label: np.ndarray | None
     split: str                      # how the held-out labels were chosen, in words
     gsd_note: str
     job_id: str
     overwrite: bool
+    # detection: every object as 4 corners (pixels of the cut) + class id; the regions (pixel boxes of the cut)
+    # trained on and held out, in which every object is labelled
+    objects: list[tuple[np.ndarray, int]] | None = None
+    train_regions: list[list[int]] | None = None
+    val_regions: list[list[int]] | None = None
+
+    @property
+    def is_detection(self) -> bool:
+        return self.objects is not None
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -277,7 +296,10 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     iterations = _option(spec, "iterations", 300, lambda v: _is_int(v, 1, 1_000_000), "an integer from 1 to 1000000")
     budget = _option(spec, "time_budget_s", None, lambda v: v is None or _is_int(v, 10, 7 * 86400),
                      "a number of seconds from 10 to 604800 (or absent: no limit)")
-    batch_size = _option(spec, "batch_size", 8, lambda v: _is_int(v, 1, 256), "an integer from 1 to 256")
+    # 0: a detection base model's own recipe batch (crops of a few hundred px; 8 of them are slow on a CPU)
+    default_batch = 0 if base.task in DETECTION_TASKS else 8
+    batch_size = _option(spec, "batch_size", default_batch, lambda v: v == default_batch or _is_int(v, 1, 256),
+                         "an integer from 1 to 256")
 
     input_path, ds = raster_io_input(spec.inputs[0], base)
     raster_srs = raster_io.raster_srs(ds)
@@ -286,7 +308,8 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     if not features:
         raise BackendError(f"Labels {labels_path} hold no polygon with a value in '{class_field}'; draw some first.")
     names = sorted({v for _, v in features})
-    if len(names) < 2:
+    detection = base.task in DETECTION_TASKS
+    if len(names) < 2 and not detection:  # a detector's background is implicit: one class of objects is enough
         raise BackendError(f"The class field '{class_field}' of {labels_path} has one class only ({names[0]!r}); a "
                            "model needs at least two: label the other things too (e.g. a 'background' class).")
     validation = None
@@ -304,16 +327,34 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
         raise BackendError(f"The labels in {labels_path} lie outside the raster {input_path}: their extent "
                            f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) does not overlap it. Check that both "
                            "are in the right place (CRS).") from None
-    # Grown by the model's tile overlap as segmentation grows an extent: the scene the held-out score is measured
-    # on then looks like what `mtp:segment` over the labelled area sees.
-    window = with_context(window, base.tile_overlap, ds.RasterXSize, ds.RasterYSize)
     factor, gsd_note = _gsd(ds, base)
+    if detection:  # a few pixels around the outermost objects: beyond them nothing is known to be labelled
+        window = with_context(window, math.ceil(DETECTION_MARGIN_PX * factor), ds.RasterXSize, ds.RasterYSize)
+    else:
+        # Grown by the model's tile overlap as segmentation grows an extent: the scene the held-out score is
+        # measured on then looks like what `mtp:segment` over the labelled area sees.
+        window = with_context(window, base.tile_overlap, ds.RasterXSize, ds.RasterYSize)
     width, height = max(1, round(window.width * factor)), max(1, round(window.height * factor))
     if width * height > MAX_SCENE_PX:
         raise BackendError(f"The labelled area is {width} x {height} px at the model's GSD; at most "
                            f"{MAX_SCENE_PX} px can be trained on here. Label a smaller area.")
     gt = raster_io.window_geotransform(raster_io.geotransform(ds), window)
     gt = (gt[0], gt[1] / factor, gt[2] / factor, gt[3], gt[4] / factor, gt[5] / factor)
+    base_colors = {c.name.strip().lower(): c.color for c in base.classes}
+    classes = [{"name": n, "color": base_colors.get(n.lower(), PALETTE[i % len(PALETTE)])} for i, n in enumerate(names)]
+    target = folder / f"{model_id}.onnx"
+    report = None
+    if "report" in spec.outputs:
+        report = outputs.check_output(spec.outputs["report"], "report", "html", spec.overwrite,
+                                      {**protected, input_path: "the input raster", labels_path: "the labels"})
+    if detection:
+        rotated = base.task == "rotated_detection"
+        objects = [(_object_corners(g, gt, rotated, labels_path), names.index(v)) for g, v in features]
+        train_regions, val_regions, split = _detection_split(objects, names, validation, gt, width, height,
+                                                             labels_path)
+        return FinetuneRequest(base, input_path, labels_path, class_field, classes, model_id, target, report,
+                               iterations, budget, batch_size, window, (width, height), None, None, split, gsd_note,
+                               job_id, spec.overwrite, objects, train_regions, val_regions)
     labels = _rasterize([g for g, _ in features], [names.index(v) for _, v in features], gt, width, height,
                         raster_srs)
     labelled = int((labels != 255).sum())
@@ -336,16 +377,133 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     if len(np.unique(train[train != 255])) < 2:
         raise BackendError(f"The training labels (outside the held-out part: {split}) hold one class only; label "
                            "at least two classes outside it.")
-    base_colors = {c.name.strip().lower(): c.color for c in base.classes}
-    classes = [{"name": n, "color": base_colors.get(n.lower(), PALETTE[i % len(PALETTE)])} for i, n in enumerate(names)]
-    target = folder / f"{model_id}.onnx"
-    report = None
-    if "report" in spec.outputs:
-        report = outputs.check_output(spec.outputs["report"], "report", "html", spec.overwrite,
-                                      {**protected, input_path: "the input raster", labels_path: "the labels"})
     return FinetuneRequest(base, input_path, labels_path, class_field, classes, model_id, target, report,
                            iterations, budget, batch_size, window, (width, height), train, val, split, gsd_note,
                            job_id, spec.overwrite)
+
+
+def _object_corners(geom, gt, rotated: bool, labels_path: Path) -> np.ndarray:
+    """4 x 2 corners, in pixels of the cut (geotransform gt), of an object's box: the polygon's minimum-area
+    rectangle for rotated boxes, its bounds for horizontal ones."""
+    inverse = gdal.InvGeoTransform(gt)
+    points = []
+    hull = geom.ConvexHull()
+    ring = hull.GetGeometryRef(0) if hull.GetGeometryCount() else None
+    for i in range(ring.GetPointCount() if ring is not None else 0):
+        x, y = ring.GetX(i), ring.GetY(i)
+        points.append((inverse[0] + inverse[1] * x + inverse[2] * y, inverse[3] + inverse[4] * x + inverse[5] * y))
+    pts = np.unique(np.array(points, dtype=np.float64).reshape(-1, 2), axis=0)
+    if len(pts) >= 3:
+        pts = pts[_hull_order(pts)]
+    if len(pts) < 3 or _shoelace(pts) < 1.0:
+        raise BackendError(f"Labels {labels_path}: an object polygon is smaller than a pixel at the model's GSD "
+                           f"(around {geom.Centroid().GetX():.6g}, {geom.Centroid().GetY():.6g}); draw each object's "
+                           "outline or box.")
+    if not rotated:
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    # Minimum-area rectangle: one of its sides lies on a side of the convex hull.
+    best = None
+    for a, b in zip(pts, np.roll(pts, -1, axis=0)):
+        edge = b - a
+        length = float(np.hypot(*edge))
+        if length < 1e-9:
+            continue
+        u = edge / length
+        v = np.array([-u[1], u[0]])
+        pu, pv = pts @ u, pts @ v
+        area = np.ptp(pu) * np.ptp(pv)
+        if best is None or area < best[0]:
+            best = (area, u, v, pu.min(), pu.max(), pv.min(), pv.max())
+    _, u, v, u0, u1, v0, v1 = best
+    return np.array([u0 * u + v0 * v, u1 * u + v0 * v, u1 * u + v1 * v, u0 * u + v1 * v])
+
+
+def _shoelace(pts: np.ndarray) -> float:
+    """Area of the polygon whose corners are `pts` in order."""
+    x, y = pts[:, 0], pts[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _hull_order(pts: np.ndarray) -> np.ndarray:
+    """Indices of the points in angular order around their centre (they are a convex hull's corners)."""
+    centre = pts.mean(0)
+    return np.argsort(np.arctan2(pts[:, 1] - centre[1], pts[:, 0] - centre[0]))
+
+
+def _inside(box: list[int], point: np.ndarray) -> bool:
+    return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
+
+
+def _detection_split(objects, names: list[str], validation, gt, width: int, height: int,
+                     labels_path: Path) -> tuple[list[list[int]], list[list[int]], str]:
+    """Training and held-out regions (pixel boxes of the cut), a gap of the longest object between them so no
+    object is in both: the validation area's bounds, else a strip along the side that holds out about
+    HELD_OUT_SHARE of the objects and leaves most classes on both sides."""
+    centres = np.array([c.mean(0) for c, _ in objects])
+    labels = np.array([k for _, k in objects])
+    longest = max(max(float(np.hypot(*(c[1] - c[0]))), float(np.hypot(*(c[2] - c[1])))) for c, _ in objects)
+    gap = int(math.ceil(longest)) + 2
+    candidates = []
+    if validation:
+        inverse = gdal.InvGeoTransform(gt)
+        xs, ys = [], []
+        for geom in validation:
+            env = geom.GetEnvelope()
+            for x, y in ((env[0], env[2]), (env[1], env[3]), (env[0], env[3]), (env[1], env[2])):
+                xs.append(inverse[0] + inverse[1] * x + inverse[2] * y)
+                ys.append(inverse[3] + inverse[4] * x + inverse[5] * y)
+        val = [max(0, math.floor(min(xs))), max(0, math.floor(min(ys))), min(width, math.ceil(max(xs))),
+               min(height, math.ceil(max(ys)))]
+        if val[2] - val[0] < 1 or val[3] - val[1] < 1:
+            raise BackendError("The validation area does not overlap the labelled area; draw it over some labels.")
+        train = [[0, 0, width, val[1] - gap], [0, val[3] + gap, width, height],
+                 [0, max(0, val[1] - gap), val[0] - gap, min(height, val[3] + gap)],
+                 [val[2] + gap, max(0, val[1] - gap), width, min(height, val[3] + gap)]]
+        train = [b for b in train if b[2] - b[0] >= 32 and b[3] - b[1] >= 32]
+        candidates.append((train, [val], "the boxes inside the validation area's bounds (a band of "
+                                         f"{gap} px around it, the longest object, is left out of training)"))
+    else:
+        for axis, sides in ((0, ("left", "right")), (1, ("top", "bottom"))):
+            size = width if axis == 0 else height
+            order = np.sort(centres[:, axis])
+            for side in sides:
+                k = max(1, int(round(HELD_OUT_SHARE * len(order))))
+                if side in ("left", "top"):
+                    cut = int(math.ceil(order[k - 1])) + 1
+                    held, rest = (0, cut), (cut + gap, size)
+                else:
+                    cut = int(math.floor(order[-k]))
+                    held, rest = (cut, size), (0, cut - gap)
+                if rest[1] - rest[0] < 32:
+                    continue
+                box = (lambda a, b: [a, 0, b, height]) if axis == 0 else (lambda a, b: [0, a, width, b])
+                what = "columns" if axis == 0 else "rows"
+                candidates.append(([box(*rest)], [box(*held)],
+                                   f"the boxes in the {side} {what} of the labelled area (chosen by the tool; a band "
+                                   f"of {gap} px, the longest object, is left out between training and held-out "
+                                   "boxes)"))
+    best = None
+    for train, val, text in candidates:
+        in_val = np.array([any(_inside(b, c) for b in val) for c in centres])
+        in_train = np.array([any(_inside(b, c) for b in train) for c in centres])
+        score = (len(set(labels[in_val]) & set(labels[in_train])), int(in_train.sum()) >= MIN_TRAIN_OBJECTS,
+                 -abs(in_val.mean() - HELD_OUT_SHARE))
+        if best is None or score > best[0]:
+            best = (score, train, val, text, int(in_train.sum()), int(in_val.sum()), set(labels[in_train].tolist()))
+    if best is None:
+        raise BackendError(f"The labelled area of {labels_path} is too small to hold out a part of it; label a "
+                           "larger area.")
+    _, train, val, text, n_train, n_val, trained = best
+    if n_train < MIN_TRAIN_OBJECTS or n_val < MIN_HELD_OUT_OBJECTS:
+        raise BackendError(f"Too few objects in {labels_path} for a held-out check: {n_train} for training and "
+                           f"{n_val} held out ({text}); at least {MIN_TRAIN_OBJECTS} and {MIN_HELD_OUT_OBJECTS} are "
+                           "needed. Label more objects.")
+    untrained = [names[k] for k in sorted(set(labels.tolist()) - trained)]
+    if untrained:
+        raise BackendError(f"No object of class {', '.join(untrained)} lies outside the held-out part ({text}); "
+                           "label some there too.")
+    return train, val, text
 
 
 def raster_io_input(text: str, base: ModelPackage):
@@ -371,7 +529,8 @@ def _write_png(path: Path, bands: list[np.ndarray]) -> None:
 
 
 def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
-    """img_dir/scene.png (the model's bands at its GSD, 8 bit), ann_train/ and ann_val/scene.png."""
+    """Segmentation: img_dir/scene.png (the model's bands at its GSD, 8 bit), ann_train/ and ann_val/scene.png.
+    Detection: images/scene.png and labelTxt/scene.txt (DOTA text: 4 corners, class name, difficult 0)."""
     ds = raster_io.open_raster(plan.input_path)
     w = plan.window
     width, height = plan.size
@@ -386,7 +545,18 @@ def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
             invalid |= values == nodata
         invalid |= ~np.isfinite(values)
         bands.append(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8))
-    _write_png(data_dir / "img_dir" / "scene.png", bands[:3] if len(bands) >= 3 else bands * 3)
+    rgb = bands[:3] if len(bands) >= 3 else bands * 3
+    if plan.is_detection:
+        _write_png(data_dir / "images" / "scene.png", rgb)
+        names = [c["name"] for c in plan.classes]
+        # DOTA text separates fields by spaces: a class name with spaces is written with underscores there
+        # and the spec lists the same spelling.
+        lines = [" ".join(f"{v:.2f}" for v in corners.ravel()) + f" {names[k].replace(' ', '_')} 0"
+                 for corners, k in plan.objects or []]
+        (data_dir / "labelTxt").mkdir(parents=True, exist_ok=True)
+        (data_dir / "labelTxt" / "scene.txt").write_text("\n".join(lines) + "\n")
+        return
+    _write_png(data_dir / "img_dir" / "scene.png", rgb)
     # Pixels without data teach nothing: their labels are dropped.
     _write_png(data_dir / "ann_train" / "scene.png", [np.where(invalid, 255, plan.train_label).astype(np.uint8)])
     _write_png(data_dir / "ann_val" / "scene.png", [np.where(invalid, 255, plan.val_label).astype(np.uint8)])
@@ -412,26 +582,70 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
+def resume_folder(plan: FinetuneRequest) -> Path:
+    """Where an interrupted finetuning keeps its data and checkpoints: beside the models, under a hidden name
+    (no registry looks into it), per model id."""
+    return plan.target.parent / RESUME_DIR / plan.model_id
+
+
+def _fingerprint(data_dir: Path, spec: dict) -> str:
+    """What makes a run the same run: the training data as cut, and the training settings."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(data_dir).as_posix().encode())
+        digest.update(path.read_bytes())
+    settings = {k: spec.get(k) for k in ("base_package", "classes", "iterations", "batch_size", "train_regions",
+                                         "val_regions", "split")}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _forget(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()  # the hidden folder goes too once no run is kept in it
+    except OSError:
+        pass
+
+
 def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[str, str]:
+    """Train in the training environment. Data and checkpoints live in resume_folder(plan) while the run lasts:
+    if the training process dies (or the backend with it), the same request later resumes from the last
+    checkpoint; a finished, cancelled or refused run leaves nothing there."""
     progress = progress or (lambda p, m: None)
     cancelled = cancelled or (lambda: False)
     work = Path(tempfile.mkdtemp(prefix=f"mtp_finetune_{plan.job_id}_"))
+    keep = resume_folder(plan)
+    kept = False  # True once a failure leaves a run to resume
     partials: list[Path] = []
     try:
         progress(0.5, "cutting the training data from the raster")
         cut_training_data(plan, work / "data")
         report_tmp = work / "report.html"
-        spec = {"base_package": str(plan.base.path), "data_dir": str(work / "data"), "classes": plan.classes,
+        spec = {"base_package": str(plan.base.path), "data_dir": str(keep / "data"), "classes": plan.classes,
                 "iterations": plan.iterations, "batch_size": plan.batch_size, "time_budget_s": plan.time_budget_s,
                 "out": str(work / "model" / f"{plan.model_id}.onnx"), "name": plan.model_id,
                 "description": f"Finetuned on labels from {plan.labels_path.name} ({plan.class_field}) over "
                                f"{plan.input_path.name}; {plan.gsd_note}.",
                 "split": plan.split, "report": str(report_tmp),
                 "num_threads": int(os.environ.get("MTP_QGIS_TRAINING_THREADS", "0") or 0), "parent_pid": os.getpid()}
-        (work / "finetune.json").write_text(json.dumps(spec, indent=2))
+        if plan.is_detection:
+            spec.update(train_regions=plan.train_regions, val_regions=plan.val_regions,
+                        classes=[{**c, "name": c["name"].replace(" ", "_")} for c in plan.classes])
+        fingerprint = _fingerprint(work / "data", spec)
+        checkpoint = keep / "run" / "latest.pt"
+        if checkpoint.is_file() and (keep / "fingerprint").is_file() and \
+                (keep / "fingerprint").read_text() == fingerprint:
+            progress(1, "resuming the interrupted finetuning of this model from its last checkpoint")
+        else:
+            _forget(keep)
+            keep.mkdir(parents=True)
+            shutil.move(str(work / "data"), str(keep / "data"))
+            (keep / "fingerprint").write_text(fingerprint)
+        (keep / "finetune.json").write_text(json.dumps(spec, indent=2))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
-        process = subprocess.Popen([training_python(), "-m", "training", "finetune", "--spec", str(work / "finetune.json")],
+        process = subprocess.Popen([training_python(), "-m", "training", "finetune", "--spec", str(keep / "finetune.json")],
                                    cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         lines: queue.Queue[str | None] = queue.Queue()
@@ -452,7 +666,10 @@ def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[s
             tail = (tail + [line])[-40:]
             it = ITER_LINE.search(line)
             step = PROGRESS_LINE.search(line)
-            if it:
+            resumed = RESUMED_LINE.search(line)
+            if resumed:
+                progress(10, f"training: resumed at iteration {resumed.group(1)}")
+            elif it:
                 done, total = int(it.group(1)), int(it.group(2))
                 progress(10 + 78 * done / total, f"training: iteration {done}/{total}, loss {float(it.group(3)):.3f}")
             elif step:
@@ -461,7 +678,12 @@ def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[s
         if code != 0:
             errors = [l for l in tail if l.startswith("error:")]
             detail = errors[-1][len("error:"):].strip() if errors else " | ".join(tail[-5:])
-            raise BackendError(f"Finetuning failed (training process exit code {code}): {detail}")
+            resumable = ""
+            if checkpoint.is_file():
+                kept = True
+                resumable = (f" Its checkpoints are kept in {keep}: run the same finetuning again (same raster, "
+                             "labels, base model, model id and iterations) to resume from the last one.")
+            raise BackendError(f"Finetuning failed (training process exit code {code}): {detail}.{resumable}")
         # Partial names do not end in .onnx, so no registry lists a package before it is complete.
         partial = plan.target.with_name(f".{plan.model_id}.{plan.job_id}.partial")
         partials.append(partial)
@@ -483,3 +705,5 @@ def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[s
         for partial in partials:
             partial.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
+        if not kept:
+            _forget(keep)

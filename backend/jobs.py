@@ -63,15 +63,15 @@ def plan_job(spec: JobSpec, registry: ModelRegistry, job_id: str,
     if spec.task not in TASKS:
         raise BackendError(f"Task '{spec.task}' is not supported yet; supported: {', '.join(SUPPORTED_TASKS)}.")
     task = TASKS[spec.task]
-    if task.model_task is None:
+    if not task.model_tasks:
         if spec.model:
             raise BackendError(f"{spec.task} runs no model; leave 'model' empty (got '{spec.model[:80]}').")
         model = None
     else:
         model = registry.get(spec.model)
-        if model.task != task.model_task:  # finetune takes a semantic_segmentation base package
-            raise BackendError(f"Model '{spec.model}' does {model.task}, not {task.model_task}; "
-                               f"pick a {task.model_task} model.")
+        if model.task not in task.model_tasks:  # finetune takes a segmentation or detection base package
+            wanted = " or ".join(task.model_tasks)
+            raise BackendError(f"Model '{spec.model}' does {model.task}, not {wanted}; pick a {wanted} model.")
     _check_keys(spec, task)
     guarded = dict(protected or {})
     guarded.update({p: "a model package" for p in registry.model_files()})

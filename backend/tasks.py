@@ -71,17 +71,17 @@ class TaskSpec(Generic[PlanT]):
     options: tuple[str, ...]  # the request options it takes (besides cluster and block_size, docs/contract.md §2)
     graph: GraphRule | None  # the graph of the packages it runs; None: it runs none of its own
     needs_model: bool = True  # False: the request's `model` is empty
-    base_task: str | None = None  # the task of the package it takes when not its own (finetune)
+    base_tasks: tuple[str, ...] = ()  # the tasks of the packages it takes when not its own (finetune)
     on_cluster: bool = False  # its blocks run on a Dask cluster (backend/cluster.py)
     in_batch: bool = False  # `python -m backend batch` runs it (one raster in, one result out)
     on_cli: bool = True  # `python -m backend run --task` offers it
 
     @property
-    def model_task(self) -> str | None:
-        """The task the request's model must do (None: the request names no model)."""
+    def model_tasks(self) -> tuple[str, ...]:
+        """The tasks the request's model may do (none: the request names no model)."""
         if not self.needs_model:
-            return None
-        return self.base_task or self.name
+            return ()
+        return self.base_tasks or (self.name,)
 
     @property
     def required_outputs(self) -> tuple[str, ...]:
@@ -133,7 +133,7 @@ TASK_SPECS: tuple[TaskSpec[Any], ...] = (
     # A job of the HTTP API only (mtp:finetune): it trains for minutes to hours.
     TaskSpec("finetune", plan_finetune_job, run_finetune, (OutputKey("report", "the report .html path", False),),
              ("class_field", "model_id", "models_dir", "validation", "iterations", "time_budget_s", "batch_size"),
-             None, base_task="semantic_segmentation", on_cli=False),
+             None, base_tasks=("semantic_segmentation", "detection", "rotated_detection"), on_cli=False),
 )
 TASKS: dict[str, TaskSpec[Any]] = {spec.name: spec for spec in TASK_SPECS}
 SUPPORTED_TASKS: tuple[str, ...] = tuple(TASKS)

@@ -1,4 +1,4 @@
-"""Processing algorithm mtp:finetune — train a segmentation model on the analyst's own polygons.
+"""Processing algorithm mtp:finetune — train a segmentation or detection model on the analyst's own polygons.
 
 The backend runs the training (in the training environment) as a job: this algorithm hands it the raster,
 the labels (and validation area) saved to temporary GeoPackages, and the new model's id; the package
@@ -65,7 +65,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
         return "finetune"
 
     def displayName(self):  # noqa: N802
-        return tr("Finetune a segmentation model on your labels")
+        return tr("Finetune a segmentation or detection model on your labels")
 
     def group(self):
         return tr("Segmentation")
@@ -75,19 +75,23 @@ class FinetuneAlgorithm(BackendAlgorithm):
 
     def task_help(self):
         return tr(
-            "Trains a segmentation model on your own polygons, starting from a model package, and adds it to your "
-            "models (the dock and 'Semantic segmentation' list it at once).\n\n"
+            "Trains a segmentation or detection model on your own polygons, starting from a model package of that "
+            "task, and adds it to your models (the dock and the task's algorithm list it at once).\n\n"
             "Input raster: the imagery the labels were drawn on; training data is cut from it at the base "
             "model's ground sample distance.\n"
-            "Labels: polygons, each with its class in the class field (text or number). Pixels under no polygon "
-            "are ignored, not taken as background: draw a 'background' class if you want one.\n"
-            "Base model: a segmentation package written by the project's training (e.g. {default}).\n"
+            "Labels: polygons, each with its class in the class field (text or number). Segmentation: areas of "
+            "one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class "
+            "if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector "
+            "learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the "
+            "labelled area, since image between objects is taken as background.\n"
+            "Base model: a segmentation or (rotated) detection package written by the project's training (e.g. "
+            "{default}, mtp_rdet_default).\n"
             "Validation area: optional polygons; labels inside them are held out to score the model. Without "
             "it the tool holds out a strip along one side of the labelled area (the log and report say which).\n"
             "Iterations / time budget: training stops at whichever comes first.\n"
             "Model id: the new model's id (a file name in your models folder).\n"
             "Report: HTML page with the loss curve and held-out figures of the new model, the base model and "
-            "the best constant class."
+            "a baseline (segmentation mIoU vs the best constant class; detection AP50 vs the median box on a grid)."
         ).format(default=DEFAULT_MODEL_ID)
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -108,8 +112,11 @@ class FinetuneAlgorithm(BackendAlgorithm):
             self.REPORT, tr("Report"), "HTML files (*.html)", optional=True))
         self.addOutput(QgsProcessingOutputString("MODEL_ID", tr("New model id")))
         self.addOutput(QgsProcessingOutputString("MODEL_PATH", tr("New model package")))
-        self.addOutput(QgsProcessingOutputNumber("HELD_OUT_MIOU", tr("Held-out mIoU of the new model")))
-        self.addOutput(QgsProcessingOutputNumber("BASE_MIOU", tr("Held-out mIoU of the base model")))
+        self.addOutput(QgsProcessingOutputString("METRIC", tr("Held-out metric (mIoU or AP50)")))
+        self.addOutput(QgsProcessingOutputNumber("HELD_OUT_SCORE", tr("Held-out score of the new model")))
+        self.addOutput(QgsProcessingOutputNumber("BASE_SCORE", tr("Held-out score of the base model")))
+        self.addOutput(QgsProcessingOutputNumber("HELD_OUT_MIOU", tr("Held-out mIoU of the new model (segmentation)")))
+        self.addOutput(QgsProcessingOutputNumber("BASE_MIOU", tr("Held-out mIoU of the base model (segmentation)")))
         # An HTML output: the Processing results viewer lists it.
         self.addOutput(QgsProcessingOutputHtml("REPORT_HTML", tr("Finetuning report")))
 
@@ -168,13 +175,18 @@ class FinetuneAlgorithm(BackendAlgorithm):
         meta = model_store.package_metadata(path)
         figures = meta.get("finetune") or {}
         outputs["MODEL_ID"] = os.path.splitext(os.path.basename(path))[0]
+        outputs["METRIC"] = figures.get("metric", "mIoU")
+        outputs["HELD_OUT_SCORE"] = figures.get("finetuned_score")
+        outputs["BASE_SCORE"] = figures.get("base_score")
         outputs["HELD_OUT_MIOU"] = figures.get("finetuned_mIoU")
         outputs["BASE_MIOU"] = figures.get("base_mIoU")
         feedback.pushInfo(tr("Held out: {split}").format(split=figures.get("split", "")))
-        feedback.pushInfo(tr("Held-out mIoU: new model {new:.3f}, base model {base:.3f}, best constant class "
-                             "{constant:.3f}").format(new=figures.get("finetuned_mIoU", float("nan")),
-                                                      base=figures.get("base_mIoU", float("nan")),
-                                                      constant=figures.get("best_constant_mIoU", float("nan"))))
+        feedback.pushInfo(tr("Held-out {metric}: new model {new:.3f}, base model {base:.3f}, {baseline} "
+                             "{constant:.3f}").format(metric=outputs["METRIC"],
+                                                      new=figures.get("finetuned_score", float("nan")),
+                                                      base=figures.get("base_score", float("nan")),
+                                                      baseline=figures.get("baseline", "baseline"),
+                                                      constant=figures.get("baseline_score", float("nan"))))
         if outputs.get(self.REPORT):
             outputs["REPORT_HTML"] = outputs[self.REPORT]
             feedback.pushInfo(tr("Report: {path}").format(path=outputs[self.REPORT]))

@@ -57,6 +57,9 @@ class FinetunePanel(QWidget):
                                              "empty: the tool holds out a strip of the labelled area"))
         form.addRow(tr("Validation area"), self.validation_combo)
         self.base_edit = QLineEdit(DEFAULT_MODEL_ID, self)
+        self.base_edit.setToolTip(tr("The id of the package to start from: a segmentation model (labels are areas of "
+                                     "a class) or a detection model such as mtp_rdet_default (labels are one "
+                                     "polygon per object; draw every object in the labelled area)"))
         form.addRow(tr("Base model"), self.base_edit)
         self.iterations = QSpinBox(self)
         self.iterations.setRange(1, 1000000)
@@ -158,9 +161,10 @@ class FinetunePanel(QWidget):
                                 reason=self._last_error or tr("see the log messages panel (Processing tab)")))
             return
         self.progress.setValue(100)
-        text = tr("Model {id} added: held-out mIoU {new:.3f} (base model {base:.3f}).").format(
-            id=results.get("MODEL_ID", ""), new=results.get("HELD_OUT_MIOU") or float("nan"),
-            base=results.get("BASE_MIOU") or float("nan"))
+        new, base = results.get("HELD_OUT_SCORE"), results.get("BASE_SCORE")
+        text = tr("Model {id} added: held-out {metric} {new:.3f} (base model {base:.3f}).").format(
+            id=results.get("MODEL_ID", ""), metric=results.get("METRIC") or "mIoU",
+            new=float("nan") if new is None else new, base=float("nan") if base is None else base)
         markup = html.escape(text)
         if results.get("REPORT"):
             markup += (f' <a href="{html.escape(QUrl.fromLocalFile(results["REPORT"]).toString())}">'

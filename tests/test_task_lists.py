@@ -39,8 +39,8 @@ def test_the_backend_table_serves_the_contracts_tasks():
     assert list(SUPPORTED_TASKS) == jobs  # same order: the API lists them so
     assert set(task_graphs()) == set(served)
     assert set(known_tasks()) == set(served) | set(later)
-    assert {t for t, spec in TASKS.items() if spec.model_task == t} == set(served)
-    assert TASKS["finetune"].model_task in served and MODEL_FREE_TASKS == ("spectral_indices",)
+    assert {t for t, spec in TASKS.items() if spec.model_tasks == (t,)} == set(served)
+    assert set(TASKS["finetune"].model_tasks) <= set(served) and MODEL_FREE_TASKS == ("spectral_indices",)
     assert set(CLUSTER_TASKS) < set(served)
     run = next(a for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions if a.dest == "task")
     assert set(run.choices) == set(jobs) - {"finetune"}  # finetune is a job of the HTTP API only

@@ -100,9 +100,10 @@ def cmd_finetune(args) -> int:
     from training.finetune.run import finetune
     result = finetune(args.spec)
     provenance = result["report"]["provenance"]
-    print(json.dumps({"model": result["package"], "finetuned_mIoU": provenance["finetuned_mIoU"],
-                      "base_mIoU": provenance["base_mIoU"], "best_constant_mIoU": provenance["best_constant_mIoU"]},
-                     indent=2))
+    metric = provenance["metric"]
+    print(json.dumps({"model": result["package"], "metric": metric, f"finetuned_{metric}": provenance["finetuned_score"],
+                      f"base_{metric}": provenance["base_score"], "baseline": provenance["baseline"],
+                      f"baseline_{metric}": provenance["baseline_score"]}, indent=2))
     return 0
 
 

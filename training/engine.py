@@ -149,7 +149,8 @@ def train_loop(cfg, work_dir, *, read_config: Callable, load_training_data: Call
                evaluate: Callable, describe_metrics: Callable,
                iters: Optional[int] = None, resume: bool = False, evaluate_at_end: bool = True,
                show_progress: bool = True, stop_after: Optional[int] = None,
-               device: Optional[str] = None, amp: Optional[str] = None) -> Dict:
+               device: Optional[str] = None, amp: Optional[str] = None,
+               on_checkpoint: Optional[Callable[[torch.nn.Module, int], None]] = None) -> Dict:
     """The training loop of every task. Train (or resume) and return the final checkpoint state. With
     resume, the config stored in work_dir/latest.pt is used so the run continues exactly as it started.
     `stop_after` ends the run early with a checkpoint, as an interruption would (the schedule still
@@ -165,6 +166,8 @@ def train_loop(cfg, work_dir, *, read_config: Callable, load_training_data: Call
         comes from the checkpoint
     evaluate(model, cfg) -> held-out metrics (None: nothing held out), written to metrics.json
     describe_metrics(metrics) -> the log line that reports them
+    on_checkpoint(model, iteration), optional: called on rank 0 after each periodic checkpoint (e.g. a held-out
+        score on the way: it must leave the model as it found it)
     """
     from training.mtp import distributed as D
     work_dir = Path(work_dir)
@@ -260,6 +263,8 @@ def train_loop(cfg, work_dir, *, read_config: Callable, load_training_data: Call
                 return state
             if done % cfg.train.checkpoint_interval == 0 and done < total:
                 save(done)
+                if on_checkpoint is not None and info.is_main:
+                    on_checkpoint(model, done)
     final = snapshot(total)
     # Held-out evaluation runs on the CPU (the tiled predictors keep their tensors there).
     metrics = evaluate(model.cpu(), cfg) if evaluate_at_end and info.is_main else None

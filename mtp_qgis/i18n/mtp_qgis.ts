@@ -430,7 +430,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Finetune a segmentation model on your labels</source>
+        <source>Finetune a segmentation or detection model on your labels</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -470,17 +470,32 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Held-out mIoU of the base model</source>
+        <source>Held-out mIoU of the base model (segmentation)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Held-out mIoU of the new model</source>
+        <source>Held-out mIoU of the new model (segmentation)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Held-out mIoU: new model {new:.3f}, base model {base:.3f}, best constant class {constant:.3f}</source>
+        <source>Held-out metric (mIoU or AP50)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out score of the base model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out score of the new model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune.py"/>
+        <source>Held-out {metric}: new model {new:.3f}, base model {base:.3f}, {baseline} {constant:.3f}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -682,7 +697,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune_panel.py"/>
-        <source>Model {id} added: held-out mIoU {new:.3f} (base model {base:.3f}).</source>
+        <source>Model {id} added: held-out {metric} {new:.3f} (base model {base:.3f}).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1107,6 +1122,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>The id of the package to start from: a segmentation model (labels are areas of a class) or a detection model such as mtp_rdet_default (labels are one polygon per object; draw every object in the labelled area)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../land_cover.py"/>
         <source>The index stack</source>
         <translation type="unfinished"></translation>
@@ -1193,15 +1213,15 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Trains a segmentation model on your own polygons, starting from a model package, and adds it to your models (the dock and 'Semantic segmentation' list it at once).
+        <source>Trains a segmentation or detection model on your own polygons, starting from a model package of that task, and adds it to your models (the dock and the task's algorithm list it at once).
 
 Input raster: the imagery the labels were drawn on; training data is cut from it at the base model's ground sample distance.
-Labels: polygons, each with its class in the class field (text or number). Pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one.
-Base model: a segmentation package written by the project's training (e.g. {default}).
+Labels: polygons, each with its class in the class field (text or number). Segmentation: areas of one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the labelled area, since image between objects is taken as background.
+Base model: a segmentation or (rotated) detection package written by the project's training (e.g. {default}, mtp_rdet_default).
 Validation area: optional polygons; labels inside them are held out to score the model. Without it the tool holds out a strip along one side of the labelled area (the log and report say which).
 Iterations / time budget: training stops at whichever comes first.
 Model id: the new model's id (a file name in your models folder).
-Report: HTML page with the loss curve and held-out figures of the new model, the base model and the best constant class.</source>
+Report: HTML page with the loss curve and held-out figures of the new model, the base model and a baseline (segmentation mIoU vs the best constant class; detection AP50 vs the median box on a grid).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -19,7 +19,7 @@ from backend_test_data import DATA
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "plugin"))  # the LoveDA labels helper the qgis_process test uses too
-from plugin_test_support import loveda_label_polygons  # noqa: E402
+from plugin_test_support import dota_object_polygons, loveda_label_polygons  # noqa: E402
 BUNDLED = REPO / "resources" / "models"
 TILE_1 = DATA / "loveda" / "img_dir" / "1.png"  # 1024 x 1024 RGB, no CRS: QGIS places it at x 0..1024, y -1024..0
 
@@ -57,10 +57,10 @@ def labels(tmp_path_factory) -> Path:
     return loveda_label_polygons("1.png", tmp_path_factory.mktemp("labels") / "loveda_1.gpkg")
 
 
-def spec(labels_path, user_models, model="mtp_seg_default", **options) -> JobSpec:
+def spec(labels_path, user_models, model="mtp_seg_default", raster=TILE_1, **options) -> JobSpec:
     opts = {"class_field": "class", "model_id": "my_model", "models_dir": str(user_models), "iterations": 5}
     opts.update(options)
-    return JobSpec("finetune", model, [str(TILE_1), str(labels_path)], {}, options=opts)
+    return JobSpec("finetune", model, [str(raster), str(labels_path)], {}, options=opts)
 
 
 def test_validation_area_splits_the_labels(registry, user_models, labels, tmp_path):
@@ -161,6 +161,47 @@ def test_cancel_stops_training_and_leaves_nothing(registry, user_models, labels,
     manager.shutdown()
 
 
+@pytest.mark.slow
+def test_a_killed_training_resumes_from_its_last_checkpoint(registry, user_models, labels, monkeypatch):
+    """The training process dies mid-run (SIGKILL, as the OOM killer does): the job fails saying how to resume
+    and keeps its checkpoints beside the models; the same request resumes from the last one (every 5
+    iterations here) and finishes; nothing is left behind then."""
+    monkeypatch.setenv("MTP_QGIS_TRAINING_THREADS", "1")
+    manager = JobManager(registry)
+    request = spec(labels, user_models, iterations=20, batch_size=2)
+    job = manager.submit(request)
+    deadline = time.monotonic() + 300
+    while not any(f"iteration {i}/20" in job.message for i in range(7, 20)) and job.status in ("queued", "running"):
+        assert time.monotonic() < deadline, f"training did not get to iteration 7: {job.message} {job.error}"
+        time.sleep(0.05)
+    trainers = [p for p in _processes() if "training" in p.cmdline() and "finetune" in p.cmdline()
+                and any(part.startswith(str(user_models / ".finetune")) for part in p.cmdline())]
+    assert len(trainers) == 1, [p.cmdline() for p in trainers]
+    os.kill(trainers[0].pid, 9)
+    while job.status == "running":
+        assert time.monotonic() < deadline, "the job did not notice its training process died"
+        time.sleep(0.2)
+    assert job.status == "failed" and "resume from the last one" in job.error, job.error
+    kept = user_models / ".finetune" / "my_model"
+    assert (kept / "run" / "latest.pt").is_file() and "my_model" not in {m.id for m in registry.list()}
+
+    again = manager.submit(request)
+    messages = []
+    while again.status in ("queued", "running"):
+        assert time.monotonic() < deadline + 300, f"the resumed run did not finish: {again.message}"
+        if not messages or messages[-1] != again.message:
+            messages.append(again.message)
+        time.sleep(0.05)
+    assert again.status == "succeeded", again.error
+    resumed = [m for m in messages if m.startswith("training: resumed at iteration")]
+    assert resumed and int(resumed[0].rsplit(" ", 1)[1]) in (5, 10, 15), messages
+    from backend.model_package import load_package
+    figures = load_package(user_models / "my_model.onnx").raw["finetune"]
+    assert figures["iterations_done"] == 20
+    assert [p.name for p in user_models.iterdir()] == ["my_model.onnx"]  # no .finetune folder left
+    manager.shutdown()
+
+
 def _processes():
     """Live processes' command lines (no psutil here): /proc."""
     class P:
@@ -195,3 +236,96 @@ def test_cli_writes_into_the_folder_it_is_given_and_checks_the_id_there(labels, 
                  "--class-field", "class", "--model-id", "mine", "--into", str(user_models), "--iterations", "3"])
     assert code == 2 and "A model 'mine' exists already" in capsys.readouterr().err
     assert sorted(p.name for p in user_models.iterdir()) == ["mine.onnx"]
+
+
+# --- detection: one polygon per object -----------------------------------------------------------------------
+
+HARBOUR = DATA / "dota" / "images" / "P0706.png"  # 1111 x 1182, no CRS; the bundled detectors' held-out part:
+SHIPS_UNSEEN = [760, 0, 1111, 1182]               # x in [760, 1111)
+
+
+def _dota_ships(box):
+    found = []
+    for line in (DATA / "dota" / "labelTxt" / "P0706.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 9 and parts[8] == "ship":
+            quad = np.array([float(v) for v in parts[:8]]).reshape(4, 2)
+            if box[0] <= quad[:, 0].mean() < box[2] and box[1] <= quad[:, 1].mean() < box[3]:
+                found.append(quad)
+    return found
+
+
+def _area(corners):
+    x, y = corners[:, 0], corners[:, 1]
+    return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def test_object_polygons_become_rotated_boxes_in_disjoint_regions(registry, user_models, tmp_path):
+    """DOTA's own ship quadrilaterals as polygons: each becomes a rectangle in pixels of the cut that holds it and
+    is no larger than its bounds (its minimum rectangle); one class is enough for a detector; about a fifth of the ships is
+    held out in a strip the training region does not touch, and the cut writes one DOTA line per ship."""
+    labels = dota_object_polygons(tmp_path / "ships.gpkg", SHIPS_UNSEEN)
+    truth = _dota_ships(SHIPS_UNSEEN)
+    plan = plan_job(spec(labels, user_models, model="mtp_rdet_default", raster=HARBOUR), registry, "d1")
+    assert plan.is_detection and [c["name"] for c in plan.classes] == ["ship"] and plan.size[0] < 400
+    assert len(plan.objects) == len(truth) == 149
+    x0, y0 = plan.window.x, plan.window.y   # the raster is at the model's GSD: cut pixels = raster pixels - offset
+    for (corners, k), quad in zip(plan.objects, truth):
+        assert k == 0
+        quad = quad - [x0, y0]
+        sides = np.roll(corners, -1, 0) - corners
+        assert abs(np.dot(sides[0], sides[1])) < 1e-6 * np.dot(sides[0], sides[0])   # a rectangle ...
+        u, v = sides[0] / np.hypot(*sides[0]), sides[1] / np.hypot(*sides[1])
+        pu, pv = (quad - corners[0]) @ u, (quad - corners[0]) @ v
+        assert pu.min() > -1e-6 and pu.max() < np.hypot(*sides[0]) + 1e-6           # ... holding every corner
+        assert pv.min() > -1e-6 and pv.max() < np.hypot(*sides[1]) + 1e-6
+        assert _area(corners) <= np.prod(quad.max(0) - quad.min(0)) + 1e-6          # ... no larger than its bounds
+        assert _area(corners) >= _area(quad) - 1e-6
+    [val], train = plan.val_regions, plan.train_regions
+    longest = max(np.hypot(*(np.roll(c, -1, 0) - c).T).max() for c, _ in plan.objects)
+    assert all(b[3] <= val[1] - longest or b[1] >= val[3] + longest or b[2] <= val[0] - longest
+               or b[0] >= val[2] + longest for b in train)
+    centres = np.array([c.mean(0) for c, _ in plan.objects])
+    held = ((centres[:, 0] >= val[0]) & (centres[:, 0] < val[2]) & (centres[:, 1] >= val[1]) & (centres[:, 1] < val[3]))
+    assert 0.15 < held.mean() < 0.3 and "chosen by the tool" in plan.split
+    from backend.finetune import cut_training_data
+    cut_training_data(plan, tmp_path / "data")
+    lines = (tmp_path / "data" / "labelTxt" / "scene.txt").read_text().splitlines()
+    assert len(lines) == len(truth) and all(line.endswith(" ship 0") for line in lines)
+    assert (tmp_path / "data" / "images" / "scene.png").is_file()
+
+
+def test_horizontal_detector_gets_the_polygons_bounds_and_a_validation_area(registry, user_models, tmp_path):
+    labels = dota_object_polygons(tmp_path / "ships.gpkg", SHIPS_UNSEEN)
+    val = polygons(tmp_path / "val.gpkg", [[760, 900, 1111, 1182]])
+    plan = plan_job(spec(labels, user_models, model="mtp_det_default", raster=HARBOUR, validation=str(val)),
+                    registry, "d2")
+    x0, y0 = plan.window.x, plan.window.y
+    for (corners, _), quad in zip(plan.objects, _dota_ships(SHIPS_UNSEEN)):
+        assert np.allclose(corners.min(0), quad.min(0) - [x0, y0], atol=1e-6)
+        assert np.allclose(corners.max(0), quad.max(0) - [x0, y0], atol=1e-6)
+    [val_box] = plan.val_regions
+    assert val_box[1] == 900 - y0 and "validation area" in plan.split
+    assert all(b[3] <= val_box[1] for b in plan.train_regions)   # the area is the bottom: training lies above
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("few", "Too few objects"),
+    ("class_only_held_out", "No object of class boat lies outside the held-out part"),
+    ("tiny", "smaller than a pixel"),
+])
+def test_bad_object_labels_are_refused_before_queueing(case, expected, registry, user_models, tmp_path):
+    options = {}
+    if case == "few":
+        path = dota_object_polygons(tmp_path / "l.gpkg", [760, 0, 1111, 271])  # 9 ships
+    elif case == "class_only_held_out":  # 20 ships above, 6 boats in the validation area below
+        boxes = [[100 + 40 * i, 200, 130 + 40 * i, 210] for i in range(20)] + [[100 + 40 * i, 900, 130 + 40 * i, 910]
+                                                                               for i in range(6)]
+        path = polygons(tmp_path / "l.gpkg", boxes, ["ship"] * 20 + ["boat"] * 6)
+        options["validation"] = str(polygons(tmp_path / "v.gpkg", [[0, 800, 1111, 1000]]))
+    else:
+        path = polygons(tmp_path / "l.gpkg", [[100, 100, 100.2, 100.3]] + [[200 + 40 * i, 200, 230 + 40 * i, 210]
+                                                                          for i in range(20)], ["ship"] * 21)
+    with pytest.raises(BackendError, match=expected) as err:
+        plan_job(spec(path, user_models, model="mtp_rdet_default", raster=HARBOUR, **options), registry, "d3")
+    assert str(path) in err.value.message or case == "class_only_held_out"

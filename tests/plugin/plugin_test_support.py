@@ -441,6 +441,32 @@ def loveda_label_polygons(tile: str, path, box=None) -> Path:
     return Path(path)
 
 
+def dota_object_polygons(path, box, classes=("ship",)) -> Path:
+    """DOTA P0706's own oriented boxes of `classes` whose centre lies in pixel box [x0, y0, x1, y1], as polygons
+    with a text field `class` (the analyst's boxes), where QGIS places the PNG (no CRS: x = column, y = -row)."""
+    from osgeo import ogr
+
+    x0, y0, x1, y1 = box
+    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = out.CreateLayer("boxes", geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    for line in (DATA / "dota" / "labelTxt" / "P0706.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 9 or parts[8] not in classes:
+            continue
+        xy = [float(v) for v in parts[:8]]
+        cx, cy = sum(xy[0::2]) / 4, sum(xy[1::2]) / 4
+        if not (x0 <= cx < x1 and y0 <= cy < y1):
+            continue
+        ring = ", ".join(f"{xy[i]} {-xy[i + 1]}" for i in (0, 2, 4, 6, 0))
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON (({ring}))"))
+        feature.SetField("class", parts[8])
+        layer.CreateFeature(feature)
+    out = None
+    return Path(path)
+
+
 def rectangle_polygons(path, box) -> Path:
     """One polygon covering pixel box [x0, y0, x1, y1] of a PNG as QGIS places it (y = -row)."""
     from osgeo import ogr

@@ -86,3 +86,56 @@ def test_finetune_stops_at_its_time_budget_and_still_exports(tmp_path):
     assert provenance["stopped_by_time_budget"] and 0 < provenance["iterations_done"] < 100000
     assert read_metadata(tmp_path / "out" / "budget.onnx")["finetune"]["base_model"] == "mtp_seg_default"
     assert "stopped by the time budget" in (tmp_path / "report.html").read_text()
+
+
+# --- detection packages ----------------------------------------------------------------------------------------
+
+RDET = REPO / "resources" / "models" / "mtp_rdet_default.onnx"
+HARBOUR = np.array(Image.open(DATA / "dota" / "images" / "P0706.png").convert("RGB"))
+
+
+def test_bundled_rotated_detector_rebuilds_and_keeps_classes_by_name(tmp_path):
+    """The rotated ship detector back in torch: ONNX Runtime's scores and boxes on the harbour's tiles (its unused
+    encoder stages are not in the graph). A new detector for classes [boat, ship] keeps every base weight, the
+    ship row of the RoI classifier (and the background row) and starts the boat row fresh; the base model's
+    scores of [boat, ship] are 0 for boat (unknown) and its ship scores."""
+    from training.finetune.detection import (MatchedClasses, detection_base_config, detector_from_package,
+                                             finetune_config, new_detector, scene_parity_tiles)
+    from training.finetune.from_package import package_metadata
+
+    cfg = detection_base_config(RDET, package_metadata(RDET))
+    model, parity, unfolded = detector_from_package(RDET, cfg, scene_parity_tiles(HARBOUR[:, 600:], cfg))
+    assert parity["passed"] and parity["candidates_above_threshold"] > 50 and len(unfolded) > 20
+    (tmp_path / "images").mkdir()
+    Image.fromarray(HARBOUR).save(tmp_path / "images" / "scene.png")
+    (tmp_path / "labelTxt").mkdir()
+    (tmp_path / "labelTxt" / "scene.txt").write_text("10 10 40 10 40 20 10 20 boat 0\n")
+    spec = {"data_dir": str(tmp_path), "out": str(tmp_path / "x.onnx"), "iterations": 10,
+            "classes": [{"name": "boat", "color": "#000000"}, {"name": "Ship", "color": "#ffffff"}],
+            "train_regions": [[0, 0, 500, 500]], "val_regions": [[600, 0, 1111, 1182]]}
+    new_cfg = finetune_config(cfg, spec)
+    assert new_cfg.data.format == "dota_named" and new_cfg.model["encoder"]["checkpoint"] is None
+    torch.manual_seed(0)
+    new = new_detector(model, ["ship"], new_cfg)
+    old_state, state = model.state_dict(), new.state_dict()
+    assert torch.equal(state["roi_head.cls.weight"][1], old_state["roi_head.cls.weight"][0])    # ship
+    assert torch.equal(state["roi_head.cls.weight"][2], old_state["roi_head.cls.weight"][1])    # background
+    assert not torch.equal(state["roi_head.cls.weight"][0], old_state["roi_head.cls.weight"][0])
+    same = [k for k in state if not k.startswith("roi_head.cls") and not k.startswith("roi_head.reg")]
+    assert all(torch.equal(state[k], old_state[k]) for k in same)
+    matched = MatchedClasses(model, ["ship"], ["boat", "Ship"])
+    x = torch.from_numpy(scene_parity_tiles(HARBOUR[:, 600:], cfg, 1))
+    with torch.no_grad():
+        boxes, scores = model(x)
+        m_boxes, m_scores = matched(x)
+    assert matched.matched == ["Ship"] and torch.equal(m_boxes, boxes)
+    assert torch.equal(m_scores[..., 0], torch.zeros_like(m_scores[..., 0]))
+    assert torch.equal(m_scores[..., 1], scores[..., 0])
+
+
+def test_a_segmentation_package_is_no_detection_base():
+    from training.finetune.detection import detection_base_config
+    from training.finetune.from_package import package_metadata
+    with pytest.raises(PackageLoadError, match="does semantic_segmentation; finetuning here needs a package of "
+                                               "detection or rotated_detection"):
+        detection_base_config(BUNDLED, package_metadata(BUNDLED))

@@ -12,7 +12,7 @@ every image of the split's image folder)."""
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 from training.config import (ClassInfo, InputBands, TrainLoopConfig, config_dataclass, held_out_clashes, parse_config,
@@ -24,7 +24,7 @@ TASK_BOX_TYPES = {"detection": "hbox", "rotated_detection": "rbox"}
 
 @dataclass(frozen=True)
 class DatasetFormat:
-    classes: str          # name of the class tuple in training.detection.datasets
+    classes: Optional[str]  # name of the class tuple in training.detection.datasets; None: data.classes
     image_dir: str        # default folders (relative to data.root) of the training split ...
     label_dir: Optional[str]
     val_image_dir: str    # ... and of the held-out split
@@ -50,15 +50,20 @@ FORMATS = {
                             "validation/labelXml", ".tif", ".xml"),
     "xview": DatasetFormat("XVIEW_CLASSES", "train_images", None, "train_images", None, ".tif", None,
                            "xView_train.geojson", "xView_train.geojson"),
+    # DOTA's text layout with the config's own class names: the analyst's labels cut by the finetune job.
+    "dota_named": DatasetFormat(None, "images", "labelTxt", "images", "labelTxt", ".png", ".txt"),
 }
 
 
-FORMAT_NAMES = {"dota": "DOTA v1", "dota_v2": "DOTA v2.0", "dior": "DIOR", "dior_r": "DIOR-R", "fair1m": "FAIR1M-2.0", "xview": "xView"}
+FORMAT_NAMES = {"dota": "DOTA v1", "dota_v2": "DOTA v2.0", "dior": "DIOR", "dior_r": "DIOR-R", "fair1m": "FAIR1M-2.0",
+                "xview": "xView", "dota_named": "DOTA text with the config's class names"}
 
 
-def format_classes(fmt: str) -> Tuple[str, ...]:
+def format_classes(fmt: str, classes: Sequence[ClassInfo] = ()) -> Tuple[str, ...]:
+    """The class names a format's labels may use (for dota_named: those of data.classes)."""
     from training.detection import datasets
-    return getattr(datasets, FORMATS[fmt].classes)
+    names = FORMATS[fmt].classes
+    return tuple(c.name for c in classes) if names is None else getattr(datasets, names)
 
 
 @config_dataclass
@@ -68,7 +73,7 @@ class DetDataConfig(InputBands):
     # their boxes are simply not trained on).
     classes: List[ClassInfo]
     root: str  # dataset folder; the folders below are relative to it
-    format: str = "dota"  # dota | dota_v2 | dior | dior_r | fair1m | xview (FORMATS)
+    format: str = "dota"  # dota | dota_v2 | dior | dior_r | fair1m | xview | dota_named (FORMATS)
     # Region mode: file names in image_dir, labels label_dir/<stem><label_ext>; pixel boxes [x0, y0, x1, y1]
     # of every listed image: training crops come from train_regions, the held-out evaluation runs over
     # val_regions; the two must not share pixels.
@@ -223,7 +228,7 @@ def validate(cfg: DetConfig, check_files: bool = True) -> DetConfig:
     if not data.classes:
         raise ValueError("data.classes must list at least one class")
     names = [c.name for c in data.classes]
-    known = format_classes(data.format)
+    known = format_classes(data.format, data.classes)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"data.classes: unknown class {unknown[0]!r}; classes must be {FORMAT_NAMES[data.format]} names "

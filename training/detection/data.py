@@ -48,14 +48,14 @@ def read_image(path) -> np.ndarray:
 def read_labels(cfg: DetConfig, name: str, split: str, label_cache: Dict) -> Annotations:
     """The objects of one image in its format, over the format's full class list."""
     data = cfg.data
-    fmt, classes = data.format, format_classes(data.format)
+    fmt, classes = data.format, format_classes(data.format, data.classes)
     if fmt == "xview":
         path = layout(data, split)["label_file"]
         if path not in label_cache:
             label_cache[path] = read_xview_geojson(path)
         return label_cache[path].get(name) or empty_annotations(classes)
     path = label_path(data, name, split)
-    if fmt in ("dota", "dota_v2"):
+    if fmt in ("dota", "dota_v2", "dota_named"):
         return read_dota_labels(path, classes)
     if fmt in ("dior", "dior_r"):
         return read_dior_xml(path, classes)

@@ -235,8 +235,11 @@ def describe_metrics(m: Dict) -> str:
 
 # --- training ------------------------------------------------------------------------------------
 
-def train(cfg: Optional[DetConfig], work_dir, **options) -> Dict:
-    """Train a detector; `options` are those of training.engine.train_loop (iters, resume, ...)."""
+def train(cfg: Optional[DetConfig], work_dir, build_model: Callable[[DetConfig, bool], torch.nn.Module] = build_model,
+          **options) -> Dict:
+    """Train a detector; `options` are those of training.engine.train_loop (iters, resume, ...).
+    build_model(cfg, load_encoder_weights) -> model replaces the default (e.g. a model package's weights:
+    training.finetune)."""
     def load_training_data(cfg: DetConfig):
         from training.detection.data import DetectionSampler, load_regions
         regions = load_regions(cfg, "train")

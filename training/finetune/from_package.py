@@ -33,17 +33,24 @@ def package_metadata(path: Path) -> Dict:
     return json.loads(props[METADATA_KEY])
 
 
-def base_config(path: Path, meta: Dict) -> Config:
-    """The training config a package was made with; the reason it cannot be finetuned otherwise."""
-    if meta.get("task") != "semantic_segmentation":
-        raise PackageLoadError(f"base model {path.stem} does {meta.get('task')}; finetuning for segmentation "
-                               "needs a semantic_segmentation package")
+def training_config(path: Path, meta: Dict, tasks: Sequence[str]) -> Dict:
+    """The training config (a dict) a package of one of `tasks` was made with; the reason it cannot be
+    finetuned otherwise."""
+    if meta.get("task") not in tasks:
+        raise PackageLoadError(f"base model {path.stem} does {meta.get('task')}; finetuning here needs a package of "
+                               f"{' or '.join(tasks)}")
     raw = (meta.get("training") or {}).get("config")
     if not isinstance(raw, dict):
         raise PackageLoadError(
             f"base model {path.stem} carries no training config (metadata training.config): only packages "
             "written by `python -m training export` can be finetuned here; imported official or third-party "
             "packages cannot be loaded for training")
+    return raw
+
+
+def base_config(path: Path, meta: Dict) -> Config:
+    """The segmentation training config a package was made with."""
+    raw = training_config(path, meta, ("semantic_segmentation",))
     try:
         return config_from_dict(raw)
     except (ValueError, TypeError) as exc:
@@ -78,9 +85,11 @@ def conv_bn_pairs(model: torch.nn.Module, example: torch.Tensor) -> Dict[str, st
 
 
 def load_initializers(model: torch.nn.Module, initializers: Dict[str, np.ndarray], where: str,
-                      pairs: Dict[str, str]) -> Dict[str, str]:
+                      pairs: Dict[str, str], allow_missing: bool = False) -> Dict[str, str]:
     """Copy the package's weights into `model` (built from the package's own config), un-folding
-    conv+BatchNorm pairs; any torch tensor left without a value is an error. Returns the un-folded pairs."""
+    conv+BatchNorm pairs; any torch tensor left without a value is an error, unless `allow_missing` (the
+    exporter drops layers whose output the graph never uses, e.g. encoder stages no FPN level reads: the
+    caller's parity check then shows they did not matter). Returns the un-folded pairs."""
     unfolded: Dict[str, str] = {}
     state = model.state_dict()
     filled = set()
@@ -111,7 +120,7 @@ def load_initializers(model: torch.nn.Module, initializers: Dict[str, np.ndarray
         if key not in filled and key in initializers:
             put(key, initializers[key])
     missing = [k for k in state if k not in filled and not k.endswith("num_batches_tracked")]
-    if missing:
+    if missing and not allow_missing:
         raise PackageLoadError(f"{where}: {len(missing)} tensors of the model are not in the package "
                                f"(e.g. {', '.join(missing[:4])}); its encoder cannot be loaded for training")
     model.load_state_dict(state)
@@ -177,3 +186,4 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Sequence[torch.Tensor
         bn.running_var.copy_(var)
         bn.weight.copy_(torch.sqrt(var + bn.eps))
         bn.bias.copy_(mean + bias)
+

@@ -1,18 +1,46 @@
 """The finetuning report: loss curve (from train.log) and held-out figures as one self-contained HTML file."""
+import copy
 import html
+import json
 import re
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
+
+import torch
 
 ITER_LINE = re.compile(r"iter (\d+)/(\d+) loss ([0-9.eE+-]+|nan|inf)")
 
 
 def loss_history(log_path: Path) -> List[Tuple[int, float]]:
-    """(iteration, loss) of every `iter N/T loss X` line the training loop logged."""
+    """(iteration, loss) of every `iter N/T loss X` line the training loop logged; after a resume, the iterations
+    run again (since the last checkpoint) count once, as their last run."""
     if not Path(log_path).is_file():
         return []
     found = (ITER_LINE.search(line) for line in Path(log_path).read_text().splitlines())
-    return [(int(m.group(1)), float(m.group(3))) for m in found if m]
+    losses = {int(m.group(1)): float(m.group(3)) for m in found if m}
+    return sorted(losses.items())
+
+
+class HeldOutCurve:
+    """The held-out score at each periodic checkpoint (training.engine.train_loop's on_checkpoint), scored on a
+    CPU copy of the model so training is untouched; each is a progress line for the job and a point of the
+    report, kept in work_dir/held_out.json so that a resumed run's report still has those before the stop."""
+
+    def __init__(self, work_dir: Path, metric: str, score: Callable[[torch.nn.Module], float],
+                 progress: Callable[[float, str], None], total: int):
+        self.path = Path(work_dir) / "held_out.json"
+        self.metric, self.score, self.progress, self.total = metric, score, progress, total
+        kept = json.loads(self.path.read_text()) if self.path.is_file() else []
+        self.points: List[Tuple[int, float]] = [(int(it), float(v)) for it, v in kept]
+
+    def __call__(self, model: torch.nn.Module, iteration: int) -> None:
+        scored = copy.deepcopy(model).cpu().eval()
+        with torch.no_grad():
+            value = float(self.score(scored))
+        self.points = [p for p in self.points if p[0] < iteration] + [(iteration, value)]
+        self.path.write_text(json.dumps(self.points))
+        self.progress(10 + 78 * iteration / self.total,
+                      f"training: held-out {self.metric} {value:.3f} at iteration {iteration}/{self.total}")
 
 
 def loss_svg(points: List[Tuple[int, float]], width: int = 560, height: int = 220) -> str:
@@ -38,15 +66,22 @@ def loss_svg(points: List[Tuple[int, float]], width: int = 560, height: int = 22
 
 
 def _figure(value) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    if value is None or isinstance(value, float) and value != value:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
 def report_html(report: Dict) -> str:
-    m, base, prov = report["metrics"], report["base"], report["provenance"]
-    esc = html.escape
-    rows = "".join(f"<tr><td>{esc(name)}</td><td>{_figure(m['per_class_iou'].get(name))}</td>"
-                   f"<td>{_figure(base['per_class_iou'].get(name))}</td></tr>" for name in report["classes"])
+    """report: model, name, metric, scores [(what, value)] (the finetuned model first), amounts and matching
+    (sentences), per_class_header + per_class rows, loss [(iteration, loss)], held_out_curve [(iteration,
+    score)], provenance, elapsed_s."""
+    prov, esc = report["provenance"], html.escape
+    scores = "".join(f"<tr><td>{esc(what)}</td><td>{'<b>' if i == 0 else ''}{_figure(value)}"
+                     f"{'</b>' if i == 0 else ''}</td></tr>" for i, (what, value) in enumerate(report["scores"]))
+    header = "".join(f"<th>{esc(h)}</th>" for h in report["per_class_header"])
+    rows = "".join("<tr>" + "".join(f"<td>{_figure(v)}</td>" for v in row) + "</tr>" for row in report["per_class"])
     stopped = " (stopped by the time budget)" if prov.get("stopped_by_time_budget") else ""
+    curve = "".join(f"<tr><td>{it}</td><td>{_figure(v)}</td></tr>" for it, v in report.get("held_out_curve", []))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Finetuning report: {esc(report['model'])}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} td,th{{padding:2px 10px;text-align:right}}
@@ -56,20 +91,15 @@ td:first-child,th:first-child{{text-align:left}} table{{border-collapse:collapse
 <p>{esc(report['name'])}, finetuned from <b>{esc(prov['base_model'])}</b> ({esc(prov.get('base_model_name', ''))}):
 {prov['iterations_done']} of {prov['iterations_planned']} iterations{stopped}, {report['elapsed_s']:.0f} s in all.</p>
 <h2>Held-out score</h2>
-<p>Held out: {esc(prov.get('split', ''))}. Labelled pixels: {prov['labelled_pixels']['train']} for training,
-{prov['labelled_pixels']['held_out']} held out.</p>
-<table><tr><th></th><th>mIoU</th></tr>
-<tr><td>finetuned model</td><td><b>{_figure(m['mIoU'])}</b></td></tr>
-<tr><td>base model {esc(prov['base_model'])}</td><td>{_figure(base['mIoU'])}</td></tr>
-<tr><td>best constant class ({esc(m['baseline_best_constant']['class'])})</td><td>{_figure(m['baseline_best_constant']['mIoU'])}</td></tr>
-</table>
-<p>Overall accuracy: finetuned {_figure(m['overall_accuracy'])}, base {_figure(base['overall_accuracy'])}.
-The base model's classes are matched to yours by name (matched: {esc(', '.join(base['matched_classes']) or 'none')});
-a pixel it gives any other class counts as wrong.</p>
-<h2>Per class (IoU)</h2>
-<table><tr><th>class</th><th>finetuned</th><th>base</th></tr>{rows}</table>
+<p>Held out: {esc(prov.get('split', ''))}. {esc(report['amounts'])}</p>
+<table><tr><th></th><th>{esc(report['metric'])}</th></tr>{scores}</table>
+<p>{esc(report['matching'])}</p>
+<h2>Per class</h2>
+<table><tr>{header}</tr>{rows}</table>
 <h2>Training loss</h2>
 {loss_svg(report['loss'])}
+<h2>Held-out {esc(report['metric'])} during training</h2>
+<table><tr><th>iteration</th><th>{esc(report['metric'])}</th></tr>{curve}</table>
 </body></html>
 """
 

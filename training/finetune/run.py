@@ -1,4 +1,5 @@
-"""`python -m training finetune --spec SPEC.json`: finetune a segmentation package on an analyst's labels.
+"""`python -m training finetune --spec SPEC.json`: finetune a segmentation package on an analyst's labels
+(detection packages: training.finetune.detection).
 
 The backend (or anyone) prepares a data folder cut from the analyst's raster at the base model's GSD:
 `img_dir/scene.png` (the model's bands, 8 bit), `ann_train/scene.png` and `ann_val/scene.png` (class ids
@@ -11,7 +12,7 @@ that provenance) and an HTML report. Progress goes to the log as `progress <perc
 SPEC.json: {"base_package", "data_dir", "classes": [{"name", "color"}], "iterations", "batch_size",
 "time_budget_s" (null: none), "out" (.onnx), "name", "description", "split" (how the held-out area was
 chosen), "report" (.html), "num_threads" (0: torch's default), "parent_pid" (optional: exit when that process,
-the backend, is gone)}.
+the backend, is gone), "lr" (optional); detection also "train_regions", "val_regions" (pixel boxes)}.
 """
 import copy
 import json
@@ -34,7 +35,8 @@ from training.data.sources import IGNORE, LabelledTile
 from training.export import check_parity, describe_parity, export_onnx, onnx_out_path, write_package
 from training.finetune.from_package import (PackageLoadError, base_config, model_from_package, package_metadata,
                                             recalibrate_batchnorm)
-from training.finetune.report import loss_history, write_report
+from training.finetune.detection import DETECTION_TASKS, finetune_detection
+from training.finetune.report import HeldOutCurve, loss_history, write_report
 from training.inference import predict_probabilities
 from training.metrics import iou_per_class
 from training.models import build_segmentor
@@ -58,8 +60,8 @@ def read_spec(path: Path) -> Dict:
     missing = [k for k in required if k not in spec]
     if missing:
         raise ValueError(f"finetune spec {path} lacks {missing}")
-    if len(spec["classes"]) < 2:
-        raise ValueError(f"finetune spec {path}: at least 2 classes are needed, got {len(spec['classes'])}")
+    if len(spec["classes"]) < 1:
+        raise ValueError(f"finetune spec {path}: no class given")
     return spec
 
 
@@ -96,7 +98,9 @@ def finetune_config(base: Config, spec: Dict, train_box: List[int]) -> Config:
     cfg.train.num_threads = int(spec.get("num_threads") or 0)  # 0: torch's default (every core)
     cfg.train.warmup_iters = min(20, max(1, iters // 10))
     cfg.train.log_interval = max(1, min(10, iters // 100))  # the job shows the loss at least every 10 iterations
-    cfg.train.checkpoint_interval = max(iters, 1)
+    # A checkpoint every tenth of the run (at least 5 iterations apart): the backend resumes from the last one
+    # when the training process dies.
+    cfg.train.checkpoint_interval = max(5, iters // 10)
     cfg.train.class_weighting = "inverse_sqrt_frequency"
     cfg.train.layer_decay = 1.0
     cfg.export.name = spec.get("name") or Path(spec["out"]).stem
@@ -201,16 +205,34 @@ def exit_with_parent(parent_pid: int) -> None:
 
 
 def finetune(spec_path) -> Dict:
+    """Finetune the spec's base package (segmentation, or detection: training.finetune.detection)."""
     spec_path = Path(spec_path)
     spec = read_spec(spec_path)
     if spec.get("parent_pid"):
         exit_with_parent(int(spec["parent_pid"]))
     work_dir = spec_path.parent / "run"
     work_dir.mkdir(parents=True, exist_ok=True)
-    out = onnx_out_path(spec["out"])
-    data = Path(spec["data_dir"])
+    spec["out"] = str(onnx_out_path(spec["out"]))
     started = time.time()
     progress(1, "reading the labelled data")
+    budget = TimeBudget(spec.get("time_budget_s"))
+    task = package_metadata(Path(spec["base_package"])).get("task")
+    if task in DETECTION_TASKS:
+        result = finetune_detection(spec, work_dir, progress, budget)
+    else:
+        result = finetune_segmentation(spec, work_dir, budget)
+    report = {**result["report"], "elapsed_s": round(time.time() - started, 1)}
+    (spec_path.parent / "report.json").write_text(json.dumps(report, indent=2))
+    if spec.get("report"):
+        write_report(Path(spec["report"]), report)
+    return {**result, "report": report}
+
+
+def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> Dict:
+    if len(spec["classes"]) < 2:
+        raise ValueError(f"finetune spec: a segmentation model needs at least 2 classes, got {len(spec['classes'])}")
+    out = Path(spec["out"])
+    data = Path(spec["data_dir"])
     image = np.array(Image.open(data / "img_dir" / SCENE).convert("RGB"))
     train_label = np.array(Image.open(data / "ann_train" / SCENE))
     val_label = np.array(Image.open(data / "ann_val" / SCENE))
@@ -232,9 +254,12 @@ def finetune(spec_path) -> Dict:
     sampler = make_sampler(cfg)
     recalibrate_batchnorm(model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
                           base.unfolded)
-    with TimeBudget(spec.get("time_budget_s")) as budget:
+    curve = HeldOutCurve(work_dir, "mIoU", lambda m: evaluate_tiles(m, cfg, val_tiles)["mIoU"], progress,
+                         cfg.train.iters)
+    with budget:
         state = train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model,
-                      evaluate_at_end=False, show_progress=False)
+                      evaluate_at_end=False, show_progress=False, resume=(work_dir / "latest.pt").is_file(),
+                      on_checkpoint=curve)
     stopped_early = int(state["iteration"]) < cfg.train.iters
     progress(88, "scoring the finetuned model on the held-out labels")
     model.eval()
@@ -247,13 +272,16 @@ def finetune(spec_path) -> Dict:
              base_path.stem, base_scores["mIoU"], comparison["best_constant_mIoU"])
 
     progress(92, "exporting the model package")
+    labelled = {"train": int((train_label != IGNORE).sum()), "held_out": int((val_label != IGNORE).sum())}
     provenance = {"base_model": base_path.stem, "base_model_name": base.meta.get("name", ""),
-                  "base_parity": base.parity, "split": spec.get("split", ""),
-                  "labelled_pixels": {"train": int((train_label != IGNORE).sum()),
-                                      "held_out": int((val_label != IGNORE).sum())},
+                  "base_parity": base.parity, "split": spec.get("split", ""), "metric": "mIoU",
+                  "labelled_pixels": labelled,
                   "iterations_done": int(state["iteration"]), "iterations_planned": cfg.train.iters,
                   "stopped_by_time_budget": bool(stopped_early and budget.fired),
-                  "base_held_out": base_scores, **comparison}
+                  "base_held_out": base_scores, **comparison,
+                  "finetuned_score": metrics["mIoU"], "base_score": base_scores["mIoU"],
+                  "baseline_score": comparison["best_constant_mIoU"],
+                  "baseline": f"best constant class ({comparison['best_constant_class']})"}
 
     def metadata(parity: Dict) -> Dict:
         meta = build_metadata(cfg, state, metrics, parity)
@@ -272,14 +300,23 @@ def finetune(spec_path) -> Dict:
                             check_parity=lambda p: check_parity(model, p, [tiles], cfg.export.atol,
                                                                 cfg.export.min_argmax_agreement),
                             build_metadata=metadata, describe_parity=describe_parity)
-    report = {"model": out.stem, "name": cfg.export.name, "classes": [c.name for c in cfg.data.classes],
-              "loss": loss_history(work_dir / "train.log"), "metrics": metrics, "base": base_scores,
-              "provenance": provenance, "elapsed_s": round(time.time() - started, 1)}
-    (spec_path.parent / "report.json").write_text(json.dumps(report, indent=2))
-    if spec.get("report"):
-        write_report(Path(spec["report"]), report)
+    names = [c.name for c in cfg.data.classes]
+    report = {"model": out.stem, "name": cfg.export.name, "metric": "mIoU",
+              "scores": [("finetuned model", metrics["mIoU"]), (f"base model {base_path.stem}", base_scores["mIoU"]),
+                         (f"best constant class ({comparison['best_constant_class']})",
+                          comparison["best_constant_mIoU"])],
+              "amounts": (f"Labelled pixels: {labelled['train']} for training, {labelled['held_out']} held out. "
+                          f"Overall accuracy: finetuned {metrics['overall_accuracy']:.3f}, base "
+                          f"{base_scores['overall_accuracy']:.3f}."),
+              "matching": (f"The base model's classes are matched to yours by name (matched: "
+                           f"{', '.join(base_scores['matched_classes']) or 'none'}); a pixel it gives any other "
+                           "class counts as wrong."),
+              "per_class_header": ["class", "finetuned IoU", "base IoU"],
+              "per_class": [[n, metrics["per_class_iou"].get(n), base_scores["per_class_iou"].get(n)] for n in names],
+              "loss": loss_history(work_dir / "train.log"),
+              "held_out_curve": curve.points + [(int(state["iteration"]), metrics["mIoU"])], "provenance": provenance}
     progress(100, f"done: held-out mIoU {metrics['mIoU']:.3f} (base {base_scores['mIoU']:.3f})")
-    return {"package": str(out), "metadata": written, "report": report}
+    return {"package": str(out), "metadata": written, "report": report, "score": metrics["mIoU"]}
 
 
 __all__ = ["finetune", "PackageLoadError"]
