@@ -141,15 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", type=Path, default=None, help="the .onnx to time (default: the bundled segmentation model)")
     d.add_argument("--json", action="store_true")
 
-    f = sub.add_parser("finetune", help="train a new segmentation or detection package on labelled polygons "
+    f = sub.add_parser("finetune", help="train a new segmentation, scene or detection package on labelled polygons "
                                         "(mtp:finetune's job)",
                        description="Cuts the labelled area from the raster at the base model's GSD, trains the base "
-                                   "package on the polygons (segmentation: areas, unlabelled pixels ignored; "
+                                   "package on the polygons (segmentation and scenes: areas, unlabelled pixels ignored; "
                                    "detection: one polygon per object, every object drawn), scores the result "
                                    "against the base model and a baseline on held-out labels, and writes the new "
                                    "package into a models folder. Needs the training environment (PyTorch).")
-    f.add_argument("--model", required=True, help="the base package (a semantic_segmentation, detection or "
-                                                  "rotated_detection model)")
+    f.add_argument("--model", required=True, help="the base package (a semantic_segmentation, scene_classification, "
+                                                  "detection or rotated_detection model)")
     f.add_argument("--input", required=True, type=Path, help="the raster")
     f.add_argument("--labels", required=True, type=Path, help="a vector file of polygons")
     f.add_argument("--class-field", required=True, help="the labels' field holding each polygon's class")

@@ -1,5 +1,6 @@
-"""The finetune job: an analyst's labelled polygons + raster -> a segmentation or detection package in a models
-folder. Segmentation labels are areas of one class (pixels under no polygon are ignored); detection labels are
+"""The finetune job: an analyst's labelled polygons + raster -> a segmentation, scene or detection package in a
+models folder. Segmentation and scene labels are areas of one class (pixels under no polygon are ignored; a
+scene cell counts when half of it is labelled); detection labels are
 one polygon per object (its minimum rotated rectangle, or its bounds for horizontal boxes), and every object
 of the labelled area must be drawn: image between them is background.
 
@@ -45,6 +46,7 @@ HELD_OUT_SHARE = 0.2        # share of the labelled pixels (objects) an automati
 DETECTION_TASKS = ("detection", "rotated_detection")
 MIN_TRAIN_OBJECTS = 10      # detection: objects needed for training ...
 MIN_HELD_OUT_OBJECTS = 5    # ... and for a held-out AP
+MIN_SCENE_CELLS = 4         # scene classification: cells at least half labelled, for training and held out
 DETECTION_MARGIN_PX = 8     # model pixels of image around the outermost labelled objects
 RESUME_DIR = ".finetune"    # in the models folder: runs that can be resumed (resume_folder)
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -71,7 +73,7 @@ class FinetuneRequest:
     batch_size: int
     window: raster_io.Window        # the labelled area on the raster
     size: tuple[int, int]           # (width, height) of the cut at the model's GSD
-    train_label: np.ndarray | None  # segmentation: class ids, 255 = unlabelled
+    train_label: np.ndarray | None  # segmentation and scenes: class ids, 255 = unlabelled
     val_label: np.ndarray | None
     split: str                      # how the held-out labels were chosen, in words
     gsd_note: str
@@ -226,6 +228,15 @@ def _gsd(ds, base: ModelPackage) -> tuple[float, str]:
     return factor, f"resampled from {metres:.3g} m to the base model's {base.gsd_m} m"
 
 
+def _labelled_cells(label: np.ndarray, size: int) -> int:
+    """Cells of a size x size grid at least half labelled (the scene recipe's min_labelled_share)."""
+    rows, cols = label.shape[0] // size, label.shape[1] // size
+    if rows == 0 or cols == 0:
+        return 0
+    labelled = (label[:rows * size, :cols * size] != 255).reshape(rows, size, cols, size).mean((1, 3))
+    return int((labelled >= 0.5).sum())
+
+
 def _strip_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     """Hold out a strip along one side of the labelled area with about HELD_OUT_SHARE of the labelled pixels,
     the side whose strip and remainder share the most classes; SPLIT_GAP_PX px between them stay unlabelled."""
@@ -377,6 +388,14 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     if len(np.unique(train[train != 255])) < 2:
         raise BackendError(f"The training labels (outside the held-out part: {split}) hold one class only; label "
                            "at least two classes outside it.")
+    if base.task == "scene_classification":  # examples are cells, not pixels
+        cell = base.tile_size
+        cells_train, cells_val = _labelled_cells(train, cell), _labelled_cells(val, cell)
+        if cells_train < MIN_SCENE_CELLS or cells_val < MIN_SCENE_CELLS:
+            raise BackendError(f"Too few labelled cells in {labels_path} for a scene classifier and a held-out check: "
+                               f"{cells_train} for training and {cells_val} held out ({split}) of {cell} x {cell} px "
+                               f"at the model's GSD, at least half labelled; at least {MIN_SCENE_CELLS} each are "
+                               "needed. Draw larger polygons.")
     return FinetuneRequest(base, input_path, labels_path, class_field, classes, model_id, target, report,
                            iterations, budget, batch_size, window, (width, height), train, val, split, gsd_note,
                            job_id, spec.overwrite)

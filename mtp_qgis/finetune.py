@@ -1,4 +1,4 @@
-"""Processing algorithm mtp:finetune — train a segmentation or detection model on the analyst's own polygons.
+"""Processing algorithm mtp:finetune — train a segmentation, scene or detection model on the analyst's polygons.
 
 The backend runs the training (in the training environment) as a job: this algorithm hands it the raster,
 the labels (and validation area) saved to temporary GeoPackages, and the new model's id; the package
@@ -65,7 +65,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
         return "finetune"
 
     def displayName(self):  # noqa: N802
-        return tr("Finetune a segmentation or detection model on your labels")
+        return tr("Finetune a segmentation, scene or detection model on your labels")
 
     def group(self):
         return tr("Segmentation")
@@ -75,7 +75,8 @@ class FinetuneAlgorithm(BackendAlgorithm):
 
     def task_help(self):
         return tr(
-            "Trains a segmentation or detection model on your own polygons, starting from a model package of that "
+            "Trains a segmentation, scene-classification or detection model on your own polygons, starting from a "
+            "model package of that "
             "task, and adds it to your models (the dock and the task's algorithm list it at once).\n\n"
             "Input raster: the imagery the labels were drawn on; training data is cut from it at the base "
             "model's ground sample distance.\n"
@@ -83,15 +84,17 @@ class FinetuneAlgorithm(BackendAlgorithm):
             "one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class "
             "if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector "
             "learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the "
-            "labelled area, since image between objects is taken as background.\n"
-            "Base model: a segmentation or (rotated) detection package written by the project's training (e.g. "
-            "{default}, mtp_rdet_default).\n"
+            "labelled area, since image between objects is taken as background. Scene classification: areas of "
+            "one class as for segmentation; a cell of the model's tile size counts when half of it is labelled.\n"
+            "Base model: a segmentation, scene-classification or (rotated) detection package written by the "
+            "project's training (e.g. {default}, mtp_scene_default, mtp_rdet_default).\n"
             "Validation area: optional polygons; labels inside them are held out to score the model. Without "
             "it the tool holds out a strip along one side of the labelled area (the log and report say which).\n"
             "Iterations / time budget: training stops at whichever comes first.\n"
             "Model id: the new model's id (a file name in your models folder).\n"
             "Report: HTML page with the loss curve and held-out figures of the new model, the base model and "
-            "a baseline (segmentation mIoU vs the best constant class; detection AP50 vs the median box on a grid)."
+            "a baseline (segmentation mIoU vs the best constant class; scenes accuracy vs the majority class; "
+            "detection AP50 vs the median box on a grid)."
         ).format(default=DEFAULT_MODEL_ID)
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -112,7 +115,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
             self.REPORT, tr("Report"), "HTML files (*.html)", optional=True))
         self.addOutput(QgsProcessingOutputString("MODEL_ID", tr("New model id")))
         self.addOutput(QgsProcessingOutputString("MODEL_PATH", tr("New model package")))
-        self.addOutput(QgsProcessingOutputString("METRIC", tr("Held-out metric (mIoU or AP50)")))
+        self.addOutput(QgsProcessingOutputString("METRIC", tr("Held-out metric (mIoU, accuracy or AP50)")))
         self.addOutput(QgsProcessingOutputNumber("HELD_OUT_SCORE", tr("Held-out score of the new model")))
         self.addOutput(QgsProcessingOutputNumber("BASE_SCORE", tr("Held-out score of the base model")))
         self.addOutput(QgsProcessingOutputNumber("HELD_OUT_MIOU", tr("Held-out mIoU of the new model (segmentation)")))

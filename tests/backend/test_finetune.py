@@ -119,8 +119,9 @@ def test_bad_labels_are_refused_before_queueing(case, expected, registry, user_m
 
 
 def test_base_models_that_cannot_be_finetuned_are_refused(registry, user_models, labels, tmp_path):
-    with pytest.raises(BackendError, match="does scene_classification, not semantic_segmentation"):
-        plan_job(spec(labels, user_models, model="mtp_scene_default"), registry, "j4")
+    with pytest.raises(BackendError, match="does change_detection, not semantic_segmentation or scene_classification "
+                                           "or detection or rotated_detection"):
+        plan_job(spec(labels, user_models, model="mtp_change_default"), registry, "j4")
     # A package without a training config (a third-party ONNX file, here a synthetic one) has no torch model.
     write_package(user_models / "foreign.onnx")
     with pytest.raises(BackendError, match="carries no training config"):
@@ -134,6 +135,19 @@ def test_model_id_and_folder_are_checked(registry, user_models, labels, tmp_path
         plan_job(spec(labels, user_models, models_dir=str(tmp_path)), registry, "j7")
     with pytest.raises(BackendError, match="options.model_id must be"):
         plan_job(spec(labels, user_models, model_id="../evil"), registry, "j8")
+
+
+def test_a_scene_classifier_base_needs_labelled_cells(registry, user_models, labels, tmp_path):
+    """Scene classification learns from cells of the package's tile (128 px), at least half labelled: small
+    polygons that would do for segmentation are refused; LoveDA's labels with a validation quadrant plan."""
+    small = polygons(tmp_path / "small.gpkg", [[0, 0, 90, 90], [200, 0, 290, 90], [400, 0, 490, 90],
+                                               [600, 0, 690, 90]], ["water", "forest", "water", "forest"])
+    with pytest.raises(BackendError, match=r"Too few labelled cells .* of 128 x 128 px") as err:
+        plan_job(spec(small, user_models, model="mtp_scene_default"), registry, "s1")
+    assert str(small) in err.value.message
+    val = polygons(tmp_path / "val.gpkg", [[512, 512, 1024, 1024]])
+    plan = plan_job(spec(labels, user_models, model="mtp_scene_default", validation=str(val)), registry, "s2")
+    assert not plan.is_detection and (plan.val_label != 255)[512:, 512:].all()
 
 
 @pytest.mark.slow

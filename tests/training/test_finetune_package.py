@@ -1,4 +1,5 @@
 """A model package back into torch for finetuning, and `python -m training finetune` stopped by its time budget."""
+import copy
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from training.config import ClassInfo, parse_config
 from training.data import normalize
 from training.export import read_metadata
 from training.finetune.from_package import PackageLoadError, model_from_package, recalibrate_batchnorm
@@ -139,3 +141,31 @@ def test_a_segmentation_package_is_no_detection_base():
     with pytest.raises(PackageLoadError, match="does semantic_segmentation; finetuning here needs a package of "
                                                "detection or rotated_detection"):
         detection_base_config(BUNDLED, package_metadata(BUNDLED))
+
+
+# --- scene-classification packages ---------------------------------------------------------------------------
+
+SCENE = REPO / "resources" / "models" / "mtp_scene_default.onnx"
+
+
+def test_bundled_scene_classifier_rebuilds_and_keeps_classes_by_name():
+    """The scene classifier back in torch: ONNX Runtime's logits and top classes on real cells; a new classifier
+    for [water, snow] keeps the encoder, the water row of the classifier and starts the snow row fresh."""
+    from training.finetune.from_package import package_metadata
+    from training.finetune.scene import classifier_from_package, new_classifier, scene_base_config
+
+    cfg = scene_base_config(SCENE, package_metadata(SCENE))
+    cells = tiles((512, 512), (640, 512), (512, 640), (896, 896), size=cfg.data.chip_size)
+    model, parity, unfolded = classifier_from_package(SCENE, cfg, cells)
+    assert parity["max_abs_logit_diff"] < 1e-3 and parity["top1_agreement"] == 1.0 and len(unfolded) > 20
+    new_cfg = copy.deepcopy(cfg)
+    new_cfg.model.num_classes = 2
+    new_cfg.data.classes = [parse_config(ClassInfo, {"name": "Water", "color": "#0000ff"}),
+                            parse_config(ClassInfo, {"name": "snow", "color": "#ffffff"})]
+    torch.manual_seed(0)
+    new = new_classifier(model, cfg, new_cfg)
+    old_state, state = model.state_dict(), new.state_dict()
+    water = [c.name for c in cfg.data.classes].index("water")
+    assert torch.equal(state["classifier.weight"][0], old_state["classifier.weight"][water])
+    assert not any(torch.equal(state["classifier.weight"][1], row) for row in old_state["classifier.weight"])
+    assert all(torch.equal(state[k], old_state[k]) for k in state if not k.startswith("classifier."))

@@ -1,5 +1,5 @@
 """`python -m training finetune --spec SPEC.json`: finetune a segmentation package on an analyst's labels
-(detection packages: training.finetune.detection).
+(scene-classification and detection packages: training.finetune.scene and training.finetune.detection).
 
 The backend (or anyone) prepares a data folder cut from the analyst's raster at the base model's GSD:
 `img_dir/scene.png` (the model's bands, 8 bit), `ann_train/scene.png` and `ann_val/scene.png` (class ids
@@ -36,6 +36,7 @@ from training.export import check_parity, describe_parity, export_onnx, onnx_out
 from training.finetune.from_package import (PackageLoadError, base_config, model_from_package, package_metadata,
                                             recalibrate_batchnorm)
 from training.finetune.detection import DETECTION_TASKS, finetune_detection
+from training.finetune.scene import finetune_scenes
 from training.finetune.report import HeldOutCurve, loss_history, write_report
 from training.inference import predict_probabilities
 from training.metrics import iou_per_class
@@ -219,6 +220,8 @@ def finetune(spec_path) -> Dict:
     task = package_metadata(Path(spec["base_package"])).get("task")
     if task in DETECTION_TASKS:
         result = finetune_detection(spec, work_dir, progress, budget)
+    elif task == "scene_classification":
+        result = finetune_scenes(spec, work_dir, progress, budget)
     else:
         result = finetune_segmentation(spec, work_dir, budget)
     report = {**result["report"], "elapsed_s": round(time.time() - started, 1)}

@@ -1,7 +1,7 @@
 """Scene-classification training (training.engine.train_loop with the chips and a cross-entropy
 loss) and held-out evaluation."""
 import logging
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -41,8 +41,11 @@ def evaluate_model(model: torch.nn.Module, cfg: SceneConfig, chips: Optional[Lis
     return result
 
 
-def train(cfg: Optional[SceneConfig], work_dir, **options) -> Dict:
-    """Train a scene classifier; `options` are those of training.engine.train_loop (iters, resume, ...)."""
+def train(cfg: Optional[SceneConfig], work_dir,
+          build_model: Optional[Callable[[SceneConfig, bool], torch.nn.Module]] = None, **options) -> Dict:
+    """Train a scene classifier; `options` are those of training.engine.train_loop (iters, resume, ...).
+    build_model(cfg, load_encoder_weights) -> model replaces the default (e.g. a model package's weights:
+    training.finetune)."""
     def load_training_data(cfg: SceneConfig):
         groups, stats = load_split(cfg, "train")
         sampler = make_sampler(cfg, groups)
@@ -59,7 +62,7 @@ def train(cfg: Optional[SceneConfig], work_dir, **options) -> Dict:
             return F.cross_entropy(model(images), labels, label_smoothing=cfg.train.label_smoothing)
         return (lambda it: sampler.batch(it, cfg.train.batch_size)), compute_loss
 
-    def build_model(cfg: SceneConfig, load_encoder_weights: bool):
+    def build_default(cfg: SceneConfig, load_encoder_weights: bool):
         if load_encoder_weights:
             check_encoder_checkpoint_unseen(cfg)
         return build_classifier(cfg.model, load_encoder_weights=load_encoder_weights)
@@ -71,8 +74,8 @@ def train(cfg: Optional[SceneConfig], work_dir, **options) -> Dict:
                 f"F1 per class {m['per_class_f1']}")
 
     return train_loop(cfg, work_dir, read_config=config_from_dict, load_training_data=load_training_data,
-                      build_model=build_model, evaluate=evaluate_model, describe_metrics=describe_metrics,
-                      **options)
+                      build_model=build_model or build_default, evaluate=evaluate_model,
+                      describe_metrics=describe_metrics, **options)
 
 
 def model_from_checkpoint(path) -> tuple:

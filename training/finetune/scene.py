@@ -1,0 +1,200 @@
+"""Finetune a scene-classification package on an analyst's polygons.
+
+The backend cuts the data as for segmentation (`img_dir/scene.png`, `ann_train/` and `ann_val/scene.png`: class
+ids, 255 unlabelled). A cell of the package's chip size is a training example when at least half of it is
+labelled and one class holds at least half of those pixels (the recipe's rules, dense chips for training, a
+grid of them held out). This module: base package -> torch classifier (checked against ONNX Runtime on chips of
+the scene) -> the base model's held-out accuracy on the analyst's classes (matched by name) -> training with the
+scene loop -> held-out accuracy and macro F1 of the finetuned model and of the majority class -> package + report.
+"""
+import copy
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from training.config import ClassInfo, SourceConfig, parse_config
+from training.export import compare_with_torch, export_onnx, write_package
+from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
+                                            recalibrate_batchnorm, training_config)
+from training.finetune.report import HeldOutCurve, loss_history
+from training.scene_classification.chips import Chip, chip_batch, load_split, make_sampler
+from training.scene_classification.config import SceneConfig, config_from_dict
+from training.scene_classification.engine import evaluate_model, predict, train
+from training.scene_classification.export import build_metadata, check_parity
+from training.scene_classification.metrics import confusion_matrix, summarize_classification
+from training.scene_classification.model import build_classifier
+
+SCENE = "scene.png"
+
+
+def scene_base_config(path: Path, meta: Dict) -> SceneConfig:
+    raw = training_config(path, meta, ("scene_classification",))
+    try:
+        return config_from_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise PackageLoadError(f"base model {path.stem}: its training config cannot be read: {exc}") from exc
+
+
+def classifier_from_package(path: Path, cfg: SceneConfig, chips: torch.Tensor) -> Tuple[torch.nn.Module, Dict, Dict]:
+    """-> (classifier in eval mode with the package's weights, parity vs ONNX Runtime on `chips`, un-folded
+    BatchNorms); refused when the rebuilt classifier does not give the package's logits and top classes."""
+    model = build_classifier(cfg.model, load_encoder_weights=False)
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    unfolded = load_initializers(model, weights, path.stem, conv_bn_pairs(model, chips[:1]))
+    model.eval()
+    max_diff, agree, _ = compare_with_torch(model, path, [chips], 4)
+    parity = {"chips": int(len(chips)), "max_abs_logit_diff": max_diff, "top1_agreement": agree / len(chips)}
+    if max_diff > 1e-2 or agree < len(chips):
+        raise PackageLoadError(f"base model {path.stem}: the torch classifier rebuilt from the package does not "
+                               f"reproduce its ONNX output (max |logit diff| {max_diff:.3g}, top-1 agreement "
+                               f"{agree}/{len(chips)}); it cannot be loaded for training")
+    return model, parity, unfolded
+
+
+def finetune_config(base: SceneConfig, spec: Dict) -> SceneConfig:
+    cfg = copy.deepcopy(base)
+    k = len(spec["classes"])
+    cfg.model.num_classes = k
+    cfg.model.encoder.checkpoint = None  # every weight comes from the package
+    cfg.data.classes = [parse_config(ClassInfo, {"name": c["name"], "color": c["color"]}) for c in spec["classes"]]
+    root = str(Path(spec["data_dir"]).resolve())
+    identity = {i: i for i in range(k)}
+    cfg.data.train = [parse_config(SourceConfig, {"dataset": "analyst", "root": root, "tiles": [SCENE],
+                                                  "class_map": identity, "label_dir": "ann_train"})]
+    cfg.data.val = [parse_config(SourceConfig, {"dataset": "analyst", "root": root, "tiles": [SCENE],
+                                                "class_map": identity, "label_dir": "ann_val"})]
+    iters = int(spec["iterations"])
+    cfg.train.iters = iters
+    cfg.train.batch_size = int(spec.get("batch_size") or cfg.train.batch_size)
+    cfg.train.lr = float(spec.get("lr") or cfg.train.lr / 3)  # trained already: gentler than from scratch
+    cfg.train.num_threads = int(spec.get("num_threads") or 0)
+    cfg.train.warmup_iters = min(20, max(1, iters // 10))
+    cfg.train.log_interval = max(1, min(10, iters // 100))
+    cfg.train.checkpoint_interval = max(5, iters // 10)  # the backend resumes from the last one after a crash
+    cfg.export.name = spec.get("name") or Path(spec["out"]).stem
+    cfg.export.description = spec.get("description") or ""
+    return cfg
+
+
+def base_scores(model: torch.nn.Module, base_cfg: SceneConfig, cfg: SceneConfig, chips: List[Chip]) -> Dict:
+    """The base model's held-out figures over the analyst's classes: its classes matched by name, a chip it gives
+    a class the analyst does not use counts as wrong."""
+    k = len(cfg.data.classes)
+    names = [c.name.strip().lower() for c in cfg.data.classes]
+    lut = np.array([names.index(c.name.strip().lower()) if c.name.strip().lower() in names else k
+                    for c in base_cfg.data.classes])
+    pred = lut[predict(model, chips, base_cfg)]
+    truth = np.array([c.label for c in chips])
+    names = [c.name for c in cfg.data.classes]
+    summary = summarize_classification(confusion_matrix(truth, pred, k + 1), names + ["(another class)"])
+    base_names = [c.name.strip().lower() for c in base_cfg.data.classes]
+    return {"overall_accuracy": summary["overall_accuracy"],
+            "per_class_f1": {n: summary["per_class_f1"][n] for n in names},
+            "matched_classes": [n for n in names if n.strip().lower() in base_names]}
+
+
+def new_classifier(base_model: torch.nn.Module, base_cfg: SceneConfig, cfg: SceneConfig) -> torch.nn.Module:
+    """Every base weight but the classifier's; its rows of classes the base model knows by name are copied."""
+    model = build_classifier(cfg.model, load_encoder_weights=False)
+    base_state, state = base_model.state_dict(), model.state_dict()
+    for key, value in base_state.items():
+        if key in state and state[key].shape == value.shape and not key.startswith("classifier."):
+            state[key] = value.clone()
+    base_names = [c.name.strip().lower() for c in base_cfg.data.classes]
+    for i, info in enumerate(cfg.data.classes):
+        if info.name.strip().lower() in base_names:
+            j = base_names.index(info.name.strip().lower())
+            state["classifier.weight"][i] = base_state["classifier.weight"][j]
+            state["classifier.bias"][i] = base_state["classifier.bias"][j]
+    model.load_state_dict(state)
+    return model
+
+
+def finetune_scenes(spec: Dict, work_dir: Path, progress, budget) -> Dict:
+    """The scene-classification part of training.finetune.run.finetune."""
+    if len(spec["classes"]) < 2:
+        raise ValueError(f"finetune spec: a scene classifier needs at least 2 classes, got {len(spec['classes'])}")
+    base_path = Path(spec["base_package"])
+    meta = package_metadata(base_path)
+    base_cfg = scene_base_config(base_path, meta)
+    cfg = finetune_config(base_cfg, spec)
+    val_chips = [c for g in load_split(cfg, "val")[0] for c in g]
+    train_groups, stats = load_split(cfg, "train")
+
+    progress(2, "loading the base model for training")
+    parity_chips = chip_batch(val_chips[:8], base_cfg.data)
+    base_model, parity, unfolded = classifier_from_package(base_path, base_cfg, parity_chips)
+
+    progress(4, "scoring the base model on the held-out cells")
+    base = base_scores(base_model, base_cfg, cfg, val_chips)
+    progress(8, f"base model held-out accuracy {base['overall_accuracy']:.3f}")
+
+    model = new_classifier(base_model, base_cfg, cfg)
+    sampler = make_sampler(cfg, train_groups)
+    recalibrate_batchnorm(model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)], unfolded)
+    curve = HeldOutCurve(work_dir, "accuracy", lambda m: evaluate_model(m, cfg, val_chips)["overall_accuracy"],
+                         progress, cfg.train.iters)
+    with budget:
+        state = train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model, evaluate_at_end=False,
+                      show_progress=False, resume=(work_dir / "latest.pt").is_file(), on_checkpoint=curve)
+    stopped_early = int(state["iteration"]) < cfg.train.iters
+
+    progress(88, "scoring the finetuned model on the held-out cells")
+    model.eval()
+    metrics = evaluate_model(model, cfg, val_chips)
+    score, majority = metrics["overall_accuracy"], metrics["baseline_majority_class"]
+    train_chips = sum(len(g) for g in train_groups)
+
+    progress(92, "exporting the model package")
+    provenance = {"base_model": base_path.stem, "base_model_name": meta.get("name", ""), "base_parity": parity,
+                  "split": spec.get("split", ""), "metric": "accuracy",
+                  "labelled_cells": {"train": train_chips, "held_out": len(val_chips)},
+                  "iterations_done": int(state["iteration"]), "iterations_planned": cfg.train.iters,
+                  "stopped_by_time_budget": bool(stopped_early and budget.fired),
+                  "matched_classes": base["matched_classes"], "base_held_out": base,
+                  "finetuned_score": score, "base_score": base["overall_accuracy"],
+                  "baseline_score": majority["overall_accuracy"],
+                  "baseline": f"always the majority class ({majority['class']})"}
+
+    def metadata(parity: Dict) -> Dict:
+        out = build_metadata(cfg, state, metrics, parity)
+        out["description"] = (
+            f"{cfg.export.description} Finetuned from {base_path.stem} on the analyst's labels: held-out accuracy "
+            f"{score:.3f} (base model {base['overall_accuracy']:.3f}, always '{majority['class']}' "
+            f"{majority['overall_accuracy']:.3f}).").strip()
+        out["metrics"]["base_model_overall_accuracy"] = base["overall_accuracy"]
+        out["finetune"] = provenance
+        out["encoder"] = meta.get("encoder") or cfg.model.encoder.name
+        return out
+
+    chips = chip_batch(val_chips[:cfg.export.max_parity_chips], cfg.data)
+    out = Path(spec["out"])
+    written = write_package(out, export_graph=lambda p: export_onnx(model, p, cfg.data.chip_size,
+                                                                   cfg.model.encoder.in_chans, cfg.export.opset),
+                            check_parity=lambda p: check_parity(model, p, chips, cfg.export.atol,
+                                                                cfg.export.min_top1_agreement),
+                            build_metadata=metadata,
+                            describe_parity=lambda p: (f"parity on {p['chips']} held-out chips: max |logit diff| "
+                                                       f"{p['max_abs_logit_diff']:.2e}, top-1 agreement "
+                                                       f"{p['top1_agreement']:.3f}"))
+    names = [c.name for c in cfg.data.classes]
+    report = {"model": out.stem, "name": cfg.export.name, "metric": "accuracy",
+              "scores": [("finetuned model", score), (f"base model {base_path.stem}", base["overall_accuracy"]),
+                         (f"always the majority class ({majority['class']})", majority["overall_accuracy"])],
+              "amounts": (f"Labelled cells of {cfg.data.chip_size} px: {train_chips} for training (overlapping, "
+                          f"every {cfg.data.train_stride} px), {len(val_chips)} held out. Macro F1: finetuned "
+                          f"{metrics['macro_f1']:.3f}."),
+              "matching": (f"The base model's classes are matched to yours by name (matched: "
+                           f"{', '.join(base['matched_classes']) or 'none'}); a cell it gives any other class "
+                           "counts as wrong."),
+              "per_class_header": ["class", "finetuned F1", "base F1", "held-out cells"],
+              "per_class": [[n, metrics["per_class_f1"].get(n), base["per_class_f1"].get(n), metrics["support"].get(n)]
+                            for n in names],
+              "loss": loss_history(work_dir / "train.log"),
+              "held_out_curve": curve.points + [(int(state["iteration"]), score)], "provenance": provenance}
+    progress(100, f"done: held-out accuracy {score:.3f} (base {base['overall_accuracy']:.3f})")
+    return {"package": str(out), "metadata": written, "report": report, "score": score}
