@@ -25,8 +25,9 @@ from training.detection.engine import build_model, evaluate_model, normalize_win
 from training.detection.export import build_metadata, check_parity, describe_parity, export_graph
 from training.export import write_package
 from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
-                                            recalibrate_batchnorm, training_config)
+                                            training_config)
 from training.finetune.report import HeldOutCurve, loss_history
+from training.finetune.steps import finetuned_metadata, provenance, score_rows, train_rebuilt
 
 log = logging.getLogger("training")
 DETECTION_TASKS = ("detection", "rotated_detection")
@@ -35,11 +36,8 @@ SCENE = "scene.png"
 
 
 def detection_base_config(path: Path, meta: Dict) -> DetConfig:
-    raw = training_config(path, meta, DETECTION_TASKS)
-    try:
-        return config_from_dict(raw, check_files=False)
-    except (ValueError, TypeError) as exc:
-        raise PackageLoadError(f"base model {path.stem}: its training config cannot be read: {exc}") from exc
+    # Not its data: the recipe's folders need not exist where the package is finetuned.
+    return training_config(path, meta, DETECTION_TASKS, lambda raw: config_from_dict(raw, check_files=False))
 
 
 def scene_parity_tiles(image: np.ndarray, cfg: DetConfig, count: int = 4) -> np.ndarray:
@@ -180,13 +178,9 @@ def finetune_detection(spec: Dict, work_dir: Path, progress, budget) -> Dict:
 
     model = new_detector(base_model, base_names, cfg)
     sampler = DetectionSampler(load_regions(cfg, "train"), cfg)
-    recalibrate_batchnorm(model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)], unfolded)
     curve = HeldOutCurve(work_dir, "AP50", lambda m: held_out_ap50(evaluate_model(m, cfg)), progress, cfg.train.iters)
-    with budget:
-        state = train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model,
-                      evaluate_at_end=False, show_progress=False, resume=(work_dir / "latest.pt").is_file(),
-                      on_checkpoint=curve)
-    stopped_early = int(state["iteration"]) < cfg.train.iters
+    state = train_rebuilt(train, cfg, model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
+                          unfolded, work_dir, budget, curve)
 
     progress(88, "scoring the finetuned model on the held-out boxes")
     model.eval()
@@ -201,25 +195,17 @@ def finetune_detection(spec: Dict, work_dir: Path, progress, budget) -> Dict:
     progress(92, "exporting the model package")
     per_class = {c.name: {"finetuned": metrics["ap50_voc12"].get(c.name), "base": base_metrics["ap50_voc12"].get(c.name),
                           "held_out_objects": metrics["num_gt"].get(c.name)} for c in cfg.data.classes}
-    provenance = {"base_model": base_path.stem, "base_model_name": meta.get("name", ""), "base_parity": base_parity,
-                  "split": spec.get("split", ""), "metric": "AP50",
-                  "labelled_objects": {"train": int(train_objects), "held_out": int(held_out_objects)},
-                  "iterations_done": int(state["iteration"]), "iterations_planned": cfg.train.iters,
-                  "stopped_by_time_budget": bool(stopped_early and budget.fired),
-                  "matched_classes": matched.matched,
-                  "finetuned_score": score, "base_score": base_score, "baseline_score": baseline_score,
-                  "baseline": "median training box on a dense grid, random scores",
-                  "finetuned_AP50": score, "base_AP50": base_score, "baseline_AP50": baseline_score}
+    figures = provenance(base_path, meta.get("name", ""), base_parity, spec, state, cfg.train.iters, budget, "AP50",
+                         (score, base_score, baseline_score), "shape-prior grid (median training box, random scores)",
+                         labelled_objects={"train": int(train_objects), "held_out": int(held_out_objects)},
+                         matched_classes=matched.matched, finetuned_AP50=score, base_AP50=base_score,
+                         baseline_AP50=baseline_score)
 
     def metadata(parity: Dict) -> Dict:
         out = build_metadata(cfg, state, metrics, parity)
-        out["description"] = (
-            f"{cfg.export.description} Finetuned from {base_path.stem} on the analyst's boxes: held-out AP50 "
-            f"{score:.3f} (base model {base_score:.3f}, shape-prior grid {baseline_score:.3f}).").strip()
         out["metrics"]["base_model_AP50"] = base_score
-        out["finetune"] = provenance
-        out["encoder"] = meta.get("encoder") or (cfg.model.get("encoder") or {}).get("name", "")
-        return out
+        return finetuned_metadata(out, cfg.export.description, figures,
+                                  meta.get("encoder") or (cfg.model.get("encoder") or {}).get("name", ""))
 
     tiles = scene_parity_tiles(image, cfg)
     out = Path(spec["out"])
@@ -227,8 +213,7 @@ def finetune_detection(spec: Dict, work_dir: Path, progress, budget) -> Dict:
                             check_parity=lambda p: check_parity(model, p, tiles, cfg),
                             build_metadata=metadata, describe_parity=describe_parity)
     report = {"model": out.stem, "name": cfg.export.name, "metric": "AP50",
-              "scores": [("finetuned model", score), (f"base model {base_path.stem}", base_score),
-                         ("shape-prior grid (median training box everywhere, random scores)", baseline_score)],
+              "scores": score_rows(figures),
               "amounts": (f"Labelled objects: {train_objects} for training, {held_out_objects} held out (objects cut "
                           "by the held-out area's border are ignored)."),
               "matching": (f"The base model's classes are matched to yours by name (matched: "
@@ -236,6 +221,6 @@ def finetune_detection(spec: Dict, work_dir: Path, progress, budget) -> Dict:
               "per_class_header": ["class", "finetuned AP50", "base AP50", "held-out objects"],
               "per_class": [[name, v["finetuned"], v["base"], v["held_out_objects"]] for name, v in per_class.items()],
               "loss": loss_history(work_dir / "train.log"),
-              "held_out_curve": curve.points + [(int(state["iteration"]), score)], "provenance": provenance}
+              "held_out_curve": curve.points + [(int(state["iteration"]), score)], "provenance": figures}
     progress(100, f"done: held-out AP50 {score:.3f} (base {base_score:.3f})")
     return {"package": str(out), "metadata": written, "report": report, "score": score}

@@ -10,7 +10,7 @@ tiles, else the package is refused: its encoder cannot be loaded for training.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, TypeVar
 
 import numpy as np
 import onnx
@@ -20,6 +20,9 @@ from onnx import numpy_helper
 from training.segmentation.config import Config, config_from_dict
 from training.export import METADATA_KEY, compare_with_torch
 from training.models import build_segmentor
+
+
+T = TypeVar("T")
 
 
 class PackageLoadError(ValueError):
@@ -33,9 +36,9 @@ def package_metadata(path: Path) -> Dict:
     return json.loads(props[METADATA_KEY])
 
 
-def training_config(path: Path, meta: Dict, tasks: Sequence[str]) -> Dict:
-    """The training config (a dict) a package of one of `tasks` was made with; the reason it cannot be
-    finetuned otherwise."""
+def training_config(path: Path, meta: Dict, tasks: Sequence[str], read: Callable[[Dict], T]) -> T:
+    """The training config a package of one of `tasks` was made with, read by the task's config reader; the
+    reason it cannot be finetuned otherwise."""
     if meta.get("task") not in tasks:
         raise PackageLoadError(f"base model {path.stem} does {meta.get('task')}; finetuning here needs a package of "
                                f"{' or '.join(tasks)}")
@@ -45,16 +48,15 @@ def training_config(path: Path, meta: Dict, tasks: Sequence[str]) -> Dict:
             f"base model {path.stem} carries no training config (metadata training.config): only packages "
             "written by `python -m training export` can be finetuned here; imported official or third-party "
             "packages cannot be loaded for training")
-    return raw
+    try:
+        return read(raw)
+    except (ValueError, TypeError) as exc:
+        raise PackageLoadError(f"base model {path.stem}: its training config cannot be read: {exc}") from exc
 
 
 def base_config(path: Path, meta: Dict) -> Config:
     """The segmentation training config a package was made with."""
-    raw = training_config(path, meta, ("semantic_segmentation",))
-    try:
-        return config_from_dict(raw)
-    except (ValueError, TypeError) as exc:
-        raise PackageLoadError(f"base model {path.stem}: its training config cannot be read: {exc}") from exc
+    return training_config(path, meta, ("semantic_segmentation",), config_from_dict)
 
 
 def conv_bn_pairs(model: torch.nn.Module, example: torch.Tensor) -> Dict[str, str]:

@@ -33,11 +33,11 @@ from training.config import ClassInfo, SourceConfig
 from training.data import load_source, normalize
 from training.data.sources import IGNORE, LabelledTile
 from training.export import check_parity, describe_parity, export_onnx, onnx_out_path, write_package
-from training.finetune.from_package import (PackageLoadError, base_config, model_from_package, package_metadata,
-                                            recalibrate_batchnorm)
+from training.finetune.from_package import PackageLoadError, base_config, model_from_package, package_metadata
 from training.finetune.detection import DETECTION_TASKS, finetune_detection
 from training.finetune.scene import finetune_scenes
 from training.finetune.report import HeldOutCurve, loss_history, write_report
+from training.finetune.steps import finetuned_metadata, provenance, score_rows, train_rebuilt
 from training.inference import predict_probabilities
 from training.metrics import iou_per_class
 from training.models import build_segmentor
@@ -255,15 +255,10 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
 
     model = new_model(base.model, base.cfg, cfg)
     sampler = make_sampler(cfg)
-    recalibrate_batchnorm(model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
-                          base.unfolded)
     curve = HeldOutCurve(work_dir, "mIoU", lambda m: evaluate_tiles(m, cfg, val_tiles)["mIoU"], progress,
                          cfg.train.iters)
-    with budget:
-        state = train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model,
-                      evaluate_at_end=False, show_progress=False, resume=(work_dir / "latest.pt").is_file(),
-                      on_checkpoint=curve)
-    stopped_early = int(state["iteration"]) < cfg.train.iters
+    state = train_rebuilt(train, cfg, model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
+                          base.unfolded, work_dir, budget, curve)
     progress(88, "scoring the finetuned model on the held-out labels")
     model.eval()
     metrics = evaluate_tiles(model.cpu(), cfg, val_tiles)
@@ -276,26 +271,16 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
 
     progress(92, "exporting the model package")
     labelled = {"train": int((train_label != IGNORE).sum()), "held_out": int((val_label != IGNORE).sum())}
-    provenance = {"base_model": base_path.stem, "base_model_name": base.meta.get("name", ""),
-                  "base_parity": base.parity, "split": spec.get("split", ""), "metric": "mIoU",
-                  "labelled_pixels": labelled,
-                  "iterations_done": int(state["iteration"]), "iterations_planned": cfg.train.iters,
-                  "stopped_by_time_budget": bool(stopped_early and budget.fired),
-                  "base_held_out": base_scores, **comparison,
-                  "finetuned_score": metrics["mIoU"], "base_score": base_scores["mIoU"],
-                  "baseline_score": comparison["best_constant_mIoU"],
-                  "baseline": f"best constant class ({comparison['best_constant_class']})"}
+    figures = provenance(base_path, base.meta.get("name", ""), base.parity, spec, state, cfg.train.iters, budget,
+                         "mIoU", (metrics["mIoU"], base_scores["mIoU"], comparison["best_constant_mIoU"]),
+                         f"best constant class ({comparison['best_constant_class']})",
+                         labelled_pixels=labelled, base_held_out=base_scores, **comparison)
 
     def metadata(parity: Dict) -> Dict:
         meta = build_metadata(cfg, state, metrics, parity)
-        meta["description"] = (
-            f"{cfg.export.description} Finetuned from {base_path.stem} on the analyst's labels: held-out mIoU "
-            f"{metrics['mIoU']:.3f} (base model {base_scores['mIoU']:.3f}, best constant class "
-            f"{comparison['best_constant_mIoU']:.3f}).").strip()
         meta["metrics"]["base_model_mIoU"] = base_scores["mIoU"]
-        meta["finetune"] = provenance
-        meta["encoder"] = base.meta.get("encoder") or cfg.model.encoder.name
-        return meta
+        return finetuned_metadata(meta, cfg.export.description, figures,
+                                  base.meta.get("encoder") or cfg.model.encoder.name)
 
     tiles = scene_tiles(image, cfg)
     written = write_package(out, export_graph=lambda p: export_onnx(model, p, cfg.eval.tile_size,
@@ -305,9 +290,7 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
                             build_metadata=metadata, describe_parity=describe_parity)
     names = [c.name for c in cfg.data.classes]
     report = {"model": out.stem, "name": cfg.export.name, "metric": "mIoU",
-              "scores": [("finetuned model", metrics["mIoU"]), (f"base model {base_path.stem}", base_scores["mIoU"]),
-                         (f"best constant class ({comparison['best_constant_class']})",
-                          comparison["best_constant_mIoU"])],
+              "scores": score_rows(figures),
               "amounts": (f"Labelled pixels: {labelled['train']} for training, {labelled['held_out']} held out. "
                           f"Overall accuracy: finetuned {metrics['overall_accuracy']:.3f}, base "
                           f"{base_scores['overall_accuracy']:.3f}."),
@@ -317,7 +300,7 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
               "per_class_header": ["class", "finetuned IoU", "base IoU"],
               "per_class": [[n, metrics["per_class_iou"].get(n), base_scores["per_class_iou"].get(n)] for n in names],
               "loss": loss_history(work_dir / "train.log"),
-              "held_out_curve": curve.points + [(int(state["iteration"]), metrics["mIoU"])], "provenance": provenance}
+              "held_out_curve": curve.points + [(int(state["iteration"]), metrics["mIoU"])], "provenance": figures}
     progress(100, f"done: held-out mIoU {metrics['mIoU']:.3f} (base {base_scores['mIoU']:.3f})")
     return {"package": str(out), "metadata": written, "report": report, "score": metrics["mIoU"]}
 

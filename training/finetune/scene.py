@@ -19,8 +19,9 @@ from onnx import numpy_helper
 from training.config import ClassInfo, SourceConfig, parse_config
 from training.export import compare_with_torch, export_onnx, write_package
 from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
-                                            recalibrate_batchnorm, training_config)
+                                            training_config)
 from training.finetune.report import HeldOutCurve, loss_history
+from training.finetune.steps import finetuned_metadata, provenance, score_rows, train_rebuilt
 from training.scene_classification.chips import Chip, chip_batch, load_split, make_sampler
 from training.scene_classification.config import SceneConfig, config_from_dict
 from training.scene_classification.engine import evaluate_model, predict, train
@@ -32,11 +33,7 @@ SCENE = "scene.png"
 
 
 def scene_base_config(path: Path, meta: Dict) -> SceneConfig:
-    raw = training_config(path, meta, ("scene_classification",))
-    try:
-        return config_from_dict(raw)
-    except (ValueError, TypeError) as exc:
-        raise PackageLoadError(f"base model {path.stem}: its training config cannot be read: {exc}") from exc
+    return training_config(path, meta, ("scene_classification",), config_from_dict)
 
 
 def classifier_from_package(path: Path, cfg: SceneConfig, chips: torch.Tensor) -> Tuple[torch.nn.Module, Dict, Dict]:
@@ -135,13 +132,10 @@ def finetune_scenes(spec: Dict, work_dir: Path, progress, budget) -> Dict:
 
     model = new_classifier(base_model, base_cfg, cfg)
     sampler = make_sampler(cfg, train_groups)
-    recalibrate_batchnorm(model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)], unfolded)
     curve = HeldOutCurve(work_dir, "accuracy", lambda m: evaluate_model(m, cfg, val_chips)["overall_accuracy"],
                          progress, cfg.train.iters)
-    with budget:
-        state = train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model, evaluate_at_end=False,
-                      show_progress=False, resume=(work_dir / "latest.pt").is_file(), on_checkpoint=curve)
-    stopped_early = int(state["iteration"]) < cfg.train.iters
+    state = train_rebuilt(train, cfg, model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
+                          unfolded, work_dir, budget, curve)
 
     progress(88, "scoring the finetuned model on the held-out cells")
     model.eval()
@@ -150,26 +144,16 @@ def finetune_scenes(spec: Dict, work_dir: Path, progress, budget) -> Dict:
     train_chips = sum(len(g) for g in train_groups)
 
     progress(92, "exporting the model package")
-    provenance = {"base_model": base_path.stem, "base_model_name": meta.get("name", ""), "base_parity": parity,
-                  "split": spec.get("split", ""), "metric": "accuracy",
-                  "labelled_cells": {"train": train_chips, "held_out": len(val_chips)},
-                  "iterations_done": int(state["iteration"]), "iterations_planned": cfg.train.iters,
-                  "stopped_by_time_budget": bool(stopped_early and budget.fired),
-                  "matched_classes": base["matched_classes"], "base_held_out": base,
-                  "finetuned_score": score, "base_score": base["overall_accuracy"],
-                  "baseline_score": majority["overall_accuracy"],
-                  "baseline": f"always the majority class ({majority['class']})"}
+    figures = provenance(base_path, meta.get("name", ""), parity, spec, state, cfg.train.iters, budget, "accuracy",
+                         (score, base["overall_accuracy"], majority["overall_accuracy"]),
+                         f"always the majority class ({majority['class']})",
+                         labelled_cells={"train": train_chips, "held_out": len(val_chips)},
+                         matched_classes=base["matched_classes"], base_held_out=base)
 
     def metadata(parity: Dict) -> Dict:
         out = build_metadata(cfg, state, metrics, parity)
-        out["description"] = (
-            f"{cfg.export.description} Finetuned from {base_path.stem} on the analyst's labels: held-out accuracy "
-            f"{score:.3f} (base model {base['overall_accuracy']:.3f}, always '{majority['class']}' "
-            f"{majority['overall_accuracy']:.3f}).").strip()
         out["metrics"]["base_model_overall_accuracy"] = base["overall_accuracy"]
-        out["finetune"] = provenance
-        out["encoder"] = meta.get("encoder") or cfg.model.encoder.name
-        return out
+        return finetuned_metadata(out, cfg.export.description, figures, meta.get("encoder") or cfg.model.encoder.name)
 
     chips = chip_batch(val_chips[:cfg.export.max_parity_chips], cfg.data)
     out = Path(spec["out"])
@@ -183,8 +167,7 @@ def finetune_scenes(spec: Dict, work_dir: Path, progress, budget) -> Dict:
                                                        f"{p['top1_agreement']:.3f}"))
     names = [c.name for c in cfg.data.classes]
     report = {"model": out.stem, "name": cfg.export.name, "metric": "accuracy",
-              "scores": [("finetuned model", score), (f"base model {base_path.stem}", base["overall_accuracy"]),
-                         (f"always the majority class ({majority['class']})", majority["overall_accuracy"])],
+              "scores": score_rows(figures),
               "amounts": (f"Labelled cells of {cfg.data.chip_size} px: {train_chips} for training (overlapping, "
                           f"every {cfg.data.train_stride} px), {len(val_chips)} held out. Macro F1: finetuned "
                           f"{metrics['macro_f1']:.3f}."),
@@ -195,6 +178,6 @@ def finetune_scenes(spec: Dict, work_dir: Path, progress, budget) -> Dict:
               "per_class": [[n, metrics["per_class_f1"].get(n), base["per_class_f1"].get(n), metrics["support"].get(n)]
                             for n in names],
               "loss": loss_history(work_dir / "train.log"),
-              "held_out_curve": curve.points + [(int(state["iteration"]), score)], "provenance": provenance}
+              "held_out_curve": curve.points + [(int(state["iteration"]), score)], "provenance": figures}
     progress(100, f"done: held-out accuracy {score:.3f} (base {base['overall_accuracy']:.3f})")
     return {"package": str(out), "metadata": written, "report": report, "score": score}

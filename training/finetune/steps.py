@@ -1,0 +1,49 @@
+"""What finetuning does the same way for every task: train the model rebuilt from the package (its BatchNorms
+given the statistics of the analyst's crops first; resumable; the held-out curve on the way), and record where
+the new package comes from and how it compares."""
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import torch
+
+from training.finetune.from_package import recalibrate_batchnorm
+
+
+def train_rebuilt(train: Callable[..., Dict], cfg: Any, model: torch.nn.Module, first_batches: Sequence[torch.Tensor],
+                  unfolded: Dict[str, str], work_dir: Path, budget: Any,
+                  curve: Callable[[torch.nn.Module, int], None]) -> Dict:
+    """The task's training loop on `model`; resumes when work_dir holds a checkpoint (the backend kept it after a
+    crash). `budget` (training.finetune.run.TimeBudget) may stop it early, as Ctrl-C does."""
+    recalibrate_batchnorm(model, first_batches, unfolded)
+    with budget:
+        return train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model, evaluate_at_end=False,
+                     show_progress=False, resume=(work_dir / "latest.pt").is_file(), on_checkpoint=curve)
+
+
+def provenance(base_path: Path, base_name: str, parity: Dict, spec: Dict, state: Dict, planned: int, budget: Any,
+               metric: str, scores: Tuple[float, float, float], baseline: str, **task_figures: Any) -> Dict:
+    """The package's `finetune` metadata: base model, split, iterations, the task's own figures, and the
+    task-independent metric, finetuned / base / baseline scores (docs/contract.md §3 "Finetuning")."""
+    done = int(state["iteration"])
+    return {"base_model": base_path.stem, "base_model_name": base_name, "base_parity": parity,
+            "split": spec.get("split", ""), "metric": metric, "iterations_done": done, "iterations_planned": planned,
+            "stopped_by_time_budget": bool(done < planned and budget.fired), **task_figures,
+            "finetuned_score": scores[0], "base_score": scores[1], "baseline_score": scores[2], "baseline": baseline}
+
+
+def finetuned_metadata(meta: Dict, description: str, figures: Dict, encoder: str) -> Dict:
+    """A task's package metadata made the finetuned package's: the comparison in its description, the
+    provenance under `finetune`, the encoder it started from."""
+    meta["description"] = (
+        f"{description} Finetuned from {figures['base_model']} on the analyst's labels: held-out {figures['metric']} "
+        f"{figures['finetuned_score']:.3f} (base model {figures['base_score']:.3f}, {figures['baseline']} "
+        f"{figures['baseline_score']:.3f}).").strip()
+    meta["finetune"] = figures
+    meta["encoder"] = encoder
+    return meta
+
+
+def score_rows(figures: Dict) -> List[Tuple[str, float]]:
+    """The report's comparison: (what, held-out score) of the finetuned model, the base model, the baseline."""
+    return [("finetuned model", figures["finetuned_score"]), (f"base model {figures['base_model']}", figures["base_score"]),
+            (figures["baseline"], figures["baseline_score"])]
