@@ -195,6 +195,10 @@ def test_samrs_configs_are_refused_with_their_key_path(tmp_path):
     raw["data"].update(images=["a.png"], val_regions=[[0, 0, 64, 64]])
     with pytest.raises(ValueError, match=r"data.images, data.val_regions: not used by label_format samrs"):
         config_from_dict(raw, check_files=False)
+    raw = samrs_raw(tmp_path)
+    raw["data"]["label_dir"] = "masks"   # the subset's own layout is read, never this folder: said, not ignored
+    with pytest.raises(ValueError, match=r"data.label_dir: not used by label_format samrs"):
+        config_from_dict(raw, check_files=False)
     raw = loveda_raw()
     raw["data"]["samrs_subset"] = "sota"
     with pytest.raises(ValueError, match=r"data.samrs_subset is for label_format samrs only"):

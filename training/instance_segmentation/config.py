@@ -194,6 +194,9 @@ def _validate_samrs(data: InstDataConfig) -> None:
         raise ValueError(f"data.samrs_subset must be one of {', '.join(SUBSETS)} for label_format samrs, "
                          f"not {data.samrs_subset!r}")
     given = [f"data.{k}" for k in ("images", "train_regions", "val_regions") if getattr(data, k) is not None]
+    # The folders have defaults: one set to something else was meant to be read, and would not be.
+    given += [f"data.{k}" for k, default in (("image_dir", "img_dir"), ("label_dir", "ann_dir"))
+              if getattr(data, k) != default]
     if given:
         raise ValueError(f"{', '.join(given)}: not used by label_format samrs (training images are the subset's "
                          f"train split, held-out ones its valid split, each image one whole region); leave them out")
