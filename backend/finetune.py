@@ -49,6 +49,7 @@ MIN_HELD_OUT_OBJECTS = 5    # ... and for a held-out AP
 MIN_SCENE_CELLS = 4         # scene classification: cells at least half labelled, for training and held out
 DETECTION_MARGIN_PX = 8     # model pixels of image around the outermost labelled objects
 RESUME_DIR = ".finetune"    # in the models folder: runs that can be resumed (resume_folder)
+TRAINING_MISSING = "Finetuning needs the training environment"  # the plugin offers to install it on this
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # A hard-coded palette for classes the base model does not know by name (QGIS-like distinct colours).
 PALETTE = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf", "#999999",
@@ -104,10 +105,12 @@ def training_python() -> str:
         if not os.access(configured, os.X_OK):
             raise BackendError(f"MTP_QGIS_TRAINING_PYTHON is {configured}, which is not an executable Python.")
         return configured
+    importlib.invalidate_caches()  # the plugin may have added PyTorch to this environment since the backend started
     if importlib.util.find_spec("torch") is None:
-        raise BackendError("Finetuning needs the training environment (PyTorch), which this backend's Python "
-                           f"({sys.executable}) does not have: install requirements/training.txt into it, or set "
-                           "MTP_QGIS_TRAINING_PYTHON to a Python that has them.")
+        raise BackendError(f"{TRAINING_MISSING}: this backend's Python ({sys.executable}) has no PyTorch. Install it "
+                           "from the dock's Finetune tab ('Install the training environment'), or with "
+                           "`backend_installer.py --training`, or install requirements/finetune.txt into that Python "
+                           "yourself, or set MTP_QGIS_TRAINING_PYTHON to a Python that has them.")
     return sys.executable
 
 

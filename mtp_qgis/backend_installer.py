@@ -3,6 +3,7 @@
 The plugin's "Install backend" button runs this as a background task; from a shell it is
 
     python3 backend_installer.py [--env DIR] [--requirements FILE] [--python BASE_PYTHON] [--device auto|cpu|cuda]
+    python3 backend_installer.py --training [--env DIR]     # add PyTorch & co. for finetuning to a ready one
 
 ONNX Runtime's build follows the machine: the GPU build (onnxruntime-gpu, with CUDA and cuDNN from NVIDIA's pip
 wheels, so no system CUDA is needed) when an NVIDIA driver new enough for it answers `nvidia-smi`, the CPU build
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 READY_FILE = "mtp_backend_ready.json"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's CPU-only wheels (no CUDA libraries)
 MIN_PYTHON = (3, 9)
 HERE = Path(__file__).resolve().parent
 
@@ -81,6 +83,24 @@ def default_requirements() -> Path:
         if candidate.is_file():
             return candidate
     raise InstallError(f"No backend requirements file was found next to {HERE}; reinstall the plugin.")
+
+
+def finetune_requirements() -> Path:
+    """What finetuning adds to the backend's environment (torch, timm, ...): beside the bundled backend (zip) or
+    in the checkout."""
+    for candidate in (HERE / "backend_bundle" / "requirements-finetune.txt", HERE.parent / "requirements" / "finetune.txt"):
+        if candidate.is_file():
+            return candidate
+    raise InstallError(f"No finetuning requirements file was found next to {HERE}; reinstall the plugin.")
+
+
+def has_training(env_dir: Optional[Path] = None) -> bool:
+    """Whether the installer added the training environment (finetuning) to the backend's environment."""
+    ready = Path(env_dir or default_env_dir()) / READY_FILE
+    try:
+        return bool(json.loads(ready.read_text(encoding="utf-8")).get("training"))
+    except (OSError, ValueError):
+        return False
 
 
 def backend_source_root() -> Path:
@@ -338,6 +358,36 @@ class Installer:
         self.say(100, f"Backend environment ready: {python}")
         return python
 
+    def add_training(self, requirements: Optional[Path] = None) -> Path:
+        """Add what finetuning needs (PyTorch and friends, requirements-finetune.txt) to the ready backend
+        environment, check that the training code imports, and record it in the ready file. PyTorch's CPU build
+        on a machine without an NVIDIA GPU (its wheel index beside PyPI), the default build otherwise. A failure
+        leaves the backend environment as it was usable."""
+        python = ready_env_python(self.env_dir)
+        if python is None:
+            raise InstallError(f"There is no ready backend environment in {self.env_dir}; install the backend first.")
+        requirements = Path(requirements or finetune_requirements())
+        ready = json.loads((self.env_dir / READY_FILE).read_text(encoding="utf-8"))
+        gpu = bool(ready.get("gpu")) if self.gpu is None else self.gpu
+        index = [] if gpu else ["--extra-index-url", TORCH_CPU_INDEX]
+        self.say(2, f"Installing the training environment into {self.env_dir} "
+                    f"(PyTorch's {'default (CUDA)' if gpu else 'CPU'} build; a download of "
+                    f"{'several GB' if gpu else 'about 200 MB'})")
+        self._call([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                    "--progress-bar", "off", *index, "-r", str(requirements)], 2, 90,
+                   "installing the training packages",
+                   count_lines=("Collecting", "Downloading", "Installing", "Successfully"))
+        self.say(92, "Checking that the training code imports")
+        source_root = backend_source_root()
+        self._call([str(python), "-c", "import torch, timm, onnxscript; import training.finetune.run"], 92, 99,
+                   "checking the training packages", env=dict(os.environ, PYTHONPATH=str(source_root)),
+                   cwd=str(source_root))
+        ready.update(training=True, training_requirements=str(requirements),
+                     training_installed=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        (self.env_dir / READY_FILE).write_text(json.dumps(ready, indent=1), encoding="utf-8")
+        self.say(100, f"Training environment ready in {self.env_dir}: finetuning can run")
+        return python
+
     def _call(self, command: list[str], start: float, end: float, what: str, env=None, cwd=None,
               count_lines: tuple[str, ...] = ()) -> None:
         """Run a step, its output into the log; progress creeps from start to end as lines come."""
@@ -380,6 +430,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help=f"ONNX Runtime's build: cuda (GPU), cpu, or auto (default, or ${DEVICE_VARIABLE}): the GPU "
                              "build when nvidia-smi shows an NVIDIA driver new enough for it")
     parser.add_argument("--gpu", action="store_true", help="the same as --device cuda")
+    parser.add_argument("--training", action="store_true",
+                        help="add the training environment (PyTorch, for finetuning) to the ready backend environment")
     parser.add_argument("--choose-device", action="store_true",
                         help="only print the choice, 'cpu' or 'cuda', a tab and the reason (scripts/setup.sh)")
     args = parser.parse_args(argv)
@@ -389,7 +441,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             gpu, why = choose_device(device)
             print(f"{'cuda' if gpu else 'cpu'}\t{why}")
             return 0
-        python = Installer(args.env, args.requirements, args.python, device=device).run()
+        installer = Installer(args.env, args.requirements, args.python, device=device)
+        if args.training:
+            python = installer.add_training()
+            print(f"training environment ready: {python}")
+            return 0
+        python = installer.run()
     except KeyboardInterrupt:
         print("cancelled; nothing was kept", file=sys.stderr)
         return 130

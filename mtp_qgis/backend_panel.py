@@ -22,14 +22,21 @@ def log_link(path, text=None):
     return f'<a href="{html.escape(QUrl.fromLocalFile(str(path)).toString())}">{html.escape(text or tr("Show log"))}</a>'
 
 
-class InstallBackendTask(QgsTask):
-    """Runs the installer off the main thread; everything it prints goes to the log file."""
+def training_log_path():
+    return backend_installer.data_dir() / "install_training.log"
 
-    def __init__(self, log_path, env_dir=None, base_python=None):
-        super().__init__(tr("MTP: install the backend"), QgsTask.Flag.CanCancel)
+
+class InstallBackendTask(QgsTask):
+    """Runs the installer off the main thread; everything it prints goes to the log file. With `training`, it adds
+    the training environment (PyTorch, for finetuning) to the ready backend environment instead."""
+
+    def __init__(self, log_path, env_dir=None, base_python=None, training=False):
+        super().__init__(tr("MTP: install the training environment") if training else tr("MTP: install the backend"),
+                         QgsTask.Flag.CanCancel)
         self.log_path = Path(log_path)
         self.env_dir = env_dir
         self.base_python = base_python
+        self.training = training
         self.message = ""
         self.error = None
         self.python = None
@@ -41,7 +48,7 @@ class InstallBackendTask(QgsTask):
                 self.env_dir, base_python=self.base_python, log=log, progress=self._progress,
                 cancelled=self.isCanceled)
             try:
-                self.python = installer.run()
+                self.python = installer.add_training() if self.training else installer.run()
                 return True
             except backend_installer.InstallCancelled:
                 self.error = tr("Installation cancelled; nothing was kept.")

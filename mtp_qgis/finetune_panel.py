@@ -22,12 +22,16 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from . import model_store
+from . import backend_installer, model_store
+from .backend_panel import InstallBackendTask, log_link, training_log_path
 from .i18n import tr
 from .run_row import add_run_row
 from .settings import DEFAULT_MODEL_ID
 
 ALGORITHM_ID = "mtp:finetune"
+INSTALL_TRAINING_LINK = "mtp:install-training"
+# The start of the backend's refusal when its Python has no PyTorch (backend/finetune.py TRAINING_MISSING).
+TRAINING_MISSING = "Finetuning needs the training environment"
 
 
 class FinetunePanel(QWidget):
@@ -36,6 +40,7 @@ class FinetunePanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._task = None
+        self._install = None  # the training-environment install task, while it runs
         self._feedback = None
         self._context = None
         self._last_error = None
@@ -76,8 +81,7 @@ class FinetunePanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         self.run_button, self.cancel_button, self.progress, self.status = add_run_row(
-            self, layout, tr("Finetune"), tr("Draw polygons with a class field, then finetune."),
-            lambda link: QDesktopServices.openUrl(QUrl(link)))
+            self, layout, tr("Finetune"), tr("Draw polygons with a class field, then finetune."), self._open_link)
         self.labels_combo.layerChanged.connect(self.field_combo.setLayer)
         self.field_combo.setLayer(self.labels_combo.currentLayer())
         self.run_button.clicked.connect(self.run)
@@ -146,9 +150,54 @@ class FinetunePanel(QWidget):
         QgsApplication.taskManager().addTask(self._task)
 
     def cancel(self):
+        if self._install is not None:
+            self._install.cancel()
+            return
         if self._feedback is not None:
             self._feedback.cancel()
             self.set_status(tr("Cancelling..."))
+
+    def _open_link(self, link):
+        if link == INSTALL_TRAINING_LINK:
+            self.install_training()
+        else:
+            QDesktopServices.openUrl(QUrl(link))
+
+    def install_training(self, env_dir=None):
+        """Add PyTorch & co. to the plugin's backend environment (backend_installer.py --training) as a QGIS task,
+        its progress in this tab; the backend finds them at the next finetuning, no restart needed."""
+        if self._install is not None or self._task is not None:
+            return
+        self._install = InstallBackendTask(training_log_path(), env_dir, training=True)
+        self._install.progressChanged.connect(self._install_progress)
+        self._install.taskCompleted.connect(self._install_completed)
+        self._install.taskTerminated.connect(self._install_terminated)
+        self.progress.setValue(0)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(html.escape(tr("Installing the training environment (PyTorch)…")) + " " +
+                            log_link(training_log_path()))
+        QgsApplication.taskManager().addTask(self._install)
+
+    def _install_progress(self, value):
+        self.progress.setValue(int(value))
+        if self._install is not None and self._install.message:
+            self.status.setText(html.escape(tr("Installing the training environment: {step}").format(
+                step=self._install.message[:80])) + " " + log_link(training_log_path()))
+
+    def _install_completed(self):
+        self._install = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.set_status(tr("The training environment is installed: press Finetune again."))
+
+    def _install_terminated(self):
+        task, self._install = self._install, None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        reason = ((task.error if task is not None else None) or tr("Installation stopped.")).split("\n", 1)[0]
+        self.status.setText(html.escape(tr("The training environment could not be installed: {reason}").format(
+            reason=reason[:300])) + " " + log_link(training_log_path()))
 
     def _finished(self, successful, results):
         cancelled = self._feedback is not None and self._feedback.isCanceled()
@@ -159,6 +208,11 @@ class FinetunePanel(QWidget):
             self.set_status(tr("Cancelled; no model was written.") if cancelled else
                             tr("Finetuning failed: {reason}").format(
                                 reason=self._last_error or tr("see the log messages panel (Processing tab)")))
+            if not cancelled and TRAINING_MISSING in (self._last_error or "") and \
+                    backend_installer.ready_env_python() is not None:
+                # The plugin made the backend's environment: it can add the training packages to it.
+                link = f'<a href="{INSTALL_TRAINING_LINK}">{html.escape(tr("Install the training environment"))}</a>'
+                self.status.setText(f"{self.status.text()} {link}")
             return
         self.progress.setValue(100)
         new, base = results.get("HELD_OUT_SCORE"), results.get("BASE_SCORE")
@@ -173,6 +227,8 @@ class FinetunePanel(QWidget):
         self.model_added.emit(results.get("MODEL_ID", ""))
 
     def shutdown(self):
+        if self._install is not None:
+            self._install.cancel()
         if self._feedback is not None:
             self._feedback.cancel()
         if self._task is not None:

@@ -79,12 +79,15 @@ def build_zip(out: Path) -> Path:
         zf.write(REPO / "metadata.txt", f"{PLUGIN}/metadata.txt")
         zf.write(REPO / "LICENSE", f"{PLUGIN}/LICENSE")
         bundle = f"{PLUGIN}/backend_bundle"
-        # The backend imports mtp_common (code it shares with training): both go beside each other.
-        for f in sorted([*(REPO / "backend").rglob("*"), *(REPO / "mtp_common").rglob("*")]):
+        # The backend imports mtp_common (code it shares with training): both go beside each other, and the
+        # training code its finetune job runs (with requirements-finetune.txt, installed from the dock on demand).
+        for f in sorted([*(REPO / "backend").rglob("*"), *(REPO / "mtp_common").rglob("*"),
+                         *(REPO / "training").rglob("*")]):
             if wanted(f):
                 zf.write(f, f"{bundle}/{f.relative_to(REPO).as_posix()}")
         zf.write(REPO / "requirements/backend.txt", f"{bundle}/requirements.txt")
         zf.write(REPO / "requirements/backend-gpu.txt", f"{bundle}/requirements-gpu.txt")  # the installer's GPU pins
+        zf.write(REPO / "requirements/finetune.txt", f"{bundle}/requirements-finetune.txt")
     found = problems(tmp)
     if found:
         tmp.unlink()

@@ -150,3 +150,52 @@ def test_a_leftover_half_environment_is_never_reused(tmp_path):
         backend_installer.Installer(env, base_python=Path("/usr/bin/python3"), log=open(tmp_path / "log", "w"),
                                     cancelled=lambda: True).run()
     assert not env.exists()
+
+
+# --- the training environment (finetuning) ---------------------------------------------------------------------
+
+def _ready_env(tmp_path, gpu):
+    """A ready backend environment whose Python is this suite's (it has PyTorch, timm and onnxscript): a launcher
+    script, so that the interpreter keeps its own environment (a symlink would be the system's Python)."""
+    import json
+    env = tmp_path / "venv"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (env / "bin" / "python").chmod(0o755)
+    (env / backend_installer.READY_FILE).write_text(json.dumps({"python": str(env / "bin" / "python"), "gpu": gpu}))
+    return env
+
+
+def test_training_is_added_to_a_ready_environment_and_recorded(tmp_path):
+    """`--training` runs pip on the finetuning requirements in the backend's environment (PyTorch's CPU index
+    beside PyPI when its ONNX Runtime is the CPU build), checks that the training code imports, and marks the
+    environment; here every pinned package is in place already, so pip changes nothing."""
+    import json
+    env = _ready_env(tmp_path, gpu=False)
+    requirements = tmp_path / "finetune.txt"
+    pins = [line for line in (REPO / "requirements" / "finetune.txt").read_text().splitlines()
+            if line.startswith(("tqdm", "timm"))]
+    requirements.write_text("\n".join(pins) + "\n")
+    log = tmp_path / "install.log"
+    with open(log, "w") as out:
+        python = backend_installer.Installer(env, log=out).add_training(requirements)
+    text = log.read_text()
+    assert python == env / "bin" / "python"
+    assert f"--extra-index-url {backend_installer.TORCH_CPU_INDEX} -r {requirements}" in text
+    assert "import training.finetune.run" in text and "Training environment ready" in text
+    ready = json.loads((env / backend_installer.READY_FILE).read_text())
+    assert ready["training"] is True and ready["gpu"] is False and backend_installer.has_training(env)
+    assert backend_installer.finetune_requirements() == REPO / "requirements" / "finetune.txt"
+
+
+def test_a_failed_training_install_leaves_the_backend_environment_usable(tmp_path):
+    env = _ready_env(tmp_path, gpu=True)   # the default PyTorch index: no second index to wait for
+    requirements = tmp_path / "finetune.txt"
+    requirements.write_text("mtp-qgis-no-such-package==0.0.1\n")
+    with open(tmp_path / "install.log", "w") as out:
+        with pytest.raises(backend_installer.InstallError, match="while installing the training packages"):
+            backend_installer.Installer(env, log=out).add_training(requirements)
+    assert backend_installer.ready_env_python(env) == env / "bin" / "python"
+    assert not backend_installer.has_training(env)
+    with pytest.raises(backend_installer.InstallError, match="install the backend first"):
+        backend_installer.Installer(tmp_path / "nothing").add_training(requirements)

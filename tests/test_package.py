@@ -49,6 +49,33 @@ def test_zip_carries_the_backend_but_no_model(plugin_zip):
     assert "mtp_qgis/backend_bundle/requirements-gpu.txt" in names  # the installer's GPU pins
     assert "mtp_qgis/backend_installer.py" in names
     assert not [n for n in names if n.endswith(".onnx")]
+    # The finetune job's training code and what the dock's "Install the training environment" installs.
+    assert "mtp_qgis/backend_bundle/training/finetune/run.py" in names
+    assert "mtp_qgis/backend_bundle/requirements-finetune.txt" in names
+
+
+@pytest.mark.slow
+def test_the_bundle_finetunes_in_an_environment_with_pytorch(plugin_zip, tmp_path):
+    """The backend as a zip installs it, in this suite's Python (which has the finetuning packages): its finetune
+    job finds the bundled training code and writes a scene classifier from LoveDA polygons."""
+    sys.path.insert(0, str(REPO / "tests" / "plugin"))
+    from plugin_test_support import loveda_label_polygons, rectangle_polygons
+    with zipfile.ZipFile(plugin_zip) as zf:
+        zf.extractall(tmp_path / "plugins")
+    bundle = tmp_path / "plugins" / "mtp_qgis" / "backend_bundle"
+    models = tmp_path / "models"
+    models.mkdir()
+    labels = loveda_label_polygons("1.png", tmp_path / "labels.gpkg")
+    validation = rectangle_polygons(tmp_path / "validation.gpkg", [512, 512, 1024, 1024])
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(bundle), "MTP_QGIS_TRAINING_THREADS": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-m", "backend", "finetune", "--models-dir", str(REPO / "resources" / "models"),
+                           "--model", "mtp_scene_default", "--input", str(REPO.parent / "shared/data/loveda/img_dir/1.png"),
+                           "--labels", str(labels), "--validation", str(validation), "--class-field", "class",
+                           "--model-id", "from_the_zip", "--into", str(models), "--iterations", "10"],
+                          cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert [p.name for p in models.iterdir()] == ["from_the_zip.onnx"]
 
 
 @pytest.fixture(scope="module")

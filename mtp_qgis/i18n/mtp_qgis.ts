@@ -537,8 +537,18 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Install the training environment</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../backend_panel.py"/>
         <source>Installation cancelled; nothing was kept.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Installation stopped.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -564,6 +574,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../backend_panel.py"/>
         <source>Installing the backend…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Installing the training environment (PyTorch)…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Installing the training environment: {step}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -657,6 +677,11 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../backend_panel.py"/>
         <source>MTP: install the backend</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../backend_panel.py"/>
+        <source>MTP: install the training environment</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1184,6 +1209,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     <message>
         <location filename="../detect.py"/>
         <source>The score threshold must be a number between 0 and 1, not '{value}'.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>The training environment could not be installed: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>The training environment is installed: press Finetune again.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -128,6 +128,21 @@ def test_base_models_that_cannot_be_finetuned_are_refused(registry, user_models,
         plan_job(spec(labels, user_models, model="foreign"), registry, "j5")
 
 
+def test_a_backend_without_pytorch_says_how_to_install_it(registry, user_models, labels, monkeypatch):
+    """Before queueing: the sentence the dock recognises to offer 'Install the training environment'."""
+    import importlib.util
+
+    from backend import finetune
+    real = importlib.util.find_spec
+    monkeypatch.delenv("MTP_QGIS_TRAINING_PYTHON", raising=False)
+    monkeypatch.setattr(finetune.importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(BackendError) as err:
+        plan_job(spec(labels, user_models), registry, "t1")
+    assert err.value.message.startswith(finetune.TRAINING_MISSING)
+    assert "Install the training environment" in err.value.message and "--training" in err.value.message
+    assert list(user_models.iterdir()) == []
+
+
 def test_model_id_and_folder_are_checked(registry, user_models, labels, tmp_path):
     with pytest.raises(ConflictError, match="exists already"):
         plan_job(spec(labels, user_models, model_id="mtp_seg_default"), registry, "j6")

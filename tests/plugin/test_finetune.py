@@ -217,3 +217,47 @@ def test_finetune_scene_classifier_beats_the_base_model_and_classifies(finetune_
             total += 1
             right += codes[feature.GetField("class_name")] == counts.argmax()
     assert total == 16 and right / total == pytest.approx(figures["finetuned_score"], abs=0.13), (right, figures)
+
+
+# --- the training environment, from the Finetune tab --------------------------------------------------------------
+
+def test_finetune_tab_offers_and_installs_the_training_environment(tmp_path, monkeypatch):
+    """A backend without PyTorch refuses finetuning with the sentence the tab recognises: it links 'Install the
+    training environment', which adds the finetuning requirements to the plugin's backend environment as a QGIS
+    task (here a ready environment whose Python is this suite's: pip finds everything in place) and says to run
+    again; the environment is marked as having it."""
+    import json
+    import sys
+    import time
+
+    from qgis.core import QgsApplication
+
+    from mtp_qgis import backend_installer, finetune_panel
+
+    env = tmp_path / "venv"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (env / "bin" / "python").chmod(0o755)
+    (env / backend_installer.READY_FILE).write_text(json.dumps({"gpu": True}))
+    monkeypatch.setattr(backend_installer, "default_env_dir", lambda: env)
+    monkeypatch.setattr(backend_installer, "data_dir", lambda: tmp_path)
+    requirements = tmp_path / "finetune.txt"
+    requirements.write_text("tqdm\n")
+    monkeypatch.setattr(backend_installer, "finetune_requirements", lambda: requirements)
+
+    panel = finetune_panel.FinetunePanel()
+    panel._last_error = ("Finetuning needs the training environment: this backend's Python (/x/python) has no "
+                         "PyTorch. Install it from the dock's Finetune tab ...")
+    panel._finished(False, {})
+    assert f'href="{finetune_panel.INSTALL_TRAINING_LINK}"' in panel.status.text()
+    assert "Install the training environment" in panel.status.text()
+    panel._open_link(finetune_panel.INSTALL_TRAINING_LINK)
+    assert not panel.run_button.isEnabled() and panel.cancel_button.isEnabled()
+    deadline = time.monotonic() + 120
+    while panel._install is not None:
+        assert time.monotonic() < deadline, panel.status.text()
+        QgsApplication.processEvents()
+        time.sleep(0.05)
+    assert "press Finetune again" in panel.status.text(), panel.status.text()
+    assert panel.run_button.isEnabled() and backend_installer.has_training(env)
+    assert "Training environment ready" in (tmp_path / "install_training.log").read_text()
