@@ -86,7 +86,8 @@ class JobRequest(BaseModel):
     outputs {vector},
     options {batch_size, score_threshold}; land_cover_extraction inputs [raster], outputs {vector}, options
     {instruction, sensor, batch_size}; spectral_indices (no model) inputs [raster], outputs {raster}, options
-    {indices, sensor}; finetune (model = the base package) inputs [raster, labels vector], outputs {report?},
+    {indices, sensor}; finetune (model = the base package) inputs [raster, labels vector] ([before, after,
+    labels vector] for a change_detection base), outputs {report?},
     options {class_field, model_id, models_dir, validation, iterations, time_budget_s, batch_size}. Every task
     with a model takes options.sensor."""
 
@@ -96,9 +97,10 @@ class JobRequest(BaseModel):
                       examples=list(SUPPORTED_TASKS))
     model: str = Field("", max_length=255, description="model id (GET /models); its task must be `task`; empty "
                                                         "for spectral_indices, which runs no model")
-    inputs: list[PathText] = Field(min_length=1, max_length=2,
+    inputs: list[PathText] = Field(min_length=1, max_length=3,
                                    description="absolute raster paths: [raster], or [before, after] for "
-                                               "change_detection; local files only")
+                                               "change_detection; finetune [raster, labels] or, for a "
+                                               "change_detection base, [before, after, labels]; local files only")
     extent: Optional[ExtentModel] = None
     outputs: dict[KeyText, PathText] = Field(
         max_length=4, description="result key -> absolute path: raster (.tif/.tiff) for segmentation and "

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", type=Path, default=None, help="the .onnx to time (default: the bundled segmentation model)")
     d.add_argument("--json", action="store_true")
 
-    f = sub.add_parser("finetune", help="train a new segmentation, scene or detection package on labelled polygons "
+    f = sub.add_parser("finetune", help="train a new segmentation, scene, change or detection package on labelled polygons "
                                         "(mtp:finetune's job)",
                        description="Cuts the labelled area from the raster at the base model's GSD, trains the base "
                                    "package on the polygons (segmentation and scenes: areas, unlabelled pixels ignored; "
@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "against the base model and a baseline on held-out labels, and writes the new "
                                    "package into a models folder. Needs the training environment (PyTorch).")
     f.add_argument("--model", required=True, help="the base package (a semantic_segmentation, scene_classification, "
-                                                  "detection or rotated_detection model)")
-    f.add_argument("--input", required=True, type=Path, help="the raster")
+                                                  "change_detection, detection or rotated_detection model)")
+    f.add_argument("--input", required=True, type=Path, help="the raster (change detection: the before raster)")
+    f.add_argument("--after", type=Path, default=None, help="change detection: the after raster")
     f.add_argument("--labels", required=True, type=Path, help="a vector file of polygons")
     f.add_argument("--class-field", required=True, help="the labels' field holding each polygon's class")
     f.add_argument("--model-id", required=True, help="the new package's id")
@@ -380,7 +381,8 @@ def cmd_finetune(args) -> int:
         options["time_budget_s"] = args.time_budget
     if args.validation is not None:
         options["validation"] = _absolute(str(args.validation))
-    spec = JobSpec("finetune", args.model, [_absolute(str(args.input)), _absolute(str(args.labels))],
+    rasters = [_absolute(str(args.input))] + ([_absolute(str(args.after))] if args.after is not None else [])
+    spec = JobSpec("finetune", args.model, [*rasters, _absolute(str(args.labels))],
                    {"report": _absolute(str(args.report))} if args.report else {}, None, options)
     plan = plan_job(spec, registry, job_id=uuid.uuid4().hex[:12])
     try:

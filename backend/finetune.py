@@ -34,6 +34,7 @@ from osgeo import gdal, ogr, osr
 from backend import outputs, raster_io
 from backend.errors import BackendError, ConflictError, JobCancelled
 from backend.model_package import ModelPackage
+from backend.change import grid_offset, warp_problem, warped_after
 from backend.tile_pipeline import with_context
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,7 @@ DETECTION_TASKS = ("detection", "rotated_detection")
 MIN_TRAIN_OBJECTS = 10      # detection: objects needed for training ...
 MIN_HELD_OUT_OBJECTS = 5    # ... and for a held-out AP
 MIN_SCENE_CELLS = 4         # scene classification: cells at least half labelled, for training and held out
+MIN_CHANGE_PX = 400         # change detection: changed pixels labelled (a half for training, a quarter held out)
 DETECTION_MARGIN_PX = 8     # model pixels of image around the outermost labelled objects
 RESUME_DIR = ".finetune"    # in the models folder: runs that can be resumed (resume_folder)
 TRAINING_MISSING = "Finetuning needs the training environment"  # the plugin offers to install it on this
@@ -83,8 +85,13 @@ class FinetuneRequest:
     # detection: every object as 4 corners (pixels of the cut) + class id; the regions (pixel boxes of the cut)
     # trained on and held out, in which every object is labelled
     objects: list[tuple[np.ndarray, int]] | None = None
-    train_regions: list[list[int]] | None = None
+    train_regions: list[list[int]] | None = None   # detection and change: pixel boxes of the cut
     val_regions: list[list[int]] | None = None
+    after_path: Path | None = None                  # change detection: the after raster (train_label: 0/1)
+
+    @property
+    def is_change(self) -> bool:
+        return self.after_path is not None
 
     @property
     def is_detection(self) -> bool:
@@ -290,7 +297,11 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
         raise BackendError(f"Base model '{base.id}' cannot be finetuned: it carries no training config (only packages "
                            "written by `python -m training export`, such as the bundled ones, can be loaded for "
                            "training). Choose another base model.")
-    if len(spec.inputs) != 2:
+    change = base.task == "change_detection"
+    if change and len(spec.inputs) != 3:
+        raise BackendError(f"Finetuning a change-detection model takes 3 inputs, the before raster, the after raster "
+                           f"and the labels vector file; got {len(spec.inputs)}.")
+    if not change and len(spec.inputs) != 2:
         raise BackendError(f"finetune takes 2 inputs, the raster and the labels vector file; got {len(spec.inputs)}.")
     class_field = _option(spec, "class_field", None, lambda v: isinstance(v, str) and 0 < len(v) <= 255,
                           "the name of the labels' class field")
@@ -317,13 +328,20 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
 
     input_path, ds = raster_io_input(spec.inputs[0], base)
     raster_srs = raster_io.raster_srs(ds)
-    labels_path, labels_ds = _vector_layer(spec.inputs[1], "Labels")
+    after_path = None
+    if change:
+        after_path, after_ds = raster_io_input(spec.inputs[1], base)
+        problem = warp_problem(ds, after_ds)
+        if problem:
+            raise BackendError(f"The after raster {after_path} cannot be put on the before raster's grid: {problem}.")
+    labels_path, labels_ds = _vector_layer(spec.inputs[-1], "Labels")
     features = read_polygons(labels_ds, f"Labels {labels_path}", raster_srs, class_field)
     if not features:
         raise BackendError(f"Labels {labels_path} hold no polygon with a value in '{class_field}'; draw some first.")
     names = sorted({v for _, v in features})
     detection = base.task in DETECTION_TASKS
-    if len(names) < 2 and not detection:  # a detector's background is implicit: one class of objects is enough
+    # A detector's background is implicit (one class of objects is enough); change labels are changes.
+    if len(names) < 2 and not detection and not change:
         raise BackendError(f"The class field '{class_field}' of {labels_path} has one class only ({names[0]!r}); a "
                            "model needs at least two: label the other things too (e.g. a 'background' class).")
     validation = None
@@ -342,7 +360,9 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
                            f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) does not overlap it. Check that both "
                            "are in the right place (CRS).") from None
     factor, gsd_note = _gsd(ds, base)
-    if detection:  # a few pixels around the outermost objects: beyond them nothing is known to be labelled
+    if change:
+        pass  # the labelled area is the polygons' extent exactly: every pixel in it is change or no change
+    elif detection:  # a few pixels around the outermost objects: beyond them nothing is known to be labelled
         window = with_context(window, math.ceil(DETECTION_MARGIN_PX * factor), ds.RasterXSize, ds.RasterYSize)
     else:
         # Grown by the model's tile overlap as segmentation grows an extent: the scene the held-out score is
@@ -361,6 +381,11 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     if "report" in spec.outputs:
         report = outputs.check_output(spec.outputs["report"], "report", "html", spec.overwrite,
                                       {**protected, input_path: "the input raster", labels_path: "the labels"})
+    if change:
+        return _plan_change(FinetuneRequest(
+            base, input_path, labels_path, class_field, [{"name": c.name, "color": c.color} for c in base.classes],
+            model_id, target, report, iterations, budget, batch_size, window, (width, height), None, None, "",
+            gsd_note, job_id, spec.overwrite, after_path=after_path), features, validation, gt, raster_srs)
     if detection:
         rotated = base.task == "rotated_detection"
         objects = [(_object_corners(g, gt, rotated, labels_path), names.index(v)) for g, v in features]
@@ -528,6 +553,54 @@ def _detection_split(objects, names: list[str], validation, gt, width: int, heig
     return train, val, text
 
 
+def _plan_change(plan: FinetuneRequest, features, validation, gt, srs) -> FinetuneRequest:
+    """Change labels: polygons of change; a polygon whose class is the base model's first class (`no change`)
+    marks checked unchanged ground; every other pixel of the labelled area is no change too. Change wins where
+    they overlap. The held-out part (validation bounds, or a strip along one side) and the training rectangles
+    around it become separate pairs."""
+    width, height = plan.size
+    unchanged = plan.base.classes[0].name.strip().lower()
+    label = np.zeros((height, width), np.uint8)
+    for value, burn in ((0, [g for g, v in features if v.strip().lower() == unchanged]),
+                        (1, [g for g, v in features if v.strip().lower() != unchanged])):
+        if burn:
+            mask = _rasterize(burn, [1] * len(burn), gt, width, height, srs) == 1
+            label[mask] = value
+    n_change = int(label.sum())
+    if n_change < MIN_CHANGE_PX:
+        raise BackendError(f"The labels in {plan.labels_path} mark {n_change} changed pixels at the model's GSD; at "
+                           f"least {MIN_CHANGE_PX} are needed. Draw the changes as polygons (every change inside their "
+                           "extent: the rest of it is taken as unchanged).")
+    if validation:
+        inverse = gdal.InvGeoTransform(gt)
+        corners = [(inverse[0] + inverse[1] * x + inverse[2] * y, inverse[3] + inverse[4] * x + inverse[5] * y)
+                   for g in validation for x, y in (lambda e: ((e[0], e[2]), (e[1], e[3])))(g.GetEnvelope())]
+        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+        val = [max(0, math.floor(min(xs))), max(0, math.floor(min(ys))), min(width, math.ceil(max(xs))),
+               min(height, math.ceil(max(ys)))]
+        split = (f"the labelled area inside the validation area's bounds ({SPLIT_GAP_PX} px around it left out of "
+                 "training)")
+    else:
+        _, held, split = _strip_split(label)
+        rows, cols = np.nonzero(held != 255)
+        val = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
+    gap = SPLIT_GAP_PX
+    train = [[0, 0, width, val[1] - gap], [0, val[3] + gap, width, height],
+             [0, max(0, val[1] - gap), val[0] - gap, min(height, val[3] + gap)],
+             [val[2] + gap, max(0, val[1] - gap), width, min(height, val[3] + gap)]]
+    train = [b for b in train if b[2] - b[0] >= 32 and b[3] - b[1] >= 32]
+    held_change = int(label[val[1]:val[3], val[0]:val[2]].sum())
+    train_change = sum(int(label[b[1]:b[3], b[0]:b[2]].sum()) for b in train)
+    if val[2] - val[0] < 32 or val[3] - val[1] < 32 or not train or held_change < MIN_CHANGE_PX // 4 or \
+            train_change < MIN_CHANGE_PX // 2:
+        raise BackendError(f"Too little change in {plan.labels_path} for a held-out check: {train_change} changed "
+                           f"pixels for training and {held_change} held out ({split}); at least {MIN_CHANGE_PX // 2} "
+                           f"and {MIN_CHANGE_PX // 4} are needed, in parts of at least 32 x 32 px. Draw more changes"
+                           " or another validation area.")
+    plan.train_label, plan.train_regions, plan.val_regions, plan.split = label, train, [val], split
+    return plan
+
+
 def raster_io_input(text: str, base: ModelPackage):
     """The input raster, checked as the segmentation job checks it (bands, local file)."""
     path = outputs.checked_path(text, "Input raster")
@@ -550,14 +623,13 @@ def _write_png(path: Path, bands: list[np.ndarray]) -> None:
         raise BackendError(f"Could not write the training image {path}: {gdal.GetLastErrorMsg()}")
 
 
-def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
-    """Segmentation: img_dir/scene.png (the model's bands at its GSD, 8 bit), ann_train/ and ann_val/scene.png.
-    Detection: images/scene.png and labelTxt/scene.txt (DOTA text: 4 corners, class name, difficult 0)."""
-    ds = raster_io.open_raster(plan.input_path)
+def _read_cut(ds, plan: FinetuneRequest, offset: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The model's bands of the labelled area (shifted by `offset` pixels) at its GSD, 8 bit (3 bands: the
+    training readers' RGB), and where there is no data."""
     w = plan.window
     width, height = plan.size
-    cut = gdal.Translate("", ds, format="MEM", srcWin=[w.x, w.y, w.width, w.height], width=width, height=height,
-                         bandList=list(plan.base.input.bands), resampleAlg="bilinear")
+    cut = gdal.Translate("", ds, format="MEM", srcWin=[w.x + offset[0], w.y + offset[1], w.width, w.height],
+                         width=width, height=height, bandList=list(plan.base.input.bands), resampleAlg="bilinear")
     bands, invalid = [], np.zeros((height, width), bool)
     for i in range(1, cut.RasterCount + 1):
         band = cut.GetRasterBand(i)
@@ -567,7 +639,31 @@ def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
             invalid |= values == nodata
         invalid |= ~np.isfinite(values)
         bands.append(np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8))
-    rgb = bands[:3] if len(bands) >= 3 else bands * 3
+    return (bands[:3] if len(bands) >= 3 else bands * 3), invalid
+
+
+def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
+    """Segmentation: img_dir/scene.png (the model's bands at its GSD, 8 bit), ann_train/ and ann_val/scene.png.
+    Detection: images/scene.png and labelTxt/scene.txt (DOTA text: 4 corners, class name, difficult 0).
+    Change: A/ (before), B/ (after, on the before grid), label/ (0 / 255 change) of each training rectangle
+    (train_<i>.png), of the held-out one (val.png) and of the whole area (scene.png); pixels without data count
+    as unchanged."""
+    ds = raster_io.open_raster(plan.input_path)
+    rgb, invalid = _read_cut(ds, plan, (0, 0))
+    if plan.is_change:
+        after = raster_io.open_raster(plan.after_path)
+        offset = grid_offset(ds, after)
+        after_rgb, _ = _read_cut(after, plan, offset) if offset is not None else _read_cut(warped_after(ds, after),
+                                                                                           plan, (0, 0))
+        boxes = [(f"train_{i}.png", b) for i, b in enumerate(plan.train_regions or [])]
+        # scene.png: the whole labelled area, on which the held-out part is scored with its context, as mtp:change
+        # over that area sees it (val.png alone would be scored with zero padding around it).
+        whole = ("scene.png", (0, 0, plan.size[0], plan.size[1]))
+        for name, (x0, y0, x1, y1) in boxes + [("val.png", (plan.val_regions or [])[0]), whole]:
+            _write_png(data_dir / "A" / name, [b[y0:y1, x0:x1] for b in rgb])
+            _write_png(data_dir / "B" / name, [b[y0:y1, x0:x1] for b in after_rgb])
+            _write_png(data_dir / "label" / name, [(plan.train_label[y0:y1, x0:x1] * 255).astype(np.uint8)])
+        return
     if plan.is_detection:
         _write_png(data_dir / "images" / "scene.png", rgb)
         names = [c["name"] for c in plan.classes]
@@ -654,6 +750,9 @@ def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[s
         if plan.is_detection:
             spec.update(train_regions=plan.train_regions, val_regions=plan.val_regions,
                         classes=[{**c, "name": c["name"].replace(" ", "_")} for c in plan.classes])
+        if plan.is_change:
+            spec.update(train_pairs=[f"train_{i}.png" for i in range(len(plan.train_regions or []))],
+                        val_pairs=["val.png"], scene_pair="scene.png", val_region=(plan.val_regions or [])[0])
         fingerprint = _fingerprint(work / "data", spec)
         checkpoint = keep / "run" / "latest.pt"
         if checkpoint.is_file() and (keep / "fingerprint").is_file() and \

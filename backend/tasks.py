@@ -133,7 +133,8 @@ TASK_SPECS: tuple[TaskSpec[Any], ...] = (
     # A job of the HTTP API only (mtp:finetune): it trains for minutes to hours.
     TaskSpec("finetune", plan_finetune_job, run_finetune, (OutputKey("report", "the report .html path", False),),
              ("class_field", "model_id", "models_dir", "validation", "iterations", "time_budget_s", "batch_size"),
-             None, base_tasks=("semantic_segmentation", "scene_classification", "detection", "rotated_detection"),
+             None, base_tasks=("semantic_segmentation", "scene_classification", "change_detection", "detection",
+                               "rotated_detection"),
              on_cli=False),
 )
 TASKS: dict[str, TaskSpec[Any]] = {spec.name: spec for spec in TASK_SPECS}

@@ -46,6 +46,7 @@ def save_polygons(layer, path, context, field=None):
 
 class FinetuneAlgorithm(BackendAlgorithm):
     INPUT = "INPUT"
+    AFTER = "INPUT_AFTER"
     LABELS = "LABELS"
     CLASS_FIELD = "CLASS_FIELD"
     MODEL = "BASE_MODEL"
@@ -65,7 +66,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
         return "finetune"
 
     def displayName(self):  # noqa: N802
-        return tr("Finetune a segmentation, scene or detection model on your labels")
+        return tr("Finetune a segmentation, scene, change or detection model on your labels")
 
     def group(self):
         return tr("Segmentation")
@@ -75,30 +76,37 @@ class FinetuneAlgorithm(BackendAlgorithm):
 
     def task_help(self):
         return tr(
-            "Trains a segmentation, scene-classification or detection model on your own polygons, starting from a "
+            "Trains a segmentation, scene-classification, change-detection or detection model on your own polygons, "
+            "starting from a "
             "model package of that "
             "task, and adds it to your models (the dock and the task's algorithm list it at once).\n\n"
             "Input raster: the imagery the labels were drawn on; training data is cut from it at the base "
             "model's ground sample distance.\n"
+            "After raster: change detection only, the later date (the input raster is the earlier one); put on "
+            "the input raster's grid. Draw the changes as polygons: every pixel of their extent outside them "
+            "counts as unchanged (a polygon of the class 'no change' extends the area checked).\n"
             "Labels: polygons, each with its class in the class field (text or number). Segmentation: areas of "
             "one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class "
             "if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector "
             "learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the "
             "labelled area, since image between objects is taken as background. Scene classification: areas of "
             "one class as for segmentation; a cell of the model's tile size counts when half of it is labelled.\n"
-            "Base model: a segmentation, scene-classification or (rotated) detection package written by the "
-            "project's training (e.g. {default}, mtp_scene_default, mtp_rdet_default).\n"
+            "Base model: a segmentation, scene-classification, change-detection or (rotated) detection package "
+            "written by the project's training (e.g. {default}, mtp_scene_default, mtp_change_default, "
+            "mtp_rdet_default).\n"
             "Validation area: optional polygons; labels inside them are held out to score the model. Without "
             "it the tool holds out a strip along one side of the labelled area (the log and report say which).\n"
             "Iterations / time budget: training stops at whichever comes first.\n"
             "Model id: the new model's id (a file name in your models folder).\n"
             "Report: HTML page with the loss curve and held-out figures of the new model, the base model and "
             "a baseline (segmentation mIoU vs the best constant class; scenes accuracy vs the majority class; "
-            "detection AP50 vs the median box on a grid)."
+            "change F1 vs pixel differences; detection AP50 vs the median box on a grid)."
         ).format(default=DEFAULT_MODEL_ID)
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, tr("Input raster")))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.AFTER, tr("After raster (change detection: the later date)"), optional=True))
         self.addParameter(QgsProcessingParameterVectorLayer(
             self.LABELS, tr("Labels (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.CLASS_FIELD, tr("Class field"), parentLayerParameterName=self.LABELS))
@@ -115,7 +123,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
             self.REPORT, tr("Report"), "HTML files (*.html)", optional=True))
         self.addOutput(QgsProcessingOutputString("MODEL_ID", tr("New model id")))
         self.addOutput(QgsProcessingOutputString("MODEL_PATH", tr("New model package")))
-        self.addOutput(QgsProcessingOutputString("METRIC", tr("Held-out metric (mIoU, accuracy or AP50)")))
+        self.addOutput(QgsProcessingOutputString("METRIC", tr("Held-out metric (mIoU, accuracy, change F1 or AP50)")))
         self.addOutput(QgsProcessingOutputNumber("HELD_OUT_SCORE", tr("Held-out score of the new model")))
         self.addOutput(QgsProcessingOutputNumber("BASE_SCORE", tr("Held-out score of the base model")))
         self.addOutput(QgsProcessingOutputNumber("HELD_OUT_MIOU", tr("Held-out mIoU of the new model (segmentation)")))
@@ -125,6 +133,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
 
     def prepare(self, parameters, context):
         raster = self.raster_layer(parameters, self.INPUT, context)
+        after = self.parameterAsRasterLayer(parameters, self.AFTER, context)
         labels = self.parameterAsVectorLayer(parameters, self.LABELS, context)
         if labels is None or not labels.isValid():
             raise QgsProcessingException(self.invalidSourceError(parameters, self.LABELS))
@@ -143,7 +152,7 @@ class FinetuneAlgorithm(BackendAlgorithm):
             if os.path.splitext(report)[1].lower() not in (".html", ".htm"):
                 raise QgsProcessingException(tr("The report must be an .html file, not '{path}'.").format(path=report))
             os.makedirs(os.path.dirname(report), exist_ok=True)
-        return {"raster": raster, "labels": labels, "field": field, "validation": validation,
+        return {"raster": raster, "after": after, "labels": labels, "field": field, "validation": validation,
                 "model_id": model_id, "report": report,
                 "iterations": self.parameterAsInt(parameters, self.ITERATIONS, context),
                 "minutes": self.parameterAsInt(parameters, self.TIME_BUDGET, context)}
@@ -167,7 +176,11 @@ class FinetuneAlgorithm(BackendAlgorithm):
         outputs = {"report": prepared["report"]} if prepared["report"] else {}
         feedback.pushInfo(tr("Training '{id}' from {base}; it will be written to {folder}").format(
             id=prepared["model_id"], base=model.get("id", ""), folder=folder))
-        return ({"inputs": [source, labels], "outputs": outputs, "options": options},
+        inputs = [source, labels]
+        if prepared["after"] is not None:  # change detection: [before, after, labels]
+            after, _ = self.input_for_backend(prepared["after"], None, None, model, context, feedback, temporaries)
+            inputs = [source, after, labels]
+        return ({"inputs": inputs, "outputs": outputs, "options": options},
                 {"MODEL_PATH": ("model", str(folder / f"{prepared['model_id']}.onnx")),
                  self.REPORT: ("report", prepared["report"])})
 

@@ -49,6 +49,13 @@ class FinetunePanel(QWidget):
         self.raster_combo = QgsMapLayerComboBox(self)
         self.raster_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         form.addRow(tr("Raster layer"), self.raster_combo)
+        self.after_combo = QgsMapLayerComboBox(self)
+        self.after_combo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.after_combo.setAllowEmptyLayer(True)
+        self.after_combo.setLayer(None)
+        self.after_combo.setToolTip(tr("Change detection only: the later date (the raster layer above is the earlier "
+                                       "one); draw the changes as polygons"))
+        form.addRow(tr("After raster (change)"), self.after_combo)
         self.labels_combo = QgsMapLayerComboBox(self)
         self.labels_combo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         form.addRow(tr("Labels (polygons)"), self.labels_combo)
@@ -118,6 +125,8 @@ class FinetunePanel(QWidget):
                   "OUTPUT_MODEL": model_id, "REPORT": self._report}
         if self.validation_combo.currentLayer() is not None:
             params["VALIDATION"] = self.validation_combo.currentLayer()
+        if self.after_combo.currentLayer() is not None:
+            params["INPUT_AFTER"] = self.after_combo.currentLayer()
         return params
 
     def run(self):

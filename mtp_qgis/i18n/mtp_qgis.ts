@@ -69,6 +69,16 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <location filename="../finetune.py"/>
+        <source>After raster (change detection: the later date)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>After raster (change)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../dock.py"/>
         <source>Also write change polygons (GeoPackage)</source>
         <translation type="unfinished"></translation>
@@ -180,6 +190,11 @@
         <location filename="../change.py"/>
         <location filename="../models_panel.py"/>
         <source>Change detection</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <location filename="../finetune_panel.py"/>
+        <source>Change detection only: the later date (the raster layer above is the earlier one); draw the changes as polygons</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -430,7 +445,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Finetune a segmentation, scene or detection model on your labels</source>
+        <source>Finetune a segmentation, scene, change or detection model on your labels</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -480,7 +495,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Held-out metric (mIoU, accuracy or AP50)</source>
+        <source>Held-out metric (mIoU, accuracy, change F1 or AP50)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1248,15 +1263,16 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
-        <source>Trains a segmentation, scene-classification or detection model on your own polygons, starting from a model package of that task, and adds it to your models (the dock and the task's algorithm list it at once).
+        <source>Trains a segmentation, scene-classification, change-detection or detection model on your own polygons, starting from a model package of that task, and adds it to your models (the dock and the task's algorithm list it at once).
 
 Input raster: the imagery the labels were drawn on; training data is cut from it at the base model's ground sample distance.
+After raster: change detection only, the later date (the input raster is the earlier one); put on the input raster's grid. Draw the changes as polygons: every pixel of their extent outside them counts as unchanged (a polygon of the class 'no change' extends the area checked).
 Labels: polygons, each with its class in the class field (text or number). Segmentation: areas of one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the labelled area, since image between objects is taken as background. Scene classification: areas of one class as for segmentation; a cell of the model's tile size counts when half of it is labelled.
-Base model: a segmentation, scene-classification or (rotated) detection package written by the project's training (e.g. {default}, mtp_scene_default, mtp_rdet_default).
+Base model: a segmentation, scene-classification, change-detection or (rotated) detection package written by the project's training (e.g. {default}, mtp_scene_default, mtp_change_default, mtp_rdet_default).
 Validation area: optional polygons; labels inside them are held out to score the model. Without it the tool holds out a strip along one side of the labelled area (the log and report say which).
 Iterations / time budget: training stops at whichever comes first.
 Model id: the new model's id (a file name in your models folder).
-Report: HTML page with the loss curve and held-out figures of the new model, the base model and a baseline (segmentation mIoU vs the best constant class; scenes accuracy vs the majority class; detection AP50 vs the median box on a grid).</source>
+Report: HTML page with the loss curve and held-out figures of the new model, the base model and a baseline (segmentation mIoU vs the best constant class; scenes accuracy vs the majority class; change F1 vs pixel differences; detection AP50 vs the median box on a grid).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -19,7 +19,7 @@ from backend_test_data import DATA
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "plugin"))  # the LoveDA labels helper the qgis_process test uses too
-from plugin_test_support import dota_object_polygons, loveda_label_polygons  # noqa: E402
+from plugin_test_support import dota_object_polygons, levir_change_polygons, loveda_label_polygons  # noqa: E402
 BUNDLED = REPO / "resources" / "models"
 TILE_1 = DATA / "loveda" / "img_dir" / "1.png"  # 1024 x 1024 RGB, no CRS: QGIS places it at x 0..1024, y -1024..0
 
@@ -119,9 +119,9 @@ def test_bad_labels_are_refused_before_queueing(case, expected, registry, user_m
 
 
 def test_base_models_that_cannot_be_finetuned_are_refused(registry, user_models, labels, tmp_path):
-    with pytest.raises(BackendError, match="does change_detection, not semantic_segmentation or scene_classification "
-                                           "or detection or rotated_detection"):
-        plan_job(spec(labels, user_models, model="mtp_change_default"), registry, "j4")
+    with pytest.raises(BackendError, match="does instance_segmentation, not semantic_segmentation or "
+                                           "scene_classification or change_detection or detection or rotated_detection"):
+        plan_job(spec(labels, user_models, model="mtp_inst_default"), registry, "j4")
     # A package without a training config (a third-party ONNX file, here a synthetic one) has no torch model.
     write_package(user_models / "foreign.onnx")
     with pytest.raises(BackendError, match="carries no training config"):
@@ -358,3 +358,50 @@ def test_bad_object_labels_are_refused_before_queueing(case, expected, registry,
     with pytest.raises(BackendError, match=expected) as err:
         plan_job(spec(path, user_models, model="mtp_rdet_default", raster=HARBOUR, **options), registry, "d3")
     assert str(path) in err.value.message or case == "class_only_held_out"
+
+
+# --- change detection: polygons of change over a pair of rasters ---------------------------------------------
+
+LEVIR = DATA / "levir_cd"
+PAIR = "test_121_0768_0256.png"   # held out by mtp_change_default
+
+
+def change_spec(labels_path, user_models, inputs=None, **options) -> JobSpec:
+    opts = {"class_field": "class", "model_id": "my_change", "models_dir": str(user_models), "iterations": 5}
+    opts.update(options)
+    rasters = inputs if inputs is not None else [str(LEVIR / "A" / PAIR), str(LEVIR / "B" / PAIR)]
+    return JobSpec("finetune", "mtp_change_default", [*rasters, str(labels_path)], {}, options=opts)
+
+
+def test_change_polygons_become_the_pairs_mask_and_disjoint_pairs(registry, user_models, tmp_path):
+    """LEVIR-CD's own mask as polygons (and a 'no change' polygon over the pair): the cut's label is the mask; the
+    validation half is held out, training lies beyond a 16 px band; the cut writes LEVIR-layout pairs of both
+    dates."""
+    from osgeo import gdal
+
+    labels = levir_change_polygons(PAIR, tmp_path / "changes.gpkg")
+    val = polygons(tmp_path / "val.gpkg", [[128, 0, 256, 256]])
+    plan = plan_job(change_spec(labels, user_models, validation=str(val)), registry, "c1")
+    mask = gdal.Open(str(LEVIR / "label" / PAIR)).ReadAsArray() > 0
+    assert plan.is_change and plan.size == (256, 256) and [c["name"] for c in plan.classes] == ["no change", "change"]
+    assert np.array_equal(plan.train_label == 1, mask)
+    assert plan.val_regions == [[128, 0, 256, 256]] and plan.train_regions == [[0, 0, 112, 256]]
+    from backend.finetune import cut_training_data
+    cut_training_data(plan, tmp_path / "data")
+    after = gdal.Open(str(LEVIR / "B" / PAIR)).ReadAsArray()
+    written = gdal.Open(str(tmp_path / "data" / "B" / "val.png")).ReadAsArray()
+    assert np.array_equal(written, after[:, :, 128:])
+    label = gdal.Open(str(tmp_path / "data" / "label" / "train_0.png")).ReadAsArray()
+    assert np.array_equal(label == 255, mask[:, :112]) and set(np.unique(label)) <= {0, 255}
+
+
+def test_bad_change_requests_are_refused_before_queueing(registry, user_models, tmp_path):
+    labels = levir_change_polygons(PAIR, tmp_path / "changes.gpkg")
+    with pytest.raises(BackendError, match="takes 3 inputs, the before raster, the after raster and the labels"):
+        plan_job(change_spec(labels, user_models, inputs=[str(LEVIR / "A" / PAIR)]), registry, "c2")
+    few = polygons(tmp_path / "few.gpkg", [[10, 10, 20, 20]], ["change"])
+    with pytest.raises(BackendError, match="mark 100 changed pixels at the model's GSD; at least 400"):
+        plan_job(change_spec(few, user_models), registry, "c3")
+    val = polygons(tmp_path / "val.gpkg", [[0, 0, 20, 256]])   # too narrow to be a held-out pair
+    with pytest.raises(BackendError, match="Too little change .* in parts of at least 32 x 32 px"):
+        plan_job(change_spec(labels, user_models, validation=str(val)), registry, "c4")

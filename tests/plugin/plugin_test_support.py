@@ -467,6 +467,36 @@ def dota_object_polygons(path, box, classes=("ship",)) -> Path:
     return Path(path)
 
 
+def levir_change_polygons(pair: str, path) -> Path:
+    """LEVIR-CD's change mask of `pair` as polygons of class 'change', plus one 'no change' polygon over the whole
+    256 px pair (the area checked), field `class`, where QGIS places the PNG (x = column, y = -row)."""
+    import numpy as np
+    from osgeo import gdal, ogr
+
+    raw = gdal.Open(str(DATA / "levir_cd" / "label" / pair)).ReadAsArray()
+    mem = gdal.GetDriverByName("MEM").Create("", raw.shape[1], raw.shape[0], 1, gdal.GDT_Byte)
+    mem.SetGeoTransform((0, 1, 0, 0, 0, -1))
+    mem.GetRasterBand(1).WriteArray((raw > 0).astype(np.uint8))
+    out = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = out.CreateLayer("changes", geom_type=ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("code", ogr.OFTInteger))
+    gdal.Polygonize(mem.GetRasterBand(1), mem.GetRasterBand(1), layer, 0)  # the changed pixels only
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    height, width = raw.shape
+    area = ogr.Feature(layer.GetLayerDefn())
+    area.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON ((0 0, {width} 0, {width} {-height}, 0 {-height}, 0 0))"))
+    area.SetField("code", 0)
+    layer.CreateFeature(area)
+    layer.ResetReading()
+    out.StartTransaction()
+    for feature in layer:
+        feature.SetField("class", "change" if feature.GetField("code") == 1 else "no change")
+        layer.SetFeature(feature)
+    out.CommitTransaction()
+    out = None
+    return Path(path)
+
+
 def rectangle_polygons(path, box) -> Path:
     """One polygon covering pixel box [x0, y0, x1, y1] of a PNG as QGIS places it (y = -row)."""
     from osgeo import ogr

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from plugin_test_support import (DATA, REPO, dota_object_polygons, loveda_label_polygons, rectangle_polygons,
-                                 run_qgis_process, start_backend, stop_process)
+from plugin_test_support import (DATA, REPO, dota_object_polygons, levir_change_polygons, loveda_label_polygons,
+                                 rectangle_polygons, run_qgis_process, start_backend, stop_process)
 
 pytestmark = [pytest.mark.usefixtures("plugin"), pytest.mark.slow]
 TILE = DATA / "loveda" / "img_dir" / "1.png"
@@ -261,3 +261,38 @@ def test_finetune_tab_offers_and_installs_the_training_environment(tmp_path, mon
     assert "press Finetune again" in panel.status.text(), panel.status.text()
     assert panel.run_button.isEnabled() and backend_installer.has_training(env)
     assert "Training environment ready" in (tmp_path / "install_training.log").read_text()
+
+
+# --- change detection: LEVIR-CD's own mask over a pair the bundled model never trained on --------------------
+
+def test_finetune_change_detector_on_a_pair_and_detect_changes_with_it(finetune_env, tmp_path):
+    """mtp_change_default on LEVIR-CD test_121 (held out by its recipe): the mask as change polygons over the pair,
+    the right half held out. The job reports the held-out change F1 of the new model, the base model and pixel
+    differences; mtp:change runs the new model and its changes on that half score what the job said. (Finetuning
+    on half of one 256 px pair does not beat the base model there: measured 0.911 vs 0.911, 20 iterations.)"""
+    env, user_models, backend_log = finetune_env
+    levir = DATA / "levir_cd"
+    pair = "test_121_0768_0256.png"
+    labels = levir_change_polygons(pair, tmp_path / "changes.gpkg")
+    validation = rectangle_polygons(tmp_path / "validation.gpkg", [128, 0, 256, 256])
+    done, result = run_qgis_process(
+        env, "run", "mtp:finetune", "--", f"INPUT={levir / 'A' / pair}", f"INPUT_AFTER={levir / 'B' / pair}",
+        f"LABELS={labels}", "CLASS_FIELD=class", "BASE_MODEL=mtp_change_default", f"VALIDATION={validation}",
+        "ITERATIONS=20", "OUTPUT_MODEL=levir_121", timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + backend_log.read_text()[-2000:]
+    from mtp_qgis import model_store
+    meta = model_store.package_metadata(user_models / "levir_121.onnx")
+    figures = meta["finetune"]
+    assert meta["task"] == "change_detection" and figures["metric"] == "change F1"
+    assert figures["labelled_pixels"] == {"train": 112 * 256, "held_out": 128 * 256}
+    assert figures["finetuned_score"] > figures["baseline_score"] + 0.3 and figures["base_score"] > 0.8, figures
+    assert result["results"]["HELD_OUT_SCORE"] == pytest.approx(figures["finetuned_score"])
+
+    out = tmp_path / "change.tif"
+    done, _ = run_qgis_process(env, "run", "mtp:change", "--", f"BEFORE={levir / 'A' / pair}",
+                               f"AFTER={levir / 'B' / pair}", "MODEL=levir_121", f"OUTPUT={out}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    predicted = gdal.Open(str(out)).ReadAsArray()[:, 128:] == 1
+    truth = gdal.Open(str(levir / "label" / pair)).ReadAsArray()[:, 128:] > 0
+    f1 = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+    assert f1 == pytest.approx(figures["finetuned_score"], abs=0.03), (f1, figures)

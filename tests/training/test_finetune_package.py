@@ -169,3 +169,33 @@ def test_bundled_scene_classifier_rebuilds_and_keeps_classes_by_name():
     assert torch.equal(state["classifier.weight"][0], old_state["classifier.weight"][water])
     assert not any(torch.equal(state["classifier.weight"][1], row) for row in old_state["classifier.weight"])
     assert all(torch.equal(state[k], old_state[k]) for k in state if not k.startswith("classifier."))
+
+
+# --- change-detection packages -------------------------------------------------------------------------------
+
+CHANGE = REPO / "resources" / "models" / "mtp_change_default.onnx"
+
+
+def test_bundled_change_detector_rebuilds_and_normalising_its_convolutions_keeps_its_output():
+    """The change detector back in torch from its package: ONNX Runtime's logits on a real LEVIR-CD pair; its
+    BatchNorms recalibrated on that pair and its folded convolutions brought to unit output variance
+    (normalize_folded_convs, which finetuning a change detector needs) compute the same function in eval mode,
+    while those convolutions' weights change scale."""
+    from training.change_detection.data import load_pairs
+    from training.finetune.change import change_base_config, detector_from_package, pair_tiles
+    from training.finetune.from_package import normalize_folded_convs, package_metadata
+
+    cfg = change_base_config(CHANGE, package_metadata(CHANGE))
+    pairs = load_pairs(DATA / "levir_cd", ["test_121_0768_0256.png"])
+    before, after = pair_tiles(pairs, cfg, 1)
+    model, parity, unfolded = detector_from_package(CHANGE, cfg, (before, after))
+    assert parity["max_abs_logit_diff"] < 1e-3 and parity["argmax_agreement"] == 1.0 and len(unfolded) > 20
+    with torch.no_grad():
+        expected = model(before, after)
+        conv = dict(model.named_modules())[next(iter(unfolded.values()))]
+        weight = conv.weight.clone()
+        recalibrate_batchnorm(model, [(before, after)], unfolded)
+        normalize_folded_convs(model, unfolded)
+        got = model(before, after)
+    assert (got - expected).abs().max() < 1e-3
+    assert not torch.allclose(conv.weight, weight)

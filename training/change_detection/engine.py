@@ -2,7 +2,7 @@
 evaluation with baselines, checkpoint loading."""
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -51,8 +51,11 @@ def change_loss(logits: torch.Tensor, labels: torch.Tensor, cfg: ChangeConfig,
     return loss
 
 
-def train(cfg: Optional[ChangeConfig], work_dir, **options) -> Dict:
-    """Train a change detector; `options` are those of training.engine.train_loop (iters, resume, ...)."""
+def train(cfg: Optional[ChangeConfig], work_dir,
+          build_model: Optional[Callable[[ChangeConfig, bool], torch.nn.Module]] = None, **options) -> Dict:
+    """Train a change detector; `options` are those of training.engine.train_loop (iters, resume, ...).
+    build_model(cfg, load_encoder_weights) -> model replaces the default (e.g. a model package's weights:
+    training.finetune)."""
     def load_training_data(cfg: ChangeConfig):
         sampler = PairSampler(load_data_pairs(cfg.data, "train"), cfg.data.crop_size, cfg.data.scale,
                               cfg.data.mean, cfg.data.std, seed=cfg.train.seed, color_jitter=cfg.data.color_jitter)
@@ -68,8 +71,8 @@ def train(cfg: Optional[ChangeConfig], work_dir, **options) -> Dict:
                 f"(pixel-difference baseline F1 {m['baseline_pixel_difference']['f1']:.4f})")
 
     return train_loop(cfg, work_dir, read_config=config_from_dict, load_training_data=load_training_data,
-                      build_model=lambda cfg, load_encoder_weights: build_change_model(
-                          cfg.model, load_encoder_weights=load_encoder_weights),
+                      build_model=build_model or (lambda cfg, load_encoder_weights: build_change_model(
+                          cfg.model, load_encoder_weights=load_encoder_weights)),
                       evaluate=evaluate_model, describe_metrics=describe_metrics, **options)
 
 

@@ -10,7 +10,7 @@ tiles, else the package is refused: its encoder cannot be loaded for training.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, TypeVar
+from typing import Callable, Dict, List, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import onnx
@@ -59,9 +59,15 @@ def base_config(path: Path, meta: Dict) -> Config:
     return training_config(path, meta, ("semantic_segmentation",), config_from_dict)
 
 
-def conv_bn_pairs(model: torch.nn.Module, example: torch.Tensor) -> Dict[str, str]:
+def _run(model: torch.nn.Module, example: Union[torch.Tensor, Tuple[torch.Tensor, ...]]):
+    """model(example), or model(*example) for a model of several inputs (change detection: before, after)."""
+    return model(*example) if isinstance(example, tuple) else model(example)
+
+
+def conv_bn_pairs(model: torch.nn.Module, example: Union[torch.Tensor, Tuple[torch.Tensor, ...]]) -> Dict[str, str]:
     """BatchNorm module name -> name of the convolution whose output it normalises (found by running
-    `example` through the model and matching output tensors to BatchNorm inputs)."""
+    `example` (a tensor, or a tuple of the model's inputs) through the model and matching output tensors to
+    BatchNorm inputs)."""
     names = {id(m): n for n, m in model.named_modules()}
     produced: Dict[int, str] = {}
     pairs: Dict[str, str] = {}
@@ -79,7 +85,7 @@ def conv_bn_pairs(model: torch.nn.Module, example: torch.Tensor) -> Dict[str, st
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            _run(model, example)
     finally:
         for hook in hooks:
             hook.remove()
@@ -161,7 +167,8 @@ def model_from_package(path: Path, parity_tiles: torch.Tensor, atol: float = 1e-
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, batches: Sequence[torch.Tensor], pairs: Dict[str, str]) -> None:
+def recalibrate_batchnorm(model: torch.nn.Module, batches: Sequence[Union[torch.Tensor, Tuple[torch.Tensor, ...]]],
+                          pairs: Dict[str, str]) -> None:
     """Give each un-folded BatchNorm the statistics of its input on real training crops, keeping the
     function it computes in eval mode (gamma = sqrt(var + eps), beta = mean + folded bias). Training mode
     normalises with batch statistics: with identity statistics (mean 0, var 1) the first training step
@@ -175,7 +182,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Sequence[torch.Tensor
     model.eval()
     try:
         for batch in batches:
-            model(batch)
+            _run(model, batch)
     finally:
         for hook in hooks:
             hook.remove()
@@ -189,3 +196,20 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: Sequence[torch.Tensor
         bn.weight.copy_(torch.sqrt(var + bn.eps))
         bn.bias.copy_(mean + bias)
 
+
+@torch.no_grad()
+def normalize_folded_convs(model: torch.nn.Module, pairs: Dict[str, str]) -> None:
+    """After recalibrate_batchnorm: divide each un-folded convolution's output channels by the BatchNorm's
+    sqrt(var + eps), so that they give unit variance on the training crops, and let the BatchNorm scale them back
+    (the eval-mode function is unchanged). Folded weights carry the base model's BatchNorm scale, far from the
+    scale of weights trained before a BatchNorm; the optimiser's steps then are too."""
+    modules = dict(model.named_modules())
+    for bn_name, conv_name in pairs.items():
+        bn, conv = modules[bn_name], modules[conv_name]
+        scale = torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean  # the folded bias: eval output = conv output + shift
+        conv.weight.div_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
+        bn.running_mean.div_(scale)
+        bn.running_var.div_(scale ** 2)
+        bn.weight.copy_(scale * torch.sqrt(bn.running_var + bn.eps))
+        bn.bias.copy_(scale * bn.running_mean + shift)

@@ -1,5 +1,5 @@
 """`python -m training finetune --spec SPEC.json`: finetune a segmentation package on an analyst's labels
-(scene-classification and detection packages: training.finetune.scene and training.finetune.detection).
+(scene classification, change and detection packages: training.finetune.scene, .change and .detection).
 
 The backend (or anyone) prepares a data folder cut from the analyst's raster at the base model's GSD:
 `img_dir/scene.png` (the model's bands, 8 bit), `ann_train/scene.png` and `ann_val/scene.png` (class ids
@@ -34,6 +34,7 @@ from training.data import load_source, normalize
 from training.data.sources import IGNORE, LabelledTile
 from training.export import check_parity, describe_parity, export_onnx, onnx_out_path, write_package
 from training.finetune.from_package import PackageLoadError, base_config, model_from_package, package_metadata
+from training.finetune.change import finetune_changes
 from training.finetune.detection import DETECTION_TASKS, finetune_detection
 from training.finetune.scene import finetune_scenes
 from training.finetune.report import HeldOutCurve, loss_history, write_report
@@ -222,6 +223,8 @@ def finetune(spec_path) -> Dict:
         result = finetune_detection(spec, work_dir, progress, budget)
     elif task == "scene_classification":
         result = finetune_scenes(spec, work_dir, progress, budget)
+    elif task == "change_detection":
+        result = finetune_changes(spec, work_dir, progress, budget)
     else:
         result = finetune_segmentation(spec, work_dir, budget)
     report = {**result["report"], "elapsed_s": round(time.time() - started, 1)}

@@ -2,19 +2,23 @@
 given the statistics of the analyst's crops first; resumable; the held-out curve on the way), and record where
 the new package comes from and how it compares."""
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 
-from training.finetune.from_package import recalibrate_batchnorm
+from training.finetune.from_package import normalize_folded_convs, recalibrate_batchnorm
 
 
-def train_rebuilt(train: Callable[..., Dict], cfg: Any, model: torch.nn.Module, first_batches: Sequence[torch.Tensor],
+def train_rebuilt(train: Callable[..., Dict], cfg: Any, model: torch.nn.Module,
+                  first_batches: Sequence[Union[torch.Tensor, Tuple[torch.Tensor, ...]]],
                   unfolded: Dict[str, str], work_dir: Path, budget: Any,
-                  curve: Callable[[torch.nn.Module, int], None]) -> Dict:
+                  curve: Callable[[torch.nn.Module, int], None], normalize_convs: bool = False) -> Dict:
     """The task's training loop on `model`; resumes when work_dir holds a checkpoint (the backend kept it after a
-    crash). `budget` (training.finetune.run.TimeBudget) may stop it early, as Ctrl-C does."""
+    crash). `budget` (training.finetune.run.TimeBudget) may stop it early, as Ctrl-C does. `normalize_convs`:
+    see normalize_folded_convs."""
     recalibrate_batchnorm(model, first_batches, unfolded)
+    if normalize_convs:
+        normalize_folded_convs(model, unfolded)
     with budget:
         return train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model, evaluate_at_end=False,
                      show_progress=False, resume=(work_dir / "latest.pt").is_file(), on_checkpoint=curve)
