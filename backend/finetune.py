@@ -160,8 +160,10 @@ def _to_raster_srs(layer, raster_srs, what: str):
     return osr.CoordinateTransformation(layer_srs, raster_srs)
 
 
-def read_polygons(ds, what: str, raster_srs, class_field: str | None):
-    """[(geometry in the raster's CRS, class value or None)] of the polygons of a vector file."""
+def read_polygons(ds, what: str, raster_srs, class_field: str | None, point_cell: float | None = None):
+    """[(geometry in the raster's CRS, class value or None)] of the polygons of a vector file. With `point_cell`
+    (scene classification: a cell's side in the raster's CRS units), a point labels the cell-sized square
+    centred on it."""
     layer = ds.GetLayer(0)
     if class_field is not None:
         fields = [layer.GetLayerDefn().GetFieldDefn(i).GetName() for i in range(layer.GetLayerDefn().GetFieldCount())]
@@ -174,9 +176,11 @@ def read_polygons(ds, what: str, raster_srs, class_field: str | None):
         geom = feature.GetGeometryRef()
         if geom is None or geom.IsEmpty():
             continue
-        if ogr.GT_Flatten(geom.GetGeometryType()) not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
+        kind = ogr.GT_Flatten(geom.GetGeometryType())
+        point = kind == ogr.wkbPoint and point_cell is not None
+        if kind not in (ogr.wkbPolygon, ogr.wkbMultiPolygon) and not point:
             raise BackendError(f"{what} holds a {geom.GetGeometryName().lower()}; label with polygons (areas of one "
-                               "class).")
+                               "class" + (", or points: one per cell" if point_cell is not None else "") + ").")
         geom = geom.Clone()
         if transform is not None:
             try:
@@ -184,6 +188,10 @@ def read_polygons(ds, what: str, raster_srs, class_field: str | None):
             except RuntimeError as exc:
                 raise BackendError(f"{what}: a polygon cannot be transformed into the raster's CRS ({exc}); check "
                                    "the layer's CRS.") from None
+        if point:
+            x, y, half = geom.GetX(), geom.GetY(), point_cell / 2
+            geom = ogr.CreateGeometryFromWkt(f"POLYGON (({x - half} {y - half}, {x + half} {y - half}, "
+                                             f"{x + half} {y + half}, {x - half} {y + half}, {x - half} {y - half}))")
         value = None
         if class_field is not None:
             if not feature.IsFieldSetAndNotNull(class_field):
@@ -335,7 +343,11 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
         if problem:
             raise BackendError(f"The after raster {after_path} cannot be put on the before raster's grid: {problem}.")
     labels_path, labels_ds = _vector_layer(spec.inputs[-1], "Labels")
-    features = read_polygons(labels_ds, f"Labels {labels_path}", raster_srs, class_field)
+    factor, gsd_note = _gsd(ds, base)
+    # Scene classification also takes points, each labelling the cell (the model's tile) around it.
+    cell = (base.tile_size / factor * math.hypot(*raster_io.geotransform(ds)[1:3])
+            if base.task == "scene_classification" else None)
+    features = read_polygons(labels_ds, f"Labels {labels_path}", raster_srs, class_field, cell)
     if not features:
         raise BackendError(f"Labels {labels_path} hold no polygon with a value in '{class_field}'; draw some first.")
     names = sorted({v for _, v in features})
@@ -359,7 +371,6 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
         raise BackendError(f"The labels in {labels_path} lie outside the raster {input_path}: their extent "
                            f"({xmin:.6g}, {ymin:.6g}, {xmax:.6g}, {ymax:.6g}) does not overlap it. Check that both "
                            "are in the right place (CRS).") from None
-    factor, gsd_note = _gsd(ds, base)
     if change:
         pass  # the labelled area is the polygons' extent exactly: every pixel in it is change or no change
     elif detection:  # a few pixels around the outermost objects: beyond them nothing is known to be labelled

@@ -90,7 +90,8 @@ class FinetuneAlgorithm(BackendAlgorithm):
             "if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector "
             "learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the "
             "labelled area, since image between objects is taken as background. Scene classification: areas of "
-            "one class as for segmentation; a cell of the model's tile size counts when half of it is labelled.\n"
+            "one class as for segmentation, or points, each labelling the cell of the model's tile size around it; a "
+            "cell counts when half of it is labelled.\n"
             "Base model: a segmentation, scene-classification, change-detection or (rotated) detection package "
             "written by the project's training (e.g. {default}, mtp_scene_default, mtp_change_default, "
             "mtp_rdet_default).\n"
@@ -108,7 +109,8 @@ class FinetuneAlgorithm(BackendAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.AFTER, tr("After raster (change detection: the later date)"), optional=True))
         self.addParameter(QgsProcessingParameterVectorLayer(
-            self.LABELS, tr("Labels (polygons)"), [QgsProcessing.SourceType.TypeVectorPolygon]))
+            self.LABELS, tr("Labels (polygons; points for scene classification)"),
+            [QgsProcessing.SourceType.TypeVectorPolygon, QgsProcessing.SourceType.TypeVectorPoint]))
         self.addParameter(QgsProcessingParameterField(self.CLASS_FIELD, tr("Class field"), parentLayerParameterName=self.LABELS))
         self.addParameter(QgsProcessingParameterString(self.MODEL, tr("Base model id"), defaultValue=self.DEFAULT_MODEL))
         self.addParameter(QgsProcessingParameterVectorLayer(

@@ -640,8 +640,12 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune.py"/>
+        <source>Labels (polygons; points for scene classification)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <location filename="../finetune_panel.py"/>
-        <source>Labels (polygons)</source>
+        <source>Labels (polygons; points for scenes)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1267,7 +1271,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
 
 Input raster: the imagery the labels were drawn on; training data is cut from it at the base model's ground sample distance.
 After raster: change detection only, the later date (the input raster is the earlier one); put on the input raster's grid. Draw the changes as polygons: every pixel of their extent outside them counts as unchanged (a polygon of the class 'no change' extends the area checked).
-Labels: polygons, each with its class in the class field (text or number). Segmentation: areas of one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the labelled area, since image between objects is taken as background. Scene classification: areas of one class as for segmentation; a cell of the model's tile size counts when half of it is labelled.
+Labels: polygons, each with its class in the class field (text or number). Segmentation: areas of one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the labelled area, since image between objects is taken as background. Scene classification: areas of one class as for segmentation, or points, each labelling the cell of the model's tile size around it; a cell counts when half of it is labelled.
 Base model: a segmentation, scene-classification, change-detection or (rotated) detection package written by the project's training (e.g. {default}, mtp_scene_default, mtp_change_default, mtp_rdet_default).
 Validation area: optional polygons; labels inside them are held out to score the model. Without it the tool holds out a strip along one side of the labelled area (the log and report say which).
 Iterations / time budget: training stops at whichever comes first.

@@ -165,6 +165,48 @@ def test_a_scene_classifier_base_needs_labelled_cells(registry, user_models, lab
     assert not plan.is_detection and (plan.val_label != 255)[512:, 512:].all()
 
 
+def test_a_scene_classifier_base_takes_points_one_per_cell(registry, user_models, tmp_path):
+    """A point labels the model's cell (128 px) centred on it: points at the centres of LoveDA 1.png's 128 px
+    grid with each cell's majority class become fully labelled cells of that class."""
+    from osgeo import gdal
+
+    raw = gdal.Open(str(DATA / "loveda" / "ann_dir" / "1.png")).ReadAsArray()
+    names = {1: "background", 2: "building", 3: "road", 4: "water", 5: "barren", 6: "forest", 7: "agriculture"}
+    path = tmp_path / "points.gpkg"
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = ds.CreateLayer("points", geom_type=ogr.wkbPoint)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    expected = {}
+    for row in range(8):
+        for col in range(8):
+            cell = raw[row * 128:(row + 1) * 128, col * 128:(col + 1) * 128]
+            code = int(np.bincount(cell[cell > 0].ravel(), minlength=8).argmax())
+            feature = ogr.Feature(layer.GetLayerDefn())
+            feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POINT ({col * 128 + 64} {-(row * 128 + 64)})"))
+            feature.SetField("class", names[code])
+            layer.CreateFeature(feature)
+            expected[row, col] = names[code]
+    ds = None
+    val = polygons(tmp_path / "val.gpkg", [[512, 512, 1024, 1024]])
+    plan = plan_job(spec(path, user_models, model="mtp_scene_default", validation=str(val)), registry, "s3")
+    classes = [c["name"] for c in plan.classes]
+    assert plan.size == (1024, 1024)
+    for (row, col), name in expected.items():
+        label = plan.val_label if row >= 4 and col >= 4 else plan.train_label
+        assert (label[row * 128:(row + 1) * 128, col * 128:(col + 1) * 128] == classes.index(name)).all()
+    with pytest.raises(BackendError, match="label with polygons .*, or points: one per cell"):
+        lines = tmp_path / "lines.gpkg"
+        ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(lines))
+        layer = ds.CreateLayer("lines", geom_type=ogr.wkbLineString)
+        layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetGeometry(ogr.CreateGeometryFromWkt("LINESTRING (0 0, 100 -100)"))
+        feature.SetField("class", "water")
+        layer.CreateFeature(feature)
+        ds = None
+        plan_job(spec(lines, user_models, model="mtp_scene_default"), registry, "s4")
+
+
 @pytest.mark.slow
 def test_cancel_stops_training_and_leaves_nothing(registry, user_models, labels, tmp_path, monkeypatch):
     monkeypatch.setenv("MTP_QGIS_TRAINING_THREADS", "1")
