@@ -26,7 +26,7 @@ from training.export import check_parity, compare_with_torch, describe_parity, w
 from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
                                             training_config)
 from training.finetune.report import HeldOutCurve, loss_history
-from training.finetune.steps import finetuned_metadata, provenance, score_rows, train_rebuilt
+from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 
 
 def change_base_config(path: Path, meta: Dict) -> ChangeConfig:
@@ -74,17 +74,8 @@ def finetune_config(base: ChangeConfig, spec: Dict) -> ChangeConfig:
     cfg.data.format = "levir"
     cfg.data.train = list(spec["train_pairs"])
     cfg.data.val = list(spec["val_pairs"])
-    iters = int(spec["iterations"])
-    cfg.train.iters = iters
-    cfg.train.batch_size = int(spec.get("batch_size") or cfg.train.batch_size)
     # A twentieth of the recipe's rate: a third wiped the change class out within 10 iterations on LEVIR-CD pairs.
-    cfg.train.lr = float(spec.get("lr") or cfg.train.lr / 20)
-    cfg.train.num_threads = int(spec.get("num_threads") or 0)
-    cfg.train.warmup_iters = min(20, max(1, iters // 10))
-    cfg.train.log_interval = max(1, min(10, iters // 100))
-    cfg.train.checkpoint_interval = max(5, iters // 10)  # the backend resumes from the last one after a crash
-    cfg.export.name = spec.get("name") or Path(spec["out"]).stem
-    cfg.export.description = spec.get("description") or ""
+    set_run(cfg, spec, default_lr=cfg.train.lr / 20, default_batch=cfg.train.batch_size)
     return cfg
 
 

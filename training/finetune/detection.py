@@ -27,7 +27,7 @@ from training.export import write_package
 from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
                                             training_config)
 from training.finetune.report import HeldOutCurve, loss_history
-from training.finetune.steps import finetuned_metadata, provenance, score_rows, train_rebuilt
+from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 
 log = logging.getLogger("training")
 DETECTION_TASKS = ("detection", "rotated_detection")
@@ -98,20 +98,9 @@ def finetune_config(base: DetConfig, spec: Dict) -> DetConfig:
     cfg.data.image_ext = None
     if isinstance(cfg.model.get("encoder"), dict):
         cfg.model["encoder"] = {**cfg.model["encoder"], "checkpoint": None}  # every weight comes from the package
-    iters = int(spec["iterations"])
-    cfg.train.iters = iters
-    cfg.train.batch_size = int(spec.get("batch_size") or cfg.train.batch_size)
     # The detector is trained already: a tenth of its recipe's rate keeps what it knows (on the DOTA harbour, a
     # half or a third of it lost held-out AP50 after 100 iterations where a tenth gained).
-    cfg.train.lr = float(spec.get("lr") or cfg.train.lr / 10)
-    cfg.train.num_threads = int(spec.get("num_threads") or 0)
-    cfg.train.warmup_iters = min(20, max(1, iters // 10))
-    cfg.train.log_interval = max(1, min(10, iters // 100))
-    # A checkpoint every tenth of the run (at least 5 iterations apart): the backend resumes from the last one
-    # when the training process dies.
-    cfg.train.checkpoint_interval = max(5, iters // 10)
-    cfg.export.name = spec.get("name") or Path(spec["out"]).stem
-    cfg.export.description = spec.get("description") or ""
+    set_run(cfg, spec, default_lr=cfg.train.lr / 10, default_batch=cfg.train.batch_size)
     return validate(cfg)
 
 

@@ -38,7 +38,7 @@ from training.finetune.change import finetune_changes
 from training.finetune.detection import DETECTION_TASKS, finetune_detection
 from training.finetune.scene import finetune_scenes
 from training.finetune.report import HeldOutCurve, loss_history, write_report
-from training.finetune.steps import finetuned_metadata, provenance, score_rows, train_rebuilt
+from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 from training.inference import predict_probabilities
 from training.metrics import iou_per_class
 from training.models import build_segmentor
@@ -92,21 +92,10 @@ def finetune_config(base: Config, spec: Dict, train_box: List[int]) -> Config:
     cfg.data.val = [SourceConfig(dataset="analyst", root=root, tiles=[SCENE], class_map=identity,
                                  label_dir="ann_val")]
     cfg.data.color_jitter = 0.1
-    iters = int(spec["iterations"])
-    cfg.train.iters = iters
-    cfg.train.batch_size = int(spec.get("batch_size") or 8)
     # The weights are trained already: a gentler rate than from scratch keeps what the base model knows.
-    cfg.train.lr = float(spec.get("lr") or 3e-4)
-    cfg.train.num_threads = int(spec.get("num_threads") or 0)  # 0: torch's default (every core)
-    cfg.train.warmup_iters = min(20, max(1, iters // 10))
-    cfg.train.log_interval = max(1, min(10, iters // 100))  # the job shows the loss at least every 10 iterations
-    # A checkpoint every tenth of the run (at least 5 iterations apart): the backend resumes from the last one
-    # when the training process dies.
-    cfg.train.checkpoint_interval = max(5, iters // 10)
+    set_run(cfg, spec, default_lr=3e-4, default_batch=8)
     cfg.train.class_weighting = "inverse_sqrt_frequency"
     cfg.train.layer_decay = 1.0
-    cfg.export.name = spec.get("name") or Path(spec["out"]).stem
-    cfg.export.description = spec.get("description") or ""
     return cfg
 
 

@@ -21,7 +21,7 @@ from training.export import compare_with_torch, export_onnx, write_package
 from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
                                             training_config)
 from training.finetune.report import HeldOutCurve, loss_history
-from training.finetune.steps import finetuned_metadata, provenance, score_rows, train_rebuilt
+from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 from training.scene_classification.chips import Chip, chip_batch, load_split, make_sampler
 from training.scene_classification.config import SceneConfig, config_from_dict
 from training.scene_classification.engine import evaluate_model, predict, train
@@ -64,16 +64,7 @@ def finetune_config(base: SceneConfig, spec: Dict) -> SceneConfig:
                                                   "class_map": identity, "label_dir": "ann_train"})]
     cfg.data.val = [parse_config(SourceConfig, {"dataset": "analyst", "root": root, "tiles": [SCENE],
                                                 "class_map": identity, "label_dir": "ann_val"})]
-    iters = int(spec["iterations"])
-    cfg.train.iters = iters
-    cfg.train.batch_size = int(spec.get("batch_size") or cfg.train.batch_size)
-    cfg.train.lr = float(spec.get("lr") or cfg.train.lr / 3)  # trained already: gentler than from scratch
-    cfg.train.num_threads = int(spec.get("num_threads") or 0)
-    cfg.train.warmup_iters = min(20, max(1, iters // 10))
-    cfg.train.log_interval = max(1, min(10, iters // 100))
-    cfg.train.checkpoint_interval = max(5, iters // 10)  # the backend resumes from the last one after a crash
-    cfg.export.name = spec.get("name") or Path(spec["out"]).stem
-    cfg.export.description = spec.get("description") or ""
+    set_run(cfg, spec, default_lr=cfg.train.lr / 3, default_batch=cfg.train.batch_size)  # gentler: trained already
     return cfg
 
 

@@ -9,6 +9,23 @@ import torch
 from training.finetune.from_package import normalize_folded_convs, recalibrate_batchnorm
 
 
+def set_run(cfg: Any, spec: Dict, default_lr: float, default_batch: int) -> None:
+    """The finetuning run's settings from the spec, the same for every task: iterations, batch, rate (the
+    spec's, else the task's default), threads, a short warm-up, a loss line at least every 10 iterations, a
+    checkpoint every tenth of the run (at least 5 apart: the backend resumes from the last one when the training
+    process dies), the package's name and description."""
+    iters = int(spec["iterations"])
+    cfg.train.iters = iters
+    cfg.train.batch_size = int(spec.get("batch_size") or default_batch)
+    cfg.train.lr = float(spec.get("lr") or default_lr)
+    cfg.train.num_threads = int(spec.get("num_threads") or 0)  # 0: torch's default (every core)
+    cfg.train.warmup_iters = min(20, max(1, iters // 10))
+    cfg.train.log_interval = max(1, min(10, iters // 100))
+    cfg.train.checkpoint_interval = max(5, iters // 10)
+    cfg.export.name = spec.get("name") or Path(spec["out"]).stem
+    cfg.export.description = spec.get("description") or ""
+
+
 def train_rebuilt(train: Callable[..., Dict], cfg: Any, model: torch.nn.Module,
                   first_batches: Sequence[Union[torch.Tensor, Tuple[torch.Tensor, ...]]],
                   unfolded: Dict[str, str], work_dir: Path, budget: Any,
