@@ -37,8 +37,10 @@ def train_rebuilt(train: Callable[..., Dict], cfg: Any, model: torch.nn.Module,
     if normalize_convs:
         normalize_folded_convs(model, unfolded)
     with budget:
-        return train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model, evaluate_at_end=False,
-                     show_progress=False, resume=(work_dir / "latest.pt").is_file(), on_checkpoint=curve)
+        state = train(cfg, work_dir, build_model=lambda cfg, load_encoder_weights: model, evaluate_at_end=False,
+                      show_progress=False, resume=(work_dir / "latest.pt").is_file(), on_checkpoint=curve)
+    model.cpu()  # trained on the GPU when there is one; held-out scoring and export run on the CPU
+    return state
 
 
 def provenance(base_path: Path, base_name: str, parity: Dict, spec: Dict, state: Dict, planned: int, budget: Any,
