@@ -184,7 +184,8 @@ def calibrate(model_path: Path, tile: int, batch: int = 4, seconds: float = 20.0
               "batch": batch, "tile": tile, "rounds": rounds,
               "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "measured": [{"options": asdict(m.options), "describe": m.options.describe(),
-                            "batch_s": round(m.best_s, 5)} for m in measured],
+                            # unrounded: the record must show the very figures the choice was made on
+                            "batch_s": m.best_s} for m in measured],
               "chosen": asdict(chosen)}
     path = calibration_file(model_path)
     path.parent.mkdir(parents=True, exist_ok=True)
