@@ -489,6 +489,29 @@ def _hull_order(pts: np.ndarray) -> np.ndarray:
     return np.argsort(np.arctan2(pts[:, 1] - centre[1], pts[:, 0] - centre[0]))
 
 
+def _pixel_bounds(polygons, gt, width: int, height: int) -> list[int]:
+    """[x0, y0, x1, y1]: the polygons' bounds in pixels of the cut (geotransform gt), within it."""
+    inverse = gdal.InvGeoTransform(gt)
+    xs, ys = [], []
+    for geom in polygons:
+        env = geom.GetEnvelope()  # (minx, maxx, miny, maxy)
+        for x, y in ((env[0], env[2]), (env[1], env[3]), (env[0], env[3]), (env[1], env[2])):
+            xs.append(inverse[0] + inverse[1] * x + inverse[2] * y)
+            ys.append(inverse[3] + inverse[4] * x + inverse[5] * y)
+    return [max(0, math.floor(min(xs))), max(0, math.floor(min(ys))), min(width, math.ceil(max(xs))),
+            min(height, math.ceil(max(ys)))]
+
+
+def _rectangles_around(box: list[int], gap: int, width: int, height: int) -> list[list[int]]:
+    """The up to four rectangles of a width x height area around `box`, `gap` px away from it: above, below, left
+    and right (those under 32 px across are dropped)."""
+    x0, y0, x1, y1 = box
+    around = [[0, 0, width, y0 - gap], [0, y1 + gap, width, height],
+              [0, max(0, y0 - gap), x0 - gap, min(height, y1 + gap)],
+              [x1 + gap, max(0, y0 - gap), width, min(height, y1 + gap)]]
+    return [b for b in around if b[2] - b[0] >= 32 and b[3] - b[1] >= 32]
+
+
 def _inside(box: list[int], point: np.ndarray) -> bool:
     return box[0] <= point[0] < box[2] and box[1] <= point[1] < box[3]
 
@@ -504,22 +527,11 @@ def _detection_split(objects, names: list[str], validation, gt, width: int, heig
     gap = int(math.ceil(longest)) + 2
     candidates = []
     if validation:
-        inverse = gdal.InvGeoTransform(gt)
-        xs, ys = [], []
-        for geom in validation:
-            env = geom.GetEnvelope()
-            for x, y in ((env[0], env[2]), (env[1], env[3]), (env[0], env[3]), (env[1], env[2])):
-                xs.append(inverse[0] + inverse[1] * x + inverse[2] * y)
-                ys.append(inverse[3] + inverse[4] * x + inverse[5] * y)
-        val = [max(0, math.floor(min(xs))), max(0, math.floor(min(ys))), min(width, math.ceil(max(xs))),
-               min(height, math.ceil(max(ys)))]
+        val = _pixel_bounds(validation, gt, width, height)
         if val[2] - val[0] < 1 or val[3] - val[1] < 1:
             raise BackendError("The validation area does not overlap the labelled area; draw it over some labels.")
-        train = [[0, 0, width, val[1] - gap], [0, val[3] + gap, width, height],
-                 [0, max(0, val[1] - gap), val[0] - gap, min(height, val[3] + gap)],
-                 [val[2] + gap, max(0, val[1] - gap), width, min(height, val[3] + gap)]]
-        train = [b for b in train if b[2] - b[0] >= 32 and b[3] - b[1] >= 32]
-        candidates.append((train, [val], "the boxes inside the validation area's bounds (a band of "
+        candidates.append((_rectangles_around(val, gap, width, height), [val],
+                           "the boxes inside the validation area's bounds (a band of "
                                          f"{gap} px around it, the longest object, is left out of training)"))
     else:
         for axis, sides in ((0, ("left", "right")), (1, ("top", "bottom"))):
@@ -583,23 +595,14 @@ def _plan_change(plan: FinetuneRequest, features, validation, gt, srs) -> Finetu
                            f"least {MIN_CHANGE_PX} are needed. Draw the changes as polygons (every change inside their "
                            "extent: the rest of it is taken as unchanged).")
     if validation:
-        inverse = gdal.InvGeoTransform(gt)
-        corners = [(inverse[0] + inverse[1] * x + inverse[2] * y, inverse[3] + inverse[4] * x + inverse[5] * y)
-                   for g in validation for x, y in (lambda e: ((e[0], e[2]), (e[1], e[3])))(g.GetEnvelope())]
-        xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-        val = [max(0, math.floor(min(xs))), max(0, math.floor(min(ys))), min(width, math.ceil(max(xs))),
-               min(height, math.ceil(max(ys)))]
+        val = _pixel_bounds(validation, gt, width, height)
         split = (f"the labelled area inside the validation area's bounds ({SPLIT_GAP_PX} px around it left out of "
                  "training)")
     else:
         _, held, split = _strip_split(label)
         rows, cols = np.nonzero(held != 255)
         val = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
-    gap = SPLIT_GAP_PX
-    train = [[0, 0, width, val[1] - gap], [0, val[3] + gap, width, height],
-             [0, max(0, val[1] - gap), val[0] - gap, min(height, val[3] + gap)],
-             [val[2] + gap, max(0, val[1] - gap), width, min(height, val[3] + gap)]]
-    train = [b for b in train if b[2] - b[0] >= 32 and b[3] - b[1] >= 32]
+    train = _rectangles_around(val, SPLIT_GAP_PX, width, height)
     held_change = int(label[val[1]:val[3], val[0]:val[2]].sum())
     train_change = sum(int(label[b[1]:b[3], b[0]:b[2]].sum()) for b in train)
     if val[2] - val[0] < 32 or val[3] - val[1] < 32 or not train or held_change < MIN_CHANGE_PX // 4 or \
