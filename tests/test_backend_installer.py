@@ -166,6 +166,7 @@ def _ready_env(tmp_path, gpu):
     return env
 
 
+@pytest.mark.slow  # about 10 s: kept out of `make test-fast`
 def test_training_is_added_to_a_ready_environment_and_recorded(tmp_path):
     """`--training` runs pip on the finetuning requirements in the backend's environment (PyTorch's CPU index
     beside PyPI when its ONNX Runtime is the CPU build), checks that the training code imports, and marks the

@@ -96,6 +96,7 @@ RDET = REPO / "resources" / "models" / "mtp_rdet_default.onnx"
 HARBOUR = np.array(Image.open(DATA / "dota" / "images" / "P0706.png").convert("RGB"))
 
 
+@pytest.mark.slow  # about 10 s: kept out of `make test-fast`
 def test_bundled_rotated_detector_rebuilds_and_keeps_classes_by_name(tmp_path):
     """The rotated ship detector back in torch: ONNX Runtime's scores and boxes on the harbour's tiles (its unused
     encoder stages are not in the graph). A new detector for classes [boat, ship] keeps every base weight, the
