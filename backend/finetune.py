@@ -1,8 +1,9 @@
-"""The finetune job: an analyst's labelled polygons + raster -> a segmentation, scene or detection package in a
-models folder. Segmentation and scene labels are areas of one class (pixels under no polygon are ignored; a
-scene cell counts when half of it is labelled); detection labels are
-one polygon per object (its minimum rotated rectangle, or its bounds for horizontal boxes), and every object
-of the labelled area must be drawn: image between them is background.
+"""The finetune job: an analyst's labels + raster(s) -> a segmentation, scene, change or detection package in a
+models folder. Segmentation and scene labels are areas of one class (pixels under no polygon are ignored; scene
+labels may also be points, and a cell counts when half of it is labelled); change labels are polygons of change
+over a before/after pair, the rest of their extent unchanged; detection labels are one polygon per object (its
+minimum rotated rectangle, or its bounds for horizontal boxes), and every object of the labelled area must be
+drawn: image between them is background.
 
 The backend never imports torch. It checks the request (before anything is queued), cuts the training
 data from the raster at the base model's GSD (GDAL), and runs `python -m training finetune` in the
@@ -443,14 +444,10 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
 def _object_corners(geom, gt, rotated: bool, labels_path: Path) -> np.ndarray:
     """4 x 2 corners, in pixels of the cut (geotransform gt), of an object's box: the polygon's minimum-area
     rectangle for rotated boxes, its bounds for horizontal ones."""
-    inverse = gdal.InvGeoTransform(gt)
-    points = []
     hull = geom.ConvexHull()
     ring = hull.GetGeometryRef(0) if hull.GetGeometryCount() else None
-    for i in range(ring.GetPointCount() if ring is not None else 0):
-        x, y = ring.GetX(i), ring.GetY(i)
-        points.append((inverse[0] + inverse[1] * x + inverse[2] * y, inverse[3] + inverse[4] * x + inverse[5] * y))
-    pts = np.unique(np.array(points, dtype=np.float64).reshape(-1, 2), axis=0)
+    corners = [(ring.GetX(i), ring.GetY(i)) for i in range(ring.GetPointCount())] if ring is not None else []
+    pts = np.unique(_to_pixels(gdal.InvGeoTransform(gt), np.array(corners, dtype=np.float64).reshape(-1, 2)), axis=0)
     if len(pts) >= 3:
         pts = pts[_hull_order(pts)]
     if len(pts) < 3 or _shoelace(pts) < 1.0:
@@ -489,17 +486,19 @@ def _hull_order(pts: np.ndarray) -> np.ndarray:
     return np.argsort(np.arctan2(pts[:, 1] - centre[1], pts[:, 0] - centre[0]))
 
 
+def _to_pixels(inverse, points: np.ndarray) -> np.ndarray:
+    """N x 2 map coordinates -> N x 2 pixel coordinates through an inverted geotransform."""
+    x, y = points[:, 0], points[:, 1]
+    return np.stack([inverse[0] + inverse[1] * x + inverse[2] * y, inverse[3] + inverse[4] * x + inverse[5] * y], 1)
+
+
 def _pixel_bounds(polygons, gt, width: int, height: int) -> list[int]:
     """[x0, y0, x1, y1]: the polygons' bounds in pixels of the cut (geotransform gt), within it."""
-    inverse = gdal.InvGeoTransform(gt)
-    xs, ys = [], []
-    for geom in polygons:
-        env = geom.GetEnvelope()  # (minx, maxx, miny, maxy)
-        for x, y in ((env[0], env[2]), (env[1], env[3]), (env[0], env[3]), (env[1], env[2])):
-            xs.append(inverse[0] + inverse[1] * x + inverse[2] * y)
-            ys.append(inverse[3] + inverse[4] * x + inverse[5] * y)
-    return [max(0, math.floor(min(xs))), max(0, math.floor(min(ys))), min(width, math.ceil(max(xs))),
-            min(height, math.ceil(max(ys)))]
+    corners = np.array([(x, y) for env in (g.GetEnvelope() for g in polygons)  # (minx, maxx, miny, maxy)
+                        for x, y in ((env[0], env[2]), (env[1], env[3]), (env[0], env[3]), (env[1], env[2]))])
+    pixels = _to_pixels(gdal.InvGeoTransform(gt), corners)
+    (x0, y0), (x1, y1) = pixels.min(0), pixels.max(0)
+    return [max(0, math.floor(x0)), max(0, math.floor(y0)), min(width, math.ceil(x1)), min(height, math.ceil(y1))]
 
 
 def _rectangles_around(box: list[int], gap: int, width: int, height: int) -> list[list[int]]:
@@ -531,8 +530,8 @@ def _detection_split(objects, names: list[str], validation, gt, width: int, heig
         if val[2] - val[0] < 1 or val[3] - val[1] < 1:
             raise BackendError("The validation area does not overlap the labelled area; draw it over some labels.")
         candidates.append((_rectangles_around(val, gap, width, height), [val],
-                           "the boxes inside the validation area's bounds (a band of "
-                                         f"{gap} px around it, the longest object, is left out of training)"))
+                           f"the boxes inside the validation area's bounds (a band of {gap} px around it, the longest "
+                           "object, is left out of training)"))
     else:
         for axis, sides in ((0, ("left", "right")), (1, ("top", "bottom"))):
             size = width if axis == 0 else height

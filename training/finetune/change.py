@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple, cast
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
 from mtp_common.tiling import tile_starts
 from training.change_detection.config import ChangeConfig, config_from_dict
@@ -23,8 +21,7 @@ from training.change_detection.export import INPUT_NAMES, build_metadata, export
 from training.change_detection.model import SiameseChangeDetector, build_change_model
 from training.data.transforms import normalize
 from training.export import check_parity, compare_with_torch, describe_parity, write_package
-from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
-                                            training_config)
+from training.finetune.from_package import PackageLoadError, package_weights, training_config
 from training.finetune.report import HeldOutCurve, loss_history
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 
@@ -55,9 +52,7 @@ def detector_from_package(path: Path, cfg: ChangeConfig,
                           tiles: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[SiameseChangeDetector, Dict, Dict]:
     """-> (change detector in eval mode with the package's weights, parity vs ONNX Runtime, un-folded BatchNorms)."""
     model = build_change_model(cfg.model, load_encoder_weights=False)
-    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-    unfolded = load_initializers(model, weights, path.stem, conv_bn_pairs(model, (tiles[0][:1], tiles[1][:1])))
-    model.eval()
+    unfolded = package_weights(model, path, (tiles[0][:1], tiles[1][:1]))
     max_diff, agree, total = compare_with_torch(model, path, list(tiles), 2, INPUT_NAMES)
     parity = {"tiles": int(len(tiles[0])), "max_abs_logit_diff": max_diff, "argmax_agreement": agree / total}
     if max_diff > 1e-2 or agree / total < 0.995:
@@ -91,10 +86,9 @@ def held_out_pairs(cfg: ChangeConfig, spec: Dict) -> List[ChangePair]:
     return [ChangePair("held-out part of " + scene.name, scene.before, scene.after, label)]
 
 
-def finetune_changes(spec: Dict, work_dir: Path, progress, budget) -> Dict:
-    """The change-detection part of training.finetune.run.finetune."""
+def finetune_changes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) -> Dict:
+    """The change-detection part of training.finetune.run.finetune; `meta`: the base package's metadata."""
     base_path = Path(spec["base_package"])
-    meta = package_metadata(base_path)
     base_cfg = change_base_config(base_path, meta)
     cfg = finetune_config(base_cfg, spec)
     train_pairs, val_pairs = load_data_pairs(cfg.data, "train"), held_out_pairs(cfg, spec)

@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
 from training.config import ClassInfo, parse_config
 from training.detection.config import DetConfig, config_from_dict, validate
@@ -24,8 +22,7 @@ from training.detection.data import DetectionSampler, load_regions, read_image
 from training.detection.engine import build_model, evaluate_model, normalize_window, train, window_tiles
 from training.detection.export import build_metadata, check_parity, describe_parity, export_graph
 from training.export import write_package
-from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
-                                            training_config)
+from training.finetune.from_package import PackageLoadError, package_weights, training_config
 from training.finetune.report import HeldOutCurve, loss_history
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 
@@ -52,13 +49,8 @@ def detector_from_package(path: Path, cfg: DetConfig, tiles: np.ndarray) -> Tupl
     """-> (detector in eval mode with the package's weights, parity vs ONNX Runtime, un-folded BatchNorms).
     Refused when the rebuilt detector does not give the package's scores and boxes on `tiles`."""
     model = build_model(cfg, load_encoder_weights=False)
-    proto = onnx.load(str(path))
-    weights = {i.name[len(GRAPH_PREFIX):]: numpy_helper.to_array(i) for i in proto.graph.initializer
-               if i.name.startswith(GRAPH_PREFIX)}
-    pairs = conv_bn_pairs(model, torch.from_numpy(tiles[:1]))
     # Encoder stages no FPN level reads are not in the graph; the parity check below shows they do not matter.
-    unfolded = load_initializers(model, weights, path.stem, pairs, allow_missing=True)
-    model.eval()
+    unfolded = package_weights(model, path, torch.from_numpy(tiles[:1]), GRAPH_PREFIX, allow_missing=True)
     parity = check_parity(model, path, tiles, cfg)
     if not parity["passed"]:
         raise PackageLoadError(f"base model {path.stem}: the torch detector rebuilt from the package does not "
@@ -145,11 +137,11 @@ def held_out_ap50(metrics: Dict) -> float:
     return mean_ap(metrics["ap50_voc12"])
 
 
-def finetune_detection(spec: Dict, work_dir: Path, progress, budget) -> Dict:
-    """The detection half of training.finetune.run.finetune (same spec, plus train_regions / val_regions)."""
+def finetune_detection(spec: Dict, meta: Dict, work_dir: Path, progress, budget) -> Dict:
+    """The detection part of training.finetune.run.finetune (same spec, plus train_regions / val_regions);
+    `meta`: the base package's metadata."""
     data = Path(spec["data_dir"])
     base_path = Path(spec["base_package"])
-    meta = package_metadata(base_path)
     base_cfg = detection_base_config(base_path, meta)
     cfg = finetune_config(base_cfg, spec)
     image = read_image(data / "images" / SCENE)
@@ -157,7 +149,8 @@ def finetune_detection(spec: Dict, work_dir: Path, progress, budget) -> Dict:
     progress(2, "loading the base model for training")
     base_model, base_parity, unfolded = detector_from_package(base_path, base_cfg, scene_parity_tiles(image, base_cfg))
     base_names = [c.name for c in base_cfg.data.classes]
-    train_objects = sum(len(r.ann) for r in load_regions(cfg, "train"))
+    train_regions = load_regions(cfg, "train")
+    train_objects = sum(len(r.ann) for r in train_regions)
 
     progress(4, "scoring the base model on the held-out boxes")
     matched = MatchedClasses(base_model, base_names, [c.name for c in cfg.data.classes])
@@ -166,7 +159,7 @@ def finetune_detection(spec: Dict, work_dir: Path, progress, budget) -> Dict:
     progress(8, f"base model held-out AP50 {base_score:.3f}")
 
     model = new_detector(base_model, base_names, cfg)
-    sampler = DetectionSampler(load_regions(cfg, "train"), cfg)
+    sampler = DetectionSampler(train_regions, cfg)
     curve = HeldOutCurve(work_dir, "AP50", lambda m: held_out_ap50(evaluate_model(m, cfg)), progress, cfg.train.iters)
     state = train_rebuilt(train, cfg, model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
                           unfolded, work_dir, budget, curve)

@@ -135,6 +135,18 @@ def load_initializers(model: torch.nn.Module, initializers: Dict[str, np.ndarray
     return unfolded
 
 
+def package_weights(model: torch.nn.Module, path: Path, example: Union[torch.Tensor, Tuple[torch.Tensor, ...]],
+                    prefix: str = "", allow_missing: bool = False) -> Dict[str, str]:
+    """Load a package's weights into `model` (built from the package's config): the graph's initializers named
+    `prefix` + the torch name, its conv+BatchNorm pairs (found by running `example`) un-folded; see
+    load_initializers. Returns the un-folded pairs; the caller checks parity with ONNX Runtime."""
+    weights = {i.name[len(prefix):]: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+               if i.name.startswith(prefix)}
+    unfolded = load_initializers(model, weights, Path(path).stem, conv_bn_pairs(model, example), allow_missing)
+    model.eval()
+    return unfolded
+
+
 @dataclass
 class BaseModel:
     model: torch.nn.Module  # Segmentor in eval mode with the package's weights
@@ -152,11 +164,7 @@ def model_from_package(path: Path, parity_tiles: torch.Tensor, atol: float = 1e-
     meta = package_metadata(path)
     cfg = base_config(path, meta)
     model = build_segmentor(cfg.model)
-    proto = onnx.load(str(path))
-    initializers = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    pairs = conv_bn_pairs(model, parity_tiles[:1])
-    unfolded = load_initializers(model, initializers, path.stem, pairs)
-    model.eval()
+    unfolded = package_weights(model, path, parity_tiles[:1])
     max_diff, agree, total = compare_with_torch(model, path, [parity_tiles], 2)
     parity = {"tiles": int(len(parity_tiles)), "max_abs_logit_diff": max_diff, "argmax_agreement": agree / total}
     if max_diff > atol or agree / total < min_agreement:

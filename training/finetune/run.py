@@ -12,7 +12,9 @@ that provenance) and an HTML report. Progress goes to the log as `progress <perc
 SPEC.json: {"base_package", "data_dir", "classes": [{"name", "color"}], "iterations", "batch_size",
 "time_budget_s" (null: none), "out" (.onnx), "name", "description", "split" (how the held-out area was
 chosen), "report" (.html), "num_threads" (0: torch's default), "parent_pid" (optional: exit when that process,
-the backend, is gone), "lr" (optional); detection also "train_regions", "val_regions" (pixel boxes)}.
+the backend, is gone), "lr" (optional); detection also "train_regions", "val_regions" (pixel boxes); change
+"train_pairs", "val_pairs" (LEVIR-CD pair names), "scene_pair" and "val_region" (the whole area, and the held-out
+box in it, scored with its context)}.
 """
 import copy
 import json
@@ -196,7 +198,8 @@ def exit_with_parent(parent_pid: int) -> None:
 
 
 def finetune(spec_path) -> Dict:
-    """Finetune the spec's base package (segmentation, or detection: training.finetune.detection)."""
+    """Finetune the spec's base package: segmentation here, the other tasks in training.finetune.scene, .change
+    and .detection."""
     spec_path = Path(spec_path)
     spec = read_spec(spec_path)
     if spec.get("parent_pid"):
@@ -207,13 +210,14 @@ def finetune(spec_path) -> Dict:
     started = time.time()
     progress(1, "reading the labelled data")
     budget = TimeBudget(spec.get("time_budget_s"))
-    task = package_metadata(Path(spec["base_package"])).get("task")
+    meta = package_metadata(Path(spec["base_package"]))
+    task = meta.get("task")
     if task in DETECTION_TASKS:
-        result = finetune_detection(spec, work_dir, progress, budget)
+        result = finetune_detection(spec, meta, work_dir, progress, budget)
     elif task == "scene_classification":
-        result = finetune_scenes(spec, work_dir, progress, budget)
+        result = finetune_scenes(spec, meta, work_dir, progress, budget)
     elif task == "change_detection":
-        result = finetune_changes(spec, work_dir, progress, budget)
+        result = finetune_changes(spec, meta, work_dir, progress, budget)
     else:
         result = finetune_segmentation(spec, work_dir, budget)
     report = {**result["report"], "elapsed_s": round(time.time() - started, 1)}

@@ -12,14 +12,11 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
-import onnx
 import torch
-from onnx import numpy_helper
 
 from training.config import ClassInfo, SourceConfig, parse_config
 from training.export import compare_with_torch, export_onnx, write_package
-from training.finetune.from_package import (PackageLoadError, conv_bn_pairs, load_initializers, package_metadata,
-                                            training_config)
+from training.finetune.from_package import PackageLoadError, package_weights, training_config
 from training.finetune.report import HeldOutCurve, loss_history
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 from training.scene_classification.chips import Chip, chip_batch, load_split, make_sampler
@@ -40,9 +37,7 @@ def classifier_from_package(path: Path, cfg: SceneConfig, chips: torch.Tensor) -
     """-> (classifier in eval mode with the package's weights, parity vs ONNX Runtime on `chips`, un-folded
     BatchNorms); refused when the rebuilt classifier does not give the package's logits and top classes."""
     model = build_classifier(cfg.model, load_encoder_weights=False)
-    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-    unfolded = load_initializers(model, weights, path.stem, conv_bn_pairs(model, chips[:1]))
-    model.eval()
+    unfolded = package_weights(model, path, chips[:1])
     max_diff, agree, _ = compare_with_torch(model, path, [chips], 4)
     parity = {"chips": int(len(chips)), "max_abs_logit_diff": max_diff, "top1_agreement": agree / len(chips)}
     if max_diff > 1e-2 or agree < len(chips):
@@ -102,12 +97,11 @@ def new_classifier(base_model: torch.nn.Module, base_cfg: SceneConfig, cfg: Scen
     return model
 
 
-def finetune_scenes(spec: Dict, work_dir: Path, progress, budget) -> Dict:
-    """The scene-classification part of training.finetune.run.finetune."""
+def finetune_scenes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) -> Dict:
+    """The scene-classification part of training.finetune.run.finetune; `meta`: the base package's metadata."""
     if len(spec["classes"]) < 2:
         raise ValueError(f"finetune spec: a scene classifier needs at least 2 classes, got {len(spec['classes'])}")
     base_path = Path(spec["base_package"])
-    meta = package_metadata(base_path)
     base_cfg = scene_base_config(base_path, meta)
     cfg = finetune_config(base_cfg, spec)
     val_chips = [c for g in load_split(cfg, "val")[0] for c in g]
