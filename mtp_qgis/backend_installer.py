@@ -94,15 +94,6 @@ def finetune_requirements() -> Path:
     raise InstallError(f"No finetuning requirements file was found next to {HERE}; reinstall the plugin.")
 
 
-def has_training(env_dir: Optional[Path] = None) -> bool:
-    """Whether the installer added the training environment (finetuning) to the backend's environment."""
-    ready = Path(env_dir or default_env_dir()) / READY_FILE
-    try:
-        return bool(json.loads(ready.read_text(encoding="utf-8")).get("training"))
-    except (OSError, ValueError):
-        return False
-
-
 def backend_source_root() -> Path:
     """Folder holding the `backend` package: the checkout around the plugin, or the bundled copy."""
     for candidate in (HERE.parent, HERE / "backend_bundle"):

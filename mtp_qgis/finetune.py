@@ -1,4 +1,4 @@
-"""Processing algorithm mtp:finetune — train a segmentation, scene or detection model on the analyst's polygons.
+"""Processing algorithm mtp:finetune — train a segmentation, scene, change or detection model on the analyst's labels.
 
 The backend runs the training (in the training environment) as a job: this algorithm hands it the raster,
 the labels (and validation area) saved to temporary GeoPackages, and the new model's id; the package
@@ -77,9 +77,8 @@ class FinetuneAlgorithm(BackendAlgorithm):
     def task_help(self):
         return tr(
             "Trains a segmentation, scene-classification, change-detection or detection model on your own polygons, "
-            "starting from a "
-            "model package of that "
-            "task, and adds it to your models (the dock and the task's algorithm list it at once).\n\n"
+            "starting from a model package of that task, and adds it to your models (the dock and the task's "
+            "algorithm list it at once).\n\n"
             "Input raster: the imagery the labels were drawn on; training data is cut from it at the base "
             "model's ground sample distance.\n"
             "After raster: change detection only, the later date (the input raster is the earlier one); put on "

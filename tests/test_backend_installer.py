@@ -1,6 +1,7 @@
 """The cross-platform backend installer (mtp_qgis/backend_installer.py) without QGIS: where it puts things on
 each OS, the ONNX Runtime hook, and that a failed or cancelled install leaves no half-made environment.
 (The whole install, from the dock's button to a segmentation, is tests/plugin/test_install_journey.py.)"""
+import json
 import os
 import re
 import subprocess
@@ -157,7 +158,6 @@ def test_a_leftover_half_environment_is_never_reused(tmp_path):
 def _ready_env(tmp_path, gpu):
     """A ready backend environment whose Python is this suite's (it has PyTorch, timm and onnxscript): a launcher
     script, so that the interpreter keeps its own environment (a symlink would be the system's Python)."""
-    import json
     env = tmp_path / "venv"
     (env / "bin").mkdir(parents=True)
     (env / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
@@ -171,7 +171,6 @@ def test_training_is_added_to_a_ready_environment_and_recorded(tmp_path):
     """`--training` runs pip on the finetuning requirements in the backend's environment (PyTorch's CPU index
     beside PyPI when its ONNX Runtime is the CPU build), checks that the training code imports, and marks the
     environment; here every pinned package is in place already, so pip changes nothing."""
-    import json
     env = _ready_env(tmp_path, gpu=False)
     requirements = tmp_path / "finetune.txt"
     pins = [line for line in (REPO / "requirements" / "finetune.txt").read_text().splitlines()
@@ -185,7 +184,7 @@ def test_training_is_added_to_a_ready_environment_and_recorded(tmp_path):
     assert f"--extra-index-url {backend_installer.TORCH_CPU_INDEX} -r {requirements}" in text
     assert "import training.finetune.run" in text and "Training environment ready" in text
     ready = json.loads((env / backend_installer.READY_FILE).read_text())
-    assert ready["training"] is True and ready["gpu"] is False and backend_installer.has_training(env)
+    assert ready["training"] is True and ready["gpu"] is False
     assert backend_installer.finetune_requirements() == REPO / "requirements" / "finetune.txt"
 
 
@@ -197,6 +196,6 @@ def test_a_failed_training_install_leaves_the_backend_environment_usable(tmp_pat
         with pytest.raises(backend_installer.InstallError, match="while installing the training packages"):
             backend_installer.Installer(env, log=out).add_training(requirements)
     assert backend_installer.ready_env_python(env) == env / "bin" / "python"
-    assert not backend_installer.has_training(env)
+    assert "training" not in json.loads((env / backend_installer.READY_FILE).read_text())
     with pytest.raises(backend_installer.InstallError, match="install the backend first"):
         backend_installer.Installer(tmp_path / "nothing").add_training(requirements)

@@ -259,7 +259,8 @@ def test_finetune_tab_offers_and_installs_the_training_environment(tmp_path, mon
         QgsApplication.processEvents()
         time.sleep(0.05)
     assert "press Finetune again" in panel.status.text(), panel.status.text()
-    assert panel.run_button.isEnabled() and backend_installer.has_training(env)
+    assert panel.run_button.isEnabled()
+    assert json.loads((env / backend_installer.READY_FILE).read_text())["training"] is True
     assert "Training environment ready" in (tmp_path / "install_training.log").read_text()
 
 
