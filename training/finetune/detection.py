@@ -161,8 +161,8 @@ def finetune_detection(spec: Dict, meta: Dict, work_dir: Path, progress, budget)
     model = new_detector(base_model, base_names, cfg)
     sampler = DetectionSampler(train_regions, cfg)
     curve = HeldOutCurve(work_dir, "AP50", lambda m: held_out_ap50(evaluate_model(m, cfg)), progress, cfg.train.iters)
-    state = train_rebuilt(train, cfg, model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
-                          unfolded, work_dir, budget, curve)
+    state = train_rebuilt(train, cfg, model, lambda i: sampler.batch(i, cfg.train.batch_size)[0], unfolded, work_dir,
+                          budget, curve)
 
     progress(88, "scoring the finetuned model on the held-out boxes")
     model.eval()

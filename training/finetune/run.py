@@ -253,8 +253,8 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
     sampler = make_sampler(cfg)
     curve = HeldOutCurve(work_dir, "mIoU", lambda m: evaluate_tiles(m, cfg, val_tiles)["mIoU"], progress,
                          cfg.train.iters)
-    state = train_rebuilt(train, cfg, model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
-                          base.unfolded, work_dir, budget, curve)
+    state = train_rebuilt(train, cfg, model, lambda i: sampler.batch(i, cfg.train.batch_size)[0], base.unfolded, work_dir,
+                          budget, curve)
     progress(88, "scoring the finetuned model on the held-out labels")
     model.eval()
     metrics = evaluate_tiles(model.cpu(), cfg, val_tiles)

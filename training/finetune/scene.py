@@ -119,8 +119,8 @@ def finetune_scenes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) ->
     sampler = make_sampler(cfg, train_groups)
     curve = HeldOutCurve(work_dir, "accuracy", lambda m: evaluate_model(m, cfg, val_chips)["overall_accuracy"],
                          progress, cfg.train.iters)
-    state = train_rebuilt(train, cfg, model, [sampler.batch(10 ** 6 + i, cfg.train.batch_size)[0] for i in range(4)],
-                          unfolded, work_dir, budget, curve)
+    state = train_rebuilt(train, cfg, model, lambda i: sampler.batch(i, cfg.train.batch_size)[0], unfolded, work_dir,
+                          budget, curve)
 
     progress(88, "scoring the finetuned model on the held-out cells")
     model.eval()

@@ -2,7 +2,7 @@
 given the statistics of the analyst's crops first; resumable; the held-out curve on the way), and record where
 the new package comes from and how it compares."""
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Tuple, Union
 
 import torch
 
@@ -27,13 +27,14 @@ def set_run(cfg: Any, spec: Dict, default_lr: float, default_batch: int) -> None
 
 
 def train_rebuilt(train: Callable[..., Dict], cfg: Any, model: torch.nn.Module,
-                  first_batches: Sequence[Union[torch.Tensor, Tuple[torch.Tensor, ...]]],
+                  model_input: Callable[[int], Union[torch.Tensor, Tuple[torch.Tensor, ...]]],
                   unfolded: Dict[str, str], work_dir: Path, budget: Any,
                   curve: Callable[[torch.nn.Module, int], None], normalize_convs: bool = False) -> Dict:
     """The task's training loop on `model`; resumes when work_dir holds a checkpoint (the backend kept it after a
-    crash). `budget` (training.finetune.run.TimeBudget) may stop it early, as Ctrl-C does. `normalize_convs`:
-    see normalize_folded_convs."""
-    recalibrate_batchnorm(model, first_batches, unfolded)
+    crash). `model_input(index)`: the model's input of the training batch `index` (the BatchNorms are recalibrated
+    on 4 batches the run never draws). `budget` (training.finetune.run.TimeBudget) may stop it early, as Ctrl-C
+    does. `normalize_convs`: see normalize_folded_convs."""
+    recalibrate_batchnorm(model, [model_input(10 ** 6 + i) for i in range(4)], unfolded)
     if normalize_convs:
         normalize_folded_convs(model, unfolded)
     with budget:
