@@ -46,6 +46,7 @@ MAX_SCENE_PX = 6000 * 6000  # the labelled area, cut at the model's GSD, must fi
 SPLIT_GAP_PX = 16           # unlabelled band between training and automatically held-out labels
 HELD_OUT_SHARE = 0.2        # share of the labelled pixels (objects) an automatic split holds out
 DETECTION_TASKS = ("detection", "rotated_detection")
+OFFICIAL_FINETUNE_TASKS = ("semantic_segmentation",)  # imported official packages finetuned so far
 MIN_TRAIN_OBJECTS = 10      # detection: objects needed for training ...
 MIN_HELD_OUT_OBJECTS = 5    # ... and for a held-out AP
 MIN_SCENE_CELLS = 4         # scene classification: cells at least half labelled, for training and held out
@@ -302,10 +303,20 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     if not (REPO_ROOT / "training" / "__main__.py").is_file():
         raise BackendError(f"The training code is not installed beside this backend ({REPO_ROOT / 'training'} is "
                            "missing); finetuning runs from a source checkout of mtp_qgis.")
-    if not isinstance((base.raw.get("training") or {}).get("config"), dict):
-        raise BackendError(f"Base model '{base.id}' cannot be finetuned: it carries no training config (only packages "
-                           "written by `python -m training export`, such as the bundled ones, can be loaded for "
-                           "training). Choose another base model.")
+    official = isinstance(base.raw.get("official"), dict)
+    if official and base.task not in OFFICIAL_FINETUNE_TASKS:
+        raise BackendError(f"Base model '{base.id}' is an imported official MTP {base.task.replace('_', ' ')} model; "
+                           f"finetuning imported official models is built for "
+                           f"{', '.join(t.replace('_', ' ') for t in OFFICIAL_FINETUNE_TASKS)} only so far. Choose "
+                           "another base model.")
+    if not official and not isinstance((base.raw.get("training") or {}).get("config"), dict):
+        imported = (base.raw.get("provenance") or {}).get("kind") == "official MTP finetuned checkpoint"
+        raise BackendError(f"Base model '{base.id}' cannot be finetuned: " + (
+            "it was imported before imported models kept their official config; import its checkpoint again with "
+            "`python -m training import-official`." if imported else
+            "it carries no training config (only packages written by `python -m training export`, such as the "
+            "bundled ones, and official MTP checkpoints imported with `python -m training import-official` can be "
+            "loaded for training). Choose another base model."))
     change = base.task == "change_detection"
     if change and len(spec.inputs) != 3:
         raise BackendError(f"Finetuning a change-detection model takes 3 inputs, the before raster, the after raster "

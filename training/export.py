@@ -1,5 +1,6 @@
 """Export a checkpoint to a model package: one .onnx file with `mtp_qgis` metadata (docs/contract.md),
 accepted only if ONNX Runtime reproduces torch's logits on real image tiles."""
+import ast
 import datetime
 import json
 import logging
@@ -11,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 import torch
 
 from mtp_common import package_schema
@@ -84,6 +86,68 @@ def export_onnx(model: torch.nn.Module, path: Path, tile_size: int, channels: in
                       external_data=False, verbose=False)
 
 
+# ------------------------------------------------------------------------------ torch tensors of a package
+
+TRAINING_TENSORS = "mtp_qgis_training_tensors"  # the training_info graph holding tensors the graph folded away
+
+
+def linear_weights(graph: onnx.GraphProto) -> Dict[str, np.ndarray]:
+    """`<module>.weight` of the Linear layers whose weight the exporter stored transposed under a generated name
+    (the MatMul of torch's `linear`, e.g. a ViT's qkv, proj and MLP layers): found through the name scopes the
+    exporter records on each node."""
+    initializers = {i.name: i for i in graph.initializer}
+    found: Dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or len(node.input) != 2 or node.input[1] not in initializers:
+            continue
+        props = {p.key: p.value for p in node.metadata_props}
+        if "aten.linear" not in props.get("pkg.torch.onnx.fx_node", ""):
+            continue
+        try:
+            scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            continue
+        if len(scopes) >= 2 and isinstance(scopes[-2], str) and scopes[-2]:
+            value = numpy_helper.to_array(initializers[node.input[1]])
+            if value.ndim == 2:
+                found[f"{scopes[-2]}.weight"] = value.T.copy()
+    return found
+
+
+def graph_weights(proto: onnx.ModelProto) -> Dict[str, np.ndarray]:
+    """The torch tensors a package holds, by torch name: its initializers that keep their names, the Linear weights
+    stored transposed (linear_weights), and those keep_training_tensors put in its training_info."""
+    weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for name, value in linear_weights(proto.graph).items():
+        weights.setdefault(name, value)
+    for info in proto.training_info:
+        if info.initialization.name == TRAINING_TENSORS:
+            for tensor in info.initialization.initializer:
+                weights.setdefault(tensor.name, numpy_helper.to_array(tensor))
+    return weights
+
+
+def keep_training_tensors(proto: onnx.ModelProto, model: torch.nn.Module) -> List[str]:
+    """Put into the package's training_info the tensors of `model` its graph no longer holds by name: the exporter
+    folds parameters computed on (e.g. relative-position tables gathered by constant indices) into anonymous
+    constants, and finetuning must rebuild the torch model from the package. BatchNorm tensors are left out
+    (rebuilt from the folded convolution); ONNX Runtime ignores training_info. Returns the names kept."""
+    present = graph_weights(proto)
+    norms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    kept = []
+    info = None
+    for name, value in model.state_dict().items():
+        if name in present or name.rsplit(".", 1)[0] in norms or name.endswith("num_batches_tracked"):
+            continue
+        if info is None:
+            info = proto.training_info.add()
+            info.initialization.name = TRAINING_TENSORS
+        info.initialization.initializer.append(
+            numpy_helper.from_array(value.detach().cpu().float().numpy(), name))
+        kept.append(name)
+    return kept
+
+
 def onnx_out_path(out) -> Path:
     out = Path(out)
     if out.suffix != ".onnx":
@@ -92,11 +156,13 @@ def onnx_out_path(out) -> Path:
 
 
 def write_package(out: Path, export_graph: Callable[[Path], None], check_parity: Callable[[Path], Dict],
-                  build_metadata: Callable[[Dict], Dict], describe_parity: Callable[[Dict], str]) -> Dict:
+                  build_metadata: Callable[[Dict], Dict], describe_parity: Callable[[Dict], str],
+                  trainable: Optional[torch.nn.Module] = None) -> Dict:
     """The steps every task's export shares: export_graph(path) writes the ONNX graph to a temporary
     .partial file; check_parity(path) must pass; build_metadata(parity) goes into the METADATA_KEY
     property once it fits mtp_common.package_schema; after onnx.checker the file is renamed onto `out`, so a
-    failed export leaves no file behind (and never replaces a good one). Returns the metadata written."""
+    failed export leaves no file behind (and never replaces a good one). `trainable`: the exported model, whose
+    tensors the graph folded away are kept in the package (keep_training_tensors). Returns the metadata written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
@@ -112,6 +178,8 @@ def write_package(out: Path, export_graph: Callable[[Path], None], check_parity:
         del proto.metadata_props[:]
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+        if trainable is not None:
+            keep_training_tensors(proto, trainable)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         os.replace(tmp, out)

@@ -15,10 +15,9 @@ from typing import Callable, Dict, List, Sequence, Tuple, TypeVar, Union
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from training.segmentation.config import Config, config_from_dict
-from training.export import METADATA_KEY, compare_with_torch
+from training.export import METADATA_KEY, compare_with_torch, graph_weights
 from training.models import build_segmentor
 
 
@@ -55,7 +54,11 @@ def training_config(path: Path, meta: Dict, tasks: Sequence[str], read: Callable
 
 
 def base_config(path: Path, meta: Dict) -> Config:
-    """The segmentation training config a package was made with."""
+    """The segmentation training config a package was made with; for an imported official package, the
+    bundled recipe fitted to it (training.finetune.official.segmentation_recipe)."""
+    from training.finetune.official import is_official, segmentation_recipe
+    if is_official(meta) and meta.get("task") == "semantic_segmentation":
+        return segmentation_recipe(meta)
     return training_config(path, meta, ("semantic_segmentation",), config_from_dict)
 
 
@@ -137,11 +140,11 @@ def load_initializers(model: torch.nn.Module, initializers: Dict[str, np.ndarray
 
 def package_weights(model: torch.nn.Module, path: Path, example: Union[torch.Tensor, Tuple[torch.Tensor, ...]],
                     prefix: str = "", allow_missing: bool = False) -> Dict[str, str]:
-    """Load a package's weights into `model` (built from the package's config): the graph's initializers named
-    `prefix` + the torch name, its conv+BatchNorm pairs (found by running `example`) un-folded; see
+    """Load a package's weights into `model` (built from the package's config): the graph's tensors named
+    `prefix` + the torch name (training.export.graph_weights), its conv+BatchNorm pairs (found by running `example`) un-folded; see
     load_initializers. Returns the un-folded pairs; the caller checks parity with ONNX Runtime."""
-    weights = {i.name[len(prefix):]: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
-               if i.name.startswith(prefix)}
+    weights = {name[len(prefix):]: value for name, value in graph_weights(onnx.load(str(path))).items()
+               if name.startswith(prefix)}
     unfolded = load_initializers(model, weights, Path(path).stem, conv_bn_pairs(model, example), allow_missing)
     model.eval()
     return unfolded
@@ -149,7 +152,7 @@ def package_weights(model: torch.nn.Module, path: Path, example: Union[torch.Ten
 
 @dataclass
 class BaseModel:
-    model: torch.nn.Module  # Segmentor in eval mode with the package's weights
+    model: torch.nn.Module  # Segmentor (or official segmentor) in eval mode with the package's weights
     cfg: Config             # the config the package was trained with
     meta: Dict              # the package's mtp_qgis metadata
     parity: Dict            # rebuilt torch model vs ONNX Runtime on real tiles
@@ -163,8 +166,12 @@ def model_from_package(path: Path, parity_tiles: torch.Tensor, atol: float = 1e-
     path = Path(path)
     meta = package_metadata(path)
     cfg = base_config(path, meta)
-    model = build_segmentor(cfg.model)
-    unfolded = package_weights(model, path, parity_tiles[:1])
+    from training.finetune.official import is_official, official_model
+    official = is_official(meta)
+    model = official_model(path, meta) if official else build_segmentor(cfg.model)
+    # Official encoders hold tensors their forward never reads (RVSA's relative-position tables when it uses
+    # none): not in the graph; the parity check below shows they do not matter.
+    unfolded = package_weights(model, path, parity_tiles[:1], allow_missing=official)
     max_diff, agree, total = compare_with_torch(model, path, [parity_tiles], 2)
     parity = {"tiles": int(len(parity_tiles)), "max_abs_logit_diff": max_diff, "argmax_agreement": agree / total}
     if max_diff > atol or agree / total < min_agreement:

@@ -35,7 +35,9 @@ from training.config import ClassInfo, SourceConfig
 from training.data import load_source, normalize
 from training.data.sources import IGNORE, LabelledTile
 from training.export import check_parity, describe_parity, export_onnx, onnx_out_path, write_package
-from training.finetune.from_package import PackageLoadError, base_config, model_from_package, package_metadata
+from training.finetune.from_package import (BaseModel, PackageLoadError, base_config, model_from_package,
+                                            package_metadata)
+from training.finetune.official import classifier_rows, is_official, official_metadata, official_model
 from training.finetune.change import finetune_changes
 from training.finetune.detection import DETECTION_TASKS, finetune_detection
 from training.finetune.scene import finetune_scenes
@@ -51,6 +53,7 @@ from training.segmentation.export import build_metadata
 log = logging.getLogger("training")
 SCENE = "scene.png"
 CONTEXT_PX = 64  # image around the labelled box that training crops may see (never labels)
+OFFICIAL_CLASSIFIER = "decode_head.conv_seg."  # the official UperNet's classifier (training.official.heads)
 
 
 def progress(percent: float, message: str) -> None:
@@ -136,23 +139,14 @@ def base_model_scores(model: torch.nn.Module, base_cfg: Config, cfg: Config, til
             "matched_classes": matched}
 
 
-def new_model(base_model: torch.nn.Module, base_cfg: Config, cfg: Config) -> torch.nn.Module:
+def new_model(base: BaseModel, base_path: Path, cfg: Config) -> torch.nn.Module:
     """The analyst's model: every base weight but the classifier; classifier rows of classes the base
     model knows by name are copied, the others start fresh."""
-    model = build_segmentor(cfg.model)
-    base_state = base_model.state_dict()
-    state = model.state_dict()
-    base_names = [c.name.strip().lower() for c in base_cfg.data.classes]
-    for key, value in base_state.items():
-        if key in state and state[key].shape == value.shape and not key.startswith("decoder.classifier."):
-            state[key] = value.clone()
-    for i, info in enumerate(cfg.data.classes):
-        j = base_names.index(info.name.strip().lower()) if info.name.strip().lower() in base_names else None
-        if j is not None:
-            state["decoder.classifier.weight"][i] = base_state["decoder.classifier.weight"][j]
-            state["decoder.classifier.bias"][i] = base_state["decoder.classifier.bias"][j]
-    model.load_state_dict(state)
-    return model
+    base_names, names = [c.name for c in base.cfg.data.classes], [c.name for c in cfg.data.classes]
+    if is_official(base.meta):
+        return classifier_rows(base.model, official_model(base_path, base.meta, len(names)), OFFICIAL_CLASSIFIER,
+                               base_names, names)
+    return classifier_rows(base.model, build_segmentor(cfg.model), "decoder.classifier.", base_names, names)
 
 
 class TimeBudget:
@@ -249,7 +243,7 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
     base_scores = base_model_scores(base.model, base.cfg, cfg, val_tiles)
     progress(8, f"base model held-out mIoU {base_scores['mIoU']:.3f}")
 
-    model = new_model(base.model, base.cfg, cfg)
+    model = new_model(base, base_path, cfg)
     sampler = make_sampler(cfg)
     curve = HeldOutCurve(work_dir, "mIoU", lambda m: evaluate_tiles(m, cfg, val_tiles)["mIoU"], progress,
                          cfg.train.iters)
@@ -275,6 +269,8 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
     def metadata(parity: Dict) -> Dict:
         meta = build_metadata(cfg, state, metrics, parity)
         meta["metrics"]["base_model_mIoU"] = base_scores["mIoU"]
+        if is_official(base.meta):
+            meta = official_metadata(meta, base.meta, len(cfg.data.classes))
         return finetuned_metadata(meta, cfg.export.description, figures,
                                   base.meta.get("encoder") or cfg.model.encoder.name)
 
@@ -283,7 +279,8 @@ def finetune_segmentation(spec: Dict, work_dir: Path, budget: "TimeBudget") -> D
                                                                    cfg.model.encoder.in_chans, cfg.export.opset),
                             check_parity=lambda p: check_parity(model, p, [tiles], cfg.export.atol,
                                                                 cfg.export.min_argmax_agreement),
-                            build_metadata=metadata, describe_parity=describe_parity)
+                            build_metadata=metadata, describe_parity=describe_parity,
+                            trainable=model if is_official(base.meta) else None)
     names = [c.name for c in cfg.data.classes]
     report = {"model": out.stem, "name": cfg.export.name, "metric": "mIoU",
               "scores": score_rows(figures),

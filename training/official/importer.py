@@ -133,7 +133,8 @@ def export_graph(model: torch.nn.Module, spec: OfficialSpec, path: Path) -> None
 
 
 def build_metadata(spec: OfficialSpec, checkpoint: Path, report: Dict, meta: Dict, parity_result: Dict,
-                   checkpoint_sha: str, config_sha: str) -> Dict:
+                   checkpoint_sha: str, config_sha: str, official_config: Optional[Dict] = None,
+                   dataset: Optional[str] = None) -> Dict:
     facts = spec.dataset
     paper = facts.paper.get(spec.encoder_name) if "MTP" in spec.pretraining.split("(")[0] else None
     metrics: Dict = {"evaluated_on": facts.evaluated_on, "source": "MTP paper / official README (not re-measured here)"}
@@ -181,6 +182,11 @@ def build_metadata(spec: OfficialSpec, checkpoint: Path, report: Dict, meta: Dic
             "parity": parity_result,
         },
     }
+    if official_config is not None:
+        # The config as read (it is data, not code): finetuning builds the same model again from it
+        # (training.finetune.official).
+        out["official"] = {"config": official_config, "config_name": spec.config_path.name, "dataset": dataset,
+                           "num_classes": spec.num_classes}
     if spec.task == "scene_classification" and facts.scene_cell_size:
         out["scene"] = {"cell_size": facts.scene_cell_size}
     if spec.detection is not None:
@@ -193,7 +199,8 @@ def import_official(checkpoint, config, out_dir, model_id: Optional[str] = None,
                     overwrite: bool = False) -> Dict:
     """Convert; returns {"path", "metadata", "report"}. Nothing is written unless every step passes."""
     checkpoint, config, out_dir = Path(checkpoint).expanduser(), Path(config).expanduser(), Path(out_dir).expanduser()
-    spec = read_spec(read_official_config(config), config, dataset)
+    official_config = read_official_config(config)
+    spec = read_spec(official_config, config, dataset)
     model_id = model_id or default_model_id(config)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
         raise ValueError(f"model id {model_id!r} may only use letters, digits, '.', '_' and '-'")
@@ -214,8 +221,11 @@ def import_official(checkpoint, config, out_dir, model_id: Optional[str] = None,
         export_graph=lambda path: export_graph(model, spec, path),
         check_parity=lambda path: parity(model, spec, path),
         build_metadata=lambda result: build_metadata(spec, checkpoint, report, meta, result, checkpoint_sha,
-                                                     sha256_file(config)),
-        describe_parity=describe_parity)
+                                                     sha256_file(config), official_config, dataset),
+        describe_parity=describe_parity,
+        # What finetuning needs to rebuild the model (training.finetune.official); detectors are not finetuned
+        # from imported packages yet.
+        trainable=None if spec.task in DETECTION_TASKS else model)
     return {"path": str(out), "metadata": metadata, "report": report}
 
 

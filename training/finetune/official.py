@@ -1,0 +1,96 @@
+"""An imported official MTP package (`python -m training import-official`) back into its torch model, for
+finetuning on an analyst's labels.
+
+The importer keeps the official config it read (metadata `official`: the config as data, its file name, the
+dataset named on the command line, the head's class count), so the project's equivalent model (ViT+RVSA or
+InternImage with the official head) is built again from it; the weights are the graph's initialisers, named as
+the torch parameters, conv+BatchNorm pairs un-folded (training.finetune.from_package). A finetuned package keeps
+that record with its own class count, so it can be finetuned again. Packages imported before the record existed
+are refused: import the checkpoint again.
+"""
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from training.config import ClassInfo
+from training.official.config_file import ConfigError
+from training.official.models import OfficialSpec, build_model, read_spec
+from training.finetune.from_package import PackageLoadError
+
+OFFICIAL_KEY = "official"
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "seg_default.yaml"
+
+
+def is_official(meta: Dict) -> bool:
+    return isinstance(meta.get(OFFICIAL_KEY), dict)
+
+
+def official_spec(path: Path, meta: Dict, num_classes: Optional[int] = None) -> OfficialSpec:
+    """The spec of the official model the package holds, with `num_classes` (default: the package's)."""
+    record = meta[OFFICIAL_KEY]
+    try:
+        spec = read_spec(record["config"], Path(record["config_name"]), record.get("dataset"))
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise PackageLoadError(f"base model {path.stem}: its official config cannot be read again ({exc}); import "
+                               "the checkpoint again with `python -m training import-official`") from exc
+    return replace(spec, num_classes=int(num_classes or record.get("num_classes") or spec.num_classes))
+
+
+def official_model(path: Path, meta: Dict, num_classes: Optional[int] = None) -> torch.nn.Module:
+    """The package's official model, randomly initialised, in eval mode."""
+    return build_model(official_spec(path, meta, num_classes))
+
+
+def segmentation_recipe(meta: Dict):
+    """The training settings for an official segmentation package: the bundled segmentation recipe
+    (configs/seg_default.yaml: loss, schedule, augmentation) with the package's classes, normalisation, GSD and
+    tiles; crops are the package's tile (the size its position embeddings were made for). Its `model` section
+    stands only for the class count and bands: the model itself is built from the official config."""
+    from training.segmentation.config import load_config
+    cfg = load_config(RECIPE)
+    cfg.data.classes = [ClassInfo(c["name"], c.get("color") or "#808080") for c in meta["classes"]]
+    cfg.model.num_classes = len(cfg.data.classes)
+    cfg.model.encoder.checkpoint = None
+    cfg.model.encoder.in_chans = len(meta["input"]["bands"])
+    for key in ("scale", "mean", "std", "bands", "band_names"):
+        if key in meta["input"]:
+            setattr(cfg.data, key, meta["input"][key])
+    cfg.data.gsd_m = meta.get("gsd_m") or cfg.data.gsd_m
+    cfg.eval.tile_size, cfg.eval.tile_overlap = int(meta["tile_size"]), int(meta["tile_overlap"])
+    cfg.data.crop_size = int(meta["tile_size"])
+    cfg.train.layer_decay = 1.0
+    return cfg
+
+
+def classifier_rows(base: torch.nn.Module, model: torch.nn.Module, prefix: str, base_names: List[str],
+                    names: List[str]) -> torch.nn.Module:
+    """`model` (the analyst's classes) given every base weight but the classifier's (`prefix`); classifier rows
+    of classes the base knows by name are copied, the others start fresh."""
+    base_state, state = base.state_dict(), model.state_dict()
+    lower = [n.strip().lower() for n in base_names]
+    for key, value in base_state.items():
+        if key in state and state[key].shape == value.shape and not key.startswith(prefix):
+            state[key] = value.clone()
+    for i, name in enumerate(names):
+        if name.strip().lower() in lower:
+            j = lower.index(name.strip().lower())
+            for part in ("weight", "bias"):
+                state[f"{prefix}{part}"][i] = base_state[f"{prefix}{part}"][j]
+    model.load_state_dict(state)
+    return model
+
+
+def official_metadata(meta: Dict, base_meta: Dict, num_classes: int) -> Dict:
+    """A finetuned package's metadata made an official model's: the official record with the new class count (so
+    it can be finetuned again), the encoder, head and pretraining it came from; no `training.config` (that
+    describes the recipe's own model, not this one)."""
+    meta[OFFICIAL_KEY] = {**base_meta[OFFICIAL_KEY], "num_classes": int(num_classes)}
+    for key in ("encoder", "decoder", "pretraining", "trained_tile_size"):
+        if key in base_meta:
+            meta[key] = base_meta[key]
+    training = meta.get("training")
+    if isinstance(training, dict):
+        training.pop("config", None)
+    return meta
