@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from training.config import ClassInfo
+from training.config import ClassInfo, parse_config
 from training.official.config_file import ConfigError
 from training.official.models import OfficialSpec, build_model, read_spec
 from training.finetune.from_package import PackageLoadError
@@ -50,7 +50,8 @@ def segmentation_recipe(meta: Dict):
     stands only for the class count and bands: the model itself is built from the official config."""
     from training.segmentation.config import load_config
     cfg = load_config(RECIPE)
-    cfg.data.classes = [ClassInfo(c["name"], c.get("color") or "#808080") for c in meta["classes"]]
+    cfg.data.classes = [parse_config(ClassInfo, {"name": c["name"], "color": c.get("color") or "#808080"})
+                        for c in meta["classes"]]
     cfg.model.num_classes = len(cfg.data.classes)
     cfg.model.encoder.checkpoint = None
     cfg.model.encoder.in_chans = len(meta["input"]["bands"])
