@@ -46,7 +46,8 @@ MAX_SCENE_PX = 6000 * 6000  # the labelled area, cut at the model's GSD, must fi
 SPLIT_GAP_PX = 16           # unlabelled band between training and automatically held-out labels
 HELD_OUT_SHARE = 0.2        # share of the labelled pixels (objects) an automatic split holds out
 DETECTION_TASKS = ("detection", "rotated_detection")
-OFFICIAL_FINETUNE_TASKS = ("semantic_segmentation",)  # imported official packages finetuned so far
+# Imported official packages finetuned so far (training.finetune.official); detectors not yet.
+OFFICIAL_FINETUNE_TASKS = ("semantic_segmentation", "scene_classification", "change_detection")
 MIN_TRAIN_OBJECTS = 10      # detection: objects needed for training ...
 MIN_HELD_OUT_OBJECTS = 5    # ... and for a held-out AP
 MIN_SCENE_CELLS = 4         # scene classification: cells at least half labelled, for training and held out

@@ -14,7 +14,7 @@ from osgeo import ogr
 from backend.errors import BackendError, ConflictError
 from backend.jobs import JobManager, JobSpec, plan_job
 from backend.registry import ModelRegistry
-from backend.synthetic_models import default_metadata, write_classification_package, write_package
+from backend.synthetic_models import default_metadata, detection_metadata, write_detection_package, write_package
 from backend_test_data import DATA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,12 +128,14 @@ def test_base_models_that_cannot_be_finetuned_are_refused(registry, user_models,
         plan_job(spec(labels, user_models, model="foreign"), registry, "j5")
     # Imported official packages: segmentation finetunes (tests/training/test_finetune_package.py), other tasks are
     # refused by name; one imported before the importer kept the official config is told to import it again.
-    scene = default_metadata(3, 3, 64, 0, task="scene_classification")
-    scene["official"] = {"config": {}, "config_name": "rvsa-b-mtp-eurosat.py", "dataset": None, "num_classes": 3}
-    write_classification_package(user_models / "official_scene.onnx", metadata=scene)
-    with pytest.raises(BackendError, match="imported official MTP scene classification model; finetuning imported "
-                                           "official models is built for semantic segmentation only"):
-        plan_job(spec(labels, user_models, model="official_scene"), registry, "j6")
+    detector = detection_metadata(True, 3, 64, 16)
+    detector["official"] = {"config": {}, "config_name": "oriented_rcnn_rvsa_b_mtp_dota.py", "dataset": None,
+                            "num_classes": 1}
+    write_detection_package(user_models / "official_rdet.onnx", True, metadata=detector)
+    with pytest.raises(BackendError, match="imported official MTP rotated detection model; finetuning imported "
+                                           "official models is built for semantic segmentation, scene "
+                                           "classification, change detection only"):
+        plan_job(spec(labels, user_models, model="official_rdet"), registry, "j6")
     old = default_metadata(3, 4, 64, 16)
     old["provenance"] = {"kind": "official MTP finetuned checkpoint"}
     write_package(user_models / "official_old.onnx", metadata=old)

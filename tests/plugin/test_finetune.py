@@ -4,6 +4,8 @@ base model. The analyst's labels are LoveDA's own ground truth of 1.png's bottom
 trains on the left half. The new package must beat the base model and the best constant class there, appear
 in the backend's models at once, and run in mtp:segment."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +95,31 @@ def held_out_miou(env, tmp_path, model, classes):
     union = cm.sum(0) + cm.sum(1) - np.diag(cm)
     iou = np.diag(cm)[:k] / np.maximum(union[:k], 1)
     return float(np.mean(iou[union[:k] > 0]))
+
+
+def test_finetune_an_imported_official_segmentation_model_and_segment_with_it(finetune_env, official_import, tmp_path):
+    """An official MTP checkpoint imported with `python -m training import-official` (the reduced ViT+RVSA UperNet
+    fixture: random weights, so the figures are small) is a base model like the bundled one: finetuned on the
+    LoveDA polygons, the new package is an official model with the analyst's classes, and mtp:segment runs it,
+    scoring on the held-out half about what the job said."""
+    env, user_models, backend_log = finetune_env
+    imported = Path(official_import("seg_upernet_vit_rvsa")["path"])
+    shutil.copyfile(imported, user_models / imported.name)
+    labels = loveda_label_polygons("1.png", tmp_path / "labels.gpkg", box=LABELLED)
+    validation = rectangle_polygons(tmp_path / "validation.gpkg", HELD_OUT)
+    done, result = run_qgis_process(
+        env, "run", "mtp:finetune", "--", f"INPUT={TILE}", f"LABELS={labels}", "CLASS_FIELD=class",
+        f"BASE_MODEL={imported.stem}", f"VALIDATION={validation}", "ITERATIONS=40", "OUTPUT_MODEL=official_loveda",
+        timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + backend_log.read_text()[-2000:]
+    from mtp_qgis import model_store
+    meta = model_store.package_metadata(user_models / "official_loveda.onnx")
+    figures = meta["finetune"]
+    assert figures["base_model"] == imported.stem and figures["iterations_done"] == 40
+    assert meta["official"]["num_classes"] == 5 and meta["encoder"] == "ViT+RVSA (64-d, 4 blocks)"
+    assert result["results"]["BASE_SCORE"] == pytest.approx(figures["base_score"])
+    score = held_out_miou(env, tmp_path, "official_loveda", meta["classes"])
+    assert score == pytest.approx(figures["finetuned_mIoU"], abs=0.05), (score, figures)
 
 
 # --- detection: DOTA's own ship boxes in the part of the harbour the bundled detector never trained on --------

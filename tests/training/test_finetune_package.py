@@ -155,16 +155,17 @@ def test_bundled_scene_classifier_rebuilds_and_keeps_classes_by_name():
     from training.finetune.from_package import package_metadata
     from training.finetune.scene import classifier_from_package, new_classifier, scene_base_config
 
-    cfg = scene_base_config(SCENE, package_metadata(SCENE))
+    meta = package_metadata(SCENE)
+    cfg = scene_base_config(SCENE, meta)
     cells = tiles((512, 512), (640, 512), (512, 640), (896, 896), size=cfg.data.chip_size)
-    model, parity, unfolded = classifier_from_package(SCENE, cfg, cells)
+    model, parity, unfolded = classifier_from_package(SCENE, meta, cfg, cells)
     assert parity["max_abs_logit_diff"] < 1e-3 and parity["top1_agreement"] == 1.0 and len(unfolded) > 20
     new_cfg = copy.deepcopy(cfg)
     new_cfg.model.num_classes = 2
     new_cfg.data.classes = [parse_config(ClassInfo, {"name": "Water", "color": "#0000ff"}),
                             parse_config(ClassInfo, {"name": "snow", "color": "#ffffff"})]
     torch.manual_seed(0)
-    new = new_classifier(model, cfg, new_cfg)
+    new = new_classifier(model, SCENE, meta, cfg, new_cfg)
     old_state, state = model.state_dict(), new.state_dict()
     water = [c.name for c in cfg.data.classes].index("water")
     assert torch.equal(state["classifier.weight"][0], old_state["classifier.weight"][water])
@@ -186,10 +187,11 @@ def test_bundled_change_detector_rebuilds_and_normalising_its_convolutions_keeps
     from training.finetune.change import change_base_config, detector_from_package, pair_tiles
     from training.finetune.from_package import normalize_folded_convs, package_metadata
 
-    cfg = change_base_config(CHANGE, package_metadata(CHANGE))
+    meta = package_metadata(CHANGE)
+    cfg = change_base_config(CHANGE, meta)
     pairs = load_pairs(DATA / "levir_cd", ["test_121_0768_0256.png"])
     before, after = pair_tiles(pairs, cfg, 1)
-    model, parity, unfolded = detector_from_package(CHANGE, cfg, (before, after))
+    model, parity, unfolded = detector_from_package(CHANGE, meta, cfg, (before, after))
     assert parity["max_abs_logit_diff"] < 1e-3 and parity["argmax_agreement"] == 1.0 and len(unfolded) > 20
     with torch.no_grad():
         expected = model(before, after)
@@ -271,3 +273,46 @@ def test_official_packages_imported_without_their_config_or_of_other_tasks_are_r
     onnx.save(proto, str(tmp_path / "broken.onnx"))
     with pytest.raises(PackageLoadError, match="official config cannot be read again.*import-official"):
         official_spec(tmp_path / "broken.onnx", meta)
+
+
+OFFICIAL_SCENE_AND_CHANGE = {
+    # LoveDA classes that EuroSAT shares by name (forest) or not: cells of 1.png's bottom half.
+    "scene_linear_vit_rvsa": {"classes": None},
+    # Three LEVIR-CD pairs for training, a fourth held out (the layout the backend's cut writes).
+    "change_unet_vit_rvsa": {"data_dir": str(DATA / "levir_cd"),
+                             "classes": [{"name": "no change", "color": "#000000"}, {"name": "change", "color": "#ff0000"}],
+                             "train_pairs": ["test_2_0000_0000.png", "test_77_0512_0256.png", "train_36_0512_0512.png"],
+                             "val_pairs": ["test_121_0768_0256.png"]},
+}
+
+
+@pytest.mark.slow  # about 40 s each
+@pytest.mark.parametrize("name", sorted(OFFICIAL_SCENE_AND_CHANGE))
+def test_imported_official_scene_and_change_packages_finetune_into_official_packages(name, official_import, tmp_path):
+    """The reduced official scene classifier (EuroSAT) and Siamese UNet change detector (LEVIR-CD), imported with
+    the CLI, finetune like the bundled ones; the result is an official package again that rebuilds with the score
+    it was exported with (its training_info holds what the graph folded away)."""
+    base = Path(official_import(name)["path"])
+    extra = dict(OFFICIAL_SCENE_AND_CHANGE[name])
+    if extra["classes"] is None:
+        extra = {"classes": loveda_scene_data(tmp_path / "data", {1: "background", 3: "road", 6: "forest",
+                                                                   7: "agriculture"}),
+                 "data_dir": str(tmp_path / "data")}
+
+    def run(base_package: Path, out: str, iterations: int) -> dict:
+        folder = tmp_path / out
+        folder.mkdir()
+        spec = {"base_package": str(base_package), "iterations": iterations, "batch_size": 4, "num_threads": 2,
+                "out": str(tmp_path / "models" / f"{out}.onnx"), "split": "held-out part", **extra}
+        (folder / "finetune.json").write_text(json.dumps(spec))
+        return finetune(folder / "finetune.json")
+
+    first = run(base, "official_ft", 20)
+    written = read_metadata(tmp_path / "models" / "official_ft.onnx")
+    assert written["task"] == read_metadata(base)["task"] and "config" not in written["training"]
+    assert written["official"]["num_classes"] == len(extra["classes"]) == len(written["classes"])
+    assert written["finetune"]["base_model"] == base.stem and written["finetune"]["iterations_done"] == 20
+    losses = [loss for _, loss in first["report"]["loss"]]
+    assert len(losses) == 20 and all(np.isfinite(losses))
+    again = run(tmp_path / "models" / "official_ft.onnx", "official_ft_again", 1)
+    assert again["metadata"]["finetune"]["base_score"] == pytest.approx(first["score"], abs=1e-3)

@@ -22,11 +22,14 @@ from training.change_detection.model import SiameseChangeDetector, build_change_
 from training.data.transforms import normalize
 from training.export import check_parity, compare_with_torch, describe_parity, write_package
 from training.finetune.from_package import PackageLoadError, package_weights, training_config
+from training.finetune.official import change_recipe, is_official, official_metadata, official_model
 from training.finetune.report import HeldOutCurve, loss_history
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 
 
 def change_base_config(path: Path, meta: Dict) -> ChangeConfig:
+    if is_official(meta) and meta.get("task") == "change_detection":
+        return change_recipe(meta)
     return training_config(path, meta, ("change_detection",), config_from_dict)
 
 
@@ -48,11 +51,13 @@ def pair_tiles(pairs: List[ChangePair], cfg: ChangeConfig, count: int = 4) -> Tu
     return torch.stack(befores), torch.stack(afters)
 
 
-def detector_from_package(path: Path, cfg: ChangeConfig,
-                          tiles: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[SiameseChangeDetector, Dict, Dict]:
-    """-> (change detector in eval mode with the package's weights, parity vs ONNX Runtime, un-folded BatchNorms)."""
-    model = build_change_model(cfg.model, load_encoder_weights=False)
-    unfolded = package_weights(model, path, (tiles[0][:1], tiles[1][:1]))
+def detector_from_package(path: Path, meta: Dict, cfg: ChangeConfig,
+                          tiles: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.nn.Module, Dict, Dict]:
+    """-> (change detector in eval mode with the package's weights, parity vs ONNX Runtime, un-folded BatchNorms).
+    An imported official package: its official model (training.finetune.official)."""
+    official = is_official(meta)
+    model = official_model(path, meta) if official else build_change_model(cfg.model, load_encoder_weights=False)
+    unfolded = package_weights(model, path, (tiles[0][:1], tiles[1][:1]), allow_missing=official)
     max_diff, agree, total = compare_with_torch(model, path, list(tiles), 2, INPUT_NAMES)
     parity = {"tiles": int(len(tiles[0])), "max_abs_logit_diff": max_diff, "argmax_agreement": agree / total}
     if max_diff > 1e-2 or agree / total < 0.995:
@@ -94,7 +99,8 @@ def finetune_changes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) -
     train_pairs, val_pairs = load_data_pairs(cfg.data, "train"), held_out_pairs(cfg, spec)
 
     progress(2, "loading the base model for training")
-    base_model, parity, unfolded = detector_from_package(base_path, base_cfg, pair_tiles(val_pairs + train_pairs, cfg))
+    base_model, parity, unfolded = detector_from_package(base_path, meta, base_cfg,
+                                                          pair_tiles(val_pairs + train_pairs, cfg))
 
     progress(4, "scoring the base model on the held-out pair")
     base = evaluate_pairs(base_model, cfg, val_pairs)
@@ -128,6 +134,8 @@ def finetune_changes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) -
     def metadata(parity: Dict) -> Dict:
         out = build_metadata(cfg, state, metrics, parity)
         out["metrics"]["base_model_f1"] = base["f1"]
+        if is_official(meta):
+            out = official_metadata(out, meta, 2)
         return finetuned_metadata(out, cfg.export.description, figures, meta.get("encoder") or cfg.model.encoder.name)
 
     tiles = pair_tiles(val_pairs, cfg)
@@ -136,7 +144,8 @@ def finetune_changes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) -
                                                                    cfg.model.encoder.in_chans, cfg.export.opset),
                             check_parity=lambda p: check_parity(model, p, list(tiles), cfg.export.atol,
                                                                 cfg.export.min_argmax_agreement, INPUT_NAMES),
-                            build_metadata=metadata, describe_parity=describe_parity)
+                            build_metadata=metadata, describe_parity=describe_parity,
+                            trainable=model if is_official(meta) else None)
     report = {"model": out.stem, "name": cfg.export.name, "metric": "change F1", "scores": score_rows(figures),
               "amounts": (f"Pixels: {labelled['train']} for training, {labelled['held_out']} held out (every pixel "
                           "of the labelled area: change where a polygon is, no change elsewhere). Change IoU: "

@@ -20,7 +20,7 @@ from training.official.models import OfficialSpec, build_model, read_spec
 from training.finetune.from_package import PackageLoadError
 
 OFFICIAL_KEY = "official"
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "seg_default.yaml"
+RECIPES = Path(__file__).resolve().parents[1] / "configs"  # the bundled recipes
 
 
 def is_official(meta: Dict) -> bool:
@@ -43,25 +43,50 @@ def official_model(path: Path, meta: Dict, num_classes: Optional[int] = None) ->
     return build_model(official_spec(path, meta, num_classes))
 
 
-def segmentation_recipe(meta: Dict):
-    """The training settings for an official segmentation package: the bundled segmentation recipe
-    (configs/seg_default.yaml: loss, schedule, augmentation) with the package's classes, normalisation, GSD and
-    tiles; crops are the package's tile (the size its position embeddings were made for). Its `model` section
-    stands only for the class count and bands: the model itself is built from the official config."""
-    from training.segmentation.config import load_config
-    cfg = load_config(RECIPE)
+def _fit_recipe(cfg, meta: Dict):
+    """A bundled recipe's config given the package's classes, bands, normalisation and GSD."""
     cfg.data.classes = [parse_config(ClassInfo, {"name": c["name"], "color": c.get("color") or "#808080"})
                         for c in meta["classes"]]
-    cfg.model.num_classes = len(cfg.data.classes)
+    if hasattr(cfg.model, "num_classes"):  # change detection has none: always no change / change
+        cfg.model.num_classes = len(cfg.data.classes)
     cfg.model.encoder.checkpoint = None
     cfg.model.encoder.in_chans = len(meta["input"]["bands"])
     for key in ("scale", "mean", "std", "bands", "band_names"):
         if key in meta["input"]:
             setattr(cfg.data, key, meta["input"][key])
     cfg.data.gsd_m = meta.get("gsd_m") or cfg.data.gsd_m
+    cfg.train.layer_decay = 1.0
+    return cfg
+
+
+def segmentation_recipe(meta: Dict):
+    """The training settings for an official segmentation package: the bundled segmentation recipe
+    (configs/seg_default.yaml: loss, schedule, augmentation) with the package's classes, normalisation, GSD and
+    tiles; crops are the package's tile (the size its position embeddings were made for). Its `model` section
+    stands only for the class count and bands: the model itself is built from the official config."""
+    from training.segmentation.config import load_config
+    cfg = _fit_recipe(load_config(RECIPES / "seg_default.yaml"), meta)
     cfg.eval.tile_size, cfg.eval.tile_overlap = int(meta["tile_size"]), int(meta["tile_overlap"])
     cfg.data.crop_size = int(meta["tile_size"])
-    cfg.train.layer_decay = 1.0
+    return cfg
+
+
+def scene_recipe(meta: Dict):
+    """As segmentation_recipe, for an official scene classifier: the bundled scene recipe
+    (configs/scene_default.yaml), chips of the package's tile size."""
+    from training.scene_classification.config import load_config
+    cfg = _fit_recipe(load_config(RECIPES / "scene_default.yaml"), meta)
+    cfg.data.chip_size = int(meta["tile_size"])
+    return cfg
+
+
+def change_recipe(meta: Dict):
+    """As segmentation_recipe, for an official change detector: the bundled change recipe
+    (configs/change_default.yaml), crops and tiles of the package's tile size."""
+    from training.change_detection.config import load_config
+    cfg = _fit_recipe(load_config(RECIPES / "change_default.yaml"), meta)
+    cfg.eval.tile_size, cfg.eval.tile_overlap = int(meta["tile_size"]), int(meta["tile_overlap"])
+    cfg.data.crop_size = int(meta["tile_size"])
     return cfg
 
 

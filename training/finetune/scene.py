@@ -17,6 +17,7 @@ import torch
 from training.config import ClassInfo, SourceConfig, parse_config
 from training.export import compare_with_torch, export_onnx, write_package
 from training.finetune.from_package import PackageLoadError, package_weights, training_config
+from training.finetune.official import classifier_rows, is_official, official_metadata, official_model, scene_recipe
 from training.finetune.report import HeldOutCurve, loss_history
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 from training.scene_classification.chips import Chip, chip_batch, load_split, make_sampler
@@ -30,14 +31,19 @@ SCENE = "scene.png"
 
 
 def scene_base_config(path: Path, meta: Dict) -> SceneConfig:
+    if is_official(meta) and meta.get("task") == "scene_classification":
+        return scene_recipe(meta)
     return training_config(path, meta, ("scene_classification",), config_from_dict)
 
 
-def classifier_from_package(path: Path, cfg: SceneConfig, chips: torch.Tensor) -> Tuple[torch.nn.Module, Dict, Dict]:
+def classifier_from_package(path: Path, meta: Dict, cfg: SceneConfig, chips: torch.Tensor
+                            ) -> Tuple[torch.nn.Module, Dict, Dict]:
     """-> (classifier in eval mode with the package's weights, parity vs ONNX Runtime on `chips`, un-folded
-    BatchNorms); refused when the rebuilt classifier does not give the package's logits and top classes."""
-    model = build_classifier(cfg.model, load_encoder_weights=False)
-    unfolded = package_weights(model, path, chips[:1])
+    BatchNorms); refused when the rebuilt classifier does not give the package's logits and top classes. An
+    imported official package: its official model (training.finetune.official)."""
+    official = is_official(meta)
+    model = official_model(path, meta) if official else build_classifier(cfg.model, load_encoder_weights=False)
+    unfolded = package_weights(model, path, chips[:1], allow_missing=official)
     max_diff, agree, _ = compare_with_torch(model, path, [chips], 4)
     parity = {"chips": int(len(chips)), "max_abs_logit_diff": max_diff, "top1_agreement": agree / len(chips)}
     if max_diff > 1e-2 or agree < len(chips):
@@ -80,21 +86,15 @@ def base_scores(model: torch.nn.Module, base_cfg: SceneConfig, cfg: SceneConfig,
             "matched_classes": [n for n in names if n.strip().lower() in base_names]}
 
 
-def new_classifier(base_model: torch.nn.Module, base_cfg: SceneConfig, cfg: SceneConfig) -> torch.nn.Module:
+def new_classifier(base_model: torch.nn.Module, base_path: Path, meta: Dict, base_cfg: SceneConfig,
+                   cfg: SceneConfig) -> torch.nn.Module:
     """Every base weight but the classifier's; its rows of classes the base model knows by name are copied."""
-    model = build_classifier(cfg.model, load_encoder_weights=False)
-    base_state, state = base_model.state_dict(), model.state_dict()
-    for key, value in base_state.items():
-        if key in state and state[key].shape == value.shape and not key.startswith("classifier."):
-            state[key] = value.clone()
-    base_names = [c.name.strip().lower() for c in base_cfg.data.classes]
-    for i, info in enumerate(cfg.data.classes):
-        if info.name.strip().lower() in base_names:
-            j = base_names.index(info.name.strip().lower())
-            state["classifier.weight"][i] = base_state["classifier.weight"][j]
-            state["classifier.bias"][i] = base_state["classifier.bias"][j]
-    model.load_state_dict(state)
-    return model
+    base_names, names = [c.name for c in base_cfg.data.classes], [c.name for c in cfg.data.classes]
+    if is_official(meta):
+        return classifier_rows(base_model, official_model(base_path, meta, len(names)), "head.fc.", base_names,
+                               names)
+    return classifier_rows(base_model, build_classifier(cfg.model, load_encoder_weights=False), "classifier.",
+                           base_names, names)
 
 
 def finetune_scenes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) -> Dict:
@@ -109,13 +109,13 @@ def finetune_scenes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) ->
 
     progress(2, "loading the base model for training")
     parity_chips = chip_batch(val_chips[:8], base_cfg.data)
-    base_model, parity, unfolded = classifier_from_package(base_path, base_cfg, parity_chips)
+    base_model, parity, unfolded = classifier_from_package(base_path, meta, base_cfg, parity_chips)
 
     progress(4, "scoring the base model on the held-out cells")
     base = base_scores(base_model, base_cfg, cfg, val_chips)
     progress(8, f"base model held-out accuracy {base['overall_accuracy']:.3f}")
 
-    model = new_classifier(base_model, base_cfg, cfg)
+    model = new_classifier(base_model, base_path, meta, base_cfg, cfg)
     sampler = make_sampler(cfg, train_groups)
     curve = HeldOutCurve(work_dir, "accuracy", lambda m: evaluate_model(m, cfg, val_chips)["overall_accuracy"],
                          progress, cfg.train.iters)
@@ -138,6 +138,8 @@ def finetune_scenes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) ->
     def metadata(parity: Dict) -> Dict:
         out = build_metadata(cfg, state, metrics, parity)
         out["metrics"]["base_model_overall_accuracy"] = base["overall_accuracy"]
+        if is_official(meta):
+            out = official_metadata(out, meta, len(cfg.data.classes))
         return finetuned_metadata(out, cfg.export.description, figures, meta.get("encoder") or cfg.model.encoder.name)
 
     chips = chip_batch(val_chips[:cfg.export.max_parity_chips], cfg.data)
@@ -146,7 +148,7 @@ def finetune_scenes(spec: Dict, meta: Dict, work_dir: Path, progress, budget) ->
                                                                    cfg.model.encoder.in_chans, cfg.export.opset),
                             check_parity=lambda p: check_parity(model, p, chips, cfg.export.atol,
                                                                 cfg.export.min_top1_agreement),
-                            build_metadata=metadata,
+                            build_metadata=metadata, trainable=model if is_official(meta) else None,
                             describe_parity=lambda p: (f"parity on {p['chips']} held-out chips: max |logit diff| "
                                                        f"{p['max_abs_logit_diff']:.2e}, top-1 agreement "
                                                        f"{p['top1_agreement']:.3f}"))
