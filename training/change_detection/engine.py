@@ -77,7 +77,7 @@ def train(cfg: Optional[ChangeConfig], work_dir,
 
 
 @torch.no_grad()
-def predict_change_probabilities(model: SiameseChangeDetector, pair: ChangePair, cfg: ChangeConfig) -> torch.Tensor:
+def predict_change_probabilities(model: torch.nn.Module, pair: ChangePair, cfg: ChangeConfig) -> torch.Tensor:
     """2 x H x W probabilities for a whole pair, tiled and blended as the backend does (tile size/overlap)."""
     stacked = np.concatenate([pair.before, pair.after], axis=2)
     channels = pair.before.shape[2]
@@ -93,7 +93,7 @@ def _as_8bit(image: np.ndarray, cfg: ChangeConfig) -> np.ndarray:
     return np.clip(image.astype(np.float32) * (255.0 / cfg.data.scale), 0, 255)
 
 
-def evaluate_pairs(model: SiameseChangeDetector, cfg: ChangeConfig, pairs: List[ChangePair]) -> Dict:
+def evaluate_pairs(model: torch.nn.Module, cfg: ChangeConfig, pairs: List[ChangePair]) -> Dict:
     """Change metrics of the model and of two baselines (Otsu pixel difference, all unchanged) on `pairs`."""
     if not pairs:
         raise ValueError("no pairs to evaluate on")

@@ -48,7 +48,7 @@ class StackedPairModel(nn.Module):
     """Takes one 2C-channel image (before then after channels) so that single-image tools, like the
     sliding-window `training.inference.predict_probabilities`, can run a change detector."""
 
-    def __init__(self, model: SiameseChangeDetector, channels: int):
+    def __init__(self, model: nn.Module, channels: int):  # any model(before, after) -> logits
         super().__init__()
         self.model, self.channels = model, channels
 
