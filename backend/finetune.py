@@ -46,6 +46,7 @@ MAX_SCENE_PX = 6000 * 6000  # the labelled area, cut at the model's GSD, must fi
 SPLIT_GAP_PX = 16           # unlabelled band between training and automatically held-out labels
 HELD_OUT_SHARE = 0.2        # share of the labelled pixels (objects) an automatic split holds out
 DETECTION_TASKS = ("detection", "rotated_detection")
+INSTANCES = "instance_segmentation"  # labelled as detection (one polygon per object), trained on the outlines
 # Imported official packages finetuned so far (training.finetune.official); detectors not yet.
 OFFICIAL_FINETUNE_TASKS = ("semantic_segmentation", "scene_classification", "change_detection")
 MIN_TRAIN_OBJECTS = 10      # detection: objects needed for training ...
@@ -91,6 +92,8 @@ class FinetuneRequest:
     train_regions: list[list[int]] | None = None   # detection and change: pixel boxes of the cut
     val_regions: list[list[int]] | None = None
     after_path: Path | None = None                  # change detection: the after raster (train_label: 0/1)
+    # instance segmentation: the objects' outlines burnt as instance ids 1..M (0: none; later polygons on top)
+    instance_label: np.ndarray | None = None
 
     @property
     def is_change(self) -> bool:
@@ -209,13 +212,14 @@ def _bounds(geoms) -> tuple[float, float, float, float]:
     return (min(e[0] for e in envs), min(e[2] for e in envs), max(e[1] for e in envs), max(e[3] for e in envs))
 
 
-def _rasterize(features, values, gt, width: int, height: int, srs) -> np.ndarray:
-    """Burn values[i] for features[i] (later ones on top) on a width x height grid; 255 elsewhere."""
-    target = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
+def _rasterize(features, values, gt, width: int, height: int, srs, dtype: int = gdal.GDT_Byte,
+               fill: int = 255) -> np.ndarray:
+    """Burn values[i] for features[i] (later ones on top) on a width x height grid of `dtype`; `fill` elsewhere."""
+    target = gdal.GetDriverByName("MEM").Create("", width, height, 1, dtype)
     target.SetGeoTransform(gt)
     if srs is not None:
         target.SetSpatialRef(srs)
-    target.GetRasterBand(1).Fill(255)
+    target.GetRasterBand(1).Fill(fill)
     mem = ogr.GetDriverByName("Memory").CreateDataSource("labels")
     layer = mem.CreateLayer("labels", srs=srs, geom_type=ogr.wkbMultiPolygon)
     layer.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
@@ -343,7 +347,7 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     budget = _option(spec, "time_budget_s", None, lambda v: v is None or _is_int(v, 10, 7 * 86400),
                      "a number of seconds from 10 to 604800 (or absent: no limit)")
     # 0: a detection base model's own recipe batch (crops of a few hundred px; 8 of them are slow on a CPU)
-    default_batch = 0 if base.task in DETECTION_TASKS else 8
+    default_batch = 0 if base.task in DETECTION_TASKS + (INSTANCES,) else 8
     batch_size = _option(spec, "batch_size", default_batch, lambda v: v == default_batch or _is_int(v, 1, 256),
                          "an integer from 1 to 256")
 
@@ -364,7 +368,7 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
     if not features:
         raise BackendError(f"Labels {labels_path} hold no polygon with a value in '{class_field}'; draw some first.")
     names = sorted({v for _, v in features})
-    detection = base.task in DETECTION_TASKS
+    detection = base.task in DETECTION_TASKS + (INSTANCES,)
     # A detector's background is implicit (one class of objects is enough); change labels are changes.
     if len(names) < 2 and not detection and not change:
         raise BackendError(f"The class field '{class_field}' of {labels_path} has one class only ({names[0]!r}); a "
@@ -415,9 +419,14 @@ def plan_finetune(spec, base: ModelPackage, job_id: str, protected, model_dirs: 
         objects = [(_object_corners(g, gt, rotated, labels_path), names.index(v)) for g, v in features]
         train_regions, val_regions, split = _detection_split(objects, names, validation, gt, width, height,
                                                              labels_path)
+        instances = None
+        if base.task == INSTANCES:  # the outlines themselves, each its own id (GDAL's rasterizer: pixel centres)
+            instances = _rasterize([g for g, _ in features], range(1, len(features) + 1), gt, width, height,
+                                   raster_srs, gdal.GDT_UInt16, 0)
         return FinetuneRequest(base, input_path, labels_path, class_field, classes, model_id, target, report,
                                iterations, budget, batch_size, window, (width, height), None, None, split, gsd_note,
-                               job_id, spec.overwrite, objects, train_regions, val_regions)
+                               job_id, spec.overwrite, objects, train_regions, val_regions,
+                               instance_label=instances)
     labels = _rasterize([g for g, _ in features], [names.index(v) for _, v in features], gt, width, height,
                         raster_srs)
     labelled = int((labels != 255).sum())
@@ -639,8 +648,8 @@ def raster_io_input(text: str, base: ModelPackage):
     return path, ds
 
 
-def _write_png(path: Path, bands: list[np.ndarray]) -> None:
-    mem = gdal.GetDriverByName("MEM").Create("", bands[0].shape[1], bands[0].shape[0], len(bands), gdal.GDT_Byte)
+def _write_png(path: Path, bands: list[np.ndarray], dtype: int = gdal.GDT_Byte) -> None:
+    mem = gdal.GetDriverByName("MEM").Create("", bands[0].shape[1], bands[0].shape[0], len(bands), dtype)
     for i, band in enumerate(bands, 1):
         mem.GetRasterBand(i).WriteArray(band)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -669,7 +678,9 @@ def _read_cut(ds, plan: FinetuneRequest, offset: tuple[int, int]) -> tuple[list[
 
 def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
     """Segmentation: img_dir/scene.png (the model's bands at its GSD, 8 bit), ann_train/ and ann_val/scene.png.
-    Detection: images/scene.png and labelTxt/scene.txt (DOTA text: 4 corners, class name, difficult 0).
+    Detection: images/scene.png and labelTxt/scene.txt (DOTA text: 4 corners, class name, difficult 0). Instance
+    segmentation: images/scene.png, instances/scene.png (16-bit instance ids, 0 none) and instances/scene.json
+    ({"classes": the class name of each id}).
     Change: A/ (before), B/ (after, on the before grid), label/ (0 / 255 change) of each training rectangle
     (train_<i>.png), of the held-out one (val.png) and of the whole area (scene.png); pixels without data count
     as unchanged."""
@@ -688,6 +699,14 @@ def cut_training_data(plan: FinetuneRequest, data_dir: Path) -> None:
             _write_png(data_dir / "A" / name, [b[y0:y1, x0:x1] for b in rgb])
             _write_png(data_dir / "B" / name, [b[y0:y1, x0:x1] for b in after_rgb])
             _write_png(data_dir / "label" / name, [(plan.train_label[y0:y1, x0:x1] * 255).astype(np.uint8)])
+        return
+    if plan.instance_label is not None:
+        _write_png(data_dir / "images" / "scene.png", rgb)
+        names = [c["name"] for c in plan.classes]
+        # Pixels without data teach nothing: no instance there.
+        _write_png(data_dir / "instances" / "scene.png", [np.where(invalid, 0, plan.instance_label).astype(np.uint16)],
+                   gdal.GDT_UInt16)
+        (data_dir / "instances" / "scene.json").write_text(json.dumps({"classes": [names[k] for _, k in plan.objects or []]}))
         return
     if plan.is_detection:
         _write_png(data_dir / "images" / "scene.png", rgb)
@@ -773,8 +792,9 @@ def run_finetune(plan: FinetuneRequest, progress=None, cancelled=None) -> dict[s
                 "split": plan.split, "report": str(report_tmp),
                 "num_threads": int(os.environ.get("MTP_QGIS_TRAINING_THREADS", "0") or 0), "parent_pid": os.getpid()}
         if plan.is_detection:
-            spec.update(train_regions=plan.train_regions, val_regions=plan.val_regions,
-                        classes=[{**c, "name": c["name"].replace(" ", "_")} for c in plan.classes])
+            spec.update(train_regions=plan.train_regions, val_regions=plan.val_regions)
+        if plan.is_detection and plan.instance_label is None:  # DOTA text: names without spaces (cut_training_data)
+            spec.update(classes=[{**c, "name": c["name"].replace(" ", "_")} for c in plan.classes])
         if plan.is_change:
             spec.update(train_pairs=[f"train_{i}.png" for i in range(len(plan.train_regions or []))],
                         val_pairs=["val.png"], scene_pair="scene.png", val_region=(plan.val_regions or [])[0])

@@ -134,7 +134,7 @@ TASK_SPECS: tuple[TaskSpec[Any], ...] = (
     TaskSpec("finetune", plan_finetune_job, run_finetune, (OutputKey("report", "the report .html path", False),),
              ("class_field", "model_id", "models_dir", "validation", "iterations", "time_budget_s", "batch_size"),
              None, base_tasks=("semantic_segmentation", "scene_classification", "change_detection", "detection",
-                               "rotated_detection"),
+                               "rotated_detection", "instance_segmentation"),
              on_cli=False),
 )
 TASKS: dict[str, TaskSpec[Any]] = {spec.name: spec for spec in TASK_SPECS}

@@ -1,5 +1,6 @@
 """The finetune job's checks before queueing, its held-out split, and cancel (the training runs for real in
 tests/plugin/test_finetune.py through qgis_process)."""
+import json
 import os
 import shutil
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import ogr
+from osgeo import gdal, ogr
 
 from backend.errors import BackendError, ConflictError
 from backend.jobs import JobManager, JobSpec, plan_job
@@ -119,9 +120,10 @@ def test_bad_labels_are_refused_before_queueing(case, expected, registry, user_m
 
 
 def test_base_models_that_cannot_be_finetuned_are_refused(registry, user_models, labels, tmp_path):
-    with pytest.raises(BackendError, match="does instance_segmentation, not semantic_segmentation or "
-                                           "scene_classification or change_detection or detection or rotated_detection"):
-        plan_job(spec(labels, user_models, model="mtp_inst_default"), registry, "j4")
+    with pytest.raises(BackendError, match="does land_cover_extraction, not semantic_segmentation or "
+                                           "scene_classification or change_detection or detection or rotated_detection "
+                                           "or instance_segmentation"):
+        plan_job(spec(labels, user_models, model="mtp_landcover_default"), registry, "j4")
     # A package without a training config (a third-party ONNX file, here a synthetic one) has no torch model.
     write_package(user_models / "foreign.onnx")
     with pytest.raises(BackendError, match="carries no training config"):
@@ -393,6 +395,30 @@ def test_horizontal_detector_gets_the_polygons_bounds_and_a_validation_area(regi
     [val_box] = plan.val_regions
     assert val_box[1] == 900 - y0 and "validation area" in plan.split
     assert all(b[3] <= val_box[1] for b in plan.train_regions)   # the area is the bottom: training lies above
+
+
+def test_object_outlines_become_instance_ids_for_an_instance_model(registry, user_models, tmp_path):
+    """An instance-segmentation base: the same objects and split as a detector's, and the cut burns each outline as
+    its own id (a 16-bit map over the cut) with the class of every id beside it."""
+    labels = dota_object_polygons(tmp_path / "ships.gpkg", SHIPS_UNSEEN)
+    plan = plan_job(spec(labels, user_models, model="mtp_inst_default", raster=HARBOUR), registry, "i1")
+    assert plan.is_detection and plan.batch_size == 0 and len(plan.objects) == 149
+    ids = plan.instance_label
+    assert ids.shape == (plan.size[1], plan.size[0]) and ids.max() == 149
+    x0, y0 = plan.window.x, plan.window.y
+    for i, quad in enumerate(_dota_ships(SHIPS_UNSEEN), start=1):  # each id lies inside its ship's bounds
+        rows, cols = np.nonzero(ids == i)
+        if rows.size:  # a ship overlapped by a later one may have lost every pixel
+            (qx0, qy0), (qx1, qy1) = quad.min(0) - [x0, y0], quad.max(0) - [x0, y0]
+            assert qx0 - 1 <= cols.min() and cols.max() <= qx1 + 1 and qy0 - 1 <= rows.min() and rows.max() <= qy1 + 1
+    # Burnt pixels cover the outlines (less where moored ships overlap): at least 3/4 of their summed areas.
+    assert (ids > 0).sum() >= 0.75 * sum(_area(q) for q in _dota_ships(SHIPS_UNSEEN))
+    from backend.finetune import cut_training_data
+    cut_training_data(plan, tmp_path / "data")
+    written = gdal.Open(str(tmp_path / "data" / "instances" / "scene.png"))
+    assert written.GetRasterBand(1).DataType == gdal.GDT_UInt16 and np.array_equal(written.ReadAsArray(), ids)
+    listing = json.loads((tmp_path / "data" / "instances" / "scene.json").read_text())
+    assert listing == {"classes": ["ship"] * 149}
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -136,6 +136,50 @@ def test_bundled_rotated_detector_rebuilds_and_keeps_classes_by_name(tmp_path):
     assert torch.equal(m_scores[..., 1], scores[..., 0])
 
 
+INST = REPO / "resources" / "models" / "mtp_inst_default.onnx"
+
+
+@pytest.mark.slow  # about 15 s
+def test_bundled_instance_model_rebuilds_and_keeps_classes_by_name(tmp_path):
+    """The ship Mask R-CNN back in torch: ONNX Runtime's scores, boxes and masks on the harbour's tiles. A new model
+    for [boat, ship] keeps every base weight, the ship rows of the RoI classifier and mask logits (and the classifier's
+    background row; the box regressor is class-agnostic) and starts boat fresh; the analyst's data (16-bit instance ids + their class
+    names) is read as instances of those classes."""
+    from training.finetune.from_package import package_metadata
+    from training.finetune.instances import finetune_config, instance_base_config, model_from_package, new_model, scene_tiles
+    from training.instance_segmentation.data import load_regions
+
+    cfg = instance_base_config(INST, package_metadata(INST))
+    model, parity, unfolded = model_from_package(INST, cfg, scene_tiles(HARBOUR[:, 600:], cfg))
+    assert parity["passed"] and len(unfolded) > 20
+    (tmp_path / "images").mkdir()
+    Image.fromarray(HARBOUR).save(tmp_path / "images" / "scene.png")
+    ids = np.zeros(HARBOUR.shape[:2], np.uint16)
+    ids[10:20, 10:40], ids[700:730, 650:660] = 1, 2
+    (tmp_path / "instances").mkdir()
+    Image.fromarray(ids).save(tmp_path / "instances" / "scene.png")
+    (tmp_path / "instances" / "scene.json").write_text(json.dumps({"classes": ["boat", "Ship"]}))
+    spec = {"data_dir": str(tmp_path), "out": str(tmp_path / "x.onnx"), "iterations": 10,
+            "classes": [{"name": "boat", "color": "#000000"}, {"name": "Ship", "color": "#ffffff"}],
+            "train_regions": [[0, 0, 500, 500]], "val_regions": [[600, 0, 1111, 1182]]}
+    new_cfg = finetune_config(cfg, spec)
+    [train], [val] = load_regions(new_cfg, "train"), load_regions(new_cfg, "val")
+    assert train.labels.tolist() == [0] and val.labels.tolist() == [1] and int((val.instances == 1).sum()) == 300
+    torch.manual_seed(0)
+    new = new_model(model, ["ship"], new_cfg)
+    old, state = model.state_dict(), new.state_dict()
+    assert torch.equal(state["detector.roi_head.cls.weight"][1], old["detector.roi_head.cls.weight"][0])   # ship
+    assert torch.equal(state["detector.roi_head.cls.weight"][2], old["detector.roi_head.cls.weight"][1])   # background
+    assert torch.equal(state["mask_head.logits.weight"][1], old["mask_head.logits.weight"][0])
+    assert torch.equal(state["detector.roi_head.reg.weight"], old["detector.roi_head.reg.weight"])  # class-agnostic
+    assert not torch.equal(state["mask_head.logits.weight"][0], old["mask_head.logits.weight"][0])
+    rows = ("detector.roi_head.cls", "mask_head.logits")
+    assert all(torch.equal(state[k], old[k]) for k in state if not k.startswith(rows))
+    (tmp_path / "instances" / "scene.json").write_text(json.dumps({"classes": ["boat", "car"]}))
+    with pytest.raises(ValueError, match=r"classes \['car'\] are not in data.classes"):
+        load_regions(new_cfg, "train")
+
+
 def test_a_segmentation_package_is_no_detection_base():
     from training.finetune.detection import detection_base_config
     from training.finetune.from_package import package_metadata

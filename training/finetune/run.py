@@ -1,5 +1,6 @@
 """`python -m training finetune --spec SPEC.json`: finetune a segmentation package on an analyst's labels
-(scene classification, change and detection packages: training.finetune.scene, .change and .detection).
+(scene classification, change, detection and instance packages: training.finetune.scene, .change, .detection and
+.instances; imported official packages: training.finetune.official).
 
 The backend (or anyone) prepares a data folder cut from the analyst's raster at the base model's GSD:
 `img_dir/scene.png` (the model's bands, 8 bit), `ann_train/scene.png` and `ann_val/scene.png` (class ids
@@ -40,6 +41,7 @@ from training.finetune.from_package import (BaseModel, PackageLoadError, base_co
 from training.finetune.official import classifier_rows, is_official, official_metadata, official_model
 from training.finetune.change import finetune_changes
 from training.finetune.detection import DETECTION_TASKS, finetune_detection
+from training.finetune.instances import finetune_instances
 from training.finetune.scene import finetune_scenes
 from training.finetune.report import HeldOutCurve, loss_history, write_report
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
@@ -212,6 +214,8 @@ def finetune(spec_path) -> Dict:
         result = finetune_scenes(spec, meta, work_dir, progress, budget)
     elif task == "change_detection":
         result = finetune_changes(spec, meta, work_dir, progress, budget)
+    elif task == "instance_segmentation":
+        result = finetune_instances(spec, meta, work_dir, progress, budget)
     else:
         result = finetune_segmentation(spec, work_dir, budget)
     report = {**result["report"], "elapsed_s": round(time.time() - started, 1)}

@@ -4,7 +4,7 @@ and wrong types are errors, named with their key path, as every task's).
 `model` is the horizontal-box detector's section (training.detection.model.DetectorSpec; box_type and
 num_classes come from the task and data.classes) plus `mask_head` (training.detection.masks.MaskHeadConfig).
 
-`data` reads instances from one of two label formats (`label_format`):
+`data` reads instances from one of these label formats (`label_format`):
 - `raster`: a semantic label raster (LoveDA coding by default): every class names the raw label value of its
   pixels, and each connected component (4-connectivity) of a class's pixels inside a region is one instance;
 - `dota`: DOTA `labelTxt/<image stem>.txt` quadrilaterals, each filled polygon of a listed class (by DOTA name)
@@ -13,6 +13,9 @@ num_classes come from the task and data.classes) plus `mask_head` (training.dete
   its COCO instance masks of the listed classes (by the subset's class names; other classes ignored; where masks
   overlap the later instance wins). Training images are the subset's `train` split, the held-out ones its
   `valid` split, each image one whole region: `images`, `train_regions` and `val_regions` are refused.
+- `instance_png`: `label_dir/<image stem>.png`, a 16-bit map of instance ids (0 none, i = instance i), and
+  `label_dir/<image stem>.json` `{"classes": [the class name of instance 1, 2, ...]}` (names of data.classes;
+  what the backend's finetune job cuts from an analyst's object polygons).
 Instances smaller than `min_area` px inside a region are ignored. For raster and dota, training crops come from
 `train_regions`, the held-out evaluation covers `val_regions` of the same listed images; the two must not share
 pixels.
@@ -44,7 +47,7 @@ class InstDataConfig(InputBands):
     image_dir: str = "img_dir"
     label_dir: str = "ann_dir"
     # the label images, DOTA labelTxt quadrilaterals, or a SAMRS subset's COCO instance masks
-    label_format: Literal["raster", "dota", "samrs"] = "raster"
+    label_format: Literal["raster", "dota", "samrs", "instance_png"] = "raster"
     samrs_subset: Optional[str] = None   # label_format samrs: sota, sior or fast (training.mtp.samrs.SUBSETS)
     min_area: int = 20              # connected components with fewer pixels are not instances (label noise)
     crop_size: int = 256
@@ -87,7 +90,8 @@ class InstConfig:
 def label_path(data: InstDataConfig, image_name: str):
     """The label file of an image: the label raster of the same name, or DOTA's <stem>.txt."""
     from pathlib import Path
-    name = Path(image_name).stem + ".txt" if data.label_format == "dota" else image_name
+    name = (Path(image_name).stem + ".txt" if data.label_format == "dota" else
+            Path(image_name).stem + ".png" if data.label_format == "instance_png" else image_name)
     return repo_path(data.root) / data.label_dir / name
 
 
@@ -123,7 +127,7 @@ def validate(cfg: InstConfig, check_files: bool = True) -> InstConfig:
         unknown = [c.name for c in data.classes if c.name not in DOTA_V1_CLASSES]
         if unknown:
             raise ValueError(f"data.classes: {unknown} are not DOTA v1 classes ({', '.join(DOTA_V1_CLASSES)})")
-    else:
+    elif data.label_format == "samrs":
         _validate_samrs(data)
     if data.label_format != "samrs" and data.samrs_subset is not None:
         raise ValueError(f"data.samrs_subset is for label_format samrs only (label_format is {data.label_format})")

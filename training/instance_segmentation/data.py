@@ -93,6 +93,27 @@ def polygon_instances(polygons: np.ndarray, labels: np.ndarray, height: int, wid
     return out, np.asarray(labels, np.int64)
 
 
+def id_map_instances(path, class_names: Sequence[str], height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """label_format instance_png: the instance id map at `path` and the class of each id from the JSON beside it
+    (names matched to class_names)."""
+    from pathlib import Path
+    import json
+    ids = read_label(path).astype(np.int32)
+    if ids.shape != (height, width):
+        raise ValueError(f"{path}: instance map {ids.shape} and image {(height, width)} differ in size")
+    listing = Path(path).with_suffix(".json")
+    try:
+        names = json.loads(listing.read_text())["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{listing}: cannot read the instances' classes ({exc})") from None
+    unknown = sorted({n for n in names if n not in class_names})
+    if unknown:
+        raise ValueError(f"{listing}: classes {unknown} are not in data.classes ({', '.join(class_names)})")
+    if int(ids.max(initial=0)) > len(names):
+        raise ValueError(f"{path}: instance id {int(ids.max())} but {listing} lists {len(names)} instances")
+    return ids, np.array([class_names.index(n) for n in names], np.int64)
+
+
 def region_instances(instances: np.ndarray, classes: np.ndarray, min_area: int) -> Tuple[np.ndarray, np.ndarray]:
     """An instance map cut to a region -> the same map renumbered 1..M over the instances that keep at least
     min_area px inside it, with their classes."""
@@ -112,6 +133,8 @@ def image_instances(cfg: InstConfig, name: str, height: int, width: int) -> Tupl
         if label.shape != (height, width):
             raise ValueError(f"{path}: label {label.shape} and image {(height, width)} differ in size")
         return label, None
+    if data.label_format == "instance_png":
+        return id_map_instances(path, cfg.class_names, height, width)
     from training.detection.data import class_subset
     from training.detection.datasets import DOTA_V1_CLASSES, read_dota_labels
     ann = class_subset(read_dota_labels(path, DOTA_V1_CLASSES), cfg.class_names)

@@ -3,7 +3,7 @@ losses) and held-out evaluation: tiled inference as the backend runs it, COCO ma
 baseline of a bundled package on the same pixels: a segmentation package's class pixels -> connected components,
 or a horizontal-box detector's boxes filled as outlines (what `mtp:detect` gives an analyst)."""
 import logging
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -114,8 +114,8 @@ def evaluate_model(model: torch.nn.Module, cfg: InstConfig) -> Dict:
     truths = [region_truth(r.instances, r.labels) for r in regions]
     detections = [predict_region(model, cfg, r.image, cfg.eval.ap_score_threshold) for r in regions]
     result = coco_instance_ap(detections, truths, cfg.class_names)
-    kind = {"dota": "labelled quadrilaterals", "samrs": "SAMRS instance masks"}.get(cfg.data.label_format,
-                                                                                      "connected components")
+    kind = {"dota": "labelled quadrilaterals", "samrs": "SAMRS instance masks",
+            "instance_png": "labelled outlines"}.get(cfg.data.label_format, "connected components")
     result["evaluated_on"] = (f"{describe_regions(cfg, 'val')} (held out; {kind} >= "
                               f"{cfg.data.min_area} px; tiles of {cfg.eval.tile_size} px, overlap "
                               f"{cfg.eval.tile_overlap}, as the backend tiles)")
@@ -147,8 +147,11 @@ def describe_metrics(m: Dict) -> str:
             f"per class {m['mask_ap_per_class']}; ground truth {m['num_gt']}, detections {m['num_det']}{extra}")
 
 
-def train(cfg: Optional[InstConfig], work_dir, **options) -> Dict:
-    """Train Mask R-CNN; `options` are those of training.engine.train_loop (iters, resume, ...)."""
+def train(cfg: Optional[InstConfig], work_dir, build_model: Callable[[InstConfig, bool], torch.nn.Module] = build_model,
+          **options) -> Dict:
+    """Train Mask R-CNN; `options` are those of training.engine.train_loop (iters, resume, ...).
+    build_model(cfg, load_encoder_weights) -> model replaces the default (e.g. a model package's weights:
+    training.finetune.instances)."""
     def load_training_data(cfg: InstConfig):
         from training.instance_segmentation.data import InstanceSampler, load_regions
         from training.instance_segmentation.model import MaskRCNN
