@@ -165,6 +165,47 @@ def test_finetune_rotated_detector_on_ship_boxes_beats_the_base_model_and_detect
     assert scores["harbour_ships"] > 0.5, scores
 
 
+INSTANCE_ITERATIONS = 40  # about 2 minutes on one thread; measured mask AP50 0.531 vs base 0.485 (held-out curve
+# 0.42-0.60 on the way: 43 ships are few), shape-prior grid 0.0
+
+
+def test_finetune_instance_model_on_ship_outlines_and_segment_instances_with_it(finetune_env, tmp_path):
+    """mtp_inst_default on DOTA's own ship outlines in the part of the harbour it never trained on, the strip
+    x >= 950 held out: the job scores the new model, the base model and the grid by held-out mask AP50; the new
+    package is an instance model of the analyst's class, and mtp:segment_instances runs it on the held-out ships."""
+    env, user_models, backend_log = finetune_env
+    labels = dota_object_polygons(tmp_path / "ships.gpkg", SHIPS)
+    validation = rectangle_polygons(tmp_path / "validation.gpkg", SHIPS_HELD_OUT)
+    done, result = run_qgis_process(
+        env, "run", "mtp:finetune", "--", f"INPUT={HARBOUR}", f"LABELS={labels}", "CLASS_FIELD=class",
+        "BASE_MODEL=mtp_inst_default", f"VALIDATION={validation}", f"ITERATIONS={INSTANCE_ITERATIONS}",
+        "OUTPUT_MODEL=harbour_outlines", timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + backend_log.read_text()[-2000:]
+    from mtp_qgis import model_store
+    meta = model_store.package_metadata(user_models / "harbour_outlines.onnx")
+    figures = meta["finetune"]
+    assert meta["task"] == "instance_segmentation" and [c["name"] for c in meta["classes"]] == ["ship"]
+    assert figures["metric"] == "mask AP50" and figures["iterations_done"] == INSTANCE_ITERATIONS
+    assert figures["labelled_objects"]["held_out"] >= 30 and figures["matched_classes"] == ["ship"]
+    # The base model knows these ships already; 40 iterations move its score within the noise of 43 ships (the
+    # measured figures above), so what is asserted is that finetuning kept it and both beat the grid by far.
+    assert figures["finetuned_score"] > figures["baseline_score"] + 0.3, figures
+    assert figures["finetuned_score"] > figures["base_score"] - 0.1, figures
+    assert result["results"]["METRIC"] == "mask AP50"
+    assert result["results"]["HELD_OUT_SCORE"] == pytest.approx(figures["finetuned_score"])
+
+    out = tmp_path / "outlines.gpkg"
+    x0, y0, x1, y1 = SHIPS_HELD_OUT
+    done, _ = run_qgis_process(env, "run", "mtp:segment_instances", "--", f"INPUT={HARBOUR}", "MODEL=harbour_outlines",
+                               f"EXTENT={x0},{x1},{-y1},{-y0}", f"OUTPUT={out}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    from osgeo import ogr
+    source = ogr.Open(str(out))  # kept: its layer dies with it
+    layer = source.GetLayer(0)
+    names = {feature.GetField("class_name") for feature in layer}
+    assert layer.GetFeatureCount() >= 20 and names == {"ship"}
+
+
 def held_out_ship_ap50(env, tmp_path, model):
     """VOC12 AP50 of `model`'s mtp:detect_rotated boxes whose centre lies in the held-out area, against DOTA's
     ships there (those cut by the area's border are difficult)."""

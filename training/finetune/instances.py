@@ -191,7 +191,7 @@ def finetune_instances(spec: Dict, meta: Dict, work_dir: Path, progress, budget)
     model.eval()
     metrics = evaluate_model(model, cfg)
     score = held_out_ap50(metrics)
-    truths = [region_truth(r.instances, r.labels) for r in load_regions(cfg, "val")]
+    truths = [region_truth(r.instances, r.labels, r.cut) for r in load_regions(cfg, "val")]
     baseline = coco_instance_ap(shape_prior_grid(cfg), truths, cfg.class_names)
     baseline_score = float(baseline["mask_ap50"])
     metrics["baseline"] = {"name": "shape-prior grid (median training box filled, random scores)",

@@ -30,6 +30,8 @@ class InstanceRegion:
     image: np.ndarray                # H x W x C uint8
     instances: np.ndarray            # H x W int32: 0 none, i = instance i (1-based)
     labels: np.ndarray               # (M,) int64 class of instance i + 1
+    # (M,) bool: the object extends beyond the region (label_format instance_png: scored as ignored, not missed)
+    cut: Optional[np.ndarray] = None
 
     @property
     def area(self) -> int:
@@ -182,11 +184,16 @@ def load_regions(cfg: InstConfig, split: str) -> List[InstanceRegion]:
         label, polygon_classes = image_instances(cfg, name, *image.shape[:2])
         for box in boxes:
             x0, y0, x1, y1 = (int(v) for v in box)
+            cut = None
             if polygon_classes is None:
                 instances, classes = label_instances(label[y0:y1, x0:x1], values, data.min_area)
             else:
                 instances, classes = region_instances(label[y0:y1, x0:x1], polygon_classes, data.min_area)
-            regions.append(InstanceRegion(name, (x0, y0, x1, y1), image[y0:y1, x0:x1], instances, classes))
+                if data.label_format == "instance_png":  # which kept objects (ascending ids) the border cuts
+                    ids, counts = np.unique(label[y0:y1, x0:x1][label[y0:y1, x0:x1] > 0], return_counts=True)
+                    kept = counts >= data.min_area
+                    cut = counts[kept] < np.bincount(label.ravel(), minlength=len(polygon_classes) + 1)[ids[kept]]
+            regions.append(InstanceRegion(name, (x0, y0, x1, y1), image[y0:y1, x0:x1], instances, classes, cut))
     if split == "train" and not any(len(r) for r in regions):
         raise ValueError(f"no instance of {cfg.class_names} (of at least {data.min_area} px) in the training regions "
                          f"{boxes} of {data.images}")

@@ -111,7 +111,7 @@ def evaluate_model(model: torch.nn.Module, cfg: InstConfig) -> Dict:
     from training.instance_segmentation.data import load_regions
     from training.instance_segmentation.evaluation import coco_instance_ap, region_truth
     regions = load_regions(cfg, "val")
-    truths = [region_truth(r.instances, r.labels) for r in regions]
+    truths = [region_truth(r.instances, r.labels, r.cut) for r in regions]
     detections = [predict_region(model, cfg, r.image, cfg.eval.ap_score_threshold) for r in regions]
     result = coco_instance_ap(detections, truths, cfg.class_names)
     kind = {"dota": "labelled quadrilaterals", "samrs": "SAMRS instance masks",

@@ -150,8 +150,9 @@ def coco_instance_ap(detections: Sequence[Dict[str, Tensor]], truths: Sequence[D
     for image_id, (det, gt) in enumerate(zip(detections, truths), start=1):
         height, width = gt["masks"].shape[-2:]
         images.append({"id": image_id, "height": int(height), "width": int(width)})
-        for m, b, c in zip(gt["masks"].numpy(), gt["boxes"], gt["labels"].tolist()):
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": c + 1, "iscrowd": 0,
+        crowd = gt["ignore"].tolist() if "ignore" in gt else [False] * len(gt["labels"])
+        for m, b, c, ignored in zip(gt["masks"].numpy(), gt["boxes"], gt["labels"].tolist(), crowd):
+            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id, "category_id": c + 1, "iscrowd": int(ignored),
                             "segmentation": _rle(m), "area": float(m.sum()), "bbox": _xywh(b)})
         for m, b, c, s in zip(det["masks"].numpy(), det["boxes"], det["labels"].tolist(), det["scores"].tolist()):
             seg_dets.append({"image_id": image_id, "category_id": c + 1, "score": float(s), "segmentation": _rle(m)})
@@ -160,16 +161,25 @@ def coco_instance_ap(detections: Sequence[Dict[str, Tensor]], truths: Sequence[D
     _, box_ap50, _ = _coco_ap(images, gt_anns, box_dets, categories, "bbox")
     return {"mask_ap": mask_ap, "mask_ap50": mask_ap50, "box_ap50": box_ap50,
             "mask_ap_per_class": {n: per_class[i + 1] for i, n in enumerate(class_names)},
-            "num_gt": {n: int(sum(int((t["labels"] == i).sum()) for t in truths)) for i, n in enumerate(class_names)},
+            "num_gt": {n: int(sum(int(((t["labels"] == i) & ~_ignored(t)).sum()) for t in truths))
+                       for i, n in enumerate(class_names)},
             "num_det": {n: int(sum(int((d["labels"] == i).sum()) for d in detections)) for i, n in enumerate(class_names)}}
 
 
-def region_truth(instances: np.ndarray, labels: np.ndarray) -> Dict[str, Tensor]:
-    """A region's instance map -> the evaluator's ground truth (masks, boxes = mask extents, labels)."""
+def _ignored(truth: Dict[str, Tensor]) -> Tensor:
+    return truth["ignore"] if "ignore" in truth else torch.zeros(len(truth["labels"]), dtype=torch.bool)
+
+
+def region_truth(instances: np.ndarray, labels: np.ndarray, ignore: Optional[np.ndarray] = None) -> Dict[str, Tensor]:
+    """A region's instance map -> the evaluator's ground truth (masks, boxes = mask extents, labels; `ignore`: the
+    instances scored as COCO crowd regions, neither rewarded nor punished, e.g. objects cut by the region's border)."""
     from training.instance_segmentation.data import instance_masks, mask_boxes
     masks = instance_masks(instances, len(labels))
-    return {"masks": torch.from_numpy(masks), "boxes": torch.from_numpy(mask_boxes(masks)),
-            "labels": torch.from_numpy(labels)}
+    out = {"masks": torch.from_numpy(masks), "boxes": torch.from_numpy(mask_boxes(masks)),
+           "labels": torch.from_numpy(labels)}
+    if ignore is not None:
+        out["ignore"] = torch.from_numpy(np.asarray(ignore, bool))
+    return out
 
 
 def components_as_instances(probabilities: np.ndarray, class_index: Sequence[int], min_area: int) -> Dict[str, Tensor]:
