@@ -146,11 +146,12 @@ def test_bundled_instance_model_rebuilds_and_keeps_classes_by_name(tmp_path):
     background row; the box regressor is class-agnostic) and starts boat fresh; the analyst's data (16-bit instance ids + their class
     names) is read as instances of those classes."""
     from training.finetune.from_package import package_metadata
-    from training.finetune.instances import finetune_config, instance_base_config, model_from_package, new_model, scene_tiles
+    from training.finetune.detection import scene_parity_tiles
+    from training.finetune.instances import finetune_config, instance_base_config, model_from_package, new_model
     from training.instance_segmentation.data import load_regions
 
     cfg = instance_base_config(INST, package_metadata(INST))
-    model, parity, unfolded = model_from_package(INST, cfg, scene_tiles(HARBOUR[:, 600:], cfg))
+    model, parity, unfolded = model_from_package(INST, cfg, scene_parity_tiles(HARBOUR[:, 600:], cfg))
     assert parity["passed"] and len(unfolded) > 20
     (tmp_path / "images").mkdir()
     Image.fromarray(HARBOUR).save(tmp_path / "images" / "scene.png")

@@ -11,7 +11,7 @@ shape-prior grid baseline -> parity-checked package with that provenance, and th
 import copy
 import logging
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ def detection_base_config(path: Path, meta: Dict) -> DetConfig:
     return training_config(path, meta, DETECTION_TASKS, lambda raw: config_from_dict(raw, check_files=False))
 
 
-def scene_parity_tiles(image: np.ndarray, cfg: DetConfig, count: int = 4) -> np.ndarray:
+def scene_parity_tiles(image: np.ndarray, cfg: Any, count: int = 4) -> np.ndarray:
     """Up to `count` normalised tiles of the scene, cut as the backend cuts them, spread over it."""
     x = normalize_window(image, cfg.data.scale, cfg.data.mean, cfg.data.std)
     tiles = window_tiles(x, cfg.eval.tile_size, cfg.eval.tile_overlap)[3]
@@ -60,7 +60,8 @@ def detector_from_package(path: Path, cfg: DetConfig, tiles: np.ndarray) -> Tupl
 
 
 class MatchedClasses(torch.nn.Module):
-    """The base detector's scores of the analyst's classes, matched by name: a class it does not know scores 0."""
+    """The base detector's scores of the analyst's classes, matched by name: a class it does not know scores 0. Its
+    other outputs (boxes; an instance model's masks) pass through."""
 
     def __init__(self, detector: torch.nn.Module, base_names: List[str], names: List[str]):
         super().__init__()
@@ -72,8 +73,8 @@ class MatchedClasses(torch.nn.Module):
         self.matched = [n for n, i in zip(names, index) if i >= 0]
 
     def forward(self, x):
-        boxes, scores = self.detector(x)
-        return boxes, scores[..., self.index] * self.known
+        boxes, scores, *rest = self.detector(x)
+        return (boxes, scores[..., self.index] * self.known, *rest)
 
 
 def finetune_config(base: DetConfig, spec: Dict) -> DetConfig:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from training.config import parse_config
-from training.detection.engine import normalize_window, window_tiles
 from training.export import write_package
+from training.finetune.detection import MatchedClasses, scene_parity_tiles
 from training.finetune.from_package import PackageLoadError, package_weights, training_config
 from training.finetune.report import HeldOutCurve, loss_history
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
@@ -42,14 +42,6 @@ def instance_base_config(path: Path, meta: Dict) -> InstConfig:
     return training_config(path, meta, (TASK,), lambda raw: config_from_dict(raw, check_files=False))
 
 
-def scene_tiles(image: np.ndarray, cfg: InstConfig, count: int = 4) -> np.ndarray:
-    """Up to `count` normalised tiles of the scene, cut as the backend cuts them, spread over it."""
-    x = normalize_window(image, cfg.data.scale, cfg.data.mean, cfg.data.std)
-    tiles = window_tiles(x, cfg.eval.tile_size, cfg.eval.tile_overlap)[3]
-    picks = np.unique(np.linspace(0, len(tiles) - 1, min(count, len(tiles))).round().astype(int))
-    return np.stack([tiles[i] for i in picks])
-
-
 def model_from_package(path: Path, cfg: InstConfig, tiles: np.ndarray) -> Tuple[torch.nn.Module, Dict, Dict]:
     """-> (Mask R-CNN in eval mode with the package's weights, parity vs ONNX Runtime, un-folded BatchNorms).
     Refused when the rebuilt model does not give the package's scores, boxes and masks on `tiles`."""
@@ -62,24 +54,6 @@ def model_from_package(path: Path, cfg: InstConfig, tiles: np.ndarray) -> Tuple[
                                f"reproduce its ONNX output ({describe_parity(parity)}); it cannot be loaded for "
                                "training")
     return model, parity, unfolded
-
-
-class MatchedClasses(torch.nn.Module):
-    """The base model's scores of the analyst's classes, matched by name (a class it does not know scores 0); its
-    masks are those of its best class, as the graph gives them."""
-
-    def __init__(self, model: torch.nn.Module, base_names: List[str], names: List[str]):
-        super().__init__()
-        self.model = model
-        lower = [n.strip().lower() for n in base_names]
-        index = [lower.index(n.strip().lower()) if n.strip().lower() in lower else -1 for n in names]
-        self.register_buffer("index", torch.tensor([max(i, 0) for i in index]))
-        self.register_buffer("known", torch.tensor([float(i >= 0) for i in index]))
-        self.matched = [n for n, i in zip(names, index) if i >= 0]
-
-    def forward(self, x):
-        boxes, scores, masks = self.model(x)
-        return boxes, scores[..., self.index] * self.known, masks
 
 
 def finetune_config(base: InstConfig, spec: Dict) -> InstConfig:
@@ -169,7 +143,7 @@ def finetune_instances(spec: Dict, meta: Dict, work_dir: Path, progress, budget)
     image = read_image(data / "images" / SCENE)
 
     progress(2, "loading the base model for training")
-    base_model, base_parity, unfolded = model_from_package(base_path, base_cfg, scene_tiles(image, base_cfg))
+    base_model, base_parity, unfolded = model_from_package(base_path, base_cfg, scene_parity_tiles(image, base_cfg))
     base_names = [c.name for c in base_cfg.data.classes]
     train_regions = load_regions(cfg, "train")
     train_objects = sum(len(r) for r in train_regions)
@@ -216,7 +190,7 @@ def finetune_instances(spec: Dict, meta: Dict, work_dir: Path, progress, budget)
         return finetuned_metadata(out, cfg.export.description, figures,
                                   meta.get("encoder") or (cfg.model.get("encoder") or {}).get("name", ""))
 
-    tiles = scene_tiles(image, cfg)
+    tiles = scene_parity_tiles(image, cfg)
     out = Path(spec["out"])
     written = write_package(out, export_graph=lambda p: export_graph(model, p, cfg),
                             check_parity=lambda p: check_parity(model, p, tiles, cfg),
