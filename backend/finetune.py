@@ -47,8 +47,9 @@ SPLIT_GAP_PX = 16           # unlabelled band between training and automatically
 HELD_OUT_SHARE = 0.2        # share of the labelled pixels (objects) an automatic split holds out
 DETECTION_TASKS = ("detection", "rotated_detection")
 INSTANCES = "instance_segmentation"  # labelled as detection (one polygon per object), trained on the outlines
-# Imported official packages finetuned so far (training.finetune.official); detectors not yet.
-OFFICIAL_FINETUNE_TASKS = ("semantic_segmentation", "scene_classification", "change_detection")
+# Imported official packages that finetune (training.finetune.official): every task the importer writes.
+OFFICIAL_FINETUNE_TASKS = ("semantic_segmentation", "scene_classification", "change_detection", "detection",
+                           "rotated_detection")
 MIN_TRAIN_OBJECTS = 10      # detection: objects needed for training ...
 MIN_HELD_OUT_OBJECTS = 5    # ... and for a held-out AP
 MIN_SCENE_CELLS = 4         # scene classification: cells at least half labelled, for training and held out

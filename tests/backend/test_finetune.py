@@ -15,7 +15,7 @@ from osgeo import gdal, ogr
 from backend.errors import BackendError, ConflictError
 from backend.jobs import JobManager, JobSpec, plan_job
 from backend.registry import ModelRegistry
-from backend.synthetic_models import default_metadata, detection_metadata, write_detection_package, write_package
+from backend.synthetic_models import default_metadata, instance_metadata, write_instance_package, write_package
 from backend_test_data import DATA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,16 +128,15 @@ def test_base_models_that_cannot_be_finetuned_are_refused(registry, user_models,
     write_package(user_models / "foreign.onnx")
     with pytest.raises(BackendError, match="carries no training config"):
         plan_job(spec(labels, user_models, model="foreign"), registry, "j5")
-    # Imported official packages: segmentation finetunes (tests/training/test_finetune_package.py), other tasks are
-    # refused by name; one imported before the importer kept the official config is told to import it again.
-    detector = detection_metadata(True, 3, 64, 16)
-    detector["official"] = {"config": {}, "config_name": "oriented_rcnn_rvsa_b_mtp_dota.py", "dataset": None,
-                            "num_classes": 1}
-    write_detection_package(user_models / "official_rdet.onnx", True, metadata=detector)
-    with pytest.raises(BackendError, match="imported official MTP rotated detection model; finetuning imported "
+    # An imported official package of a task the importer does not write (none is an instance model) is refused by
+    # name; one imported before the importer kept the official config is told to import it again.
+    instances = instance_metadata(3, 64, 16, 12)
+    instances["official"] = {"config": {}, "config_name": "mask_rcnn.py", "dataset": None, "num_classes": 2}
+    write_instance_package(user_models / "official_inst.onnx", metadata=instances)
+    with pytest.raises(BackendError, match="imported official MTP instance segmentation model; finetuning imported "
                                            "official models is built for semantic segmentation, scene "
-                                           "classification, change detection only"):
-        plan_job(spec(labels, user_models, model="official_rdet"), registry, "j6")
+                                           "classification, change detection, detection, rotated detection only"):
+        plan_job(spec(labels, user_models, model="official_inst"), registry, "j6")
     old = default_metadata(3, 4, 64, 16)
     old["provenance"] = {"kind": "official MTP finetuned checkpoint"}
     write_package(user_models / "official_old.onnx", metadata=old)

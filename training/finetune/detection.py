@@ -6,12 +6,15 @@ held-out regions of the scene (pixel boxes; every object inside them is labelled
 is background). This module: base package -> torch detector (weights from the graph's initialisers, checked
 against ONNX Runtime on tiles of the scene) -> the base model's held-out AP50 on the analyst's classes
 (matched by name) -> training with the detection loop -> held-out AP50 of the finetuned model and of the
-shape-prior grid baseline -> parity-checked package with that provenance, and the report.
+shape-prior grid baseline -> parity-checked package with that provenance, and the report. An imported official
+detector (Faster R-CNN, RetinaNet, Oriented R-CNN) is rebuilt as its official model and trained with its official
+config's assigners, samplers and losses (training.official.detector_training); the result is an official package
+again.
 """
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +26,8 @@ from training.detection.engine import build_model, evaluate_model, normalize_win
 from training.detection.export import build_metadata, check_parity, describe_parity, export_graph
 from training.export import write_package
 from training.finetune.from_package import PackageLoadError, package_weights, training_config
+from training.finetune.official import (detection_recipe, detector_rows, is_official, official_detector,
+                                        official_metadata, official_spec)
 from training.finetune.report import HeldOutCurve, loss_history
 from training.finetune.steps import finetuned_metadata, provenance, score_rows, set_run, train_rebuilt
 
@@ -33,6 +38,10 @@ SCENE = "scene.png"
 
 
 def detection_base_config(path: Path, meta: Dict) -> DetConfig:
+    """The detection config the package was trained with; for an imported official detector, the bundled recipe
+    fitted to it (training.finetune.official.detection_recipe)."""
+    if is_official(meta) and meta.get("task") in DETECTION_TASKS:
+        return detection_recipe(meta)
     # Not its data: the recipe's folders need not exist where the package is finetuned.
     return training_config(path, meta, DETECTION_TASKS, lambda raw: config_from_dict(raw, check_files=False))
 
@@ -45,18 +54,38 @@ def scene_parity_tiles(image: np.ndarray, cfg: Any, count: int = 4) -> np.ndarra
     return np.stack([tiles[i] for i in picks])
 
 
-def detector_from_package(path: Path, cfg: DetConfig, tiles: np.ndarray) -> Tuple[torch.nn.Module, Dict, Dict]:
+def detector_from_package(path: Path, cfg: DetConfig, tiles: np.ndarray,
+                          meta: Optional[Dict] = None) -> Tuple[torch.nn.Module, Dict, Dict]:
     """-> (detector in eval mode with the package's weights, parity vs ONNX Runtime, un-folded BatchNorms).
-    Refused when the rebuilt detector does not give the package's scores and boxes on `tiles`."""
-    model = build_model(cfg, load_encoder_weights=False)
+    Refused when the rebuilt detector does not give the package's scores and boxes on `tiles`. `meta` (the
+    package's metadata) of an imported official detector: its official model."""
+    official = meta is not None and is_official(meta)
+    model = official_detector(path, meta) if meta is not None and official else build_model(cfg, False)
     # Encoder stages no FPN level reads are not in the graph; the parity check below shows they do not matter.
     unfolded = package_weights(model, path, torch.from_numpy(tiles[:1]), GRAPH_PREFIX, allow_missing=True)
-    parity = check_parity(model, path, tiles, cfg)
+    parity = package_parity(model, path, tiles, cfg, official)
     if not parity["passed"]:
         raise PackageLoadError(f"base model {path.stem}: the torch detector rebuilt from the package does not "
-                               f"reproduce its ONNX output ({describe_parity(parity)}); it cannot be loaded for "
-                               "training")
+                               f"reproduce its ONNX output ({describe_package_parity(parity)}); it cannot be loaded "
+                               "for training")
     return model, parity, unfolded
+
+
+def package_parity(model: torch.nn.Module, path: Path, tiles: np.ndarray, cfg: DetConfig, official: bool) -> Dict:
+    """torch vs ONNX Runtime on `tiles`: every candidate's scores and boxes (a bundled detector), or the final
+    detections after the per-tile rule, as the importer checks an official detector (its proposals' objectness
+    has near-ties that trade rows between runtimes)."""
+    if not official:
+        return check_parity(model, path, tiles, cfg)
+    from training.official.importer import detection_parity_on
+    settings = {"score_threshold": cfg.eval.score_threshold, "nms_iou": cfg.eval.nms_iou,
+                "max_per_tile": cfg.eval.max_per_tile}
+    return detection_parity_on(model, path, torch.from_numpy(tiles), settings, cfg.box_type == "rbox")
+
+
+def describe_package_parity(parity: Dict) -> str:
+    from training.official.importer import describe_parity as describe_official
+    return describe_official(parity) if "matched" in parity else describe_parity(parity)
 
 
 class MatchedClasses(torch.nn.Module):
@@ -97,9 +126,15 @@ def finetune_config(base: DetConfig, spec: Dict) -> DetConfig:
     return validate(cfg)
 
 
-def new_detector(base_model: torch.nn.Module, base_names: List[str], cfg: DetConfig) -> torch.nn.Module:
+def new_detector(base_model: torch.nn.Module, base_names: List[str], cfg: DetConfig, base_path: Optional[Path] = None,
+                 meta: Optional[Dict] = None) -> torch.nn.Module:
     """The analyst's detector: every base weight whose shape fits; the RoI classifier's and (per-class)
-    regressor's rows of classes the base knows by name, and the background row, are copied, others start fresh."""
+    regressor's rows of classes the base knows by name, and the background row, are copied, others start fresh.
+    An imported official detector (`meta`, at `base_path`): the official model for the new classes
+    (training.finetune.official.detector_rows)."""
+    names = [c.name for c in cfg.data.classes]
+    if meta is not None and base_path is not None and is_official(meta):
+        return detector_rows(base_model, official_detector(base_path, meta, len(names)), base_names, names)
     model = build_model(cfg, load_encoder_weights=False)
     base_state, state = base_model.state_dict(), model.state_dict()
     lower = [n.strip().lower() for n in base_names]
@@ -148,7 +183,8 @@ def finetune_detection(spec: Dict, meta: Dict, work_dir: Path, progress, budget)
     image = read_image(data / "images" / SCENE)
 
     progress(2, "loading the base model for training")
-    base_model, base_parity, unfolded = detector_from_package(base_path, base_cfg, scene_parity_tiles(image, base_cfg))
+    base_model, base_parity, unfolded = detector_from_package(base_path, base_cfg, scene_parity_tiles(image, base_cfg),
+                                                              meta)
     base_names = [c.name for c in base_cfg.data.classes]
     train_regions = load_regions(cfg, "train")
     train_objects = sum(len(r.ann) for r in train_regions)
@@ -159,7 +195,7 @@ def finetune_detection(spec: Dict, meta: Dict, work_dir: Path, progress, budget)
     base_score = held_out_ap50(base_metrics)
     progress(8, f"base model held-out AP50 {base_score:.3f}")
 
-    model = new_detector(base_model, base_names, cfg)
+    model = new_detector(base_model, base_names, cfg, base_path, meta)
     sampler = DetectionSampler(train_regions, cfg)
     curve = HeldOutCurve(work_dir, "AP50", lambda m: held_out_ap50(evaluate_model(m, cfg)), progress, cfg.train.iters)
     state = train_rebuilt(train, cfg, model, lambda i: sampler.batch(i, cfg.train.batch_size)[0], unfolded, work_dir,
@@ -184,17 +220,27 @@ def finetune_detection(spec: Dict, meta: Dict, work_dir: Path, progress, budget)
                          matched_classes=matched.matched, finetuned_AP50=score, base_AP50=base_score,
                          baseline_AP50=baseline_score)
 
+    official = is_official(meta)
+
     def metadata(parity: Dict) -> Dict:
         out = build_metadata(cfg, state, metrics, parity)
         out["metrics"]["base_model_AP50"] = base_score
+        if official:
+            out = official_metadata(out, meta, len(cfg.data.classes))
         return finetuned_metadata(out, cfg.export.description, figures,
                                   meta.get("encoder") or (cfg.model.get("encoder") or {}).get("name", ""))
 
+    def export(path: Path) -> None:
+        if official:  # the importer's export (its grouped-NMS translation; unoptimised, so every tensor keeps its name)
+            from training.official.importer import export_graph as export_official
+            export_official(model, official_spec(base_path, meta, len(cfg.data.classes)), path)
+        else:
+            export_graph(model, path, cfg)
+
     tiles = scene_parity_tiles(image, cfg)
     out = Path(spec["out"])
-    written = write_package(out, export_graph=lambda p: export_graph(model, p, cfg),
-                            check_parity=lambda p: check_parity(model, p, tiles, cfg),
-                            build_metadata=metadata, describe_parity=describe_parity)
+    written = write_package(out, export_graph=export, check_parity=lambda p: package_parity(model, p, tiles, cfg, official),
+                            build_metadata=metadata, describe_parity=describe_package_parity)
     report = {"model": out.stem, "name": cfg.export.name, "metric": "AP50",
               "scores": score_rows(figures),
               "amounts": (f"Labelled objects: {train_objects} for training, {held_out_objects} held out (objects cut "

@@ -23,7 +23,7 @@ The official post-processing that remains, `score_thr`, class-aware NMS with `nm
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -157,12 +157,15 @@ class TwoStageSettings:
 
 
 class OfficialTwoStageDetector(nn.Module):
-    """mmdet FasterRCNN / mmrotate Oriented R-CNN at inference (see the module docstring)."""
+    """mmdet FasterRCNN / mmrotate Oriented R-CNN at inference (see the module docstring); `losses` trains it once
+    `training_settings` (training.official.detector_training.read_training) is set."""
+    loss_keys = ("rpn_cls", "rpn_reg", "roi_cls", "roi_reg")
 
     def __init__(self, backbone: nn.Module, neck: FPN, rpn_head: RPNHead, roi_head: RoIHead, s: TwoStageSettings):
         super().__init__()
         self.backbone, self.neck, self.rpn_head, self.roi_head = backbone, neck, rpn_head, roi_head
         self.s = s
+        self.training_settings: Optional[Any] = None  # training.official.detector_training.OfficialTraining
         self.box_dim = 5 if s.box_type == "rbox" else 4
         for i, stride in enumerate(s.strides):
             self.register_buffer(f"base_anchors_{i}", base_anchors(stride, s.scales, s.ratios), persistent=False)
@@ -171,9 +174,11 @@ class OfficialTwoStageDetector(nn.Module):
     def num_classes(self) -> int:
         return self.s.num_classes
 
-    def proposals(self, features: Sequence[Tensor], image_size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
-        """(N, P, 4|5) proposals and (N, P) bool validity, best first (P = max_per_img)."""
-        s = self.s
+    def proposals(self, features: Sequence[Tensor], image_size: Tuple[int, int],
+                  settings: Optional[TwoStageSettings] = None) -> Tuple[Tensor, Tensor]:
+        """(N, P, 4|5) proposals and (N, P) bool validity, best first (P = max_per_img); `settings`: other
+        proposal settings than the test-time ones (training: train_cfg.rpn_proposal)."""
+        s = settings or self.s
         logits, deltas = self.rpn_head(features)
         n = logits[0].shape[0]
         boxes, scores, groups = [], [], []
@@ -213,6 +218,13 @@ class OfficialTwoStageDetector(nn.Module):
         unit = chosen.new_tensor([0.0, 0.0, 1.0, 1.0] if s.box_type == "hbox" else [0.5, 0.5, 1.0, 1.0, 0.0])
         chosen = torch.where(valid[..., None], chosen, unit.expand_as(chosen))
         return chosen, valid
+
+    def losses(self, images: Tensor, targets: Sequence[Dict]) -> Dict[str, Tensor]:
+        """targets: per image {"boxes": (M, 4|5) px, "labels": (M,) in 0..K-1} -> the official training losses."""
+        from training.official.detector_training import two_stage_losses
+        if self.training_settings is None:
+            raise RuntimeError("set training_settings (training.official.detector_training.read_training) first")
+        return two_stage_losses(self, images, targets, self.training_settings)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         s = self.s
@@ -287,20 +299,30 @@ class RetinaSettings:
 
 
 class OfficialRetinaNet(nn.Module):
-    """mmdet RetinaNet at inference (see the module docstring): keys backbone., neck., bbox_head."""
+    """mmdet RetinaNet at inference (see the module docstring): keys backbone., neck., bbox_head; `losses` as
+    OfficialTwoStageDetector's."""
 
     box_dim = 4
+    loss_keys = ("cls", "reg")
 
     def __init__(self, backbone: nn.Module, neck: FPN, bbox_head: RetinaHead, s: RetinaSettings):
         super().__init__()
         self.backbone, self.neck, self.bbox_head = backbone, neck, bbox_head
         self.s = s
+        self.training_settings: Optional[Any] = None  # training.official.detector_training.OfficialTraining
         for i, stride in enumerate(s.strides):
             self.register_buffer(f"base_anchors_{i}", base_anchors(stride, s.scales, s.ratios), persistent=False)
 
     @property
     def num_classes(self) -> int:
         return self.s.num_classes
+
+    def losses(self, images: Tensor, targets: Sequence[Dict]) -> Dict[str, Tensor]:
+        """targets: per image {"boxes": (M, 4|5) px, "labels": (M,) in 0..K-1} -> the official training losses."""
+        from training.official.detector_training import retina_losses
+        if self.training_settings is None:
+            raise RuntimeError("set training_settings (training.official.detector_training.read_training) first")
+        return retina_losses(self, images, targets, self.training_settings)
 
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor]:
         s = self.s

@@ -64,18 +64,25 @@ DETECTION_TASKS = ("detection", "rotated_detection")
 
 
 def detection_parity(model: torch.nn.Module, spec: OfficialSpec, path: Path, tiles: int = 3) -> Dict:
-    """ONNX Runtime vs torch on real tiles (batches of 2 and a shorter last one): the final detections after the
-    backend's per-tile rule must match (same class, IoU >= 0.99, scores within 1e-4); the largest raw score
-    difference over all rows is reported too."""
+    """ONNX Runtime vs torch on real tiles (see detection_parity_on)."""
+    result = detection_parity_on(model, path, sample_tiles(spec, tiles), spec.detection["detection"],
+                                 spec.task == "rotated_detection")
+    result.update({"tiles": tiles, "input": f"{SAMPLE.name} (real 0.6 m aerial imagery)"})
+    return result
+
+
+def detection_parity_on(model: torch.nn.Module, path: Path, x: torch.Tensor, settings: Dict, rotated: bool) -> Dict:
+    """ONNX Runtime vs torch on the normalised tiles `x` (batches of 2 and a shorter last one): the final detections
+    after the backend's per-tile rule (`settings`: score_threshold, nms_iou, max_per_tile) must match (same class,
+    IoU >= 0.99, scores within 1e-4); raw rows are not compared (near-equal proposals trade places)."""
     import onnxruntime as ort
     from training.official.detection_parity import final_detections, match_detections
-    x = sample_tiles(spec, tiles)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     if [i.name for i in session.get_inputs()] != ["input"] or names[:2] != ["boxes", "scores"]:
         raise ExportError(f"exported graph has outputs {names}, expected boxes and scores")
-    settings = spec.detection["detection"]
     ours, reference = [], []
+    model.eval()
     for start in range(0, len(x), 2):
         batch = x[start:start + 2]
         with torch.no_grad():
@@ -86,9 +93,8 @@ def detection_parity(model: torch.nn.Module, spec: OfficialSpec, path: Path, til
                               f"{tuple(t_boxes.shape)}, {tuple(t_scores.shape)}")
         reference += final_detections(t_boxes, t_scores, settings)
         ours += final_detections(torch.from_numpy(o_boxes), torch.from_numpy(o_scores), settings)
-    result = match_detections(reference, ours, spec.task == "rotated_detection")
-    result.update({"tiles": tiles, "input": f"{SAMPLE.name} (real 0.6 m aerial imagery)",
-                   "candidates_per_tile": int(t_scores.shape[1]),
+    result = match_detections(reference, ours, rotated)
+    result.update({"tiles": int(len(x)), "candidates_per_tile": int(t_scores.shape[1]),
                    "compared": "final detections after the backend's per-tile threshold, class-aware NMS and "
                                "max_per_tile, torch vs ONNX Runtime"})
     return result
