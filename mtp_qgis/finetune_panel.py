@@ -71,8 +71,8 @@ class FinetunePanel(QWidget):
         self.base_edit = QLineEdit(DEFAULT_MODEL_ID, self)
         self.base_edit.setToolTip(tr("The id of the package to start from: a segmentation or scene model (labels are "
                                      "areas of a class; a bundled one or an imported official MTP one) or a detection "
-                                     "model such as mtp_rdet_default (labels are one polygon per object; draw every "
-                                     "object in the labelled area)"))
+                                     "model such as mtp_rdet_default or an imported official MTP detector (labels are one "
+                                     "polygon per object; draw every object in the labelled area)"))
         form.addRow(tr("Base model"), self.base_edit)
         self.iterations = QSpinBox(self)
         self.iterations.setRange(1, 1000000)

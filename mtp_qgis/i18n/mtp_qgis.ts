@@ -1167,7 +1167,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
     </message>
     <message>
         <location filename="../finetune_panel.py"/>
-        <source>The id of the package to start from: a segmentation or scene model (labels are areas of a class; a bundled one or an imported official MTP one) or a detection model such as mtp_rdet_default (labels are one polygon per object; draw every object in the labelled area)</source>
+        <source>The id of the package to start from: a segmentation or scene model (labels are areas of a class; a bundled one or an imported official MTP one) or a detection model such as mtp_rdet_default or an imported official MTP detector (labels are one polygon per object; draw every object in the labelled area)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1272,7 +1272,7 @@ Change polygons: optional GeoPackage, one polygon per connected change region wi
 Input raster: the imagery the labels were drawn on; training data is cut from it at the base model's ground sample distance.
 After raster: change detection only, the later date (the input raster is the earlier one); put on the input raster's grid. Draw the changes as polygons: every pixel of their extent outside them counts as unchanged (a polygon of the class 'no change' extends the area checked).
 Labels: polygons, each with its class in the class field (text or number). Segmentation: areas of one class; pixels under no polygon are ignored, not taken as background: draw a 'background' class if you want one. Detection: one polygon per object (its box, or its outline: a rotated detector learns its smallest rotated rectangle, a horizontal one its bounds); draw every object inside the labelled area, since image between objects is taken as background; an instance model learns the outlines themselves. Scene classification: areas of one class as for segmentation, or points, each labelling the cell of the model's tile size around it; a cell counts when half of it is labelled.
-Base model: a segmentation, scene-classification, change-detection, (rotated) detection or instance package written by the project's training (e.g. {default}, mtp_scene_default, mtp_change_default, mtp_rdet_default, mtp_inst_default), or an official MTP segmentation, scene or change model imported with `python -m training import-official`.
+Base model: a segmentation, scene-classification, change-detection, (rotated) detection or instance package written by the project's training (e.g. {default}, mtp_scene_default, mtp_change_default, mtp_rdet_default, mtp_inst_default), or an official MTP model imported with `python -m training import-official` (segmentation, scene, change, detection or rotated detection).
 Validation area: optional polygons; labels inside them are held out to score the model. Without it the tool holds out a strip along one side of the labelled area (the log and report say which).
 Iterations / time budget: training stops at whichever comes first.
 Model id: the new model's id (a file name in your models folder).

@@ -361,3 +361,57 @@ def test_imported_official_scene_and_change_packages_finetune_into_official_pack
     assert len(losses) == 20 and all(np.isfinite(losses))
     again = run(tmp_path / "models" / "official_ft.onnx", "official_ft_again", 1)
     assert again["metadata"]["finetune"]["base_score"] == pytest.approx(first["score"], abs=1e-3)
+
+
+def harbour_ship_data(folder: Path) -> None:
+    """The harbour scene with DOTA's own ship boxes in the layout the backend's cut writes (named classes)."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "labelTxt").mkdir()
+    Image.fromarray(HARBOUR).save(folder / "images" / "scene.png")
+    lines = [line for line in (DATA / "dota" / "labelTxt" / "P0706.txt").read_text().splitlines()
+             if len(line.split()) >= 10 and line.split()[8] == "ship"]
+    (folder / "labelTxt" / "scene.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.slow  # about 2 minutes (Faster R-CNN: its export takes 90 s) and 40 s
+@pytest.mark.parametrize("name", ["det_faster_rcnn_vit_rvsa", "det_retinanet_vit_rvsa"])
+def test_imported_official_detectors_finetune_into_official_packages(name, official_import, tmp_path):
+    """The reduced official detectors (DIOR Faster R-CNN with per-class box regression, xView RetinaNet with per-anchor
+    class channels), imported with the CLI, finetune on the harbour's ship boxes with their official losses; the result
+    is an official package of the analyst's classes whose rebuilt model scores what it was exported with (the
+    finetuned weights, the new class rows, the official settings survive the round trip). The fixtures' weights are
+    random: the detectors' learning is test_official_detector_training's; the Oriented R-CNN's finetune runs through
+    qgis_process in tests/plugin/test_finetune.py."""
+    from training.detection.engine import evaluate_model
+    from training.finetune.detection import (detection_base_config, detector_from_package, finetune_config,
+                                             held_out_ap50, scene_parity_tiles)
+    base = Path(official_import(name)["path"])
+    meta = read_metadata(base)
+    harbour_ship_data(tmp_path / "data")
+    folder = tmp_path / "official_ft"
+    folder.mkdir()
+    spec = {"base_package": str(base), "data_dir": str(tmp_path / "data"), "iterations": 6, "batch_size": 2,
+            "num_threads": 2, "out": str(tmp_path / "models" / "official_ft.onnx"),
+            "classes": [{"name": "ship", "color": "#ff0000"}, {"name": "boat", "color": "#0000ff"}],
+            "train_regions": [[0, 0, 720, 1182]], "val_regions": [[760, 0, 1111, 600]], "split": "right"}
+    (folder / "finetune.json").write_text(json.dumps(spec))
+    first = finetune(folder / "finetune.json")
+
+    package = tmp_path / "models" / "official_ft.onnx"
+    written = read_metadata(package)
+    assert written["task"] == meta["task"] and written["output"] == meta["output"]
+    assert written["official"]["num_classes"] == 2 and "config" not in written["training"]
+    assert [c["name"] for c in written["classes"]] == ["ship", "boat"] and written["encoder"] == meta["encoder"]
+    assert written["detection"] == meta["detection"]  # the official test settings stay the backend's defaults
+    figures = written["finetune"]
+    knows_ships = "ship" in [c["name"] for c in meta["classes"]]
+    assert figures["matched_classes"] == (["ship"] if knows_ships else [])
+    assert figures["base_parity"]["passed"] and figures["iterations_done"] == 6
+    losses = [loss for _, loss in first["report"]["loss"]]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+
+    cfg = detection_base_config(package, written)
+    rebuilt, parity, _ = detector_from_package(package, cfg, scene_parity_tiles(HARBOUR, cfg), written)
+    assert parity["passed"] and parity["reference"] > 0 and rebuilt.num_classes == 2  # ORT's output, as torch's
+    score = held_out_ap50(evaluate_model(rebuilt, finetune_config(cfg, spec)))
+    assert score == pytest.approx(first["score"], abs=1e-3)

@@ -20,7 +20,7 @@ config by `detection_models.py`). Everything the package needs besides the weigh
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -359,7 +359,9 @@ def build_model(spec: OfficialSpec) -> nn.Module:
     """The project's model for the spec, in eval mode, randomly initialised (weights come from the checkpoint)."""
     backbone = build_backbone(spec)
     if spec.detection is not None:
-        return build_detector(spec.family, backbone, spec.detection, spec.config_path).eval()
+        # The spec's class count (a finetuned package's may differ from the config's head).
+        settings = replace(spec.detection["settings"], num_classes=spec.num_classes)
+        return build_detector(spec.family, backbone, {**spec.detection, "settings": settings}, spec.config_path).eval()
     h = spec.head
     if spec.family == "mmseg-upernet":
         in_index = list(h.get("in_index", [0, 1, 2, 3]))
