@@ -14,7 +14,7 @@ highest best-class score, then the top ``num_candidates`` over all levels -> box
 sigmoid probabilities N×P×K.  No NMS: the backend does class-aware NMS.  Static shapes except the batch.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -221,28 +221,39 @@ class RetinaNet(nn.Module):
     def _losses(self, features: List[Tensor], targets, allowed: Optional[Tensor], dtype):
         spec = self.spec
         logits, deltas = self.head(features)
-        logits, deltas = torch.cat(logits, 1), torch.cat(deltas, 1)
         anchors = torch.cat(self._level_anchors(features), 0).to(dtype)
-        cls_sum = logits.new_zeros((), dtype=torch.float32)
-        reg_sum = cls_sum.clone()
-        num_pos = 0
-        for i, target in enumerate(targets):
-            gt, gt_labels, _ = target_tensors(target, "hbox", self.num_classes, dtype, anchors.device)
-            label, gt_index = self.assign(anchors, gt)
-            pos = torch.nonzero(label == 1).flatten()
-            onehot = torch.zeros_like(logits[i], dtype=torch.float32)
-            onehot[pos, gt_labels[gt_index[pos]]] = 1.0
-            weight = (label >= 0).to(torch.float32)[:, None]
-            if allowed is not None:          # classes outside the image's dataset are neither trained up nor down
-                weight = weight * allowed[i, :self.num_classes].to(torch.float32)[None]
-            focal = sigmoid_focal_loss(logits[i].float(), onehot, alpha=spec.focal_alpha, gamma=spec.focal_gamma,
-                                       reduction="none")
-            cls_sum = cls_sum + (focal * weight).sum()
-            if len(pos):
-                target_deltas = self.coder.encode(anchors[pos], gt[gt_index[pos]])
-                reg_sum = reg_sum + _smooth_l1_sum(deltas[i][pos].float(), target_deltas.float(), spec.retina_reg_beta)
-            num_pos += len(pos)
-        # Keeps the box subnet in the graph when a batch has no object (DDP expects every parameter used).
-        reg_sum = reg_sum + deltas.sum().float() * 0.0
-        norm = max(num_pos, 1)
-        return {"cls": cls_sum / norm, "reg": reg_sum / norm}
+        return focal_box_losses(torch.cat(logits, 1), torch.cat(deltas, 1), anchors, targets, self.num_classes,
+                                self.assign, self.coder, spec.focal_alpha, spec.focal_gamma, spec.retina_reg_beta,
+                                allowed)
+
+
+def focal_box_losses(logits: Tensor, deltas: Tensor, anchors: Tensor, targets: Sequence[Dict], num_classes: int,
+                     assign: Callable[[Tensor, Tensor], Tuple[Tensor, Tensor]], coder, alpha: float, gamma: float,
+                     beta: float, allowed: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    """RetinaNet's losses from its outputs over every anchor, logits (N, A, K) and deltas (N, A, 4): each anchor
+    assigned by `assign(anchors, gt)` -> (label 1 / 0 / -1 ignored, gt index), sigmoid focal loss over the classes of
+    the anchors not ignored, (smooth-)L1 (`beta`; 0: L1) between the positives' deltas and `coder`'s targets; each
+    summed over the batch and divided by its positives. `allowed` (N, K + 1): classes outside an image's dataset are
+    neither trained up nor down (a multi-dataset model). Also the official RetinaNet's (training.official)."""
+    cls_sum = logits.new_zeros((), dtype=torch.float32)
+    reg_sum = cls_sum.clone()
+    num_pos = 0
+    for i, target in enumerate(targets):
+        gt, gt_labels, _ = target_tensors(target, "hbox", num_classes, anchors.dtype, anchors.device)
+        label, gt_index = assign(anchors, gt)
+        pos = torch.nonzero(label == 1).flatten()
+        onehot = torch.zeros_like(logits[i], dtype=torch.float32)
+        onehot[pos, gt_labels[gt_index[pos]]] = 1.0
+        weight = (label >= 0).to(torch.float32)[:, None]
+        if allowed is not None:
+            weight = weight * allowed[i, :num_classes].to(torch.float32)[None]
+        focal = sigmoid_focal_loss(logits[i].float(), onehot, alpha=alpha, gamma=gamma, reduction="none")
+        cls_sum = cls_sum + (focal * weight).sum()
+        if len(pos):
+            target_deltas = coder.encode(anchors[pos], gt[gt_index[pos]])
+            reg_sum = reg_sum + _smooth_l1_sum(deltas[i][pos].float(), target_deltas.float(), beta)
+        num_pos += len(pos)
+    # Keeps the box subnet in the graph when a batch has no object (DDP expects every parameter used).
+    reg_sum = reg_sum + deltas.sum().float() * 0.0
+    norm = max(num_pos, 1)
+    return {"cls": cls_sum / norm, "reg": reg_sum / norm}

@@ -24,12 +24,12 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import sigmoid_focal_loss
 
 from training.detection.anchors import max_iou_assign, random_sample
 from training.detection.boxes import HBoxDeltaCoder, MidpointOffsetCoder, RBoxDeltaCoder, rbox_to_hbox
 from training.detection.model import _smooth_l1_sum, anchor_inside, roi_regression_loss, target_tensors
 from training.detection.ops import box_iou, rotated_box_iou
+from training.detection.retinanet import focal_box_losses
 from training.official.config_file import ConfigError
 from training.official.detection_ops import grid_anchors
 
@@ -147,8 +147,8 @@ def two_stage_losses(model, images: Tensor, targets: Sequence[Dict], t: Official
     rbox = s.box_type == "rbox"
     image_size = (int(images.shape[2]), int(images.shape[3]))
     features = model.neck(model.backbone(images))
-    logits, deltas = model.rpn_head(features)
-    logits, deltas = torch.cat(logits, 1), torch.cat(deltas, 1)
+    level_logits, level_deltas = model.rpn_head(features)
+    logits, deltas = torch.cat(level_logits, 1), torch.cat(level_deltas, 1)
     anchors = _anchors(model, features)
     dtype, device = anchors.dtype, anchors.device
     rpn_coder = (MidpointOffsetCoder(s.rpn_means, s.rpn_stds) if rbox else HBoxDeltaCoder(s.rpn_means, s.rpn_stds))
@@ -172,7 +172,7 @@ def two_stage_losses(model, images: Tensor, targets: Sequence[Dict], t: Official
     with torch.no_grad():
         train_settings = replace(s, nms_pre=t.proposal_nms_pre, max_per_img=t.proposal_max_per_img,
                                  rpn_iou=t.proposal_nms_iou)
-        proposals, valid = model.proposals(features, image_size, train_settings)
+        proposals, valid = model.proposals(features, image_size, train_settings, (level_logits, level_deltas))
     rois, roi_labels, pos_props, pos_targets = [], [], [], []
     for i, (gt, gt_labels, _) in enumerate(gts):
         props = torch.cat([proposals[i][valid[i]], gt], 0)   # the objects are proposals too (add_gt_as_proposals)
@@ -183,19 +183,13 @@ def two_stage_losses(model, images: Tensor, targets: Sequence[Dict], t: Official
         label, gt_index = _assign(rcnn, iou, props, image_size)
         pos, neg = random_sample(label, rcnn.num, rcnn.pos_fraction)
         chosen = props[torch.cat([pos, neg])]
-        roi_boxes = chosen if rbox else torch.stack(
-            [(chosen[:, 0] + chosen[:, 2]) / 2, (chosen[:, 1] + chosen[:, 3]) / 2, chosen[:, 2] - chosen[:, 0],
-             chosen[:, 3] - chosen[:, 1], torch.zeros_like(chosen[:, 0])], -1)
-        rois.append(torch.cat([chosen.new_full((len(chosen), 1), float(i)), roi_boxes], 1))
+        rois.append(torch.cat([chosen.new_full((len(chosen), 1), float(i)), model.roi_boxes(chosen)], 1))
         cls = torch.full((len(chosen),), s.num_classes, dtype=torch.int64, device=device)
         cls[:len(pos)] = gt_labels[gt_index[pos]]
         roi_labels.append(cls)
         pos_props.append(props[pos])
         pos_targets.append(gt[gt_index[pos]])
-    from training.official.detection_ops import official_roi_align
-    pooled = official_roi_align(features[:len(s.roi_strides)], s.roi_strides, torch.cat(rois), s.roi_size,
-                                s.sampling_ratio, s.finest_scale, clockwise=True)
-    cls_out, reg_out = model.roi_head.bbox_head(pooled)
+    cls_out, reg_out = model.roi_outputs(features, torch.cat(rois))
     labels = torch.cat(roi_labels)
     roi_cls = F.cross_entropy(cls_out, labels, reduction="sum") / max(len(labels), 1)
     target = roi_coder.encode(torch.cat(pos_props), torch.cat(pos_targets))
@@ -205,30 +199,19 @@ def two_stage_losses(model, images: Tensor, targets: Sequence[Dict], t: Official
 
 
 def retina_losses(model, images: Tensor, targets: Sequence[Dict], t: OfficialTraining) -> Dict[str, Tensor]:
-    """cls (focal) and reg of an OfficialRetinaNet, each summed and divided by the positive anchors."""
+    """cls (focal) and reg of an OfficialRetinaNet, each summed and divided by the positive anchors (the bundled
+    RetinaNet's training.detection.retinanet.focal_box_losses, with the official assigner's settings)."""
     s, stage = model.s, t.stages["retina"]
     image_size = (int(images.shape[2]), int(images.shape[3]))
     features = model.neck(model.backbone(images))
     outputs = [model.bbox_head(f) for f in features]
-    logits, deltas = torch.cat([o[0] for o in outputs], 1), torch.cat([o[1] for o in outputs], 1)
     anchors = _anchors(model, features)
-    coder = HBoxDeltaCoder(s.means, s.stds)
-    cls_sum = logits.new_zeros(())
-    reg_sum = cls_sum.clone()
-    positives = 0
-    for i, target in enumerate(targets):
-        gt, gt_labels, _ = target_tensors(target, "hbox", s.num_classes, anchors.dtype, anchors.device)
-        iou = box_iou(anchors, gt) if len(gt) else anchors.new_zeros(len(anchors), 0)
-        label, gt_index = _assign(stage, iou, anchors, image_size)
-        pos = torch.nonzero(label == 1).flatten()
-        onehot = torch.zeros_like(logits[i])
-        onehot[pos, gt_labels[gt_index[pos]]] = 1.0
-        focal = sigmoid_focal_loss(logits[i], onehot, alpha=t.focal_alpha, gamma=t.focal_gamma, reduction="none")
-        cls_sum = cls_sum + (focal * (label >= 0).to(focal.dtype)[:, None]).sum()
-        if len(pos):
-            reg_sum = reg_sum + _smooth_l1_sum(deltas[i][pos], coder.encode(anchors[pos], gt[gt_index[pos]]),
-                                               stage.box_beta)
-        positives += len(pos)
-    reg_sum = reg_sum + deltas.sum() * 0.0   # the box subnet stays in the graph when a batch has no object
-    norm = max(positives, 1)
-    return {"cls": stage.cls_weight * cls_sum / norm, "reg": stage.box_weight * reg_sum / norm}
+
+    def assign(candidates: Tensor, gt: Tensor) -> tuple:
+        iou = box_iou(candidates, gt) if len(gt) else candidates.new_zeros(len(candidates), 0)
+        return _assign(stage, iou, candidates, image_size)
+
+    losses = focal_box_losses(torch.cat([o[0] for o in outputs], 1), torch.cat([o[1] for o in outputs], 1), anchors,
+                              targets, s.num_classes, assign, HBoxDeltaCoder(s.means, s.stds), t.focal_alpha,
+                              t.focal_gamma, stage.box_beta)
+    return {"cls": stage.cls_weight * losses["cls"], "reg": stage.box_weight * losses["reg"]}

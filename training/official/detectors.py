@@ -175,11 +175,13 @@ class OfficialTwoStageDetector(nn.Module):
         return self.s.num_classes
 
     def proposals(self, features: Sequence[Tensor], image_size: Tuple[int, int],
-                  settings: Optional[TwoStageSettings] = None) -> Tuple[Tensor, Tensor]:
+                  settings: Optional[TwoStageSettings] = None,
+                  rpn_out: Optional[Tuple[List[Tensor], List[Tensor]]] = None) -> Tuple[Tensor, Tensor]:
         """(N, P, 4|5) proposals and (N, P) bool validity, best first (P = max_per_img); `settings`: other
-        proposal settings than the test-time ones (training: train_cfg.rpn_proposal)."""
+        proposal settings than the test-time ones (training: train_cfg.rpn_proposal); `rpn_out`: the RPN head's
+        per-level outputs when the caller has them already (training)."""
         s = settings or self.s
-        logits, deltas = self.rpn_head(features)
+        logits, deltas = rpn_out if rpn_out is not None else self.rpn_head(features)
         n = logits[0].shape[0]
         boxes, scores, groups = [], [], []
         for level, (lg, dl, f) in enumerate(zip(logits, deltas, features)):
@@ -219,6 +221,20 @@ class OfficialTwoStageDetector(nn.Module):
         chosen = torch.where(valid[..., None], chosen, unit.expand_as(chosen))
         return chosen, valid
 
+    def roi_boxes(self, boxes: Tensor) -> Tensor:
+        """Proposals (..., 4|5) -> (..., 5) for the rotated RoI Align: a horizontal box is axis-aligned (angle 0)."""
+        if self.s.box_type == "rbox":
+            return boxes
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(x1)], -1)
+
+    def roi_outputs(self, features: Sequence[Tensor], rois: Tensor) -> Tuple[Tensor, Tensor]:
+        """RoIs (K, 6) = (batch, cx, cy, w, h, angle) -> the box head's class logits (K, K+1) and deltas."""
+        s = self.s
+        pooled = official_roi_align(features[:len(s.roi_strides)], s.roi_strides, rois, s.roi_size, s.sampling_ratio,
+                                    s.finest_scale, clockwise=True)
+        return self.roi_head.bbox_head(pooled)
+
     def losses(self, images: Tensor, targets: Sequence[Dict]) -> Dict[str, Tensor]:
         """targets: per image {"boxes": (M, 4|5) px, "labels": (M,) in 0..K-1} -> the official training losses."""
         from training.official.detector_training import two_stage_losses
@@ -232,17 +248,9 @@ class OfficialTwoStageDetector(nn.Module):
         features = self.neck(self.backbone(images))
         proposals, valid = self.proposals(features, image_size)
         n, p = proposals.shape[:2]
-        if s.box_type == "rbox":
-            roi_boxes = proposals
-        else:
-            x1, y1, x2, y2 = proposals.unbind(-1)
-            roi_boxes = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, torch.zeros_like(x1)], -1)
         batch_index = torch.arange(n, dtype=proposals.dtype, device=proposals.device)[:, None, None].expand(n, p, 1)
-        rois = torch.cat([batch_index, roi_boxes], dim=-1).reshape(n * p, 6)
-        levels = len(s.roi_strides)
-        pooled = official_roi_align(features[:levels], s.roi_strides, rois, s.roi_size, s.sampling_ratio,
-                                    s.finest_scale, clockwise=True)
-        cls, reg = self.roi_head.bbox_head(pooled)
+        rois = torch.cat([batch_index, self.roi_boxes(proposals)], dim=-1).reshape(n * p, 6)
+        cls, reg = self.roi_outputs(features, rois)
         k = s.num_classes
         scores = F.softmax(cls, dim=-1)[:, :k] * valid.reshape(n * p, 1).to(cls.dtype)
         flat = proposals.reshape(n * p, -1)
