@@ -124,6 +124,8 @@ BENCH_CAPS ?= change_detection=16384 detection=16384 rotated_detection=16384 ins
 ## empty to skip (a ViT-B+RVSA UperNet takes ~15 min at 4096² on 2 cores).
 BENCH_OFFICIAL ?= rvsa-b-upernet-512-mae-mtp-loveda
 BENCH_OFFICIAL_SIZES ?= 4096
+## BENCH_INT8_OFFICIAL: the official architecture whose int8 speed-up the int8 table adds (empty: none).
+BENCH_INT8_OFFICIAL ?= rvsa-b-upernet-512-mae-mtp-loveda
 ## BENCH_OFFICIAL_DET=0 skips the full-size official Oriented R-CNN row (ViT-B+RVSA, DOTA config, 1024 px
 ## tiles; about 15-25 minutes on 2 cores, most of it the ONNX export).
 BENCH_OFFICIAL_DET ?= 1
@@ -131,7 +133,11 @@ bench: setup
 	$(PY) benchmarks/bench_overhead.py --repeats $(BENCH_REPEATS) --out benchmarks/results/overhead
 	$(PY) benchmarks/bench_segmentation.py --sizes $(BENCH_SIZES) --cap $(BENCH_CAPS) --out benchmarks/results/scale
 	$(PY) benchmarks/bench_cluster.py --size 4096 --block-size 2048 --out benchmarks/results/cluster
-	$(PY) benchmarks/bench_int8.py --out benchmarks/results/int8
+	@if [ -n "$(BENCH_INT8_OFFICIAL)" ]; then \
+	  $(PY) benchmarks/official_package.py $(BENCH_INT8_OFFICIAL) --out build/official && \
+	  $(PY) benchmarks/bench_int8.py --out benchmarks/results/int8 \
+	      --official build/official/mtp_$$(echo $(BENCH_INT8_OFFICIAL) | tr -- '-.' '__').onnx; \
+	else $(PY) benchmarks/bench_int8.py --out benchmarks/results/int8; fi
 	$(PY) benchmarks/bench_start_to_result.py --out benchmarks/results/start_to_result
 	@for name in $(BENCH_OFFICIAL); do \
 	  $(PY) benchmarks/official_package.py $$name --out build/official && \

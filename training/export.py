@@ -336,13 +336,22 @@ def write_reduced_package(out: Path, precision: str, graph: Path, fp32_metadata:
 
 # int8 packages (docs/contract.md §1 "Precision"): static quantization (QDQ; weights int8 per output channel,
 # activations uint8 with ranges measured on tiles of the model's own training data), written only when the task's
-# held-out headline metric drops by at most this much (absolute): one point of mIoU / F1 / overall accuracy.
+# held-out headline metric drops by at most this much (absolute): one point of mIoU / F1 / overall accuracy / AP50.
 INT8_ALLOWED_CHANGE = {
     "semantic_segmentation": ("mIoU", 0.01),
+    "land_cover_extraction": ("mIoU", 0.01),
     "change_detection": ("f1", 0.01),
     "scene_classification": ("overall_accuracy", 0.01),
+    "detection": ("map50_voc07", 0.01),
+    "rotated_detection": ("map50_voc07", 0.01),
+    "instance_segmentation": ("mask_ap50", 0.01),
 }
 INT8_CALIBRATION_TILES = 32
+# Detectors quantize only the network's arithmetic: their graphs also decode boxes, select proposals (TopK,
+# Gather) and sample RoIs, where uint8 steps would move coordinates and reorder candidates. Dense tasks quantize
+# every operator ONNX Runtime can, so that int8 runs from one convolution to the next without converting back.
+INT8_BOX_TASKS = ("detection", "rotated_detection", "instance_segmentation")
+INT8_COMPUTE_OPS = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
 
 
 class _Recorded(Exception):
@@ -369,11 +378,30 @@ class RecordingModule(torch.nn.Module):
         return self.inner(*inputs)
 
 
-def calibration_batches(cfg, evaluate: Callable, fp32_path: Path, limit: int = INT8_CALIBRATION_TILES) -> List[Dict]:
-    """Up to `limit` input tiles from the training split (the task's evaluation run on cfg.data.train)."""
+def training_as_held_out(cfg):
+    """A copy of a task's config whose held-out data is its training data, so that the task's own evaluation
+    reads training tiles: `data.val` = `data.train` (segmentation, change, scenes), or the training regions /
+    split in place of the held-out ones (detection, instances)."""
     import dataclasses
 
-    train_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val=cfg.data.train))
+    data = cfg.data
+    if hasattr(data, "train") and hasattr(data, "val"):
+        return dataclasses.replace(cfg, data=dataclasses.replace(data, val=data.train))
+    if getattr(data, "images", None):
+        return dataclasses.replace(cfg, data=dataclasses.replace(data, val_regions=data.train_regions))
+    if getattr(data, "label_format", None) == "samrs":
+        raise ExportError("int8 calibration reads the training data through the held-out evaluation, which a SAMRS "
+                          "subset fixes to its valid split: quantize a package trained on listed images")
+    if hasattr(data, "val_split"):  # detection split mode: whole images of the training split and its folders
+        return dataclasses.replace(cfg, data=dataclasses.replace(
+            data, val_split=data.train_split, val_image_dir=data.image_dir, val_label_dir=data.label_dir,
+            val_label_file=data.label_file))
+    raise ExportError(f"int8 calibration does not know where {type(data).__name__} keeps its training data")
+
+
+def calibration_batches(cfg, evaluate: Callable, fp32_path: Path, limit: int = INT8_CALIBRATION_TILES) -> List[Dict]:
+    """Up to `limit` input tiles of the training data (the task's evaluation run on training_as_held_out(cfg))."""
+    train_cfg = training_as_held_out(cfg)
     recorder = RecordingModule(fp32_path, limit)
     try:
         evaluate(recorder, train_cfg)
@@ -384,8 +412,10 @@ def calibration_batches(cfg, evaluate: Callable, fp32_path: Path, limit: int = I
     return recorder.batches
 
 
-def convert_to_int8(src: Path, dst: Path, batches: List[Dict[str, np.ndarray]]) -> None:
-    """A statically quantized copy of an fp32 ONNX graph (QDQ format; inputs and outputs stay fp32)."""
+def convert_to_int8(src: Path, dst: Path, batches: List[Dict[str, np.ndarray]],
+                    op_types: Optional[List[str]] = None) -> None:
+    """A statically quantized copy of an fp32 ONNX graph (QDQ format; inputs and outputs stay fp32); op_types:
+    only these operators (None: every one the quantizer supports)."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -402,7 +432,7 @@ def convert_to_int8(src: Path, dst: Path, batches: List[Dict[str, np.ndarray]]) 
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)  # shapes + folding, as ORT advises
         quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=op_types)
     model = onnx.load(str(dst))  # the quantizer keeps the graph's metadata only sometimes: put it back
     props = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     del model.metadata_props[:]
@@ -459,7 +489,7 @@ def int8_package(fp32_path: Path, out: Path, max_change: Optional[float] = None)
     with tempfile.TemporaryDirectory(prefix="mtp_int8_") as tmp:
         int8_path = Path(tmp) / "int8.onnx"
         batches = calibration_batches(cfg, evaluate, fp32_path)
-        convert_to_int8(fp32_path, int8_path, batches)
+        convert_to_int8(fp32_path, int8_path, batches, INT8_COMPUTE_OPS if task in INT8_BOX_TASKS else None)
         tiles = sum(next(iter(b.values())).shape[0] for b in batches)
 
         def describe(r: Dict) -> str:
