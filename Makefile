@@ -114,7 +114,8 @@ package: setup
 	$(PY) scripts/package.py --dist dist $(if $(BASE_URL),--base-url $(BASE_URL))
 
 ## The performance tables (issue 6) in benchmarks/results/: overhead vs bare ONNX Runtime and FLOP/s, then
-## throughput and peak memory to 32k² (about 30 minutes on 2 cores). A quick look at smaller sizes:
+## throughput and peak memory to 32k², int8 vs fp32, start to result (about two hours on 2 cores with the official
+## models below). A quick look at smaller sizes:
 ## `make bench BENCH_SIZES="1024 2048" BENCH_REPEATS=1`.
 BENCH_REPEATS ?= 5
 BENCH_SIZES ?= 1024 2048 4096 8192 16384 32768
